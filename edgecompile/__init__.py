@@ -1,0 +1,39 @@
+"""edgecompile: lightweight vision networks from PyTorch to fast libraries for ARM boards, via TVM.
+
+The Python API mirrors the command line: ``list_models``, ``get_model``, ``export_onnx``,
+``inspect_model``, ``build``, ``run``. Names resolve lazily so ``import edgecompile`` stays cheap
+(torch and TVM load on first use).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from edgecompile.errors import EdgecompileError
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "list_models": "edgecompile.zoo",
+    "get_model": "edgecompile.zoo",
+    "model_info": "edgecompile.zoo",
+    "register_model": "edgecompile.zoo",
+    "load_torch_model": "edgecompile.export",
+    "export_onnx": "edgecompile.export",
+    "inspect_model": "edgecompile.inspection",
+    "summarize_model": "edgecompile.inspection",
+    "resolve_target": "edgecompile.targets",
+    "list_presets": "edgecompile.targets",
+    "build": "edgecompile.builder",
+    "run": "edgecompile.runner",
+}
+
+__all__ = ["EdgecompileError", "__version__", *_LAZY]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'edgecompile' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)

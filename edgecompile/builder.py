@@ -1,0 +1,212 @@
+"""Stages 1 → 4 in one call: model (zoo name, ONNX file or ``pkg.module:function``) → artifact.
+
+``build`` exports (torch sources), imports into Relax, compiles for the board's TVM target,
+links with the board's toolchain, verifies host libraries against ONNX Runtime, and writes
+``<output>/<model>-<preset>/`` atomically: a crash leaves no half artifact under that name.
+"""
+
+from __future__ import annotations
+
+import re
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from edgecompile import __version__
+from edgecompile._atomic import atomic_directory
+from edgecompile.artifact import Artifact, Manifest, elf_info, sha256_file, write_manifest
+from edgecompile.errors import EdgecompileError
+from edgecompile.export import (
+    DEFAULT_TOLERANCE,
+    example_input,
+    export_onnx,
+    is_module_reference,
+    load_torch_model,
+    parse_input_size,
+    relative_error,
+    run_onnxruntime,
+)
+from edgecompile.importer import RelaxModel, heavy_ops, import_onnx
+from edgecompile.progress import SILENT, Progress
+from edgecompile.targets import BoardPreset, resolve_target
+from edgecompile.toolchain import toolchain_for
+
+BUILD_STAGES = 5
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    artifact: Artifact
+    max_relative_error: float | None
+
+
+def artifact_name(source: str) -> str:
+    """A file-system-safe model name: zoo name, ONNX file stem, or the factory's name."""
+    if source.endswith(".onnx"):
+        stem = Path(source).stem
+    elif is_module_reference(source):
+        stem = source.rpartition(":")[2]
+    else:
+        stem = source
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", stem)
+
+
+def _onnx_input_shapes(
+    path: Path, batch: int, input_size: tuple[int, int] | None
+) -> dict[str, list[int]] | None:
+    """--batch / --input-size for a bring-your-own ONNX file: applies to its NCHW inputs."""
+    if input_size is None and batch == 1:
+        return None
+    from edgecompile.importer import load_onnx
+
+    proto = load_onnx(path)
+    initializers = {init.name for init in proto.graph.initializer}
+    shapes = {}
+    for value in proto.graph.input:
+        if value.name in initializers:
+            continue
+        dims = [
+            d.dim_value if d.HasField("dim_value") else -1 for d in value.type.tensor_type.shape.dim
+        ]
+        if len(dims) != 4:
+            raise EdgecompileError(
+                f"{path}: input {value.name!r} is not NCHW (rank {len(dims)})",
+                "drop --input-size/--batch and export the file with static shapes",
+            )
+        height, width = input_size or (dims[2], dims[3])
+        shapes[value.name] = [batch, dims[1], height, width]
+    return shapes
+
+
+def build(
+    model: str,
+    target: str | BoardPreset = "host",
+    *,
+    output_dir: str | Path = "build",
+    batch: int = 1,
+    input_size: str | Sequence[int] | None = None,
+    weights: str | None = None,
+    seed: int = 0,
+    cc: str | None = None,
+    verify: bool = True,
+    tolerance: float = DEFAULT_TOLERANCE,
+    progress: Progress = SILENT,
+) -> BuildResult:
+    """Compile ``model`` for ``target`` into ``output_dir/<model>-<preset>/``."""
+    started = time.perf_counter()
+    preset = target if isinstance(target, BoardPreset) else resolve_target(target)
+    toolchain = toolchain_for(preset, cc)
+    name = artifact_name(model)
+    final_dir = Path(output_dir) / f"{name}-{preset.name}"
+    size = parse_input_size(input_size)
+
+    with tempfile.TemporaryDirectory(prefix="edgecompile-") as scratch:
+        scratch_dir = Path(scratch)
+        with progress.stage("export to ONNX"):
+            if model.endswith(".onnx"):
+                onnx_path = Path(model)
+                input_shapes = _onnx_input_shapes(onnx_path, batch, size)
+                origin = f"ONNX file {model}"
+            else:
+                torch_model = load_torch_model(
+                    model, input_size=size, batch=batch, seed=seed, weights=weights
+                )
+                onnx_path = scratch_dir / f"{name}.onnx"
+                export_onnx(torch_model, onnx_path, seed=seed, tolerance=tolerance)
+                input_shapes = None
+                origin = torch_model.origin
+        with progress.stage("import into TVM Relax"):
+            relax_model, static_onnx = import_onnx(onnx_path, name=name, input_shapes=input_shapes)
+        with progress.stage(f"compile for {preset.name} ({preset.target.get('mcpu', 'generic')})"):
+            executable = _compile(relax_model, preset)
+        with atomic_directory(final_dir) as staging:
+            library = staging / f"{name}.so"
+            with progress.stage(f"link with {toolchain.description}"):
+                executable.export_library(str(library), fcompile=toolchain.fcompile())
+            elf = elf_info(library)
+            error = None
+            verification: dict[str, Any] = {"status": "skipped", "reason": "--no-verify"}
+            label = "verify against ONNX Runtime" if verify and preset.is_host else "verify: skip"
+            with progress.stage(label):
+                if verify and preset.is_host:
+                    static_path = scratch_dir / "static.onnx"
+                    import onnx
+
+                    onnx.save(static_onnx, str(static_path))
+                    error = verify_library(library, static_path, relax_model, seed=seed)
+                    if not error <= tolerance:
+                        raise EdgecompileError(
+                            f"the compiled {name} differs from ONNX Runtime by {error:.2e} "
+                            f"(relative), above {tolerance:.0e}",
+                            "report the model; --no-verify skips the check",
+                        )
+                    verification = {"status": "passed", "max_relative_error": error, "seed": seed}
+                elif verify:
+                    verification = {
+                        "status": "skipped",
+                        "reason": f"{preset.arch} library: run it on the board or the emulator",
+                    }
+            manifest = Manifest(
+                model=name,
+                preset=preset.name,
+                target=dict(preset.target),
+                library=library.name,
+                library_sha256=sha256_file(library),
+                arch=elf.arch,
+                tvm_version=_tvm_version(),
+                edgecompile_version=__version__,
+                inputs=[vars(spec) for spec in relax_model.inputs],
+                outputs=[vars(spec) for spec in relax_model.outputs],
+                weights=origin,
+                records_digest=None,
+                schedules=[
+                    {**op, "schedule": "tvm-default"} for op in heavy_ops(relax_model.module)
+                ],
+                build_seconds=round(time.perf_counter() - started, 2),
+                verification=verification,
+            )
+            write_manifest(staging, manifest)
+    return BuildResult(Artifact(final_dir, manifest), error)
+
+
+def _tvm_version() -> str:
+    import tvm
+
+    return str(tvm.__version__)
+
+
+def _compile(relax_model: RelaxModel, preset: BoardPreset) -> Any:
+    import tvm
+
+    try:
+        return tvm.compile(relax_model.module, target=preset.tvm_target())
+    except Exception as exc:  # TVMError and friends: the last line names the failing pass
+        lines = str(exc).strip().splitlines()
+        raise EdgecompileError(
+            f"TVM failed to compile {relax_model.name} for {preset.name}: "
+            f"{lines[-1] if lines else type(exc).__name__}",
+            "report it with the model name and target",
+        ) from None
+
+
+def verify_library(
+    library: Path, onnx_path: Path, relax_model: RelaxModel, *, seed: int = 0
+) -> float:
+    """Max relative error of the compiled library against ONNX Runtime on seeded inputs."""
+    from edgecompile.runner import run_library
+
+    feeds = {
+        spec.name: example_input(spec.shape, seed=seed + index).astype(spec.dtype)
+        for index, spec in enumerate(relax_model.inputs)
+    }
+    expected = run_onnxruntime(onnx_path, feeds)
+    actual = run_library(library, list(feeds.values()))
+    if len(actual) != len(expected):  # pragma: no cover - a frontend bug, not user input
+        raise EdgecompileError(
+            f"the compiled model returns {len(actual)} outputs, ONNX Runtime {len(expected)}",
+            "report the model",
+        )
+    return max(relative_error(a, e) for a, e in zip(actual, expected, strict=True))

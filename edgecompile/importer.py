@@ -1,0 +1,213 @@
+"""Stage 2 → 3: a static-shape ONNX file → a TVM Relax module (weights bound as constants).
+
+ONNX files edgecompile did not export (bring-your-own) may carry a symbolic batch dimension and
+the ``Shape`` → ``Gather`` arithmetic that older exporters emit for ``x.chunk()`` or ``flatten``;
+TVM imports those as dynamic shapes that do not build. So every file is first pinned to one
+input shape and constant-folded, and its ops are checked against what TVM's frontend supports.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import onnx
+
+from edgecompile.errors import EdgecompileError
+from edgecompile.export import TensorSpec, check_static_onnx, tensor_specs
+
+
+@dataclass(frozen=True)
+class RelaxModel:
+    """An imported module and the signature of its ``main``."""
+
+    name: str
+    module: Any  # tvm.IRModule
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+
+
+def load_onnx(path: str | Path) -> onnx.ModelProto:
+    path = Path(path)
+    if not path.is_file():
+        raise EdgecompileError(f"ONNX file {str(path)!r} does not exist", "check the path")
+    try:
+        return onnx.load(str(path))
+    except Exception as exc:  # protobuf raises DecodeError and friends
+        raise EdgecompileError(
+            f"{str(path)!r} is not an ONNX model: {str(exc).splitlines()[0]}",
+            "pass a .onnx file written by torch.onnx.export or `edgecompile export`",
+        ) from None
+
+
+def make_static(
+    proto: onnx.ModelProto,
+    *,
+    source: str,
+    input_shapes: Mapping[str, Sequence[int]] | None = None,
+) -> onnx.ModelProto:
+    """Pin every input to a fixed shape, then fold the shape arithmetic that this makes constant.
+
+    ``input_shapes`` overrides the file's dims per input; a symbolic dim left unpinned is an error.
+    """
+    proto = onnx.ModelProto.FromString(proto.SerializeToString())
+    initializers = {init.name for init in proto.graph.initializer}
+    for value in proto.graph.input:
+        if value.name in initializers:
+            continue
+        dims = value.type.tensor_type.shape.dim
+        wanted = (input_shapes or {}).get(value.name)
+        if wanted is not None:
+            if len(wanted) != len(dims):
+                raise EdgecompileError(
+                    f"{source}: input {value.name!r} has rank {len(dims)}, not {len(wanted)}",
+                    "give --input-size HEIGHTxWIDTH for an NCHW image input",
+                )
+            for dim, size in zip(dims, wanted, strict=True):
+                dim.Clear()
+                dim.dim_value = int(size)
+        for index, dim in enumerate(dims):
+            if not dim.HasField("dim_value") or dim.dim_value <= 0:
+                label = dim.dim_param or "?"
+                if index == 0:
+                    dim.Clear()
+                    dim.dim_value = 1  # the batch: --batch overrides through input_shapes
+                    continue
+                raise EdgecompileError(
+                    f"{source}: input {value.name!r} has a dynamic dimension {label!r}",
+                    "fix it with --input-size (and --batch), or export with static shapes",
+                )
+    # Symbolic output dims would survive folding; drop them so inference recomputes them.
+    for value in proto.graph.output:
+        for dim in value.type.tensor_type.shape.dim:
+            if not dim.HasField("dim_value"):
+                dim.Clear()
+    del proto.graph.value_info[:]
+    try:
+        import onnxscript.optimizer
+
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            proto = onnxscript.optimizer.optimize(proto)
+        proto = onnx.shape_inference.infer_shapes(proto, strict_mode=False)
+    except Exception as exc:  # the optimizer and inference raise assorted types
+        raise EdgecompileError(
+            f"{source}: cannot fold the model's shapes: {str(exc).splitlines()[0]}",
+            "export the model with static shapes (torch.onnx.export(..., dynamo=True))",
+        ) from None
+    return proto
+
+
+def supported_onnx_ops() -> frozenset[str]:
+    from tvm.relax.frontend.onnx import onnx_frontend
+
+    return frozenset(onnx_frontend._get_convert_map())
+
+
+def check_supported_ops(proto: onnx.ModelProto, *, source: str) -> None:
+    supported = supported_onnx_ops()
+    used = {node.op_type for node in proto.graph.node if node.domain in ("", "ai.onnx")}
+    missing = sorted(used - supported)
+    custom = sorted({f"{n.domain}.{n.op_type}" for n in proto.graph.node} - {f".{u}" for u in used})
+    custom = [op for op in custom if not op.startswith(("ai.onnx.", "."))]
+    if missing or custom:
+        ops = ", ".join(missing + custom)
+        raise EdgecompileError(
+            f"{source}: TVM's ONNX frontend cannot import op(s) {ops}",
+            "rewrite that part of the model with supported ops, or file it with the model name",
+        )
+
+
+def import_onnx(
+    path: str | Path,
+    *,
+    name: str | None = None,
+    input_shapes: Mapping[str, Sequence[int]] | None = None,
+) -> tuple[RelaxModel, onnx.ModelProto]:
+    """Read, pin, fold and check an ONNX file, then import it into Relax.
+
+    Returns the Relax model and the static ONNX model it came from (the build verifies the
+    compiled library against ONNX Runtime running exactly that file).
+    """
+    source = str(path)
+    proto = make_static(load_onnx(path), source=source, input_shapes=input_shapes)
+    check_static_onnx(proto, source=source)
+    check_supported_ops(proto, source=source)
+    from tvm.relax.frontend.onnx import from_onnx
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            module = from_onnx(proto, keep_params_in_input=False)
+    except Exception as exc:  # the frontend raises TVMError, ValueError, KeyError, ...
+        raise EdgecompileError(
+            f"{source}: TVM could not import the model: {str(exc).strip().splitlines()[-1]}",
+            "simplify the failing op in the model or report it with the ONNX file",
+        ) from None
+    inputs = tensor_specs(proto.graph.input, proto)
+    outputs = tensor_specs(proto.graph.output, proto)
+    relax_model = RelaxModel(name or Path(path).stem, module, inputs, outputs)
+    return relax_model, proto
+
+
+_HEAVY_OPS = {
+    "relax.nn.conv2d": "conv2d",
+    "relax.nn.conv2d_transpose": "conv2d_transpose",
+    "relax.matmul": "matmul",
+    "relax.linear": "matmul",
+    "relax.nn.max_pool2d": "pool",
+    "relax.nn.avg_pool2d": "pool",
+    "relax.nn.adaptive_avg_pool2d": "pool",
+}
+
+
+def heavy_ops(module: Any) -> list[dict[str, Any]]:
+    """The convolutions, matmuls and pools of ``main``, in order, with the shapes that matter.
+
+    Each entry's ``kind`` names the schedule class: pointwise, depthwise, grouped, conv (dense
+    k×k), conv2d_transpose, matmul or pool.
+    """
+    from tvm import relax
+
+    ops: list[dict[str, Any]] = []
+    for block in module["main"].body.blocks:
+        for binding in block.bindings:
+            call = binding.value
+            if not isinstance(call, relax.Call) or not hasattr(call.op, "name"):
+                continue
+            op = _HEAVY_OPS.get(call.op.name)
+            if op is None:
+                continue
+            shapes = [[int(d) for d in arg.ty.shape] for arg in call.args[:2] if _has_shape(arg)]
+            entry: dict[str, Any] = {"index": len(ops), "op": op, "shapes": shapes}
+            if op == "conv2d":
+                data, weight = shapes[0], shapes[1]
+                groups = int(call.attrs.groups)
+                kernel = weight[2:]
+                if groups == 1:
+                    kind = "pointwise" if kernel == [1, 1] else "conv"
+                elif groups == data[1] and weight[1] == 1:
+                    kind = "depthwise"
+                else:
+                    kind = "grouped"
+                entry.update(
+                    kind=kind,
+                    groups=groups,
+                    kernel=kernel,
+                    strides=[int(s) for s in call.attrs.strides],
+                    dilation=[int(d) for d in call.attrs.dilation],
+                )
+            else:
+                entry["kind"] = op
+            ops.append(entry)
+    return ops
+
+
+def _has_shape(expr: Any) -> bool:
+    ty = getattr(expr, "ty", None)
+    return ty is not None and getattr(ty, "shape", None) is not None

@@ -1,0 +1,351 @@
+"""Per-layer cost of a torch model: multiply-adds, parameters and memory access cost (MAC).
+
+Every aten op a forward pass runs is recorded (a ``TorchDispatchMode``) and attributed to the
+innermost named module that ran it, so functional work the module tree hides — residual adds,
+concatenations, the copy behind a channel shuffle — is counted too. MAC follows ShuffleNet v2
+(Ma et al. 2018, section 2): a convolution reads its input and weights and writes its output
+(1×1: h·w·(c1+c2) + c1·c2; k×k grouped: Hin·Win·Cin + Hout·Wout·Cout + k²·Cin·Cout/g); an
+element-wise op reads its inputs and writes its output. Views cost nothing.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from edgecompile.export import TorchModel
+from edgecompile.zoo import get_model, model_info
+
+# Op classes, in the vocabulary the reports use.
+POINTWISE = "pointwise"
+DEPTHWISE = "depthwise"
+GROUPED = "grouped"
+CONV = "conv"
+LINEAR = "linear"
+POOL = "pool"
+ELEMENTWISE = "elementwise"
+DATA_MOVEMENT = "data_movement"
+NORM = "norm"
+
+_ELEMENTWISE_OPS = {
+    "add", "sub", "mul", "div", "relu", "relu_", "hardtanh", "hardtanh_", "hardswish",
+    "hardswish_", "hardsigmoid", "hardsigmoid_", "sigmoid", "tanh", "prelu",
+    "_prelu_kernel", "clamp", "clamp_min", "silu", "gelu", "leaky_relu", "where",
+}  # fmt: skip
+_POOL_OPS = {
+    "max_pool2d", "max_pool2d_with_indices", "avg_pool2d", "mean", "adaptive_avg_pool2d",
+    "_adaptive_avg_pool2d", "adaptive_max_pool2d",
+}  # fmt: skip
+_DATA_MOVEMENT_OPS = {
+    "cat", "clone", "_unsafe_view", "index_select", "index", "gather", "constant_pad_nd",
+    "upsample_bilinear2d", "upsample_nearest2d", "copy", "copy_", "contiguous", "_to_copy",
+}  # fmt: skip
+_MATMUL_OPS = {"addmm", "mm", "bmm", "matmul", "linear"}
+_NORM_OPS = {"native_batch_norm", "_native_batch_norm_legit_no_training", "batch_norm"}
+
+
+@dataclass(frozen=True)
+class LayerCost:
+    """One op of the forward pass."""
+
+    index: int
+    layer: str
+    op: str
+    op_class: str
+    output_shape: tuple[int, ...]
+    params: int
+    multiply_adds: int
+    memory_access: int
+    groups: int = 1
+
+
+@dataclass(frozen=True)
+class Finding:
+    guideline: str
+    summary: str
+
+
+@dataclass(frozen=True)
+class ModelCost:
+    name: str
+    input_shape: tuple[int, ...]
+    layers: tuple[LayerCost, ...]
+    findings: tuple[Finding, ...]
+
+    @property
+    def params(self) -> int:
+        return sum(layer.params for layer in self.layers)
+
+    @property
+    def multiply_adds(self) -> int:
+        return sum(layer.multiply_adds for layer in self.layers)
+
+    @property
+    def memory_access(self) -> int:
+        return sum(layer.memory_access for layer in self.layers)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.name,
+            "input_shape": list(self.input_shape),
+            "params": self.params,
+            "multiply_adds": self.multiply_adds,
+            "memory_access": self.memory_access,
+            "layers": [asdict(layer) for layer in self.layers],
+            "findings": [asdict(finding) for finding in self.findings],
+        }
+
+
+def _numel(value: Any) -> int:
+    if isinstance(value, torch.Tensor):
+        return value.numel()
+    if isinstance(value, (list, tuple)):
+        return sum(_numel(v) for v in value)
+    return 0
+
+
+def _first_tensor(value: Any) -> torch.Tensor | None:
+    if isinstance(value, torch.Tensor):
+        return value
+    if isinstance(value, (list, tuple)):
+        for item in value:
+            found = _first_tensor(item)
+            if found is not None:
+                return found
+    return None
+
+
+class _Recorder(TorchDispatchMode):
+    def __init__(self, module_stack: list[str], param_ids: dict[int, int]) -> None:
+        super().__init__()
+        self.module_stack = module_stack
+        self.param_ids = param_ids
+        self.seen_params: set[int] = set()
+        self.rows: list[LayerCost] = []
+
+    def _params(self, args: Sequence[Any]) -> int:
+        total = 0
+        for arg in args:
+            if isinstance(arg, torch.Tensor):
+                key = id(arg)
+                if key in self.param_ids and key not in self.seen_params:
+                    self.seen_params.add(key)
+                    total += self.param_ids[key]
+        return total
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        out = func(*args, **(kwargs or {}))
+        name = func.overloadpacket.__name__
+        row = self._classify(name, args, out)
+        if row is not None:
+            self.rows.append(row)
+        return out
+
+    def _classify(self, name: str, args: Sequence[Any], out: Any) -> LayerCost | None:
+        output = _first_tensor(out)
+        if output is None:
+            return None
+        layer = self.module_stack[-1] if self.module_stack else "(model)"
+        shape = tuple(output.shape)
+        in_elems = sum(_numel(a) for a in args if isinstance(a, (torch.Tensor, list, tuple)))
+        op_class: str
+        multiply_adds = 0
+        groups = 1
+        if name == "convolution":
+            x, weight = args[0], args[1]
+            transposed, groups = bool(args[6]), int(args[8])
+            kernel = math.prod(weight.shape[2:])
+            if transposed:
+                multiply_adds = x.numel() * weight.shape[1] * kernel
+            else:
+                multiply_adds = output.numel() * weight.shape[1] * kernel
+            in_channels = x.shape[1]
+            if groups == 1:
+                op_class = POINTWISE if kernel == 1 else CONV
+            elif groups == in_channels and weight.shape[1] == 1:
+                op_class = DEPTHWISE
+            else:
+                op_class = GROUPED
+            memory = in_elems + output.numel()
+        elif name in _MATMUL_OPS:
+            a, b = (args[1], args[2]) if name == "addmm" else (args[0], args[1])
+            multiply_adds = a.numel() * b.shape[-1]
+            op_class = LINEAR
+            memory = in_elems + output.numel()
+        elif name in _NORM_OPS:
+            # Eval-mode BN folds into the preceding conv at export: its params count, its traffic
+            # does not.
+            op_class, memory = NORM, 0
+        elif name in _ELEMENTWISE_OPS:
+            op_class, memory = ELEMENTWISE, in_elems + output.numel()
+        elif name in _POOL_OPS:
+            op_class, memory = POOL, _numel(args[0]) + output.numel()
+        elif name in _DATA_MOVEMENT_OPS:
+            op_class, memory = DATA_MOVEMENT, _numel(args[0]) + output.numel()
+        else:
+            return None  # views, reshapes and allocations move no data
+        return LayerCost(
+            index=len(self.rows),
+            layer=layer,
+            op=name,
+            op_class=op_class,
+            output_shape=shape,
+            params=self._params(args),
+            multiply_adds=int(multiply_adds),
+            memory_access=int(memory),
+            groups=groups,
+        )
+
+
+def _record_ops(module: nn.Module, data: torch.Tensor) -> list[LayerCost]:
+    stack: list[str] = []
+
+    def enter(name: str) -> Any:
+        def hook(_module: nn.Module, _inputs: Any) -> None:
+            stack.append(name)
+
+        return hook
+
+    def leave(_module: nn.Module, _inputs: Any, _output: Any) -> None:
+        stack.pop()  # a hook that returned a value would replace the module's output
+
+    handles = []
+    for name, sub in module.named_modules():
+        if name:
+            handles.append(sub.register_forward_pre_hook(enter(name)))
+            handles.append(sub.register_forward_hook(leave))
+    param_ids = {id(p): p.numel() for p in module.parameters()}
+    recorder = _Recorder(stack, param_ids)
+    try:
+        with torch.no_grad(), recorder:
+            module(data)
+    finally:
+        for handle in handles:
+            handle.remove()
+    # Parameters no op touched (unused heads, say) are still the model's: keep totals honest.
+    unused = sum(n for key, n in param_ids.items() if key not in recorder.seen_params)
+    rows = list(recorder.rows)
+    if unused:
+        rows.append(LayerCost(len(rows), "(unused)", "parameters", NORM, (), unused, 0, 0))
+    return rows
+
+
+def inspect_model(model: TorchModel) -> ModelCost:
+    """Run one batch through ``model`` and cost every op; see the module docstring for the rules."""
+    layers = tuple(_record_ops(model.module, torch.zeros(model.input_shape)))
+    return ModelCost(model.name, model.input_shape, layers, tuple(guideline_findings(layers)))
+
+
+@dataclass(frozen=True)
+class ModelSummary:
+    """One line of `edgecompile models`."""
+
+    name: str
+    family: str
+    task: str
+    input_size: tuple[int, int]
+    params: int
+    multiply_adds: int
+    description: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def summarize_model(name: str) -> ModelSummary:
+    """Params and multiply-adds of a zoo model at its default input size.
+
+    Costs depend on shapes only, so the model is built on the ``meta`` device (no memory, no
+    arithmetic); a builder that needs real weights (CondenseNet's condensation ranks them) is
+    built for real instead.
+    """
+    info = model_info(name)
+    try:
+        with torch.device("meta"):
+            module = info.builder(**info.kwargs).eval()
+            rows = _record_ops(module, torch.zeros(info.input_shape))
+    except (NotImplementedError, RuntimeError):
+        module = get_model(name)
+        rows = _record_ops(module, torch.zeros(info.input_shape))
+    return ModelSummary(
+        name=name,
+        family=info.family,
+        task=info.task,
+        input_size=info.input_size,
+        params=sum(row.params for row in rows),
+        multiply_adds=sum(row.multiply_adds for row in rows),
+        description=info.description,
+    )
+
+
+def _share(part: float, whole: float) -> str:
+    return f"{100.0 * part / whole:.0f}%" if whole else "0%"
+
+
+def guideline_findings(layers: Sequence[LayerCost]) -> list[Finding]:
+    """The four practical guidelines of ShuffleNet v2, measured on these layers."""
+    total_mac = sum(layer.memory_access for layer in layers) or 1
+    findings: list[Finding] = []
+
+    pointwise = [layer for layer in layers if layer.op_class == POINTWISE]
+    if pointwise:
+        # For fixed FLOPs B = h·w·c1·c2, MAC ≥ 2·sqrt(h·w·B) + B/(h·w), reached at c1 = c2.
+        bound = 0.0
+        for layer in pointwise:
+            hw = math.prod(layer.output_shape[2:]) if len(layer.output_shape) == 4 else 1
+            flops = layer.multiply_adds / max(layer.output_shape[0], 1)
+            bound += 2 * math.sqrt(hw * flops) + flops / hw
+        actual = sum(layer.memory_access / max(layer.output_shape[0], 1) for layer in pointwise)
+        findings.append(
+            Finding(
+                "G1 equal channel width",
+                f"{len(pointwise)} pointwise convs use {actual / bound:.2f}× the MAC of "
+                "equal-width layers with the same multiply-adds (1.00× is ideal)",
+            )
+        )
+    else:
+        findings.append(Finding("G1 equal channel width", "no ungrouped 1×1 convolutions"))
+    grouped = [layer for layer in layers if layer.op_class == GROUPED]
+    if grouped:
+        groups = sorted({layer.groups for layer in grouped})
+        mac = sum(layer.memory_access for layer in grouped)
+        findings.append(
+            Finding(
+                "G2 group convolution",
+                f"{len(grouped)} grouped convs (groups {', '.join(map(str, groups))}) carry "
+                f"{_share(mac, total_mac)} of all memory access",
+            )
+        )
+    else:
+        findings.append(Finding("G2 group convolution", "no grouped convolutions"))
+    compute = [layer for layer in layers if layer.multiply_adds]
+    ops = [layer for layer in layers if layer.op_class != NORM]
+    if compute:
+        mean_madds = sum(layer.multiply_adds for layer in compute) / len(compute)
+        findings.append(
+            Finding(
+                "G3 fragmentation",
+                f"{len(ops)} operators, {len(compute)} of them convs/linears averaging "
+                f"{mean_madds / 1e6:.2f}M multiply-adds each",
+            )
+        )
+    cheap = [layer for layer in layers if layer.op_class in (ELEMENTWISE, DATA_MOVEMENT)]
+    findings.append(
+        Finding(
+            "G4 element-wise operations",
+            f"element-wise ops and data movement: {len(cheap)} of {len(ops)} operators, "
+            f"{_share(sum(layer.memory_access for layer in cheap), total_mac)} of memory access, "
+            "no multiply-adds counted",
+        )
+    )
+    return findings
+
+
+def count_params(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())

@@ -1,0 +1,146 @@
+"""MobileNet v1: a 3×3 stem and thirteen depthwise-separable convolutions.
+
+Howard, Zhu, Chen, Kalenichenko, Wang, Weyand, Andreetto and Adam, "MobileNets: Efficient
+Convolutional Neural Networks for Mobile Vision Applications", arXiv:1704.04861 (2017). The body is
+paper Table 1; the width multiplier α (§3.3) thins every layer and the resolution multiplier ρ
+(§3.4) only changes the input size, so the sixteen α × ρ models of paper Figs. 4 and 5 are one
+builder registered at four input sizes. BatchNorm follows every convolution (paper Fig. 3) and the
+classifier is a biased 1024 → classes fully connected layer: 4,231,976 parameters at α = 1.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+from edgecompile.zoo.layers import ConvBnAct, make_divisible
+from edgecompile.zoo.registry import register_model
+
+__all__ = [
+    "MOBILENET_V1_LAYERS",
+    "DepthwiseSeparable",
+    "DepthwiseSeparableSpec",
+    "MobileNetV1",
+    "init_weights",
+    "mobilenet_v1",
+]
+
+
+class DepthwiseSeparableSpec(NamedTuple):
+    """One row of paper Table 1: a 3×3 depthwise conv at ``stride``, then a 1×1 to ``out``."""
+
+    out_channels: int
+    stride: int
+
+
+STEM_CHANNELS = 32
+
+# Paper Table 1 after the stem, one row per depthwise-separable layer (the 5× 512 row unrolled).
+MOBILENET_V1_LAYERS: tuple[DepthwiseSeparableSpec, ...] = (
+    DepthwiseSeparableSpec(64, 1),
+    DepthwiseSeparableSpec(128, 2),
+    DepthwiseSeparableSpec(128, 1),
+    DepthwiseSeparableSpec(256, 2),
+    DepthwiseSeparableSpec(256, 1),
+    DepthwiseSeparableSpec(512, 2),
+    *(DepthwiseSeparableSpec(512, 1) for _ in range(5)),
+    DepthwiseSeparableSpec(1024, 2),
+    # The paper's table prints stride 2 here, but the feature map stays 7×7 (its own size column,
+    # and the reference TF-slim definition): stride 1.
+    DepthwiseSeparableSpec(1024, 1),
+)
+
+
+def init_weights(model: nn.Module) -> None:
+    """Variance-preserving init shared by the MobileNet-style zoo models.
+
+    Kaiming fan-in rather than torchvision's fan-out: a depthwise conv's fan-out counts the output
+    channels, which would shrink activations by ~sqrt(2/C) per layer, so a randomly initialised
+    network (all the zoo ships) would output values near zero and make numeric comparisons between
+    backends meaningless.
+    """
+    for module in model.modules():
+        if isinstance(module, nn.Conv2d):
+            nn.init.kaiming_normal_(module.weight, mode="fan_in", nonlinearity="relu")
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.BatchNorm2d):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, 0.0, 0.01)
+            nn.init.zeros_(module.bias)
+
+
+class DepthwiseSeparable(nn.Sequential):
+    """Depthwise 3×3 → BN → ReLU → pointwise 1×1 → BN → ReLU (paper Fig. 3, right)."""
+
+    def __init__(self, in_channels: int, out_channels: int, *, stride: int = 1) -> None:
+        super().__init__(
+            ConvBnAct(in_channels, in_channels, 3, stride=stride, groups=in_channels),
+            ConvBnAct(in_channels, out_channels, 1),
+        )
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+
+
+class MobileNetV1(nn.Module):
+    """MobileNet v1 at width multiplier ``width`` (α); any input size works (global pooling)."""
+
+    def __init__(
+        self,
+        layers: tuple[DepthwiseSeparableSpec, ...] = MOBILENET_V1_LAYERS,
+        *,
+        width: float = 1.0,
+        num_classes: int = 1000,
+    ) -> None:
+        super().__init__()
+        if width <= 0:
+            raise ValueError(f"width multiplier must be positive, got {width}")
+        self.width = width
+        # For the paper's α ∈ {1, 0.75, 0.5, 0.25} every α·M is already a multiple of 8, so this
+        # rounding only matters for other widths, where it keeps channels SIMD-friendly.
+        channels = make_divisible(STEM_CHANNELS * width, 8)
+        blocks: list[nn.Module] = [ConvBnAct(3, channels, 3, stride=2)]
+        for spec in layers:
+            out_channels = make_divisible(spec.out_channels * width, 8)
+            blocks.append(DepthwiseSeparable(channels, out_channels, stride=spec.stride))
+            channels = out_channels
+        self.features = nn.Sequential(*blocks)
+        self.num_features = channels
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Linear(channels, num_classes)
+        init_weights(self)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.pool(self.features(x))
+        return self.classifier(torch.flatten(x, 1))
+
+
+def mobilenet_v1(*, width: float = 1.0, num_classes: int = 1000) -> MobileNetV1:
+    """MobileNet v1 with width multiplier ``width`` (paper's α); resolution is the input size."""
+    return MobileNetV1(width=width, num_classes=num_classes)
+
+
+def _register_variants() -> None:
+    # Paper Tables 6 (α at 224 px) and 7 (ρ at α = 1) span this grid; Figs. 4-5 plot all of it.
+    for width in (1.0, 0.75, 0.5, 0.25):
+        for resolution in (224, 192, 160, 128):
+            suffix = "" if width == 1.0 else "_x" + f"{width:g}".replace(".", "_")
+            suffix += "" if resolution == 224 else f"_r{resolution}"
+            register_model(
+                f"mobilenet_v1{suffix}",
+                mobilenet_v1,
+                family="mobilenet_v1",
+                input_size=(resolution, resolution),
+                description=(
+                    f"MobileNet v1 (Howard et al. 2017), width α={width:g} at "
+                    f"{resolution}×{resolution}: depthwise-separable convs"
+                ),
+                width=width,
+            )
+
+
+_register_variants()

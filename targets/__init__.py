@@ -1,0 +1,225 @@
+"""Board presets and ``--target`` resolution.
+
+``--target`` is resolved in this order: a built-in preset name (``rpi4``) → a user preset file
+(``./board.toml``, same format as ``presets.toml`` beside this file) → a TVM target tag
+(``raspberry-pi/4b-aarch64``) → raw TVM target JSON (``'{"kind": "llvm", ...}'``).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import platform
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+from edgecompile.errors import EdgecompileError
+
+PRESETS_FILE = Path(__file__).with_name("presets.toml")
+HOST = "host"
+ZIG = "zig"
+_PRESET_KEYS = {"description", "tvm_tag", "threads", "rpc_key", "target", "toolchain"}
+
+
+@dataclass(frozen=True)
+class BoardPreset:
+    """One board: its TVM target, how to link for it, and how to reach it."""
+
+    name: str
+    description: str
+    target: Mapping[str, Any]
+    threads: int
+    rpc_key: str
+    toolchain: str = ZIG
+    tvm_tag: str | None = None
+    source: str = "built-in"
+
+    @property
+    def triple(self) -> str:
+        return str(self.target.get("mtriple", ""))
+
+    @property
+    def arch(self) -> str:
+        """``uname -m``-style architecture: aarch64, arm or x86_64."""
+        head = self.triple.split("-")[0]
+        if head in ("aarch64", "arm64"):
+            return "aarch64"
+        if head.startswith(("arm", "thumb")):
+            return "arm"
+        return head or platform.machine()
+
+    @property
+    def is_host(self) -> bool:
+        """Libraries for this preset can be loaded by this machine's TVM."""
+        return self.name == HOST or (self.arch == _host_arch() and self.triple == _host_triple())
+
+    def tvm_target(self) -> Any:
+        import tvm
+
+        return tvm.target.Target(dict(self.target))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "description": self.description,
+            "target": dict(self.target),
+            "threads": self.threads,
+            "rpc_key": self.rpc_key,
+            "toolchain": self.toolchain,
+            "tvm_tag": self.tvm_tag,
+            "source": self.source,
+        }
+
+
+def _host_arch() -> str:
+    machine = platform.machine().lower()
+    return {"arm64": "aarch64", "amd64": "x86_64"}.get(machine, machine)
+
+
+def _host_triple() -> str:
+    return f"{_host_arch()}-linux-gnu"
+
+
+@functools.cache
+def host_preset() -> BoardPreset:
+    """This machine, with the CPU name LLVM detects ("native" silently becomes "generic")."""
+    import tvm
+
+    cpu = tvm.target.codegen.llvm_get_system_cpu()
+    cores = os.cpu_count() or 1
+    return BoardPreset(
+        name=HOST,
+        description=f"This machine ({_host_arch()}, {cpu}, {cores} cores)",
+        target=MappingProxyType(
+            {"kind": "llvm", "mtriple": _host_triple(), "mcpu": cpu, "num-cores": cores}
+        ),
+        threads=cores,
+        rpc_key=HOST,
+    )
+
+
+def _preset_from_table(name: str, table: Mapping[str, Any], source: str) -> BoardPreset:
+    unknown = set(table) - _PRESET_KEYS
+    if unknown:
+        raise EdgecompileError(
+            f"preset {name!r} in {source} has unknown keys: {', '.join(sorted(unknown))}",
+            f"use only {', '.join(sorted(_PRESET_KEYS))}",
+        )
+    target = table.get("target")
+    if not isinstance(target, Mapping) or "kind" not in target:
+        raise EdgecompileError(
+            f"preset {name!r} in {source} has no target table with a 'kind'",
+            'add e.g. target = { kind = "llvm", mtriple = "aarch64-linux-gnu", mcpu = "..." }',
+        )
+    threads = int(table.get("threads", target.get("num-cores", 1)))
+    return BoardPreset(
+        name=name,
+        description=str(table.get("description", "")),
+        target=MappingProxyType(dict(target)),
+        threads=threads,
+        rpc_key=str(table.get("rpc_key", name)),
+        toolchain=str(table.get("toolchain", ZIG)),
+        tvm_tag=table.get("tvm_tag"),
+        source=source,
+    )
+
+
+def load_preset_file(path: str | Path) -> dict[str, BoardPreset]:
+    """Read a preset file: one TOML table per board."""
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise EdgecompileError(
+            f"preset file {str(path)!r} does not exist", "check the path"
+        ) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise EdgecompileError(f"preset file {str(path)!r} is not valid TOML: {exc}") from None
+    presets = {}
+    for name, table in data.items():
+        if not isinstance(table, Mapping):
+            raise EdgecompileError(
+                f"preset file {str(path)!r}: {name!r} is not a table",
+                "write one [name] table per board",
+            )
+        presets[name] = _preset_from_table(name, table, str(path))
+    if not presets:
+        raise EdgecompileError(f"preset file {str(path)!r} defines no board", "add a [name] table")
+    return presets
+
+
+@functools.cache
+def builtin_presets() -> Mapping[str, BoardPreset]:
+    presets = load_preset_file(PRESETS_FILE)
+    return MappingProxyType({**presets, HOST: host_preset()})
+
+
+def list_presets() -> list[BoardPreset]:
+    return list(builtin_presets().values())
+
+
+def resolve_target(spec: str) -> BoardPreset:
+    """Preset name → preset file → TVM tag → raw target JSON; anything else lists the presets."""
+    presets = builtin_presets()
+    if spec in presets:
+        return presets[spec]
+    if spec.endswith(".toml") or Path(spec).is_file():
+        user = load_preset_file(spec)
+        if len(user) > 1:
+            raise EdgecompileError(
+                f"preset file {spec!r} defines {len(user)} boards ({', '.join(user)})",
+                "keep one board per file passed to --target",
+            )
+        return next(iter(user.values()))
+    if spec.lstrip().startswith("{"):
+        return _preset_from_json(spec)
+    tag = _tvm_tag(spec)
+    if tag is not None:
+        return tag
+    raise EdgecompileError(
+        f"unknown target {spec!r}",
+        f"use a preset ({', '.join(presets)}), a preset .toml file, a TVM tag or target JSON",
+    )
+
+
+def _preset_from_json(text: str) -> BoardPreset:
+    try:
+        target = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise EdgecompileError(f"target JSON does not parse: {exc}") from None
+    if not isinstance(target, dict) or "kind" not in target:
+        raise EdgecompileError(
+            "target JSON must be an object with a 'kind'", 'e.g. {"kind": "llvm"}'
+        )
+    preset = _preset_from_table("custom", {"target": target}, "target JSON")
+    _check_tvm_accepts(preset)
+    return replace(preset, description="target given as JSON")
+
+
+def _tvm_tag(name: str) -> BoardPreset | None:
+    import tvm
+
+    config = tvm.target.tag.list_tags().get(name)
+    if config is None:
+        return None
+    # str(Target) is its JSON; it carries derived "feature.*" keys we leave to TVM to recompute.
+    target = json.loads(str(tvm.target.Target(name)))
+    keep = {"kind", "mtriple", "mcpu", "mattr", "num-cores", "keys", "device", "model"}
+    table = {key: value for key, value in target.items() if key in keep}
+    preset = _preset_from_table(name.replace("/", "-"), {"target": table}, f"TVM tag {name}")
+    return replace(preset, tvm_tag=name, description=f"TVM tag {name}")
+
+
+def _check_tvm_accepts(preset: BoardPreset) -> None:
+    try:
+        preset.tvm_target()
+    except Exception as exc:  # TVM raises its own error types for a bad target
+        raise EdgecompileError(
+            f"TVM rejects target {dict(preset.target)}: {str(exc).splitlines()[0]}",
+            "see `edgecompile targets --json` for working examples",
+        ) from None

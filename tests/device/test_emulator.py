@@ -1,0 +1,154 @@
+"""The emulated aarch64 board: binfmt registration, rootfs, and a cross-compiled Relax library.
+
+Needs root and the Debian packages from ``.ci/install-emulator-deps.sh``; the first run builds
+the arm64 rootfs (~6 minutes, network needed) into the default cache, later runs reuse it.
+Skipped, with the reason, where that is impossible.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tvm
+from tvm.script import relax as R
+
+from edgecompile.device import emulator
+from edgecompile.errors import EdgecompileError
+
+pytestmark = pytest.mark.emulator
+
+# What a Raspberry Pi 4 target looks like to TVM 0.27 (targets are JSON-like dicts only).
+AARCH64_TARGET = {
+    "kind": "llvm",
+    "mtriple": "aarch64-linux-gnu",
+    "mcpu": "cortex-a72",
+    "mattr": ["+neon"],
+    "num-cores": 4,
+}
+
+
+@tvm.script.ir_module
+class TinyModule:
+    """relu(x @ w + 1): a matmul, a broadcast add and an activation, like one CNN layer."""
+
+    @R.function
+    def main(x: R.Tensor((4, 8), "float32"), w: R.Tensor((8, 3), "float32")) -> R.Tensor(
+        (4, 3), "float32"
+    ):
+        with R.dataflow():
+            y = R.matmul(x, w)
+            z = R.add(y, R.const(1.0, "float32"))
+            out = R.nn.relu(z)
+            R.output(out)
+        return out
+
+
+def zig_linker(triple: str) -> Callable[..., None]:
+    """An ``export_library`` fcompile that links with the pip-installed zig toolchain.
+
+    tvm.support.cc.cross_compiler only accepts a single executable name (it builds
+    ``[cc, "-shared", ...]``), so ``python -m ziglang cc`` needs this small wrapper.
+    """
+
+    def link(output: str, objects: Sequence[str], options: Sequence[str] | None = None) -> None:
+        argv = [sys.executable, "-m", "ziglang", "cc", "-target", triple, "-shared", "-fPIC"]
+        argv += ["-o", output, *objects, *(options or [])]
+        subprocess.run(argv, check=True, capture_output=True, text=True)
+
+    link.output_format = "so"  # type: ignore[attr-defined]
+    return link
+
+
+def _skip_unless_root() -> None:
+    if os.geteuid() != 0:
+        pytest.skip("the emulated board needs root (binfmt_misc, chroot)")
+
+
+@pytest.fixture(scope="module")
+def rootfs() -> Path:
+    """The cached arm64 rootfs, built on first use; skips where it cannot be built."""
+    _skip_unless_root()
+    try:
+        return emulator.ensure_rootfs(progress=lambda line: print(f"[rootfs] {line}"))
+    except EdgecompileError as error:
+        pytest.skip(f"cannot build the emulated board's rootfs (no network or tools?): {error}")
+
+
+@pytest.fixture(scope="module")
+def aarch64_library(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """TinyModule cross-compiled for a Raspberry Pi 4 and linked by zig."""
+    path = tmp_path_factory.mktemp("aarch64") / "tiny_aarch64.so"
+    executable = tvm.compile(TinyModule, target=tvm.target.Target(AARCH64_TARGET))
+    executable.export_library(str(path), fcompile=zig_linker("aarch64-linux-gnu.2.28"))
+    return path
+
+
+def test_ensure_binfmt_is_idempotent() -> None:
+    _skip_unless_root()
+    try:
+        emulator.ensure_binfmt()
+    except EdgecompileError as error:
+        pytest.skip(f"binfmt_misc cannot be set up here: {error}")
+    entry = Path("/proc/sys/fs/binfmt_misc/qemu-aarch64").read_text()
+    emulator.ensure_binfmt()  # second call: nothing to do, nothing breaks
+    assert Path("/proc/sys/fs/binfmt_misc/qemu-aarch64").read_text() == entry
+    assert "enabled" in entry.splitlines()
+    flags = next(line for line in entry.splitlines() if line.startswith("flags:"))
+    assert "F" in flags
+
+
+def test_rootfs_matches_host_tvm(rootfs: Path) -> None:
+    import importlib.metadata
+    import json
+
+    marker = json.loads((rootfs / emulator.MARKER).read_text())
+    assert marker["machine"] == "aarch64"
+    for name in ("apache-tvm", "apache-tvm-ffi"):
+        assert marker["packages"][name] == importlib.metadata.version(name)
+    assert emulator.ensure_rootfs() == rootfs  # cached: returns at once
+
+
+def test_run_in_rootfs_emulates_the_cpu(rootfs: Path) -> None:
+    result = emulator.run_in_rootfs(
+        rootfs, ["/usr/bin/python3", "-c", "import platform; print(platform.machine())"]
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "aarch64"
+    failed = emulator.run_in_rootfs(rootfs, ["/bin/sh", "-c", "echo oops >&2; exit 3"])
+    assert (failed.returncode, failed.stderr.strip()) == (3, "oops")
+
+
+def test_cross_compiled_library_runs_on_the_board(rootfs: Path, aarch64_library: Path) -> None:
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((4, 8)).astype("float32")
+    w = rng.standard_normal((8, 3)).astype("float32")
+
+    outputs = emulator.run_library_in_rootfs(rootfs, aarch64_library, {"x": x, "w": w})
+
+    assert len(outputs) == 1
+    assert outputs[0].shape == (4, 3) and outputs[0].dtype == np.float32
+    np.testing.assert_allclose(outputs[0], np.maximum(x @ w + 1.0, 0.0), rtol=1e-5, atol=1e-5)
+    assert not list((rootfs / "tmp").glob("edgecompile-run-*")), "temp dir left in the rootfs"
+
+
+def test_unknown_entry_reports_the_board_error(rootfs: Path, aarch64_library: Path) -> None:
+    inputs = {"x": np.zeros((4, 8), "float32"), "w": np.zeros((8, 3), "float32")}
+    with pytest.raises(EdgecompileError, match=r"failed: .*no_such_function"):
+        emulator.run_library_in_rootfs(rootfs, aarch64_library, inputs, entry="no_such_function")
+    assert not list((rootfs / "tmp").glob("edgecompile-run-*"))
+
+
+def test_x86_library_is_rejected_clearly(rootfs: Path, tmp_path: Path) -> None:
+    path = tmp_path / "tiny_x86.so"
+    executable = tvm.compile(TinyModule, target=tvm.target.Target({"kind": "llvm"}))
+    executable.export_library(str(path), fcompile=zig_linker("x86_64-linux-gnu.2.28"))
+    inputs = {"x": np.zeros((4, 8), "float32"), "w": np.zeros((8, 3), "float32")}
+    with pytest.raises(EdgecompileError, match=r"built for x86-64.*aarch64") as raised:
+        emulator.run_library_in_rootfs(rootfs, path, inputs)
+    assert raised.value.fix and "aarch64" in raised.value.fix
