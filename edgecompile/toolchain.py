@@ -47,16 +47,26 @@ class Toolchain:
         return link
 
 
+# The oldest glibc the library may need: Raspberry Pi OS bullseye has 2.31, Jetson's L4T 2.27.
+# zig otherwise links against a recent glibc's symbol versions, which older boards refuse.
+GLIBC_VERSION = "2.27"
+
+
 def zig_triple(llvm_triple: str) -> str:
-    """LLVM's triple → zig's: zig names every 32-bit ARM ``arm`` and has no ``l`` suffixes."""
+    """LLVM's triple → zig's: every 32-bit ARM is ``arm``, and gnu ABIs carry a glibc version."""
     arch, _, rest = llvm_triple.partition("-")
-    parts = [p for p in rest.split("-") if p not in ("unknown", "pc", "none")]
+    parts = rest.split("-")
+    if len(parts) >= 3:  # arch-vendor-os-environment: zig has no vendor (e.g. conda's)
+        parts = parts[1:]
+    parts = [p for p in parts if p not in ("unknown", "pc", "none")]
     if arch.startswith(("armv", "arm")) and arch not in ("arm64",):
         arch = "arm"
     if arch == "arm64":
         arch = "aarch64"
-    os_abi = [p for p in parts if p != "linux"]
-    return "-".join([arch, "linux", *(os_abi or ["gnu"])])
+    abi = next((p for p in parts if p != "linux"), "gnu")
+    if abi.startswith("gnu"):
+        abi = f"{abi}.{GLIBC_VERSION}"
+    return f"{arch}-linux-{abi}"
 
 
 def zig_cpu(mcpu: str | None) -> str | None:

@@ -8,9 +8,7 @@ Skipped, with the reason, where that is impossible.
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -20,17 +18,10 @@ from tvm.script import relax as R
 
 from edgecompile.device import emulator
 from edgecompile.errors import EdgecompileError
+from edgecompile.targets import resolve_target
+from edgecompile.toolchain import toolchain_for
 
 pytestmark = pytest.mark.emulator
-
-# What a Raspberry Pi 4 target looks like to TVM 0.27 (targets are JSON-like dicts only).
-AARCH64_TARGET = {
-    "kind": "llvm",
-    "mtriple": "aarch64-linux-gnu",
-    "mcpu": "cortex-a72",
-    "mattr": ["+neon"],
-    "num-cores": 4,
-}
 
 
 @tvm.script.ir_module
@@ -49,48 +40,17 @@ class TinyModule:
         return out
 
 
-def zig_linker(triple: str) -> Callable[..., None]:
-    """An ``export_library`` fcompile that links with the pip-installed zig toolchain.
-
-    tvm.support.cc.cross_compiler only accepts a single executable name (it builds
-    ``[cc, "-shared", ...]``), so ``python -m ziglang cc`` needs this small wrapper.
-    """
-
-    def link(output: str, objects: Sequence[str], options: Sequence[str] | None = None) -> None:
-        argv = [sys.executable, "-m", "ziglang", "cc", "-target", triple, "-shared", "-fPIC"]
-        argv += ["-o", output, *objects, *(options or [])]
-        subprocess.run(argv, check=True, capture_output=True, text=True)
-
-    link.output_format = "so"  # type: ignore[attr-defined]
-    return link
-
-
-def _skip_unless_root() -> None:
-    if os.geteuid() != 0:
-        pytest.skip("the emulated board needs root (binfmt_misc, chroot)")
-
-
-@pytest.fixture(scope="module")
-def rootfs() -> Path:
-    """The cached arm64 rootfs, built on first use; skips where it cannot be built."""
-    _skip_unless_root()
-    try:
-        return emulator.ensure_rootfs(progress=lambda line: print(f"[rootfs] {line}"))
-    except EdgecompileError as error:
-        pytest.skip(f"cannot build the emulated board's rootfs (no network or tools?): {error}")
-
-
 @pytest.fixture(scope="module")
 def aarch64_library(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """TinyModule cross-compiled for a Raspberry Pi 4 and linked by zig."""
+    """TinyModule cross-compiled for a Raspberry Pi 4 and linked by the preset's toolchain."""
     path = tmp_path_factory.mktemp("aarch64") / "tiny_aarch64.so"
-    executable = tvm.compile(TinyModule, target=tvm.target.Target(AARCH64_TARGET))
-    executable.export_library(str(path), fcompile=zig_linker("aarch64-linux-gnu.2.28"))
+    executable = tvm.compile(TinyModule, target=resolve_target("rpi4").tvm_target())
+    executable.export_library(str(path), fcompile=toolchain_for(resolve_target("rpi4")).fcompile())
     return path
 
 
+@pytest.mark.usefixtures("as_root")
 def test_ensure_binfmt_is_idempotent() -> None:
-    _skip_unless_root()
     try:
         emulator.ensure_binfmt()
     except EdgecompileError as error:
@@ -147,8 +107,42 @@ def test_unknown_entry_reports_the_board_error(rootfs: Path, aarch64_library: Pa
 def test_x86_library_is_rejected_clearly(rootfs: Path, tmp_path: Path) -> None:
     path = tmp_path / "tiny_x86.so"
     executable = tvm.compile(TinyModule, target=tvm.target.Target({"kind": "llvm"}))
-    executable.export_library(str(path), fcompile=zig_linker("x86_64-linux-gnu.2.28"))
+    executable.export_library(str(path), fcompile=toolchain_for(resolve_target("host")).fcompile())
     inputs = {"x": np.zeros((4, 8), "float32"), "w": np.zeros((8, 3), "float32")}
     with pytest.raises(EdgecompileError, match=r"built for x86-64.*aarch64") as raised:
         emulator.run_library_in_rootfs(rootfs, path, inputs)
     assert raised.value.fix and "aarch64" in raised.value.fix
+
+
+def test_ensure_binfmt_without_qemu_names_the_package(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(emulator, "_binfmt_entry", lambda: None)
+    monkeypatch.setattr(emulator, "_qemu_interpreter", lambda: None)
+    with pytest.raises(EdgecompileError) as raised:
+        emulator.ensure_binfmt()
+    assert raised.value.fix == "apt-get install qemu-user-static"
+
+
+def test_ensure_binfmt_without_root_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(emulator, "_binfmt_entry", lambda: None)
+    monkeypatch.setattr(emulator, "_qemu_interpreter", lambda: "/usr/bin/qemu-aarch64-static")
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    with pytest.raises(EdgecompileError, match="needs root"):
+        emulator.ensure_binfmt()
+
+
+@pytest.mark.usefixtures("as_root")
+def test_interrupted_build_leaves_no_rootfs(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+
+    def bootstrap_then_fail(target: Path, say: Callable[[str], None]) -> None:
+        (target / "usr").mkdir(parents=True)
+        raise KeyboardInterrupt  # as if the user pressed Ctrl-C mid-bootstrap
+
+    monkeypatch.setattr(emulator, "_host_command", lambda *args, **kwargs: None)
+    monkeypatch.setattr(emulator, "_bootstrap", bootstrap_then_fail)
+    with pytest.raises(KeyboardInterrupt):
+        emulator.ensure_rootfs(tmp_path)
+    leftovers = [p.name for p in (tmp_path / "rootfs").iterdir() if not p.name.endswith(".lock")]
+    assert leftovers == []
+    assert not emulator.rootfs_path(tmp_path).exists()
