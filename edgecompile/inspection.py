@@ -128,20 +128,34 @@ class _Recorder(TorchDispatchMode):
         self.param_ids = param_ids
         self.seen_params: set[int] = set()
         self.rows: list[LayerCost] = []
+        # nn.Linear hands addmm a transposed view of its weight: views of a parameter count as
+        # the parameter. The views are kept alive so their ids are not reused mid-pass.
+        self.param_views: dict[int, int] = {}
+        self._alive: list[torch.Tensor] = []
+
+    def _param_key(self, arg: Any) -> int | None:
+        if not isinstance(arg, torch.Tensor):
+            return None
+        key = self.param_views.get(id(arg), id(arg))
+        return key if key in self.param_ids else None
 
     def _params(self, args: Sequence[Any]) -> int:
         total = 0
         for arg in args:
-            if isinstance(arg, torch.Tensor):
-                key = id(arg)
-                if key in self.param_ids and key not in self.seen_params:
-                    self.seen_params.add(key)
-                    total += self.param_ids[key]
+            key = self._param_key(arg)
+            if key is not None and key not in self.seen_params:
+                self.seen_params.add(key)
+                total += self.param_ids[key]
         return total
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
         out = func(*args, **(kwargs or {}))
         name = func.overloadpacket.__name__
+        if func.is_view and args and isinstance(out, torch.Tensor):
+            key = self._param_key(args[0])
+            if key is not None:
+                self.param_views[id(out)] = key
+                self._alive.append(out)
         row = self._classify(name, args, out)
         if row is not None:
             self.rows.append(row)

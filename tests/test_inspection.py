@@ -73,6 +73,8 @@ def test_totals_match_the_model(name: str) -> None:
     model = load_torch_model(name)
     cost = inspect_model(model)
     assert cost.params == sum(p.numel() for p in model.module.parameters())
+    # every parameter is attributed to the op that reads it, none left over as "(unused)"
+    assert not [layer for layer in cost.layers if layer.layer == "(unused)"]
     assert cost.memory_access > cost.params  # every weight is read at least once, plus activations
     assert [f.guideline[:2] for f in cost.findings] == ["G1", "G2", "G3", "G4"]
 
