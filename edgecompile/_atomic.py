@@ -27,6 +27,12 @@ def _ensure_parent(final: Path) -> None:
         )
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_file(final: Path) -> Iterator[Path]:
     """Yield a temporary path beside ``final``; moved to ``final`` only if the block succeeds."""
@@ -36,6 +42,7 @@ def atomic_file(final: Path) -> Iterator[Path]:
     os.close(fd)
     tmp = Path(tmp_name)
     try:
+        tmp.chmod(0o666 & ~_umask())  # mkstemp makes it 0600; give it a normal file's mode
         yield tmp
         os.replace(tmp, final)
     finally:
@@ -52,6 +59,7 @@ def atomic_directory(final: Path) -> Iterator[Path]:
     _ensure_parent(final)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".partial", dir=final.parent))
     try:
+        tmp.chmod(0o777 & ~_umask())  # mkdtemp makes it 0700: others could not read the artifact
         yield tmp
         if final.exists():
             old = final.with_name(f".{final.name}.old-{os.getpid()}")

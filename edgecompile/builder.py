@@ -21,6 +21,7 @@ from edgecompile.artifact import Artifact, Manifest, elf_info, sha256_file, writ
 from edgecompile.errors import EdgecompileError
 from edgecompile.export import (
     DEFAULT_TOLERANCE,
+    TensorSpec,
     example_input,
     export_onnx,
     is_module_reference,
@@ -29,7 +30,7 @@ from edgecompile.export import (
     relative_error,
     run_onnxruntime,
 )
-from edgecompile.importer import RelaxModel, heavy_ops, import_onnx
+from edgecompile.importer import RelaxModel, import_onnx
 from edgecompile.progress import SILENT, Progress
 from edgecompile.targets import BoardPreset, resolve_target
 from edgecompile.toolchain import toolchain_for
@@ -94,13 +95,23 @@ def build(
     verify: bool = True,
     tolerance: float = DEFAULT_TOLERANCE,
     progress: Progress = SILENT,
+    custom_schedules: bool = True,
 ) -> BuildResult:
-    """Compile ``model`` for ``target`` into ``output_dir/<model>-<preset>/``."""
+    """Compile ``model`` for ``target`` into ``output_dir/<model>-<preset>/``.
+
+    ``custom_schedules=False`` compiles with TVM's default lowering only (no edgecompile
+    schedules), as before issue #4.
+    """
     started = time.perf_counter()
     preset = target if isinstance(target, BoardPreset) else resolve_target(target)
     toolchain = toolchain_for(preset, cc)
     name = artifact_name(model)
     final_dir = Path(output_dir) / f"{name}-{preset.name}"
+    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+        # Checked here, not only for torch models: an ONNX file's batch of 0 would become 1.
+        raise EdgecompileError(f"bad batch size {batch!r}", "use --batch 1 or more")
+    if isinstance(input_size, int):  # build(..., input_size=160) from Python
+        input_size = (input_size, input_size)
     size = parse_input_size(input_size)
 
     with tempfile.TemporaryDirectory(prefix="edgecompile-") as scratch:
@@ -121,7 +132,7 @@ def build(
         with progress.stage("import into TVM Relax"):
             relax_model, static_onnx = import_onnx(onnx_path, name=name, input_shapes=input_shapes)
         with progress.stage(f"compile for {preset.name} ({preset.target.get('mcpu', 'generic')})"):
-            executable = _compile(relax_model, preset)
+            executable, schedules = _compile(relax_model, preset, custom_schedules)
         with atomic_directory(final_dir) as staging:
             library = staging / f"{name}.so"
             with progress.stage(f"link with {toolchain.description}"):
@@ -158,18 +169,21 @@ def build(
                 arch=elf.arch,
                 tvm_version=_tvm_version(),
                 edgecompile_version=__version__,
-                inputs=[vars(spec) for spec in relax_model.inputs],
-                outputs=[vars(spec) for spec in relax_model.outputs],
+                inputs=[_spec_dict(spec) for spec in relax_model.inputs],
+                outputs=[_spec_dict(spec) for spec in relax_model.outputs],
                 weights=origin,
                 records_digest=None,
-                schedules=[
-                    {**op, "schedule": "tvm-default"} for op in heavy_ops(relax_model.module)
-                ],
+                schedules=schedules,
                 build_seconds=round(time.perf_counter() - started, 2),
                 verification=verification,
             )
             write_manifest(staging, manifest)
     return BuildResult(Artifact(final_dir, manifest), error)
+
+
+def _spec_dict(spec: TensorSpec) -> dict[str, Any]:
+    """As manifest.json stores it (shape a list), so a loaded manifest equals the built one."""
+    return {"name": spec.name, "shape": [int(d) for d in spec.shape], "dtype": spec.dtype}
 
 
 def _tvm_version() -> str:
@@ -178,11 +192,17 @@ def _tvm_version() -> str:
     return str(tvm.__version__)
 
 
-def _compile(relax_model: RelaxModel, preset: BoardPreset) -> Any:
-    import tvm
+def _compile(
+    relax_model: RelaxModel, preset: BoardPreset, custom_schedules: bool = True
+) -> tuple[Any, list[dict[str, Any]]]:
+    """The VM executable, and per heavy op of ``main`` the schedule it got (for the manifest)."""
+    # --- edgecompile.schedules hook (issue #4): our conv schedules, see schedules/pipeline.py ---
+    from edgecompile.schedules import compile_relax
 
     try:
-        return tvm.compile(relax_model.module, target=preset.tvm_target())
+        return compile_relax(
+            relax_model.module, preset.tvm_target(), custom_schedules=custom_schedules
+        )
     except Exception as exc:  # TVMError and friends: the last line names the failing pass
         lines = str(exc).strip().splitlines()
         raise EdgecompileError(

@@ -356,3 +356,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(exc.exit_code)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
+
+
+# Board commands (device emulate/status/stop/deploy, bench, run --device/--rpc/--tracker).
+import edgecompile.cli_device  # noqa: E402, F401

@@ -111,10 +111,14 @@ def supported_onnx_ops() -> frozenset[str]:
 
 def check_supported_ops(proto: onnx.ModelProto, *, source: str) -> None:
     supported = supported_onnx_ops()
-    used = {node.op_type for node in proto.graph.node if node.domain in ("", "ai.onnx")}
+    standard = ("", "ai.onnx")
+    used = {node.op_type for node in proto.graph.node if node.domain in standard}
     missing = sorted(used - supported)
-    custom = sorted({f"{n.domain}.{n.op_type}" for n in proto.graph.node} - {f".{u}" for u in used})
-    custom = [op for op in custom if not op.startswith(("ai.onnx.", "."))]
+    # Any other domain (ai.onnx.ml, com.microsoft, a custom one) is not the op TVM's frontend
+    # would convert: it maps an op by its name alone.
+    custom = sorted(
+        {f"{n.domain}.{n.op_type}" for n in proto.graph.node if n.domain not in standard}
+    )
     if missing or custom:
         ops = ", ".join(missing + custom)
         raise EdgecompileError(
@@ -136,8 +140,10 @@ def import_onnx(
     """
     source = str(path)
     proto = make_static(load_onnx(path), source=source, input_shapes=input_shapes)
-    check_static_onnx(proto, source=source)
+    # Ops first: an op shape inference does not know also leaves its outputs without a shape,
+    # and "the op is unsupported" is the message that names the fix.
     check_supported_ops(proto, source=source)
+    check_static_onnx(proto, source=source)
     from tvm.relax.frontend.onnx import from_onnx
 
     try:

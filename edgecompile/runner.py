@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgecompile.artifact import Artifact, load_artifact
+from edgecompile.artifact import Artifact, elf_info, load_artifact
 from edgecompile.errors import EdgecompileError
 from edgecompile.export import example_input
 
@@ -38,6 +38,16 @@ def run_library(library: str | Path, inputs: Sequence[np.ndarray]) -> list[np.nd
     import tvm
     from tvm import relax
 
+    from edgecompile.targets import _host_arch
+
+    # dlopen() reports a library for another CPU as "No such file or directory": say what it is.
+    elf = elf_info(library)
+    if elf.arch != _host_arch():
+        raise EdgecompileError(
+            f"{str(library)!r} is a {elf.bits}-bit {elf.arch} library; this machine is "
+            f"{_host_arch()}",
+            "run it on its board (or the emulator), or rebuild it with --target host",
+        )
     try:
         module = tvm.runtime.load_module(str(library))
     except Exception as exc:  # TVMError: wrong architecture, missing symbols, ...

@@ -41,7 +41,8 @@ class BoardPreset:
 
     @property
     def triple(self) -> str:
-        return str(self.target.get("mtriple", ""))
+        """The LLVM triple; without ``mtriple`` LLVM compiles for this machine, so that is it."""
+        return str(self.target.get("mtriple") or _host_triple())
 
     @property
     def arch(self) -> str:
@@ -56,7 +57,7 @@ class BoardPreset:
     @property
     def is_host(self) -> bool:
         """Libraries for this preset can be loaded by this machine's TVM."""
-        return self.name == HOST or (self.arch == _host_arch() and self.triple == _host_triple())
+        return self.name == HOST or _canonical_triple(self.triple) == _host_triple()
 
     def tvm_target(self) -> Any:
         import tvm
@@ -83,6 +84,15 @@ def _host_arch() -> str:
 
 def _host_triple() -> str:
     return f"{_host_arch()}-linux-gnu"
+
+
+def _canonical_triple(triple: str) -> str:
+    """The triple without its vendor: ``x86_64-pc-linux-gnu`` → ``x86_64-linux-gnu``."""
+    arch, *rest = triple.split("-")
+    arch = {"arm64": "aarch64", "amd64": "x86_64"}.get(arch, arch)
+    if len(rest) >= 3:  # arch-vendor-os-environment
+        rest = rest[1:]
+    return "-".join([arch, *(part for part in rest if part not in ("pc", "unknown"))])
 
 
 @functools.cache
@@ -116,7 +126,12 @@ def _preset_from_table(name: str, table: Mapping[str, Any], source: str) -> Boar
             f"preset {name!r} in {source} has no target table with a 'kind'",
             'add e.g. target = { kind = "llvm", mtriple = "aarch64-linux-gnu", mcpu = "..." }',
         )
-    threads = int(table.get("threads", target.get("num-cores", 1)))
+    threads = table.get("threads", target.get("num-cores", 1))
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise EdgecompileError(
+            f"preset {name!r} in {source}: threads must be a whole number ≥ 1, not {threads!r}",
+            "e.g. threads = 4",
+        )
     return BoardPreset(
         name=name,
         description=str(table.get("description", "")),
@@ -164,10 +179,16 @@ def list_presets() -> list[BoardPreset]:
 
 
 def resolve_target(spec: str) -> BoardPreset:
-    """Preset name → preset file → TVM tag → raw target JSON; anything else lists the presets."""
+    """Preset name → preset file → TVM tag → raw target JSON; anything else lists the presets.
+
+    JSON is recognised by its leading ``{`` before any file look-up.
+    """
     presets = builtin_presets()
     if spec in presets:
         return presets[spec]
+    # JSON first: a long JSON string is no file name (stat() fails with ENAMETOOLONG).
+    if spec.lstrip().startswith("{"):
+        return _preset_from_json(spec)
     if spec.endswith(".toml") or Path(spec).is_file():
         user = load_preset_file(spec)
         if len(user) > 1:
@@ -175,9 +196,9 @@ def resolve_target(spec: str) -> BoardPreset:
                 f"preset file {spec!r} defines {len(user)} boards ({', '.join(user)})",
                 "keep one board per file passed to --target",
             )
-        return next(iter(user.values()))
-    if spec.lstrip().startswith("{"):
-        return _preset_from_json(spec)
+        preset = next(iter(user.values()))
+        _check_tvm_accepts(preset)
+        return preset
     tag = _tvm_tag(spec)
     if tag is not None:
         return tag
@@ -220,6 +241,7 @@ def _check_tvm_accepts(preset: BoardPreset) -> None:
         preset.tvm_target()
     except Exception as exc:  # TVM raises its own error types for a bad target
         raise EdgecompileError(
-            f"TVM rejects target {dict(preset.target)}: {str(exc).splitlines()[0]}",
+            f"TVM rejects target {dict(preset.target)} ({preset.source}): "
+            f"{str(exc).splitlines()[0]}",
             "see `edgecompile targets --json` for working examples",
         ) from None

@@ -8,7 +8,7 @@ binaries transparently. The rootfs carries a venv with the *same* apache-tvm and
 versions as the host, because a TVM library is only loadable by the runtime it was built for.
 
 Everything here needs root (binfmt_misc, ``chroot``, ``mmdebstrap``). The rootfs is built once
-(~4-6 minutes, ~0.8 GiB) and then reused from the cache directory.
+(~5 minutes, ~0.7 GiB) and then reused from the cache directory.
 """
 
 from __future__ import annotations
@@ -288,11 +288,11 @@ def ensure_rootfs(
 ) -> Path:
     """Return an arm64 Debian rootfs whose venv (:data:`VENV`) holds the host's TVM versions.
 
-    The first call builds it (mmdebstrap, then wheels downloaded on the host and installed
-    offline inside the chroot, ~4-6 minutes); later calls find the marker file and return at
-    once. The build happens in a hidden sibling directory renamed into place at the end, under
-    a file lock, so an interrupted or concurrent build never leaves a half rootfs behind the
-    final name.
+    The first call builds it (~5 minutes: aarch64 wheels downloaded on the host first, so a
+    missing wheel or network fails fast; then mmdebstrap; then an offline pip install inside
+    the chroot); later calls find the marker file and return at once. The build happens in a
+    hidden sibling directory renamed into place at the end, under a file lock, so an interrupted
+    or concurrent build never leaves a half rootfs behind the final name.
 
     Args:
         cache_dir: Parent of ``rootfs/``; defaults to :func:`default_cache_dir`.
@@ -608,7 +608,7 @@ def _elf_machine(library: Path) -> int:
 def run_library_in_rootfs(
     rootfs: Path,
     library: Path,
-    inputs: dict[str, np.ndarray],
+    inputs: Mapping[str, np.ndarray],
     *,
     cpu: str = DEFAULT_CPU,
     entry: str = "main",

@@ -1,0 +1,382 @@
+"""Time every distinct pointwise and depthwise conv of the zoo's MobileNetV2 and ShuffleNetV2:
+our schedule vs TVM's default lowering vs ONNX Runtime; then the whole models.
+
+    /work/venv/bin/python benchmarks/layers.py                 # 1 thread, both models
+    /work/venv/bin/python benchmarks/layers.py --threads 2
+    /work/venv/bin/python benchmarks/layers.py --models mobilenet_v2 --no-default
+
+A script, not a test: numbers depend on the machine and its load (medians of several repeats are
+printed; rerun on a quiet machine before quoting them).
+
+Per layer, each side runs the bare convolution (no bias or activation):
+
+- ours: the scheduled NCHW[x]c PrimFunc alone, as it runs inside a network whose activations
+  stay blocked (the pack/unpack at the network's edges are not in it);
+- TVM default: the PrimFunc ``LegalizeOps`` makes for the NCHW conv, built untuned;
+- ONNX Runtime: a one-node ONNX model, ``intra_op_num_threads`` = ``--threads``. It pays its own
+  per-run overhead (a few µs) and, where its NCHWc transformer kicks in, the reorders into and
+  out of its blocked layout, which a whole network amortises: compare small layers with care.
+
+Whole models: ``main`` through the Relax VM (untuned, with and without our schedules) vs ONNX
+Runtime on the same static ONNX file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+MODELS = ("mobilenet_v2", "shufflenet_v2")
+MIN_REPEAT_SECONDS = 0.05
+
+
+@dataclass(frozen=True)
+class ConvLayer:
+    """One distinct convolution: everything that changes its kernel."""
+
+    kind: str
+    data_shape: tuple[int, ...]
+    weight_shape: tuple[int, ...]
+    strides: tuple[int, int]
+    padding: tuple[int, int, int, int]
+    dilation: tuple[int, int]
+    groups: int
+
+    def out_shape(self) -> tuple[int, int, int, int]:
+        batch, _, height, width = self.data_shape
+        out_channels, _, kernel_h, kernel_w = self.weight_shape
+        top, left, bottom, right = self.padding
+        out_h = (height + top + bottom - self.dilation[0] * (kernel_h - 1) - 1) // self.strides[0]
+        out_w = (width + left + right - self.dilation[1] * (kernel_w - 1) - 1) // self.strides[1]
+        return batch, out_channels, out_h + 1, out_w + 1
+
+    def label(self) -> str:
+        _, channels, height, width = self.data_shape
+        out_channels, _, kernel_h, _ = self.weight_shape
+        text = f"{channels}→{out_channels} {height}×{width}"
+        if self.kind == "depthwise":
+            text = f"{channels} {height}×{width} k{kernel_h}"
+        text += f" s{self.strides[0]}"
+        if self.dilation != (1, 1):
+            text += f" d{self.dilation[0]}"
+        return text
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--models", default=",".join(MODELS), help="comma-separated zoo names")
+    parser.add_argument("--threads", type=int, default=1, help="TVM and ORT threads (default 1)")
+    parser.add_argument("--repeat", type=int, default=7, help="timed repeats; medians printed")
+    parser.add_argument("--no-default", action="store_true", help="skip TVM's (slow) default")
+    parser.add_argument("--no-layers", action="store_true", help="whole models only")
+    parser.add_argument("--no-models", action="store_true", help="per-layer table only")
+    return parser.parse_args(argv)
+
+
+def median_seconds(run: Callable[[], Any], repeat: int) -> float:
+    """Median over ``repeat`` timings, each averaging enough calls to last ~50 ms."""
+    run()
+    start = time.perf_counter()
+    run()
+    once = max(time.perf_counter() - start, 1e-7)
+    number = max(1, int(MIN_REPEAT_SECONDS / once))
+    samples = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        for _ in range(number):
+            run()
+        samples.append((time.perf_counter() - start) / number)
+    return statistics.median(samples)
+
+
+def evaluator_seconds(module: Any, name: str, args: Sequence[Any], repeat: int) -> float:
+    """Median of TVM's ``time_evaluator`` (C++ timing loop, one warm-up call)."""
+    import tvm
+
+    timer = module.time_evaluator(
+        name, tvm.cpu(), number=1, repeat=repeat, min_repeat_ms=int(MIN_REPEAT_SECONDS * 1000)
+    )
+    return statistics.median(timer(*args).results)
+
+
+def model_layers(module: Any) -> list[tuple[ConvLayer, int]]:
+    """Distinct pointwise/depthwise convs of ``main`` with how often each occurs."""
+    from tvm import relax
+
+    from edgecompile.importer import heavy_ops
+    from edgecompile.schedules.pipeline import conv_indices
+
+    index_to_call = {}
+    for block in module["main"].body.blocks:
+        for binding in block.bindings:
+            index_to_call[binding.var] = binding.value
+    calls = {index: index_to_call[var] for var, index in conv_indices(module).items()}
+    counts: dict[ConvLayer, int] = {}
+    for op in heavy_ops(module):
+        if op.get("kind") not in ("pointwise", "depthwise"):
+            continue
+        call = calls[op["index"]]
+        assert isinstance(call, relax.Call)
+        pads = [int(p) for p in call.attrs.padding]
+        layer = ConvLayer(
+            kind=op["kind"],
+            data_shape=tuple(op["shapes"][0]),
+            weight_shape=tuple(op["shapes"][1]),
+            strides=tuple(op["strides"]),  # type: ignore[arg-type]
+            padding=tuple(pads * 2 if len(pads) == 2 else pads),  # type: ignore[arg-type]
+            dilation=tuple(op["dilation"]),  # type: ignore[arg-type]
+            groups=int(op["groups"]),
+        )
+        counts[layer] = counts.get(layer, 0) + 1
+    return list(counts.items())
+
+
+def conv_module(layer: ConvLayer, weight: np.ndarray) -> Any:
+    """A Relax module whose ``main`` is this one convolution."""
+    from tvm import relax
+
+    builder = relax.BlockBuilder()
+    data = relax.Var("data", relax.TensorType(layer.data_shape, "float32"))
+    with builder.function("main", [data]):
+        with builder.dataflow():
+            conv = relax.op.nn.conv2d(
+                data,
+                relax.const(weight),
+                strides=layer.strides,
+                padding=layer.padding,
+                dilation=layer.dilation,
+                groups=layer.groups,
+            )
+            output = builder.emit_output(conv)
+        builder.emit_func_output(output)
+    return builder.get()
+
+
+def random_args(func: Any, rng: np.random.Generator) -> list[Any]:
+    import tvm
+
+    return [
+        tvm.runtime.tensor(
+            np.asarray(rng.standard_normal([int(d) for d in param.shape])).astype(str(param.dtype))
+        )
+        for param in func.params
+    ]
+
+
+def time_primfunc(func: Any, target: Any, repeat: int, rng: np.random.Generator) -> float:
+    import tvm
+
+    library = tvm.tirx.build(
+        tvm.IRModule({"main": func.with_attr("global_symbol", "main")}), target
+    )
+    return evaluator_seconds(library, "main", random_args(func, rng), repeat)
+
+
+def time_ours(layer: ConvLayer, weight: np.ndarray, target: Any, repeat: int) -> float:
+    from tvm import tirx
+
+    from edgecompile.schedules import optimize
+
+    module, report = optimize(conv_module(layer, weight), target)
+    if not report.schedules.applied:
+        raise RuntimeError(f"no schedule applied to {layer.label()}: {report.schedules.failed}")
+    scheduled = [
+        func
+        for func in module.functions.values()
+        if isinstance(func, tirx.PrimFunc) and "edgecompile.schedule" in (func.attrs or {})
+    ]
+    return time_primfunc(scheduled[0], target, repeat, np.random.default_rng(1))
+
+
+def time_default(layer: ConvLayer, weight: np.ndarray, target: Any, repeat: int) -> float:
+    from tvm import relax, tirx
+
+    module = relax.transform.LegalizeOps()(conv_module(layer, weight))
+    func = next(f for f in module.functions.values() if isinstance(f, tirx.PrimFunc))
+    return time_primfunc(func, target, max(3, repeat // 2), np.random.default_rng(1))
+
+
+def ort_session(model_bytes: bytes, threads: int) -> Any:
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = onnxruntime.ExecutionMode.ORT_SEQUENTIAL
+    return onnxruntime.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])
+
+
+def time_ort_layer(layer: ConvLayer, weight: np.ndarray, threads: int, repeat: int) -> float:
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    kernel = list(layer.weight_shape[2:])
+    top, left, bottom, right = layer.padding
+    node = helper.make_node(
+        "Conv",
+        ["x", "w"],
+        ["y"],
+        kernel_shape=kernel,
+        strides=list(layer.strides),
+        pads=[top, left, bottom, right],
+        dilations=list(layer.dilation),
+        group=layer.groups,
+    )
+    graph = helper.make_graph(
+        [node],
+        "layer",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(layer.data_shape))],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, list(layer.out_shape()))],
+        initializer=[numpy_helper.from_array(weight, "w")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.checker.check_model(model)
+    session = ort_session(model.SerializeToString(), threads)
+    data = np.random.default_rng(2).standard_normal(layer.data_shape).astype("float32")
+    return median_seconds(lambda: session.run(None, {"x": data}), repeat)
+
+
+def print_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+    widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header))]
+    for row in [header, ["-" * w for w in widths], *rows]:
+        print("  ".join(str(cell).rjust(width) for cell, width in zip(row, widths, strict=True)))
+
+
+def ratio(value: float | None, reference: float) -> str:
+    return "-" if value is None else f"{value / reference:.2f}"
+
+
+def milliseconds(value: float | None) -> str:
+    return "-" if value is None else f"{value * 1e3:.3f}"
+
+
+def bench_layers(
+    layers: dict[ConvLayer, tuple[int, set[str]]], args: argparse.Namespace, target: Any
+) -> None:
+    rows = []
+    totals = {"ours": 0.0, "default": 0.0, "ort": 0.0}
+    for layer, (count, models) in sorted(
+        layers.items(), key=lambda item: (item[0].kind, -item[0].data_shape[2], item[0].label())
+    ):
+        rng = np.random.default_rng(0)
+        weight = rng.standard_normal(layer.weight_shape).astype("float32")
+        ours = time_ours(layer, weight, target, args.repeat)
+        default = None if args.no_default else time_default(layer, weight, target, args.repeat)
+        ort = time_ort_layer(layer, weight, args.threads, args.repeat)
+        totals["ours"] += ours * count
+        totals["ort"] += ort * count
+        if default is not None:
+            totals["default"] += default * count
+        rows.append(
+            [
+                layer.kind,
+                layer.label(),
+                str(count),
+                ",".join(sorted(m.replace("net_v", "v").replace("_", "") for m in models)),
+                milliseconds(ours),
+                milliseconds(default),
+                milliseconds(ort),
+                ratio(ours, ort),
+                ratio(default, ort),
+            ]
+        )
+        print(f"  timed {layer.kind} {layer.label()}", file=sys.stderr, flush=True)
+    header = ["kind", "layer", "n", "models", "ours ms", "tvm ms", "ort ms", "ours/ort", "tvm/ort"]
+    print_table(header, rows)
+    default_total = totals["default"] if not args.no_default else None
+    print(
+        f"sum over layers × occurrences: ours {totals['ours'] * 1e3:.2f} ms, "
+        f"tvm default {milliseconds(default_total)} ms, ort {totals['ort'] * 1e3:.2f} ms "
+        f"(ours/ort {totals['ours'] / totals['ort']:.2f})"
+    )
+
+
+def bench_model(name: str, relax_model: Any, static_onnx: Any, args: argparse.Namespace) -> list:
+    import tvm
+    from tvm import relax
+
+    from edgecompile.schedules import compile_relax
+    from edgecompile.targets import resolve_target
+
+    target = resolve_target("host").tvm_target()
+    spec = relax_model.inputs[0]
+    data = np.random.default_rng(0).standard_normal(spec.shape).astype(spec.dtype)
+    session = ort_session(static_onnx.SerializeToString(), args.threads)
+    feed = {session.get_inputs()[0].name: data}
+    expected = session.run(None, feed)[0]
+    ort = median_seconds(lambda: session.run(None, feed), args.repeat)
+    results: dict[str, float | None] = {"ours": None, "default": None}
+    for mode in ("ours", "default"):
+        if mode == "default" and args.no_default:
+            continue
+        start = time.perf_counter()
+        executable, _ = compile_relax(relax_model.module, target, custom_schedules=mode == "ours")
+        compile_seconds = time.perf_counter() - start
+        machine = relax.VirtualMachine(executable, tvm.cpu())
+        tensor = tvm.runtime.tensor(data)
+        actual = machine["main"](tensor).numpy()
+        error = float(np.abs(actual - expected).max() / max(np.abs(expected).max(), 1e-30))
+        repeat = args.repeat if mode == "ours" else 3
+        results[mode] = evaluator_seconds(machine, "main", [tensor], repeat)
+        print(
+            f"  {name} {mode}: compiled in {compile_seconds:.1f} s, max rel. error vs ORT "
+            f"{error:.1e}",
+            file=sys.stderr,
+            flush=True,
+        )
+    return [
+        name,
+        milliseconds(results["ours"]),
+        milliseconds(results["default"]),
+        milliseconds(ort),
+        ratio(results["ours"], ort),
+        ratio(results["default"], ort),
+    ]
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parse_args(argv)
+    # Before TVM loads: its thread pool reads this once.
+    os.environ["TVM_NUM_THREADS"] = str(args.threads)
+    from edgecompile.export import export_onnx, load_torch_model
+    from edgecompile.importer import import_onnx
+    from edgecompile.targets import resolve_target
+
+    target = resolve_target("host").tvm_target()
+    print(
+        f"host {target.attrs.get('mcpu')}, {args.threads} thread(s), load average "
+        f"{os.getloadavg()[0]:.2f} on {os.cpu_count()} cores; medians of {args.repeat}"
+    )
+    imported = {}
+    layers: dict[ConvLayer, tuple[int, set[str]]] = {}
+    with tempfile.TemporaryDirectory(prefix="edgecompile-bench-") as scratch:
+        for name in args.models.split(","):
+            path = Path(scratch) / f"{name}.onnx"
+            export_onnx(load_torch_model(name), path)
+            relax_model, static_onnx = import_onnx(path, name=name)
+            imported[name] = (relax_model, static_onnx)
+            for layer, count in model_layers(relax_model.module):
+                total, models = layers.get(layer, (0, set()))
+                layers[layer] = (total + count, models | {name})
+    if not args.no_layers:
+        print(f"\nper layer ({len(layers)} distinct pointwise/depthwise convs), 1 batch, fp32:")
+        bench_layers(layers, args, target)
+    if not args.no_models:
+        print("\nwhole models, untuned:")
+        rows = [bench_model(name, *imported[name], args) for name in imported]
+        header = ["model", "ours ms", "tvm ms", "ort ms", "ours/ort", "tvm/ort"]
+        print_table(header, rows)
+
+
+if __name__ == "__main__":
+    main()

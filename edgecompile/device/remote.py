@@ -1,0 +1,619 @@
+"""Running and timing an artifact on a board: over SSH, over TVM RPC, or through an RPC tracker.
+
+Why three ways: SSH needs nothing on the board but sshd and a Python venv with TVM, and checks
+the board (arch, TVM version) before loading; TVM RPC is what TVM's own tuning uses, needs an
+RPC server running on the board, and skips the ~10 s Python start per call; a tracker lets
+several people share a pool of boards by key.
+
+All three load the library with ``tvm.runtime.load_module`` into a ``relax.VirtualMachine``
+on the board's CPU and time ``main`` with the VM's ``time_evaluator`` (``number=1``, so every
+repeat is one inference; warm-up runs first and TVM discards one more call itself). Over RPC the
+VM lives on the board and the stateful API (``set_input`` / ``invoke_stateful`` /
+``get_outputs``) is used, which handles tuple outputs that a direct call over RPC cannot return.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import io
+import json
+import shlex
+import socket
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgecompile.artifact import Artifact, load_artifact
+from edgecompile.errors import EdgecompileError
+
+__all__ = [
+    "BenchResult",
+    "RemoteRunResult",
+    "bench_on_device",
+    "latency_stats",
+    "run_on_device",
+]
+
+#: Default RPC session limit: the server kills a session older than this.
+SESSION_TIMEOUT = 600
+#: Remote python runs (SSH): TVM import on a small board is ~5-10 s, a model run ~1 s.
+REMOTE_TIMEOUT = 900.0
+
+# Runs on the board under its TVM python. argv[1] = JSON job. Prints one JSON line at the end.
+_BOARD_SCRIPT = """\
+import json, pathlib, sys, time
+
+import numpy as np
+
+job = json.loads(sys.argv[1])
+work = pathlib.Path(job["work"])
+import tvm
+from tvm import relax
+
+device = tvm.cpu()
+started = time.perf_counter()
+vm = relax.VirtualMachine(tvm.runtime.load_module(job["library"]), device)
+report = {"load_seconds": time.perf_counter() - started}
+num_threads = tvm.get_global_func("runtime.NumThreads", allow_missing=True)
+report["threads"] = int(num_threads()) if num_threads is not None else None
+args = [tvm.runtime.tensor(np.load(work / name), device) for name in job["inputs"]]
+
+
+def flatten(value):
+    if hasattr(value, "numpy"):
+        return [value.numpy()]
+    if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
+        return [np.asarray(value)]
+    return [array for item in value for array in flatten(item)]
+
+
+if job["mode"] == "run":
+    started = time.perf_counter()
+    result = vm["main"](*args)
+    report["seconds"] = time.perf_counter() - started
+    outputs = flatten(result)
+    for i, array in enumerate(outputs):
+        np.save(work / f"output{i}.npy", array, allow_pickle=False)
+    report["outputs"] = len(outputs)
+else:
+    vm.set_input("main", *args)
+    for _ in range(job["warmup"]):
+        vm.invoke_stateful("main")
+    timer = vm.time_evaluator("invoke_stateful", device, number=1, repeat=job["repeat"])
+    report["results"] = [float(r) for r in timer("main").results]
+print(json.dumps(report))
+"""
+
+
+@dataclass(frozen=True)
+class RemoteRunResult:
+    """Outputs computed on the board, and how it was reached."""
+
+    outputs: list[np.ndarray]
+    seconds: float
+    transport: str
+    target: str
+    board: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class BenchResult:
+    """On-device latency of one inference (milliseconds) and what it was measured on."""
+
+    model: str
+    preset: str
+    transport: str
+    target: str
+    repeat: int
+    warmup: int
+    threads: int | None
+    times_ms: list[float]
+    median_ms: float
+    p90_ms: float
+    mean_ms: float
+    std_ms: float
+    min_ms: float
+    max_ms: float
+    board: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def latency_stats(seconds: Sequence[float]) -> dict[str, float]:
+    """median, p90 (linear interpolation), mean, population std, min, max -- in ms."""
+    if not seconds:
+        raise EdgecompileError("no timings were measured", "use --repeat 1 or more")
+    ms = np.asarray(seconds, dtype=np.float64) * 1e3
+    return {
+        "median_ms": float(np.median(ms)),
+        "p90_ms": float(np.percentile(ms, 90)),
+        "mean_ms": float(ms.mean()),
+        "std_ms": float(ms.std()),
+        "min_ms": float(ms.min()),
+        "max_ms": float(ms.max()),
+    }
+
+
+def _one_transport(device: str | None, rpc: str | None, tracker: str | None) -> str:
+    given = [name for name, value in (("ssh", device), ("rpc", rpc), ("tracker", tracker)) if value]
+    if len(given) != 1:
+        raise EdgecompileError(
+            "say where to run: exactly one of --device user@host, --rpc host:port, "
+            "--tracker host:port" + (f" (got {', '.join(given)})" if given else ""),
+            "e.g. --device pi@raspberrypi.local",
+        )
+    return given[0]
+
+
+def _inputs_for(
+    artifact: Artifact, inputs: Sequence[np.ndarray] | None, seed: int
+) -> list[np.ndarray]:
+    from edgecompile.runner import check_inputs, random_inputs
+
+    data = list(inputs) if inputs is not None else random_inputs(artifact, seed=seed)
+    check_inputs(artifact, data)
+    return [np.ascontiguousarray(x) for x in data]
+
+
+def run_on_device(
+    artifact: str | Path | Artifact,
+    inputs: Sequence[np.ndarray] | None = None,
+    *,
+    device: str | None = None,
+    rpc: str | None = None,
+    tracker: str | None = None,
+    rpc_key: str | None = None,
+    identity: str | Path | None = None,
+    accept_new_host_key: bool = False,
+    known_hosts: str | Path | None = None,
+    remote_dir: str | None = None,
+    remote_python: str | None = None,
+    threads: int | None = None,
+    seed: int = 0,
+) -> RemoteRunResult:
+    """Run ``artifact`` on a board (exactly one of ``device``, ``rpc``, ``tracker``).
+
+    ``inputs`` default to the seeded random inputs ``edgecompile run`` uses locally, so the
+    two are comparable. Over SSH the artifact is first deployed (see :func:`ssh.deploy`).
+    """
+    transport = _one_transport(device, rpc, tracker)
+    if not isinstance(artifact, Artifact):
+        artifact = load_artifact(artifact)
+    data = _inputs_for(artifact, inputs, seed)
+    if transport == "ssh":
+        assert device is not None
+        report, outputs, board = _ssh_job(
+            artifact,
+            data,
+            device,
+            mode="run",
+            identity=identity,
+            accept_new_host_key=accept_new_host_key,
+            known_hosts=known_hosts,
+            remote_dir=remote_dir,
+            remote_python=remote_python,
+            threads=threads,
+        )
+        return RemoteRunResult(outputs, report["seconds"], "ssh", device, board)
+    with _rpc_session(artifact, rpc=rpc, tracker=tracker, rpc_key=rpc_key) as session:
+        outputs, seconds = _rpc_run(session, data, threads)
+        return RemoteRunResult(outputs, seconds, transport, session.target, session.board)
+
+
+def bench_on_device(
+    artifact: str | Path | Artifact,
+    *,
+    device: str | None = None,
+    rpc: str | None = None,
+    tracker: str | None = None,
+    rpc_key: str | None = None,
+    identity: str | Path | None = None,
+    accept_new_host_key: bool = False,
+    known_hosts: str | Path | None = None,
+    remote_dir: str | None = None,
+    remote_python: str | None = None,
+    threads: int | None = None,
+    repeat: int = 20,
+    warmup: int = 3,
+    seed: int = 0,
+) -> BenchResult:
+    """Time ``main`` on the board: ``warmup`` untimed runs, then ``repeat`` timed ones.
+
+    Timing happens on the board (TVM's ``time_evaluator``), so network latency is excluded.
+    """
+    if repeat < 1 or warmup < 0:
+        raise EdgecompileError(
+            f"bad --repeat {repeat} / --warmup {warmup}", "use --repeat 1+ and --warmup 0+"
+        )
+    if threads is not None and threads < 1:
+        raise EdgecompileError(f"bad --threads {threads}", "use 1 or more")
+    transport = _one_transport(device, rpc, tracker)
+    if not isinstance(artifact, Artifact):
+        artifact = load_artifact(artifact)
+    data = _inputs_for(artifact, None, seed)
+    notes: list[str] = []
+    if transport == "ssh":
+        assert device is not None
+        report, _, board = _ssh_job(
+            artifact,
+            data,
+            device,
+            mode="bench",
+            identity=identity,
+            accept_new_host_key=accept_new_host_key,
+            known_hosts=known_hosts,
+            remote_dir=remote_dir,
+            remote_python=remote_python,
+            threads=threads,
+            repeat=repeat,
+            warmup=warmup,
+        )
+        results, used_threads, target = report["results"], report.get("threads"), device
+    else:
+        with _rpc_session(artifact, rpc=rpc, tracker=tracker, rpc_key=rpc_key) as session:
+            results = _rpc_bench(session, data, threads, repeat=repeat, warmup=warmup)
+            used_threads, target, board = session.threads(), session.target, session.board
+            notes.append(
+                "over RPC the board's CPU model cannot be read (TVM RPC has no file or "
+                "shell access to /proc/cpuinfo); use --device for a full description"
+            )
+    if board.get("emulated"):
+        notes.insert(0, _emulated_note())
+    return BenchResult(
+        model=artifact.manifest.model,
+        preset=artifact.manifest.preset,
+        transport=transport,
+        target=target,
+        repeat=repeat,
+        warmup=warmup,
+        threads=used_threads,
+        times_ms=[r * 1e3 for r in results],
+        **latency_stats(results),
+        board=board,
+        notes=notes,
+    )
+
+
+def _emulated_note() -> str:
+    from edgecompile.device.board import EMULATION_WARNING
+
+    return EMULATION_WARNING
+
+
+# --------------------------------------------------------------------------------------------
+# SSH
+
+
+def _ssh_job(
+    artifact: Artifact,
+    data: list[np.ndarray],
+    device: str,
+    *,
+    mode: str,
+    identity: str | Path | None,
+    accept_new_host_key: bool,
+    known_hosts: str | Path | None,
+    remote_dir: str | None,
+    remote_python: str | None,
+    threads: int | None,
+    repeat: int = 0,
+    warmup: int = 0,
+) -> tuple[dict[str, Any], list[np.ndarray], dict[str, Any]]:
+    """Deploy, ship inputs and the script to a fresh temp dir, run, fetch outputs, clean up."""
+    from edgecompile.device import ssh
+
+    with ssh.connect(
+        device,
+        identity=identity,
+        accept_new_host_key=accept_new_host_key,
+        known_hosts=known_hosts,
+    ) as board:
+        deployment = ssh.deploy_on(
+            board,
+            artifact,
+            remote_dir=remote_dir or ssh.DEFAULT_REMOTE_DIR,
+            remote_python=remote_python,
+        )
+        info = deployment.board
+        assert info.python is not None  # check_compatible refused boards without one
+        work = board.check(
+            "mktemp -d /tmp/edgecompile-run.XXXXXX",
+            "creating a temporary folder",
+            "check /tmp on the board is writable and not full",
+        ).strip()
+        try:
+            with board.translate_errors("uploading the inputs"):
+                for index, array in enumerate(data):
+                    buffer = io.BytesIO()
+                    np.save(buffer, array, allow_pickle=False)
+                    buffer.seek(0)
+                    board.sftp.putfo(buffer, f"{work}/input{index}.npy")
+                board.sftp.putfo(io.BytesIO(_BOARD_SCRIPT.encode()), f"{work}/job.py")
+            job = {
+                "mode": mode,
+                "library": deployment.library,
+                "work": work,
+                "inputs": [f"input{i}.npy" for i in range(len(data))],
+                "repeat": repeat,
+                "warmup": warmup,
+            }
+            env = f"TVM_NUM_THREADS={int(threads)} " if threads else ""
+            command = (
+                f"cd {shlex.quote(work)} && {env}{shlex.quote(info.python)} job.py "
+                f"{shlex.quote(json.dumps(job))}"
+            )
+            result = board.run(command, timeout=REMOTE_TIMEOUT, what=f"running {mode} on TVM")
+            if result.exit_status != 0:
+                raise EdgecompileError(
+                    f"{artifact.manifest.model} failed on {board.settings.label}: "
+                    f"{result.last_error_line()}",
+                    "check the inputs' shapes; if the library fails to load, rebuild it for "
+                    f"this board with TVM {info.tvm_version}",
+                )
+            try:
+                report = json.loads(result.stdout.strip().splitlines()[-1])
+            except (ValueError, IndexError):
+                raise EdgecompileError(
+                    f"the board's runner printed no report: {result.last_error_line()}",
+                    "run again; report it if it repeats",
+                ) from None
+            outputs: list[np.ndarray] = []
+            with board.translate_errors("downloading the outputs"):
+                for index in range(int(report.get("outputs", 0))):
+                    buffer = io.BytesIO()
+                    board.sftp.getfo(f"{work}/output{index}.npy", buffer)
+                    buffer.seek(0)
+                    outputs.append(np.load(buffer, allow_pickle=False))
+        finally:
+            if board.alive:
+                board.run(f"rm -rf -- {shlex.quote(work)}")
+        board_dict = info.to_dict()
+        board_dict["deployed_to"] = deployment.directory
+        return report, outputs, board_dict
+
+
+# --------------------------------------------------------------------------------------------
+# TVM RPC
+
+
+def _host_port(value: str, option: str) -> tuple[str, int]:
+    host, sep, port = value.strip().rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise EdgecompileError(f"bad {option} {value!r}", f"use {option} host:port")
+    return host, int(port)
+
+
+def _triple_arch(triple: str) -> str:
+    head = triple.split("-")[0]
+    if head in ("aarch64", "arm64"):
+        return "aarch64"
+    if head.startswith(("arm", "thumb")):
+        return "arm"
+    return head
+
+
+class _RPCSession:
+    """One TVM RPC session, the checks done on it, and the library loaded into it."""
+
+    def __init__(self, artifact: Artifact, remote: Any, transport: str, target: str) -> None:
+        self.artifact = artifact
+        self.remote = remote
+        self.transport = transport
+        self.target = target
+        self.device = remote.cpu()
+        self.board: dict[str, Any] = {"transport": transport, "tvm_version": None}
+
+    def check_arch(self) -> None:
+        """The board runtime's LLVM process triple says which arch it can load; TVM 0.27 has no
+        RPC call that reports its version, so only the arch is checked before loading."""
+        manifest = self.artifact.manifest
+        try:
+            triple = str(self.remote.get_function("target.llvm_get_system_triple")())
+        except Exception:  # a runtime-only TVM build has no LLVM: skip the check
+            self.board["machine"] = None
+            return
+        arch = _triple_arch(triple)
+        self.board["machine"] = arch
+        self.board["triple"] = triple
+        if arch != manifest.arch:
+            from edgecompile.device.ssh import arch_name
+
+            raise EdgecompileError(
+                f"{manifest.model}-{manifest.preset} is {arch_name(manifest.arch)} library but "
+                f"the RPC server at {self.target} runs {arch_name(arch)} TVM ({triple})",
+                f"rebuild for that board (edgecompile build {manifest.model} --target ...)",
+            )
+
+    def threads(self) -> int | None:
+        try:
+            return int(self.remote.get_function("runtime.NumThreads")())
+        except Exception:
+            return None
+
+    def set_threads(self, threads: int | None) -> None:
+        if threads is None:
+            return
+        try:
+            self.remote.get_function("runtime.config_threadpool")(0, int(threads))
+        except Exception as error:
+            raise EdgecompileError(
+                f"the RPC server cannot resize its thread pool: {_last_line(error)}",
+                "drop --threads, or set TVM_NUM_THREADS where the RPC server starts",
+            ) from None
+
+    def load(self, data: list[np.ndarray]) -> tuple[Any, list[Any]]:
+        """Upload the library, load it into a VM on the board, and copy the inputs there."""
+        import tvm
+        from tvm import relax
+
+        manifest = self.artifact.manifest
+        name = f"{manifest.model}-{manifest.library_sha256[:12]}.so"
+        try:
+            self.remote.upload(str(self.artifact.library), target=name)
+            module = self.remote.load_module(name)
+            vm = relax.VirtualMachine(module, self.device)
+        except Exception as error:
+            raise EdgecompileError(
+                f"the RPC server at {self.target} cannot load {manifest.library}: "
+                f"{_last_line(error)}",
+                f"the board's TVM must be {manifest.tvm_version} (the version that built the "
+                "library) and its arch " + manifest.arch,
+            ) from None
+        args = [tvm.runtime.tensor(x, self.device) for x in data]
+        self.board["threads"] = self.threads()
+        return vm, args
+
+
+def _rpc_run(
+    session: _RPCSession, data: list[np.ndarray], threads: int | None
+) -> tuple[list[np.ndarray], float]:
+    """One inference over RPC. A function of its own so that the VM, module and remote
+    tensors (which keep the session open) are gone when it returns."""
+    session.set_threads(threads)
+    vm, args = session.load(data)
+    started = time.perf_counter()
+    vm.set_input("main", *args)
+    vm.invoke_stateful("main")
+    result = vm.get_outputs("main")
+    seconds = time.perf_counter() - started
+    return _flatten_remote(result), seconds
+
+
+def _rpc_bench(
+    session: _RPCSession, data: list[np.ndarray], threads: int | None, *, repeat: int, warmup: int
+) -> list[float]:
+    """Seconds per inference, timed on the board (see :func:`_rpc_run` for why a function)."""
+    session.set_threads(threads)
+    vm, args = session.load(data)
+    vm.set_input("main", *args)
+    for _ in range(warmup):
+        vm.invoke_stateful("main")
+    timer = vm.time_evaluator("invoke_stateful", session.device, number=1, repeat=repeat)
+    return [float(r) for r in timer("main").results]
+
+
+def _last_line(error: BaseException) -> str:
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[-1] if lines else type(error).__name__
+
+
+@contextlib.contextmanager
+def _rpc_session(
+    artifact: Artifact, *, rpc: str | None, tracker: str | None, rpc_key: str | None
+) -> Iterator[_RPCSession]:
+    """Open (directly or via a tracker) and check an RPC session; always close it after.
+
+    TVM 0.27 has no explicit close: the session ends when its last Python reference goes,
+    and the VM/module/device objects form reference cycles that only the garbage collector
+    breaks. Left to chance, the board's server stays busy with a dead session until its
+    timeout, and the next tracker request waits for it -- so references are dropped and
+    the collector run here. The server then deletes the uploaded library.
+    """
+    remote, transport, target = _open_rpc(artifact, rpc, tracker, rpc_key)
+    session = _RPCSession(artifact, remote, transport, target)
+    del remote
+    try:
+        session.check_arch()
+        yield session
+    finally:
+        session.remote = None
+        session.device = None
+        gc.collect()
+
+
+def _open_rpc(
+    artifact: Artifact, rpc: str | None, tracker: str | None, rpc_key: str | None
+) -> tuple[Any, str, str]:
+    from tvm import rpc as tvm_rpc
+
+    if rpc:
+        host, port = _host_port(rpc, "--rpc")
+        try:
+            remote = tvm_rpc.connect(host, port, session_timeout=SESSION_TIMEOUT)
+        except Exception as error:
+            raise EdgecompileError(
+                f"cannot open a TVM RPC session with {host}:{port}: {_last_line(error)}",
+                "start the board's server: python -m tvm.exec.rpc_server --host 0.0.0.0 "
+                f"--port {port} (without --tracker/--key for direct clients)",
+            ) from None
+        return remote, "rpc", f"{host}:{port}"
+    assert tracker is not None
+    host, port = _host_port(tracker, "--tracker")
+    key = rpc_key or _preset_rpc_key(artifact)
+    # TVM retries a tracker connection for 60 s; a quick TCP check makes a typo fail at once.
+    try:
+        socket.create_connection((host, port), timeout=10).close()
+    except OSError as error:
+        raise EdgecompileError(
+            f"cannot reach the RPC tracker at {host}:{port}: {error.strerror or error}",
+            f"start it: python -m tvm.exec.rpc_tracker --host 0.0.0.0 --port {port}",
+        ) from None
+    try:
+        client = tvm_rpc.connect_tracker(host, port)
+        summary = client.summary()
+    except Exception as error:
+        raise EdgecompileError(
+            f"cannot reach the RPC tracker at {host}:{port}: {_last_line(error)}",
+            f"start it: python -m tvm.exec.rpc_tracker --host 0.0.0.0 --port {port}",
+        ) from None
+    keys = _tracker_keys(summary)
+    if key not in keys:
+        known = ", ".join(f"{k} ({n} free)" for k, n in sorted(keys.items())) or "none"
+        raise EdgecompileError(
+            f"no board is registered at the tracker {host}:{port} under key {key!r} "
+            f"(registered: {known})",
+            "start the board's server with --tracker HOST:PORT --key KEY, or pass --rpc-key",
+        )
+    try:
+        remote = client.request(key, priority=1, session_timeout=SESSION_TIMEOUT)
+    except Exception as error:
+        raise EdgecompileError(
+            f"the tracker at {host}:{port} could not give a {key!r} board: {_last_line(error)}",
+            "check the board's RPC server, then run again",
+        ) from None
+    return remote, "tracker", f"{host}:{port} key {key}"
+
+
+def _tracker_keys(summary: dict[str, Any]) -> dict[str, int]:
+    """``{key: free servers}`` for every key a server registered under (a busy server counts,
+    with 0 free: the request then waits for it, as TVM's tuning does)."""
+    if not isinstance(summary, dict):
+        return {}
+    keys: dict[str, int] = {}
+    for info in summary.get("server_info", []):
+        name = str(info.get("key", "")) if isinstance(info, dict) else ""
+        if name.startswith("server:"):
+            keys.setdefault(name.split(":", 1)[1], 0)
+    for name, queue in summary.get("queue_info", {}).items():
+        if isinstance(queue, dict) and (name in keys or queue.get("free", 0)):
+            keys[str(name)] = int(queue.get("free", 0))
+    return keys
+
+
+def _preset_rpc_key(artifact: Artifact) -> str:
+    from edgecompile.targets import resolve_target
+
+    try:
+        return resolve_target(artifact.manifest.preset).rpc_key
+    except EdgecompileError:
+        raise EdgecompileError(
+            f"no RPC key known for preset {artifact.manifest.preset!r}",
+            "pass --rpc-key (the --key the board's RPC server registered with)",
+        ) from None
+
+
+def _flatten_remote(value: Any) -> list[np.ndarray]:
+    """A VM result (tensor, or nested tuple of tensors) as a flat list of numpy arrays."""
+    if hasattr(value, "numpy"):
+        return [value.numpy()]
+    if isinstance(value, (list, tuple)) or type(value).__name__ in ("Array", "Tuple"):
+        return [array for item in value for array in _flatten_remote(item)]
+    return [np.asarray(value)]

@@ -1,0 +1,36 @@
+"""Hand-written TIR schedules for the convolutions of mobile CNNs, applied without tuning.
+
+Pointwise (1×1) and depthwise convolutions run in the channel-blocked NCHW[x]c layout with
+pre-packed weights and a register tile sized from the target (vector lanes and registers), on
+x86 and ARM alike; everything else keeps TVM's default lowering. Entry points:
+
+- :func:`compile_relax` — ``tvm.compile`` with the schedules, plus which schedule each op got;
+- :func:`optimize` — the Relax pipeline alone, to inspect the scheduled PrimFuncs;
+- :func:`relax_pipeline` — the pipeline as a pass, for ``tvm.compile(..., relax_pipeline=...)``.
+"""
+
+from __future__ import annotations
+
+from edgecompile.schedules.compute import DEPTHWISE, POINTWISE
+from edgecompile.schedules.cpu import CpuInfo, cpu_info
+from edgecompile.schedules.pipeline import (
+    TVM_DEFAULT,
+    ScheduleReport,
+    compile_relax,
+    optimize,
+    relax_pipeline,
+    schedule_records,
+)
+
+__all__ = [
+    "DEPTHWISE",
+    "POINTWISE",
+    "TVM_DEFAULT",
+    "CpuInfo",
+    "ScheduleReport",
+    "compile_relax",
+    "cpu_info",
+    "optimize",
+    "relax_pipeline",
+    "schedule_records",
+]

@@ -1,0 +1,292 @@
+"""Schedule rules for the fused PrimFuncs holding a blocked pointwise or depthwise convolution.
+
+They run after FuseOps/FuseTIR (dlight-style, :class:`tvm.s_tir.dlight.ScheduleRule`), so a
+PrimFunc is the conv plus whatever elementwise epilogue Relax fused into it (bias, BN, ReLU,
+ReLU6, h-swish, residual add). The conv result is accumulated in a register tile (a ``local``
+cache) and the epilogue is inlined into the tile's write-back, so each output is written once.
+
+Register tile rule: accumulators + operand vectors + 1 must fit the target's vector registers
+(:class:`~edgecompile.schedules.cpu.CpuInfo`); one more and LLVM spills, measured 2x slower.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, field
+from typing import Any
+
+from tvm import s_tir, tirx
+from tvm.s_tir.dlight import ScheduleRule
+
+from edgecompile.schedules import compute
+from edgecompile.schedules.cpu import CpuInfo, cpu_info
+
+SCHEDULED_ATTR = "edgecompile.schedule"
+# Split of the pointwise reduction over the lanes of one input block: unrolling by 4 gave LLVM
+# enough independent FMAs to hide latency without blowing up code size.
+REDUCTION_UNROLL = 4
+MAX_POINTWISE_OUT_TILE = 8
+MAX_SPATIAL_TILE = 32
+DEPTHWISE_SPATIAL_TARGET = 8
+
+
+@dataclass
+class ScheduleLog:
+    """Which schedule each heavy op (index into ``main``'s heavy ops) actually got."""
+
+    applied: dict[int, str] = field(default_factory=dict)
+    failed: dict[int, str] = field(default_factory=dict)
+
+
+@functools.cache
+def _cpu(target_json: str) -> CpuInfo:
+    import tvm
+
+    return cpu_info(tvm.target.Target(target_json))
+
+
+def target_cpu(target: Any) -> CpuInfo:
+    return _cpu(str(target))
+
+
+def divisors(value: int) -> list[int]:
+    return [d for d in range(1, value + 1) if value % d == 0]
+
+
+def pixel_tiles(width: int) -> list[int]:
+    """Pixel counts a pointwise tile may have: divisors of the output row.
+
+    Tiles never straddle rows (no fused ``h*w`` axis): TIR cannot bound the row of a fused pixel
+    index, so CompactBufferAllocation would keep the full-size accumulator buffer with dynamic
+    offsets, which LLVM cannot keep in registers (seen on AArch64: loads/stores per FMA).
+    """
+    return [d for d in divisors(width) if d <= MAX_SPATIAL_TILE]
+
+
+def pointwise_tile(pixels: list[int], out_blocks: int, cpu: CpuInfo) -> tuple[int, int]:
+    """``(output blocks, pixels)`` of the register tile.
+
+    Each reduction step loads ``oc`` weight vectors and broadcasts one input value per pixel
+    into ``oc`` FMAs, so the tile maximises FMAs per load, ``oc*p / (oc+p)``, subject to
+    ``oc*p`` accumulators + ``oc`` weight vectors + 1 broadcast <= the registers a tile may use
+    (:attr:`CpuInfo.tile_registers`).
+    ``oc`` divides the output blocks and ``p`` is one of ``pixels``: no predicated tails.
+    """
+    best: tuple[float, int, int, int] | None = None
+    for oc in divisors(out_blocks):
+        if oc > MAX_POINTWISE_OUT_TILE:
+            break
+        for count in pixels:
+            if oc * count + oc + 1 > cpu.tile_registers:
+                continue
+            candidate = (oc * count / (oc + count), oc * count, count, oc)
+            if best is None or candidate > best:
+                best = candidate
+    assert best is not None  # (1, 1) always fits
+    return best[3], best[2]
+
+
+def depthwise_tile(out_width: int, cpu: CpuInfo) -> int:
+    """Output columns per register tile: a divisor of the width near 8.
+
+    The tile holds that many accumulators plus one weight and one input vector. Around 8
+    columns measured best (7 beat 14 on AVX-512); a divisor avoids a predicated tail.
+    """
+    limit = cpu.tile_registers - 3
+    candidates = [d for d in divisors(out_width) if d <= limit]
+    return min(candidates, key=lambda d: (abs(d - DEPTHWISE_SPATIAL_TARGET), -d))
+
+
+def find_block(sch: Any, schedule: str) -> tuple[Any, int] | None:
+    """The block our compute tagged ``schedule`` and its heavy-op index, if exactly one."""
+    found = []
+    for block in sch.get_child_blocks(sch.get_sblock("root")):
+        annotations = sch.get(block).annotations
+        if str(annotations.get(compute.SCHEDULE_ATTR, "")) == schedule:
+            found.append((block, int(annotations[compute.OP_INDEX_ATTR])))
+    return found[0] if len(found) == 1 else None
+
+
+def _has_root(func: Any) -> bool:
+    try:
+        s_tir.Schedule(func).get_sblock("root")
+    except Exception:  # no root block: not a TE-made function, not ours
+        return False
+    return True
+
+
+def inline_epilogue_intermediates(sch: Any, conv: Any) -> None:
+    """Inline the epilogue's intermediate blocks into their consumers, turning a DAG epilogue
+    (h-swish reads the conv output twice: ``x * relu6(x + 3) / 6``) into one block per output.
+
+    Only same-shape blocks whose consumers are all same-shape are inlined: a broadcast consumer
+    (squeeze-excite's ``x * se``) would recompute the chain once per pixel of the big tensor.
+    """
+    out_shape = _written_shape(sch, conv)
+    changed = True
+    while changed:
+        changed = False
+        frontier, epilogue = list(sch.get_consumers(conv)), []
+        while frontier:
+            block = frontier.pop()
+            if all(not sch.get(block).same_as(sch.get(seen)) for seen in epilogue):
+                epilogue.append(block)
+                frontier.extend(sch.get_consumers(block))
+        for block in epilogue:
+            consumers = sch.get_consumers(block)
+            if not consumers or _written_shape(sch, block) != out_shape:
+                continue
+            if any(_written_shape(sch, consumer) != out_shape for consumer in consumers):
+                continue
+            try:
+                sch.compute_inline(block)
+            except s_tir.ScheduleError:
+                continue
+            changed = True
+            break
+
+
+def inline_epilogue(sch: Any, writeback: Any, tile_loop: Any, lanes: int) -> None:
+    """Inline the elementwise consumers of the conv into its register-tile write-back.
+
+    A consumer that cannot be inlined (it also reads the conv output elsewhere) is computed at
+    the tile instead. One that writes a bigger tensor than the conv's, like the broadcast
+    ``x * se`` that FuseOps fuses after a squeeze-excite 1×1 conv, stays a loop nest of its own
+    after the conv, vectorized and parallel.
+    """
+    out_shape = _written_shape(sch, writeback)
+    while True:
+        consumers = sch.get_consumers(writeback)
+        if not consumers:
+            return
+        same_shape = [c for c in consumers if _written_shape(sch, c) == out_shape]
+        if len(consumers) == 1 and same_shape:
+            try:
+                sch.reverse_compute_inline(consumers[0])
+                continue
+            except s_tir.ScheduleError:
+                pass
+        for consumer in consumers:
+            if consumer in same_shape:
+                try:
+                    sch.reverse_compute_at(consumer, tile_loop)
+                    sch.vectorize(sch.get_loops(consumer)[-1])
+                    continue
+                except s_tir.ScheduleError:
+                    pass
+            schedule_elementwise(sch, consumer, lanes)
+        return
+
+
+def schedule_elementwise(sch: Any, block: Any, lanes: int) -> None:
+    """A root-level injective loop nest: parallel over its two outer loops, innermost loop
+    vectorized when it is a whole number of vectors.
+
+    The nest is not fused into one loop: the div/mod of 64-bit indices that would recover
+    every coordinate per element cost more than the loop overhead they save.
+    """
+    loops = sch.get_loops(block)
+    if not loops or len(loops) != len(sch.get(block).iter_vars):
+        return
+    inner = loops[-1]
+    if len(loops) > 1 and int(sch.get(inner).extent) % lanes == 0:
+        if int(sch.get(inner).extent) > lanes:
+            _, inner = sch.split(inner, [None, lanes])
+        sch.vectorize(inner)
+        loops = loops[:-1]
+    outer = loops[:2] if len(loops) > 2 else loops[:1]
+    if outer:
+        sch.parallel(sch.fuse(*outer) if len(outer) > 1 else outer[0])
+
+
+def _written_shape(sch: Any, block: Any) -> list[int]:
+    return [int(d) for d in sch.get(block).writes[0].source.shape]
+
+
+class _ConvRule(ScheduleRule):
+    """Shared plumbing: find our block, schedule it, record the outcome in the log."""
+
+    schedule_name = ""
+
+    def __init__(self, log: ScheduleLog) -> None:
+        self.log = log
+
+    def apply(self, func: Any, target: Any, tunable: bool) -> Any:
+        if not isinstance(func, tirx.PrimFunc) or not _has_root(func):
+            return None
+        sch = s_tir.Schedule(func)
+        found = find_block(sch, self.schedule_name)
+        if found is None:
+            return None
+        block, index = found
+        try:
+            self.schedule(sch, block, target_cpu(target))
+        except Exception as exc:  # a schedule primitive refused: keep TVM's default, say so
+            self.log.failed[index] = f"{type(exc).__name__}: {str(exc).strip().splitlines()[-1]}"
+            return None
+        self.log.applied[index] = self.schedule_name
+        sch.mod["main"] = sch.mod["main"].with_attr(SCHEDULED_ATTR, self.schedule_name)
+        return sch
+
+    def schedule(self, sch: Any, block: Any, cpu: CpuInfo) -> None:
+        raise NotImplementedError
+
+
+class PointwiseNCHWc(_ConvRule):
+    """1×1 conv: ``oc × p`` tile of output blocks × pixels, weights as vectors, inputs broadcast."""
+
+    schedule_name = compute.POINTWISE
+
+    def schedule(self, sch: Any, block: Any, cpu: CpuInfo) -> None:
+        n, cob, h, w, co, cib, ci = sch.get_loops(block)
+        out_blocks, out_w = int(sch.get(cob).extent), int(sch.get(w).extent)
+        oc_tile, pixel_tile = pointwise_tile(pixel_tiles(out_w), out_blocks, cpu)
+        cob_o, cob_i = sch.split(cob, [None, oc_tile])
+        pix_o, pix_i = sch.split(w, [None, pixel_tile])
+        lanes = int(sch.get(ci).extent)
+        unroll = REDUCTION_UNROLL if lanes % REDUCTION_UNROLL == 0 else lanes
+        ci_o, ci_i = sch.split(ci, [None, unroll])
+        sch.reorder(n, cob_o, h, pix_o, cib, ci_o, ci_i, pix_i, cob_i, co)
+        inline_epilogue_intermediates(sch, block)
+        writeback = sch.cache_write(block, 0, "local")
+        sch.reverse_compute_at(writeback, pix_o)
+        inline_epilogue(sch, writeback, pix_o, cpu.lanes)
+        sch.vectorize(co)
+        for loop in (ci_i, pix_i, cob_i):
+            sch.unroll(loop)
+        sch.parallel(sch.fuse(n, cob_o, h, pix_o))
+        # Decomposing last: vectorize/parallel refuse a reduction whose init was split off.
+        sch.decompose_reduction(block, cib)
+        _vectorize_tile_loops(sch, writeback)
+
+
+class DepthwiseNCHWc(_ConvRule):
+    """Depthwise: a row of ``w`` output columns × one channel block, padding inlined."""
+
+    schedule_name = compute.DEPTHWISE
+
+    def schedule(self, sch: Any, block: Any, cpu: CpuInfo) -> None:
+        for producer in sch.get_producers(block):
+            if sch.get(producer).name_hint.startswith("pad_nchwc"):
+                sch.compute_inline(producer)
+        n, cb, h, w, c, kh, kw = sch.get_loops(block)
+        width_tile = depthwise_tile(int(sch.get(w).extent), cpu)
+        w_o, w_i = sch.split(w, [None, width_tile])
+        sch.reorder(n, cb, h, w_o, kh, kw, w_i, c)
+        inline_epilogue_intermediates(sch, block)
+        writeback = sch.cache_write(block, 0, "local")
+        sch.reverse_compute_at(writeback, w_o)
+        inline_epilogue(sch, writeback, w_o, cpu.lanes)
+        sch.vectorize(c)
+        sch.unroll(w_i)
+        sch.unroll(kw)
+        sch.parallel(sch.fuse(n, cb, h))
+        sch.decompose_reduction(block, kh)
+        _vectorize_tile_loops(sch, writeback)
+
+
+def _vectorize_tile_loops(sch: Any, block: Any) -> None:
+    """Vectorize the lane loop of the tile's write-back (the loops reverse_compute_at made)."""
+    serial = [loop for loop in sch.get_loops(block) if sch.get(loop).kind == tirx.ForKind.SERIAL]
+    if serial:
+        sch.vectorize(serial[-1])

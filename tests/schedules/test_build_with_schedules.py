@@ -1,0 +1,50 @@
+"""``edgecompile.build`` with the schedules: a zoo model still verifies against ONNX Runtime, and
+the manifest names the schedule of every heavy op; ``custom_schedules=False`` turns them off."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import edgecompile
+from edgecompile.schedules import DEPTHWISE, POINTWISE, TVM_DEFAULT
+
+
+def test_mobilenet_v2_verifies_with_schedules(build_once: Callable[..., Any]) -> None:
+    result = build_once("mobilenet_v2", "host")
+    manifest = result.artifact.manifest
+    assert manifest.verification["status"] == "passed"
+    assert result.max_relative_error <= 1e-4
+    by_kind: dict[str, set[str]] = {}
+    for record in manifest.schedules:
+        by_kind.setdefault(record["kind"], set()).add(record["schedule"])
+        assert "fallback" not in record
+    assert by_kind["pointwise"] == {POINTWISE}
+    assert by_kind["depthwise"] == {DEPTHWISE}
+    assert by_kind["conv"] == {TVM_DEFAULT}  # the 3×3 stem
+    assert by_kind["matmul"] == {TVM_DEFAULT}
+
+
+def test_custom_schedules_off(tmp_path: Path) -> None:
+    """A pointwise conv + ReLU network: scheduled by default, TVM's default when turned off."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    weight = np.random.default_rng(0).standard_normal((24, 16, 1, 1)).astype("float32")
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["input", "w"], ["c"]), helper.make_node("Relu", ["c"], ["y"])],
+        "pointwise",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 16, 10, 10])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 24, 10, 10])],
+        initializer=[numpy_helper.from_array(weight, "w")],
+    )
+    path = tmp_path / "pointwise.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    for enabled, expected in ((True, POINTWISE), (False, TVM_DEFAULT)):
+        result = edgecompile.build(
+            str(path), "host", output_dir=tmp_path / str(enabled), custom_schedules=enabled
+        )
+        assert result.artifact.manifest.verification["status"] == "passed"
+        assert [r["schedule"] for r in result.artifact.manifest.schedules] == [expected]

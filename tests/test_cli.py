@@ -1,0 +1,204 @@
+"""The command line: ``targets``, ``build``, ``run``; one ``Error:`` line (exit 2) for mistakes."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from click.testing import CliRunner, Result
+
+from edgecompile.builder import BuildResult
+from edgecompile.cli import cli, main
+from edgecompile.runner import run
+from edgecompile.targets import list_presets, resolve_target
+
+Build = Callable[..., BuildResult]
+
+
+def invoke(*args: str) -> Result:
+    result = CliRunner().invoke(cli, list(args), catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return result
+
+
+def fails_cleanly(
+    argv: list[str], capsys: pytest.CaptureFixture[str], *, expected: str, code: int = 2
+) -> str:
+    """``main(argv)`` exits with ``code`` after printing exactly one ``Error:`` line."""
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as excinfo:
+        main(argv)
+    assert excinfo.value.code == code
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1, captured.err
+    assert lines[0].startswith("Error: ")
+    assert "Traceback" not in captured.err + captured.out
+    assert expected in lines[0]
+    return lines[0]
+
+
+# --- targets ------------------------------------------------------------------------------------
+
+
+def test_targets_table_lists_every_preset() -> None:
+    output = invoke("targets").stdout
+    rows = {line.split()[0]: line for line in output.splitlines()[1:] if line.strip()}
+    for preset in list_presets():
+        assert preset.name in rows
+        assert preset.triple in rows[preset.name]
+
+
+def test_targets_json_is_every_preset_in_full() -> None:
+    payload = json.loads(invoke("targets", "--json").stdout)
+    presets = list_presets()
+    assert [entry["name"] for entry in payload] == [p.name for p in presets]
+    for entry, preset in zip(payload, presets, strict=True):
+        assert entry["target"] == dict(preset.target)
+        assert entry["threads"] == preset.threads
+
+
+def test_main_returns_normally_on_success(capsys: pytest.CaptureFixture[str]) -> None:
+    main(["targets", "--json"])  # no SystemExit
+    assert json.loads(capsys.readouterr().out)
+
+
+# --- build → run --------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    out = tmp_path_factory.mktemp("cli-build")
+    result = invoke("build", "squeezenet1_1", "--target", "host", "-o", str(out), "--tar", "--json")
+    payload = json.loads(result.stdout)
+    payload["output_dir"] = out
+    return payload
+
+
+def test_build_json_reports_the_artifact(built: dict[str, Any]) -> None:
+    directory = Path(built["directory"])
+    assert directory == built["output_dir"] / "squeezenet1_1-host"
+    assert (directory / "squeezenet1_1.so").is_file()
+    on_disk = json.loads((directory / "manifest.json").read_text())
+    assert {key: built[key] for key in on_disk} == on_disk
+    assert built["verification"]["status"] == "passed"
+    assert built["verification"]["max_relative_error"] <= 1e-4
+    assert Path(built["archive"]).is_file()
+    assert Path(built["archive"]).name == "squeezenet1_1-host.tar.gz"
+
+
+def test_run_json_reports_the_output(built: dict[str, Any]) -> None:
+    payload = json.loads(invoke("run", built["directory"], "--json").stdout)
+    (out,) = payload["outputs"]
+    assert out["shape"] == built["outputs"][0]["shape"]
+    assert out["dtype"] == "float32"
+    (expected,) = run(built["directory"], seed=0).outputs
+    assert out["argmax"] == int(expected.argmax())
+    assert out["min"] == pytest.approx(float(expected.min()))
+    assert out["max"] == pytest.approx(float(expected.max()))
+    assert payload["seconds"] > 0 and payload["saved"] is None
+
+
+def test_run_output_npy_matches_the_reported_shape(built: dict[str, Any], tmp_path: Path) -> None:
+    target = tmp_path / "y.npy"
+    payload = json.loads(
+        invoke("run", built["directory"], "--output", str(target), "--json").stdout
+    )
+    saved = np.load(target)
+    assert list(saved.shape) == payload["outputs"][0]["shape"]
+    assert payload["saved"] == str(target)
+    np.testing.assert_array_equal(saved, run(built["directory"], seed=0).outputs[0])
+
+
+def test_run_with_input_files(built: dict[str, Any], tmp_path: Path) -> None:
+    x = np.random.default_rng(3).standard_normal((1, 3, 224, 224), dtype=np.float32)
+    np.save(tmp_path / "x.npy", x)
+    target = tmp_path / "y.npy"
+    invoke("run", built["directory"], "--input", str(tmp_path / "x.npy"), "--output", str(target))
+    np.testing.assert_array_equal(np.load(target), run(built["directory"], [x]).outputs[0])
+
+
+def test_run_text_output(built: dict[str, Any]) -> None:
+    output = invoke("run", built["directory"]).stdout
+    shape = "x".join(map(str, built["outputs"][0]["shape"]))
+    assert f"output 0: float32 {shape}" in output
+
+
+# --- errors: one line, exit 2 -------------------------------------------------------------------
+
+
+def test_unknown_model(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    line = fails_cleanly(
+        ["build", "squeezenet9_9", "-o", str(tmp_path)], capsys, expected="squeezenet9_9"
+    )
+    assert "unknown model" in line
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_unknown_target(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    line = fails_cleanly(
+        ["build", "squeezenet1_1", "--target", "rpi9", "-o", str(tmp_path)],
+        capsys,
+        expected="unknown target 'rpi9'",
+    )
+    for preset in list_presets():
+        assert preset.name in line
+
+
+@pytest.mark.parametrize("size", ["abc", "0", "3x4x5", "8"])
+def test_bad_input_size(size: str, capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    expected = "cannot run at input size" if size == "8" else "bad input size"
+    fails_cleanly(
+        ["build", "squeezenet1_1", "--input-size", size, "-o", str(tmp_path)],
+        capsys,
+        expected=expected,
+    )
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_missing_cc_compiler(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))  # surely not installed
+    fails_cleanly(
+        ["build", "squeezenet1_1", "--target", "rpi4", "--cc", "aarch64-linux-gnu-g++"],
+        capsys,
+        expected="apt-get install g++-aarch64-linux-gnu",
+    )
+
+
+def test_run_on_a_folder_without_manifest(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    fails_cleanly(["run", str(tmp_path)], capsys, expected="no manifest.json")
+
+
+def test_run_an_arm_library_here(
+    capsys: pytest.CaptureFixture[str], build_once: Build, tiny_onnx: Path
+) -> None:
+    artifact = build_once(str(tiny_onnx), "rpi4").artifact
+    if artifact.manifest.arch == resolve_target("host").arch:
+        pytest.skip("this machine is aarch64")
+    fails_cleanly(["run", str(artifact.directory)], capsys, expected="aarch64")
+
+
+def test_run_with_a_wrong_input(
+    capsys: pytest.CaptureFixture[str], built: dict[str, Any], tmp_path: Path
+) -> None:
+    np.save(tmp_path / "x.npy", np.zeros((1, 3, 32, 32), np.float32))
+    fails_cleanly(
+        ["run", built["directory"], "--input", str(tmp_path / "x.npy")],
+        capsys,
+        expected="(1, 3, 224, 224)",
+    )
+
+
+def test_usage_error_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as excinfo:
+        main(["build"])
+    assert excinfo.value.code == 2
+    assert "Missing argument" in capsys.readouterr().err
