@@ -31,7 +31,10 @@ def cli() -> None:
       export             torch -> static-shape ONNX, checked against ONNX Runtime
       build              ONNX -> TVM Relax -> our schedules -> cross-compiled .so for a board
       targets            the board presets --target accepts
-      run                run a built library on this machine
+      run                run a built library here, or on a board (--device/--rpc/--tracker)
+      deploy             copy a built library to a board over SSH, checked by sha256
+      bench              on-board latency: median, p90, mean, std, min
+      device             an emulated Raspberry Pi 4 (qemu) to try all of it without hardware
 
     \b
     Examples:
@@ -39,6 +42,8 @@ def cli() -> None:
       edgecompile inspect mobilenet_v2
       edgecompile export shufflenet_v2 -o shufflenet_v2.onnx
       edgecompile build shufflenet_v1 --target rpi4
+      edgecompile deploy build/shufflenet_v1-rpi4 --device pi@raspberrypi.local
+      edgecompile bench build/shufflenet_v1-rpi4 --device pi@raspberrypi.local
     """
 
 
@@ -176,6 +181,32 @@ def export_command(
     click.echo(f"ONNX Runtime vs torch: max relative error {exported.max_relative_error:.2e}")
 
 
+def board_options(function: Any) -> Any:
+    """Where to run and how to log in: shared by ``run``, ``deploy`` and ``bench``."""
+    options = [
+        click.option("--device", help="Run over SSH on user@host[:port] (honours ~/.ssh/config)."),
+        click.option("--rpc", help="Run through a TVM RPC server at host:port."),
+        click.option("--tracker", help="Run on a board from the TVM RPC tracker at host:port."),
+        click.option("--rpc-key", help="The tracker key to request [the preset's, e.g. rpi4]."),
+        click.option(
+            "--identity", "-i", type=click.Path(dir_okay=False), help="SSH private key file."
+        ),
+        click.option(
+            "--accept-new-host-key",
+            is_flag=True,
+            help="Trust and record an SSH host key seen for the first time (changed keys are "
+            "always refused).",
+        ),
+        click.option("--remote-dir", help="Where artifacts go on the board [~/edgecompile]."),
+        click.option(
+            "--remote-python", help="The board's Python with TVM [~/edgecompile-venv, ...]."
+        ),
+    ]
+    for option in reversed(options):
+        function = option(function)
+    return function
+
+
 @cli.command("targets")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON (full TVM targets) instead.")
 def targets_command(as_json: bool) -> None:
@@ -291,29 +322,79 @@ def build_command(
     "--input", "input_files", multiple=True, type=click.Path(exists=True, dir_okay=False),
     help="A .npy file per model input (default: a seeded random input).",
 )  # fmt: skip
+@click.option(
+    "--random", "use_random", is_flag=True,
+    help="Use a seeded random input (what happens without --input).",
+)  # fmt: skip
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random input.")
 @click.option("--output", type=click.Path(dir_okay=False), help="Save the first output as .npy.")
 @click.option("--threads", type=int, help="TVM thread-pool size [all cores].")
+@board_options
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
 def run_command(
     artifact: str,
     input_files: tuple[str, ...],
+    use_random: bool,
     seed: int,
     output: str | None,
     threads: int | None,
+    device: str | None,
+    rpc: str | None,
+    tracker: str | None,
+    rpc_key: str | None,
+    identity: str | None,
+    accept_new_host_key: bool,
+    remote_dir: str | None,
+    remote_python: str | None,
     as_json: bool,
 ) -> None:
-    """Run a built library on this machine, through the loader a board uses.
+    """Run a built library, here or on a board, through TVM's runtime loader.
 
-    ARTIFACT is the folder `edgecompile build` wrote (or its .so or manifest.json).
+    ARTIFACT is the folder `edgecompile build` wrote (or its .so or manifest.json). Without a
+    board option it runs on this machine. With --device user@host (SSH), --rpc host:port or
+    --tracker host:port it runs on that board: the library is deployed (sha256-checked and
+    atomic over SSH), the inputs shipped as .npy, and the outputs brought back.
+
+    \b
+    Examples:
+      edgecompile run build/shufflenet_v1-host --output logits.npy
+      edgecompile run build/shufflenet_v1-rpi4 --device pi@raspberrypi.local --input x.npy
     """
     import numpy as np
 
     from edgecompile._atomic import atomic_file
-    from edgecompile.runner import run
 
+    if use_random and input_files:
+        raise EdgecompileError("--random and --input exclude each other", "give one of them")
     inputs = [np.load(path) for path in input_files] if input_files else None
-    result = run(artifact, inputs, seed=seed, threads=threads)
+    remote = {
+        "rpc_key": rpc_key,
+        "identity": identity,
+        "accept_new_host_key": accept_new_host_key,
+        "remote_dir": remote_dir,
+        "remote_python": remote_python,
+    }
+    extra: dict[str, Any] = {}
+    if device or rpc or tracker:
+        from edgecompile.device.remote import run_on_device
+
+        result = run_on_device(
+            artifact, inputs, device=device, rpc=rpc, tracker=tracker, threads=threads,
+            seed=seed, **remote,
+        )  # fmt: skip
+        extra = {"transport": result.transport, "target": result.target, "board": result.board}
+        where = f"on {result.target} via {result.transport}"
+    else:
+        given = [f"--{key.replace('_', '-')}" for key, value in remote.items() if value]
+        if given:
+            raise EdgecompileError(
+                f"{', '.join(given)}: options for running on a board",
+                "add --device, --rpc or --tracker (or drop them to run here)",
+            )
+        from edgecompile.runner import run
+
+        result = run(artifact, inputs, seed=seed, threads=threads)
+        where = "here"
     if output:
         with atomic_file(Path(output)) as tmp, open(tmp, "wb") as handle:
             np.save(handle, result.outputs[0])
@@ -321,14 +402,14 @@ def run_command(
         {
             "shape": list(out.shape),
             "dtype": str(out.dtype),
-            "min": float(out.min()),
-            "max": float(out.max()),
-            "argmax": int(out.reshape(out.shape[0], -1)[0].argmax()),
+            "min": float(out.min()) if out.size else None,
+            "max": float(out.max()) if out.size else None,
+            "argmax": int(out.reshape(out.shape[0], -1)[0].argmax()) if out.size else None,
         }
         for out in result.outputs
     ]
     if as_json:
-        _print_json({"seconds": result.seconds, "outputs": summaries, "saved": output})
+        _print_json({"seconds": result.seconds, "outputs": summaries, "saved": output, **extra})
         return
     for index, summary in enumerate(summaries):
         shape = "x".join(map(str, summary["shape"]))
@@ -336,9 +417,13 @@ def run_command(
             f"output {index}: {summary['dtype']} {shape}, range [{summary['min']:.4g}, "
             f"{summary['max']:.4g}], argmax {summary['argmax']}"
         )
-    click.echo(f"ran in {result.seconds * 1e3:.1f} ms (first call, includes warm-up)")
+    click.echo(f"ran {where} in {result.seconds * 1e3:.1f} ms (first call, includes warm-up)")
     if output:
         click.echo(f"saved output 0 to {output}")
+    if extra.get("board", {}).get("emulated"):
+        from edgecompile.device.board import EMULATION_WARNING
+
+        click.echo(f"note: {EMULATION_WARNING}", err=True)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,55 +1,17 @@
-"""Command-line commands for boards: ``device emulate|status|stop|deploy``, ``bench``, and the
-``--device/--rpc/--tracker`` options of ``run``.
+"""Command-line commands for boards: ``device emulate|status|stop``, ``deploy`` and ``bench``.
 
-Why a module of its own: ``edgecompile/cli.py`` is shared by everyone; importing this module at
-its bottom registers these commands on the same ``cli`` group. ``run`` stays defined in cli.py:
-here its options are extended and its callback wrapped, so a run with no board option takes
-exactly the local code path it always did.
+They register on the ``cli`` group of :mod:`edgecompile.cli`, which imports this module last;
+``run --device/--rpc/--tracker`` lives with the local ``run`` in cli.py.
 """
 
 from __future__ import annotations
 
-import functools
-import json
 import sys
 from pathlib import Path
-from typing import Any
 
 import click
 
-from edgecompile.cli import cli
-from edgecompile.errors import EdgecompileError
-
-
-def _print_json(payload: Any) -> None:
-    click.echo(json.dumps(payload, indent=2, default=str))
-
-
-def _board_options(function: Any) -> Any:
-    """Where to run and how to log in: shared by ``bench`` and ``device deploy``."""
-    options = [
-        click.option("--device", help="Run over SSH on user@host[:port] (honours ~/.ssh/config)."),
-        click.option("--rpc", help="Run through a TVM RPC server at host:port."),
-        click.option("--tracker", help="Run on a board from the TVM RPC tracker at host:port."),
-        click.option("--rpc-key", help="The tracker key to request [the preset's, e.g. rpi4]."),
-        click.option(
-            "--identity", "-i", type=click.Path(dir_okay=False), help="SSH private key file."
-        ),
-        click.option(
-            "--accept-new-host-key",
-            is_flag=True,
-            help="Trust and record an SSH host key seen for the first time (changed keys are "
-            "always refused).",
-        ),
-        click.option("--remote-dir", help="Where artifacts go on the board [~/edgecompile]."),
-        click.option(
-            "--remote-python", help="The board's Python with TVM [~/edgecompile-venv, ...]."
-        ),
-    ]
-    for option in reversed(options):
-        function = option(function)
-    return function
-
+from edgecompile.cli import _print_json, board_options, cli
 
 # --------------------------------------------------------------------------------------------
 # device group
@@ -57,13 +19,13 @@ def _board_options(function: Any) -> Any:
 
 @cli.group("device")
 def device_group() -> None:
-    """Boards: an emulated Raspberry Pi for trying run/bench without hardware, and deploys.
+    """An emulated Raspberry Pi, to try deploy/run/bench without hardware.
 
     \b
     Examples:
       edgecompile device emulate rpi4
       edgecompile device status
-      edgecompile device deploy build/shufflenet_v1-rpi4 --device pi@raspberrypi.local
+      edgecompile deploy build/shufflenet_v1-rpi4 --device pi@raspberrypi.local
       edgecompile device stop
     """
 
@@ -187,7 +149,7 @@ def stop_command(name: str, state_dir: str | None) -> None:
         click.echo(f"no emulated board was running from {current.state_dir}")
 
 
-@device_group.command("deploy")
+@cli.command("deploy")
 @click.argument("artifact", type=click.Path(exists=True))
 @click.option("--device", required=True, help="user@host[:port] (honours ~/.ssh/config).")
 @click.option("--identity", "-i", type=click.Path(dir_okay=False), help="SSH private key file.")
@@ -230,7 +192,7 @@ def deploy_command(
 
 @cli.command("bench")
 @click.argument("artifact", type=click.Path(exists=True))
-@_board_options
+@board_options
 @click.option("--threads", type=int, help="TVM thread-pool size on the board [all cores].")
 @click.option("--repeat", type=int, default=20, show_default=True, help="Timed runs.")
 @click.option("--warmup", type=int, default=3, show_default=True, help="Untimed runs first.")
@@ -297,125 +259,3 @@ def bench_command(
     click.echo(f"  {result.repeat} timed runs after {result.warmup} warm-up runs")
     for note in result.notes:
         click.echo(f"note: {note}", err=True)
-
-
-# --------------------------------------------------------------------------------------------
-# run --device / --rpc / --tracker
-
-_RUN_REMOTE_OPTIONS = (
-    "device",
-    "rpc",
-    "tracker",
-    "rpc_key",
-    "identity",
-    "accept_new_host_key",
-    "remote_dir",
-    "remote_python",
-)
-
-
-def _extend_run_command() -> None:
-    """Give cli.py's ``run`` the board options; without them it runs exactly as before."""
-    run = cli.commands.get("run")
-    if run is None or run.callback is None:  # pragma: no cover - cli.py lost its run command
-        raise RuntimeError("edgecompile.cli has no `run` command to extend")
-    run.params.extend(_board_options_params())
-    run.help = (run.help or "") + (
-        "\n\nWith --device user@host (SSH), --rpc host:port or --tracker host:port it runs on "
-        "that board instead: the library is deployed (checked and atomic over SSH), the inputs "
-        "shipped as .npy, and the outputs brought back."
-    )
-    local = run.callback
-
-    @functools.wraps(local)
-    def callback(**kwargs: Any) -> Any:
-        remote = {name: kwargs.pop(name, None) for name in _RUN_REMOTE_OPTIONS}
-        if not (remote["device"] or remote["rpc"] or remote["tracker"]):
-            given = [f"--{k.replace('_', '-')}" for k, v in remote.items() if v]
-            if given:
-                raise EdgecompileError(
-                    f"{', '.join(given)}: options for running on a board",
-                    "add --device, --rpc or --tracker (or drop them to run here)",
-                )
-            return local(**kwargs)
-        return _run_remote(remote, kwargs)
-
-    run.callback = callback
-
-
-def _board_options_params() -> list[click.Parameter]:
-    """The click parameters :func:`_board_options` adds, in the order they are declared."""
-
-    def holder() -> None:
-        """Only carries the parameters."""
-
-    return list(reversed(_board_options(holder).__click_params__))
-
-
-def _run_remote(remote: dict[str, Any], local: dict[str, Any]) -> None:
-    import numpy as np
-
-    from edgecompile._atomic import atomic_file
-    from edgecompile.device.remote import run_on_device
-
-    input_files = local.get("input_files") or ()
-    inputs = [np.load(path) for path in input_files] if input_files else None
-    result = run_on_device(
-        local["artifact"],
-        inputs,
-        device=remote["device"],
-        rpc=remote["rpc"],
-        tracker=remote["tracker"],
-        rpc_key=remote["rpc_key"],
-        identity=remote["identity"],
-        accept_new_host_key=bool(remote["accept_new_host_key"]),
-        remote_dir=remote["remote_dir"],
-        remote_python=remote["remote_python"],
-        threads=local.get("threads"),
-        seed=local.get("seed", 0),
-    )
-    output = local.get("output")
-    if output:
-        with atomic_file(Path(output)) as tmp, open(tmp, "wb") as handle:
-            np.save(handle, result.outputs[0])
-    summaries = [
-        {
-            "shape": list(out.shape),
-            "dtype": str(out.dtype),
-            "min": float(out.min()),
-            "max": float(out.max()),
-            "argmax": int(out.reshape(out.shape[0], -1)[0].argmax()) if out.size else None,
-        }
-        for out in result.outputs
-    ]
-    if local.get("as_json"):
-        _print_json(
-            {
-                "seconds": result.seconds,
-                "outputs": summaries,
-                "saved": output,
-                "transport": result.transport,
-                "target": result.target,
-                "board": result.board,
-            }
-        )
-        return
-    for index, summary in enumerate(summaries):
-        shape = "x".join(map(str, summary["shape"]))
-        click.echo(
-            f"output {index}: {summary['dtype']} {shape}, range [{summary['min']:.4g}, "
-            f"{summary['max']:.4g}], argmax {summary['argmax']}"
-        )
-    click.echo(
-        f"ran on {result.target} via {result.transport} in {result.seconds * 1e3:.1f} ms "
-        "(first call on the board, includes warm-up)"
-    )
-    if output:
-        click.echo(f"saved output 0 to {output}")
-    if result.board.get("emulated"):
-        from edgecompile.device.board import EMULATION_WARNING
-
-        click.echo(f"note: {EMULATION_WARNING}", err=True)
-
-
-_extend_run_command()

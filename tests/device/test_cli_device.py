@@ -1,4 +1,4 @@
-"""The board commands as a user types them: `run --device/--rpc`, `bench`, `device deploy`."""
+"""The board commands as a user types them: `run --device/--rpc`, `bench`, `deploy`."""
 
 from __future__ import annotations
 
@@ -112,7 +112,7 @@ def test_device_deploy_from_the_cli(
     remote = f"~/edgecompile-tests/cli-{tmp_path.name}"
     try:
         result = _cli(
-            "device", "deploy", str(artifact.directory), "--device", emulated_board.device,
+            "deploy", str(artifact.directory), "--device", emulated_board.device,
             "--identity", str(client_key), "--remote-dir", remote, "--json", home=home,
         )  # fmt: skip
         assert result.returncode == 0, result.stderr
