@@ -5,8 +5,9 @@ our schedule vs TVM's default lowering vs ONNX Runtime; then the whole models.
     /work/venv/bin/python benchmarks/layers.py --threads 2
     /work/venv/bin/python benchmarks/layers.py --models mobilenet_v2 --no-default
 
-A script, not a test: numbers depend on the machine and its load (medians of several repeats are
-printed; rerun on a quiet machine before quoting them).
+A script, not a test: numbers depend on the machine and its load. Every number is the median of
+``--repeat`` rounds, and each round samples all sides of a comparison once (interleaved), so a
+burst of load from another process hits them alike; rerun on a quiet machine before quoting.
 
 Per layer, each side runs the bare convolution (no bias or activation):
 
@@ -83,30 +84,48 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def median_seconds(run: Callable[[], Any], repeat: int) -> float:
-    """Median over ``repeat`` timings, each averaging enough calls to last ~50 ms."""
+Sampler = Callable[[], float]
+
+
+def python_sampler(run: Callable[[], Any]) -> Sampler:
+    """One sample = the mean time of enough ``run()`` calls to last ~50 ms (after a warm-up)."""
     run()
     start = time.perf_counter()
     run()
-    once = max(time.perf_counter() - start, 1e-7)
-    number = max(1, int(MIN_REPEAT_SECONDS / once))
-    samples = []
-    for _ in range(repeat):
+    number = max(1, int(MIN_REPEAT_SECONDS / max(time.perf_counter() - start, 1e-7)))
+
+    def sample() -> float:
         start = time.perf_counter()
         for _ in range(number):
             run()
-        samples.append((time.perf_counter() - start) / number)
-    return statistics.median(samples)
+        return (time.perf_counter() - start) / number
+
+    return sample
 
 
-def evaluator_seconds(module: Any, name: str, args: Sequence[Any], repeat: int) -> float:
-    """Median of TVM's ``time_evaluator`` (C++ timing loop, one warm-up call)."""
+def evaluator_sampler(module: Any, name: str, args: Sequence[Any]) -> Sampler:
+    """One sample = TVM's ``time_evaluator`` (C++ timing loop) over at least ~50 ms."""
     import tvm
 
     timer = module.time_evaluator(
-        name, tvm.cpu(), number=1, repeat=repeat, min_repeat_ms=int(MIN_REPEAT_SECONDS * 1000)
+        name, tvm.cpu(), number=1, repeat=1, min_repeat_ms=int(MIN_REPEAT_SECONDS * 1000)
     )
-    return statistics.median(timer(*args).results)
+    return lambda: float(timer(*args).results[0])
+
+
+def interleaved_medians(samplers: dict[str, Sampler], repeat: int) -> dict[str, float]:
+    """Median per sampler over ``repeat`` rounds, each round sampling every side once.
+
+    Interleaving keeps the comparison fair on a shared machine: a burst of load from another
+    process hits every side of the same round, not just whichever ran during it.
+    """
+    samples: dict[str, list[float]] = {key: [] for key in samplers}
+    for sample in samplers.values():
+        sample()  # warm-up
+    for _ in range(repeat):
+        for key, sample in samplers.items():
+            samples[key].append(sample())
+    return {key: statistics.median(values) for key, values in samples.items()}
 
 
 def model_layers(module: Any) -> list[tuple[ConvLayer, int]]:
@@ -173,16 +192,17 @@ def random_args(func: Any, rng: np.random.Generator) -> list[Any]:
     ]
 
 
-def time_primfunc(func: Any, target: Any, repeat: int, rng: np.random.Generator) -> float:
+def primfunc_sampler(func: Any, target: Any, rng: np.random.Generator) -> Sampler:
     import tvm
 
     library = tvm.tirx.build(
         tvm.IRModule({"main": func.with_attr("global_symbol", "main")}), target
     )
-    return evaluator_seconds(library, "main", random_args(func, rng), repeat)
+    return evaluator_sampler(library, "main", random_args(func, rng))
 
 
-def time_ours(layer: ConvLayer, weight: np.ndarray, target: Any, repeat: int) -> float:
+def ours_sampler(layer: ConvLayer, weight: np.ndarray, target: Any) -> Sampler:
+    """Our scheduled PrimFunc for the layer (the blocked conv alone, no pack/unpack)."""
     from tvm import tirx
 
     from edgecompile.schedules import optimize
@@ -195,15 +215,16 @@ def time_ours(layer: ConvLayer, weight: np.ndarray, target: Any, repeat: int) ->
         for func in module.functions.values()
         if isinstance(func, tirx.PrimFunc) and "edgecompile.schedule" in (func.attrs or {})
     ]
-    return time_primfunc(scheduled[0], target, repeat, np.random.default_rng(1))
+    return primfunc_sampler(scheduled[0], target, np.random.default_rng(1))
 
 
-def time_default(layer: ConvLayer, weight: np.ndarray, target: Any, repeat: int) -> float:
+def default_sampler(layer: ConvLayer, weight: np.ndarray, target: Any) -> Sampler:
+    """The PrimFunc TVM's ``LegalizeOps`` makes for the NCHW conv, untuned."""
     from tvm import relax, tirx
 
     module = relax.transform.LegalizeOps()(conv_module(layer, weight))
     func = next(f for f in module.functions.values() if isinstance(f, tirx.PrimFunc))
-    return time_primfunc(func, target, max(3, repeat // 2), np.random.default_rng(1))
+    return primfunc_sampler(func, target, np.random.default_rng(1))
 
 
 def ort_session(model_bytes: bytes, threads: int) -> Any:
@@ -216,7 +237,8 @@ def ort_session(model_bytes: bytes, threads: int) -> Any:
     return onnxruntime.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])
 
 
-def time_ort_layer(layer: ConvLayer, weight: np.ndarray, threads: int, repeat: int) -> float:
+def ort_layer_sampler(layer: ConvLayer, weight: np.ndarray, threads: int) -> Sampler:
+    """ONNX Runtime on a one-node ONNX model of the layer."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
@@ -243,7 +265,7 @@ def time_ort_layer(layer: ConvLayer, weight: np.ndarray, threads: int, repeat: i
     onnx.checker.check_model(model)
     session = ort_session(model.SerializeToString(), threads)
     data = np.random.default_rng(2).standard_normal(layer.data_shape).astype("float32")
-    return median_seconds(lambda: session.run(None, {"x": data}), repeat)
+    return python_sampler(lambda: session.run(None, {"x": data}))
 
 
 def print_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
@@ -270,9 +292,14 @@ def bench_layers(
     ):
         rng = np.random.default_rng(0)
         weight = rng.standard_normal(layer.weight_shape).astype("float32")
-        ours = time_ours(layer, weight, target, args.repeat)
-        default = None if args.no_default else time_default(layer, weight, target, args.repeat)
-        ort = time_ort_layer(layer, weight, args.threads, args.repeat)
+        samplers = {
+            "ours": ours_sampler(layer, weight, target),
+            "ort": ort_layer_sampler(layer, weight, args.threads),
+        }
+        if not args.no_default:
+            samplers["default"] = default_sampler(layer, weight, target)
+        medians = interleaved_medians(samplers, args.repeat)
+        ours, ort, default = medians["ours"], medians["ort"], medians.get("default")
         totals["ours"] += ours * count
         totals["ort"] += ort * count
         if default is not None:
@@ -305,6 +332,7 @@ def bench_model(name: str, relax_model: Any, static_onnx: Any, args: argparse.Na
     import tvm
     from tvm import relax
 
+    from edgecompile.export import relative_error
     from edgecompile.schedules import compile_relax
     from edgecompile.targets import resolve_target
 
@@ -314,33 +342,31 @@ def bench_model(name: str, relax_model: Any, static_onnx: Any, args: argparse.Na
     session = ort_session(static_onnx.SerializeToString(), args.threads)
     feed = {session.get_inputs()[0].name: data}
     expected = session.run(None, feed)[0]
-    ort = median_seconds(lambda: session.run(None, feed), args.repeat)
-    results: dict[str, float | None] = {"ours": None, "default": None}
-    for mode in ("ours", "default"):
-        if mode == "default" and args.no_default:
-            continue
+    samplers = {"ort": python_sampler(lambda: session.run(None, feed))}
+    modes = ("ours",) if args.no_default else ("ours", "default")
+    for mode in modes:
         start = time.perf_counter()
         executable, _ = compile_relax(relax_model.module, target, custom_schedules=mode == "ours")
         compile_seconds = time.perf_counter() - start
         machine = relax.VirtualMachine(executable, tvm.cpu())
         tensor = tvm.runtime.tensor(data)
-        actual = machine["main"](tensor).numpy()
-        error = float(np.abs(actual - expected).max() / max(np.abs(expected).max(), 1e-30))
-        repeat = args.repeat if mode == "ours" else 3
-        results[mode] = evaluator_seconds(machine, "main", [tensor], repeat)
+        error = relative_error(machine["main"](tensor).numpy(), expected)
+        samplers[mode] = evaluator_sampler(machine, "main", [tensor])
         print(
             f"  {name} {mode}: compiled in {compile_seconds:.1f} s, max rel. error vs ORT "
             f"{error:.1e}",
             file=sys.stderr,
             flush=True,
         )
+    medians = interleaved_medians(samplers, args.repeat)
+    ort, ours, default = medians["ort"], medians["ours"], medians.get("default")
     return [
         name,
-        milliseconds(results["ours"]),
-        milliseconds(results["default"]),
+        milliseconds(ours),
+        milliseconds(default),
         milliseconds(ort),
-        ratio(results["ours"], ort),
-        ratio(results["default"], ort),
+        ratio(ours, ort),
+        ratio(default, ort),
     ]
 
 

@@ -250,6 +250,10 @@ def targets_command(as_json: bool) -> None:
     "--cc", help="Link with this system compiler (e.g. aarch64-linux-gnu-g++) instead of zig."
 )
 @click.option("--no-verify", is_flag=True, help="Skip the ONNX Runtime check of host libraries.")
+@click.option(
+    "--no-custom-schedules", is_flag=True,
+    help="Compile every op with TVM's default lowering (plain loops) instead of our schedules.",
+)  # fmt: skip
 @click.option("--tar", "pack", is_flag=True, help="Also pack the artifact as <dir>.tar.gz.")
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")
 def build_command(
@@ -262,6 +266,7 @@ def build_command(
     seed: int,
     cc: str | None,
     no_verify: bool,
+    no_custom_schedules: bool,
     pack: bool,
     as_json: bool,
 ) -> None:
@@ -294,6 +299,7 @@ def build_command(
         seed=seed,
         cc=cc,
         verify=not no_verify,
+        custom_schedules=not no_custom_schedules,
         progress=Progress(BUILD_STAGES),
     )
     artifact = result.artifact

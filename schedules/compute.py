@@ -41,6 +41,7 @@ def pack(data: Any, block: int) -> Any:
         if channels % block == 0:
             return data[n, channel, h, w]
         inside = channel < channels
+        # The clamp keeps the load in bounds even where codegen evaluates both branches.
         return tirx.if_then_else(
             inside, data[n, tirx.min(channel, channels - 1), h, w], tirx.const(0, data.dtype)
         )

@@ -6,7 +6,8 @@ ReLU6, h-swish, residual add). The conv result is accumulated in a register tile
 cache) and the epilogue is inlined into the tile's write-back, so each output is written once.
 
 Register tile rule: accumulators + operand vectors + 1 must fit the target's vector registers
-(:class:`~edgecompile.schedules.cpu.CpuInfo`); one more and LLVM spills, measured 2x slower.
+(:class:`~edgecompile.schedules.cpu.CpuInfo`): past that LLVM spills accumulators to the stack
+in the inner loop (a probe measured such tiles 2x slower).
 """
 
 from __future__ import annotations

@@ -91,6 +91,18 @@ def test_build_json_reports_the_artifact(built: dict[str, Any]) -> None:
     assert Path(built["archive"]).name == "squeezenet1_1-host.tar.gz"
 
 
+def test_no_custom_schedules_leaves_every_op_to_tvm(built: dict[str, Any], tmp_path: Path) -> None:
+    ours = {op["schedule"] for op in built["schedules"]}
+    assert any(name.startswith("edgecompile.") for name in ours)
+    payload = json.loads(
+        invoke(
+            "build", "squeezenet1_1", "-o", str(tmp_path), "--no-custom-schedules", "--json"
+        ).stdout
+    )
+    assert {op["schedule"] for op in payload["schedules"]} == {"tvm-default"}
+    assert payload["verification"]["status"] == "passed"
+
+
 def test_run_json_reports_the_output(built: dict[str, Any]) -> None:
     payload = json.loads(invoke("run", built["directory"], "--json").stdout)
     (out,) = payload["outputs"]

@@ -402,6 +402,29 @@ def test_compile_relax_records_each_heavy_op(tmp_path: Path, host_target: Any) -
     assert {r["schedule"] for r in records} == {TVM_DEFAULT}
 
 
+def test_pipeline_failure_falls_back_to_tvm_default(
+    tmp_path: Path, host_target: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Should our pipeline break on some graph, the model still builds, and the records say so."""
+    from edgecompile.schedules import pipeline
+
+    def broken(target: Any, report: Any) -> Any:
+        @tvm.transform.module_pass(opt_level=0, name="Broken")
+        def fail(module: Any, _context: Any) -> Any:
+            raise RuntimeError("boom")
+
+        return fail
+
+    monkeypatch.setattr(pipeline, "relax_pipeline", broken)
+    network = Network([Conv(8, 16, epilogue="relu")], 5, 5)
+    executable, records = compile_relax(import_network(network, tmp_path).module, host_target)
+    assert [r["schedule"] for r in records] == [TVM_DEFAULT]
+    assert "boom" in records[0]["fallback"]
+    data = np.random.default_rng(6).standard_normal(network.input_shape).astype("float32")
+    actual = relax.VirtualMachine(executable, tvm.cpu())["main"](tvm.runtime.tensor(data))
+    assert relative_error(actual.numpy(), network.reference(data)) <= TOLERANCE
+
+
 def test_conv_with_runtime_weights_keeps_tvm_default(host_target: Any) -> None:
     """Weights passed at run time cannot be packed at compile time: TVM's default lowering."""
     builder = relax.BlockBuilder()
