@@ -38,14 +38,14 @@ def run_library(library: str | Path, inputs: Sequence[np.ndarray]) -> list[np.nd
     import tvm
     from tvm import relax
 
-    from edgecompile.targets import _host_arch
+    from edgecompile.targets import host_arch
 
     # dlopen() reports a library for another CPU as "No such file or directory": say what it is.
     elf = elf_info(library)
-    if elf.arch != _host_arch():
+    if elf.arch != host_arch():
         raise EdgecompileError(
             f"{str(library)!r} is a {elf.bits}-bit {elf.arch} library; this machine is "
-            f"{_host_arch()}",
+            f"{host_arch()}",
             "run it on its board (or the emulator), or rebuild it with --target host",
         )
     try:

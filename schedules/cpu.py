@@ -43,7 +43,9 @@ def cpu_info(target: Any) -> CpuInfo:
     """Read :class:`CpuInfo` from an ``llvm`` TVM target (host or cross)."""
     import tvm
 
-    triple = str(target.attrs.get("mtriple", "")) or _host_triple()
+    from edgecompile.targets import host_triple
+
+    triple = str(target.attrs.get("mtriple", "")) or host_triple()
     arch = triple.split("-")[0]
     width = int(tvm.target.codegen.llvm_get_vector_width(target))
     lanes = max(width // FLOAT32_BITS, 1)
@@ -59,9 +61,3 @@ def _vector_registers(arch: str, lanes: int) -> int:
     if arch.startswith(("arm", "thumb")):
         return 16
     return 32 if lanes >= 16 else 16
-
-
-def _host_triple() -> str:
-    import tvm
-
-    return str(tvm.target.codegen.llvm_get_system_triple())

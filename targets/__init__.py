@@ -42,7 +42,7 @@ class BoardPreset:
     @property
     def triple(self) -> str:
         """The LLVM triple; without ``mtriple`` LLVM compiles for this machine, so that is it."""
-        return str(self.target.get("mtriple") or _host_triple())
+        return str(self.target.get("mtriple") or host_triple())
 
     @property
     def arch(self) -> str:
@@ -57,7 +57,7 @@ class BoardPreset:
     @property
     def is_host(self) -> bool:
         """Libraries for this preset can be loaded by this machine's TVM."""
-        return self.name == HOST or _canonical_triple(self.triple) == _host_triple()
+        return self.name == HOST or _canonical_triple(self.triple) == host_triple()
 
     def tvm_target(self) -> Any:
         import tvm
@@ -77,13 +77,15 @@ class BoardPreset:
         }
 
 
-def _host_arch() -> str:
+def host_arch() -> str:
+    """This machine's architecture, named as ``uname -m`` and ELF headers name it."""
     machine = platform.machine().lower()
     return {"arm64": "aarch64", "amd64": "x86_64"}.get(machine, machine)
 
 
-def _host_triple() -> str:
-    return f"{_host_arch()}-linux-gnu"
+def host_triple() -> str:
+    """This machine's triple without a vendor (TVM's own says ``x86_64-conda-linux-gnu``)."""
+    return f"{host_arch()}-linux-gnu"
 
 
 def _canonical_triple(triple: str) -> str:
@@ -104,9 +106,9 @@ def host_preset() -> BoardPreset:
     cores = os.cpu_count() or 1
     return BoardPreset(
         name=HOST,
-        description=f"This machine ({_host_arch()}, {cpu}, {cores} cores)",
+        description=f"This machine ({host_arch()}, {cpu}, {cores} cores)",
         target=MappingProxyType(
-            {"kind": "llvm", "mtriple": _host_triple(), "mcpu": cpu, "num-cores": cores}
+            {"kind": "llvm", "mtriple": host_triple(), "mcpu": cpu, "num-cores": cores}
         ),
         threads=cores,
         rpc_key=HOST,
