@@ -723,8 +723,9 @@ def check_compatible(manifest: Any, info: BoardInfo, where: str) -> None:
         )
         raise EdgecompileError(
             f"{where} has no Python with TVM ({searched})",
-            f"on the board: python3 -m venv ~/edgecompile-venv && ~/edgecompile-venv/bin/pip "
-            f"install apache-tvm=={manifest.tvm_version} (or pass --remote-python)",
+            f"run: edgecompile device setup {where} (or on the board: python3 -m venv "
+            f"~/edgecompile-venv && ~/edgecompile-venv/bin/pip install "
+            f"apache-tvm=={manifest.tvm_version}; or pass --remote-python)",
         )
     if info.tvm_version != manifest.tvm_version:
         raise EdgecompileError(
