@@ -33,7 +33,8 @@ def cli() -> None:
       targets            the board presets --target accepts
       run                run a built library here, or on a board (--device/--rpc/--tracker)
       deploy             copy a built library to a board over SSH, checked by sha256
-      bench              on-board latency: median, p90, mean, std, min
+      bench              latency here vs ONNX Runtime/torch, or on a board (--device/...)
+      profile            per-kernel time of a compiled host model, joined to its schedules
       device             an emulated Raspberry Pi 4 (qemu) to try all of it without hardware
 
     \b

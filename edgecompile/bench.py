@@ -1,0 +1,614 @@
+"""Local latency of a compiled model next to ONNX Runtime and torch, and where its time goes.
+
+``bench_local`` answers "is our library faster than what people already use?" on this
+machine: every engine gets the same seeded input and the same thread count, and its output
+must agree with the reference before any time of it is reported (a fast wrong answer is not
+a result). ``profile_local`` answers "which kernels cost the time?" by instrumenting the
+Relax VM around each packed call.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgecompile.artifact import Artifact, elf_info, load_artifact
+from edgecompile.errors import EdgecompileError
+
+ENGINES = ("tvm", "ort", "torch")
+TOLERANCE = 1e-4
+
+Runner = Callable[[list[np.ndarray]], list[np.ndarray]]
+
+
+@dataclass(frozen=True)
+class EngineTiming:
+    """One engine at one thread count; ``ratio_to_ort`` is its median over ORT's median."""
+
+    engine: str
+    threads: int
+    median_ms: float
+    p90_ms: float
+    min_ms: float
+    mean_ms: float
+    max_relative_error: float | None
+    ratio_to_ort: float | None
+
+
+@dataclass(frozen=True)
+class BenchReport:
+    model: str
+    artifact: str
+    input_shapes: list[list[int]]
+    seed: int
+    repeat: int
+    warmup: int
+    threads: list[int]
+    engines: list[str]
+    reference: str
+    timings: list[EngineTiming]
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# --------------------------------------------------------------------------------------------
+# resolving what to measure
+
+
+def _is_artifact(source: str) -> bool:
+    path = Path(source)
+    return path.is_dir() or path.name == "manifest.json" or path.suffix == ".so"
+
+
+def resolve_host_artifact(
+    source: str,
+    *,
+    target: str = "host",
+    input_size: str | None = None,
+    seed: int = 0,
+    output_dir: str | Path | None = None,
+) -> Artifact:
+    """A given artifact (checked to run here), or a fresh host build of a zoo name / ONNX file.
+
+    Without ``output_dir`` the build goes to a temporary folder that lives for the process:
+    benchmarking should not leave build/ entries behind unless asked to.
+    """
+    from edgecompile.targets import host_arch, resolve_target
+
+    if _is_artifact(source):
+        artifact = load_artifact(source)
+    else:
+        preset = resolve_target(target)
+        if not preset.is_host:
+            raise EdgecompileError(
+                f"target {preset.name} does not run on this machine",
+                "use --target host here, or --device/--rpc/--tracker to bench on the board",
+            )
+        from edgecompile.builder import build
+
+        directory = output_dir or tempfile.mkdtemp(prefix="edgecompile-bench-")
+        artifact = build(
+            source, preset, output_dir=directory, input_size=input_size, seed=seed
+        ).artifact
+    arch = elf_info(artifact.library).arch
+    if arch != host_arch():
+        raise EdgecompileError(
+            f"{artifact.directory} is a {arch} library; this machine is {host_arch()}",
+            "to bench it on its board give exactly one of --device user@host, --rpc or "
+            "--tracker; or build with --target host",
+        )
+    return artifact
+
+
+_SEEDED = re.compile(r"seeded random weights \(seed (\d+)\)")
+
+
+def _reference_sources(artifact: Artifact, compare: Sequence[str]) -> tuple[dict[str, Any], list]:
+    """How the worker rebuilds the ORT/torch references for ``artifact``, plus notes.
+
+    A zoo build with seeded weights is re-created exactly (same name, seed, input shape); an
+    ONNX build uses its ONNX file. Anything else cannot be compared, which is an error, not
+    a silently missing column.
+    """
+    manifest = artifact.manifest
+    notes: list[str] = []
+    shape = manifest.inputs[0]["shape"]
+    seeded = _SEEDED.fullmatch(manifest.weights)
+    onnx_file = manifest.weights.removeprefix("ONNX file ")
+    spec: dict[str, Any] = {"torch": None, "onnx": None}
+    if seeded and len(manifest.inputs) == 1:
+        spec["torch"] = {
+            "name": manifest.model,
+            "input_size": [shape[2], shape[3]],
+            "batch": shape[0],
+            "seed": int(seeded.group(1)),
+        }
+    elif manifest.weights.startswith("ONNX file ") and Path(onnx_file).is_file():
+        spec["onnx"] = onnx_file
+        if "torch" in compare:
+            notes.append("torch skipped: the model came from an ONNX file")
+    wanted = [engine for engine in compare if engine != "tvm"]
+    if wanted and spec["torch"] is None and spec["onnx"] is None:
+        raise EdgecompileError(
+            f"cannot re-create ONNX Runtime/torch references for {artifact.directory} "
+            f"(weights: {manifest.weights})",
+            "bench the zoo name or the ONNX file instead, or pass --compare ''",
+        )
+    return spec, notes
+
+
+# --------------------------------------------------------------------------------------------
+# engines (module-level factories so tests can swap one for a broken engine)
+
+
+def tvm_runner(library: str) -> Runner:
+    import tvm
+    from tvm import relax
+
+    machine = relax.VirtualMachine(tvm.runtime.load_module(library), tvm.cpu())
+    main = machine["main"]
+
+    def run(inputs: list[np.ndarray]) -> list[np.ndarray]:
+        result = main(*[tvm.runtime.tensor(x) for x in inputs])
+        items = result if type(result).__name__ in ("Array", "Tuple") else [result]
+        return [item.numpy() for item in items]
+
+    return run
+
+
+def ort_runner(onnx_path: str, threads: int) -> Runner:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    session = ort.InferenceSession(onnx_path, options, providers=["CPUExecutionProvider"])
+    names = [item.name for item in session.get_inputs()]
+
+    def run(inputs: list[np.ndarray]) -> list[np.ndarray]:
+        return session.run(None, dict(zip(names, inputs, strict=True)))
+
+    return run
+
+
+def torch_runner(model: Any, threads: int) -> Runner:
+    import torch
+
+    torch.set_num_threads(threads)
+    module = model.module
+
+    def run(inputs: list[np.ndarray]) -> list[np.ndarray]:
+        with torch.no_grad():
+            out = module(*[torch.from_numpy(x) for x in inputs])
+        out = out if isinstance(out, (list, tuple)) else [out]
+        return [item.numpy() for item in out]
+
+    return run
+
+
+def _make_runners(spec: dict[str, Any], threads: int) -> dict[str, Runner]:
+    from edgecompile.runner import set_threads
+
+    set_threads(threads)
+    runners: dict[str, Runner] = {}
+    torch_model = None
+    onnx_path = spec["onnx"]
+    if spec["torch"] is not None:
+        from edgecompile.export import export_onnx, load_torch_model
+
+        info = spec["torch"]
+        torch_model = load_torch_model(
+            info["name"], input_size=info["input_size"], batch=info["batch"], seed=info["seed"]
+        )
+        if "ort" in spec["engines"]:
+            onnx_path = str(Path(spec["scratch"]) / f"{info['name']}.onnx")
+            if not Path(onnx_path).is_file():
+                export_onnx(torch_model, onnx_path, seed=info["seed"])
+    for engine in spec["engines"]:
+        if engine == "tvm":
+            runners[engine] = tvm_runner(spec["library"])
+        elif engine == "ort" and onnx_path:
+            runners[engine] = ort_runner(onnx_path, threads)
+        elif engine == "torch" and torch_model is not None:
+            runners[engine] = torch_runner(torch_model, threads)
+    return runners
+
+
+# --------------------------------------------------------------------------------------------
+# measuring
+
+
+def check_agreement(
+    outputs: dict[str, list[np.ndarray]], tolerance: float = TOLERANCE
+) -> tuple[str, dict[str, float]]:
+    """Each engine's max relative error against the reference (ORT if present, else torch).
+
+    Raises before any timing happens, so a wrong engine never gets a number printed.
+    """
+    from edgecompile.export import relative_error
+
+    reference = "ort" if "ort" in outputs else "torch" if "torch" in outputs else "tvm"
+    expected = outputs[reference]
+    errors: dict[str, float] = {}
+    for engine, actual in outputs.items():
+        if len(actual) != len(expected) or any(
+            a.shape != e.shape for a, e in zip(actual, expected, strict=False)
+        ):
+            raise EdgecompileError(
+                f"{engine} and {reference} return different output shapes",
+                "the engines do not compute the same model; rebuild the artifact",
+            )
+        error = max(relative_error(a, e) for a, e in zip(actual, expected, strict=True))
+        if not error <= tolerance:
+            raise EdgecompileError(
+                f"{engine} disagrees with {reference}: max relative error {error:.2e} > "
+                f"{tolerance:.0e}; no time reported for it",
+                "rebuild the artifact from the same model and seed, or report the model",
+            )
+        errors[engine] = error
+    return reference, errors
+
+
+def _time(run: Runner, inputs: list[np.ndarray], repeat: int, warmup: int) -> list[float]:
+    for _ in range(warmup):
+        run(inputs)
+    seconds = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        run(inputs)
+        seconds.append(time.perf_counter() - start)
+    return seconds
+
+
+def measure(spec: dict[str, Any]) -> dict[str, Any]:
+    """One thread count, all engines, in this process: outputs checked, then timed."""
+    from edgecompile.device.remote import latency_stats
+
+    threads = spec["threads"]
+    inputs = [np.asarray(x, dtype=np.float32) for x in _inputs(spec)]
+    runners = _make_runners(spec, threads)
+    outputs = {engine: run(inputs) for engine, run in runners.items()}
+    reference, errors = check_agreement(outputs, spec["tolerance"])
+    stats = {
+        engine: latency_stats(_time(run, inputs, spec["repeat"], spec["warmup"]))
+        for engine, run in runners.items()
+    }
+    return {"reference": reference, "errors": errors, "stats": stats}
+
+
+def _inputs(spec: dict[str, Any]) -> list[np.ndarray]:
+    from edgecompile.export import example_input
+
+    return [
+        example_input(shape, seed=spec["seed"] + index).astype(dtype)
+        for index, (shape, dtype) in enumerate(spec["inputs"])
+    ]
+
+
+def _measure_in_subprocess(spec: dict[str, Any]) -> dict[str, Any]:
+    """A fresh process per thread count: TVM's pool size is process-global and, measured on
+    squeezenet1_1, runtime.config_threadpool after the first run did not change its latency,
+    so switching in-process cannot be trusted."""
+    env = {**os.environ, "TVM_NUM_THREADS": str(spec["threads"])}
+    completed = subprocess.run(
+        [sys.executable, "-c", "from edgecompile.bench import _worker; _worker()"],
+        input=json.dumps(spec),
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+    )
+    lines = completed.stdout.strip().splitlines()
+    if completed.returncode != 0 or not lines:
+        tail = completed.stderr.strip().splitlines()[-1:] or ["no output"]
+        raise EdgecompileError(f"the benchmark worker failed: {tail[0]}", "report it")
+    result = json.loads(lines[-1])
+    if "error" in result:
+        raise EdgecompileError(result["error"], result.get("fix"))
+    return result
+
+
+def _worker() -> None:
+    """Entry point of the per-thread-count subprocess: spec JSON in, result JSON out."""
+    spec = json.loads(sys.stdin.read())
+    try:
+        result = measure(spec)
+    except EdgecompileError as exc:
+        result = {"error": exc.problem, "fix": exc.fix}
+    sys.stdout.write("\n" + json.dumps(result) + "\n")
+
+
+def parse_list(text: str | Sequence[Any] | None, kind: type = str) -> list[Any]:
+    """``"1,2"`` → [1, 2]; ``"ort,torch"`` → ["ort", "torch"]; empty text → []."""
+    if text is None:
+        return []
+    items = text.split(",") if isinstance(text, str) else list(text)
+    try:
+        return [kind(str(item).strip()) for item in items if str(item).strip()]
+    except ValueError:
+        raise EdgecompileError(
+            f"bad list {text!r}", "give comma-separated values, e.g. 1,2"
+        ) from None
+
+
+def bench_local(
+    source: str,
+    *,
+    target: str = "host",
+    compare: Sequence[str] = ("ort", "torch"),
+    threads: Sequence[int] = (1,),
+    repeat: int = 20,
+    warmup: int = 3,
+    seed: int = 0,
+    input_size: str | None = None,
+    output_dir: str | Path | None = None,
+    tolerance: float = TOLERANCE,
+    isolate: bool = True,
+) -> BenchReport:
+    """Latency of the host library of ``source`` and of ORT/torch, per thread count.
+
+    ``isolate=True`` measures each thread count in its own subprocess (see
+    :func:`_measure_in_subprocess`); ``False`` measures in this process, for tests and for a
+    single thread count in a fresh process.
+    """
+    unknown = [engine for engine in compare if engine not in ENGINES]
+    if unknown:
+        raise EdgecompileError(f"unknown engine(s) {', '.join(unknown)}", "use --compare ort,torch")
+    if repeat < 1 or warmup < 0:
+        raise EdgecompileError("bad --repeat/--warmup", "use --repeat 1 or more, --warmup 0+")
+    if not threads or min(threads) < 1:
+        raise EdgecompileError(f"bad thread counts {list(threads)}", "use e.g. --threads 1,2")
+    artifact = resolve_host_artifact(
+        source, target=target, input_size=input_size, seed=seed, output_dir=output_dir
+    )
+    references, notes = _reference_sources(artifact, compare)
+    engines = ["tvm", *[e for e in dict.fromkeys(compare) if e != "tvm"]]
+    if references["torch"] is None:
+        engines = [e for e in engines if e != "torch"]
+    inputs = [(spec["shape"], spec["dtype"]) for spec in artifact.manifest.inputs]
+    results: dict[int, dict[str, Any]] = {}
+    with tempfile.TemporaryDirectory(prefix="edgecompile-bench-") as scratch:
+        for count in threads:
+            spec = {
+                **references,
+                "library": str(artifact.library),
+                "engines": engines,
+                "inputs": inputs,
+                "seed": seed,
+                "threads": count,
+                "repeat": repeat,
+                "warmup": warmup,
+                "tolerance": tolerance,
+                "scratch": scratch,
+            }
+            results[count] = _measure_in_subprocess(spec) if isolate else measure(spec)
+    timings = []
+    reference = "tvm"
+    for count, result in results.items():
+        reference = result["reference"]
+        ort_median = result["stats"].get("ort", {}).get("median_ms")
+        for engine in engines:
+            stats = result["stats"][engine]
+            timings.append(
+                EngineTiming(
+                    engine=engine,
+                    threads=count,
+                    median_ms=stats["median_ms"],
+                    p90_ms=stats["p90_ms"],
+                    min_ms=stats["min_ms"],
+                    mean_ms=stats["mean_ms"],
+                    max_relative_error=result["errors"].get(engine),
+                    ratio_to_ort=stats["median_ms"] / ort_median if ort_median else None,
+                )
+            )
+    return BenchReport(
+        model=artifact.manifest.model,
+        artifact=str(artifact.directory),
+        input_shapes=[list(shape) for shape, _ in inputs],
+        seed=seed,
+        repeat=repeat,
+        warmup=warmup,
+        threads=list(threads),
+        engines=engines,
+        reference=reference,
+        timings=timings,
+        notes=notes,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# profile
+
+
+@dataclass(frozen=True)
+class LayerTime:
+    """One VM kernel: median time per inference, share of the per-layer sum, schedule join."""
+
+    name: str
+    calls: int
+    time_ms: float
+    share: float
+    op: str | None
+    schedule: str | None
+    matched: bool
+
+
+@dataclass(frozen=True)
+class ProfileReport:
+    model: str
+    artifact: str
+    threads: int | None
+    runs: int
+    layers: list[LayerTime]
+    layer_sum_ms: float
+    end_to_end_ms: float
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+BUILTIN_ROW = "vm.builtin.* (VM bookkeeping)"
+
+
+def _kernel_category(name: str) -> str | None:
+    """Which manifest op a fused kernel name stands for; None for layout/glue kernels."""
+    if "conv2d" in name or "pointwise" in name or "depthwise" in name:
+        return "conv2d"
+    if "pool" in name and "unpack" not in name:
+        return "pool"
+    if "matmul" in name or "dense" in name:
+        return "matmul"
+    return None
+
+
+def join_schedules(
+    names: Sequence[str], schedules: Sequence[dict[str, Any]]
+) -> dict[int, dict[str, Any]]:
+    """Best-effort: the i-th conv-like kernel call gets the i-th conv2d entry, and so on.
+
+    Fusion renames kernels (``fused_conv2d3_relu9``) and drops the op's identity, but both
+    lists follow ``main``'s order, so matching by order within a kind is right whenever the
+    fusion kept one heavy op per kernel. Returns call index → schedule entry.
+    """
+    queues: dict[str, list[dict[str, Any]]] = {}
+    for entry in schedules:
+        op = str(entry.get("op", ""))
+        kind = "matmul" if op in ("dense", "matmul", "linear") else op
+        queues.setdefault(kind, []).append(entry)
+    joined: dict[int, dict[str, Any]] = {}
+    for index, name in enumerate(names):
+        category = _kernel_category(name)
+        if category and queues.get(category):
+            joined[index] = queues[category].pop(0)
+    return joined
+
+
+def profile_local(
+    source: str,
+    *,
+    target: str = "host",
+    runs: int = 10,
+    warmup: int = 3,
+    threads: int | None = None,
+    seed: int = 0,
+    input_size: str | None = None,
+    output_dir: str | Path | None = None,
+) -> ProfileReport:
+    """Per-kernel time of the host library, from ``vm.set_instrument`` around each call.
+
+    The instrument costs a Python call per VM instruction, so per-layer times are a little
+    high; the end-to-end median is measured without it and printed next to their sum so the
+    reader sees how much the instrumentation added.
+    """
+    import tvm
+    from tvm import relax
+
+    from edgecompile.device.remote import latency_stats
+    from edgecompile.runner import random_inputs, set_threads
+
+    if runs < 1 or warmup < 0:
+        raise EdgecompileError("bad --runs/--warmup", "use --runs 1 or more, --warmup 0+")
+    artifact = resolve_host_artifact(
+        source, target=target, input_size=input_size, seed=seed, output_dir=output_dir
+    )
+    set_threads(threads)
+    machine = relax.VirtualMachine(tvm.runtime.load_module(str(artifact.library)), tvm.cpu())
+    main = machine["main"]
+    inputs = [tvm.runtime.tensor(x) for x in random_inputs(artifact, seed=seed)]
+    for _ in range(warmup):
+        main(*inputs)
+
+    calls: list[tuple[str, float]] = []
+    started: list[int] = []
+
+    def instrument(_func: Any, name: str, before_run: bool, _ret: Any, *_args: Any) -> int:
+        if before_run:
+            started.append(time.perf_counter_ns())
+        else:
+            calls.append((name, (time.perf_counter_ns() - started.pop()) / 1e6))
+        return 0
+
+    # Plain and instrumented runs alternate so both see the same load on a shared machine.
+    per_run: list[list[tuple[str, float]]] = []
+    plain: list[float] = []
+    for _ in range(runs):
+        machine.set_instrument(None)
+        start = time.perf_counter()
+        main(*inputs)
+        plain.append(time.perf_counter() - start)
+        machine.set_instrument(instrument)
+        calls.clear()
+        main(*inputs)
+        per_run.append(list(calls))
+    machine.set_instrument(None)
+    end_to_end = latency_stats(plain)["median_ms"]
+
+    # Calls in one run, in order; row key = kernel name (a kernel called twice is one row).
+    order = [name for name, _ in per_run[0]]
+    kernels = [name for name in order if not name.startswith("vm.builtin")]
+    joined = join_schedules(kernels, artifact.manifest.schedules)
+    rows: dict[str, dict[str, Any]] = {}
+    for index, name in enumerate(kernels):
+        row = rows.setdefault(name, {"calls": 0, "entry": None})
+        row["calls"] += 1
+        if index in joined and row["entry"] is None:
+            row["entry"] = joined[index]
+    totals: dict[str, list[float]] = {name: [] for name in rows}
+    builtin: list[float] = []
+    for run_calls in per_run:
+        sums: dict[str, float] = dict.fromkeys(rows, 0.0)
+        builtin_sum = 0.0
+        for name, ms in run_calls:
+            if name.startswith("vm.builtin"):
+                builtin_sum += ms
+            else:
+                sums[name] = sums.get(name, 0.0) + ms
+        for name, ms in sums.items():
+            totals.setdefault(name, []).append(ms)
+        builtin.append(builtin_sum)
+    medians = {name: float(np.median(values)) for name, values in totals.items()}
+    medians[BUILTIN_ROW] = float(np.median(builtin))
+    layer_sum = sum(medians.values())
+    layers = []
+    for name, ms in sorted(medians.items(), key=lambda item: -item[1]):
+        entry = rows.get(name, {}).get("entry")
+        layers.append(
+            LayerTime(
+                name=name,
+                calls=rows[name]["calls"] if name in rows else 0,
+                time_ms=ms,
+                share=100.0 * ms / layer_sum if layer_sum else 0.0,
+                op=entry.get("kind") if entry else None,
+                schedule=entry.get("schedule") if entry else None,
+                matched=entry is not None,
+            )
+        )
+    notes = [
+        "schedules joined by order within each op kind (conv2d, pool, matmul); unmatched rows "
+        "are layout/glue kernels or ones fusion merged"
+    ]
+    return ProfileReport(
+        model=artifact.manifest.model,
+        artifact=str(artifact.directory),
+        threads=threads,
+        runs=runs,
+        layers=layers,
+        layer_sum_ms=layer_sum,
+        end_to_end_ms=end_to_end,
+        notes=notes,
+    )

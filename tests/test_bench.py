@@ -1,0 +1,150 @@
+"""``edgecompile bench`` without a board: TVM next to ONNX Runtime and torch, checked first."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from edgecompile import bench
+from edgecompile.builder import BuildResult
+from edgecompile.cli import cli, main
+from edgecompile.errors import EdgecompileError
+
+Build = Callable[..., BuildResult]
+
+
+@pytest.fixture(scope="module")
+def squeezenet(build_once: Build) -> BuildResult:
+    return build_once("squeezenet1_1", "host", input_size=64)
+
+
+def _bench_json(*args: str) -> dict:
+    result = CliRunner().invoke(cli, ["bench", *args, "--json"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return json.loads(result.output)
+
+
+def test_json_has_every_engine_and_thread_count_with_ratios_from_medians(
+    squeezenet: BuildResult,
+) -> None:
+    report = _bench_json(
+        str(squeezenet.artifact.directory), "--threads", "1,2", "--repeat", "5", "--warmup", "1"
+    )
+    assert report["engines"] == ["tvm", "ort", "torch"]
+    assert report["threads"] == [1, 2]
+    assert report["reference"] == "ort"
+    assert report["input_shapes"] == [[1, 3, 64, 64]]
+    timings = report["timings"]
+    assert {(t["engine"], t["threads"]) for t in timings} == {
+        (engine, count) for engine in ("tvm", "ort", "torch") for count in (1, 2)
+    }
+    for t in timings:
+        assert set(t) >= {"median_ms", "p90_ms", "min_ms", "ratio_to_ort", "max_relative_error"}
+        assert 0 < t["min_ms"] <= t["median_ms"] <= t["p90_ms"]
+        assert t["max_relative_error"] <= 1e-4
+        ort = next(o for o in timings if o["engine"] == "ort" and o["threads"] == t["threads"])
+        assert t["ratio_to_ort"] == pytest.approx(t["median_ms"] / ort["median_ms"])
+
+
+def test_table_lists_engines_and_ratio_column(squeezenet: BuildResult) -> None:
+    result = CliRunner().invoke(
+        cli,
+        ["bench", str(squeezenet.artifact.directory), "--compare", "ort", "--repeat", "3"],
+        catch_exceptions=False,
+    )
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert lines[1].split()[:2] == ["engine", "threads"] and "vs ORT" in lines[1]
+    rows = [line.split() for line in lines[3:5]]
+    assert [row[0] for row in rows] == ["tvm", "ort"]
+    assert rows[1][5] == "1.00x"
+    assert "torch" not in result.output
+
+
+def test_an_engine_that_disagrees_is_an_error_and_gets_no_time(
+    squeezenet: BuildResult, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = bench.torch_runner
+
+    def garbage(model: object, threads: int) -> bench.Runner:
+        run = real(model, threads)
+        return lambda inputs: [np.full_like(out, 7.0) for out in run(inputs)]
+
+    monkeypatch.setattr(bench, "torch_runner", garbage)
+    with pytest.raises(EdgecompileError, match="torch disagrees with ort"):
+        bench.bench_local(str(squeezenet.artifact.directory), repeat=2, isolate=False)
+
+
+def test_cli_mismatch_prints_one_error_line_and_no_timing(
+    squeezenet: BuildResult, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    real = bench.tvm_runner
+
+    def garbage(library: str) -> bench.Runner:
+        run = real(library)
+        return lambda inputs: [out + 1.0 for out in run(inputs)]
+
+    monkeypatch.setattr(bench, "tvm_runner", garbage)
+    monkeypatch.setattr(bench, "_measure_in_subprocess", bench.measure)  # keep the patch
+    with pytest.raises(SystemExit) as excinfo:
+        main(["bench", str(squeezenet.artifact.directory), "--repeat", "2"])
+    assert excinfo.value.code == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: tvm disagrees with ort"), lines
+
+
+def test_check_agreement_picks_ort_then_torch_as_reference() -> None:
+    out = [np.arange(4, dtype=np.float32)]
+    reference, errors = bench.check_agreement({"tvm": out, "torch": out})
+    assert reference == "torch" and errors == {"tvm": 0.0, "torch": 0.0}
+    with pytest.raises(EdgecompileError, match="tvm disagrees with ort"):
+        bench.check_agreement({"tvm": [out[0] * 2], "ort": out})
+    with pytest.raises(EdgecompileError, match="different output shapes"):
+        bench.check_agreement({"tvm": [out[0][:2]], "ort": out})
+
+
+def test_an_onnx_model_is_built_for_the_host_and_torch_is_skipped(
+    tiny_onnx: Path, tmp_path: Path
+) -> None:
+    report = bench.bench_local(str(tiny_onnx), threads=[1], repeat=3, warmup=1, output_dir=tmp_path)
+    assert report.engines == ["tvm", "ort"]
+    assert (tmp_path / "tiny-host" / "manifest.json").is_file()
+    assert any("torch skipped" in note for note in report.notes)
+    assert [t.ratio_to_ort for t in report.timings if t.engine == "ort"] == [1.0]
+
+
+def test_board_only_and_local_only_options_do_not_mix(
+    squeezenet: BuildResult, capsys: pytest.CaptureFixture[str]
+) -> None:
+    artifact = str(squeezenet.artifact.directory)
+    cases = [
+        (["bench", artifact, "--remote-dir", "/x"], "--remote-dir: options for benchmarking on"),
+        (["bench", artifact, "--rpc", "127.0.0.1:1", "--compare", "ort"], "--compare: options"),
+        (["bench", artifact, "--rpc", "127.0.0.1:1", "--threads", "1,2"], "one count"),
+        (["bench", artifact, "--compare", "tflite"], "unknown engine(s) tflite"),
+        (["bench", artifact, "--threads", "x"], "bad list"),
+    ]
+    for argv, words in cases:
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as excinfo:
+            main(argv)
+        assert excinfo.value.code == 2, argv
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and words in err[0], (argv, err)
+
+
+def test_a_board_artifact_is_not_benched_here(
+    build_once: Build, capsys: pytest.CaptureFixture[str], tiny_onnx: Path
+) -> None:
+    armv7 = build_once(str(tiny_onnx), "rpi4-armv7")
+    with pytest.raises(SystemExit):
+        main(["bench", str(armv7.artifact.directory)])
+    err = capsys.readouterr().err
+    assert "arm library" in err and "exactly one of --device" in err
