@@ -21,14 +21,25 @@ pipeline fail, :func:`compile_relax` falls back to ``tvm.compile``'s default and
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from edgecompile.schedules.compute import OP_INDEX_ATTR
 from edgecompile.schedules.cpu import CpuInfo, cpu_info
 from edgecompile.schedules.layout import CONV2D, LayoutLog, make_mutator
-from edgecompile.schedules.rules import DepthwiseNCHWc, PointwiseNCHWc, ScheduleLog
+from edgecompile.schedules.rules import (
+    SCHEDULED_BY_ATTR,
+    DepthwiseNCHWc,
+    PointwiseNCHWc,
+    ScheduleFailed,
+    ScheduleLog,
+)
 
 TVM_DEFAULT = "tvm-default"
+#: A PrimFunc scheduled by a MetaSchedule tuning record (the best measured for this target).
+TUNED = "metaschedule"
 
 
 @dataclass
@@ -37,6 +48,8 @@ class ScheduleReport:
 
     layout: LayoutLog = field(default_factory=LayoutLog)
     schedules: ScheduleLog = field(default_factory=ScheduleLog)
+    #: Fused PrimFunc name → the heavy op (index into ``main``'s heavy ops) it computes.
+    kernel_ops: dict[str, int] = field(default_factory=dict)
 
     def schedule_of(self, op_index: int) -> str:
         return self.schedules.applied.get(op_index, TVM_DEFAULT)
@@ -77,34 +90,146 @@ def blocked_layout(cpu: CpuInfo, log: LayoutLog) -> Any:
     return transform
 
 
-def relax_pipeline(target: Any, report: ScheduleReport) -> Any:
-    """TVM's CPU Relax pipeline with our layout pass and schedule rules spliced in."""
-    import tvm
+def fusion_passes(target: Any, report: ScheduleReport) -> list[Any]:
+    """Layout, legalization and fusion: the module whose fused PrimFuncs get scheduled.
+
+    Tuning extracts its tasks from this module (:func:`fused_module`), so a record's workload is
+    exactly the PrimFunc a build later looks up.
+    """
     from tvm import relax
     from tvm.relax.backend.cpu_generic import pipeline as cpu_generic
-    from tvm.s_tir import dlight
 
-    cpu = cpu_info(target)
-    passes = [
+    return [
         *cpu_generic.library_dispatch_passes(target),
-        blocked_layout(cpu, report.layout),
+        blocked_layout(cpu_info(target), report.layout),
         # Drops the Clip-bound arithmetic the layout pass folded, before FoldConstant compiles it.
         relax.transform.DeadCodeElimination(),
         *cpu_generic.legalize_passes(target),
         relax.transform.DeadCodeElimination(),
-        dlight.ApplyDefaultSchedule(
-            PointwiseNCHWc(report.schedules), DepthwiseNCHWc(report.schedules)
-        ),
+        detach_op_indices(report),
+    ]
+
+
+def detach_op_indices(report: ScheduleReport) -> Any:
+    """Move each conv block's heavy-op index out of the PrimFunc into ``report.kernel_ops``.
+
+    The index tells the report which layer a kernel is, but as a block annotation it would make
+    two identical layers structurally different: MetaSchedule would tune them as two tasks and
+    never reuse one model's records for the same layer in another.
+    """
+    import tvm
+    from tvm import s_tir, tirx
+
+    @tvm.transform.module_pass(opt_level=0, name="edgecompile.DetachOpIndices")
+    def transform(module: Any, _context: Any) -> Any:
+        for gvar, func in list(module.functions_items()):
+            if not isinstance(func, tirx.PrimFunc):
+                continue
+            try:
+                sch = s_tir.Schedule(func)
+                blocks = sch.get_child_blocks(sch.get_sblock("root"))
+            except Exception:  # no root block: not made by LegalizeOps, holds none of our convs
+                continue
+            tagged = [b for b in blocks if OP_INDEX_ATTR in sch.get(b).annotations]
+            for block in tagged:
+                report.kernel_ops[gvar.name_hint] = int(sch.get(block).annotations[OP_INDEX_ATTR])
+                sch.unannotate(block, OP_INDEX_ATTR)
+            if tagged:
+                module[gvar] = sch.mod["main"]
+        return module
+
+    return transform
+
+
+def apply_schedule_rules(report: ScheduleReport) -> Any:
+    """Our rules on every fused PrimFunc not scheduled yet (by a tuning record), logged per op.
+
+    dlight's ``ApplyDefaultSchedule`` with logging: it cannot tell which PrimFunc is which
+    layer, nor a rule that declined from one that failed.
+    """
+    import tvm
+    from tvm import tirx
+
+    @tvm.transform.module_pass(opt_level=0, name="edgecompile.ApplyScheduleRules")
+    def transform(module: Any, _context: Any) -> Any:
+        target = tvm.target.Target.current(allow_none=False)
+        log = report.schedules
+        for gvar, func in list(module.functions_items()):
+            if not isinstance(func, tirx.PrimFunc):
+                continue
+            index = report.kernel_ops.get(gvar.name_hint)
+            if bool(func.attrs.get("tirx.is_scheduled", False)):
+                if index is not None:
+                    log.applied[index] = _record_schedule_name(func)
+                continue
+            for rule in schedule_rules():
+                try:
+                    sch = rule.try_schedule(func, target)
+                except ScheduleFailed as failure:
+                    if index is not None:
+                        log.failed[index] = str(failure)
+                    break
+                if sch is not None:
+                    module[gvar] = sch.mod["main"].with_attr("tirx.is_scheduled", True)
+                    if index is not None:
+                        log.applied[index] = rule.schedule_name
+                    break
+        return module
+
+    return transform
+
+
+def _record_schedule_name(func: Any) -> str:
+    """``metaschedule``, or ``<our rule> (tuned record)`` when the best record is our schedule."""
+    names = [
+        str(block.annotations[SCHEDULED_BY_ATTR])
+        for block in _blocks(func.body)
+        if SCHEDULED_BY_ATTR in block.annotations
+    ]
+    return f"{names[0]} (fastest in records)" if names else TUNED
+
+
+def schedule_rules() -> list[Any]:
+    """Our dlight rules, in the order they are tried on each fused PrimFunc."""
+    return [PointwiseNCHWc(), DepthwiseNCHWc()]
+
+
+def relax_pipeline(target: Any, report: ScheduleReport, database: Any = None) -> Any:
+    """TVM's CPU Relax pipeline with our layout pass and schedule rules spliced in.
+
+    With a MetaSchedule ``database``, every fused PrimFunc that has a record for this target
+    takes the best record's schedule first; our rules only see the rest (dlight skips a
+    PrimFunc already marked scheduled).
+    """
+    import tvm
+    from tvm import relax
+    from tvm.relax.backend.cpu_generic import pipeline as cpu_generic
+
+    passes = [
+        *fusion_passes(target, report),
+        *([relax.transform.MetaScheduleApplyDatabase()] if database is not None else []),
+        apply_schedule_rules(report),
         *cpu_generic.dataflow_lower_passes(target),
         *cpu_generic.finalize_passes(target),
     ]
 
     @tvm.transform.module_pass(opt_level=0, name="edgecompile.Pipeline")
     def pipeline(module: Any, _context: Any) -> Any:
-        with target:
+        with target, contextlib.ExitStack() as scope:
+            if database is not None:
+                scope.enter_context(database)
             return tvm.transform.Sequential(passes)(module)
 
     return pipeline
+
+
+def fused_module(module: Any, target: Any) -> tuple[Any, ScheduleReport]:
+    """``module`` after :func:`fusion_passes`: one PrimFunc per future kernel, unscheduled."""
+    import tvm
+
+    report = ScheduleReport()
+    with target:
+        return tvm.transform.Sequential(fusion_passes(target, report))(module), report
 
 
 def optimize(module: Any, target: Any) -> tuple[Any, ScheduleReport]:
@@ -117,9 +242,12 @@ def optimize(module: Any, target: Any) -> tuple[Any, ScheduleReport]:
 
 
 def compile_relax(
-    module: Any, target: Any, *, custom_schedules: bool = True
+    module: Any, target: Any, *, custom_schedules: bool = True, database: Any = None
 ) -> tuple[Any, list[dict[str, Any]]]:
     """``tvm.compile`` with (or, ``custom_schedules=False``, without) our schedules.
+
+    ``database``: a MetaSchedule database of tuning records for this very target; a fused
+    PrimFunc with a record takes the best one (which may be our own schedule, measured).
 
     Returns the VM executable and, per heavy op of ``main``, which schedule it got. Should our
     pipeline itself fail on some graph, the model still builds with TVM's default lowering and
@@ -134,7 +262,7 @@ def compile_relax(
         report = ScheduleReport()
         try:
             executable = tvm.compile(
-                module, target=target, relax_pipeline=relax_pipeline(target, report)
+                module, target=target, relax_pipeline=relax_pipeline(target, report, database)
             )
         except Exception as exc:  # TVMError, ScheduleError, ...: anything in our passes
             reason = f"edgecompile pipeline failed: {_last_line(exc)}"
@@ -143,6 +271,22 @@ def compile_relax(
         records = [{**record, "fallback": reason} for record in schedule_records(module)]
         return tvm.compile(module, target=target), records
     return tvm.compile(module, target=target), schedule_records(module)
+
+
+def _blocks(stmt: Any) -> Iterator[Any]:
+    """Every SBlock under ``stmt`` (TVM 0.27 has no Python post-order visitor for TIR)."""
+    from tvm.s_tir import SBlock
+
+    if stmt is None:
+        return
+    if isinstance(stmt, SBlock):
+        yield stmt
+    for child_field in ("block", "body", "init", "then_case", "else_case"):
+        child = getattr(stmt, child_field, None)
+        if child is not None and hasattr(child, "same_as"):
+            yield from _blocks(child)
+    for child in getattr(stmt, "seq", None) or ():
+        yield from _blocks(child)
 
 
 def _last_line(exc: BaseException) -> str:

@@ -23,6 +23,9 @@ from edgecompile.schedules import compute
 from edgecompile.schedules.cpu import CpuInfo, cpu_info
 
 SCHEDULED_ATTR = "edgecompile.schedule"
+# Block annotation a hand schedule leaves in its trace: a tuning record that replays the hand
+# schedule (it measured fastest) still says which rule made it.
+SCHEDULED_BY_ATTR = "edgecompile.scheduled_by"
 # Split of the pointwise reduction over the lanes of one input block: unrolling by 4 gave LLVM
 # enough independent FMAs to hide latency without blowing up code size.
 REDUCTION_UNROLL = 4
@@ -98,13 +101,13 @@ def depthwise_tile(out_width: int, cpu: CpuInfo) -> int:
     return min(candidates, key=lambda d: (abs(d - DEPTHWISE_SPATIAL_TARGET), -d))
 
 
-def find_block(sch: Any, schedule: str) -> tuple[Any, int] | None:
-    """The block our compute tagged ``schedule`` and its heavy-op index, if exactly one."""
-    found = []
-    for block in sch.get_child_blocks(sch.get_sblock("root")):
-        annotations = sch.get(block).annotations
-        if str(annotations.get(compute.SCHEDULE_ATTR, "")) == schedule:
-            found.append((block, int(annotations[compute.OP_INDEX_ATTR])))
+def find_block(sch: Any, schedule: str) -> Any | None:
+    """The block our compute tagged ``schedule``, if the PrimFunc holds exactly one."""
+    found = [
+        block
+        for block in sch.get_child_blocks(sch.get_sblock("root"))
+        if str(sch.get(block).annotations.get(compute.SCHEDULE_ATTR, "")) == schedule
+    ]
     return found[0] if len(found) == 1 else None
 
 
@@ -204,28 +207,39 @@ def _written_shape(sch: Any, block: Any) -> list[int]:
     return [int(d) for d in sch.get(block).writes[0].source.shape]
 
 
+class ScheduleFailed(Exception):
+    """A rule recognised its block but a schedule primitive refused it; the reason is the text."""
+
+
 class _ConvRule(ScheduleRule):
-    """Shared plumbing: find our block, schedule it, record the outcome in the log."""
+    """Shared plumbing: find our block and schedule it.
+
+    :meth:`try_schedule` tells "not mine" (None) from "mine but it failed"
+    (:class:`ScheduleFailed`), so the pipeline can report both per op; :meth:`apply` is the
+    plain dlight interface (failure = None), for MetaSchedule and for use outside our pipeline.
+    """
 
     schedule_name = ""
 
-    def __init__(self, log: ScheduleLog) -> None:
-        self.log = log
-
     def apply(self, func: Any, target: Any, tunable: bool) -> Any:
+        try:
+            return self.try_schedule(func, target)
+        except ScheduleFailed:
+            return None
+
+    def try_schedule(self, func: Any, target: Any) -> Any:
         if not isinstance(func, tirx.PrimFunc) or not _has_root(func):
             return None
         sch = s_tir.Schedule(func)
-        found = find_block(sch, self.schedule_name)
-        if found is None:
+        block = find_block(sch, self.schedule_name)
+        if block is None:
             return None
-        block, index = found
         try:
             self.schedule(sch, block, target_cpu(target))
         except Exception as exc:  # a schedule primitive refused: keep TVM's default, say so
-            self.log.failed[index] = f"{type(exc).__name__}: {str(exc).strip().splitlines()[-1]}"
-            return None
-        self.log.applied[index] = self.schedule_name
+            last = str(exc).strip().splitlines()
+            raise ScheduleFailed(f"{type(exc).__name__}: {last[-1] if last else ''}") from None
+        sch.annotate(block, SCHEDULED_BY_ATTR, self.schedule_name)
         sch.mod["main"] = sch.mod["main"].with_attr(SCHEDULED_ATTR, self.schedule_name)
         return sch
 
