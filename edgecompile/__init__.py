@@ -35,6 +35,7 @@ _LAZY = {
     "list_presets": "edgecompile.targets",
     "build": "edgecompile.builder",
     "run": "edgecompile.runner",
+    "report": "edgecompile.report",
 }
 
 __all__ = ["EdgecompileError", "__version__", *_LAZY]

@@ -64,6 +64,8 @@ class Manifest:
     schedules: list[dict[str, Any]]
     build_seconds: float
     verification: dict[str, Any] | None = None
+    #: The tuning records the build applied: store, digest, record count, kernels they scheduled.
+    records: dict[str, Any] | None = None
     manifest_version: int = MANIFEST_VERSION
     extra: dict[str, Any] = field(default_factory=dict)
 

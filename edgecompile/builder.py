@@ -32,6 +32,7 @@ from edgecompile.export import (
 )
 from edgecompile.importer import RelaxModel, import_onnx
 from edgecompile.progress import SILENT, Progress
+from edgecompile.records import RecordStore, store_for
 from edgecompile.targets import BoardPreset, resolve_target
 from edgecompile.toolchain import toolchain_for
 
@@ -82,6 +83,40 @@ def _onnx_input_shapes(
     return shapes
 
 
+def prepare_model(
+    model: str,
+    scratch_dir: Path,
+    *,
+    batch: int = 1,
+    input_size: tuple[int, int] | None = None,
+    weights: str | None = None,
+    seed: int = 0,
+    tolerance: float = DEFAULT_TOLERANCE,
+    progress: Progress = SILENT,
+) -> tuple[RelaxModel, Any, str]:
+    """Stages 1-2 (two progress stages): the model in Relax, its static ONNX, where it came from.
+
+    Shared by ``build`` and ``tune``, so a tuned workload is exactly what a build compiles.
+    """
+    name = artifact_name(model)
+    with progress.stage("read ONNX" if model.endswith(".onnx") else "export to ONNX"):
+        if model.endswith(".onnx"):
+            onnx_path = Path(model)
+            input_shapes = _onnx_input_shapes(onnx_path, batch, input_size)
+            origin = f"ONNX file {model}"
+        else:
+            torch_model = load_torch_model(
+                model, input_size=input_size, batch=batch, seed=seed, weights=weights
+            )
+            onnx_path = scratch_dir / f"{name}.onnx"
+            export_onnx(torch_model, onnx_path, seed=seed, tolerance=tolerance)
+            input_shapes = None
+            origin = torch_model.origin
+    with progress.stage("import into TVM Relax"):
+        relax_model, static_onnx = import_onnx(onnx_path, name=name, input_shapes=input_shapes)
+    return relax_model, static_onnx, origin
+
+
 def build(
     model: str,
     target: str | BoardPreset = "host",
@@ -96,15 +131,19 @@ def build(
     tolerance: float = DEFAULT_TOLERANCE,
     progress: Progress = SILENT,
     custom_schedules: bool = True,
+    records: str | Path | bool | None = None,
 ) -> BuildResult:
     """Compile ``model`` for ``target`` into ``output_dir/<model>-<preset>/``.
 
     ``custom_schedules=False`` compiles every op with TVM's default lowering (plain loops), the
-    baseline our schedules are measured against.
+    baseline our schedules are measured against (records are not applied either).
+    ``records``: the tuning records to apply -- a records folder, ``None`` for the default
+    cache (used when it has records for this target), ``False`` for none.
     """
     started = time.perf_counter()
     preset = target if isinstance(target, BoardPreset) else resolve_target(target)
     toolchain = toolchain_for(preset, cc)
+    store = _record_store(preset, records) if custom_schedules else None
     name = artifact_name(model)
     final_dir = Path(output_dir) / f"{name}-{preset.name}"
     if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
@@ -116,23 +155,20 @@ def build(
 
     with tempfile.TemporaryDirectory(prefix="edgecompile-") as scratch:
         scratch_dir = Path(scratch)
-        with progress.stage("read ONNX" if model.endswith(".onnx") else "export to ONNX"):
-            if model.endswith(".onnx"):
-                onnx_path = Path(model)
-                input_shapes = _onnx_input_shapes(onnx_path, batch, size)
-                origin = f"ONNX file {model}"
-            else:
-                torch_model = load_torch_model(
-                    model, input_size=size, batch=batch, seed=seed, weights=weights
-                )
-                onnx_path = scratch_dir / f"{name}.onnx"
-                export_onnx(torch_model, onnx_path, seed=seed, tolerance=tolerance)
-                input_shapes = None
-                origin = torch_model.origin
-        with progress.stage("import into TVM Relax"):
-            relax_model, static_onnx = import_onnx(onnx_path, name=name, input_shapes=input_shapes)
+        relax_model, static_onnx, origin = prepare_model(
+            model,
+            scratch_dir,
+            batch=batch,
+            input_size=size,
+            weights=weights,
+            seed=seed,
+            tolerance=tolerance,
+            progress=progress,
+        )
         with progress.stage(f"compile for {preset.name} ({preset.target.get('mcpu', 'generic')})"):
-            executable, schedules = _compile(relax_model, preset, custom_schedules)
+            executable, schedules, records_used = _compile(
+                relax_model, preset, custom_schedules, store
+            )
         with atomic_directory(final_dir) as staging:
             library = staging / f"{name}.so"
             with progress.stage(f"link with {toolchain.description}"):
@@ -172,7 +208,8 @@ def build(
                 inputs=[_spec_dict(spec) for spec in relax_model.inputs],
                 outputs=[_spec_dict(spec) for spec in relax_model.outputs],
                 weights=origin,
-                records_digest=None,
+                records_digest=None if records_used is None else records_used["digest"],
+                records=records_used,
                 schedules=schedules,
                 build_seconds=round(time.perf_counter() - started, 2),
                 verification=verification,
@@ -192,15 +229,43 @@ def _tvm_version() -> str:
     return str(tvm.__version__)
 
 
-def _compile(
-    relax_model: RelaxModel, preset: BoardPreset, custom_schedules: bool = True
-) -> tuple[Any, list[dict[str, Any]]]:
-    """The VM executable, and per heavy op of ``main`` the schedule it got (for the manifest)."""
-    from edgecompile.schedules import compile_relax
+def _record_store(preset: BoardPreset, records: str | Path | bool | None) -> RecordStore | None:
+    """The store to apply: an explicit folder must hold records for the target; the default
+    cache is used only when it has some."""
+    if records is False:
+        return None
+    store = store_for(preset, None if records is True else records)
+    if store.exists():
+        return store
+    if records not in (None, True):
+        raise EdgecompileError(
+            f"no tuning records for {preset.name} in {records}",
+            f"tune first (edgecompile tune MODEL --target {preset.name} --records {records}), "
+            "or drop --records",
+        )
+    return None
 
+
+def _compile(
+    relax_model: RelaxModel,
+    preset: BoardPreset,
+    custom_schedules: bool = True,
+    store: RecordStore | None = None,
+) -> tuple[Any, list[dict[str, Any]], dict[str, Any] | None]:
+    """The VM executable; per heavy op of ``main`` the schedule it got (for the manifest); and
+    which records were applied, if any."""
+    from edgecompile.schedules import compile_relax
+    from edgecompile.schedules.pipeline import ScheduleReport
+
+    database = store.snapshot() if store is not None else None
+    report = ScheduleReport()
     try:
-        return compile_relax(
-            relax_model.module, preset.tvm_target(), custom_schedules=custom_schedules
+        executable, schedules = compile_relax(
+            relax_model.module,
+            preset.tvm_target(),
+            custom_schedules=custom_schedules,
+            database=database,
+            report=report,
         )
     except Exception as exc:  # TVMError and friends: the last line names the failing pass
         lines = str(exc).strip().splitlines()
@@ -209,6 +274,16 @@ def _compile(
             f"{lines[-1] if lines else type(exc).__name__}",
             "report it with the model name and target",
         ) from None
+    if store is None:
+        return executable, schedules, None
+    clean = store.lines()
+    used = {
+        "store": str(store.path),
+        "digest": clean.digest(),
+        "records": len(clean.records),
+        "kernels_from_records": sorted(report.kernels_from_records),
+    }
+    return executable, schedules, used
 
 
 def verify_library(

@@ -30,11 +30,13 @@ def cli() -> None:
       models / inspect   the zoo: ShuffleNet, MobileNet, MNASNet, SqueezeNet, Xception, ...
       export             torch -> static-shape ONNX, checked against ONNX Runtime
       build              ONNX -> TVM Relax -> our schedules -> cross-compiled .so for a board
+      tune / records     MetaSchedule tuning per target (here or on the board), its records
       targets            the board presets --target accepts
       run                run a built library here, or on a board (--device/--rpc/--tracker)
       deploy             copy a built library to a board over SSH, checked by sha256
       bench              latency here vs ONNX Runtime/torch, or on a board (--device/...)
       profile            per-kernel time of a compiled host model, joined to its schedules
+      report             bench + profile over the zoo: tables, plots, FLOPs/MAC vs latency
       device             an emulated Raspberry Pi 4 (qemu) to try all of it without hardware
 
     \b
@@ -255,6 +257,11 @@ def targets_command(as_json: bool) -> None:
     "--no-custom-schedules", is_flag=True,
     help="Compile every op with TVM's default lowering (plain loops) instead of our schedules.",
 )  # fmt: skip
+@click.option(
+    "--records", type=click.Path(file_okay=False),
+    help="Apply the tuning records in this folder [the cache, when it has records for TARGET].",
+)  # fmt: skip
+@click.option("--no-records", is_flag=True, help="Ignore tuning records: our schedules only.")
 @click.option("--tar", "pack", is_flag=True, help="Also pack the artifact as <dir>.tar.gz.")
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")
 def build_command(
@@ -268,6 +275,8 @@ def build_command(
     cc: str | None,
     no_verify: bool,
     no_custom_schedules: bool,
+    records: str | None,
+    no_records: bool,
     pack: bool,
     as_json: bool,
 ) -> None:
@@ -278,6 +287,10 @@ def build_command(
     TVM Relax -> compile for the target's CPU -> link with the target's toolchain (the bundled
     zig cross toolchain by default). Libraries built for this machine are checked against
     ONNX Runtime on a seeded input before the build counts as done.
+
+    \b
+    Tuning records (`edgecompile tune`) for the target are applied when there are any: per
+    kernel, the fastest measured schedule -- tuned or ours.
 
     \b
     Writes OUTPUT_DIR/<model>-<target>/ with <model>.so and manifest.json, atomically.
@@ -301,6 +314,7 @@ def build_command(
         cc=cc,
         verify=not no_verify,
         custom_schedules=not no_custom_schedules,
+        records=False if no_records else records,
         progress=Progress(BUILD_STAGES),
     )
     artifact = result.artifact
@@ -319,6 +333,9 @@ def build_command(
         click.echo(f"verified against ONNX Runtime: max relative error {error:.2e}")
     else:
         click.echo(f"not verified here: {verification.get('reason', 'skipped')}")
+    if manifest.records:
+        tuned = len(manifest.records["kernels_from_records"])
+        click.echo(f"applied tuning records to {tuned} kernels ({manifest.records['store']})")
     if archive:
         click.echo(f"packed {archive}")
 
@@ -451,4 +468,6 @@ def main(argv: list[str] | None = None) -> None:
 
 
 # Board commands (device emulate/status/stop/deploy, bench, run --device/--rpc/--tracker).
-import edgecompile.cli_device  # noqa: E402, F401
+import edgecompile.cli_device  # noqa: E402
+import edgecompile.cli_tune  # noqa: E402, F401
+from edgecompile import cli_report  # noqa: E402, F401

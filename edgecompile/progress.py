@@ -20,6 +20,15 @@ class Progress:
         self.stream = stream or sys.stderr
         self.enabled = self.stream.isatty() if enabled is None else enabled
         self.done = 0
+        self._live_line = False
+
+    def update(self, text: str) -> None:
+        """A status line under the current stage, rewritten in place (long stages: tuning)."""
+        if not self.enabled:
+            return
+        self.stream.write(("\r\x1b[K" if self._live_line else "\n") + "    " + text)
+        self.stream.flush()
+        self._live_line = True
 
     @contextlib.contextmanager
     def stage(self, label: str) -> Iterator[None]:
@@ -33,10 +42,12 @@ class Progress:
         except BaseException:
             if self.enabled:
                 self.stream.write(" failed\n")
+            self._live_line = False
             raise
         if self.enabled:
             self.stream.write(f" {time.perf_counter() - start:.1f} s\n")
             self.stream.flush()
+        self._live_line = False
 
 
 SILENT = Progress(0, enabled=False)

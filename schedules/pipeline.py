@@ -22,6 +22,7 @@ pipeline fail, :func:`compile_relax` falls back to ``tvm.compile``'s default and
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -50,6 +51,10 @@ class ScheduleReport:
     schedules: ScheduleLog = field(default_factory=ScheduleLog)
     #: Fused PrimFunc name → the heavy op (index into ``main``'s heavy ops) it computes.
     kernel_ops: dict[str, int] = field(default_factory=dict)
+    #: The kind (``heavy_ops``' "op") of each heavy op of ``main``, in order.
+    heavy_op_kinds: list[str] = field(default_factory=list)
+    #: Fused PrimFuncs a tuning record scheduled (any kernel, heavy or not).
+    kernels_from_records: list[str] = field(default_factory=list)
 
     def schedule_of(self, op_index: int) -> str:
         return self.schedules.applied.get(op_index, TVM_DEFAULT)
@@ -101,6 +106,7 @@ def fusion_passes(target: Any, report: ScheduleReport) -> list[Any]:
 
     return [
         *cpu_generic.library_dispatch_passes(target),
+        note_heavy_ops(report),
         blocked_layout(cpu_info(target), report.layout),
         # Drops the Clip-bound arithmetic the layout pass folded, before FoldConstant compiles it.
         relax.transform.DeadCodeElimination(),
@@ -108,6 +114,59 @@ def fusion_passes(target: Any, report: ScheduleReport) -> list[Any]:
         relax.transform.DeadCodeElimination(),
         detach_op_indices(report),
     ]
+
+
+def note_heavy_ops(report: ScheduleReport) -> Any:
+    """Remember the kinds of ``main``'s heavy ops, to name the kernels TVM lowers later."""
+    import tvm
+
+    from edgecompile.importer import heavy_ops
+
+    @tvm.transform.module_pass(opt_level=0, name="edgecompile.NoteHeavyOps")
+    def transform(module: Any, _context: Any) -> Any:
+        names = [gv.name_hint for gv in module.get_global_vars()]
+        report.heavy_op_kinds = [op["op"] for op in heavy_ops(module)] if "main" in names else []
+        return module
+
+    return transform
+
+
+#: Heavy-op kind → the name LegalizeOps + FuseOps give the kernel holding it.
+_KERNEL_NAME_PATTERNS = {
+    "conv2d": re.compile(r"conv2d(?!_transpose)"),
+    "conv2d_transpose": re.compile(r"conv2d_transpose"),
+    "matmul": re.compile(r"matmul"),
+    "pool": re.compile(r"pool2d"),
+}
+
+
+def _claim_lowered_kernels(module: Any, report: ScheduleReport) -> None:
+    """Map the kernels TVM's own lowering made (no op-index annotation) to heavy ops.
+
+    ``main`` keeps its ops in order through fusion, so the n-th unclaimed kernel named after a
+    kind is the n-th unclaimed heavy op of that kind.
+    """
+    from tvm import relax
+
+    claimed = set(report.kernel_ops.values())
+    waiting = {
+        kind: [i for i, k in enumerate(report.heavy_op_kinds) if k == kind and i not in claimed]
+        for kind in _KERNEL_NAME_PATTERNS
+    }
+    if "main" not in [gv.name_hint for gv in module.get_global_vars()]:
+        return
+    for block in module["main"].body.blocks:
+        for binding in block.bindings:
+            call = binding.value
+            if not isinstance(call, relax.Call) or not call.args:
+                continue
+            callee = getattr(call.args[0], "name_hint", None)
+            if callee is None or callee in report.kernel_ops:
+                continue
+            for kind, pattern in _KERNEL_NAME_PATTERNS.items():
+                if pattern.search(callee) and waiting[kind]:
+                    report.kernel_ops[callee] = waiting[kind].pop(0)
+                    break
 
 
 def detach_op_indices(report: ScheduleReport) -> Any:
@@ -136,6 +195,7 @@ def detach_op_indices(report: ScheduleReport) -> Any:
                 sch.unannotate(block, OP_INDEX_ATTR)
             if tagged:
                 module[gvar] = sch.mod["main"]
+        _claim_lowered_kernels(module, report)
         return module
 
     return transform
@@ -159,6 +219,7 @@ def apply_schedule_rules(report: ScheduleReport) -> Any:
                 continue
             index = report.kernel_ops.get(gvar.name_hint)
             if bool(func.attrs.get("tirx.is_scheduled", False)):
+                report.kernels_from_records.append(gvar.name_hint)
                 if index is not None:
                     log.applied[index] = _record_schedule_name(func)
                 continue
@@ -205,19 +266,19 @@ def relax_pipeline(target: Any, report: ScheduleReport, database: Any = None) ->
     from tvm import relax
     from tvm.relax.backend.cpu_generic import pipeline as cpu_generic
 
-    passes = [
-        *fusion_passes(target, report),
-        *([relax.transform.MetaScheduleApplyDatabase()] if database is not None else []),
-        apply_schedule_rules(report),
-        *cpu_generic.dataflow_lower_passes(target),
-        *cpu_generic.finalize_passes(target),
-    ]
-
     @tvm.transform.module_pass(opt_level=0, name="edgecompile.Pipeline")
     def pipeline(module: Any, _context: Any) -> Any:
         with target, contextlib.ExitStack() as scope:
             if database is not None:
                 scope.enter_context(database)
+            # Built here: MetaScheduleApplyDatabase reads the current target when constructed.
+            passes = [
+                *fusion_passes(target, report),
+                *([relax.transform.MetaScheduleApplyDatabase()] if database is not None else []),
+                apply_schedule_rules(report),
+                *cpu_generic.dataflow_lower_passes(target),
+                *cpu_generic.finalize_passes(target),
+            ]
             return tvm.transform.Sequential(passes)(module)
 
     return pipeline
@@ -242,12 +303,18 @@ def optimize(module: Any, target: Any) -> tuple[Any, ScheduleReport]:
 
 
 def compile_relax(
-    module: Any, target: Any, *, custom_schedules: bool = True, database: Any = None
+    module: Any,
+    target: Any,
+    *,
+    custom_schedules: bool = True,
+    database: Any = None,
+    report: ScheduleReport | None = None,
 ) -> tuple[Any, list[dict[str, Any]]]:
     """``tvm.compile`` with (or, ``custom_schedules=False``, without) our schedules.
 
     ``database``: a MetaSchedule database of tuning records for this very target; a fused
     PrimFunc with a record takes the best one (which may be our own schedule, measured).
+    ``report``: filled in with the details (layout plans, kernels scheduled by records).
 
     Returns the VM executable and, per heavy op of ``main``, which schedule it got. Should our
     pipeline itself fail on some graph, the model still builds with TVM's default lowering and
@@ -259,7 +326,7 @@ def compile_relax(
     target = tvm.target.Target(target) if isinstance(target, str | dict) else target
     # The schedules are CPU (LLVM) schedules; any other target keeps TVM's default.
     if custom_schedules and target.kind.name == "llvm":
-        report = ScheduleReport()
+        report = report if report is not None else ScheduleReport()
         try:
             executable = tvm.compile(
                 module, target=target, relax_pipeline=relax_pipeline(target, report, database)

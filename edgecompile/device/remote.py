@@ -529,8 +529,33 @@ def _rpc_session(
         gc.collect()
 
 
+def check_rpc_target(
+    preset: Any, *, rpc: str | None, tracker: str | None, rpc_key: str | None
+) -> str:
+    """Open one session (directly or via the tracker) and check the board's arch is the
+    preset's; returns the board's LLVM triple. Tuning calls it before measuring anything, so
+    an unreachable tracker, a missing key or a wrong board is one clear line, not N failures."""
+    from edgecompile.device.ssh import arch_name
+
+    remote, _, where = _open_rpc(None, rpc, tracker, rpc_key or preset.rpc_key)
+    try:
+        triple = str(remote.get_function("target.llvm_get_system_triple")())
+    except Exception:  # a runtime-only TVM has no LLVM: nothing to check against
+        triple = ""
+    finally:
+        del remote
+        gc.collect()
+    if triple and _triple_arch(triple) != preset.arch:
+        raise EdgecompileError(
+            f"the RPC server at {where} runs {arch_name(_triple_arch(triple))} TVM ({triple}), "
+            f"not {arch_name(preset.arch)} as {preset.name} needs",
+            "point at a board of that kind, or pick its preset with --target",
+        )
+    return triple
+
+
 def _open_rpc(
-    artifact: Artifact, rpc: str | None, tracker: str | None, rpc_key: str | None
+    artifact: Artifact | None, rpc: str | None, tracker: str | None, rpc_key: str | None
 ) -> tuple[Any, str, str]:
     from tvm import rpc as tvm_rpc
 
@@ -547,7 +572,8 @@ def _open_rpc(
         return remote, "rpc", f"{host}:{port}"
     assert tracker is not None
     host, port = _host_port(tracker, "--tracker")
-    key = rpc_key or _preset_rpc_key(artifact)
+    assert rpc_key is not None or artifact is not None
+    key = rpc_key or _preset_rpc_key(artifact)  # type: ignore[arg-type]
     # TVM retries a tracker connection for 60 s; a quick TCP check makes a typo fail at once.
     try:
         socket.create_connection((host, port), timeout=10).close()

@@ -1,0 +1,96 @@
+"""``edgecompile report``: bench + profile over the zoo, written up as tables and plots.
+
+Registers on the ``cli`` group of :mod:`edgecompile.cli`, which imports this module last.
+"""
+
+from __future__ import annotations
+
+import click
+
+from edgecompile.cli import _print_json, cli
+
+
+@cli.command("report")
+@click.option(
+    "--models", "models", metavar="PATTERN",
+    help="Zoo names, globs or substrings, comma-separated [the whole zoo].",
+)  # fmt: skip
+@click.option(
+    "-o", "--output-dir", type=click.Path(file_okay=False), default="report", show_default=True,
+    help="Folder for index.md, results.csv, the plots and the cached builds (builds/).",
+)  # fmt: skip
+@click.option("--threads", default="1,2", show_default=True, help="Thread counts to time.")
+@click.option("--repeat", type=int, default=10, show_default=True, help="Timed runs per engine.")
+@click.option("--warmup", type=int, default=2, show_default=True, help="Untimed runs first.")
+@click.option(
+    "--engines", default="tvm,tvm-tuned,ort,torch", show_default=True,
+    help="Engines to time; tvm-tuned is skipped (with a note) while no tuning records exist.",
+)  # fmt: skip
+@click.option("--input-size", help="HEIGHT or HEIGHTxWIDTH for every model [each model's own].")
+@click.option("--rebuild", is_flag=True, help="Rebuild every model instead of reusing builds/.")
+@click.option("--json", "as_json", is_flag=True, help="Print the whole report as JSON.")
+def report_command(
+    models: str | None,
+    output_dir: str,
+    threads: str,
+    repeat: int,
+    warmup: int,
+    engines: str,
+    input_size: str | None,
+    rebuild: bool,
+    as_json: bool,
+) -> None:
+    """Benchmark and profile zoo models here, and say whether FLOPs or MAC predict latency.
+
+    \b
+    For each model (default: all 72 at their own input size):
+      1. cost     params, multiply-adds, memory access cost (MAC), ShuffleNet v2's G1-G4
+      2. build    a host library with edgecompile's schedules (untuned), cached in
+                  DIR/builds/ and reused by the next run (--rebuild after
+                  changing the schedules or the builder)
+      3. bench    TVM, ONNX Runtime and torch eager on the same seeded input at each
+                  --threads count, outputs checked against ORT before any time counts
+      4. profile  TVM's per-kernel time (first thread count), summed by op class
+    A model that fails a stage is a row of the report, not the end of the run.
+
+    \b
+    Writes into DIR:
+      index.md                           latency table with ratios to ORT, time by op
+                                         class, G1-G4 findings, and the Spearman rank
+                                         correlation of multiply-adds and of MAC with
+                                         latency, per engine and thread count
+      results.csv                        one row per model x engine x thread count
+      latency_vs_multiply_adds.png       one point per model and engine, log axes
+      latency_vs_mac.png
+      time_by_op_class.png               stacked bars per model
+
+    \b
+    The whole zoo takes tens of minutes on two cores; try a few models first.
+    `benchmarks/zoo.py` runs the same thing as a script.
+
+    \b
+    Examples:
+      edgecompile report --models 'mobilenet_v2*' -o report
+      edgecompile report --models squeezenet1_1,shufflenet_v2 --threads 1 --repeat 20
+      edgecompile report --models shufflenet --input-size 128 --json
+    """
+    from edgecompile.bench import parse_list
+    from edgecompile.progress import Progress
+    from edgecompile.report import format_summary, report, select_models
+
+    names = select_models(models)
+    result = report(
+        names,
+        output_dir,
+        threads=parse_list(threads, int),
+        engines=parse_list(engines),
+        repeat=repeat,
+        warmup=warmup,
+        input_size=input_size,
+        rebuild=rebuild,
+        progress=Progress(len(names)),
+    )
+    if as_json:
+        _print_json(result.to_dict())
+        return
+    click.echo(format_summary(result))

@@ -1,0 +1,166 @@
+"""TVM RPC to a board through SSH: a server bound to the board's loopback, a local tunnel to it.
+
+TVM RPC has no authentication: anyone who reaches the port can run code on the board. So the
+server listens on the board's 127.0.0.1 only, and this machine reaches it through the SSH
+connection (host key verified, key login) as a local port on its own 127.0.0.1. If no server
+answers on the board, one is started over SSH with the board's TVM Python.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import select
+import shlex
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from edgecompile.device import ssh
+from edgecompile.errors import EdgecompileError
+
+DEFAULT_RPC_PORT = 9090
+#: TVM's import under qemu-user or on a Pi 3 takes tens of seconds before the server listens.
+SERVER_START_TIMEOUT = 240.0
+SERVER_LOG = "~/.edgecompile-rpc-server.log"
+
+
+@contextlib.contextmanager
+def rpc_tunnel(
+    device: str,
+    *,
+    identity: str | None = None,
+    accept_new_host_key: bool = False,
+    remote_python: str | None = None,
+    remote_port: int = DEFAULT_RPC_PORT,
+    known_hosts: str | Path | None = None,
+) -> Iterator[tuple[str, int]]:
+    """``(host, port)`` on this machine's loopback that reaches the board's RPC server."""
+    with ssh.connect(
+        device,
+        identity=identity,
+        accept_new_host_key=accept_new_host_key,
+        known_hosts=known_hosts,
+    ) as board:
+        transport = board.client.get_transport()
+        if not _listening(transport, remote_port):
+            _start_server(board, remote_python, remote_port)
+        with _Forwarder(board, remote_port) as local_port:
+            yield "127.0.0.1", local_port
+
+
+def _listening(transport: Any, port: int) -> bool:
+    import paramiko
+
+    try:
+        channel = transport.open_channel(
+            "direct-tcpip", ("127.0.0.1", port), ("127.0.0.1", 0), timeout=15
+        )
+    except (paramiko.ChannelException, paramiko.SSHException, OSError):
+        return False
+    channel.close()
+    return True
+
+
+def _start_server(board: ssh.BoardConnection, remote_python: str | None, port: int) -> None:
+    info = ssh.probe(board, remote_python=remote_python)
+    if info.python is None or info.tvm_version is None:
+        raise EdgecompileError(
+            f"{board.settings.label} has no Python with TVM to start an RPC server",
+            f"run `edgecompile device setup {board.settings.label}` first "
+            "(or pass --remote-python)",
+        )
+    log = ssh.remote_path(SERVER_LOG)
+    # Loopback only, and exactly this port (--port-end): the tunnel is the only way in.
+    command = (
+        f"nohup {shlex.quote(info.python)} -m tvm.exec.rpc_server --host 127.0.0.1 "
+        f"--port {int(port)} --port-end {int(port) + 1} > {log} 2>&1 < /dev/null &"
+    )
+    board.check(
+        command,
+        "starting the TVM RPC server",
+        "start it yourself on the board: python -m tvm.exec.rpc_server --host 127.0.0.1",
+    )
+    transport = board.client.get_transport()
+    deadline = time.monotonic() + SERVER_START_TIMEOUT
+    while time.monotonic() < deadline:
+        if _listening(transport, port):
+            return
+        time.sleep(2.0)
+    tail = board.run(f"tail -n 3 {log}").stdout.strip().splitlines()
+    raise EdgecompileError(
+        f"the TVM RPC server on {board.settings.label} did not start listening on port {port} "
+        f"within {SERVER_START_TIMEOUT:.0f} s: {tail[-1] if tail else 'no log'}",
+        f"look at {SERVER_LOG} on the board, or pick another --remote-port",
+    )
+
+
+class _Forwarder:
+    """A listening socket on 127.0.0.1 whose connections are piped over SSH to the board."""
+
+    def __init__(self, board: ssh.BoardConnection, remote_port: int) -> None:
+        self.board = board
+        self.remote_port = remote_port
+        self.server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.server.bind(("127.0.0.1", 0))
+        self.server.listen(8)
+        self.closed = threading.Event()
+        self.threads: list[threading.Thread] = []
+
+    def __enter__(self) -> int:
+        accept = threading.Thread(target=self._accept, name="edgecompile-tunnel", daemon=True)
+        accept.start()
+        self.threads.append(accept)
+        return int(self.server.getsockname()[1])
+
+    def __exit__(self, *exc: object) -> None:
+        self.closed.set()
+        with contextlib.suppress(OSError):
+            self.server.close()
+        for thread in self.threads:
+            thread.join(timeout=5)
+
+    def _accept(self) -> None:
+        while not self.closed.is_set():
+            try:
+                readable, _, _ = select.select([self.server], [], [], 0.5)
+                if not readable:
+                    continue
+                client, peer = self.server.accept()
+            except OSError:
+                return
+            transport = self.board.client.get_transport()
+            try:
+                channel = transport.open_channel(
+                    "direct-tcpip", ("127.0.0.1", self.remote_port), peer, timeout=30
+                )
+            except Exception:  # board gone: the RPC client sees a closed connection and says so
+                client.close()
+                continue
+            pipe = threading.Thread(target=self._pipe, args=(client, channel), daemon=True)
+            pipe.start()
+            self.threads.append(pipe)
+
+    def _pipe(self, client: socket.socket, channel: Any) -> None:
+        try:
+            while not self.closed.is_set():
+                readable, _, _ = select.select([client, channel], [], [], 0.5)
+                if client in readable:
+                    data = client.recv(65536)
+                    if not data:
+                        break
+                    channel.sendall(data)
+                if channel in readable:
+                    data = channel.recv(65536)
+                    if not data:
+                        break
+                    client.sendall(data)
+        except OSError:
+            pass
+        finally:
+            with contextlib.suppress(Exception):
+                channel.close()
+            with contextlib.suppress(OSError):
+                client.close()

@@ -1,0 +1,413 @@
+"""Tuning records: one MetaSchedule JSON database per TVM target, under a records directory.
+
+Stage 3b of the pipeline: ``tune`` writes records here, ``build`` reads them. Layout::
+
+    <root>/                                   default ~/.cache/edgecompile/records
+      <mcpu>-<arch>-<digest>/                 one store per target (digest of its JSON)
+        target.json                           the full TVM target and the preset it came from
+        database_workload.json                MetaSchedule's JSONDatabase files
+        database_tuning_record.json
+        .lock                                 held while a tune or an import writes
+
+Why one store per target: MetaSchedule does not filter records by ``mcpu``, so one database for
+two targets would apply x86 schedules to a Cortex-A72. The store's name is derived from the
+target itself, so records for one target cannot be looked up for another.
+
+Crash safety: the database appends one line per measured candidate (open, write, close), so a
+``kill -9`` can at worst leave a torn last line; every reader drops torn lines (and records
+whose workload line is missing), and a writer repairs the files before appending. Readers never
+modify files: they load a cleaned snapshot, so a build can run beside a tune.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import re
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from edgecompile._atomic import atomic_file
+from edgecompile.errors import EdgecompileError
+from edgecompile.targets import BoardPreset
+
+RECORDS_ENV = "EDGECOMPILE_RECORDS"
+WORKLOADS_FILE = "database_workload.json"
+RECORDS_FILE = "database_tuning_record.json"
+TARGET_FILE = "target.json"
+LOCK_FILE = ".lock"
+NAMES_FILE = "kernels.json"
+EXPORT_FORMAT = "edgecompile-records/1"
+
+
+def default_records_root() -> Path:
+    """``$EDGECOMPILE_RECORDS``, else ``$XDG_CACHE_HOME/edgecompile/records`` (~/.cache)."""
+    if os.environ.get(RECORDS_ENV):
+        return Path(os.environ[RECORDS_ENV]).expanduser()
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return cache / "edgecompile" / "records"
+
+
+def canonical_target(target: dict[str, Any]) -> str:
+    return json.dumps(target, sort_keys=True, separators=(",", ":"))
+
+
+def store_name(target: dict[str, Any]) -> str:
+    """``cortex-a72-aarch64-1f2e3d4c5b``: readable, and unique to the full target JSON."""
+    digest = hashlib.sha256(canonical_target(target).encode()).hexdigest()[:10]
+    mcpu = str(target.get("mcpu") or "generic")
+    arch = str(target.get("mtriple") or target.get("kind", "llvm")).split("-")[0]
+    return f"{mcpu}-{arch}-{digest}".replace("/", "_")
+
+
+@dataclass(frozen=True)
+class CleanLines:
+    """The parseable lines of a store, and how many torn or orphaned ones were left out."""
+
+    workloads: list[str]
+    records: list[str]
+    dropped: int
+
+    def digest(self) -> str:
+        content = "\n".join([*self.workloads, "", *self.records])
+        return hashlib.sha256(content.encode()).hexdigest()
+
+
+def _read_lines(path: Path) -> list[str]:
+    if not path.exists():
+        return []
+    return path.read_bytes().decode("utf-8", errors="replace").splitlines()
+
+
+def _clean(workload_path: Path, record_path: Path) -> CleanLines:
+    workloads: list[str] = []
+    dropped = 0
+    for line in _read_lines(workload_path):
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            entry = None
+        if not (isinstance(entry, list) and len(entry) == 2):
+            # Records point at workloads by line number: only a torn line at the very end can be
+            # dropped without renumbering, and a torn line can only be the last one written.
+            dropped += 1
+            break
+        workloads.append(line)
+    records: list[str] = []
+    for line in _read_lines(record_path):
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            entry = None
+        valid = (
+            isinstance(entry, list)
+            and len(entry) == 2
+            and isinstance(entry[0], int)
+            and 0 <= entry[0] < len(workloads)
+        )
+        if valid:
+            records.append(line)
+        elif line.strip():
+            dropped += 1
+    return CleanLines(workloads, records, dropped)
+
+
+@dataclass(frozen=True)
+class RecordStore:
+    """The records of one target: a folder holding a MetaSchedule JSON database."""
+
+    path: Path
+    target: dict[str, Any]
+    preset: str
+
+    @property
+    def workload_path(self) -> Path:
+        return self.path / WORKLOADS_FILE
+
+    @property
+    def record_path(self) -> Path:
+        return self.path / RECORDS_FILE
+
+    def exists(self) -> bool:
+        return self.record_path.exists() and self.record_path.stat().st_size > 0
+
+    def lines(self) -> CleanLines:
+        return _clean(self.workload_path, self.record_path)
+
+    def kernel_names(self) -> dict[str, str]:
+        """Workload hash → the kernel's name in the model it was tuned for (for display)."""
+        try:
+            return dict(json.loads((self.path / NAMES_FILE).read_text()))
+        except (OSError, ValueError):
+            return {}
+
+    def add_kernel_names(self, names: dict[str, str]) -> None:
+        merged = {**self.kernel_names(), **names}
+        with atomic_file(self.path / NAMES_FILE) as staging:
+            staging.write_text(json.dumps(merged, indent=1, sort_keys=True) + "\n")
+
+    def snapshot(self) -> Any:
+        """A read-only MetaSchedule database of the store's valid records (files untouched)."""
+        from tvm.s_tir import meta_schedule as ms
+
+        clean = self.lines()
+        with tempfile.TemporaryDirectory(prefix="edgecompile-records-") as scratch:
+            workloads, records = Path(scratch) / WORKLOADS_FILE, Path(scratch) / RECORDS_FILE
+            workloads.write_text("".join(f"{line}\n" for line in clean.workloads))
+            records.write_text("".join(f"{line}\n" for line in clean.records))
+            # JSONDatabase reads both files in its constructor and only touches them on commit.
+            return ms.database.JSONDatabase(
+                str(workloads), str(records), allow_missing=False, module_equality="structural"
+            )
+
+    @contextlib.contextmanager
+    def writer(self) -> Iterator[Any]:
+        """The store's JSON database, for appending; one writer at a time (a file lock)."""
+        from tvm.s_tir import meta_schedule as ms
+
+        self.path.mkdir(parents=True, exist_ok=True)
+        self._write_target()
+        with open(self.path / LOCK_FILE, "a+") as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise EdgecompileError(
+                    f"another edgecompile process is writing the records in {self.path}",
+                    "wait for that tune or import to finish, or pass --records DIR for a "
+                    "separate set of records",
+                ) from None
+            self._repair()
+            yield ms.database.JSONDatabase(
+                str(self.workload_path),
+                str(self.record_path),
+                allow_missing=True,
+                module_equality="structural",
+            )
+
+    def _write_target(self) -> None:
+        target_file = self.path / TARGET_FILE
+        if target_file.exists():
+            stored = json.loads(target_file.read_text())
+            if canonical_target(stored.get("target", {})) != canonical_target(self.target):
+                raise EdgecompileError(
+                    f"{self.path} holds records for a different target ({stored.get('preset')})",
+                    "pass the records folder's parent, or a separate --records DIR",
+                )
+            return
+        with atomic_file(target_file) as staging:
+            staging.write_text(
+                json.dumps({"preset": self.preset, "target": self.target}, indent=2) + "\n"
+            )
+
+    def _repair(self) -> None:
+        """Rewrite the files without torn lines (atomically), so appends start on a clean line."""
+        clean = self.lines()
+        if clean.dropped == 0 and all(
+            not path.exists() or path.read_bytes().endswith(b"\n") or path.stat().st_size == 0
+            for path in (self.workload_path, self.record_path)
+        ):
+            return
+        for path, lines in (
+            (self.workload_path, clean.workloads),
+            (self.record_path, clean.records),
+        ):
+            with atomic_file(path) as staging:
+                staging.write_text("".join(f"{line}\n" for line in lines))
+
+
+def _root(records: str | Path | None) -> Path:
+    return Path(records).expanduser() if records is not None else default_records_root()
+
+
+def store_for(preset: BoardPreset, records: str | Path | None = None) -> RecordStore:
+    """The store of ``preset``'s target under ``records`` (a root of stores, or one store)."""
+    target = dict(preset.target)
+    root = _root(records)
+    if (root / TARGET_FILE).exists():  # --records pointed at one target's store
+        stored = json.loads((root / TARGET_FILE).read_text())
+        if canonical_target(stored.get("target", {})) != canonical_target(target):
+            raise EdgecompileError(
+                f"the records in {root} were tuned for {stored.get('preset')} "
+                f"({stored.get('target', {}).get('mcpu', 'generic')}), not for {preset.name}",
+                "tune for this target first, or pass the records folder of this target",
+            )
+        return RecordStore(root, target, preset.name)
+    return RecordStore(root / store_name(target), target, preset.name)
+
+
+def load_store(path: Path) -> RecordStore:
+    try:
+        stored = json.loads((path / TARGET_FILE).read_text())
+    except (OSError, ValueError) as error:
+        raise EdgecompileError(
+            f"{path} is not a records folder ({TARGET_FILE}: {error})",
+            "pass a folder that `edgecompile tune` wrote, or its parent",
+        ) from None
+    return RecordStore(path, dict(stored["target"]), str(stored.get("preset", "?")))
+
+
+def list_stores(records: str | Path | None = None) -> list[RecordStore]:
+    """Every store under ``records`` (or the store ``records`` itself)."""
+    root = _root(records)
+    if (root / TARGET_FILE).exists():
+        return [load_store(root)]
+    if not root.is_dir():
+        return []
+    return [load_store(child) for child in sorted(root.iterdir()) if (child / TARGET_FILE).exists()]
+
+
+@dataclass(frozen=True)
+class WorkloadSummary:
+    """One tuned kernel: its name, how many records it has, the best time and who made it."""
+
+    name: str
+    trials: int
+    best_ms: float | None
+    schedule: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "trials": self.trials,
+            "best_ms": self.best_ms,
+            "schedule": self.schedule,
+        }
+
+
+#: ``schedule`` of a record MetaSchedule's search produced (not one of our hand schedules).
+SEARCHED = "metaschedule"
+_HAND_MARK = re.compile(
+    r'\["Annotate",\["[^"]*","\\"([^"\\]+)\\""\],\["edgecompile\.scheduled_by"\]'
+)
+
+
+def record_schedule(record_body: Any) -> str:
+    """Which of our rules a record's trace replays (it leaves a mark), else ``metaschedule``."""
+    found = _HAND_MARK.search(json.dumps(record_body, separators=(",", ":")))
+    return found.group(1) if found else SEARCHED
+
+
+def mean_seconds(run_secs: Any) -> float | None:
+    """A record's measured time; None for a candidate that failed to build or run."""
+    values = [float(v) for v in run_secs or []]
+    values = [v for v in values if v < 1e9]  # MetaSchedule stores 1e10 for a failed run
+    return sum(values) / len(values) if values else None
+
+
+def summarize(store: RecordStore) -> list[WorkloadSummary]:
+    """Per workload of ``store``: kernel name, records, best measured time, who made the best.
+
+    Reads the JSON lines directly (no TVM import): ``records list`` stays instant.
+    """
+    clean = store.lines()
+    names = store.kernel_names()
+    hashes = [json.loads(line)[0] for line in clean.workloads]
+    grouped: dict[int, list[Any]] = {}
+    for line in clean.records:
+        index, body = json.loads(line)
+        grouped.setdefault(index, []).append(body)
+    summaries = []
+    for index, bodies in grouped.items():
+        timed = [(t, b) for b in bodies if (t := mean_seconds(b[1])) is not None]
+        best_time, best = min(timed, key=lambda pair: pair[0], default=(None, None))
+        summaries.append(
+            WorkloadSummary(
+                name=names.get(str(hashes[index]), f"workload {str(hashes[index])[:10]}"),
+                trials=len(bodies),
+                best_ms=None if best_time is None else round(best_time * 1e3, 4),
+                schedule="-" if best is None else record_schedule(best),
+            )
+        )
+    return sorted(summaries, key=lambda s: -(s.best_ms or 0.0))
+
+
+def export_records(store: RecordStore, output: str | Path) -> Path:
+    """One portable JSON file: the store's target and its valid lines."""
+    clean = store.lines()
+    if not clean.records:
+        raise EdgecompileError(
+            f"no tuning records for {store.preset} in {store.path}",
+            "run `edgecompile tune MODEL --target " + store.preset + "` first",
+        )
+    payload = {
+        "format": EXPORT_FORMAT,
+        "preset": store.preset,
+        "target": store.target,
+        "workloads": clean.workloads,
+        "records": clean.records,
+        "kernels": store.kernel_names(),
+    }
+    output = Path(output)
+    with atomic_file(output) as staging:
+        staging.write_text(json.dumps(payload) + "\n")
+    return output
+
+
+@dataclass(frozen=True)
+class ImportResult:
+    store: RecordStore
+    added: int
+    skipped: int
+
+
+def import_records(source: str | Path, records: str | Path | None = None) -> ImportResult:
+    """Merge an exported records file into the store of its own target (never another)."""
+    from tvm.s_tir import meta_schedule as ms
+
+    path = Path(source)
+    try:
+        payload = json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        raise EdgecompileError(
+            f"cannot read records file {path}: {error}",
+            "pass a file written by `edgecompile records export`",
+        ) from None
+    if not isinstance(payload, dict) or payload.get("format") != EXPORT_FORMAT:
+        raise EdgecompileError(
+            f"{path} is not an edgecompile records export",
+            "pass a file written by `edgecompile records export`",
+        )
+    target = dict(payload["target"])
+    store = RecordStore(
+        _root(records) / store_name(target), target, str(payload.get("preset", "?"))
+    )
+    with tempfile.TemporaryDirectory(prefix="edgecompile-import-") as scratch:
+        raw_workloads, raw_records = Path(scratch) / "w.json", Path(scratch) / "r.json"
+        raw_workloads.write_text("".join(f"{line}\n" for line in payload.get("workloads", [])))
+        raw_records.write_text("".join(f"{line}\n" for line in payload.get("records", [])))
+        incoming = _clean(raw_workloads, raw_records)
+    known = {_record_key(line) for line in store.lines().records}
+    added = skipped = 0
+    with store.writer() as database:
+        workloads: dict[int, Any] = {}
+        for line in incoming.records:
+            index, body = json.loads(line)
+            key = _record_key(line)
+            if key in known:
+                skipped += 1
+                continue
+            if index not in workloads:
+                parsed = ms.database.Workload.from_json(json.loads(incoming.workloads[index]))
+                workloads[index] = database.commit_workload(parsed.mod)
+            database.commit_tuning_record(
+                ms.database.TuningRecord.from_json(body, workloads[index])
+            )
+            known.add(key)
+            added += 1
+    names = payload.get("kernels")
+    if isinstance(names, dict):
+        store.add_kernel_names({str(k): str(v) for k, v in names.items()})
+    return ImportResult(store, added, skipped)
+
+
+def _record_key(record_json: str) -> str:
+    """A record's identity for de-duplication: its trace, run times and target (not the index)."""
+    entry = json.loads(record_json)
+    body = entry[1]
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()

@@ -1,0 +1,681 @@
+"""Stage 3b: tune a model's kernels for one target with MetaSchedule, into that target's records.
+
+model → export + import (as ``build`` does) → the fused module (our blocked layout, legalized and
+fused: exactly the PrimFuncs a build compiles) → one task per distinct kernel → our hand schedules
+measured and committed as records → MetaSchedule's evolutionary search (xgboost cost model)
+seeded with them → more records. A later ``build`` takes, per kernel, the fastest record, so a
+tuned build is never slower than the hand-scheduled one on the machine that measured both.
+
+Where candidates run: host targets measure in a local worker process; board targets are linked
+with the board's toolchain (a ``.so`` the board loads as is) and measured on the board over TVM
+RPC -- directly, through an RPC tracker, or through an SSH tunnel to a server bound to the
+board's loopback (:mod:`edgecompile.device.tunnel`), never by exposing RPC on a network.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import re
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from edgecompile.errors import EdgecompileError
+from edgecompile.progress import SILENT, Progress
+from edgecompile.records import RecordStore, mean_seconds, record_schedule, store_for
+from edgecompile.targets import BoardPreset, resolve_target
+
+#: Default search budget when neither --trials nor --time-budget is given.
+DEFAULT_TRIALS_PER_TASK = 32
+#: Candidates per search round. MetaSchedule's default (64) spends a whole small budget on the
+#: first few tasks; the evolutionary search costs ~35 s of host time per round whatever its size.
+MAX_TRIALS_PER_ROUND = 16
+#: A board that failed this many rounds in a row is gone: stop, keep the records.
+MAX_FAILED_ROUNDS = 2
+#: RPC sessions: an emulated or slow board needs minutes for the first load.
+RPC_SESSION_TIMEOUT = 600
+TUNE_STAGES = 5
+FAILED_RUN = 1e9  # MetaSchedule records 1e10 s for a candidate that failed
+
+
+@dataclass(frozen=True)
+class TaskOutcome:
+    """One kernel of the model after tuning."""
+
+    name: str
+    weight: int
+    hand_ms: float | None
+    best_ms: float | None
+    schedule: str
+    records: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "weight": self.weight,
+            "hand_ms": self.hand_ms,
+            "best_ms": self.best_ms,
+            "schedule": self.schedule,
+            "records": self.records,
+        }
+
+
+@dataclass(frozen=True)
+class TuneResult:
+    """What a tune did, and the per-kernel state of the records afterwards."""
+
+    model: str
+    preset: str
+    records: Path
+    transport: str
+    threads: int | None
+    tasks: list[TaskOutcome]
+    trials_run: int
+    trials_before: int
+    seconds: float
+    stopped: str
+    failures: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def estimated_ms(self) -> float | None:
+        """Sum over kernels of weight × best time: the model's kernel time, tuned."""
+        return _weighted(self.tasks, "best_ms")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "preset": self.preset,
+            "records": str(self.records),
+            "transport": self.transport,
+            "threads": self.threads,
+            "trials_run": self.trials_run,
+            "trials_before": self.trials_before,
+            "seconds": round(self.seconds, 1),
+            "stopped": self.stopped,
+            "estimated_ms": self.estimated_ms,
+            "failures": self.failures,
+            "tasks": [task.to_dict() for task in self.tasks],
+        }
+
+
+def _weighted(tasks: list[TaskOutcome], attribute: str) -> float | None:
+    values = [(t.weight, getattr(t, attribute)) for t in tasks]
+    if not values or any(v is None for _, v in values):
+        return None
+    return round(sum(w * v for w, v in values), 6)
+
+
+_DURATION = re.compile(r"^(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m)?(?:(\d+(?:\.\d+)?)s?)?$")
+
+
+def parse_duration(text: str | float | int | None) -> float | None:
+    """``90s``, ``20m``, ``1h30m`` or a number of seconds → seconds."""
+    if text is None or isinstance(text, int | float):
+        return None if text is None else float(text)
+    found = _DURATION.match(text.strip().lower())
+    if not text.strip() or found is None or not any(found.groups()):
+        raise EdgecompileError(
+            f"cannot read the duration {text!r}", "write it like 90s, 20m or 1h30m"
+        )
+    hours, minutes, seconds = (float(g) if g else 0.0 for g in found.groups())
+    return hours * 3600 + minutes * 60 + seconds
+
+
+def tune(
+    model: str,
+    target: str | BoardPreset = "host",
+    *,
+    trials: int | None = None,
+    time_budget: str | float | None = None,
+    records: str | Path | None = None,
+    rpc: str | None = None,
+    tracker: str | None = None,
+    rpc_key: str | None = None,
+    device: str | None = None,
+    identity: str | None = None,
+    accept_new_host_key: bool = False,
+    known_hosts: str | Path | None = None,
+    remote_python: str | None = None,
+    threads: int | None = None,
+    batch: int = 1,
+    input_size: str | tuple[int, int] | None = None,
+    weights: str | None = None,
+    seed: int = 0,
+    cc: str | None = None,
+    progress: Progress = SILENT,
+) -> TuneResult:
+    """Tune ``model``'s kernels for ``target``, adding to the target's records (resumable).
+
+    ``trials`` is the total number of search candidates this model's kernels should have in the
+    records: a rerun after an interruption (even ``kill -9``) measures only the rest. With only
+    ``time_budget``, the search runs until the time is spent.
+    """
+    from edgecompile.builder import prepare_model
+    from edgecompile.export import parse_input_size
+    from edgecompile.toolchain import toolchain_for
+
+    started = time.monotonic()
+    preset = target if isinstance(target, BoardPreset) else resolve_target(target)
+    budget_seconds = parse_duration(time_budget)
+    if trials is not None and trials < 0:
+        raise EdgecompileError(f"bad trial count {trials}", "use --trials 0 or more")
+    if budget_seconds is not None and budget_seconds <= 0:
+        raise EdgecompileError("the time budget must be positive", "use e.g. --time-budget 20m")
+    transport = _transport(preset, rpc=rpc, tracker=tracker, device=device)
+    toolchain = toolchain_for(preset, cc)
+    store = store_for(preset, records)
+    thread_count = threads if threads is not None else preset.threads
+    tvm_target = preset.tvm_target()
+    size = parse_input_size(input_size)
+
+    with tempfile.TemporaryDirectory(prefix="edgecompile-tune-") as scratch:
+        relax_model, _, _ = prepare_model(
+            model, Path(scratch), batch=batch, input_size=size, weights=weights, seed=seed,
+            progress=progress,
+        )  # fmt: skip
+        with progress.stage("extract tuning tasks"):
+            tasks = _extract_tasks(relax_model.module, tvm_target)
+        with (
+            store.writer() as database,
+            _measurement(
+                preset,
+                toolchain,
+                transport,
+                thread_count,
+                rpc=rpc,
+                tracker=tracker,
+                rpc_key=rpc_key,
+                device=device,
+                identity=identity,
+                accept_new_host_key=accept_new_host_key,
+                known_hosts=known_hosts,
+                remote_python=remote_python,
+            ) as (builder, runner, where),
+        ):
+            store.add_kernel_names({task.workload_hash: task.name for task in tasks})
+            with progress.stage(f"measure our schedules on {where}"):
+                hand = _measure_hand_schedules(tasks, tvm_target, database, builder, runner)
+            searched_before = _searched_records(store, tasks)
+            if trials is None and budget_seconds is None:
+                trials = DEFAULT_TRIALS_PER_TASK * len(tasks)
+            remaining = (
+                max(0, trials - searched_before) if trials is not None else 1000 * len(tasks)
+            )
+            monitor = _Monitor(tasks, hand, remaining, budget_seconds, progress, where)
+            label = f"search: {remaining} trials" if trials is not None else "search"
+            with progress.stage(label + (f" on {where}" if remaining else " (already done)")):
+                stopped = _search(
+                    tasks, tvm_target, database, builder, runner, remaining, monitor, scratch
+                )
+        outcomes = _outcomes(store, tasks, hand)
+    return TuneResult(
+        model=relax_model.name,
+        preset=preset.name,
+        records=store.path,
+        transport=where,
+        threads=thread_count,
+        tasks=outcomes,
+        trials_run=monitor.trials,
+        trials_before=searched_before,
+        seconds=time.monotonic() - started,
+        stopped=stopped,
+        failures={k: v for k, v in monitor.failures.items() if v},
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Tasks
+
+
+@dataclass(frozen=True)
+class _Task:
+    """One distinct kernel of the model: MetaSchedule's extracted task plus what we need."""
+
+    name: str
+    weight: int
+    module: Any  # IRModule({"main": PrimFunc}): the workload
+    workload_hash: str
+    extracted: Any
+
+
+def _extract_tasks(module: Any, target: Any) -> list[_Task]:
+    """The fused module's kernels (after our layout and fusion: what a build compiles)."""
+    import tvm_ffi
+    from tvm.s_tir import meta_schedule as ms
+
+    from edgecompile.schedules.pipeline import fused_module
+
+    fused, _ = fused_module(module, target)
+    tasks = []
+    for extracted in ms.relax_integration.extract_tasks(fused, target):
+        workload = extracted.dispatched[0]
+        tasks.append(
+            _Task(
+                name=str(extracted.task_name),
+                weight=int(extracted.weight),
+                module=workload,
+                workload_hash=str(tvm_ffi.structural_hash(workload)),
+                extracted=extracted,
+            )
+        )
+    if not tasks:
+        raise EdgecompileError(
+            "the model has no kernels to tune", "check the model: its graph computes nothing"
+        )
+    return tasks
+
+
+def _searched_records(store: RecordStore, tasks: list[_Task]) -> int:
+    """Search records (not our hand schedules) the store has for these tasks' workloads."""
+    import json
+
+    clean = store.lines()
+    wanted = {task.workload_hash for task in tasks}
+    indices = {index for index, line in enumerate(clean.workloads) if json.loads(line)[0] in wanted}
+    count = 0
+    for line in clean.records:
+        index, body = json.loads(line)
+        if index in indices and record_schedule(body) == "metaschedule":
+            count += 1
+    return count
+
+
+# --------------------------------------------------------------------------------------------
+# Measuring
+
+
+def _transport(
+    preset: BoardPreset, *, rpc: str | None, tracker: str | None, device: str | None
+) -> str:
+    given = (("rpc", rpc), ("tracker", tracker), ("device", device))
+    chosen = [name for name, value in given if value]
+    if len(chosen) > 1:
+        raise EdgecompileError(
+            f"--{' and --'.join(chosen)} given together", "measure through one of them"
+        )
+    if chosen:
+        return chosen[0]
+    if not preset.is_host:
+        raise EdgecompileError(
+            f"{preset.name} kernels must be measured on a {preset.arch} board",
+            "pass --device user@host (SSH), --rpc host:port or --tracker host:port --rpc-key KEY",
+        )
+    return "local"
+
+
+@contextlib.contextmanager
+def _measurement(
+    preset: BoardPreset,
+    toolchain: Any,
+    transport: str,
+    threads: int | None,
+    *,
+    rpc: str | None,
+    tracker: str | None,
+    rpc_key: str | None,
+    device: str | None,
+    identity: str | None,
+    accept_new_host_key: bool,
+    known_hosts: str | Path | None,
+    remote_python: str | None,
+) -> Iterator[tuple[Any, Any, str]]:
+    """MetaSchedule's builder and runner for ``transport``, and where candidates are measured."""
+    from tvm.s_tir import meta_schedule as ms
+
+    from edgecompile import _tune_workers as workers
+
+    builder = ms.builder.LocalBuilder(
+        f_build=workers.build_kernel,
+        f_export=partial(workers.export_shared_library, toolchain),
+        max_workers=1,
+        timeout_sec=120,
+    )
+    evaluator = ms.runner.EvaluatorConfig(number=3, repeat=1, min_repeat_ms=40)
+    if transport == "local":
+        runner = ms.runner.LocalRunner(
+            evaluator_config=evaluator,
+            timeout_sec=60,
+            initializer=partial(workers.set_thread_count, threads),
+        )
+        yield builder, runner, f"this machine ({threads} threads)"
+        return
+    from edgecompile.device.remote import check_rpc_target
+
+    if transport == "device":
+        from edgecompile.device.tunnel import rpc_tunnel
+
+        assert device is not None
+        with rpc_tunnel(
+            device,
+            identity=identity,
+            accept_new_host_key=accept_new_host_key,
+            known_hosts=known_hosts,
+            remote_python=remote_python,
+        ) as (host, port):
+            check_rpc_target(preset, rpc=f"{host}:{port}", tracker=None, rpc_key=None)
+            yield builder, _direct_runner(host, port, threads, evaluator), f"{device} (SSH tunnel)"
+        return
+    key = rpc_key or preset.rpc_key
+    check_rpc_target(preset, rpc=rpc, tracker=tracker, rpc_key=key)
+    if rpc:
+        host, _, port = rpc.rpartition(":")
+        yield builder, _direct_runner(host, int(port), threads, evaluator), f"RPC server {rpc}"
+        return
+    assert tracker is not None
+    tracker_host, _, tracker_port = tracker.rpartition(":")
+    runner = ms.runner.RPCRunner(
+        rpc_config=ms.runner.RPCConfig(
+            tracker_host=tracker_host,
+            tracker_port=int(tracker_port),
+            tracker_key=key,
+            session_timeout_sec=RPC_SESSION_TIMEOUT,
+        ),
+        evaluator_config=evaluator,
+        f_create_session=partial(workers.connect_tracker, threads),
+        max_workers=1,
+    )
+    yield builder, runner, f"tracker {tracker} key {key}"
+
+
+def _direct_runner(host: str, port: int, threads: int | None, evaluator: Any) -> Any:
+    from tvm.s_tir import meta_schedule as ms
+
+    from edgecompile import _tune_workers as workers
+
+    return ms.runner.RPCRunner(
+        # RPCRunner insists on a tracker config even when f_create_session ignores it.
+        rpc_config=ms.runner.RPCConfig(
+            tracker_host=host,
+            tracker_port=port,
+            tracker_key="direct",
+            session_timeout_sec=RPC_SESSION_TIMEOUT,
+        ),
+        evaluator_config=evaluator,
+        f_create_session=partial(workers.connect_direct, host, port, threads, RPC_SESSION_TIMEOUT),
+        max_workers=1,
+    )
+
+
+def _measure_hand_schedules(
+    tasks: list[_Task], target: Any, database: Any, builder: Any, runner: Any
+) -> dict[str, float]:
+    """Measure our schedule of every task a rule covers and commit it as a record.
+
+    The search then starts from them (its initial population comes from the database's best
+    records), and a build picks whichever is faster per kernel. A hand record already in the
+    store with the same trace is not measured again.
+    """
+    from tvm.s_tir import meta_schedule as ms
+    from tvm.s_tir.meta_schedule.arg_info import ArgInfo
+
+    from edgecompile.schedules.pipeline import schedule_rules
+    from edgecompile.schedules.rules import ScheduleFailed
+
+    timings: dict[str, float] = {}
+    pending: list[tuple[_Task, Any, Any]] = []
+    for task in tasks:
+        schedule = None
+        for rule in schedule_rules():
+            try:
+                schedule = rule.try_schedule(task.module["main"], target)
+            except ScheduleFailed:
+                break
+            if schedule is not None:
+                break
+        if schedule is None:
+            continue
+        workload = database.commit_workload(task.module)
+        known = [
+            r for r in database.get_top_k(workload, 1 << 20) if str(r.trace) == str(schedule.trace)
+        ]
+        if known:
+            seconds = mean_seconds(known[0].run_secs)
+            if seconds is not None:
+                timings[task.workload_hash] = seconds
+            continue
+        pending.append((task, schedule, workload))
+    if not pending:
+        return timings
+    built = builder.build([ms.builder.BuilderInput(s.mod, target) for _, s, _ in pending])
+    runnable = [(p, b) for p, b in zip(pending, built, strict=True) if b.error_msg is None]
+    futures = runner.run(
+        [
+            ms.runner.RunnerInput(b.artifact_path, "cpu", ArgInfo.from_entry_func(s.mod))
+            for (_, s, _), b in runnable
+        ]
+    )
+    for ((task, schedule, workload), _), future in zip(runnable, futures, strict=True):
+        result = future.result()
+        if result.error_msg is not None or not result.run_secs:
+            continue
+        database.commit_tuning_record(
+            ms.database.TuningRecord(
+                schedule.trace,
+                workload,
+                result.run_secs,
+                target,
+                ArgInfo.from_entry_func(schedule.mod),
+            )
+        )
+        seconds = mean_seconds(result.run_secs)
+        if seconds is not None:
+            timings[task.workload_hash] = seconds
+    return timings
+
+
+# --------------------------------------------------------------------------------------------
+# Searching
+
+
+class _StopTuning(Exception):
+    """Raised from the measure callback to end the search (time budget, board gone)."""
+
+
+class _Monitor:
+    """Counts trials, tracks the best time per task, prints progress, enforces the budget."""
+
+    def __init__(
+        self,
+        tasks: list[_Task],
+        hand: dict[str, float],
+        trials: int,
+        budget_seconds: float | None,
+        progress: Progress,
+        where: str,
+    ) -> None:
+        self.tasks = tasks
+        self.best = {i: hand.get(t.workload_hash) for i, t in enumerate(tasks)}
+        self.planned = trials
+        self.deadline = None if budget_seconds is None else time.monotonic() + budget_seconds
+        self.budget_seconds = budget_seconds
+        self.progress = progress
+        self.where = where
+        self.started = time.monotonic()
+        self.trials = 0
+        self.failures = {"build": 0, "run": 0}
+        self.first_error: dict[str, str] = {}
+        self.failed_rounds = 0
+        self.stop_reason: str | None = None
+
+    def estimated_ms(self) -> float | None:
+        known = [(t.weight, self.best[i]) for i, t in enumerate(self.tasks)]
+        if any(seconds is None for _, seconds in known):
+            return None
+        return sum(w * s for w, s in known if s is not None) * 1e3
+
+    def record_round(
+        self, task_id: int, builder_results: list[Any], runner_results: list[Any]
+    ) -> None:
+        self.trials += len(runner_results)
+        succeeded = 0
+        for built, ran in zip(builder_results, runner_results, strict=False):
+            if built.error_msg:
+                self._failure("build", built.error_msg)
+            elif ran.error_msg:
+                self._failure("run", ran.error_msg)
+            else:
+                seconds = mean_seconds(ran.run_secs)
+                if seconds is not None and seconds < FAILED_RUN:
+                    succeeded += 1
+                    previous = self.best.get(task_id)
+                    self.best[task_id] = seconds if previous is None else min(previous, seconds)
+        ran_any = any(not b.error_msg for b in builder_results)
+        self.failed_rounds = self.failed_rounds + 1 if ran_any and not succeeded else 0
+        self._report(task_id)
+        if self.failed_rounds >= MAX_FAILED_ROUNDS:
+            self.stop_reason = (
+                f"every candidate failed on {self.where} for {self.failed_rounds} rounds: "
+                f"{self.first_error.get('run', 'unknown error')}"
+            )
+            raise _StopTuning(self.stop_reason)
+        if self.deadline is not None and time.monotonic() >= self.deadline:
+            self.stop_reason = "time budget spent"
+            raise _StopTuning(self.stop_reason)
+
+    def _failure(self, kind: str, message: str) -> None:
+        self.failures[kind] += 1
+        lines = [line.strip() for line in str(message).splitlines() if line.strip()]
+        self.first_error.setdefault(kind, lines[-1] if lines else "unknown error")
+
+    def _report(self, task_id: int) -> None:
+        elapsed = time.monotonic() - self.started
+        estimate = self.estimated_ms()
+        if self.deadline is not None:
+            left = max(0.0, self.deadline - time.monotonic())
+        elif self.trials:
+            left = elapsed / self.trials * max(0, self.planned - self.trials)
+        else:
+            left = math.nan
+        best = self.best.get(task_id)
+        self.progress.update(
+            f"{self.trials}/{self.planned if self.deadline is None else '-'} trials · "
+            f"task {task_id + 1}/{len(self.tasks)} {self.tasks[task_id].name} best "
+            f"{'-' if best is None else f'{best * 1e3:.3f} ms'} · est. "
+            f"{'-' if estimate is None else f'{estimate:.2f} ms'} · {_clock(elapsed)} elapsed, "
+            f"~{_clock(left)} left"
+        )
+
+
+def _clock(seconds: float) -> str:
+    if math.isnan(seconds):
+        return "?"
+    minutes, secs = divmod(int(seconds), 60)
+    return f"{minutes}:{secs:02d}"
+
+
+def _search(
+    tasks: list[_Task],
+    target: Any,
+    database: Any,
+    builder: Any,
+    runner: Any,
+    trials: int,
+    monitor: _Monitor,
+    scratch: str,
+) -> str:
+    """MetaSchedule's task scheduler over ``tasks`` for ``trials`` candidates; why it stopped."""
+    from tvm.ir.utils import derived_object
+    from tvm.s_tir import meta_schedule as ms
+
+    if trials <= 0:
+        return "trials already in the records"
+
+    @derived_object
+    class MonitorCallback(ms.measure_callback.PyMeasureCallback):
+        def apply(
+            self,
+            task_scheduler: Any,
+            task_id: int,
+            measure_candidates: Any,
+            builder_results: Any,
+            runner_results: Any,
+        ) -> None:
+            monitor.record_round(task_id, list(builder_results), list(runner_results))
+
+    per_round = max(1, min(MAX_TRIALS_PER_ROUND, trials // len(tasks) or 1))
+    # Each task gets at most twice its share: the gradient scheduler still moves trials to the
+    # kernels that dominate latency, but one task cannot eat the whole budget.
+    per_task = max(per_round, math.ceil(2 * trials / len(tasks)))
+    contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
+        [task.extracted for task in tasks],
+        work_dir=scratch,
+        num_threads=1,
+        seed=0,
+    )
+    _quiet_console("tvm.s_tir.meta_schedule")
+    callbacks = [*ms.measure_callback.MeasureCallback.create("default"), MonitorCallback()]
+    try:
+        ms.tune.tune_tasks(
+            tasks=contexts,
+            task_weights=weights,
+            work_dir=scratch,
+            max_trials_global=trials,
+            max_trials_per_task=per_task,
+            num_trials_per_iter=per_round,
+            builder=builder,
+            runner=runner,
+            database=database,
+            measure_callbacks=callbacks,
+        )
+    except Exception as error:  # our stop arrives wrapped by TVM's FFI; anything else is real
+        if monitor.stop_reason is None:
+            raise EdgecompileError(
+                f"tuning failed: {_last_line(error)}",
+                "the records measured so far are kept; run the same command to continue",
+            ) from None
+        if monitor.stop_reason != "time budget spent":
+            raise EdgecompileError(
+                f"tuning stopped: {monitor.stop_reason}",
+                "the records measured so far are kept; fix the board, then rerun to continue",
+            ) from None
+        return monitor.stop_reason
+    return "trials done"
+
+
+def _quiet_console(name: str) -> None:
+    """MetaSchedule logs every round and a task table to stdout; our progress line replaces
+    that (its full logs still go to files in the scratch folder)."""
+    import logging
+
+    logger = logging.getLogger(name)
+    for handler in list(logger.handlers):
+        if type(handler) is logging.StreamHandler:
+            logger.removeHandler(handler)
+
+
+def _last_line(error: BaseException) -> str:
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[-1] if lines else type(error).__name__
+
+
+def _outcomes(store: RecordStore, tasks: list[_Task], hand: dict[str, float]) -> list[TaskOutcome]:
+    import json
+
+    clean = store.lines()
+    index_of = {json.loads(line)[0]: i for i, line in enumerate(clean.workloads)}
+    bodies: dict[int, list[Any]] = {}
+    for line in clean.records:
+        index, body = json.loads(line)
+        bodies.setdefault(index, []).append(body)
+    outcomes = []
+    for task in tasks:
+        task_records = bodies.get(index_of.get(task.workload_hash, -1), [])
+        timed = [(s, b) for b in task_records if (s := mean_seconds(b[1])) is not None]
+        best_seconds, best = min(timed, key=lambda pair: pair[0], default=(None, None))
+        hand_seconds = hand.get(task.workload_hash)
+        outcomes.append(
+            TaskOutcome(
+                name=task.name,
+                weight=task.weight,
+                hand_ms=None if hand_seconds is None else round(hand_seconds * 1e3, 6),
+                best_ms=None if best_seconds is None else round(best_seconds * 1e3, 6),
+                schedule="-" if best is None else record_schedule(best),
+                records=len(task_records),
+            )
+        )
+    return outcomes

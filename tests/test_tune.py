@@ -1,0 +1,314 @@
+"""Tuning on this machine, records, and builds that apply them (edgecompile.tune / .records).
+
+One tiny model (1×1 conv 8→16 + ReLU + global pool: a kernel our pointwise rule schedules, and
+kernels it does not) is tuned once per session for a few trials; the tests read that store.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from edgecompile.cli import cli, main
+from edgecompile.errors import EdgecompileError
+from edgecompile.records import (
+    SEARCHED,
+    RecordStore,
+    export_records,
+    import_records,
+    list_stores,
+    store_for,
+    summarize,
+)
+from edgecompile.targets import resolve_target
+from edgecompile.tune import TuneResult, parse_duration, tune
+
+TRIALS = 6
+
+
+def write_pointwise_onnx(path: Path) -> Path:
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    weight = numpy_helper.from_array(rng.standard_normal((16, 8, 1, 1)).astype("float32"), "w")
+    bias = numpy_helper.from_array(rng.standard_normal(16).astype("float32"), "b")
+    nodes = [
+        helper.make_node("Conv", ["input", "w", "b"], ["c"]),
+        helper.make_node("Relu", ["c"], ["r"]),
+        helper.make_node("GlobalAveragePool", ["r"], ["output"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "pointwise",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 8, 8, 8])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, 16, 1, 1])],
+        initializer=[weight, bias],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.save(model, str(path))
+    return path
+
+
+@pytest.fixture(scope="session")
+def pointwise_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_pointwise_onnx(tmp_path_factory.mktemp("tune") / "pointwise.onnx")
+
+
+@pytest.fixture(scope="session")
+def tuned(pointwise_onnx: Path, tmp_path_factory: pytest.TempPathFactory) -> TuneResult:
+    records = tmp_path_factory.mktemp("records")
+    return tune(str(pointwise_onnx), "host", trials=TRIALS, records=records, threads=1)
+
+
+def _store(result: TuneResult) -> RecordStore:
+    return store_for(resolve_target("host"), result.records.parent)
+
+
+def test_tune_writes_hand_and_searched_records(tuned: TuneResult) -> None:
+    store = _store(tuned)
+    assert store.path == tuned.records and store.exists()
+    assert tuned.trials_before == 0 and tuned.trials_run >= TRIALS
+    assert tuned.stopped == "trials done"
+    pointwise = [t for t in tuned.tasks if "pointwise_nchwc" in t.name]
+    assert len(pointwise) == 1 and pointwise[0].hand_ms is not None and pointwise[0].hand_ms > 0
+    # Every kernel got measured candidates, and the best is never worse than our schedule.
+    for task in tuned.tasks:
+        assert task.records >= 1 and task.best_ms is not None
+        if task.hand_ms is not None:
+            assert task.best_ms <= task.hand_ms
+    assert tuned.estimated_ms == pytest.approx(
+        sum(t.weight * (t.best_ms or 0) for t in tuned.tasks), rel=1e-3
+    )
+    kernels = summarize(store)
+    assert {k.name for k in kernels} == {t.name for t in tuned.tasks}
+    assert sum(k.trials for k in kernels) == len(store.lines().records)
+    # the hand record is tagged as ours in the records, searched ones are not
+    bodies = [json.loads(line)[1] for line in store.lines().records]
+    from edgecompile.records import record_schedule
+
+    made_by = {record_schedule(body) for body in bodies}
+    assert "edgecompile.pointwise_nchwc" in made_by and SEARCHED in made_by
+
+
+def test_build_applies_the_records_and_still_matches_ort(
+    tuned: TuneResult, pointwise_onnx: Path, tmp_path: Path
+) -> None:
+    from edgecompile.builder import build
+
+    result = build(str(pointwise_onnx), "host", output_dir=tmp_path, records=tuned.records.parent)
+    manifest = result.artifact.manifest
+    assert manifest.verification and manifest.verification["status"] == "passed"
+    assert manifest.records is not None
+    assert manifest.records["store"] == str(tuned.records)
+    assert manifest.records["digest"] == manifest.records_digest == _store(tuned).lines().digest()
+    assert any("pointwise_nchwc" in name for name in manifest.records["kernels_from_records"])
+    (conv,) = [s for s in manifest.schedules if s["op"] == "conv2d"]
+    assert conv["schedule"] in (SEARCHED, "edgecompile.pointwise_nchwc (fastest in records)")
+
+    untuned = build(str(pointwise_onnx), "host", output_dir=tmp_path / "plain", records=False)
+    assert untuned.artifact.manifest.records is None
+    assert untuned.artifact.manifest.schedules[0]["schedule"] == "edgecompile.pointwise_nchwc"
+
+
+def test_records_of_one_target_are_never_applied_to_another(
+    tuned: TuneResult, pointwise_onnx: Path, tmp_path: Path
+) -> None:
+    from edgecompile.builder import build
+
+    root = tuned.records.parent
+    rpi4 = resolve_target("rpi4")
+    assert store_for(rpi4, root).path != tuned.records
+    assert not store_for(rpi4, root).exists()
+    with pytest.raises(EdgecompileError, match="no tuning records for rpi4"):
+        build(str(pointwise_onnx), "rpi4", output_dir=tmp_path, records=root)
+    # pointing --records at the host store itself is refused for another target
+    with pytest.raises(EdgecompileError, match="tuned for host"):
+        store_for(rpi4, tuned.records)
+
+
+def test_rerun_with_the_same_trials_measures_nothing_new(
+    tuned: TuneResult, pointwise_onnx: Path
+) -> None:
+    copy = tuned.records.parent.parent / "rerun"
+    shutil.copytree(tuned.records.parent, copy)
+    again = tune(str(pointwise_onnx), "host", trials=TRIALS, records=copy, threads=1)
+    assert again.trials_before >= TRIALS
+    assert again.trials_run == 0 and again.stopped == "trials already in the records"
+    # the hand schedule was already measured with the same trace: no duplicate record
+    assert len(_lines(copy)) == len(_lines(tuned.records.parent))
+
+
+def _lines(root: Path) -> list[str]:
+    (store,) = list_stores(root)
+    return store.lines().records
+
+
+def test_killed_tune_resumes_without_losing_records(pointwise_onnx: Path, tmp_path: Path) -> None:
+    """SIGKILL mid-search; the records on disk stay loadable and the rerun continues."""
+    records = tmp_path / "records"
+    script = (
+        "import sys; from edgecompile.tune import tune; "
+        f"tune({str(pointwise_onnx)!r}, 'host', trials=40, records={str(records)!r}, threads=1)"
+    )
+    process = subprocess.Popen([sys.executable, "-c", script], env=os.environ.copy())
+    store = store_for(resolve_target("host"), records)
+    deadline = time.monotonic() + 300
+    try:
+        # wait for the hand record and at least one round of search records
+        while len(store.lines().records) < 3:
+            assert process.poll() is None, "the tune ended before it could be killed"
+            assert time.monotonic() < deadline, "no search records after 300 s"
+            time.sleep(0.5)
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+    # simulate the worst case, a torn line from the kill
+    with open(store.record_path, "a") as handle:
+        handle.write('[0, [[["Get')
+    survived = store.lines()
+    assert survived.dropped == 1 and len(survived.records) >= 3
+    store.snapshot()  # loads despite the torn line
+
+    resumed = tune(str(pointwise_onnx), "host", trials=8, records=records, threads=1)
+    after = store.lines()
+    assert after.dropped == 0  # the writer repaired the file before appending
+    assert set(survived.records) <= set(after.records)
+    assert resumed.trials_before >= 2
+    assert resumed.trials_run <= max(0, 8 - resumed.trials_before) + 8  # at most one round over
+
+
+def test_torn_workload_line_is_dropped_only_at_the_end(tmp_path: Path) -> None:
+    store = RecordStore(tmp_path, {"kind": "llvm"}, "host")
+    store.workload_path.write_text('["1", "a"]\n["2", "b"]\n["3", "c')
+    store.record_path.write_text("[0, [1]]\n[1, [2]]\n[2, [3]]\nnot json\n")
+    clean = store.lines()
+    assert clean.workloads == ['["1", "a"]', '["2", "b"]']
+    assert clean.records == ["[0, [1]]", "[1, [2]]"]  # record 2 points at the torn workload
+    assert clean.dropped == 3
+
+
+def test_export_and_import_round_trip(tuned: TuneResult, tmp_path: Path) -> None:
+    store = _store(tuned)
+    exported = export_records(store, tmp_path / "host.json")
+    fresh = tmp_path / "fresh"
+    first = import_records(exported, fresh)
+    assert first.added == len(store.lines().records) and first.skipped == 0
+    assert first.store.path.name == store.path.name
+    assert first.store.kernel_names() == store.kernel_names()
+    again = import_records(exported, fresh)
+    assert again.added == 0 and again.skipped == first.added
+    assert {k.name for k in summarize(first.store)} == {k.name for k in summarize(store)}
+
+
+def test_import_refuses_other_files(tmp_path: Path) -> None:
+    bogus = tmp_path / "x.json"
+    bogus.write_text('{"hello": 1}')
+    with pytest.raises(EdgecompileError, match="not an edgecompile records export"):
+        import_records(bogus, tmp_path / "r")
+
+
+def test_only_one_writer_at_a_time(tmp_path: Path) -> None:
+    store = store_for(resolve_target("host"), tmp_path)
+    with (
+        store.writer(),
+        pytest.raises(EdgecompileError, match="another edgecompile process"),
+        store.writer(),
+    ):
+        pass
+
+
+def test_records_cli(tuned: TuneResult, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    runner = CliRunner()
+    root = str(tuned.records.parent)
+    listed = runner.invoke(cli, ["records", "list", "--records", root, "--json"])
+    assert listed.exit_code == 0, listed.output
+    (entry,) = json.loads(listed.output)
+    assert entry["preset"] == "host" and entry["records"] == len(_store(tuned).lines().records)
+    shown = runner.invoke(cli, ["records", "show", "--records", root, "--json"])
+    assert shown.exit_code == 0, shown.output
+    assert {k["name"] for k in json.loads(shown.output)} == {t.name for t in tuned.tasks}
+    out = tmp_path / "export.json"
+    exported = runner.invoke(cli, ["records", "export", "--records", root, "-o", str(out)])
+    assert exported.exit_code == 0 and out.is_file()
+    imported = runner.invoke(cli, ["records", "import", str(out), "--records", str(tmp_path)])
+    assert imported.exit_code == 0 and "imported" in imported.output
+    missing = _fails(["records", "show", "--target", "rpi4", "--records", root], capsys)
+    assert "no tuning records for rpi4" in missing
+
+
+def _fails(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
+    """``main(argv)`` exits 2 after exactly one ``Error:`` line, which is returned."""
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exited:
+        main(argv)
+    assert exited.value.code == 2
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: "), captured.err
+    assert "Traceback" not in captured.err + captured.out
+    return lines[0]
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"), [("90s", 90), ("20m", 1200), ("1h30m", 5400), ("45", 45), ("1.5m", 90)]
+)
+def test_parse_duration(text: str, seconds: float) -> None:
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "soon", "10 minutes", "m"])
+def test_parse_duration_rejects(text: str) -> None:
+    with pytest.raises(EdgecompileError, match="duration"):
+        parse_duration(text)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--target", "rpi4"], "must be measured on a aarch64 board"),
+        (["--rpc", "127.0.0.1:1", "--tracker", "127.0.0.1:2"], "given together"),
+        (["--target", "rpi4", "--tracker", "127.0.0.1:1"], "cannot reach the RPC tracker"),
+        (["--target", "rpi4", "--rpc", "127.0.0.1:1"], "cannot open a TVM RPC session"),
+        (["--time-budget", "soon"], "cannot read the duration"),
+        (["--trials", "-3"], "bad trial count"),
+    ],
+)
+def test_tune_errors_are_one_line(
+    args: list[str],
+    message: str,
+    pointwise_onnx: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert message in _fails(
+        ["tune", str(pointwise_onnx), "--records", str(tmp_path), *args], capsys
+    )
+    # nothing was measured, so nothing was written
+    assert not any(store.exists() for store in list_stores(tmp_path))
+
+
+def test_tune_cli_json(tuned: TuneResult, pointwise_onnx: Path) -> None:
+    """The rerun is instant (trials already there) and prints the summary for scripts."""
+    copy = tuned.records.parent.parent / "cli"
+    shutil.copytree(tuned.records.parent, copy, dirs_exist_ok=True)
+    result = CliRunner().invoke(
+        cli,
+        ["tune", str(pointwise_onnx), "--records", str(copy), "--trials", str(TRIALS),
+         "--threads", "1", "--json"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    payload: dict[str, Any] = json.loads(result.output[result.output.index("{") :])
+    assert payload["preset"] == "host" and payload["trials_run"] == 0
+    assert {t["name"] for t in payload["tasks"]} == {t.name for t in tuned.tasks}
