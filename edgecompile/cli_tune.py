@@ -35,6 +35,10 @@ from edgecompile.cli import _print_json, cli
     help="Trust and record an SSH host key seen for the first time (changed keys are refused).",
 )  # fmt: skip
 @click.option("--remote-python", help="The board's Python with TVM (to start its RPC server).")
+@click.option(
+    "--remote-port", type=int, default=9090, show_default=True,
+    help="With --device: the RPC server's port on the board's 127.0.0.1.",
+)  # fmt: skip
 @click.option("--threads", type=int, help="Threads per measurement [the preset's].")
 @click.option("--batch", type=int, default=1, show_default=True, help="Batch size (static).")
 @click.option("--input-size", help="HEIGHT or HEIGHTxWIDTH (default: the model's own).")
@@ -56,6 +60,7 @@ def tune_command(
     identity: str | None,
     accept_new_host_key: bool,
     remote_python: str | None,
+    remote_port: int,
     threads: int | None,
     batch: int,
     input_size: str | None,
@@ -101,6 +106,7 @@ def tune_command(
         identity=identity,
         accept_new_host_key=accept_new_host_key,
         remote_python=remote_python,
+        remote_port=remote_port,
         threads=threads,
         batch=batch,
         input_size=input_size,
@@ -122,9 +128,7 @@ def tune_command(
         ]
         for task in sorted(result.tasks, key=lambda t: -(t.weight * (t.best_ms or 0.0)))
     ]
-    click.echo(
-        format_table(["kernel", "uses", "ours ms", "best ms", "best by", "records"], rows)
-    )
+    click.echo(format_table(["kernel", "uses", "ours ms", "best ms", "best by", "records"], rows))
     estimate = result.estimated_ms
     click.echo(
         f"{result.trials_run} trials in {result.seconds:.0f} s on {result.transport} "

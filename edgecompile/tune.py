@@ -141,6 +141,7 @@ def tune(
     accept_new_host_key: bool = False,
     known_hosts: str | Path | None = None,
     remote_python: str | None = None,
+    remote_port: int | None = None,
     threads: int | None = None,
     batch: int = 1,
     input_size: str | tuple[int, int] | None = None,
@@ -195,6 +196,7 @@ def tune(
                 accept_new_host_key=accept_new_host_key,
                 known_hosts=known_hosts,
                 remote_python=remote_python,
+                remote_port=remote_port,
             ) as (builder, runner, where),
         ):
             store.add_kernel_names({task.workload_hash: task.name for task in tasks})
@@ -323,6 +325,7 @@ def _measurement(
     accept_new_host_key: bool,
     known_hosts: str | Path | None,
     remote_python: str | None,
+    remote_port: int | None,
 ) -> Iterator[tuple[Any, Any, str]]:
     """MetaSchedule's builder and runner for ``transport``, and where candidates are measured."""
     from tvm.s_tir import meta_schedule as ms
@@ -347,7 +350,7 @@ def _measurement(
     from edgecompile.device.remote import check_rpc_target
 
     if transport == "device":
-        from edgecompile.device.tunnel import rpc_tunnel
+        from edgecompile.device.tunnel import DEFAULT_RPC_PORT, rpc_tunnel
 
         assert device is not None
         with rpc_tunnel(
@@ -356,6 +359,7 @@ def _measurement(
             accept_new_host_key=accept_new_host_key,
             known_hosts=known_hosts,
             remote_python=remote_python,
+            remote_port=remote_port or DEFAULT_RPC_PORT,
         ) as (host, port):
             check_rpc_target(preset, rpc=f"{host}:{port}", tracker=None, rpc_key=None)
             yield builder, _direct_runner(host, port, threads, evaluator), f"{device} (SSH tunnel)"
@@ -583,7 +587,7 @@ def _search(
     from tvm.s_tir import meta_schedule as ms
 
     if trials <= 0:
-        return "trials already in the records"
+        return "no search trials left to run"
 
     @derived_object
     class MonitorCallback(ms.measure_callback.PyMeasureCallback):
@@ -601,18 +605,12 @@ def _search(
     # Each task gets at most twice its share: the gradient scheduler still moves trials to the
     # kernels that dominate latency, but one task cannot eat the whole budget.
     per_task = max(per_round, math.ceil(2 * trials / len(tasks)))
-    contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
-        [task.extracted for task in tasks],
-        work_dir=scratch,
-        num_threads=1,
-        seed=0,
-    )
-    _quiet_console("tvm.s_tir.meta_schedule")
+    contexts = _tune_contexts(tasks)
     callbacks = [*ms.measure_callback.MeasureCallback.create("default"), MonitorCallback()]
     try:
         ms.tune.tune_tasks(
             tasks=contexts,
-            task_weights=weights,
+            task_weights=[float(task.weight) for task in tasks],
             work_dir=scratch,
             max_trials_global=trials,
             max_trials_per_task=per_task,
@@ -637,15 +635,33 @@ def _search(
     return "trials done"
 
 
-def _quiet_console(name: str) -> None:
-    """MetaSchedule logs every round and a task table to stdout; our progress line replaces
-    that (its full logs still go to files in the scratch folder)."""
+def _tune_contexts(tasks: list[_Task]) -> list[Any]:
+    """One MetaSchedule TuneContext per task, logging to our quiet logger.
+
+    MetaSchedule's own helper configures per-task loggers through ``logging.config`` that print
+    every round and a task table to stdout, and breaks on a second call in one process when the
+    logger has picked up an unnamed handler. Our progress line replaces those logs.
+    """
     import logging
 
-    logger = logging.getLogger(name)
-    for handler in list(logger.handlers):
-        if type(handler) is logging.StreamHandler:
-            logger.removeHandler(handler)
+    from tvm.s_tir import meta_schedule as ms
+    from tvm.s_tir.meta_schedule.utils import fork_seed
+
+    logger = logging.getLogger("edgecompile.tune.metaschedule")
+    logger.setLevel(logging.WARNING)
+    return [
+        ms.TuneContext(
+            mod=task.extracted.dispatched[0],
+            target=task.extracted.target,
+            space_generator="post-order-apply",
+            search_strategy="evolutionary",
+            task_name=task.name,
+            logger=logger,
+            rand_state=seed,
+            num_threads=1,
+        ).clone()
+        for task, seed in zip(tasks, fork_seed(0, n=len(tasks)), strict=True)
+    ]
 
 
 def _last_line(error: BaseException) -> str:

@@ -92,8 +92,10 @@ PermitRootLogin prohibit-password
 UsePAM no
 StrictModes yes
 UseDNS no
-# No forwarding of any kind: a client's -R or -D would otherwise open listening sockets.
-AllowTcpForwarding no
+# Local forwarding (-L) to the board's own loopback only: how `tune --device` reaches the RPC
+# server bound there. No -R/-D: those would open listening sockets.
+AllowTcpForwarding local
+PermitOpen 127.0.0.1:*
 AllowStreamLocalForwarding no
 AllowAgentForwarding no
 X11Forwarding no

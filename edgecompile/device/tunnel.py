@@ -9,6 +9,7 @@ answers on the board, one is started over SSH with the board's TVM Python.
 from __future__ import annotations
 
 import contextlib
+import multiprocessing
 import select
 import shlex
 import socket
@@ -37,18 +38,67 @@ def rpc_tunnel(
     remote_port: int = DEFAULT_RPC_PORT,
     known_hosts: str | Path | None = None,
 ) -> Iterator[tuple[str, int]]:
-    """``(host, port)`` on this machine's loopback that reaches the board's RPC server."""
-    with ssh.connect(
-        device,
-        identity=identity,
-        accept_new_host_key=accept_new_host_key,
-        known_hosts=known_hosts,
-    ) as board:
+    """``(host, port)`` on this machine's loopback that reaches the board's RPC server.
+
+    The forwarding runs in a child process: TVM's RPC client keeps the GIL while it waits for
+    a reply, so a forwarding thread in the caller's process would never pass the request on.
+    """
+    login = {
+        "identity": identity,
+        "accept_new_host_key": accept_new_host_key,
+        "known_hosts": str(known_hosts) if known_hosts is not None else None,
+    }
+    with ssh.connect(device, **login) as board:  # type: ignore[arg-type]
         transport = board.client.get_transport()
         if not _listening(transport, remote_port):
             _start_server(board, remote_python, remote_port)
-        with _Forwarder(board, remote_port) as local_port:
-            yield "127.0.0.1", local_port
+    context = multiprocessing.get_context("spawn")
+    ours, theirs = context.Pipe()
+    child = context.Process(
+        target=_forward_in_child,
+        args=(device, login, remote_port, theirs),
+        name="edgecompile-tunnel",
+        daemon=True,
+    )
+    child.start()
+    try:
+        if not ours.poll(FORWARDER_START_TIMEOUT):
+            raise EdgecompileError(
+                f"the SSH tunnel to {device} did not come up in {FORWARDER_START_TIMEOUT:.0f} s",
+                "check the connection (edgecompile device setup --dry-run) and run again",
+            )
+        message = ours.recv()
+        if message[0] == "error":
+            raise EdgecompileError(message[1], message[2] or None)
+        yield "127.0.0.1", int(message[1])
+    finally:
+        with contextlib.suppress(OSError, BrokenPipeError):
+            ours.send("stop")
+        child.join(timeout=10)
+        if child.is_alive():
+            child.terminate()
+            child.join(timeout=5)
+
+
+FORWARDER_START_TIMEOUT = 60.0
+
+
+def _forward_in_child(device: str, login: dict[str, Any], remote_port: int, pipe: Any) -> None:
+    """The tunnel process: its own SSH connection, forwarding until the parent says stop (or
+    goes away)."""
+    try:
+        with ssh.connect(device, **login) as board, _Forwarder(board, remote_port) as port:
+            pipe.send(("ready", port))
+            with contextlib.suppress(EOFError, OSError):
+                pipe.recv()
+    except EdgecompileError as error:
+        pipe.send(("error", error.problem, error.fix or ""))
+    except Exception as error:  # anything else still ends the parent's wait with a reason
+        pipe.send(("error", f"SSH tunnel to {device} failed: {error}", ""))
+
+
+#: SSH's "administratively prohibited" channel-open failure: sshd refuses port forwarding.
+_PROHIBITED = 1
 
 
 def _listening(transport: Any, port: int) -> bool:
@@ -58,7 +108,15 @@ def _listening(transport: Any, port: int) -> bool:
         channel = transport.open_channel(
             "direct-tcpip", ("127.0.0.1", port), ("127.0.0.1", 0), timeout=15
         )
-    except (paramiko.ChannelException, paramiko.SSHException, OSError):
+    except paramiko.ChannelException as error:
+        if error.code == _PROHIBITED:
+            raise EdgecompileError(
+                "the board's sshd refuses port forwarding, which reaching its RPC server needs",
+                "set `AllowTcpForwarding local` in the board's /etc/ssh/sshd_config, or run "
+                "the server yourself and pass --rpc through your own tunnel",
+            ) from None
+        return False
+    except (paramiko.SSHException, OSError):
         return False
     channel.close()
     return True
@@ -139,28 +197,24 @@ class _Forwarder:
             except Exception:  # board gone: the RPC client sees a closed connection and says so
                 client.close()
                 continue
-            pipe = threading.Thread(target=self._pipe, args=(client, channel), daemon=True)
-            pipe.start()
-            self.threads.append(pipe)
+            # One blocking thread per direction: select() on a paramiko channel missed data
+            # here (its readiness pipe), stalling TVM's RPC mid-session.
+            for source, sink in ((client, channel), (channel, client)):
+                pump = threading.Thread(target=self._pump, args=(source, sink), daemon=True)
+                pump.start()
+                self.threads.append(pump)
 
-    def _pipe(self, client: socket.socket, channel: Any) -> None:
+    def _pump(self, source: Any, sink: Any) -> None:
         try:
             while not self.closed.is_set():
-                readable, _, _ = select.select([client, channel], [], [], 0.5)
-                if client in readable:
-                    data = client.recv(65536)
-                    if not data:
-                        break
-                    channel.sendall(data)
-                if channel in readable:
-                    data = channel.recv(65536)
-                    if not data:
-                        break
-                    client.sendall(data)
-        except OSError:
+                data = source.recv(65536)
+                if not data:
+                    break
+                sink.sendall(data)
+        except (OSError, EOFError):
             pass
         finally:
-            with contextlib.suppress(Exception):
-                channel.close()
-            with contextlib.suppress(OSError):
-                client.close()
+            # Closing both ends also ends the other direction's blocking recv.
+            for end in (source, sink):
+                with contextlib.suppress(Exception):
+                    end.close()
