@@ -121,14 +121,15 @@ def tune_command(
         [
             task.name,
             task.weight,
-            _ms(task.hand_ms),
+            _ms(task.untuned_ms),
             _ms(task.best_ms),
             task.schedule,
             task.records,
         ]
         for task in sorted(result.tasks, key=lambda t: -(t.weight * (t.best_ms or 0.0)))
     ]
-    click.echo(format_table(["kernel", "uses", "ours ms", "best ms", "best by", "records"], rows))
+    headers = ["kernel", "uses", "untuned ms", "best ms", "best by", "records"]
+    click.echo(format_table(headers, rows))
     estimate = result.estimated_ms
     click.echo(
         f"{result.trials_run} trials in {result.seconds:.0f} s on {result.transport} "

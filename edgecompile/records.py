@@ -43,6 +43,7 @@ RECORDS_FILE = "database_tuning_record.json"
 TARGET_FILE = "target.json"
 LOCK_FILE = ".lock"
 NAMES_FILE = "kernels.json"
+BASELINES_FILE = "baselines.json"
 EXPORT_FORMAT = "edgecompile-records/1"
 
 
@@ -146,6 +147,22 @@ class RecordStore:
             return dict(json.loads((self.path / NAMES_FILE).read_text()))
         except (OSError, ValueError):
             return {}
+
+    def baselines(self) -> dict[str, str]:
+        """Trace digest → who made it, for the untuned baselines ``tune`` measured first.
+
+        Search candidates descend from those traces (they seed the search) and keep their
+        marks, so a record is a baseline only if its trace is exactly a baseline's.
+        """
+        try:
+            return dict(json.loads((self.path / BASELINES_FILE).read_text()))
+        except (OSError, ValueError):
+            return {}
+
+    def add_baselines(self, baselines: dict[str, str]) -> None:
+        merged = {**self.baselines(), **baselines}
+        with atomic_file(self.path / BASELINES_FILE) as staging:
+            staging.write_text(json.dumps(merged, indent=1, sort_keys=True) + "\n")
 
     def add_kernel_names(self, names: dict[str, str]) -> None:
         merged = {**self.kernel_names(), **names}
@@ -287,10 +304,22 @@ _HAND_MARK = re.compile(
 )
 
 
-def record_schedule(record_body: Any) -> str:
-    """Which of our rules a record's trace replays (it leaves a mark), else ``metaschedule``."""
+def trace_digest(record_body: Any) -> str:
+    """Identity of a record's trace (the first field of a record line's body)."""
+    trace = record_body[0] if isinstance(record_body, list) and record_body else record_body
+    text = json.dumps(trace, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def mark_of(record_body: Any) -> str | None:
+    """The ``edgecompile.scheduled_by`` mark a trace carries (our rule or tvm-default), if any."""
     found = _HAND_MARK.search(json.dumps(record_body, separators=(",", ":")))
-    return found.group(1) if found else SEARCHED
+    return found.group(1) if found else None
+
+
+def record_schedule(record_body: Any, baselines: dict[str, str]) -> str:
+    """Who made a record: an untuned baseline's name (our rule, tvm-default) or the search."""
+    return baselines.get(trace_digest(record_body), SEARCHED)
 
 
 def mean_seconds(run_secs: Any) -> float | None:
@@ -307,6 +336,7 @@ def summarize(store: RecordStore) -> list[WorkloadSummary]:
     """
     clean = store.lines()
     names = store.kernel_names()
+    baselines = store.baselines()
     hashes = [json.loads(line)[0] for line in clean.workloads]
     grouped: dict[int, list[Any]] = {}
     for line in clean.records:
@@ -321,7 +351,7 @@ def summarize(store: RecordStore) -> list[WorkloadSummary]:
                 name=names.get(str(hashes[index]), f"workload {str(hashes[index])[:10]}"),
                 trials=len(bodies),
                 best_ms=None if best_time is None else round(best_time * 1e3, 4),
-                schedule="-" if best is None else record_schedule(best),
+                schedule="-" if best is None else record_schedule(best, baselines),
             )
         )
     return sorted(summaries, key=lambda s: -(s.best_ms or 0.0))
@@ -342,6 +372,7 @@ def export_records(store: RecordStore, output: str | Path) -> Path:
         "workloads": clean.workloads,
         "records": clean.records,
         "kernels": store.kernel_names(),
+        "baselines": store.baselines(),
     }
     output = Path(output)
     with atomic_file(output) as staging:
@@ -403,6 +434,9 @@ def import_records(source: str | Path, records: str | Path | None = None) -> Imp
     names = payload.get("kernels")
     if isinstance(names, dict):
         store.add_kernel_names({str(k): str(v) for k, v in names.items()})
+    baselines = payload.get("baselines")
+    if isinstance(baselines, dict):
+        store.add_baselines({str(k): str(v) for k, v in baselines.items()})
     return ImportResult(store, added, skipped)
 
 

@@ -1,10 +1,11 @@
 """Stage 3b: tune a model's kernels for one target with MetaSchedule, into that target's records.
 
 model → export + import (as ``build`` does) → the fused module (our blocked layout, legalized and
-fused: exactly the PrimFuncs a build compiles) → one task per distinct kernel → our hand schedules
-measured and committed as records → MetaSchedule's evolutionary search (xgboost cost model)
-seeded with them → more records. A later ``build`` takes, per kernel, the fastest record, so a
-tuned build is never slower than the hand-scheduled one on the machine that measured both.
+fused: exactly the PrimFuncs a build compiles) → one task per distinct kernel → each kernel as an
+untuned build compiles it (our schedule, else TVM's default lowering) measured and committed as
+a record → MetaSchedule's evolutionary search (xgboost cost model) seeded with them → more
+records. A later ``build`` takes, per kernel, the fastest record, so a tuned build is never
+slower than the untuned one on the machine that measured both.
 
 Where candidates run: host targets measure in a local worker process; board targets are linked
 with the board's toolchain (a ``.so`` the board loads as is) and measured on the board over TVM
@@ -15,6 +16,7 @@ board's loopback (:mod:`edgecompile.device.tunnel`), never by exposing RPC on a 
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import re
 import tempfile
@@ -27,7 +29,15 @@ from typing import Any
 
 from edgecompile.errors import EdgecompileError
 from edgecompile.progress import SILENT, Progress
-from edgecompile.records import RecordStore, mean_seconds, record_schedule, store_for
+from edgecompile.records import (
+    SEARCHED,
+    RecordStore,
+    mark_of,
+    mean_seconds,
+    record_schedule,
+    store_for,
+    trace_digest,
+)
 from edgecompile.targets import BoardPreset, resolve_target
 
 #: Default search budget when neither --trials nor --time-budget is given.
@@ -35,6 +45,7 @@ DEFAULT_TRIALS_PER_TASK = 32
 #: Candidates per search round. MetaSchedule's default (64) spends a whole small budget on the
 #: first few tasks; the evolutionary search costs ~35 s of host time per round whatever its size.
 MAX_TRIALS_PER_ROUND = 16
+MIN_TRIALS_PER_ROUND = 4
 #: A board that failed this many rounds in a row is gone: stop, keep the records.
 MAX_FAILED_ROUNDS = 2
 #: RPC sessions: an emulated or slow board needs minutes for the first load.
@@ -49,7 +60,8 @@ class TaskOutcome:
 
     name: str
     weight: int
-    hand_ms: float | None
+    #: As an untuned build compiles it: our schedule, or TVM's default lowering.
+    untuned_ms: float | None
     best_ms: float | None
     schedule: str
     records: int
@@ -58,7 +70,7 @@ class TaskOutcome:
         return {
             "name": self.name,
             "weight": self.weight,
-            "hand_ms": self.hand_ms,
+            "untuned_ms": self.untuned_ms,
             "best_ms": self.best_ms,
             "schedule": self.schedule,
             "records": self.records,
@@ -200,21 +212,21 @@ def tune(
             ) as (builder, runner, where),
         ):
             store.add_kernel_names({task.workload_hash: task.name for task in tasks})
-            with progress.stage(f"measure our schedules on {where}"):
-                hand = _measure_hand_schedules(tasks, tvm_target, database, builder, runner)
+            with progress.stage(f"measure the untuned kernels on {where}"):
+                untuned = _measure_untuned(tasks, tvm_target, store, database, builder, runner)
             searched_before = _searched_records(store, tasks)
             if trials is None and budget_seconds is None:
                 trials = DEFAULT_TRIALS_PER_TASK * len(tasks)
             remaining = (
                 max(0, trials - searched_before) if trials is not None else 1000 * len(tasks)
             )
-            monitor = _Monitor(tasks, hand, remaining, budget_seconds, progress, where)
+            monitor = _Monitor(tasks, untuned, remaining, budget_seconds, progress, where)
             label = f"search: {remaining} trials" if trials is not None else "search"
             with progress.stage(label + (f" on {where}" if remaining else " (already done)")):
                 stopped = _search(
                     tasks, tvm_target, database, builder, runner, remaining, monitor, scratch
                 )
-        outcomes = _outcomes(store, tasks, hand)
+        outcomes = _outcomes(store, tasks, untuned)
     return TuneResult(
         model=relax_model.name,
         preset=preset.name,
@@ -273,16 +285,15 @@ def _extract_tasks(module: Any, target: Any) -> list[_Task]:
 
 
 def _searched_records(store: RecordStore, tasks: list[_Task]) -> int:
-    """Search records (not our hand schedules) the store has for these tasks' workloads."""
-    import json
-
+    """Search records (not the untuned baselines) the store has for these tasks' workloads."""
     clean = store.lines()
+    baselines = store.baselines()
     wanted = {task.workload_hash for task in tasks}
     indices = {index for index, line in enumerate(clean.workloads) if json.loads(line)[0] in wanted}
     count = 0
     for line in clean.records:
         index, body = json.loads(line)
-        if index in indices and record_schedule(body) == "metaschedule":
+        if index in indices and record_schedule(body, baselines) == SEARCHED:
             count += 1
     return count
 
@@ -405,32 +416,51 @@ def _direct_runner(host: str, port: int, threads: int | None, evaluator: Any) ->
     )
 
 
-def _measure_hand_schedules(
-    tasks: list[_Task], target: Any, database: Any, builder: Any, runner: Any
-) -> dict[str, float]:
-    """Measure our schedule of every task a rule covers and commit it as a record.
+def _untuned_schedule(module: Any, target: Any) -> Any | None:
+    """What a build without records compiles for this kernel, as a schedule with a trace: our
+    rule's schedule, else TVM's default lowering (an empty trace). Both carry a
+    ``SCHEDULED_BY_ATTR`` mark, so a record replaying them says who made it."""
+    from tvm import s_tir
 
-    The search then starts from them (its initial population comes from the database's best
-    records), and a build picks whichever is faster per kernel. A hand record already in the
-    store with the same trace is not measured again.
+    from edgecompile.schedules.pipeline import TVM_DEFAULT, schedule_rules
+    from edgecompile.schedules.rules import SCHEDULED_BY_ATTR, ScheduleFailed
+
+    for rule in schedule_rules():
+        try:
+            schedule = rule.try_schedule(module["main"], target)
+        except ScheduleFailed:
+            break
+        if schedule is not None:
+            return schedule
+    schedule = s_tir.Schedule(module)
+    try:
+        schedule.annotate(schedule.get_sblock("root"), SCHEDULED_BY_ATTR, TVM_DEFAULT)
+    except Exception:  # no root block: not a kernel LegalizeOps made; let the search have it
+        return None
+    return schedule
+
+
+def _measure_untuned(
+    tasks: list[_Task],
+    target: Any,
+    store: RecordStore,
+    database: Any,
+    builder: Any,
+    runner: Any,
+) -> dict[str, float]:
+    """Measure every task as an untuned build compiles it and commit that as a record.
+
+    So the search starts from our schedules (its initial population comes from the database's
+    best records), and a build picks per kernel whichever measured fastest -- never slower than
+    the untuned build. A record already in the store with the same trace is not measured again.
     """
     from tvm.s_tir import meta_schedule as ms
     from tvm.s_tir.meta_schedule.arg_info import ArgInfo
 
-    from edgecompile.schedules.pipeline import schedule_rules
-    from edgecompile.schedules.rules import ScheduleFailed
-
     timings: dict[str, float] = {}
     pending: list[tuple[_Task, Any, Any]] = []
     for task in tasks:
-        schedule = None
-        for rule in schedule_rules():
-            try:
-                schedule = rule.try_schedule(task.module["main"], target)
-            except ScheduleFailed:
-                break
-            if schedule is not None:
-                break
+        schedule = _untuned_schedule(task.module, target)
         if schedule is None:
             continue
         workload = database.commit_workload(task.module)
@@ -453,10 +483,12 @@ def _measure_hand_schedules(
             for (_, s, _), b in runnable
         ]
     )
+    committed = 0
     for ((task, schedule, workload), _), future in zip(runnable, futures, strict=True):
         result = future.result()
         if result.error_msg is not None or not result.run_secs:
             continue
+        committed += 1
         database.commit_tuning_record(
             ms.database.TuningRecord(
                 schedule.trace,
@@ -469,6 +501,14 @@ def _measure_hand_schedules(
         seconds = mean_seconds(result.run_secs)
         if seconds is not None:
             timings[task.workload_hash] = seconds
+    # The database appended one line per commit: the last ``committed`` lines are these.
+    new_lines = store.lines().records[-committed:] if committed else []
+    store.add_baselines(
+        {
+            trace_digest(body): mark_of(body) or "untuned"
+            for body in (json.loads(line)[1] for line in new_lines)
+        }
+    )
     return timings
 
 
@@ -486,14 +526,14 @@ class _Monitor:
     def __init__(
         self,
         tasks: list[_Task],
-        hand: dict[str, float],
+        untuned: dict[str, float],
         trials: int,
         budget_seconds: float | None,
         progress: Progress,
         where: str,
     ) -> None:
         self.tasks = tasks
-        self.best = {i: hand.get(t.workload_hash) for i, t in enumerate(tasks)}
+        self.best = {i: untuned.get(t.workload_hash) for i, t in enumerate(tasks)}
         self.planned = trials
         self.deadline = None if budget_seconds is None else time.monotonic() + budget_seconds
         self.budget_seconds = budget_seconds
@@ -601,7 +641,11 @@ def _search(
         ) -> None:
             monitor.record_round(task_id, list(builder_results), list(runner_results))
 
-    per_round = max(1, min(MAX_TRIALS_PER_ROUND, trials // len(tasks) or 1))
+    # A round's evolutionary search costs about the same whatever its size, so rounds are never
+    # tiny: with fewer trials than kernels × MIN, only the first kernels get a round.
+    per_round = min(
+        trials, max(MIN_TRIALS_PER_ROUND, min(MAX_TRIALS_PER_ROUND, trials // len(tasks)))
+    )
     # Each task gets at most twice its share: the gradient scheduler still moves trials to the
     # kernels that dominate latency, but one task cannot eat the whole budget.
     per_task = max(per_round, math.ceil(2 * trials / len(tasks)))
@@ -669,10 +713,11 @@ def _last_line(error: BaseException) -> str:
     return lines[-1] if lines else type(error).__name__
 
 
-def _outcomes(store: RecordStore, tasks: list[_Task], hand: dict[str, float]) -> list[TaskOutcome]:
-    import json
-
+def _outcomes(
+    store: RecordStore, tasks: list[_Task], untuned: dict[str, float]
+) -> list[TaskOutcome]:
     clean = store.lines()
+    baselines = store.baselines()
     index_of = {json.loads(line)[0]: i for i, line in enumerate(clean.workloads)}
     bodies: dict[int, list[Any]] = {}
     for line in clean.records:
@@ -683,14 +728,14 @@ def _outcomes(store: RecordStore, tasks: list[_Task], hand: dict[str, float]) ->
         task_records = bodies.get(index_of.get(task.workload_hash, -1), [])
         timed = [(s, b) for b in task_records if (s := mean_seconds(b[1])) is not None]
         best_seconds, best = min(timed, key=lambda pair: pair[0], default=(None, None))
-        hand_seconds = hand.get(task.workload_hash)
+        untuned_seconds = untuned.get(task.workload_hash)
         outcomes.append(
             TaskOutcome(
                 name=task.name,
                 weight=task.weight,
-                hand_ms=None if hand_seconds is None else round(hand_seconds * 1e3, 6),
+                untuned_ms=None if untuned_seconds is None else round(untuned_seconds * 1e3, 6),
                 best_ms=None if best_seconds is None else round(best_seconds * 1e3, 6),
-                schedule="-" if best is None else record_schedule(best),
+                schedule="-" if best is None else record_schedule(best, baselines),
                 records=len(task_records),
             )
         )
