@@ -1,9 +1,10 @@
-"""Time every distinct pointwise and depthwise conv of the zoo's MobileNetV2 and ShuffleNetV2:
-our schedule vs TVM's default lowering vs ONNX Runtime; then the whole models.
+"""Time every distinct pointwise, depthwise, grouped and dense conv of some zoo models: our
+schedule vs TVM's default lowering vs ONNX Runtime; then the whole models.
 
-    /work/venv/bin/python benchmarks/layers.py                 # 1 thread, both models
+    /work/venv/bin/python benchmarks/layers.py                 # 1 thread, the default models
     /work/venv/bin/python benchmarks/layers.py --threads 2
     /work/venv/bin/python benchmarks/layers.py --models mobilenet_v2 --no-default
+    /work/venv/bin/python benchmarks/layers.py --models shufflenet_v1 --kinds grouped --no-models
 
 A script, not a test: numbers depend on the machine and its load. Every number is the median of
 ``--repeat`` rounds, and each round samples all sides of a comparison once (interleaved), so a
@@ -12,7 +13,9 @@ burst of load from another process hits them alike; rerun on a quiet machine bef
 Per layer, each side runs the bare convolution (no bias or activation):
 
 - ours: the scheduled NCHW[x]c PrimFunc alone, as it runs inside a network whose activations
-  stay blocked (the pack/unpack at the network's edges are not in it);
+  stay blocked (the pack/unpack at the network's edges are not in it). Grouped and dense convs
+  read their input blocked too (as behind another of our convs), except a conv on fewer than
+  ``PLAIN_INPUT_CHANNELS`` channels (a stem on the image), which reads the NCHW image;
 - TVM default: the PrimFunc ``LegalizeOps`` makes for the NCHW conv, built untuned;
 - ONNX Runtime: a one-node ONNX model, ``intra_op_num_threads`` = ``--threads``. It pays its own
   per-run overhead (a few µs) and, where its NCHWc transformer kicks in, the reorders into and
@@ -37,8 +40,11 @@ from typing import Any
 
 import numpy as np
 
-MODELS = ("mobilenet_v2", "shufflenet_v2")
+MODELS = ("mobilenet_v2", "shufflenet_v2", "shufflenet_v1", "squeezenet1_1", "condensenet74_c4_g4")
+KINDS = ("pointwise", "depthwise", "grouped", "conv")
 MIN_REPEAT_SECONDS = 0.05
+# A conv on fewer input channels than this is a stem on the image: its input stays NCHW.
+PLAIN_INPUT_CHANNELS = 8
 
 
 @dataclass(frozen=True)
@@ -67,6 +73,10 @@ class ConvLayer:
         text = f"{channels}→{out_channels} {height}×{width}"
         if self.kind == "depthwise":
             text = f"{channels} {height}×{width} k{kernel_h}"
+        elif kernel_h > 1:
+            text += f" k{kernel_h}"
+        if self.groups > 1 and self.kind != "depthwise":
+            text += f" g{self.groups}"
         text += f" s{self.strides[0]}"
         if self.dilation != (1, 1):
             text += f" d{self.dilation[0]}"
@@ -76,6 +86,9 @@ class ConvLayer:
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", default=",".join(MODELS), help="comma-separated zoo names")
+    parser.add_argument(
+        "--kinds", default=",".join(KINDS), help="comma-separated conv kinds to time per layer"
+    )
     parser.add_argument("--threads", type=int, default=1, help="TVM and ORT threads (default 1)")
     parser.add_argument("--repeat", type=int, default=7, help="timed repeats; medians printed")
     parser.add_argument("--no-default", action="store_true", help="skip TVM's (slow) default")
@@ -128,8 +141,8 @@ def interleaved_medians(samplers: dict[str, Sampler], repeat: int) -> dict[str, 
     return {key: statistics.median(values) for key, values in samples.items()}
 
 
-def model_layers(module: Any) -> list[tuple[ConvLayer, int]]:
-    """Distinct pointwise/depthwise convs of ``main`` with how often each occurs."""
+def model_layers(module: Any, kinds: Sequence[str] = KINDS) -> list[tuple[ConvLayer, int]]:
+    """Distinct convs of ``kinds`` in ``main`` with how often each occurs."""
     from tvm import relax
 
     from edgecompile.importer import heavy_ops
@@ -142,7 +155,7 @@ def model_layers(module: Any) -> list[tuple[ConvLayer, int]]:
     calls = {index: index_to_call[var] for var, index in conv_indices(module).items()}
     counts: dict[ConvLayer, int] = {}
     for op in heavy_ops(module):
-        if op.get("kind") not in ("pointwise", "depthwise"):
+        if op.get("kind") not in kinds or op["index"] not in calls:
             continue
         call = calls[op["index"]]
         assert isinstance(call, relax.Call)
@@ -160,16 +173,27 @@ def model_layers(module: Any) -> list[tuple[ConvLayer, int]]:
     return list(counts.items())
 
 
-def conv_module(layer: ConvLayer, weight: np.ndarray) -> Any:
-    """A Relax module whose ``main`` is this one convolution."""
+def blocked_input(layer: ConvLayer) -> bool:
+    """Whether our schedule reads this layer's input in NCHW[x]c inside a network."""
+    return layer.kind in ("pointwise", "depthwise") or layer.data_shape[1] >= PLAIN_INPUT_CHANNELS
+
+
+def conv_module(layer: ConvLayer, weight: np.ndarray, producer: bool = False) -> Any:
+    """A Relax module whose ``main`` is this one convolution; ``producer`` puts a 1×1 conv in
+    front, so that our layout pass hands the layer a blocked input, as in a network."""
     from tvm import relax
 
     builder = relax.BlockBuilder()
     data = relax.Var("data", relax.TensorType(layer.data_shape, "float32"))
+    channels = layer.data_shape[1]
     with builder.function("main", [data]):
         with builder.dataflow():
+            source: Any = data
+            if producer:
+                identity = np.eye(channels, dtype="float32").reshape(channels, channels, 1, 1)
+                source = builder.emit(relax.op.nn.conv2d(data, relax.const(identity)))
             conv = relax.op.nn.conv2d(
-                data,
+                source,
                 relax.const(weight),
                 strides=layer.strides,
                 padding=layer.padding,
@@ -201,21 +225,28 @@ def primfunc_sampler(func: Any, target: Any, rng: np.random.Generator) -> Sample
     return evaluator_sampler(library, "main", random_args(func, rng))
 
 
-def ours_sampler(layer: ConvLayer, weight: np.ndarray, target: Any) -> Sampler:
-    """Our scheduled PrimFunc for the layer (the blocked conv alone, no pack/unpack)."""
+def ours_sampler(layer: ConvLayer, weight: np.ndarray, target: Any) -> Sampler | None:
+    """Our scheduled PrimFunc for the layer (the blocked conv alone, no pack/unpack), or None
+    if the layout pass left it to TVM (the reason is printed)."""
     from tvm import tirx
 
     from edgecompile.schedules import optimize
 
-    module, report = optimize(conv_module(layer, weight), target)
-    if not report.schedules.applied:
-        raise RuntimeError(f"no schedule applied to {layer.label()}: {report.schedules.failed}")
+    producer = layer.kind in ("grouped", "conv") and blocked_input(layer)
+    module, report = optimize(conv_module(layer, weight, producer), target)
+    op_index = 1 if producer else 0
+    if op_index not in report.schedules.applied:
+        plan = report.layout.plans.get(op_index)
+        reason = report.schedules.failed.get(op_index) or (plan.reason if plan else "?")
+        print(f"  {layer.label()}: TVM default ({reason})", file=sys.stderr, flush=True)
+        return None
+    name = report.schedules.applied[op_index]
     scheduled = [
         func
         for func in module.functions.values()
-        if isinstance(func, tirx.PrimFunc) and "edgecompile.schedule" in (func.attrs or {})
+        if isinstance(func, tirx.PrimFunc) and func.attrs.get("edgecompile.schedule") == name
     ]
-    return primfunc_sampler(scheduled[0], target, np.random.default_rng(1))
+    return primfunc_sampler(scheduled[-1], target, np.random.default_rng(1))
 
 
 def default_sampler(layer: ConvLayer, weight: np.ndarray, target: Any) -> Sampler:
@@ -287,26 +318,31 @@ def bench_layers(
 ) -> None:
     rows = []
     totals = {"ours": 0.0, "default": 0.0, "ort": 0.0}
+    ratios: dict[str, list[float]] = {}
     for layer, (count, models) in sorted(
         layers.items(), key=lambda item: (item[0].kind, -item[0].data_shape[2], item[0].label())
     ):
         rng = np.random.default_rng(0)
         weight = rng.standard_normal(layer.weight_shape).astype("float32")
-        samplers = {
-            "ours": ours_sampler(layer, weight, target),
-            "ort": ort_layer_sampler(layer, weight, args.threads),
-        }
-        if not args.no_default:
+        samplers = {"ort": ort_layer_sampler(layer, weight, args.threads)}
+        ours_side = ours_sampler(layer, weight, target)
+        if ours_side is not None:
+            samplers["ours"] = ours_side
+        if not args.no_default or ours_side is None:
             samplers["default"] = default_sampler(layer, weight, target)
         medians = interleaved_medians(samplers, args.repeat)
-        ours, ort, default = medians["ours"], medians["ort"], medians.get("default")
+        ort, default = medians["ort"], medians.get("default")
+        # A layer our layout pass leaves to TVM runs TVM's default inside the network.
+        ours = medians.get("ours", default)
+        assert ours is not None
+        ratios.setdefault(layer.kind, []).append(ours / ort)
         totals["ours"] += ours * count
         totals["ort"] += ort * count
         if default is not None:
             totals["default"] += default * count
         rows.append(
             [
-                layer.kind,
+                layer.kind if ours_side is not None else f"{layer.kind}*",
                 layer.label(),
                 str(count),
                 ",".join(sorted(m.replace("net_v", "v").replace("_", "") for m in models)),
@@ -326,6 +362,16 @@ def bench_layers(
         f"tvm default {milliseconds(default_total)} ms, ort {totals['ort'] * 1e3:.2f} ms "
         f"(ours/ort {totals['ours'] / totals['ort']:.2f})"
     )
+    print("* = left to TVM's default by the layout pass (its time counts as ours)")
+    for kind, values in ratios.items():
+        print(
+            f"{kind}: geomean ours/ort {geomean(values):.2f} over {len(values)} distinct layers, "
+            f"max {max(values):.2f}"
+        )
+
+
+def geomean(values: Sequence[float]) -> float:
+    return float(np.exp(np.mean(np.log(values))))
 
 
 def bench_model(name: str, relax_model: Any, static_onnx: Any, args: argparse.Namespace) -> list:
@@ -391,11 +437,11 @@ def main(argv: Sequence[str] | None = None) -> None:
             export_onnx(load_torch_model(name), path)
             relax_model, static_onnx = import_onnx(path, name=name)
             imported[name] = (relax_model, static_onnx)
-            for layer, count in model_layers(relax_model.module):
+            for layer, count in model_layers(relax_model.module, args.kinds.split(",")):
                 total, models = layers.get(layer, (0, set()))
                 layers[layer] = (total + count, models | {name})
     if not args.no_layers:
-        print(f"\nper layer ({len(layers)} distinct pointwise/depthwise convs), 1 batch, fp32:")
+        print(f"\nper layer ({len(layers)} distinct convs: {args.kinds}), 1 batch, fp32:")
         bench_layers(layers, args, target)
     if not args.no_models:
         print("\nwhole models, untuned:")

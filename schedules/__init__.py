@@ -1,8 +1,9 @@
 """Hand-written TIR schedules for the convolutions of mobile CNNs, applied without tuning.
 
-Pointwise (1×1) and depthwise convolutions run in the channel-blocked NCHW[x]c layout with
-pre-packed weights and a register tile sized from the target (vector lanes and registers), on
-x86 and ARM alike; everything else keeps TVM's default lowering. Entry points:
+Pointwise (1×1), depthwise, grouped (with ShuffleNet's channel shuffle folded into the channel
+order) and dense K×K convolutions run in the channel-blocked NCHW[x]c layout with pre-packed
+weights and a register tile sized from the target (vector lanes and registers), on x86 and ARM
+alike; everything else keeps TVM's default lowering. Entry points:
 
 - :func:`compile_relax` — ``tvm.compile`` with the schedules, plus which schedule each op got;
 - :func:`optimize` — the Relax pipeline alone, to inspect the scheduled PrimFuncs;
@@ -11,7 +12,7 @@ x86 and ARM alike; everything else keeps TVM's default lowering. Entry points:
 
 from __future__ import annotations
 
-from edgecompile.schedules.compute import DEPTHWISE, POINTWISE
+from edgecompile.schedules.compute import DENSE, DEPTHWISE, GROUPED, MATMUL, POINTWISE, POOL
 from edgecompile.schedules.cpu import CpuInfo, cpu_info
 from edgecompile.schedules.pipeline import (
     TVM_DEFAULT,
@@ -23,8 +24,12 @@ from edgecompile.schedules.pipeline import (
 )
 
 __all__ = [
+    "DENSE",
     "DEPTHWISE",
+    "GROUPED",
+    "MATMUL",
     "POINTWISE",
+    "POOL",
     "TVM_DEFAULT",
     "CpuInfo",
     "ScheduleReport",

@@ -1,6 +1,7 @@
-"""Tensor-expression definitions of the channel-blocked (NCHW[x]c) convolutions and layout moves.
+"""Tensor-expression definitions of the channel-blocked (NCHW[x]c) convolutions, pools, the packed
+classifier matmul, and the layout moves (packs, unpacks, channel concat).
 
-The convolution blocks carry two block annotations that survive FuseOps/FuseTIR: which schedule
+The main blocks carry two block annotations that survive FuseOps/FuseTIR: which schedule
 rule owns the block (:data:`SCHEDULE_ATTR`) and which heavy op of ``main`` it came from
 (:data:`OP_INDEX_ATTR`), so the rule can find its block among fused epilogues and the build can
 report which schedule ran for every convolution.
@@ -15,14 +16,26 @@ SCHEDULE_ATTR = "edgecompile.schedule"
 OP_INDEX_ATTR = "edgecompile.op_index"
 POINTWISE = "edgecompile.pointwise_nchwc"
 DEPTHWISE = "edgecompile.depthwise_nchwc"
+GROUPED = "edgecompile.grouped_nchwc"
+DENSE = "edgecompile.conv_nchwc"
+MATMUL = "edgecompile.matmul_packed"
+POOL = "edgecompile.pool_nchwc"
+#: Consecutive output blocks that read the same input channels (one row of the channel table):
+#: the register tile may only span output blocks that share their broadcast inputs.
+BLOCKS_PER_ROW_ATTR = "edgecompile.blocks_per_row"
+#: Output values per vector of the packed matmul (its weight's innermost axis).
+VECTOR_LANES_ATTR = "edgecompile.vector_lanes"
 
 
 def ceil_div(value: int, divisor: int) -> int:
     return -(-value // divisor)
 
 
-def _attrs(schedule: str, op_index: int) -> dict[str, Any]:
-    return {SCHEDULE_ATTR: schedule, OP_INDEX_ATTR: op_index}
+def _attrs(schedule: str, op_index: int | None, **extra: Any) -> dict[str, Any]:
+    """Block annotations; ``op_index`` None for an op that is not a heavy op of ``main`` (the
+    global mean), which the report then does not list."""
+    index = {} if op_index is None else {OP_INDEX_ATTR: op_index}
+    return {SCHEDULE_ATTR: schedule, **index, **extra}
 
 
 def pack(data: Any, block: int) -> Any:
@@ -57,6 +70,36 @@ def unpack(data: Any, channels: int) -> Any:
     return te.compute(
         (batch, channels, height, width),
         lambda n, c, h, w: data[n, c // block, h, w, c % block],
+        name="unpack_nchwc",
+    )
+
+
+def pack_gather(data: Any, logical_of_lane: Any, block: int) -> Any:
+    """NCHW → NCHW[block]c in a permuted channel order: flat lane ``p`` holds channel
+    ``logical_of_lane[p]``, or zero where that is negative (a padding lane)."""
+    from tvm import te, tirx
+
+    batch, channels, height, width = (int(d) for d in data.shape)
+    blocks = int(logical_of_lane.shape[0]) // block
+
+    def element(n: Any, cb: Any, h: Any, w: Any, c: Any) -> Any:
+        channel = logical_of_lane[cb * block + c]
+        safe = tirx.max(tirx.min(channel, channels - 1), 0)
+        return tirx.if_then_else(channel >= 0, data[n, safe, h, w], tirx.const(0, data.dtype))
+
+    return te.compute((batch, blocks, height, width, block), element, name="pack_nchwc")
+
+
+def unpack_gather(data: Any, lane_of_channel: Any) -> Any:
+    """NCHW[x]c → NCHW for a value whose channels sit in a permuted order: channel ``c`` is
+    lane ``lane_of_channel[c]`` (a flat index ``block * x + lane``)."""
+    from tvm import te
+
+    batch, _, height, width, block = (int(d) for d in data.shape)
+    channels = int(lane_of_channel.shape[0])
+    return te.compute(
+        (batch, channels, height, width),
+        lambda n, c, h, w: data[n, lane_of_channel[c] // block, h, w, lane_of_channel[c] % block],
         name="unpack_nchwc",
     )
 
@@ -134,3 +177,252 @@ def depthwise_nchwc(
         name="depthwise_nchwc",
         attrs=_attrs(DEPTHWISE, op_index),
     )
+
+
+def _padded(data: Any, padding: Sequence[int]) -> Any:
+    """``data`` (NCHW or NCHW[x]c) zero-padded spatially as a separate stage the schedule inlines
+    (named ``pad_*`` so the rule finds it)."""
+    from tvm import te, tirx
+
+    top, left, bottom, right = (int(p) for p in padding)
+    if not (top or left or bottom or right):
+        return data
+    shape = [int(d) for d in data.shape]
+    height, width = shape[2], shape[3]
+    shape[2] += top + bottom
+    shape[3] += left + right
+    zero = tirx.const(0, data.dtype)
+
+    def element(n: Any, c: Any, h: Any, w: Any, *lane: Any) -> Any:
+        inside = tirx.all(h >= top, h < top + height, w >= left, w < left + width)
+        return tirx.if_then_else(inside, data[(n, c, h - top, w - left, *lane)], zero)
+
+    return te.compute(shape, element, name="pad_nchwc" if len(shape) == 5 else "pad_nchw")
+
+
+def _conv_nchwc(
+    data: Any,
+    weight: Any,
+    channel: Any,
+    strides: Sequence[int],
+    padding: Sequence[int],
+    dilation: Sequence[int],
+    schedule: str,
+    op_index: int,
+    blocks_per_row: int,
+) -> Any:
+    """Blocked output ``(N, CO/x, OH, OW, x)`` of a K×K conv whose reduction step ``r`` of output
+    block ``cob`` reads input channel ``channel(cob, r)`` (flat: ``block * x + lane`` for a blocked
+    input, the NCHW channel for a plain one) as a broadcast scalar, against the weight vector
+    ``weight[cob, r, kh, kw, :]`` of ``x`` output channels."""
+    from tvm import te
+
+    batch, _, height, width = (int(d) for d in data.shape[:4])
+    out_blocks, steps, kernel_h, kernel_w, block = (int(d) for d in weight.shape)
+    stride_h, stride_w = (int(s) for s in strides)
+    dilation_h, dilation_w = (int(d) for d in dilation)
+    top, left, bottom, right = (int(p) for p in padding)
+    out_h = (height + top + bottom - dilation_h * (kernel_h - 1) - 1) // stride_h + 1
+    out_w = (width + left + right - dilation_w * (kernel_w - 1) - 1) // stride_w + 1
+    source = _padded(data, padding)
+    blocked = len(data.shape) == 5
+    in_block = int(data.shape[4]) if blocked else 1
+    r = te.reduce_axis((0, steps), "r")
+    kh = te.reduce_axis((0, kernel_h), "kh")
+    kw = te.reduce_axis((0, kernel_w), "kw")
+
+    def element(n: Any, cob: Any, h: Any, w: Any, co: Any) -> Any:
+        flat = channel(cob, r)
+        y, x = h * stride_h + kh * dilation_h, w * stride_w + kw * dilation_w
+        value = (
+            source[n, flat // in_block, y, x, flat % in_block] if blocked else source[n, flat, y, x]
+        )
+        return te.sum(value * weight[cob, r, kh, kw, co], axis=[r, kh, kw])
+
+    return te.compute(
+        (batch, out_blocks, out_h, out_w, block),
+        element,
+        name=schedule.split(".")[-1],
+        attrs=_attrs(schedule, op_index, **{BLOCKS_PER_ROW_ATTR: blocks_per_row}),
+    )
+
+
+def dense_conv_nchwc(
+    data: Any,
+    weight: Any,
+    strides: Sequence[int],
+    padding: Sequence[int],
+    dilation: Sequence[int],
+    op_index: int,
+) -> Any:
+    """Dense (groups = 1) K×K convolution. Data ``(N, CI/x, H, W, x)`` or plain NCHW (the stem's
+    3-channel image: packing it would blow 3 channels up to a whole block); weight
+    ``(CO/x, CI, KH, KW, x)`` where ``CI`` counts the input's lanes (padding lanes get zero
+    weights) or, for NCHW input, its channels."""
+    return _conv_nchwc(
+        data,
+        weight,
+        lambda cob, r: r,
+        strides,
+        padding,
+        dilation,
+        DENSE,
+        op_index,
+        int(weight.shape[0]),
+    )
+
+
+def grouped_conv_nchwc(
+    data: Any,
+    weight: Any,
+    table: Any,
+    strides: Sequence[int],
+    padding: Sequence[int],
+    dilation: Sequence[int],
+    blocks_per_row: int,
+    op_index: int,
+) -> Any:
+    """Grouped K×K convolution as a gather: ``table[cob // blocks_per_row, r]`` is the flat input
+    lane of reduction step ``r`` (its group's channels, in whatever lanes a channel shuffle put
+    them), weight ``(CO/x, S, KH, KW, x)`` with zeros where a lane's group does not read that
+    channel. Reading the input through the table is what folds a preceding channel shuffle
+    into this conv: the shuffle itself moves no data."""
+    from tvm import tirx
+
+    lanes = int(data.shape[1]) * (int(data.shape[4]) if len(data.shape) == 5 else 1)
+
+    def channel(cob: Any, r: Any) -> Any:
+        # The clamp is a no-op on the table's values but bounds the region the conv reads, so
+        # the schedule can copy each tile's padded window next to it (compute_at).
+        return tirx.max(tirx.min(table[cob // blocks_per_row, r], lanes - 1), 0)
+
+    return _conv_nchwc(
+        data,
+        weight,
+        channel,
+        strides,
+        padding,
+        dilation,
+        GROUPED,
+        op_index,
+        blocks_per_row,
+    )
+
+
+def packed_matmul(data: Any, weight: Any, op_index: int) -> Any:
+    """``(N, K) × (K, M)`` with the weight packed ``(M/v, K, v)``: for each input value, one
+    contiguous vector of ``v`` outputs' weights (the classifier is a GEMV at batch 1, bound by
+    streaming the weight, which this layout reads front to back)."""
+    from tvm import te
+
+    batch, depth = (int(d) for d in data.shape)
+    blocks, _, lanes = (int(d) for d in weight.shape)
+    k = te.reduce_axis((0, depth), "k")
+    return te.compute(
+        (batch, blocks * lanes),
+        lambda n, j: te.sum(data[n, k] * weight[j // lanes, k, j % lanes], axis=k),
+        name="matmul_packed",
+        attrs=_attrs(MATMUL, op_index, **{VECTOR_LANES_ATTR: lanes}),
+    )
+
+
+def concat_channels(*parts_and_tables: Any) -> Any:
+    """Channel concat of blocked parts into the plain channel order (padding at the end): part
+    ``i``'s channel ``c`` is read from its lane ``table_i[c]``. Arguments: the parts, then one
+    int32 lane table per part. For parts whose channel counts are not whole blocks: gluing
+    their blocks as they are would leave padding lanes mid-tensor, which no residual add
+    against a plainly ordered value could then read lane for lane."""
+    from tvm import te, tirx
+
+    count = len(parts_and_tables) // 2
+    parts, tables = parts_and_tables[:count], parts_and_tables[count:]
+    batch, _, height, width, block = (int(d) for d in parts[0].shape)
+    sizes = [int(table.shape[0]) for table in tables]
+    channels = sum(sizes)
+    blocks = ceil_div(channels, block)
+
+    def element(n: Any, cb: Any, h: Any, w: Any, lane: Any) -> Any:
+        channel = cb * block + lane
+        value = tirx.const(0, parts[0].dtype)
+        start = channels
+        for part, table, size in reversed(list(zip(parts, tables, sizes, strict=True))):
+            start -= size
+            index = tirx.max(tirx.min(channel - start, size - 1), 0)
+            source = part[n, table[index] // block, h, w, table[index] % block]
+            inside = tirx.all(channel >= start, channel < start + size)
+            value = tirx.if_then_else(inside, source, value)
+        return value
+
+    return te.compute((batch, blocks, height, width, block), element, name="concat_nchwc")
+
+
+def _pooled_size(size: int, before: int, after: int, kernel: int, stride: int, ceil: bool) -> int:
+    span = size + before + after - kernel
+    if not ceil:
+        return span // stride + 1
+    count = -(-span // stride) + 1
+    return count - 1 if (count - 1) * stride >= size + before else count
+
+
+def pool_nchwc(
+    data: Any,
+    kind: str,
+    pool_size: Sequence[int],
+    strides: Sequence[int],
+    padding: Sequence[int],
+    count_include_pad: bool,
+    op_index: int | None,
+    ceil_mode: bool = False,
+) -> Any:
+    """Max or average pooling of ``(N, C/x, H, W, x)`` (no dilation), the lanes innermost so
+    every window element is one vector. ``padding`` is (top, left, bottom, right); an average
+    that excludes the padding divides by the window's in-bounds size. ``ceil_mode`` (max only:
+    torch's ceil-mode average counts windows differently) keeps a last, partial window as
+    long as it starts inside the input or its top/left padding, as torch does."""
+    from tvm import te, tirx
+
+    batch, blocks, height, width, block = (int(d) for d in data.shape)
+    kernel_h, kernel_w = (int(k) for k in pool_size)
+    stride_h, stride_w = (int(s) for s in strides)
+    top, left, bottom, right = (int(p) for p in padding)
+    out_h = _pooled_size(height, top, bottom, kernel_h, stride_h, ceil_mode)
+    out_w = _pooled_size(width, left, right, kernel_w, stride_w, ceil_mode)
+    # Partial windows of ceil mode read past the padding: pad those rows/columns too.
+    bottom = max(bottom, (out_h - 1) * stride_h + kernel_h - height - top)
+    right = max(right, (out_w - 1) * stride_w + kernel_w - width - left)
+    fill = tirx.min_value(data.dtype) if kind == "max" else tirx.const(0, data.dtype)
+    source = data
+    if top or left or bottom or right:
+
+        def padded(n: Any, cb: Any, h: Any, w: Any, c: Any) -> Any:
+            inside = tirx.all(h >= top, h < top + height, w >= left, w < left + width)
+            return tirx.if_then_else(inside, data[n, cb, h - top, w - left, c], fill)
+
+        shape = (batch, blocks, height + top + bottom, width + left + right, block)
+        source = te.compute(shape, padded, name="pad_nchwc")
+    kh = te.reduce_axis((0, kernel_h), "kh")
+    kw = te.reduce_axis((0, kernel_w), "kw")
+    reducer = te.max if kind == "max" else te.sum
+    pooled = te.compute(
+        (batch, blocks, out_h, out_w, block),
+        lambda n, cb, h, w, c: reducer(
+            source[n, cb, h * stride_h + kh, w * stride_w + kw, c], axis=[kh, kw]
+        ),
+        name="pool_nchwc",
+        attrs=_attrs(POOL, op_index),
+    )
+    if kind == "max":
+        return pooled
+
+    def average(n: Any, cb: Any, h: Any, w: Any, c: Any) -> Any:
+        if count_include_pad:
+            count = tirx.const(kernel_h * kernel_w, "int32")
+        else:
+            rows = tirx.min(h * stride_h - top + kernel_h, height) - tirx.max(h * stride_h - top, 0)
+            cols = tirx.min(w * stride_w - left + kernel_w, width) - tirx.max(
+                w * stride_w - left, 0
+            )
+            count = rows * cols
+        return pooled[n, cb, h, w, c] / count.astype(data.dtype)
+
+    return te.compute(pooled.shape, average, name="pool_average")

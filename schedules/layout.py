@@ -1,5 +1,6 @@
-"""Relax pass: run pointwise and depthwise convolutions, and the elementwise ops between them, in
-the channel-blocked NCHW[x]c layout.
+"""Relax pass: run convolutions (pointwise, depthwise, grouped, dense K×K), the elementwise ops,
+pools, channel concats and ShuffleNet's channel shuffles between them in the channel-blocked
+NCHW[x]c layout; and the classifier's matmul on a pre-packed weight.
 
 Why our own pass and not ``relax.transform.ConvertLayout``: in TVM 0.27 ConvertLayout skips every
 conv whose channel count is not a multiple of the block (MobileNetV2's 24, ShuffleNetV2's 58 on
@@ -8,8 +9,13 @@ a layout_transform pair around every conv), and converts dense/grouped convs too
 cannot legalize. Here only the convs we schedule are converted, channels are zero-padded up to
 the block, ONNX's Clip is recognised, and weights are packed in numpy at compile time.
 
-Values stay blocked while their consumers are blocked convs or whitelisted elementwise ops; an
-NCHW copy (``unpack``) is emitted lazily, once, just before the first consumer that needs it.
+Values stay blocked while their consumers are blocked convs or whitelisted ops; an NCHW copy
+(``unpack``) is emitted lazily, once, just before the first consumer that needs it.
+
+A blocked value carries a :class:`ChannelOrder` (which lane holds which channel): packs make the
+plain order, a grouped conv may pad each group to whole blocks, and a channel shuffle only
+permutes the order, so it costs no pass over memory: consumers read through the order (weights
+packed by lane; a grouped conv gathers its group's channels through a table).
 """
 
 from __future__ import annotations
@@ -20,9 +26,11 @@ from typing import Any
 import numpy as np
 
 from edgecompile.schedules import compute
+from edgecompile.schedules.compute import ceil_div
 from edgecompile.schedules.cpu import CpuInfo
 
 CONV2D = "relax.nn.conv2d"
+MATMUL = "relax.matmul"
 # Elementwise ops that map finite values to finite values: the padded channels may hold any
 # finite garbage after them, which the next conv's zero weights cancel.
 _UNARY = frozenset(
@@ -39,6 +47,10 @@ _BINARY = frozenset(
     {"relax.add", "relax.subtract", "relax.multiply", "relax.maximum", "relax.minimum"}
 )
 _DIVIDE = "relax.divide"
+_POOLS = frozenset({"relax.nn.max_pool2d", "relax.nn.avg_pool2d"})
+# A grouped conv computing more than this many lane multiply-adds per useful one (tiny groups
+# in wide blocks, e.g. 2 output channels per group in 16 lanes) stays in NCHW.
+MAX_GROUPED_WASTE = 4.0
 
 
 @dataclass(frozen=True)
@@ -50,16 +62,116 @@ class ConvPlan:
     reason: str = ""
 
 
+@dataclass(frozen=True, eq=False)
+class ChannelOrder:
+    """Which lane of a blocked tensor holds each logical channel: ``lanes[c]`` is the flat lane
+    ``block * x + lane`` of channel ``c``, out of ``total`` lanes (the rest are padding).
+
+    The identity (channel ``c`` in lane ``c``, padding at the end) is what a pack makes. A
+    grouped conv may pad each group to whole blocks, and a channel shuffle only permutes
+    ``lanes``: the data stays where it is and every consumer reads through the order (weights
+    packed by lane, a grouped conv's channel table), so the shuffle moves no memory.
+    """
+
+    lanes: np.ndarray
+    total: int
+
+    @staticmethod
+    def identity(channels: int, block: int) -> ChannelOrder:
+        return ChannelOrder(np.arange(channels), ceil_div(channels, block) * block)
+
+    def is_identity(self, block: int) -> bool:
+        identity = ChannelOrder.identity(len(self.lanes), block)
+        return self.same(identity)
+
+    def same(self, other: ChannelOrder) -> bool:
+        return self.total == other.total and np.array_equal(self.lanes, other.lanes)
+
+    def channel_of_lane(self) -> np.ndarray:
+        """Inverse: the logical channel in each lane, -1 for padding lanes."""
+        inverse = np.full(self.total, -1, dtype=np.int64)
+        inverse[self.lanes] = np.arange(len(self.lanes))
+        return inverse
+
+    def shuffled(self, groups: int) -> ChannelOrder:
+        """The order after ShuffleNet's channel shuffle (reshape to ``(g, C/g)``, transpose,
+        flatten): shuffled channel ``k`` is channel ``(k % g) * (C/g) + k // g``."""
+        channels = len(self.lanes)
+        per_group = channels // groups
+        shuffled = np.arange(channels)
+        return ChannelOrder(
+            self.lanes[(shuffled % groups) * per_group + shuffled // groups], self.total
+        )
+
+
 @dataclass
 class _Blocked:
-    """A value available in NCHW[x]c: the blocked var, and its logical NCHW shape."""
+    """A value available in NCHW[x]c: the blocked var, its logical NCHW shape, and which lane
+    holds which channel."""
 
     var: Any
     shape: tuple[int, int, int, int]
+    order: ChannelOrder
 
     @property
     def channels(self) -> int:
         return self.shape[1]
+
+
+@dataclass(frozen=True, eq=False)
+class GroupedLayout:
+    """How a grouped conv maps onto blocks: where its output channels go, which input channels
+    each row of its channel table reads (-1: none; the weight is zero there), how many
+    consecutive output blocks share a row, and the lane multiply-adds computed per useful one."""
+
+    out_order: ChannelOrder
+    rows: np.ndarray
+    blocks_per_row: int
+    waste: float
+
+
+def grouped_layout(out_channels: int, groups: int, in_per_group: int, block: int) -> GroupedLayout:
+    """The cheaper of two ways to give every output block one set of broadcast inputs.
+
+    Output lanes must share their input channels (one broadcast feeds a whole vector of output
+    channels). When a group's output channels are a whole number of blocks that is free. Else
+    either (a) keep the channels in order and let a block read the union of the groups it
+    straddles (zero weights for the other groups' lanes), or (b) pad every group to whole
+    blocks, so the output carries padding lanes in the middle. Cost = output blocks × table
+    width; ties keep the plain order, which every consumer reads without help.
+    """
+    per_group = out_channels // groups
+    group_inputs = np.arange(groups * in_per_group).reshape(groups, in_per_group)
+    if per_group % block == 0:
+        return GroupedLayout(
+            ChannelOrder.identity(out_channels, block), group_inputs, per_group // block, 1.0
+        )
+    out_blocks = ceil_div(out_channels, block)
+    windows = []
+    for index in range(out_blocks):
+        first = index * block // per_group
+        last = (min(out_channels, index * block + block) - 1) // per_group
+        windows.append(np.arange(first * in_per_group, (last + 1) * in_per_group))
+    width = max(len(window) for window in windows)
+    rows = np.full((out_blocks, width), -1, dtype=np.int64)
+    for index, window in enumerate(windows):
+        rows[index, : len(window)] = window
+    in_order = GroupedLayout(ChannelOrder.identity(out_channels, block), rows, 1, 0.0)
+    blocks_per_group = ceil_div(per_group, block)
+    lanes = (np.arange(out_channels) // per_group) * blocks_per_group * block + np.arange(
+        out_channels
+    ) % per_group
+    padded = GroupedLayout(
+        ChannelOrder(lanes, groups * blocks_per_group * block), group_inputs, blocks_per_group, 0.0
+    )
+    useful = out_channels * in_per_group
+    best = min((in_order, padded), key=lambda layout: layout.out_order.total * layout.rows.shape[1])
+    return GroupedLayout(
+        best.out_order,
+        best.rows,
+        best.blocks_per_row,
+        best.out_order.total * best.rows.shape[1] / useful,
+    )
 
 
 @dataclass(frozen=True)
@@ -129,13 +241,26 @@ def classify_conv(call: Any) -> tuple[str | None, str]:
         return None, "weights are not constants"
     groups = int(attrs.groups)
     out_channels, in_per_group, kernel_h, kernel_w = weight_shape
-    if groups == 1 and (kernel_h, kernel_w) == (1, 1):
-        if any(int(p) for p in attrs.padding):
-            return None, "padded 1x1 conv"
+    if groups == 1 and (kernel_h, kernel_w) == (1, 1) and not any(int(p) for p in attrs.padding):
         return compute.POINTWISE, ""
     if groups == data_shape[1] == out_channels and in_per_group == 1:
         return compute.DEPTHWISE, ""
-    return None, "dense or grouped conv"
+    if groups == 1:
+        return compute.DENSE, ""
+    return compute.GROUPED, ""
+
+
+def grouped_fallback(call: Any, block: int) -> str:
+    """Why a grouped conv stays in NCHW for this block width, or "" if it is blocked."""
+    out_channels, in_per_group = static_shape(call.args[1])[:2]  # type: ignore[index]
+    groups = int(call.attrs.groups)
+    layout = grouped_layout(out_channels, groups, in_per_group, block)
+    if layout.waste > MAX_GROUPED_WASTE:
+        return (
+            f"grouped conv with {out_channels // groups} output channels per group would "
+            f"compute {layout.waste:.1f}x its multiply-adds in {block}-lane blocks"
+        )
+    return ""
 
 
 def _is_const(expr: Any) -> bool:
@@ -148,36 +273,91 @@ def _const_value(expr: Any) -> np.ndarray:
     return expr.value.numpy()
 
 
-def pack_pointwise_weight(weight: np.ndarray, block: int) -> np.ndarray:
-    """OIHW (1×1) → ``(CO/x, CI/x, x_in, x_out)``, zero-padding both channel counts."""
+def pack_pointwise_weight(
+    weight: np.ndarray, block: int, in_order: ChannelOrder | None = None
+) -> np.ndarray:
+    """OIHW (1×1) → ``(CO/x, CI/x, x_in, x_out)``, zero-padding both channel counts; input rows
+    follow ``in_order`` (the lanes the input's channels sit in)."""
     out_c, in_c = weight.shape[:2]
-    out_b, in_b = -(-out_c // block), -(-in_c // block)
+    in_order = in_order or ChannelOrder.identity(in_c, block)
+    out_b, in_b = ceil_div(out_c, block), in_order.total // block
     padded = np.zeros((out_b * block, in_b * block), dtype=weight.dtype)
-    padded[:out_c, :in_c] = weight[:, :, 0, 0]
+    padded[:out_c, in_order.lanes] = weight[:, :, 0, 0]
     return np.ascontiguousarray(padded.reshape(out_b, block, in_b, block).transpose(0, 2, 3, 1))
 
 
-def pack_depthwise_weight(weight: np.ndarray, block: int) -> np.ndarray:
-    """``(C, 1, KH, KW)`` → ``(C/x, KH, KW, x)``, zero-padding the channels."""
+def pack_depthwise_weight(
+    weight: np.ndarray, block: int, order: ChannelOrder | None = None
+) -> np.ndarray:
+    """``(C, 1, KH, KW)`` → ``(C/x, KH, KW, x)``, zero-padding the channels; lanes follow
+    ``order`` (a depthwise conv keeps its input's channel order)."""
     channels, _, kernel_h, kernel_w = weight.shape
-    blocks = -(-channels // block)
+    order = order or ChannelOrder.identity(channels, block)
+    blocks = order.total // block
     padded = np.zeros((blocks * block, kernel_h, kernel_w), dtype=weight.dtype)
-    padded[:channels] = weight[:, 0]
+    padded[order.lanes] = weight[:, 0]
     return np.ascontiguousarray(
         padded.reshape(blocks, block, kernel_h, kernel_w).transpose(0, 2, 3, 1)
     )
 
 
-def pack_channel_constant(value: np.ndarray, channels: int, block: int) -> np.ndarray | None:
+def _blocked_output(weight: np.ndarray, out_order: ChannelOrder, block: int) -> np.ndarray:
+    """``(CO_lanes, S, KH, KW)`` → ``(CO/x, S, KH, KW, x)``: output channels placed by lane."""
+    lanes = np.zeros((out_order.total, *weight.shape[1:]), dtype=weight.dtype)
+    lanes[out_order.lanes] = weight
+    blocks = out_order.total // block
+    return np.ascontiguousarray(
+        lanes.reshape(blocks, block, *weight.shape[1:]).transpose(0, 2, 3, 4, 1)
+    )
+
+
+def pack_dense_weight(weight: np.ndarray, block: int, in_order: ChannelOrder) -> np.ndarray:
+    """OIHW → ``(CO/x, CI_lanes, KH, KW, x)``: one reduction step per input lane (zero weights
+    in padding lanes), output channels in order."""
+    out_c, _, kernel_h, kernel_w = weight.shape
+    steps = np.zeros((out_c, in_order.total, kernel_h, kernel_w), dtype=weight.dtype)
+    steps[:, in_order.lanes] = weight
+    return _blocked_output(steps, ChannelOrder.identity(out_c, block), block)
+
+
+def pack_grouped_weight(
+    weight: np.ndarray, block: int, groups: int, layout: GroupedLayout
+) -> np.ndarray:
+    """OIHW (``I`` per group) → ``(CO/x, S, KH, KW, x)`` for :func:`grouped_layout`'s table:
+    step ``r`` of output block ``cob`` multiplies input channel ``rows[cob // share, r]``, by
+    the weight of each lane's output channel where that channel is in the lane's group."""
+    out_c, in_per_group = weight.shape[:2]
+    per_group = out_c // groups
+    out_blocks = layout.out_order.total // block
+    row_of_block = np.arange(out_blocks) // layout.blocks_per_row
+    inputs = layout.rows[row_of_block]  # (CO/x, S)
+    outputs = np.arange(out_c)
+    input_of = inputs[layout.out_order.lanes // block]  # (CO, S): the row each output reads
+    member = (input_of >= 0) & (input_of // in_per_group == (outputs // per_group)[:, None])
+    local = np.where(member, input_of - (outputs // per_group)[:, None] * in_per_group, 0)
+    steps = weight[outputs[:, None], local] * member[:, :, None, None]
+    return _blocked_output(steps.astype(weight.dtype), layout.out_order, block)
+
+
+def channel_table(layout: GroupedLayout, in_order: ChannelOrder) -> np.ndarray:
+    """The grouped conv's int32 table: the input lane of each row's reduction steps (lane 0
+    for an empty step, whose weights are zero)."""
+    lanes = np.where(layout.rows >= 0, in_order.lanes[np.maximum(layout.rows, 0)], 0)
+    return lanes.astype("int32")
+
+
+def pack_channel_constant(
+    value: np.ndarray, channels: int, block: int, order: ChannelOrder | None = None
+) -> np.ndarray | None:
     """A per-channel constant of shape ``(C,1,1)`` or ``(1,C,1,1)`` → ``(1, C/x, 1, 1, x)``."""
     if value.ndim not in (3, 4) or value.size != channels:
         return None
     if value.shape[-3] != channels:
         return None
-    blocks = -(-channels // block)
-    padded = np.zeros(blocks * block, dtype=value.dtype)
-    padded[:channels] = value.reshape(-1)
-    return padded.reshape(1, blocks, 1, 1, block)
+    order = order or ChannelOrder.identity(channels, block)
+    padded = np.zeros(order.total, dtype=value.dtype)
+    padded[order.lanes] = value.reshape(-1)
+    return padded.reshape(1, order.total // block, 1, 1, block)
 
 
 def scalar_clip_op(func: Any) -> tuple[str, float | None] | None:
@@ -249,6 +429,68 @@ def fold_scalar(expr: Any, bindings: dict[Any, Any], depth: int = 4) -> np.ndarr
     return None
 
 
+def heavy_op_indices(module: Any, names: frozenset[str]) -> dict[Any, int]:
+    """Binding var of each op named in ``names`` in ``main`` → its index among
+    ``heavy_ops(module)`` (which walks the same bindings, counting the ops it knows)."""
+    from tvm import relax
+
+    from edgecompile.importer import _HEAVY_OPS
+
+    indices, count = {}, 0
+    for block in module["main"].body.blocks:
+        for binding in block.bindings:
+            value = binding.value
+            if not isinstance(value, relax.Call) or _op_name(value) not in _HEAVY_OPS:
+                continue
+            if _op_name(value) in names:
+                indices[binding.var] = count
+            count += 1
+    return indices
+
+
+def gemv_lanes(out_features: int, lanes: int) -> int:
+    """Outputs per vector of the packed matmul: the widest power of two up to the target's
+    lanes that divides the output count (1000 classes: 8), so no vector needs a tail."""
+    width = lanes
+    while out_features % width:
+        width //= 2
+    return width
+
+
+def pack_matmul_weight(weight: np.ndarray, lanes: int) -> np.ndarray:
+    """``(K, M)`` → ``(M/v, K, v)``."""
+    depth, out_features = weight.shape
+    blocks = out_features // lanes
+    return np.ascontiguousarray(weight.reshape(depth, blocks, lanes).transpose(1, 0, 2))
+
+
+def _uses(main: Any) -> tuple[dict[Any, int], dict[Any, Any]]:
+    """How often each var of ``main`` is read, and the binding value reading it (the last one)."""
+    from tvm import relax
+
+    counts: dict[Any, int] = {}
+    readers: dict[Any, Any] = {}
+
+    def visit(expr: Any, reader: Any) -> None:
+        if isinstance(expr, relax.Var):
+            counts[expr] = counts.get(expr, 0) + 1
+            readers[expr] = reader
+        elif isinstance(expr, relax.Call):
+            for arg in expr.args:
+                visit(arg, reader)
+        elif isinstance(expr, relax.Tuple):
+            for item in expr.fields:
+                visit(item, reader)
+        elif isinstance(expr, relax.TupleGetItem):
+            visit(expr.tuple_value, reader)
+
+    for block in main.body.blocks:
+        for binding in block.bindings:
+            visit(binding.value, binding)
+    visit(main.body.body, None)
+    return counts, readers
+
+
 def make_mutator() -> type:
     """Build the mutator class lazily: ``@relax.expr_functor.mutator`` needs TVM imported."""
     import tvm
@@ -271,17 +513,31 @@ def make_mutator() -> type:
                 for block in mod["main"].body.blocks
                 for binding in block.bindings
             }
+            self.use_counts, self.readers = _uses(mod["main"])
+            self.matmul_indices = heavy_op_indices(mod, frozenset({MATMUL}))
+            self.pool_indices = heavy_op_indices(mod, _POOLS)
+            # Channel shuffles folded into the channel order: the reshape/transpose bindings
+            # inside one are dropped, its result maps to (source var, groups).
+            self.shuffle_inner: set[Any] = set()
+            self.shuffles: dict[Any, tuple[Any, int]] = {}
 
         # -- uses of blocked values by ops that need NCHW ------------------------------------
+        def _unpack(self, entry: _Blocked) -> Any:
+            if entry.order.is_identity(self.block):
+                return self.builder_.call_te(
+                    compute.unpack, entry.var, entry.channels, primfunc_name_hint="unpack_nchwc"
+                )
+            lanes = relax.const(entry.order.lanes.astype("int32"))
+            return self.builder_.call_te(
+                compute.unpack_gather, entry.var, lanes, primfunc_name_hint="unpack_nchwc"
+            )
+
         def _plain(self, var: Any) -> None:
             entry = self.blocked.get(var)
             if entry is None or var in self.materialized:
                 return
             self.materialized.add(var)
-            call = self.builder_.call_te(
-                compute.unpack, entry.var, entry.channels, primfunc_name_hint="unpack_nchwc"
-            )
-            self.set_var_remap(var, self.builder_.emit(call, var.name))
+            self.set_var_remap(var, self.builder_.emit(self._unpack(entry), var.name))
 
         def visit_dataflow_var_(self, var: Any) -> Any:
             self._plain(var)
@@ -293,26 +549,107 @@ def make_mutator() -> type:
 
         # -- bindings -------------------------------------------------------------------------
         def visit_var_binding_(self, binding: Any) -> None:
+            if binding.var in self.shuffle_inner:
+                return
             value = binding.value
             result = None
+            if binding.var in self.shuffles:
+                source, groups = self.shuffles[binding.var]
+                entry = self.blocked[source]
+                self._register(binding.var, entry.var, entry.order.shuffled(groups))
+                return
             if isinstance(value, relax.Call) and self.builder_.current_block_is_dataflow():
+                if _op_name(value) == MATMUL and self._matmul(binding.var, value):
+                    return
+                self._find_shuffle(binding.var, value)
+                if binding.var in self.shuffle_inner:
+                    return
                 result = self._rewrite(binding.var, value)
             if result is None:
                 super().visit_var_binding_(binding)
                 return
-            var = self.builder_.emit(result, binding.var.name + "_nchwc")
-            entry = _Blocked(var, _nchw_shape(binding.var))
-            self.blocked[binding.var] = entry
-            if not isinstance(binding.var, relax.DataflowVar):
-                # A dataflow block output: it must exist (in NCHW) under a non-dataflow var.
-                self.materialized.add(binding.var)
-                call = self.builder_.call_te(
-                    compute.unpack, var, entry.channels, primfunc_name_hint="unpack_nchwc"
-                )
-                self.set_var_remap(binding.var, self.builder_.emit_output(call))
+            expr, order = result
+            var = self.builder_.emit(expr, binding.var.name + "_nchwc")
+            self._register(binding.var, var, order)
 
-        def _rewrite(self, var: Any, call: Any) -> Any:
-            """The blocked replacement of ``var = call``, or None to keep the NCHW op."""
+        def _register(self, original: Any, var: Any, order: ChannelOrder) -> None:
+            entry = _Blocked(var, _nchw_shape(original), order)
+            self.blocked[original] = entry
+            if not isinstance(original, relax.DataflowVar):
+                # A dataflow block output: it must exist (in NCHW) under a non-dataflow var.
+                self.materialized.add(original)
+                self.set_var_remap(original, self.builder_.emit_output(self._unpack(entry)))
+
+        def _matmul(self, var: Any, call: Any) -> bool:
+            """Emit our packed matmul for ``x @ W`` with a constant ``W`` (or ``permute_dims``
+            of one, as ONNX's Gemm arrives); False to keep TVM's."""
+            index = self.matmul_indices.get(var)
+            data, weight = call.args
+            data_shape, out_shape = static_shape(data), static_shape(var)
+            if weight in self.bindings and _op_name(self.bindings[weight]) == "relax.permute_dims":
+                permute = self.bindings[weight]
+                axes = [int(a) for a in permute.attrs.axes] if permute.attrs.axes else [1, 0]
+                if axes != [1, 0] or not _is_const(permute.args[0]):
+                    return False
+                matrix = _const_value(permute.args[0]).T
+            elif _is_const(weight):
+                matrix = _const_value(weight)
+            else:
+                return False
+            if (
+                index is None
+                or data_shape is None
+                or len(data_shape) != 2
+                or matrix.ndim != 2
+                or out_shape != (data_shape[0], matrix.shape[1])
+                or {_dtype(data), str(matrix.dtype), _dtype(var)} != {"float32"}
+            ):
+                return False
+            lanes = gemv_lanes(matrix.shape[1], self.block)
+            self.log.plans[index] = ConvPlan(index, compute.MATMUL)
+            expr = self.builder_.call_te(
+                compute.packed_matmul,
+                self.visit_expr(data),
+                relax.const(pack_matmul_weight(np.ascontiguousarray(matrix), lanes)),
+                index,
+                primfunc_name_hint="matmul_packed",
+            )
+            if isinstance(var, relax.DataflowVar):
+                self.set_var_remap(var, self.builder_.emit(expr, var.name))
+            else:
+                self.set_var_remap(var, self.builder_.emit_output(expr, var.name))
+            return True
+
+        def _find_shuffle(self, var: Any, call: Any) -> None:
+            """Spot ``reshape(x, (N, g, C/g, H, W)) → permute_dims(0, 2, 1, 3, 4) → reshape(x's
+            shape)`` on a blocked ``x`` whose intermediates have no other reader."""
+            if _op_name(call) != "relax.reshape" or call.args[0] not in self.blocked:
+                return
+            source_shape = _nchw_shape(call.args[0])
+            split = static_shape(var)
+            if split is None or len(split) != 5 or self.use_counts.get(var) != 1:
+                return
+            batch, groups, per_group, height, width = split
+            if (batch, groups * per_group, height, width) != source_shape:
+                return
+            permute = self.readers.get(var)
+            if permute is None or _op_name(permute.value) != "relax.permute_dims":
+                return
+            if [int(a) for a in permute.value.attrs.axes] != [0, 2, 1, 3, 4]:
+                return
+            if self.use_counts.get(permute.var) != 1:
+                return
+            merge = self.readers.get(permute.var)
+            if merge is None or _op_name(merge.value) != "relax.reshape":
+                return
+            if static_shape(merge.var) != source_shape:
+                return
+            self.shuffle_inner.update((var, permute.var))
+            self.shuffles[merge.var] = (call.args[0], groups)
+
+        def _rewrite(self, var: Any, call: Any) -> tuple[Any, ChannelOrder] | None:
+            """The blocked replacement of ``var = call`` and its channel order, or None to
+            keep the NCHW op."""
             name = _op_name(call)
             if name == CONV2D:
                 return self._conv(var, call)
@@ -322,96 +659,268 @@ def make_mutator() -> type:
                 return self._binary(call, name)
             if name == "relax.call_tir":
                 return self._call_tir(call)
+            if name == "relax.mean":
+                return self._global_mean(call)
+            if name == "relax.concat":
+                return self._concat(call)
+            if name in _POOLS:
+                return self._pool(var, call)
             return None
 
-        def _blocked_input(self, expr: Any) -> Any:
+        def _global_mean(self, call: Any) -> tuple[Any, ChannelOrder] | None:
+            """Global average pool over H, W stays blocked: the unpack after it is tiny."""
+            entry = self.blocked.get(call.args[0])
+            if entry is None or not call.attrs.keepdims or call.attrs.axis is None:
+                return None
+            if sorted(int(a) % 4 for a in call.attrs.axis) != [2, 3]:
+                return None
+            _, _, height, width = entry.shape
+            expr = self.builder_.call_te(
+                compute.pool_nchwc,
+                entry.var,
+                "avg",
+                [height, width],
+                [1, 1],
+                [0, 0, 0, 0],
+                True,
+                None,
+                primfunc_name_hint="mean_nchwc",
+            )
+            return expr, entry.order
+
+        def _concat(self, call: Any) -> tuple[Any, ChannelOrder] | None:
+            """Channel concat of blocked values, into the plain channel order: a copy of whole
+            blocks where every part fills whole blocks, else a lane gather."""
+            parts = getattr(call.args[0], "fields", None)
+            if not parts or int(call.attrs.axis) % 4 != 1:
+                return None
+            shapes = [static_shape(part) for part in parts]
+            if any(shape is None or len(shape) != 4 for shape in shapes):
+                return None
+            if len({(shape[0], *shape[2:]) for shape in shapes if shape}) != 1:
+                return None
+            # Only when every part is blocked already: packing an NCHW part would add a pass
+            # (CondenseNet concatenates its NCHW features with each new layer's output).
+            if not all(part in self.blocked for part in parts):
+                return None
+            entries = [self.blocked[part] for part in parts]
+            channels = sum(entry.channels for entry in entries)
+            order = ChannelOrder.identity(channels, self.block)
+            whole_blocks = all(
+                entry.order.is_identity(self.block) and entry.channels % self.block == 0
+                for entry in entries
+            )
+            if whole_blocks:
+                return relax.op.concat([entry.var for entry in entries], axis=1), order
+            tables = [relax.const(entry.order.lanes.astype("int32")) for entry in entries]
+            expr = self.builder_.call_te(
+                compute.concat_channels,
+                *[entry.var for entry in entries],
+                *tables,
+                primfunc_name_hint="concat_nchwc",
+            )
+            return expr, order
+
+        def _pool(self, var: Any, call: Any) -> tuple[Any, ChannelOrder] | None:
+            """Max/average pooling in NCHW[x]c: ours without dilation (and for max also in
+            ceil mode), else TVM's pool, which takes the blocked layout as is."""
+            entry = self.blocked.get(call.args[0])
+            attrs = call.attrs
+            if entry is None or (attrs.layout, attrs.out_layout) != ("NCHW", "NCHW"):
+                return None
+            pads = [int(d) for d in attrs.padding]
+            pads = pads * 2 if len(pads) == 2 else pads
+            average = _op_name(call) == "relax.nn.avg_pool2d"
+            include_pad = bool(attrs.count_include_pad) if average else True
+            ours = not (attrs.ceil_mode and average)
+            if ours and all(int(d) == 1 for d in attrs.dilation):
+                expr = self.builder_.call_te(
+                    compute.pool_nchwc,
+                    entry.var,
+                    "avg" if average else "max",
+                    [int(d) for d in attrs.pool_size],
+                    [int(d) for d in attrs.strides],
+                    pads,
+                    include_pad,
+                    self.pool_indices.get(var),
+                    bool(attrs.ceil_mode),
+                    primfunc_name_hint="pool_nchwc",
+                )
+                return expr, entry.order
+            blocked = f"NCHW{self.block}c"
+            options = {
+                "pool_size": [int(d) for d in attrs.pool_size],
+                "strides": [int(d) for d in attrs.strides],
+                "padding": pads,
+                "dilation": [int(d) for d in attrs.dilation],
+                "ceil_mode": bool(attrs.ceil_mode),
+                "layout": blocked,
+                "out_layout": blocked,
+            }
+            if average:
+                return relax.op.nn.avg_pool2d(
+                    entry.var, count_include_pad=include_pad, **options
+                ), entry.order
+            return relax.op.nn.max_pool2d(entry.var, **options), entry.order
+
+        def _blocked_input(self, expr: Any) -> _Blocked:
             """The NCHW[x]c version of ``expr``: reuse it if blocked, else emit a pack (once)."""
             entry = self.blocked.get(expr)
             if entry is not None:
-                return entry.var
+                return entry
             plain = self.visit_expr(expr)
             call = self.builder_.call_te(
                 compute.pack, plain, self.block, primfunc_name_hint="pack_nchwc"
             )
             packed = self.builder_.emit(call, "packed")
+            entry = _Blocked(
+                packed,
+                _nchw_shape(expr),
+                ChannelOrder.identity(_nchw_shape(expr)[1], self.block),
+            )
             if isinstance(expr, relax.Var):  # later consumers (a skip connection) reuse it
-                self.blocked[expr] = _Blocked(packed, _nchw_shape(expr))
+                self.blocked[expr] = entry
                 self.materialized.add(expr)  # its NCHW form is the original var itself
-            return packed
+            return entry
 
-        def _conv(self, var: Any, call: Any) -> Any:
+        def _packed_as(self, expr: Any, order: ChannelOrder) -> Any:
+            """``expr`` (NCHW) packed into ``order``'s lanes."""
+            if order.is_identity(self.block):
+                return self._blocked_input(expr).var
+            channel_of_lane = relax.const(order.channel_of_lane().astype("int32"))
+            call = self.builder_.call_te(
+                compute.pack_gather,
+                self.visit_expr(expr),
+                channel_of_lane,
+                self.block,
+                primfunc_name_hint="pack_nchwc",
+            )
+            return self.builder_.emit(call, "packed")
+
+        def _conv_input(self, expr: Any) -> tuple[Any, ChannelOrder]:
+            """Input of a K×K conv: blocked if it already is, else plain NCHW (its channels are
+            read as broadcast scalars, for which NCHW is as good; a pack would be a copy)."""
+            entry = self.blocked.get(expr)
+            if entry is not None:
+                return entry.var, entry.order
+            channels = _nchw_shape(expr)[1]
+            return self.visit_expr(expr), ChannelOrder(np.arange(channels), channels)
+
+        def _conv(self, var: Any, call: Any) -> tuple[Any, ChannelOrder] | None:
             index = self.conv_indices.get(var)
             schedule, reason = classify_conv(call)
+            if schedule == compute.GROUPED:
+                reason = grouped_fallback(call, self.block)
+                schedule = None if reason else schedule
             if index is not None:
                 self.log.plans[index] = ConvPlan(index, schedule, reason)
             if schedule is None or index is None:
                 return None
             attrs = call.attrs
             weight = _const_value(call.args[1])
-            data = self._blocked_input(call.args[0])
+            strides = [int(s) for s in attrs.strides]
+            pads = [int(p) for p in attrs.padding]
+            pads = pads * 2 if len(pads) == 2 else pads
+            dilation = [int(d) for d in attrs.dilation]
             if schedule == compute.POINTWISE:
-                packed = relax.const(pack_pointwise_weight(weight, self.block))
-                strides = [int(s) for s in attrs.strides]
+                entry = self._blocked_input(call.args[0])
+                packed = relax.const(pack_pointwise_weight(weight, self.block, entry.order))
                 expr = self.builder_.call_te(
                     compute.pointwise_nchwc,
-                    data,
+                    entry.var,
                     packed,
                     strides,
                     index,
                     primfunc_name_hint="pointwise_nchwc",
                 )
-            else:
-                packed = relax.const(pack_depthwise_weight(weight, self.block))
-                pads = [int(p) for p in attrs.padding]
-                if len(pads) == 2:
-                    pads = pads * 2
+                return expr, ChannelOrder.identity(weight.shape[0], self.block)
+            if schedule == compute.DEPTHWISE:
+                entry = self._blocked_input(call.args[0])
+                packed = relax.const(pack_depthwise_weight(weight, self.block, entry.order))
                 expr = self.builder_.call_te(
                     compute.depthwise_nchwc,
-                    data,
+                    entry.var,
                     packed,
-                    [int(s) for s in attrs.strides],
+                    strides,
                     pads,
-                    [int(d) for d in attrs.dilation],
+                    dilation,
                     index,
                     primfunc_name_hint="depthwise_nchwc",
                 )
-            return expr
+                return expr, entry.order
+            data, in_order = self._conv_input(call.args[0])
+            if schedule == compute.DENSE:
+                packed = relax.const(pack_dense_weight(weight, self.block, in_order))
+                expr = self.builder_.call_te(
+                    compute.dense_conv_nchwc,
+                    data,
+                    packed,
+                    strides,
+                    pads,
+                    dilation,
+                    index,
+                    primfunc_name_hint="conv_nchwc",
+                )
+                return expr, ChannelOrder.identity(weight.shape[0], self.block)
+            groups = int(attrs.groups)
+            layout = grouped_layout(weight.shape[0], groups, weight.shape[1], self.block)
+            expr = self.builder_.call_te(
+                compute.grouped_conv_nchwc,
+                data,
+                relax.const(pack_grouped_weight(weight, self.block, groups, layout)),
+                relax.const(channel_table(layout, in_order)),
+                strides,
+                pads,
+                dilation,
+                layout.blocks_per_row,
+                index,
+                primfunc_name_hint="grouped_nchwc",
+            )
+            return expr, layout.out_order
 
-        def _unary(self, call: Any) -> Any:
+        def _unary(self, call: Any) -> tuple[Any, ChannelOrder] | None:
             entry = self.blocked.get(call.args[0])
             if entry is None:
                 return None
             rest = [self.visit_expr(arg) for arg in call.args[1:]]
-            return relax.Call(call.op, [entry.var, *rest], call.attrs)
+            return relax.Call(call.op, [entry.var, *rest], call.attrs), entry.order
 
-        def _binary(self, call: Any, name: str) -> Any:
+        def _binary(self, call: Any, name: str) -> tuple[Any, ChannelOrder] | None:
             lhs, rhs = call.args
             out_shape = static_shape(call)
-            if lhs not in self.blocked and rhs not in self.blocked:
+            blocked = [self.blocked[arg] for arg in (lhs, rhs) if arg in self.blocked]
+            if not blocked:
                 return None
             if out_shape is None or len(out_shape) != 4:
                 return None
+            order = blocked[0].order
             operands = []
             for position, arg in enumerate((lhs, rhs)):
                 divisor = name == _DIVIDE and position == 1
-                operand = self._binary_operand(arg, out_shape, divisor=divisor)
+                operand = self._binary_operand(arg, out_shape, order, divisor=divisor)
                 if operand is None:
                     return None
                 operands.append(operand)
             # Packs are emitted only once both operands are known to be blockable.
             resolved = [
-                self._blocked_input(op.arg) if isinstance(op, _Pack) else op for op in operands
+                self._packed_as(op.arg, order) if isinstance(op, _Pack) else op for op in operands
             ]
-            return relax.Call(call.op, resolved, call.attrs)
+            return relax.Call(call.op, resolved, call.attrs), order
 
-        def _binary_operand(self, arg: Any, out_shape: tuple[int, ...], divisor: bool) -> Any:
+        def _binary_operand(
+            self, arg: Any, out_shape: tuple[int, ...], order: ChannelOrder, divisor: bool
+        ) -> Any:
             """The blocked form of one operand: an Expr, a :class:`_Pack` to emit, or None."""
             channels = out_shape[1]
             entry = self.blocked.get(arg)
             if entry is not None:
-                # A blocked operand must carry the output's channels in its lanes: broadcasting
-                # a one-channel tensor would broadcast lanes, not channels.
-                if entry.channels == channels and _broadcasts(entry.shape, out_shape):
+                # A blocked operand must carry the output's channels in its lanes, in the same
+                # order: broadcasting a one-channel tensor would broadcast lanes, not channels.
+                if (
+                    entry.channels == channels
+                    and _broadcasts(entry.shape, out_shape)
+                    and entry.order.same(order)
+                ):
                     return entry.var
                 return None
             shape = static_shape(arg)
@@ -424,13 +933,13 @@ def make_mutator() -> type:
             if divisor:  # padded lanes would divide by zero and poison the next conv
                 return None
             if _is_const(arg):
-                packed = pack_channel_constant(_const_value(arg), channels, self.block)
+                packed = pack_channel_constant(_const_value(arg), channels, self.block, order)
                 return None if packed is None else relax.const(packed)
             if len(shape) == 4 and shape[1] == channels and _broadcasts(shape, out_shape):
                 return _Pack(arg)
             return None
 
-        def _call_tir(self, call: Any) -> Any:
+        def _call_tir(self, call: Any) -> tuple[Any, ChannelOrder] | None:
             callee, args = call.args[0], getattr(call.args[1], "fields", None)
             if not args or not isinstance(callee, tvm.ir.GlobalVar):
                 return None
@@ -449,6 +958,6 @@ def make_mutator() -> type:
                     bound = relax.const(folded, _dtype(args[1]))
             else:
                 bound = relax.const(constant, _dtype(args[0]))
-            return relax.Call(tvm.ir.Op.get(op), [entry.var, bound])
+            return relax.Call(tvm.ir.Op.get(op), [entry.var, bound]), entry.order
 
     return BlockedLayoutMutator

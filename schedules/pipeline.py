@@ -241,18 +241,33 @@ def apply_schedule_rules(report: ScheduleReport) -> Any:
 
 
 def _record_schedule_name(func: Any) -> str:
-    """``metaschedule``, or ``<our rule> (tuned record)`` when the best record is our schedule."""
+    """``metaschedule``, and the untuned schedule its best record descends from, if marked
+    (the search starts from our schedules and TVM's default, and keeps their marks)."""
     names = [
         str(block.annotations[SCHEDULED_BY_ATTR])
         for block in _blocks(func.body)
         if SCHEDULED_BY_ATTR in block.annotations
     ]
-    return f"{names[0]} (fastest in records)" if names else TUNED
+    return f"{TUNED} from {names[0]}" if names else TUNED
 
 
 def schedule_rules() -> list[Any]:
     """Our dlight rules, in the order they are tried on each fused PrimFunc."""
-    return [PointwiseNCHWc(), DepthwiseNCHWc()]
+    from edgecompile.schedules.rules import (
+        DenseConvNCHWc,
+        GroupedNCHWc,
+        PackedMatmul,
+        PoolNCHWc,
+    )
+
+    return [
+        PointwiseNCHWc(),
+        DepthwiseNCHWc(),
+        GroupedNCHWc(),
+        DenseConvNCHWc(),
+        PackedMatmul(),
+        PoolNCHWc(),
+    ]
 
 
 def relax_pipeline(target: Any, report: ScheduleReport, database: Any = None) -> Any:

@@ -1,4 +1,5 @@
-"""Schedule rules for the fused PrimFuncs holding a blocked pointwise or depthwise convolution.
+"""Schedule rules for the fused PrimFuncs holding one of our blocked computes: pointwise,
+depthwise, grouped and dense K×K convolution, pooling, and the classifier's packed matmul.
 
 They run after FuseOps/FuseTIR (dlight-style, :class:`tvm.s_tir.dlight.ScheduleRule`), so a
 PrimFunc is the conv plus whatever elementwise epilogue Relax fused into it (bias, BN, ReLU,
@@ -31,6 +32,9 @@ SCHEDULED_BY_ATTR = "edgecompile.scheduled_by"
 REDUCTION_UNROLL = 4
 MAX_POINTWISE_OUT_TILE = 8
 MAX_SPATIAL_TILE = 32
+# Output vectors a GEMV accumulates at once: enough independent FMA chains to cover the FMA
+# latency while the weight streams in.
+MAX_GEMV_ACCUMULATORS = 8
 DEPTHWISE_SPATIAL_TARGET = 8
 
 
@@ -305,3 +309,107 @@ def _vectorize_tile_loops(sch: Any, block: Any) -> None:
     serial = [loop for loop in sch.get_loops(block) if sch.get(loop).kind == tirx.ForKind.SERIAL]
     if serial:
         sch.vectorize(serial[-1])
+
+
+def reduction_unroll(steps: int) -> int:
+    """Reduction steps unrolled in the innermost loop: 4 like pointwise where they divide."""
+    return next(unroll for unroll in (REDUCTION_UNROLL, 3, 2, 1) if steps % unroll == 0)
+
+
+class _GatherConvRule(_ConvRule):
+    """K×K conv as broadcast input scalar × weight vector (see :func:`compute._conv_nchwc`):
+    the pointwise ``oc × p`` register tile, with the kernel window in the reduction and the
+    padding inlined as predicated loads."""
+
+    def schedule(self, sch: Any, block: Any, cpu: CpuInfo) -> None:
+        pads = [p for p in sch.get_producers(block) if sch.get(p).name_hint.startswith("pad_nchw")]
+        blocks_per_row = int(sch.get(block).annotations[compute.BLOCKS_PER_ROW_ATTR])
+        n, cob, h, w, co, r, kh, kw = sch.get_loops(block)
+        # Only output blocks reading the same table row share their broadcast inputs.
+        oc_tile, pixel_tile = pointwise_tile(
+            pixel_tiles(int(sch.get(w).extent)), blocks_per_row, cpu
+        )
+        cob_o, cob_i = sch.split(cob, [None, oc_tile])
+        pix_o, pix_i = sch.split(w, [None, pixel_tile])
+        r_o, r_i = sch.split(r, [None, reduction_unroll(int(sch.get(r).extent))])
+        sch.reorder(n, cob_o, h, pix_o, r_o, kh, kw, r_i, pix_i, cob_i, co)
+        inline_epilogue_intermediates(sch, block)
+        writeback = sch.cache_write(block, 0, "local")
+        sch.reverse_compute_at(writeback, pix_o)
+        inline_epilogue(sch, writeback, pix_o, cpu.lanes)
+        sch.vectorize(co)
+        for loop in (r_i, pix_i, cob_i):
+            sch.unroll(loop)
+        outer = sch.fuse(n, cob_o, h, pix_o)
+        sch.parallel(outer)
+        for pad in pads:
+            # The padded window of one tile, copied next to it: the tile's loads then need no
+            # bounds test (inlined, every broadcast load was predicated: ~2x slower).
+            sch.compute_at(pad, outer)
+            _vectorize_tile_loops(sch, pad)
+        sch.decompose_reduction(block, r_o)
+        _vectorize_tile_loops(sch, writeback)
+
+
+class GroupedNCHWc(_GatherConvRule):
+    """Grouped conv: each output block reads its group's channels through a channel table."""
+
+    schedule_name = compute.GROUPED
+
+
+class DenseConvNCHWc(_GatherConvRule):
+    """Dense K×K conv (the stem, SqueezeNet's 3×3 expand): every output block reads every
+    input lane."""
+
+    schedule_name = compute.DENSE
+
+
+class PackedMatmul(_ConvRule):
+    """The classifier GEMV: ``T`` output vectors accumulated over the input, the weight read as
+    one contiguous stream per output vector."""
+
+    schedule_name = compute.MATMUL
+
+    def schedule(self, sch: Any, block: Any, cpu: CpuInfo) -> None:
+        n, j, k = sch.get_loops(block)
+        lanes = int(sch.get(block).annotations[compute.VECTOR_LANES_ATTR])
+        j_o, j_i = sch.split(j, [None, lanes])
+        blocks = int(sch.get(j_o).extent)
+        limit = min(MAX_GEMV_ACCUMULATORS, cpu.tile_registers - 2)
+        accumulators = max(d for d in divisors(blocks) if d <= limit)
+        tile_o, tile_i = sch.split(j_o, [None, accumulators])
+        k_o, k_i = sch.split(k, [None, reduction_unroll(int(sch.get(k).extent))])
+        sch.reorder(n, tile_o, k_o, k_i, tile_i, j_i)
+        writeback = sch.cache_write(block, 0, "local")
+        sch.reverse_compute_at(writeback, tile_o)
+        inline_epilogue(sch, writeback, tile_o, cpu.lanes)
+        sch.vectorize(j_i)
+        sch.unroll(k_i)
+        sch.unroll(tile_i)
+        sch.parallel(sch.fuse(n, tile_o))
+        sch.decompose_reduction(block, k_o)
+        _vectorize_tile_loops(sch, writeback)
+
+
+class PoolNCHWc(_ConvRule):
+    """Max/average pooling: a row of output columns × one channel block per tile, like
+    depthwise without weights; padding inlined, the average's division in the write-back."""
+
+    schedule_name = compute.POOL
+
+    def schedule(self, sch: Any, block: Any, cpu: CpuInfo) -> None:
+        for producer in sch.get_producers(block):
+            if sch.get(producer).name_hint.startswith("pad_nchwc"):
+                sch.compute_inline(producer)
+        n, cb, h, w, c, kh, kw = sch.get_loops(block)
+        width_tile = depthwise_tile(int(sch.get(w).extent), cpu)
+        w_o, w_i = sch.split(w, [None, width_tile])
+        sch.reorder(n, cb, h, w_o, kh, kw, w_i, c)
+        writeback = sch.cache_write(block, 0, "local")
+        sch.reverse_compute_at(writeback, w_o)
+        inline_epilogue(sch, writeback, w_o, cpu.lanes)
+        sch.vectorize(c)
+        sch.unroll(w_i)
+        sch.parallel(sch.fuse(n, cb, h))
+        sch.decompose_reduction(block, kh)
+        _vectorize_tile_loops(sch, writeback)

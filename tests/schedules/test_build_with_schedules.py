@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import edgecompile
-from edgecompile.schedules import DEPTHWISE, POINTWISE, TVM_DEFAULT
+from edgecompile.schedules import DENSE, DEPTHWISE, MATMUL, POINTWISE, TVM_DEFAULT
 
 
 def test_mobilenet_v2_verifies_with_schedules(build_once: Callable[..., Any]) -> None:
@@ -22,8 +22,8 @@ def test_mobilenet_v2_verifies_with_schedules(build_once: Callable[..., Any]) ->
         assert "fallback" not in record
     assert by_kind["pointwise"] == {POINTWISE}
     assert by_kind["depthwise"] == {DEPTHWISE}
-    assert by_kind["conv"] == {TVM_DEFAULT}  # the 3×3 stem
-    assert by_kind["matmul"] == {TVM_DEFAULT}
+    assert by_kind["conv"] == {DENSE}  # the 3×3 stem
+    assert by_kind["matmul"] == {MATMUL}
 
 
 def test_custom_schedules_off(tmp_path: Path) -> None:

@@ -1,6 +1,6 @@
-"""Our pointwise/depthwise schedules on small conv networks: numerics against torch, and proof
-that the schedule (not TVM's default) ran, on the host; compile (and, on the emulated board,
-run) for the rpi4 preset.
+"""Our pointwise, depthwise, grouped and dense conv schedules on small conv networks: numerics
+against torch, and proof that the schedule (not TVM's default) ran, on the host; compile (and,
+on the emulated board, run) for the rpi4 preset.
 
 The networks go through the production path (``import_onnx`` → Relax → our pipeline), so ONNX
 ``Clip`` arrives as the frontend's ``call_tir`` and ``HardSwish`` as Relax arithmetic, exactly as
@@ -15,6 +15,8 @@ from typing import Any
 
 import numpy as np
 import pytest
+import torch
+import torch.nn.functional as F
 import tvm
 from tvm import relax, tirx
 
@@ -22,8 +24,12 @@ from edgecompile.errors import EdgecompileError
 from edgecompile.export import relative_error
 from edgecompile.importer import RelaxModel, import_onnx
 from edgecompile.schedules import (
+    DENSE,
     DEPTHWISE,
+    GROUPED,
+    MATMUL,
     POINTWISE,
+    POOL,
     TVM_DEFAULT,
     compile_relax,
     cpu_info,
@@ -46,6 +52,7 @@ class Conv:
     groups: int = 1
     pads: tuple[int, int, int, int] | None = None  # ONNX order: top, left, bottom, right
     epilogue: str = "none"
+    shuffle: int = 0  # ShuffleNet's channel shuffle over this many groups, after the epilogue
 
     def padding(self) -> tuple[int, int, int, int]:
         if self.pads is not None:
@@ -120,12 +127,28 @@ class Network:
                 nodes.append(helper.make_node("Relu", [conv], [out]))
             elif layer.epilogue.endswith("relu6"):
                 nodes.append(helper.make_node("Clip", [conv, "zero", "six"], [out]))
+            elif layer.epilogue.endswith("relu"):
+                nodes.append(helper.make_node("Relu", [conv], [out]))
             elif layer.epilogue == "hswish":
                 nodes.append(helper.make_node("HardSwish", [conv], [out]))
             elif layer.epilogue == "residual":  # the skip connection from the network input
                 nodes.append(helper.make_node("Add", [conv, "input"], [out]))
             else:
                 out = conv
+            if layer.shuffle:
+                size = self._map_size(i)
+                split = [self.batch, layer.shuffle, layer.out_channels // layer.shuffle, *size]
+                inits.append(numpy_helper.from_array(np.array(split, "int64"), f"split{i}"))
+                merged = [self.batch, layer.out_channels, *size]
+                inits.append(numpy_helper.from_array(np.array(merged, "int64"), f"merge{i}"))
+                nodes += [
+                    helper.make_node("Reshape", [out, f"split{i}"], [f"grouped{i}"]),
+                    helper.make_node(
+                        "Transpose", [f"grouped{i}"], [f"swapped{i}"], perm=[0, 2, 1, 3, 4]
+                    ),
+                    helper.make_node("Reshape", [f"swapped{i}", f"merge{i}"], [f"shuffled{i}"]),
+                ]
+                out = f"shuffled{i}"
             current = out
         nodes.append(helper.make_node("Identity", [current], ["output"]))
         out_shape = self.reference(np.zeros(self.input_shape, "float32")).shape
@@ -140,13 +163,19 @@ class Network:
         onnx.save(model, str(path))
         return path
 
-    def reference(self, data: np.ndarray) -> np.ndarray:
-        """The same network in float64 torch."""
+    def _map_size(self, index: int) -> list[int]:
+        """Height and width of layer ``index``'s output."""
+        probe = np.zeros(self.input_shape, "float32")
+        return list(self.reference(probe, layers=index + 1).shape[2:])
+
+    def reference(self, data: np.ndarray, layers: int | None = None) -> np.ndarray:
+        """The same network (its first ``layers`` layers) in float64 torch."""
         import torch
         import torch.nn.functional as F
 
         x = first = torch.from_numpy(data.astype("float64"))
-        for layer, weights in zip(self.layers, self.weights, strict=True):
+        chosen = self.layers[:layers] if layers is not None else self.layers
+        for layer, weights in zip(chosen, self.weights, strict=False):
             top, left, bottom, right = layer.padding()
             padded = F.pad(x, (left, right, top, bottom))
             bias = torch.from_numpy(weights["b"].astype("float64"))
@@ -162,10 +191,16 @@ class Network:
                 y = F.relu(y)
             elif layer.epilogue.endswith("relu6"):
                 y = F.relu6(y)
+            elif layer.epilogue.endswith("relu"):
+                y = F.relu(y)
             elif layer.epilogue == "hswish":
                 y = F.hardswish(y)
             elif layer.epilogue == "residual":
                 y = y + first
+            if layer.shuffle:
+                batch, channels, height, width = y.shape
+                y = y.reshape(batch, layer.shuffle, channels // layer.shuffle, height, width)
+                y = y.transpose(1, 2).reshape(batch, channels, height, width)
             x = y
         return x.numpy()
 
@@ -197,6 +232,25 @@ CASES = {
         15,
         15,
     ),
+    # Grouped: groups whose output channels fill whole blocks, groups padded to whole blocks
+    # (20 per group), blocks straddling groups (12 per group), tiny groups (g8, 4 per group).
+    "gc 240→60 g3 14×14 relu": ([Conv(240, 60, groups=3, epilogue="relu")], 14, 14),
+    "gc 60→240 g3 7×7 bias": ([Conv(60, 240, groups=3, epilogue="bias")], 7, 7),
+    "gc 96→48 g4 15×15 s2 relu6": ([Conv(96, 48, groups=4, stride=2, epilogue="relu6")], 15, 15),
+    "gc 48→96 g8 9×11 hswish": ([Conv(48, 96, groups=8, epilogue="hswish")], 9, 11),
+    "gc 34→38 g2 13×13 bias": ([Conv(34, 38, groups=2, epilogue="bias")], 13, 13),
+    "gc 64→32 g8 7×7": ([Conv(64, 32, groups=8)], 7, 7),
+    "gc 12→20 g2 15×15 k3 s2": ([Conv(12, 20, kernel=3, stride=2, groups=2)], 15, 15),
+    "gc 64→64 g4 13×13 k3 d2 relu": (
+        [Conv(64, 64, kernel=3, dilation=2, groups=4, epilogue="relu")],
+        13,
+        13,
+    ),
+    "gc 18→27 g3 9×7 k3 bias+relu": (
+        [Conv(18, 27, kernel=3, groups=3, epilogue="bias_relu")],
+        9,
+        7,
+    ),
 }
 
 
@@ -206,7 +260,11 @@ def import_network(network: Network, tmp_path: Path) -> RelaxModel:
 
 
 def expected_schedule(layer: Conv) -> str:
-    return DEPTHWISE if layer.groups > 1 else POINTWISE
+    if layer.groups == layer.in_channels == layer.out_channels:
+        return DEPTHWISE
+    if layer.groups > 1:
+        return GROUPED
+    return POINTWISE if layer.kernel == 1 and not any(layer.padding()) else DENSE
 
 
 def run_module(module: Any, target: Any, data: np.ndarray) -> np.ndarray:
@@ -357,6 +415,293 @@ def test_blocked_layout_spans_the_whole_block(tmp_path: Path, host_target: Any) 
     assert relative_error(actual, network.reference(data)) <= TOLERANCE
 
 
+def shuffle_unit(groups: int, channels: int, stride: int = 1) -> Network:
+    """ShuffleNet v1's unit: grouped 1×1 + ReLU, channel shuffle, depthwise 3×3, grouped 1×1
+    (+ the skip connection at stride 1)."""
+    mid = channels // 4
+    return Network(
+        [
+            Conv(channels, mid, groups=groups, epilogue="bias_relu", shuffle=groups),
+            depthwise(mid, 3, stride=stride, epilogue="bias"),
+            Conv(mid, channels, groups=groups, epilogue="residual" if stride == 1 else "relu"),
+        ],
+        height=15,
+        width=15,
+    )
+
+
+def test_squeezenet_fire_module_stays_blocked(tmp_path: Path, host_target: Any) -> None:
+    """Fire: squeeze 1×1 → (expand 1×1, expand 3×3) → concat. The 3×3 expand reads the
+    squeeze's blocked output directly (its padding copied per tile, not a pass of its own)."""
+    network = Network(
+        [Conv(32, 16, epilogue="bias_relu"), Conv(16, 64, kernel=3, epilogue="relu")], 13, 13
+    )
+    module, report = optimize(import_network(network, tmp_path).module, host_target)
+    assert report.schedules.applied == {0: POINTWISE, 1: DENSE}
+    calls = called_functions(module)
+    assert [c.split("_nchwc")[0] for c in calls if "pack_nchwc" in c] == ["pack", "unpack"]
+    data = np.random.default_rng(10).standard_normal(network.input_shape).astype("float32")
+    actual = run_module(module, host_target, data)
+    assert relative_error(actual, network.reference(data)) <= TOLERANCE
+
+
+def test_stem_reads_the_image_in_nchw(tmp_path: Path, host_target: Any) -> None:
+    """A dense conv on 3 channels reads the NCHW image as is: no pack of 3 channels into a
+    whole block before it."""
+    network = Network([Conv(3, 16, kernel=3, stride=2, epilogue="relu"), Conv(16, 24)], 17, 17)
+    module, report = optimize(import_network(network, tmp_path).module, host_target)
+    assert report.schedules.applied == {0: DENSE, 1: POINTWISE}
+    calls = called_functions(module)
+    assert not any(call.startswith("pack") for call in calls), calls
+    (dense,) = [
+        f for f in scheduled_functions(module).values() if f.attrs["edgecompile.schedule"] == DENSE
+    ]
+    assert len(dense.params[0].shape) == 4
+    data = np.random.default_rng(11).standard_normal(network.input_shape).astype("float32")
+    actual = run_module(module, host_target, data)
+    assert relative_error(actual, network.reference(data)) <= TOLERANCE
+
+
+@pytest.mark.parametrize(
+    ("groups", "channels", "stride"), [(3, 240, 1), (8, 384, 1), (2, 200, 2), (4, 272, 1)]
+)
+def test_shuffle_unit_stays_blocked(
+    groups: int, channels: int, stride: int, tmp_path: Path, host_target: Any
+) -> None:
+    """The shuffle is folded into the channel order: no reshape/transpose kernel runs, the
+    activations stay NCHW[x]c from the first conv to the last, and the numbers match torch."""
+    network = shuffle_unit(groups, channels, stride)
+    module, report = optimize(import_network(network, tmp_path).module, host_target)
+    assert report.schedules.failed == {}
+    assert report.schedules.applied == {0: GROUPED, 1: DEPTHWISE, 2: GROUPED}
+    calls = called_functions(module)
+    scheduled = scheduled_functions(module)
+    unscheduled = [call for call in calls if call not in scheduled]
+    # The input is read in NCHW by the first grouped conv; the residual add packs it once.
+    assert all("pack_nchwc" in call for call in unscheduled), calls
+    assert sum(call.startswith("unpack") for call in unscheduled) == 1
+    data = np.random.default_rng(7).standard_normal(network.input_shape).astype("float32")
+    actual = run_module(module, host_target, data)
+    assert relative_error(actual, network.reference(data)) <= TOLERANCE
+
+
+def test_shuffled_output_is_unpacked_in_channel_order(tmp_path: Path, host_target: Any) -> None:
+    """A shuffle that ends the network: the unpack gathers the channels in shuffled order."""
+    network = Network([Conv(42, 60, groups=3, epilogue="relu", shuffle=3)], 7, 7)
+    module, report = optimize(import_network(network, tmp_path).module, host_target)
+    assert report.schedules.applied == {0: GROUPED}
+    data = np.random.default_rng(8).standard_normal(network.input_shape).astype("float32")
+    actual = run_module(module, host_target, data)
+    assert relative_error(actual, network.reference(data)) <= TOLERANCE
+
+
+def test_grouped_conv_with_tiny_groups_stays_in_nchw(tmp_path: Path, host_target: Any) -> None:
+    """2 output channels per group in 16 lanes would compute 8x the work: the layout pass
+    leaves the conv to TVM, says why, and the network still matches."""
+    network = Network([Conv(32, 8, kernel=3, groups=4, epilogue="relu")], 9, 9)
+    module, report = optimize(import_network(network, tmp_path).module, host_target)
+    if cpu_info(host_target).lanes < 8:
+        pytest.skip("narrow vectors fit 2-channel groups")
+    assert report.schedules.applied == {}
+    plan = report.layout.plans[0]
+    assert plan.schedule is None
+    assert "2 output channels per group" in plan.reason
+    _, records = compile_relax(import_network(network, tmp_path).module, host_target)
+    assert [r["schedule"] for r in records] == [TVM_DEFAULT]
+    data = np.random.default_rng(9).standard_normal(network.input_shape).astype("float32")
+    actual = run_module(module, host_target, data)
+    assert relative_error(actual, network.reference(data)) <= TOLERANCE
+
+
+def save_graph(
+    path: Path, nodes: list[Any], weights: dict[str, np.ndarray], inputs: dict, outputs: dict
+) -> Path:
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    graph = helper.make_graph(
+        nodes,
+        "net",
+        [helper.make_tensor_value_info(k, TensorProto.FLOAT, v) for k, v in inputs.items()],
+        [helper.make_tensor_value_info(k, TensorProto.FLOAT, v) for k, v in outputs.items()],
+        initializer=[numpy_helper.from_array(v, k) for k, v in weights.items()],
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return path
+
+
+def classifier_head(directory: Path, classes: int) -> tuple[Path, dict[str, np.ndarray]]:
+    """conv → ReLU → global average pool → flatten → Gemm (transB, bias), as ONNX."""
+    from onnx import helper
+
+    rng = np.random.default_rng(12)
+    weights = {
+        "w0": rng.standard_normal((40, 16, 1, 1)).astype("float32") / 4,
+        "fc": rng.standard_normal((classes, 40)).astype("float32") / 6,
+        "bias": rng.standard_normal(classes).astype("float32"),
+    }
+    nodes = [
+        helper.make_node("Conv", ["input", "w0"], ["c0"]),
+        helper.make_node("Relu", ["c0"], ["a0"]),
+        helper.make_node("GlobalAveragePool", ["a0"], ["pooled"]),
+        helper.make_node("Flatten", ["pooled"], ["flat"]),
+        helper.make_node("Gemm", ["flat", "fc", "bias"], ["output"], transB=1),
+    ]
+    path = save_graph(
+        directory / "head.onnx", nodes, weights, {"input": [1, 16, 7, 7]}, {"output": [1, classes]}
+    )
+    return path, weights
+
+
+@pytest.mark.parametrize("classes", [1000, 10, 37])
+def test_classifier_head_is_scheduled(classes: int, tmp_path: Path, host_target: Any) -> None:
+    """conv → global average pool → flatten → Gemm: the pool runs blocked (only its 1×1
+    result is unpacked) and the Gemm is our packed matmul, bias fused."""
+    path, weights = classifier_head(tmp_path, classes)
+    rng = np.random.default_rng(14)
+    module, report = optimize(import_onnx(path, name="head")[0].module, host_target)
+    assert report.schedules.failed == {}
+    assert report.schedules.applied == {0: POINTWISE, 1: MATMUL}
+    for name in called_functions(module):
+        if name.startswith("unpack"):  # the pooled 1×1 map, not the 7×7 one
+            assert [int(d) for d in module[name].params[0].shape][2:4] == [1, 1]
+    data = rng.standard_normal((1, 16, 7, 7)).astype("float32")
+    t = {k: torch.from_numpy(v.astype("float64")) for k, v in weights.items()}
+    features = F.relu(F.conv2d(torch.from_numpy(data.astype("float64")), t["w0"])).mean((2, 3))
+    expected = (features @ t["fc"].T + t["bias"]).numpy()
+    actual = run_module(module, host_target, data)
+    assert relative_error(actual, expected) <= TOLERANCE
+
+
+@pytest.mark.parametrize(("shortcut", "branch"), [(24, 216), (32, 32), (19, 45)])
+def test_stride2_shuffle_unit_concat_and_pools_stay_blocked(
+    shortcut: int, branch: int, tmp_path: Path, host_target: Any
+) -> None:
+    """ShuffleNet v1's stride-2 unit: max-pooled stem, then concat(avg-pool(x), 1×1 conv of
+    x): pools (ours, scheduled) and concat run in NCHW[x]c, whether the parts fill whole
+    blocks or not."""
+    from onnx import helper
+
+    rng = np.random.default_rng(13)
+    weights = {
+        "stem": rng.standard_normal((shortcut, 3, 3, 3)).astype("float32") / 3,
+        "g": rng.standard_normal((branch, shortcut // 1, 1, 1)).astype("float32") / 5,
+        "out": rng.standard_normal((8, shortcut + branch, 1, 1)).astype("float32") / 8,
+    }
+    nodes = [
+        helper.make_node("Conv", ["input", "stem"], ["s"], pads=[1, 1, 1, 1], strides=[2, 2]),
+        helper.make_node("Relu", ["s"], ["r"]),
+        helper.make_node(
+            "MaxPool", ["r"], ["x"], kernel_shape=[3, 3], pads=[1, 1, 1, 1], strides=[2, 2]
+        ),
+        helper.make_node(
+            "AveragePool", ["x"], ["avg"], kernel_shape=[3, 3], pads=[1, 1, 1, 1], strides=[2, 2]
+        ),
+        helper.make_node("Conv", ["x", "g"], ["gc"], strides=[2, 2]),
+        helper.make_node("Relu", ["gc"], ["gr"]),
+        helper.make_node("Concat", ["avg", "gr"], ["cat"], axis=1),
+        helper.make_node("Conv", ["cat", "out"], ["output"]),
+    ]
+    path = save_graph(
+        tmp_path / "unit.onnx", nodes, weights, {"input": [1, 3, 32, 32]}, {"output": [1, 8, 4, 4]}
+    )
+    module, report = optimize(import_onnx(path, name="unit")[0].module, host_target)
+    assert report.schedules.failed == {}
+    assert report.schedules.applied == {0: DENSE, 1: POOL, 2: POINTWISE, 3: POOL, 4: POINTWISE}
+    calls = called_functions(module)
+    assert [call for call in calls if "pack" in call] == [calls[-1]]  # the final unpack only
+    data = rng.standard_normal((1, 3, 32, 32)).astype("float32")
+    t = {k: torch.from_numpy(v.astype("float64")) for k, v in weights.items()}
+    x = F.max_pool2d(
+        F.relu(F.conv2d(torch.from_numpy(data.astype("float64")), t["stem"], stride=2, padding=1)),
+        3,
+        2,
+        1,
+    )
+    avg = F.avg_pool2d(x, 3, 2, 1, count_include_pad=False)  # ONNX's default
+    cat = torch.cat([avg, F.relu(F.conv2d(x, t["g"], stride=2))], dim=1)
+    expected = F.conv2d(cat, t["out"]).numpy()
+    actual = run_module(module, host_target, data)
+    assert relative_error(actual, expected) <= TOLERANCE
+
+
+def test_concat_with_an_nchw_part_stays_in_nchw(tmp_path: Path, host_target: Any) -> None:
+    """CondenseNet's dense connectivity: concat(NCHW features, new conv output). Blocking it
+    would pack the features only to unpack the result: the concat stays NCHW."""
+    from onnx import helper
+
+    rng = np.random.default_rng(16)
+    weights = {"w": rng.standard_normal((12, 20, 1, 1)).astype("float32")}
+    nodes = [
+        helper.make_node("Conv", ["input", "w"], ["c"]),
+        helper.make_node("Relu", ["c"], ["r"]),
+        helper.make_node("Exp", ["input"], ["features"]),  # not an op the layout pass blocks
+        helper.make_node("Concat", ["features", "r"], ["output"], axis=1),
+    ]
+    path = save_graph(
+        tmp_path / "dense.onnx", nodes, weights, {"input": [1, 20, 9, 9]}, {"output": [1, 32, 9, 9]}
+    )
+    module, report = optimize(import_onnx(path, name="dense")[0].module, host_target)
+    assert report.schedules.applied == {0: POINTWISE}
+    calls = called_functions(module)
+    assert not any(call.startswith("concat_nchwc") for call in calls), calls
+    assert calls.count("pack_nchwc") == 1, calls  # the conv's input only, not the features
+    data = rng.standard_normal((1, 20, 9, 9)).astype("float32")
+    conv = F.relu(
+        F.conv2d(torch.from_numpy(data.astype("float64")), torch.from_numpy(weights["w"]).double())
+    )
+    features = torch.exp(torch.from_numpy(data.astype("float64")))
+    expected = torch.cat([features, conv], dim=1).numpy()
+    actual = run_module(module, host_target, data)
+    assert relative_error(actual, expected) <= TOLERANCE
+
+
+@pytest.mark.parametrize(
+    ("size", "kernel", "stride", "pad", "ceil"),
+    [(13, 3, 2, 0, True), (14, 3, 2, 0, True), (15, 3, 2, 1, True), (8, 2, 2, 0, False)],
+)
+def test_max_pool_floor_and_ceil_mode(
+    size: int, kernel: int, stride: int, pad: int, ceil: bool, tmp_path: Path, host_target: Any
+) -> None:
+    """SqueezeNet's ceil-mode max pools (odd maps keep a partial last window) run blocked."""
+    from onnx import helper
+
+    rng = np.random.default_rng(15)
+    weights = {"w": rng.standard_normal((20, 6, 1, 1)).astype("float32")}
+    out = (size + 2 * pad - kernel + (stride - 1 if ceil else 0)) // stride + 1
+    if ceil and (out - 1) * stride >= size + pad:
+        out -= 1
+    nodes = [
+        helper.make_node("Conv", ["input", "w"], ["c"]),
+        helper.make_node(
+            "MaxPool",
+            ["c"],
+            ["output"],
+            kernel_shape=[kernel, kernel],
+            strides=[stride, stride],
+            pads=[pad] * 4,
+            ceil_mode=int(ceil),
+        ),
+    ]
+    path = save_graph(
+        tmp_path / "pool.onnx",
+        nodes,
+        weights,
+        {"input": [1, 6, size, size]},
+        {"output": [1, 20, out, out]},
+    )
+    module, report = optimize(import_onnx(path, name="pool")[0].module, host_target)
+    assert report.schedules.applied == {0: POINTWISE, 1: POOL}
+    data = rng.standard_normal((1, 6, size, size)).astype("float32")
+    conv = F.conv2d(
+        torch.from_numpy(data.astype("float64")), torch.from_numpy(weights["w"]).double()
+    )
+    expected = F.max_pool2d(conv, kernel, stride, pad, ceil_mode=ceil).numpy()
+    actual = run_module(module, host_target, data)
+    assert actual.shape == expected.shape
+    assert relative_error(actual, expected) <= TOLERANCE
+
+
 def test_clip_bounds_are_folded_by_the_layout_pass(tmp_path: Path, host_target: Any) -> None:
     """ONNX's ``where(isnan(b), ∓inf, b)`` around each ReLU6 bound is folded in numpy, so
     FoldConstant does not compile (~25 ms each, ~140 in MobileNetV2) and run it."""
@@ -393,7 +738,7 @@ def test_compile_relax_records_each_heavy_op(tmp_path: Path, host_target: Any) -
     relax_model = import_network(network, tmp_path)
     _, records = compile_relax(relax_model.module, host_target)
     assert [(r["kind"], r["schedule"]) for r in records] == [
-        ("conv", TVM_DEFAULT),  # a dense 3×3 conv (a stem): not ours yet
+        ("conv", DENSE),  # a dense 3×3 conv (a stem)
         ("pointwise", POINTWISE),
         ("depthwise", DEPTHWISE),
         ("pointwise", POINTWISE),
@@ -457,6 +802,60 @@ def test_rpi4_gets_neon_sized_blocks_and_compiles(tmp_path: Path) -> None:
     assert executable is not None
 
 
+def test_rpi4_stem_and_fire_compile(tmp_path: Path) -> None:
+    """The dense K×K schedule for NEON, on the stem and a 3×3 expand."""
+    target = resolve_target("rpi4").tvm_target()
+    network = Network(
+        [
+            Conv(3, 24, kernel=3, stride=2, epilogue="relu"),
+            Conv(24, 16, epilogue="relu"),
+            Conv(16, 64, kernel=3, epilogue="relu"),
+        ],
+        17,
+        17,
+    )
+    relax_model = import_network(network, tmp_path)
+    module, report = optimize(relax_model.module, target)
+    assert report.schedules.applied == {0: DENSE, 1: POINTWISE, 2: DENSE}
+    for func in scheduled_functions(module).values():
+        assert int(func.params[-1].shape[-1]) == 4
+    executable, records = compile_relax(relax_model.module, target)
+    assert [r["schedule"] for r in records] == [DENSE, POINTWISE, DENSE]
+    assert executable is not None
+
+
+def test_rpi4_classifier_head_compiles(tmp_path: Path) -> None:
+    """The packed matmul for NEON: 4 outputs per vector (1000 classes), and LLVM accepts it."""
+    target = resolve_target("rpi4").tvm_target()
+    path, _ = classifier_head(tmp_path, 1000)
+    relax_model = import_onnx(path, name="head")[0]
+    module, report = optimize(relax_model.module, target)
+    assert report.schedules.applied == {0: POINTWISE, 1: MATMUL}
+    (matmul,) = [
+        f
+        for f in scheduled_functions(module).values()
+        if "matmul" in str(f.attrs["edgecompile.schedule"])
+    ]
+    assert int(matmul.params[1].shape[-1]) == 4
+    executable, records = compile_relax(relax_model.module, target)
+    assert [r["schedule"] for r in records] == [POINTWISE, MATMUL]
+    assert executable is not None
+
+
+def test_rpi4_shuffle_unit_compiles(tmp_path: Path) -> None:
+    """The grouped schedule and the folded shuffle for NEON: 4-lane blocks, and LLVM accepts
+    the AArch64 code."""
+    target = resolve_target("rpi4").tvm_target()
+    relax_model = import_network(shuffle_unit(3, 240), tmp_path)
+    module, report = optimize(relax_model.module, target)
+    assert report.schedules.applied == {0: GROUPED, 1: DEPTHWISE, 2: GROUPED}
+    for func in scheduled_functions(module).values():
+        assert int(func.params[-1].shape[-1]) == 4
+    executable, records = compile_relax(relax_model.module, target)
+    assert [r["schedule"] for r in records] == [GROUPED, DEPTHWISE, GROUPED]
+    assert executable is not None
+
+
 def _cached_rootfs() -> Path:
     """The emulated board's rootfs if it is already built (building it takes minutes)."""
     import os
@@ -486,13 +885,17 @@ def test_rpi4_numerics_on_the_emulated_board(tmp_path: Path) -> None:
             *inverted_residual().layers,
             depthwise(24, 5, stride=2, epilogue="hswish"),
             Conv(24, 37, epilogue="relu"),
+            Conv(37, 60, kernel=3, epilogue="relu"),
+            Conv(60, 60, groups=3, epilogue="bias_relu", shuffle=3),
+            depthwise(60, 3, epilogue="bias"),
+            Conv(60, 36, groups=3, epilogue="relu"),
         ],
         height=15,
         width=15,
     )
     relax_model = import_network(network, tmp_path)
     executable, records = compile_relax(relax_model.module, preset.tvm_target())
-    assert {r["schedule"] for r in records} == {POINTWISE, DEPTHWISE}
+    assert {r["schedule"] for r in records} == {POINTWISE, DEPTHWISE, DENSE, GROUPED}
     library = tmp_path / "net_rpi4.so"
     executable.export_library(str(library), fcompile=toolchain_for(preset).fcompile())
     data = np.random.default_rng(3).standard_normal(network.input_shape).astype("float32")

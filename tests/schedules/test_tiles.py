@@ -1,11 +1,14 @@
-"""The register-tile arithmetic the schedules derive from the target, on every preset kind."""
+"""The register-tile arithmetic the schedules derive from the target, on every preset kind, and
+the channel arithmetic of grouped convs and shuffles in the blocked layout."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from edgecompile.schedules import cpu_info
 from edgecompile.schedules.cpu import CpuInfo
+from edgecompile.schedules.layout import ChannelOrder, grouped_layout
 from edgecompile.schedules.rules import depthwise_tile, pixel_tiles, pointwise_tile
 from edgecompile.targets import resolve_target
 
@@ -65,3 +68,52 @@ def test_depthwise_tile_divides_the_row(cpu: CpuInfo) -> None:
         tile = depthwise_tile(width, cpu)
         assert width % tile == 0
         assert tile + 3 <= cpu.tile_registers
+
+
+@pytest.mark.parametrize(
+    ("out_channels", "groups", "in_per_group", "block", "blocks_per_row", "total", "waste"),
+    [
+        (240, 3, 20, 16, 5, 240, 1.0),  # 80 per group: whole blocks, no waste
+        (60, 3, 80, 16, 2, 96, 1.6),  # 20 per group: each padded to 32 lanes
+        (96, 8, 6, 16, 1, 128, 4 / 3),  # 12 per group: padded to 16 beats straddling blocks
+        (32, 8, 4, 16, 1, 32, 4.0),  # 4 per group: a tie, so channels stay in order
+        (60, 3, 80, 4, 5, 60, 1.0),  # NEON: 20 per group is 5 whole 4-lane blocks
+    ],
+)
+def test_grouped_layout(
+    out_channels: int,
+    groups: int,
+    in_per_group: int,
+    block: int,
+    blocks_per_row: int,
+    total: int,
+    waste: float,
+) -> None:
+    layout = grouped_layout(out_channels, groups, in_per_group, block)
+    assert layout.blocks_per_row == blocks_per_row
+    assert layout.out_order.total == total
+    assert layout.waste == pytest.approx(waste)
+    # Every output block reads exactly the inputs of the groups its lanes hold.
+    per_group = out_channels // groups
+    lane_channel = layout.out_order.channel_of_lane()
+    for index in range(total // block):
+        lanes = lane_channel[index * block : (index + 1) * block]
+        needed = {
+            c // per_group * in_per_group + i for c in lanes if c >= 0 for i in range(in_per_group)
+        }
+        row = layout.rows[index // layout.blocks_per_row]
+        assert needed <= set(row[row >= 0].tolist())
+
+
+def test_shuffled_order_matches_torch() -> None:
+    """Reading channel ``k`` of the shuffled value through the order gives torch's shuffle."""
+    import torch
+
+    from edgecompile.zoo.layers import channel_shuffle
+
+    values = torch.arange(60.0).reshape(1, 60, 1, 1)
+    expected = channel_shuffle(values, 3, 60).flatten().numpy()
+    order = ChannelOrder.identity(60, 16).shuffled(3)
+    stored = np.zeros(order.total)
+    stored[:60] = values.flatten().numpy()  # the unshuffled data, identity lanes
+    np.testing.assert_array_equal(stored[order.lanes], expected)
