@@ -161,7 +161,8 @@ def import_onnx(
     return relax_model, proto
 
 
-_HEAVY_OPS = {
+#: Relax op → the heavy-op kind ``heavy_ops`` reports (and the schedules index ops by).
+HEAVY_OPS = {
     "relax.nn.conv2d": "conv2d",
     "relax.nn.conv2d_transpose": "conv2d_transpose",
     "relax.matmul": "matmul",
@@ -186,7 +187,7 @@ def heavy_ops(module: Any) -> list[dict[str, Any]]:
             call = binding.value
             if not isinstance(call, relax.Call) or not hasattr(call.op, "name"):
                 continue
-            op = _HEAVY_OPS.get(call.op.name)
+            op = HEAVY_OPS.get(call.op.name)
             if op is None:
                 continue
             shapes = [[int(d) for d in arg.ty.shape] for arg in call.args[:2] if _has_shape(arg)]

@@ -434,13 +434,13 @@ def heavy_op_indices(module: Any, names: frozenset[str]) -> dict[Any, int]:
     ``heavy_ops(module)`` (which walks the same bindings, counting the ops it knows)."""
     from tvm import relax
 
-    from edgecompile.importer import _HEAVY_OPS
+    from edgecompile.importer import HEAVY_OPS
 
     indices, count = {}, 0
     for block in module["main"].body.blocks:
         for binding in block.bindings:
             value = binding.value
-            if not isinstance(value, relax.Call) or _op_name(value) not in _HEAVY_OPS:
+            if not isinstance(value, relax.Call) or _op_name(value) not in HEAVY_OPS:
                 continue
             if _op_name(value) in names:
                 indices[binding.var] = count
