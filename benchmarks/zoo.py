@@ -1,9 +1,12 @@
 """The zoo benchmark behind `edgecompile report`: every zoo model at its default size, built for
-this machine, timed against ONNX Runtime and torch eager at 1 and 2 threads, and profiled.
+this machine, timed against ONNX Runtime and torch eager at 1 and 2 threads, and profiled; with
+tuning records for this machine (the default cache or --records DIR), also built with them and
+timed as tvm-tuned.
 
     /work/venv/bin/python benchmarks/zoo.py                          # whole zoo -> report/
     /work/venv/bin/python benchmarks/zoo.py --models 'mobilenet_v2*' -o /tmp/report
     /work/venv/bin/python benchmarks/zoo.py --models shufflenet --threads 1 --repeat 20
+    /work/venv/bin/python benchmarks/zoo.py --models squeezenet1_1 --records /tmp/records
 
 Writes report/index.md (tables, G1–G4 findings, Spearman ρ of multiply-adds and of MAC with
 latency), report/results.csv and three PNG plots, then prints the summary table. Host builds are
@@ -20,7 +23,7 @@ import sys
 import edgecompile
 from edgecompile.errors import EdgecompileError
 from edgecompile.progress import Progress
-from edgecompile.report import DEFAULT_ENGINES, format_summary, select_models
+from edgecompile.report import DEFAULT_ENGINES, format_summary, progress_stages, select_models
 
 
 def _numbers(text: str) -> list[int]:
@@ -44,6 +47,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--input-size", help="HEIGHT or HEIGHTxWIDTH for every model")
     parser.add_argument("--rebuild", action="store_true", help="ignore cached builds")
+    parser.add_argument(
+        "--records", metavar="DIR", help="tuning records for tvm-tuned [the default cache]"
+    )
+    parser.add_argument(
+        "--build-jobs", type=int, metavar="N", help="models built at once [one per core, <= 4]"
+    )
     args = parser.parse_args(argv)
     try:
         names = select_models(args.models)
@@ -56,7 +65,9 @@ def main(argv: list[str] | None = None) -> int:
             warmup=args.warmup,
             input_size=args.input_size,
             rebuild=args.rebuild,
-            progress=Progress(len(names)),
+            records=args.records,
+            build_jobs=args.build_jobs,
+            progress=Progress(progress_stages(len(names), args.build_jobs)),
         )
     except EdgecompileError as exc:
         print(f"Error: {exc}", file=sys.stderr)

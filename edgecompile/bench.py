@@ -9,17 +9,22 @@ Relax VM around each packed call.
 
 from __future__ import annotations
 
+import gc
 import json
+import multiprocessing
 import os
 import re
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from types import TracebackType
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -30,6 +35,7 @@ ENGINES = ("tvm", "ort", "torch")
 TOLERANCE = 1e-4
 
 Runner = Callable[[list[np.ndarray]], list[np.ndarray]]
+Result = TypeVar("Result")
 
 
 @dataclass(frozen=True)
@@ -101,7 +107,7 @@ def resolve_host_artifact(
 
         directory = output_dir or tempfile.mkdtemp(prefix="edgecompile-bench-")
         artifact = build(
-            source, preset, output_dir=directory, input_size=input_size, seed=seed
+            source, preset, output_dir=directory, input_size=input_size, seed=seed, keep_onnx=True
         ).artifact
     arch = elf_info(artifact.library).arch
     if arch != host_arch():
@@ -116,19 +122,28 @@ def resolve_host_artifact(
 _SEEDED = re.compile(r"seeded random weights \(seed (\d+)\)")
 
 
+def artifact_onnx(artifact: Artifact) -> Path | None:
+    """The static ONNX model a build kept beside its library (``build(keep_onnx=True)``)."""
+    name = artifact.manifest.extra.get("onnx")
+    path = artifact.directory / name if name else None
+    return path if path is not None and path.is_file() else None
+
+
 def _reference_sources(artifact: Artifact, compare: Sequence[str]) -> tuple[dict[str, Any], list]:
     """How the worker rebuilds the ORT/torch references for ``artifact``, plus notes.
 
-    A zoo build with seeded weights is re-created exactly (same name, seed, input shape); an
-    ONNX build uses its ONNX file. Anything else cannot be compared, which is an error, not
-    a silently missing column.
+    A zoo build with seeded weights is re-created exactly (same name, seed, input shape). ORT
+    runs the static ONNX the build kept when there is one (what TVM compiled, and no second
+    export); else a zoo model is exported again and an ONNX build uses its ONNX file. Anything
+    else cannot be compared, which is an error, not a silently missing column.
     """
     manifest = artifact.manifest
     notes: list[str] = []
     shape = manifest.inputs[0]["shape"]
     seeded = _SEEDED.fullmatch(manifest.weights)
     onnx_file = manifest.weights.removeprefix("ONNX file ")
-    spec: dict[str, Any] = {"torch": None, "onnx": None}
+    kept = artifact_onnx(artifact)
+    spec: dict[str, Any] = {"torch": None, "onnx": None if kept is None else str(kept)}
     if seeded and len(manifest.inputs) == 1:
         spec["torch"] = {
             "name": manifest.model,
@@ -136,8 +151,8 @@ def _reference_sources(artifact: Artifact, compare: Sequence[str]) -> tuple[dict
             "batch": shape[0],
             "seed": int(seeded.group(1)),
         }
-    elif manifest.weights.startswith("ONNX file ") and Path(onnx_file).is_file():
-        spec["onnx"] = onnx_file
+    elif manifest.weights.startswith("ONNX file ") and (kept or Path(onnx_file).is_file()):
+        spec["onnx"] = spec["onnx"] or onnx_file
         if "torch" in compare:
             notes.append("torch skipped: the model came from an ONNX file")
     wanted = [engine for engine in compare if engine != "tvm"]
@@ -214,13 +229,13 @@ def _make_runners(spec: dict[str, Any], threads: int) -> dict[str, Runner]:
         torch_model = load_torch_model(
             info["name"], input_size=info["input_size"], batch=info["batch"], seed=info["seed"]
         )
-        if "ort" in spec["engines"]:
+        if "ort" in spec["engines"] and not onnx_path:  # an artifact without its ONNX
             onnx_path = str(Path(spec["scratch"]) / f"{info['name']}.onnx")
             if not Path(onnx_path).is_file():
                 export_onnx(torch_model, onnx_path, seed=info["seed"])
     for engine in spec["engines"]:
-        if engine == "tvm":
-            runners[engine] = tvm_runner(spec["library"])
+        if engine in spec["libraries"]:
+            runners[engine] = tvm_runner(spec["libraries"][engine])
         elif engine == "ort" and onnx_path:
             runners[engine] = ort_runner(onnx_path, threads)
         elif engine == "torch" and torch_model is not None:
@@ -316,20 +331,94 @@ def _measure_in_subprocess(spec: dict[str, Any]) -> dict[str, Any]:
     if completed.returncode != 0 or not lines:
         tail = completed.stderr.strip().splitlines()[-1:] or ["no output"]
         raise EdgecompileError(f"the benchmark worker failed: {tail[0]}", "report it")
-    result = json.loads(lines[-1])
-    if "error" in result:
-        raise EdgecompileError(result["error"], result.get("fix"))
-    return result
+    return _raise_if_error(json.loads(lines[-1]))
 
 
 def _worker() -> None:
     """Entry point of the per-thread-count subprocess: spec JSON in, result JSON out."""
     spec = json.loads(sys.stdin.read())
+    sys.stdout.write("\n" + json.dumps(_measure_or_error(spec)) + "\n")
+
+
+def _measure_or_error(spec: dict[str, Any]) -> dict[str, Any]:
+    """:func:`measure`, with a user error as data: it crosses a process boundary intact."""
     try:
-        result = measure(spec)
+        return measure(spec)
     except EdgecompileError as exc:
-        result = {"error": exc.problem, "fix": exc.fix}
-    sys.stdout.write("\n" + json.dumps(result) + "\n")
+        return {"error": exc.problem, "fix": exc.fix}
+    finally:
+        # A long-lived worker measures model after model: free this one's TVM library, ORT
+        # session and torch module now, not when a cycle collection happens to run.
+        gc.collect()
+
+
+def _pin_tvm_threads(threads: int) -> None:
+    os.environ["TVM_NUM_THREADS"] = str(threads)
+
+
+class PinnedWorker:
+    """One long-lived process, its TVM thread pool pinned to ``threads``, for many models.
+
+    A process of its own for the reason in :func:`_measure_in_subprocess`; long-lived because
+    starting Python and importing torch and TVM costs ~3.5 s, which a report over the zoo
+    would otherwise pay per model and thread count. Started on first use; ``close`` ends it.
+
+    Memory a model leaves behind (the whole zoo grew a worker from ~0.9 to ~3 GB) is given
+    back by replacing the process after ``max_tasks`` calls.
+    """
+
+    def __init__(self, threads: int, *, max_tasks: int = 40) -> None:
+        self.threads = threads
+        self.max_tasks = max_tasks
+        self._pool: ProcessPoolExecutor | None = None
+
+    def call(self, function: Callable[..., Result], *args: Any) -> Result:
+        """``function(*args)`` in the worker (a module-level function: it is pickled by name)."""
+        if self._pool is None:
+            self._pool = ProcessPoolExecutor(
+                max_workers=1,
+                mp_context=multiprocessing.get_context("spawn"),  # fork would inherit TVM state
+                initializer=_pin_tvm_threads,
+                initargs=(self.threads,),
+                max_tasks_per_child=self.max_tasks,
+            )
+        try:
+            return self._pool.submit(function, *args).result()
+        except BrokenProcessPool:
+            self.close()  # the next call gets a fresh worker
+            raise EdgecompileError(
+                f"the {self.threads}-thread benchmark worker process died (a library it ran "
+                "aborted?)",
+                "report it with the model name",
+            ) from None
+
+    def measure(self, spec: dict[str, Any]) -> dict[str, Any]:
+        """:func:`measure` in the worker; the thread count must be the worker's."""
+        if spec["threads"] != self.threads:
+            raise ValueError(f"a {self.threads}-thread worker asked to time {spec['threads']}")
+        return _raise_if_error(self.call(_measure_or_error, spec))
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+
+    def __enter__(self) -> PinnedWorker:
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+def _raise_if_error(result: dict[str, Any]) -> dict[str, Any]:
+    if "error" in result:
+        raise EdgecompileError(result["error"], result.get("fix"))
+    return result
 
 
 def parse_list(text: str | Sequence[Any] | None, kind: type = str) -> list[Any]:
@@ -358,12 +447,19 @@ def bench_local(
     output_dir: str | Path | None = None,
     tolerance: float = TOLERANCE,
     isolate: bool = True,
+    extra_artifacts: Mapping[str, str | Path] | None = None,
+    workers: Mapping[int, PinnedWorker] | None = None,
 ) -> BenchReport:
     """Latency of the host library of ``source`` and of ORT/torch, per thread count.
 
     ``isolate=True`` measures each thread count in its own subprocess (see
     :func:`_measure_in_subprocess`); ``False`` measures in this process, for tests and for a
-    single thread count in a fresh process.
+    single thread count in a fresh process. ``workers`` (thread count → :class:`PinnedWorker`)
+    measures those thread counts in long-lived processes instead, for many models in a row.
+
+    ``extra_artifacts`` (engine name → artifact) adds other host builds of the same model, e.g.
+    ``{"tvm-tuned": ...}``: timed as engines of their own in the same runs (same process, thread
+    count and input), their outputs checked like every engine's.
     """
     unknown = [engine for engine in compare if engine not in ENGINES]
     if unknown:
@@ -375,8 +471,11 @@ def bench_local(
     artifact = resolve_host_artifact(
         source, target=target, input_size=input_size, seed=seed, output_dir=output_dir
     )
+    libraries = {"tvm": str(artifact.library)}
+    for engine, extra in (extra_artifacts or {}).items():
+        libraries[engine] = str(_same_model_as(artifact, engine, load_artifact(extra)).library)
     references, notes = _reference_sources(artifact, compare)
-    engines = ["tvm", *[e for e in dict.fromkeys(compare) if e != "tvm"]]
+    engines = [*libraries, *[e for e in dict.fromkeys(compare) if e != "tvm"]]
     if references["torch"] is None:
         engines = [e for e in engines if e != "torch"]
     inputs = [(spec["shape"], spec["dtype"]) for spec in artifact.manifest.inputs]
@@ -385,7 +484,7 @@ def bench_local(
         for count in threads:
             spec = {
                 **references,
-                "library": str(artifact.library),
+                "libraries": libraries,
                 "engines": engines,
                 "inputs": inputs,
                 "seed": seed,
@@ -395,7 +494,12 @@ def bench_local(
                 "tolerance": tolerance,
                 "scratch": scratch,
             }
-            results[count] = _measure_in_subprocess(spec) if isolate else measure(spec)
+            if workers is not None and count in workers:
+                results[count] = workers[count].measure(spec)
+            elif isolate:
+                results[count] = _measure_in_subprocess(spec)
+            else:
+                results[count] = measure(spec)
     timings = []
     reference = "tvm"
     for count, result in results.items():
@@ -428,6 +532,41 @@ def bench_local(
         timings=timings,
         notes=notes,
     )
+
+
+def _same_model_as(artifact: Artifact, engine: str, other: Artifact) -> Artifact:
+    """``other``, checked to be a host build of ``artifact``'s model (inputs, outputs, weights):
+    timing it next to ``artifact`` compares two compilations, never two models."""
+    from edgecompile.targets import host_arch
+
+    if engine in ENGINES or not engine:
+        raise EdgecompileError(
+            f"cannot name an extra artifact {engine!r}", "give it a name of its own, e.g. tvm-tuned"
+        )
+    mine, theirs = artifact.manifest, other.manifest
+    mismatched = [
+        what
+        for what, a, b in (
+            ("model", mine.model, theirs.model),
+            ("inputs", mine.inputs, theirs.inputs),
+            ("outputs", mine.outputs, theirs.outputs),
+            ("weights", mine.weights, theirs.weights),
+        )
+        if a != b
+    ]
+    if mismatched:
+        raise EdgecompileError(
+            f"{other.directory} ({engine}) is not a build of the same model as "
+            f"{artifact.directory}: {', '.join(mismatched)} differ",
+            "build both from the same model, input size and seed",
+        )
+    arch = elf_info(other.library).arch
+    if arch != host_arch():
+        raise EdgecompileError(
+            f"{other.directory} ({engine}) is a {arch} library; this machine is {host_arch()}",
+            "build it with --target host",
+        )
+    return other
 
 
 # --------------------------------------------------------------------------------------------
@@ -466,8 +605,12 @@ BUILTIN_ROW = "vm.builtin.* (VM bookkeeping)"
 
 
 def _kernel_category(name: str) -> str | None:
-    """Which manifest op a fused kernel name stands for; None for layout/glue kernels."""
-    if "conv2d" in name or "pointwise" in name or "depthwise" in name:
+    """Which manifest op a fused kernel name stands for; None for layout/glue kernels.
+
+    Convolutions are ``conv2d`` under TVM's lowering and ``pointwise_nchwc``,
+    ``depthwise_nchwc``, ``conv_nchwc`` or ``grouped_nchwc`` under our schedules.
+    """
+    if any(word in name for word in ("conv2d", "conv_nchwc", "pointwise", "depthwise", "grouped")):
         return "conv2d"
     if "pool" in name and "unpack" not in name:
         return "pool"

@@ -132,6 +132,7 @@ def build(
     progress: Progress = SILENT,
     custom_schedules: bool = True,
     records: str | Path | bool | None = None,
+    keep_onnx: bool = False,
 ) -> BuildResult:
     """Compile ``model`` for ``target`` into ``output_dir/<model>-<preset>/``.
 
@@ -139,6 +140,8 @@ def build(
     baseline our schedules are measured against (records are not applied either).
     ``records``: the tuning records to apply -- a records folder, ``None`` for the default
     cache (used when it has records for this target), ``False`` for none.
+    ``keep_onnx``: also write the static ONNX model that was compiled as ``<model>.onnx`` beside
+    the library (manifest ``extra["onnx"]``), for ``bench`` to run ONNX Runtime on.
     """
     started = time.perf_counter()
     preset = target if isinstance(target, BoardPreset) else resolve_target(target)
@@ -174,6 +177,14 @@ def build(
             with progress.stage(f"link with {toolchain.description}"):
                 executable.export_library(str(library), fcompile=toolchain.fcompile())
             elf = elf_info(library)
+            extra: dict[str, Any] = {}
+            if keep_onnx:
+                # Exactly what TVM compiled (pinned shapes, folded Shape chains): ``bench`` runs
+                # ONNX Runtime on it instead of exporting the model a second time.
+                import onnx
+
+                onnx.save(static_onnx, str(staging / f"{name}.onnx"))
+                extra["onnx"] = f"{name}.onnx"
             error = None
             verification: dict[str, Any] = {"status": "skipped", "reason": "--no-verify"}
             label = "verify against ONNX Runtime" if verify and preset.is_host else "verify: skip"
@@ -213,6 +224,7 @@ def build(
                 schedules=schedules,
                 build_seconds=round(time.perf_counter() - started, 2),
                 verification=verification,
+                extra=extra,
             )
             write_manifest(staging, manifest)
     return BuildResult(Artifact(final_dir, manifest), error)

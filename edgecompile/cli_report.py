@@ -24,10 +24,20 @@ from edgecompile.cli import _print_json, cli
 @click.option("--warmup", type=int, default=2, show_default=True, help="Untimed runs first.")
 @click.option(
     "--engines", default="tvm,tvm-tuned,ort,torch", show_default=True,
-    help="Engines to time; tvm-tuned is skipped (with a note) while no tuning records exist.",
+    help="Engines to time; tvm-tuned is skipped (with a note) when there are no tuning records "
+    "for this machine.",
+)  # fmt: skip
+@click.option(
+    "--records", "records", metavar="DIR", type=click.Path(file_okay=False),
+    help="Tuning records for tvm-tuned (from `edgecompile tune --records DIR`) [the default "
+    "cache, $EDGECOMPILE_RECORDS or ~/.cache/edgecompile/records].",
 )  # fmt: skip
 @click.option("--input-size", help="HEIGHT or HEIGHTxWIDTH for every model [each model's own].")
 @click.option("--rebuild", is_flag=True, help="Rebuild every model instead of reusing builds/.")
+@click.option(
+    "--build-jobs", type=click.IntRange(min=1), metavar="N",
+    help="Models built at once before timing starts [one per core, at most 4].",
+)  # fmt: skip
 @click.option("--json", "as_json", is_flag=True, help="Print the whole report as JSON.")
 def report_command(
     models: str | None,
@@ -36,8 +46,10 @@ def report_command(
     repeat: int,
     warmup: int,
     engines: str,
+    records: str | None,
     input_size: str | None,
     rebuild: bool,
+    build_jobs: int | None,
     as_json: bool,
 ) -> None:
     """Benchmark and profile zoo models here, and say whether FLOPs or MAC predict latency.
@@ -48,8 +60,13 @@ def report_command(
       2. build    a host library with edgecompile's schedules (untuned), cached in
                   DIR/builds/ and reused by the next run (--rebuild after
                   changing the schedules or the builder)
+      2b. tuned   when there are tuning records for this machine: a second build
+                  with them applied (tvm-tuned), cached per records digest
+    Steps 1-2 run for all models first, --build-jobs at a time; then each model is
+    timed alone:
       3. bench    TVM, ONNX Runtime and torch eager on the same seeded input at each
-                  --threads count, outputs checked against ORT before any time counts
+                  --threads count, outputs checked against ORT before any time counts,
+                  in one long-lived worker process per thread count
       4. profile  TVM's per-kernel time (first thread count), summed by op class
     A model that fails a stage is a row of the report, not the end of the run.
 
@@ -73,10 +90,11 @@ def report_command(
       edgecompile report --models 'mobilenet_v2*' -o report
       edgecompile report --models squeezenet1_1,shufflenet_v2 --threads 1 --repeat 20
       edgecompile report --models shufflenet --input-size 128 --json
+      edgecompile report --models squeezenet1_1 --records tuned/  # after tune --records tuned/
     """
     from edgecompile.bench import parse_list
     from edgecompile.progress import Progress
-    from edgecompile.report import format_summary, report, select_models
+    from edgecompile.report import format_summary, progress_stages, report, select_models
 
     names = select_models(models)
     result = report(
@@ -88,7 +106,9 @@ def report_command(
         warmup=warmup,
         input_size=input_size,
         rebuild=rebuild,
-        progress=Progress(len(names)),
+        records=records,
+        build_jobs=build_jobs,
+        progress=Progress(progress_stages(len(names), build_jobs)),
     )
     if as_json:
         _print_json(result.to_dict())

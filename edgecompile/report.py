@@ -1,9 +1,14 @@
 """The zoo report: bench + profile over many models, and what predicts their latency.
 
-``report`` builds each selected zoo model for this machine, times it next to ONNX Runtime and
-torch (:func:`edgecompile.bench.bench_local`), splits its time by op class
+``report`` builds each selected zoo model for this machine (and, when tuning records exist for
+it, a second build with them applied), times it next to ONNX Runtime and torch
+(:func:`edgecompile.bench.bench_local`), splits its time by op class
 (:func:`edgecompile.bench.profile_local`) and writes ``index.md`` (tables, findings, the
 rank correlations of multiply-adds and MAC with latency), ``results.csv`` and PNG plots.
+
+Measuring runs in one long-lived worker process per thread count (:class:`PinnedWorker`),
+shared by every model: a fresh Python with torch and TVM per model and thread count cost more
+than the measurement itself.
 
 One model's failure (a build TVM refuses, engines that disagree) is a row of the report, never
 the end of it: a whole-zoo run takes tens of minutes and should not be lost to one model.
@@ -16,7 +21,6 @@ import dataclasses
 import datetime
 import difflib
 import fnmatch
-import inspect
 import math
 import multiprocessing
 import os
@@ -25,8 +29,8 @@ import re
 import sys
 import time
 import types
-from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -40,10 +44,12 @@ from edgecompile.progress import SILENT, Progress
 
 if TYPE_CHECKING:
     from edgecompile.artifact import Artifact
+    from edgecompile.bench import PinnedWorker
     from edgecompile.inspection import ModelCost
 
 TARGET = "host"
-# "tvm" is TVM untuned with edgecompile's schedules; "tvm-tuned" needs tuning records (#5).
+# "tvm" is TVM untuned with edgecompile's schedules; "tvm-tuned" the same model built with the
+# target's MetaSchedule tuning records applied (measured only when there are records).
 ENGINES = ("tvm", "tvm-tuned", "ort", "torch")
 DEFAULT_ENGINES = ENGINES
 TUNED = "tvm-tuned"
@@ -86,14 +92,32 @@ MIN_MODELS_FOR_CORRELATION = 3
 WEAK_CORRELATION = 0.3
 
 
-def tuned_engine_available(target: str) -> bool:
-    """Whether a tuning-records database exists for ``target``, so "tvm-tuned" can be timed.
+@dataclass(frozen=True)
+class TuningRecords:
+    """The records "tvm-tuned" is built with: one target's store, its digest and size."""
 
-    Always False for now: tuning records arrive with issue #5 (``edgecompile/records.py``),
-    which wires this check to its database and the tuned build into :func:`_bench_model`.
-    """
-    del target
-    return False
+    store: str
+    digest: str
+    records: int
+
+
+def tuning_records(target: str, records: str | Path | None = None) -> TuningRecords | None:
+    """The store of ``target`` under ``records`` (None: the default cache), if it has records."""
+    from edgecompile.records import store_for
+    from edgecompile.targets import resolve_target
+
+    store = store_for(resolve_target(target), records)
+    if not store.exists():
+        return None
+    clean = store.lines()
+    if not clean.records:  # only torn lines: nothing a build could apply
+        return None
+    return TuningRecords(str(store.path), clean.digest(), len(clean.records))
+
+
+def tuned_engine_available(target: str, records: str | Path | None = None) -> bool:
+    """Whether ``target`` has tuning records under ``records``, so "tvm-tuned" can be timed."""
+    return tuning_records(target, records) is not None
 
 
 # --------------------------------------------------------------------------------------------
@@ -134,6 +158,12 @@ class ModelResult:
     artifact: str | None = None
     build_reused: bool = False
     build_seconds: float | None = None
+    tuned_artifact: str | None = None
+    tuned_build_reused: bool = False
+    tuned_build_seconds: float | None = None
+    #: Kernels of the tuned build whose schedule came from the records (0: the records had
+    #: nothing for this model, so its tuned build is the untuned one and is not timed).
+    tuned_kernels: int | None = None
     timings: list[Timing] = field(default_factory=list)
     op_class_ms: dict[str, float] = field(default_factory=dict)
     profile_threads: int | None = None
@@ -178,6 +208,7 @@ class ZooReport:
     correlations: list[Correlation]
     notes: list[str]
     wall_seconds: float
+    records: TuningRecords | None = None
 
     @property
     def failed(self) -> list[ModelResult]:
@@ -275,6 +306,12 @@ def model_costs(name: str, input_size: tuple[int, int]) -> tuple[ModelCost, list
     return cost, [asdict(finding) for finding in cost.findings]
 
 
+def tuned_builds_dir(builds_dir: Path, records: TuningRecords) -> Path:
+    """Where tuned builds with ``records`` are cached: keyed by the records' digest, so new
+    records (another tune) are new builds, never an old library under a new name."""
+    return builds_dir / f"tuned-{records.digest[:12]}"
+
+
 def build_host_artifact(
     name: str,
     builds_dir: Path,
@@ -282,19 +319,24 @@ def build_host_artifact(
     input_size: tuple[int, int],
     seed: int,
     rebuild: bool,
+    records: TuningRecords | None = None,
 ) -> tuple[Artifact, bool]:
     """(host artifact of ``name`` under ``builds_dir``, whether an earlier build was reused).
 
-    A cached build is reused only if it is for this model, input shape, seed, host target,
-    TVM and edgecompile version, untuned, and did not fail verification; else it is rebuilt.
+    Untuned (``records`` None) with its static ONNX kept for ORT, or with ``records`` applied
+    (under :func:`tuned_builds_dir`). A cached build is reused only if it is for this model,
+    input shape, seed, host target, TVM and edgecompile version, and the same records (or
+    none), and did not fail verification; else it is rebuilt.
     """
     from edgecompile import __version__
     from edgecompile.artifact import load_artifact
+    from edgecompile.bench import artifact_onnx
     from edgecompile.builder import artifact_name, build
     from edgecompile.targets import resolve_target
 
     preset = resolve_target(TARGET)
-    directory = builds_dir / f"{artifact_name(name)}-{preset.name}"
+    output_dir = builds_dir if records is None else tuned_builds_dir(builds_dir, records)
+    directory = output_dir / f"{artifact_name(name)}-{preset.name}"
     if not rebuild and directory.is_dir():
         try:
             artifact = load_artifact(directory)
@@ -313,9 +355,9 @@ def build_host_artifact(
                 and manifest.tvm_version == str(tvm.__version__)
                 and manifest.edgecompile_version == __version__
                 and (manifest.verification or {}).get("status") in ("passed", "skipped")
-                # A build with tuning records applied is not the untuned "tvm" engine.
-                and manifest.records_digest is None
-                and not getattr(manifest, "records", None)
+                and _records_match(manifest.records, records)
+                # The untuned build's ONNX is ORT's model: without it bench would export again.
+                and (records is not None or artifact_onnx(artifact) is not None)
             ):
                 return artifact, True
     # No verification here: bench checks TVM against ONNX Runtime and torch (same tolerance,
@@ -323,23 +365,21 @@ def build_host_artifact(
     result = build(
         name,
         preset,
-        output_dir=builds_dir,
+        output_dir=output_dir,
         input_size=input_size,
         seed=seed,
         verify=False,
-        **_untuned_build_options(build),
+        records=False if records is None else records.store,
+        keep_onnx=records is None,
     )
     return result.artifact, False
 
 
-def _untuned_build_options(build: Callable[..., Any]) -> dict[str, Any]:
-    """Keyword arguments that keep a build untuned, for the "tvm" engine.
-
-    #5's builder applies tuning records from the default cache unless given ``records=False``;
-    the builder before it takes no such argument. Once #5 has landed this can be just
-    ``{"records": False}``.
-    """
-    return {"records": False} if "records" in inspect.signature(build).parameters else {}
+def _records_match(applied: dict[str, Any] | None, records: TuningRecords | None) -> bool:
+    """Whether a build's applied records (manifest ``records``) are exactly ``records``."""
+    if records is None:
+        return applied is None
+    return applied is not None and applied.get("digest") == records.digest
 
 
 def _bench_model(
@@ -350,13 +390,22 @@ def _bench_model(
     repeat: int,
     warmup: int,
     seed: int,
+    workers: Mapping[int, PinnedWorker],
+    tuned_artifact: str | None = None,
 ) -> list[Timing]:
+    """Every engine at every thread count, the tuned library (if any) in the same runs."""
     from edgecompile.bench import bench_local
 
-    # "tvm-tuned" never reaches here until tuned_engine_available() is wired (#5).
     compare = [engine for engine in engines if engine in ("ort", "torch")]
     bench = bench_local(
-        artifact_dir, compare=compare, threads=threads, repeat=repeat, warmup=warmup, seed=seed
+        artifact_dir,
+        compare=compare,
+        threads=threads,
+        repeat=repeat,
+        warmup=warmup,
+        seed=seed,
+        extra_artifacts={TUNED: tuned_artifact} if tuned_artifact else None,
+        workers=workers,
     )
     return [
         Timing(
@@ -387,8 +436,10 @@ def op_class_of(name: str, op: str | None) -> str:
     if op is not None or name.startswith("vm.builtin"):
         return OTHER  # pool, matmul, and the VM's own bookkeeping
     words = set(re.split(r"[_.]+", re.sub(r"\d+", "", name)))
-    if words & {"pointwise", "depthwise"}:
-        return POINTWISE if "pointwise" in words else DEPTHWISE
+    if words & {"pointwise", "depthwise", "grouped"}:
+        return next(kind for kind in (POINTWISE, DEPTHWISE, GROUPED) if kind in words)
+    if {"conv", "nchwc"} <= words:  # our dense conv schedule's kernel (conv_nchwc)
+        return DENSE_CONV
     if words & {"conv", "pool", "matmul", "dense", "mean", "softmax", "sum", "max"}:
         return OTHER
     if words & {
@@ -405,14 +456,10 @@ def op_class_of(name: str, op: str | None) -> str:
     return OTHER
 
 
-def _pin_tvm_threads(threads: int) -> None:
-    os.environ["TVM_NUM_THREADS"] = str(threads)
-
-
 def _profile_task(
     artifact_dir: str, threads: int, runs: int, warmup: int, seed: int
 ) -> dict[str, Any]:
-    """Time per op class of one artifact; runs in the profile worker process."""
+    """Time per op class of one artifact; runs in the worker pinned to ``threads``."""
     from edgecompile.bench import profile_local
 
     profile = profile_local(artifact_dir, runs=runs, warmup=warmup, threads=threads, seed=seed)
@@ -420,41 +467,6 @@ def _profile_task(
     for layer in profile.layers:
         by_class[op_class_of(layer.name, layer.op)] += layer.time_ms
     return {"op_class_ms": by_class, "end_to_end_ms": profile.end_to_end_ms}
-
-
-class ProfileWorker:
-    """One long-lived process that profiles every model at a fixed thread count.
-
-    Not this process: TVM's pool size is process-global (see ``bench._measure_in_subprocess``),
-    so the worker pins it before TVM loads. Not a process per model either: importing torch
-    and TVM costs ~2.5 s, paid here once per report instead of once per model.
-    """
-
-    def __init__(self, threads: int) -> None:
-        self.threads = threads
-        self._pool: ProcessPoolExecutor | None = None
-
-    def profile(self, artifact_dir: str, *, runs: int, warmup: int, seed: int) -> dict[str, Any]:
-        if self._pool is None:
-            self._pool = ProcessPoolExecutor(
-                max_workers=1,
-                mp_context=multiprocessing.get_context("spawn"),  # fork would inherit TVM state
-                initializer=_pin_tvm_threads,
-                initargs=(self.threads,),
-            )
-        future = self._pool.submit(_profile_task, artifact_dir, self.threads, runs, warmup, seed)
-        try:
-            return future.result()
-        except BrokenProcessPool:
-            self.close()  # the next model gets a fresh worker
-            raise EdgecompileError(
-                "the profile worker died (TVM aborted while running the library)", "report it"
-            ) from None
-
-    def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
-            self._pool = None
 
 
 def _describe(exc: Exception) -> str:
@@ -465,40 +477,61 @@ def _describe(exc: Exception) -> str:
     return f"{type(exc).__name__}: {first[0]} (unexpected: report it)"
 
 
-def measure_model(
+class _Stages:
+    """Runs one model's stages: a failing stage is recorded (and the caller told), not raised."""
+
+    def __init__(self) -> None:
+        self.failures: list[StageFailure] = []
+        self.seconds: dict[str, float] = {}
+
+    def run(self, label: str, work: Callable[[], None]) -> bool:
+        started = time.perf_counter()
+        try:
+            work()
+        except Exception as exc:  # one model must not end a zoo-wide run; see _describe
+            self.failures.append(StageFailure(label, _describe(exc)))
+            return False
+        finally:
+            self.seconds[label] = round(time.perf_counter() - started, 2)
+        return True
+
+
+@dataclass(frozen=True)
+class PreparedModel:
+    """A model after the first phase (costs and builds), ready to be measured."""
+
+    model: str
+    family: str
+    input_size: tuple[int, int]
+    fields: dict[str, Any]
+    failures: list[StageFailure]
+    stage_seconds: dict[str, float]
+    seconds: float
+
+    @property
+    def built(self) -> bool:
+        return "artifact" in self.fields
+
+
+def prepare_model(
     name: str,
     builds_dir: Path,
     *,
     input_size: tuple[int, int] | None,
-    engines: Sequence[str],
-    threads: Sequence[int],
-    repeat: int,
-    warmup: int,
-    profile_runs: int,
-    profiler: ProfileWorker,
     seed: int,
     rebuild: bool,
-) -> ModelResult:
-    """Costs, build, bench and profile of one model; a failing stage is recorded, not raised."""
+    records: TuningRecords | None = None,
+) -> PreparedModel:
+    """Costs and host build of one model, and with ``records`` its tuned build too.
+
+    Needs no quiet machine, so several models are prepared at once (see :func:`report`)."""
     from edgecompile.zoo import model_info
 
     started = time.perf_counter()
     info = model_info(name)
     size = input_size or info.input_size
     fields: dict[str, Any] = {}
-    failures: list[StageFailure] = []
-    stage_seconds: dict[str, float] = {}
-
-    def stage(label: str, work: Callable[[], None]) -> bool:
-        stage_started = time.perf_counter()
-        try:
-            work()
-        except Exception as exc:  # one model must not end a zoo-wide run; see _describe
-            failures.append(StageFailure(label, _describe(exc)))
-            return False
-        finally:
-            stage_seconds[label] = round(time.perf_counter() - stage_started, 2)
-        return True
+    stages = _Stages()
 
     def costs() -> None:
         cost, findings = model_costs(name, size)
@@ -519,35 +552,161 @@ def measure_model(
             build_seconds=artifact.manifest.build_seconds,
         )
 
-    def bench() -> None:
-        fields["timings"] = _bench_model(
-            fields["artifact"],
-            engines=engines,
-            threads=threads,
-            repeat=repeat,
-            warmup=warmup,
-            seed=seed,
+    def tuned_build() -> None:
+        artifact, reused = build_host_artifact(
+            name, builds_dir, input_size=size, seed=seed, rebuild=rebuild, records=records
         )
-
-    def profile() -> None:
-        result = profiler.profile(fields["artifact"], runs=profile_runs, warmup=1, seed=seed)
+        applied = artifact.manifest.records or {}
         fields.update(
-            op_class_ms=result["op_class_ms"],
-            profile_threads=profiler.threads,
-            profile_end_to_end_ms=result["end_to_end_ms"],
+            tuned_artifact=str(artifact.directory),
+            tuned_build_reused=reused,
+            tuned_build_seconds=artifact.manifest.build_seconds,
+            tuned_kernels=len(applied.get("kernels_from_records", [])),
         )
 
-    stage("cost", costs)
-    if stage("build", build):
-        stage("bench", bench)
-        stage("profile", profile)
-    return ModelResult(
+    stages.run("cost", costs)
+    if stages.run("build", build) and records is not None:
+        stages.run("tuned build", tuned_build)
+    return PreparedModel(
         model=name,
         family=info.family,
         input_size=(int(size[0]), int(size[1])),
-        failures=failures,
-        stage_seconds=stage_seconds,
-        wall_seconds=round(time.perf_counter() - started, 2),
+        fields=fields,
+        failures=stages.failures,
+        stage_seconds=stages.seconds,
+        seconds=round(time.perf_counter() - started, 2),
+    )
+
+
+def prepare_models(
+    names: Sequence[str], jobs: int, progress: Progress = SILENT, **options: Any
+) -> list[PreparedModel]:
+    """:func:`prepare_model` for every name, ``jobs`` at a time in worker processes (1: here).
+
+    At most ``jobs`` models are in flight, so when a build process dies (TVM crashing on a
+    model) the suspects are few: each is retried alone, and only the one that kills its
+    process again is reported as failed.
+    """
+    if min(jobs, len(names)) <= 1:
+        prepared = []
+        for name in names:
+            with progress.stage(f"cost and build {name}"):
+                prepared.append(prepare_model(name, **options))
+        return prepared
+    done: dict[str, PreparedModel] = {}
+    suspects: list[str] = []
+    queue = list(names)
+    with progress.stage(f"cost and build {len(names)} models, {jobs} at a time"):
+        while queue:
+            with _process_pool(jobs) as pool:
+                in_flight: dict[Future[PreparedModel], str] = {}
+                while queue or in_flight:
+                    while queue and len(in_flight) < jobs:
+                        name = queue.pop(0)
+                        in_flight[pool.submit(prepare_model, name, **options)] = name
+                    finished, _ = wait(in_flight, return_when=FIRST_COMPLETED)
+                    broken = False
+                    for future in finished:
+                        name = in_flight.pop(future)
+                        try:
+                            done[name] = future.result()
+                        except BrokenProcessPool:
+                            suspects.append(name)
+                            broken = True
+                    if broken:  # the pool is gone: everything in flight failed with it
+                        suspects += in_flight.values()
+                        break
+    for name in suspects:
+        with progress.stage(f"cost and build {name} alone (its build process died)"):
+            try:
+                with _process_pool(1) as pool:
+                    done[name] = pool.submit(prepare_model, name, **options).result()
+            except BrokenProcessPool:
+                done[name] = _crashed(name, options.get("input_size"))
+    return [done[name] for name in names]
+
+
+def default_build_jobs() -> int:
+    """Models built at once by default: one per core, at most 4 (a build holds ~1.5 GB)."""
+    return min(4, os.cpu_count() or 1)
+
+
+def progress_stages(models: int, build_jobs: int | None = None) -> int:
+    """How many stages :func:`report` shows for ``models`` models (for :class:`Progress`)."""
+    jobs = build_jobs or default_build_jobs()
+    return models + (1 if min(jobs, models) > 1 else models)
+
+
+def _process_pool(jobs: int) -> ProcessPoolExecutor:
+    # spawn: a forked child would inherit this process's TVM and torch thread pools.
+    return ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"))
+
+
+def _crashed(name: str, input_size: tuple[int, int] | None) -> PreparedModel:
+    from edgecompile.zoo import model_info
+
+    info = model_info(name)
+    size = input_size or info.input_size
+    failure = StageFailure("build", "the build process died (TVM crashed on it?): report it")
+    return PreparedModel(name, info.family, (int(size[0]), int(size[1])), {}, [failure], {}, 0.0)
+
+
+def measure_model(
+    prepared: PreparedModel,
+    *,
+    engines: Sequence[str],
+    threads: Sequence[int],
+    repeat: int,
+    warmup: int,
+    profile_runs: int,
+    workers: Mapping[int, PinnedWorker],
+    seed: int,
+) -> ModelResult:
+    """Bench and profile of one prepared model; a failing stage is recorded, not raised.
+
+    ``workers`` has a :class:`PinnedWorker` per thread count; the profile runs at the first.
+    A tuned build (when records applied to the model) is timed in the same runs as the rest.
+    """
+    started = time.perf_counter()
+    fields = dict(prepared.fields)
+    stages = _Stages()
+
+    def bench() -> None:
+        # A tuned build no record applied to is the untuned library again: not worth a column.
+        tuned = fields.get("tuned_artifact") if fields.get("tuned_kernels") else None
+        options = dict(engines=engines, threads=threads, repeat=repeat, warmup=warmup, seed=seed)
+        try:
+            fields["timings"] = _bench_model(
+                fields["artifact"], workers=workers, tuned_artifact=tuned, **options
+            )
+        except EdgecompileError as exc:
+            # Bad records must not cost the untuned numbers: record it, time the rest again.
+            if tuned is None or not exc.problem.startswith(f"{TUNED} "):
+                raise
+            stages.failures.append(StageFailure("tuned bench", str(exc)))
+            fields["timings"] = _bench_model(fields["artifact"], workers=workers, **options)
+
+    def profile() -> None:
+        count = threads[0]
+        result = workers[count].call(
+            _profile_task, fields["artifact"], count, profile_runs, 1, seed
+        )
+        fields.update(
+            op_class_ms=result["op_class_ms"],
+            profile_threads=count,
+            profile_end_to_end_ms=result["end_to_end_ms"],
+        )
+
+    if prepared.built:
+        stages.run("bench", bench)
+        stages.run("profile", profile)
+    return ModelResult(
+        model=prepared.model,
+        family=prepared.family,
+        input_size=prepared.input_size,
+        failures=[*prepared.failures, *stages.failures],
+        stage_seconds={**prepared.stage_seconds, **stages.seconds},
+        wall_seconds=round(prepared.seconds + time.perf_counter() - started, 2),
         **fields,
     )
 
@@ -750,6 +909,10 @@ def _seconds(value: float | None) -> str:
     return "-" if value is None else f"{value:.1f}"
 
 
+def _build_seconds(seconds: float | None, reused: bool) -> str:
+    return "-" if seconds is None else f"{seconds:.1f}" + (" (reused)" if reused else "")
+
+
 def _ratio(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}×"
 
@@ -774,9 +937,15 @@ def write_index(path: Path, report: ZooReport) -> None:
         f"thread(s), every engine on the same seeded input (seed {report.seed}) with its output "
         "checked against ONNX Runtime first.",
         "",
-        "Engines: `tvm` = TVM untuned, with edgecompile's schedules; `ort` = ONNX Runtime "
-        "(CPU provider); `torch` = torch eager. vs ORT = engine median / ORT median at the same "
-        "thread count.",
+        "Engines: `tvm` = TVM untuned, with edgecompile's schedules; "
+        + (
+            f"`{TUNED}` = the same model built with this machine's MetaSchedule tuning records "
+            "applied, timed in the same runs; "
+            if TUNED in report.engines
+            else ""
+        )
+        + "`ort` = ONNX Runtime (CPU provider) on the static ONNX model TVM compiled; `torch` = "
+        "torch eager. vs ORT = engine median / ORT median at the same thread count.",
         *[f"Note: {note}" for note in report.notes],
         "",
         "## What predicts latency here",
@@ -860,21 +1029,30 @@ def write_index(path: Path, report: ZooReport) -> None:
     ]
     lines += _markdown_table(["model", *guidelines], rows)
     lines += ["", "## Runs", ""]
-    rows = [
-        [
+    tuned = TUNED in report.engines
+    rows = []
+    for result in report.models:
+        row = [
             result.model,
             result.status,
             "x".join(map(str, result.input_size)),
-            "-"
-            if result.build_seconds is None
-            else f"{result.build_seconds:.1f}" + (" (reused)" if result.build_reused else ""),
+            _build_seconds(result.build_seconds, result.build_reused),
+        ]
+        if tuned:
+            row += [
+                _build_seconds(result.tuned_build_seconds, result.tuned_build_reused),
+                "-" if result.tuned_kernels is None else str(result.tuned_kernels),
+            ]
+        row += [
             _seconds(result.stage_seconds.get("bench")),
             f"{result.wall_seconds:.1f}",
             "; ".join(f"{f.stage}: {f.problem}" for f in result.failures) or "-",
         ]
-        for result in report.models
-    ]
-    headers = ["model", "status", "input", "build s", "bench s", "wall s", "problem"]
+        rows.append(row)
+    headers = ["model", "status", "input", "build s"]
+    if tuned:
+        headers += ["tuned build s", "kernels from records"]
+    headers += ["bench s", "wall s", "problem"]
     lines += _markdown_table(headers, rows)
     lines += [
         "",
@@ -990,6 +1168,8 @@ def report(
     input_size: str | Sequence[int] | None = None,
     seed: int = 0,
     rebuild: bool = False,
+    records: str | Path | None = None,
+    build_jobs: int | None = None,
     progress: Progress = SILENT,
 ) -> ZooReport:
     """Bench and profile the selected zoo models here; write index.md, results.csv and plots.
@@ -997,9 +1177,15 @@ def report(
     ``models``: None for the whole zoo, or names / globs / substrings (see
     :func:`select_models`). ``input_size`` overrides every model's default resolution (for
     quick runs). Host builds are cached in ``output_dir/builds`` and reused by a rerun unless
-    ``rebuild``. ``progress`` gets one stage per model.
+    ``rebuild``. ``records``: where the tuning records for "tvm-tuned" are (None: the default
+    cache, and the engine is left out with a note when it has none for this machine; a folder
+    given without them is an error). ``build_jobs``: models costed and built at once, in worker
+    processes (None: one per core, at most 4; 1: one after the other in this process); timing
+    is always one model at a time. ``progress`` gets the build phase and one stage per model.
     """
+    from edgecompile.bench import PinnedWorker
     from edgecompile.export import parse_input_size
+    from edgecompile.records import default_records_root
 
     started = time.perf_counter()
     names = select_models(models)
@@ -1007,39 +1193,60 @@ def report(
     threads = list(dict.fromkeys(threads))
     size = parse_input_size(input_size if not isinstance(input_size, int) else [input_size])
     notes = []
-    if TUNED in engines:
-        if tuned_engine_available(TARGET):
-            # #5: build with the records database and bench that library as "tvm-tuned".
-            raise NotImplementedError("tvm-tuned is available but not wired into the report")
+    tuned = tuning_records(TARGET, records) if TUNED in engines else None
+    if tuned is not None:
+        notes.append(
+            f"{TUNED} applies the {tuned.records} tuning records in `{tuned.store}` (digest "
+            f"{tuned.digest[:12]}); a model none of them apply to gets no {TUNED} time."
+        )
+    elif TUNED in engines:
+        if records is not None:
+            raise EdgecompileError(
+                f"no tuning records for {TARGET} in {records}",
+                f"tune first (edgecompile tune MODEL --records {records}), or drop --records",
+            )
         engines.remove(TUNED)
-        notes.append(f"{TUNED} not measured: there is no tuning-records database for {TARGET} yet.")
+        notes.append(
+            f"{TUNED} not measured: there are no tuning records for {TARGET} in "
+            f"{default_records_root()} (`edgecompile tune MODEL`, or --records DIR)."
+        )
     output = Path(output_dir)
     builds_dir = output / BUILDS_DIR
+    # Two phases: building needs no quiet machine, so models build `build_jobs` at a time;
+    # then each is timed alone, with nothing of ours running beside the measurement.
+    prepared = prepare_models(
+        names,
+        build_jobs or default_build_jobs(),
+        progress,
+        builds_dir=builds_dir,
+        input_size=size,
+        seed=seed,
+        rebuild=rebuild,
+        records=tuned,
+    )
     results = []
-    profiler = ProfileWorker(threads[0])
+    workers = {count: PinnedWorker(count) for count in threads}
     try:
-        for name in names:
-            with progress.stage(name):
+        for model in prepared:
+            with progress.stage(f"measure {model.model}"):
                 results.append(
                     measure_model(
-                        name,
-                        builds_dir,
-                        input_size=size,
+                        model,
                         engines=engines,
                         threads=threads,
                         repeat=repeat,
                         warmup=warmup,
                         profile_runs=profile_runs,
-                        profiler=profiler,
+                        workers=workers,
                         seed=seed,
-                        rebuild=rebuild,
                     )
                 )
             if progress.enabled:
                 for failure in results[-1].failures:
                     progress.stream.write(f"      {failure.stage} failed: {failure.problem}\n")
     finally:
-        profiler.close()
+        for worker in workers.values():
+            worker.close()
     found = correlations(results, engines, threads)
     index = output / "index.md"
     results_csv = output / "results.csv"
@@ -1064,6 +1271,7 @@ def report(
         correlations=found,
         notes=notes,
         wall_seconds=0.0,
+        records=tuned,
     )
     # The index states the total time, so it is written last.
     zoo_report = dataclasses.replace(
@@ -1078,10 +1286,13 @@ def format_summary(zoo_report: ZooReport) -> str:
     from edgecompile._table import format_table, human_count
 
     headers = ["model", "mult-adds", "MAC"]
+    # TVM's engines against ORT: the ratios the report is about.
+    versus_ort = [
+        e for e in ("tvm", TUNED) if e in zoo_report.engines and "ort" in zoo_report.engines
+    ]
     for count in zoo_report.threads:
         headers += [f"{engine}@{count} ms" for engine in zoo_report.engines]
-        if "ort" in zoo_report.engines:
-            headers.append(f"tvm/ort@{count}")
+        headers += [f"{engine}/ort@{count}" for engine in versus_ort]
     rows = []
     for result in zoo_report.models:
         row = [
@@ -1093,8 +1304,8 @@ def format_summary(zoo_report: ZooReport) -> str:
             for engine in zoo_report.engines:
                 timing = result.timing(engine, count)
                 row.append(_ms(timing.median_ms if timing else None))
-            if "ort" in zoo_report.engines:
-                timing = result.timing("tvm", count)
+            for engine in versus_ort:
+                timing = result.timing(engine, count)
                 row.append(_ratio(timing.ratio_to_ort if timing else None).replace("×", "x"))
         rows.append(row)
     lines = [format_table(headers, rows), ""]

@@ -148,3 +148,93 @@ def test_a_board_artifact_is_not_benched_here(
         main(["bench", str(armv7.artifact.directory)])
     err = capsys.readouterr().err
     assert "arm library" in err and "exactly one of --device" in err
+
+
+@pytest.fixture(scope="module")
+def squeezenet_with_onnx(build_once: Build) -> BuildResult:
+    return build_once("squeezenet1_1", "host", input_size=64, keep_onnx=True)
+
+
+def test_ort_runs_the_onnx_the_build_kept_without_exporting_again(
+    squeezenet_with_onnx: BuildResult, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    artifact = squeezenet_with_onnx.artifact
+    kept = bench.artifact_onnx(artifact)
+    assert kept == artifact.directory / "squeezenet1_1.onnx" and kept.is_file()
+    assert artifact.manifest.extra == {"onnx": "squeezenet1_1.onnx"}
+
+    def no_export(*args: object, **kwargs: object) -> None:
+        raise AssertionError("bench exported the model although the artifact has its ONNX")
+
+    monkeypatch.setattr("edgecompile.export.export_onnx", no_export)
+    report = bench.bench_local(str(artifact.directory), repeat=2, warmup=0, isolate=False)
+    assert report.engines == ["tvm", "ort", "torch"] and report.reference == "ort"
+    assert all(
+        t.max_relative_error is not None and t.max_relative_error <= 1e-4 for t in report.timings
+    )
+
+
+def test_another_build_of_the_same_model_is_timed_as_an_engine_of_its_own(
+    squeezenet_with_onnx: BuildResult, squeezenet: BuildResult
+) -> None:
+    report = bench.bench_local(
+        str(squeezenet_with_onnx.artifact.directory),
+        compare=["ort"],
+        threads=[1],
+        repeat=3,
+        warmup=1,
+        isolate=False,
+        extra_artifacts={"tvm-other": squeezenet.artifact.directory},
+    )
+    assert report.engines == ["tvm", "tvm-other", "ort"]
+    timings = {t.engine: t for t in report.timings}
+    assert timings["tvm-other"].max_relative_error <= 1e-4
+    assert timings["tvm-other"].ratio_to_ort == pytest.approx(
+        timings["tvm-other"].median_ms / timings["ort"].median_ms
+    )
+
+
+def test_an_extra_artifact_of_another_model_is_refused(
+    squeezenet: BuildResult, build_once: Build, tiny_onnx: Path
+) -> None:
+    tiny = build_once(str(tiny_onnx), "host")
+    with pytest.raises(EdgecompileError, match=r"not a build of the same model.*model, inputs"):
+        bench.bench_local(
+            str(squeezenet.artifact.directory),
+            extra_artifacts={"tvm-tuned": tiny.artifact.directory},
+            isolate=False,
+        )
+    with pytest.raises(EdgecompileError, match="cannot name an extra artifact 'ort'"):
+        bench.bench_local(
+            str(squeezenet.artifact.directory),
+            extra_artifacts={"ort": squeezenet.artifact.directory},
+            isolate=False,
+        )
+
+
+def test_a_pinned_worker_measures_model_after_model_in_one_process(
+    squeezenet_with_onnx: BuildResult,
+) -> None:
+    import os
+
+    with bench.PinnedWorker(2) as worker:
+        first = worker.call(os.getpid)
+        assert worker.call(os.getenv, "TVM_NUM_THREADS") == "2"
+        directory = str(squeezenet_with_onnx.artifact.directory)
+        report = bench.bench_local(
+            directory, compare=["ort"], threads=[2], repeat=2, warmup=0, workers={2: worker}
+        )
+        assert {(t.engine, t.threads) for t in report.timings} == {("tvm", 2), ("ort", 2)}
+        assert worker.call(os.getpid) == first  # still the same process
+        with pytest.raises(ValueError, match="2-thread worker asked to time 1"):
+            worker.measure({"threads": 1})
+
+
+def test_a_pinned_worker_is_replaced_after_its_task_limit() -> None:
+    import os
+
+    with bench.PinnedWorker(1, max_tasks=2) as worker:
+        first = [worker.call(os.getpid), worker.call(os.getpid)]
+        then = worker.call(os.getpid)
+        assert first[0] == first[1] != then
+        assert worker.call(os.getenv, "TVM_NUM_THREADS") == "1"  # the new one is pinned too

@@ -21,7 +21,11 @@ def squeezenet(build_once: Build) -> BuildResult:
     return build_once("squeezenet1_1", "host", input_size=64)
 
 
-def test_layer_times_add_up_to_the_end_to_end_time(squeezenet: BuildResult) -> None:
+def test_layer_times_add_up_to_the_end_to_end_time(build_once: Build) -> None:
+    # The instrument costs ~2 µs per VM call (~130 calls here), part of it inside the timed
+    # span: at 64×64 (0.7 ms end to end) that alone is ~20%, so the sum is checked where the
+    # model does real work. At 128×128 it is ~2.5 ms.
+    squeezenet = build_once("squeezenet1_1", "host", input_size=128)
     # The machine is shared: a load spike can skew one measurement, so allow retries.
     gaps = []
     for _ in range(3):
@@ -44,12 +48,18 @@ def test_json_rows_are_joined_to_the_manifest_schedules(squeezenet: BuildResult)
     report = json.loads(result.output)
     rows = {row["name"]: row for row in report["layers"]}
     assert set(report) >= {"layers", "layer_sum_ms", "end_to_end_ms", "model", "notes"}
-    # Fire modules: squeeze and expand1x1 are pointwise (our schedule), expand3x3 a conv.
-    assert rows["fused_conv2d_relu"]["op"] == "conv" and rows["fused_conv2d_relu"]["matched"]
+    # Fire modules: squeeze and expand1x1 are pointwise (our schedule), the stem and expand3x3
+    # dense convs; each kernel gets the entry of its own kind.
+    convs = [row for row in rows.values() if row["op"] == "conv"]
+    assert convs and all(row["matched"] for row in convs)
     pointwise = [row for name, row in rows.items() if "pointwise" in name]
     assert pointwise and all(row["schedule"] == "edgecompile.pointwise_nchwc" for row in pointwise)
-    assert rows["max_pool2d"]["op"] == "pool"
-    assert not rows[BUILTIN_ROW]["matched"] and not rows["reshape"]["matched"]
+    assert all(row["op"] == "pointwise" for row in pointwise)
+    pools = [row for name, row in rows.items() if "pool" in name]
+    assert pools and all(row["op"] == "pool" and row["matched"] for row in pools)
+    assert not rows[BUILTIN_ROW]["matched"]
+    layout = [row for name, row in rows.items() if "concatenate" in name or "unpack" in name]
+    assert layout and not any(row["matched"] for row in layout)  # glue has no schedule entry
     schedules = squeezenet.artifact.manifest.schedules
     matched_calls = sum(row["calls"] for row in rows.values() if row["matched"])
     assert matched_calls == len(schedules)

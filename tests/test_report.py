@@ -1,7 +1,8 @@
 """``edgecompile report``: bench + profile over zoo models, written as index.md, CSV and plots.
 
 One report (two small zoo models at 64×64, plus a third whose build is made to fail) is run
-once for the module; the tests read what it wrote.
+once for the module, with no tuning records; the tests read what it wrote. A second report runs
+on squeezenet1_1 at 32×32 with records from a real two-trial tune, for the "tvm-tuned" engine.
 """
 
 from __future__ import annotations
@@ -20,9 +21,12 @@ import edgecompile
 from edgecompile import report as report_module
 from edgecompile.cli import cli, main
 from edgecompile.errors import EdgecompileError
+from edgecompile.records import store_for
 from edgecompile.report import (
+    BUILDS_DIR,
     CSV_FIELDS,
     OP_CLASSES,
+    TUNED,
     ModelResult,
     Timing,
     ZooReport,
@@ -31,7 +35,11 @@ from edgecompile.report import (
     op_class_of,
     select_models,
     spearman,
+    tuned_builds_dir,
+    tuned_engine_available,
+    tuning_records,
 )
+from edgecompile.targets import resolve_target
 
 MEASURED = ("squeezenet1_1", "shufflenet_v2_x0_5")
 BROKEN = "mobilenet_v2_x0_35"
@@ -41,7 +49,13 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.fixture(scope="module")
-def zoo(tmp_path_factory: pytest.TempPathFactory) -> ZooReport:
+def no_records(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An empty default records cache, so this machine's own records cannot leak in."""
+    return tmp_path_factory.mktemp("no-records")
+
+
+@pytest.fixture(scope="module")
+def zoo(tmp_path_factory: pytest.TempPathFactory, no_records: Path) -> ZooReport:
     real_build = report_module.build_host_artifact
 
     def build_or_fail(name: str, *args: Any, **kwargs: Any) -> Any:
@@ -50,6 +64,7 @@ def zoo(tmp_path_factory: pytest.TempPathFactory) -> ZooReport:
         return real_build(name, *args, **kwargs)
 
     with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("EDGECOMPILE_RECORDS", str(no_records))
         patch.setattr(report_module, "build_host_artifact", build_or_fail)
         return edgecompile.report(
             [*MEASURED, BROKEN],
@@ -59,6 +74,7 @@ def zoo(tmp_path_factory: pytest.TempPathFactory) -> ZooReport:
             warmup=1,
             profile_runs=2,
             input_size=64,
+            build_jobs=1,  # in this process, where the failing build is patched in
         )
 
 
@@ -246,6 +262,8 @@ def test_correlations_use_each_engines_medians_and_name_the_better_predictor() -
     [
         ("fused_pointwise_nchwc35_relu7", "pointwise", "pointwise"),
         ("fused_depthwise_nchwc2", None, "depthwise"),
+        ("fused_conv_nchwc3_relu4", None, "dense conv"),
+        ("fused_grouped_nchwc1_relu", None, "grouped"),
         ("conv2d7", "grouped", "grouped"),
         ("fused_conv2d_relu", "conv", "dense conv"),
         ("fused_matmul_add", "matmul", "other"),
@@ -300,14 +318,150 @@ def test_bad_options_are_refused_before_anything_runs(tmp_path: Path) -> None:
     assert not any(tmp_path.iterdir())
 
 
-def test_the_tuned_engine_waits_for_tuning_records() -> None:
-    assert report_module.tuned_engine_available("host") is False
+def test_without_records_the_tuned_engine_is_left_out_with_a_note(
+    zoo: ZooReport, no_records: Path
+) -> None:
+    assert tuned_engine_available("host", no_records) is False
+    assert TUNED not in zoo.engines and zoo.records is None
+    assert any(f"{TUNED} not measured" in note and str(no_records) in note for note in zoo.notes)
+    assert not any(row["engine"] == TUNED for row in _csv_rows(zoo))
+    assert not list((Path(zoo.output_dir) / BUILDS_DIR).glob("tuned-*"))
 
 
-def test_the_untuned_build_opts_out_of_tuning_records_when_the_builder_has_them() -> None:
-    def builder_with_records(model: str, *, records: object = None) -> None: ...
+def test_records_asked_for_but_missing_are_an_error_before_anything_runs(tmp_path: Path) -> None:
+    empty = tmp_path / "records"
+    empty.mkdir()
+    output = tmp_path / "report"
+    with pytest.raises(EdgecompileError, match="no tuning records for host in") as info:
+        edgecompile.report("squeezenet1_1", output, records=empty)
+    assert "edgecompile tune" in (info.value.fix or "")
+    assert not output.exists()
 
-    def builder_without(model: str, *, seed: int = 0) -> None: ...
 
-    assert report_module._untuned_build_options(builder_with_records) == {"records": False}
-    assert report_module._untuned_build_options(builder_without) == {}
+# --------------------------------------------------------------------------------------------
+# the tuned engine, with records from a real tune
+
+TUNED_MODEL = "squeezenet1_1"
+UNTUNED_MODEL = "shufflenet_v2_x0_5"  # no records for it: its tuned build is not timed
+TUNED_SIZE = "32"  # the records apply only to the shapes they were tuned at
+
+
+@pytest.fixture(scope="module")
+def records(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from edgecompile.tune import tune
+
+    root = tmp_path_factory.mktemp("records")
+    tune(TUNED_MODEL, "host", trials=2, records=root, threads=1, input_size=TUNED_SIZE)
+    return root
+
+
+@pytest.fixture(scope="module")
+def tuned_zoo(records: Path, tmp_path_factory: pytest.TempPathFactory) -> ZooReport:
+    return edgecompile.report(
+        [TUNED_MODEL, UNTUNED_MODEL],
+        tmp_path_factory.mktemp("tuned-report"),
+        threads=THREADS,
+        repeat=3,
+        warmup=1,
+        profile_runs=2,
+        input_size=TUNED_SIZE,
+        records=records,
+        build_jobs=2,  # both models built at once in worker processes, then timed one by one
+    )
+
+
+def _tuned_result(zoo: ZooReport) -> ModelResult:
+    result = next(result for result in zoo.models if result.model == TUNED_MODEL)
+    assert result.status == "ok", result.failures
+    return result
+
+
+def test_tuned_rows_have_times_and_ratios_from_the_same_runs(tuned_zoo: ZooReport) -> None:
+    assert tuned_zoo.engines == ["tvm", TUNED, "ort", "torch"]
+    result = _tuned_result(tuned_zoo)
+    rows = {
+        (r["engine"], int(r["threads"])): r
+        for r in _csv_rows(tuned_zoo)
+        if r["model"] == TUNED_MODEL
+    }
+    assert set(rows) == {(e, t) for e in tuned_zoo.engines for t in THREADS}
+    for count in THREADS:
+        tuned, ort = rows[TUNED, count], rows["ort", count]
+        assert 0 < float(tuned["min_ms"]) <= float(tuned["median_ms"]) <= float(tuned["p90_ms"])
+        assert float(tuned["max_relative_error"]) <= 1e-4  # checked against ORT like the rest
+        assert float(tuned["ratio_to_ort"]) == pytest.approx(
+            float(tuned["median_ms"]) / float(ort["median_ms"]), rel=1e-4
+        )
+    one = result.timing(TUNED, 1)
+    assert one is not None and one.ratio_to_ort is not None
+    row = f"|  | {TUNED} | {one.median_ms:.2f} | {one.ratio_to_ort:.2f}× | "
+    assert row in Path(tuned_zoo.index).read_text()
+    sentences = correlation_sentences(tuned_zoo.correlations)
+    assert any(f"**{TUNED}, 1 thread**" in sentence for sentence in sentences)
+
+
+def test_the_tuned_build_applies_the_records_and_is_cached_by_their_digest(
+    tuned_zoo: ZooReport, records: Path
+) -> None:
+    from edgecompile.artifact import load_artifact
+
+    found = tuning_records("host", records)
+    assert found is not None and tuned_zoo.records == found
+    store = store_for(resolve_target("host"), records)
+    assert found.store == str(store.path) and found.digest == store.lines().digest()
+    result = _tuned_result(tuned_zoo)
+    assert result.tuned_artifact is not None and result.artifact is not None
+    tuned_dir = Path(result.tuned_artifact)
+    builds = Path(tuned_zoo.output_dir) / BUILDS_DIR
+    assert (
+        tuned_dir.parent == tuned_builds_dir(builds, found) == builds / f"tuned-{found.digest[:12]}"
+    )
+    manifest = load_artifact(tuned_dir).manifest
+    assert manifest.records is not None and manifest.records["digest"] == found.digest
+    assert result.tuned_kernels == len(manifest.records["kernels_from_records"]) > 0
+    assert load_artifact(result.artifact).manifest.records is None  # "tvm" stays untuned
+    text = Path(tuned_zoo.index).read_text()
+    assert f"digest {found.digest[:12]}" in text and "| kernels from records |" in text
+    assert f"| {TUNED_MODEL} | ok | 32x32 | " in text
+
+
+def test_a_model_the_records_do_not_apply_to_gets_no_tuned_time(tuned_zoo: ZooReport) -> None:
+    other = next(result for result in tuned_zoo.models if result.model == UNTUNED_MODEL)
+    assert other.status == "ok", other.failures
+    assert other.tuned_artifact is not None and other.tuned_kernels == 0
+    assert {t.engine for t in other.timings} == {"tvm", "ort", "torch"}
+    rows = [r for r in _csv_rows(tuned_zoo) if (r["model"], r["engine"]) == (other.model, TUNED)]
+    assert len(rows) == len(THREADS) and all(row["median_ms"] == "" for row in rows)
+
+
+def test_a_rerun_reuses_both_builds_and_new_records_rebuild_only_the_tuned_one(
+    tuned_zoo: ZooReport, records: Path, tmp_path: Path
+) -> None:
+    shutil.copytree(Path(tuned_zoo.output_dir, BUILDS_DIR), tmp_path / BUILDS_DIR)
+    args = ["report", "--models", TUNED_MODEL, "-o", str(tmp_path), "--input-size", "32"]
+    args += ["--threads", "1", "--engines", f"tvm,{TUNED}", "--repeat", "1", "--json"]
+
+    def rerun(records_dir: Path) -> dict[str, Any]:
+        result = CliRunner().invoke(
+            cli, [*args, "--records", str(records_dir)], catch_exceptions=False
+        )
+        assert result.exit_code == 0, result.output
+        (model,) = json.loads(result.output)["models"]
+        assert model["status"] == "ok", model["failures"]
+        assert {(t["engine"], t["threads"]) for t in model["timings"]} == {
+            ("tvm", 1),
+            (TUNED, 1),
+        }
+        return model
+
+    again = rerun(records)
+    assert again["build_reused"] is True and again["tuned_build_reused"] is True
+    # Other records (the same store less its last record): same untuned build, new tuned one.
+    changed = tmp_path / "changed"
+    shutil.copytree(records, changed)
+    (store,) = [path for path in changed.iterdir() if path.is_dir()]
+    lines = store.joinpath("database_tuning_record.json").read_text().splitlines()
+    store.joinpath("database_tuning_record.json").write_text("\n".join(lines[:-1]) + "\n")
+    rebuilt = rerun(changed)
+    assert rebuilt["build_reused"] is True and rebuilt["tuned_build_reused"] is False
+    assert Path(rebuilt["tuned_artifact"]).parent != Path(again["tuned_artifact"]).parent
