@@ -72,8 +72,8 @@ def tune_command(
 
     Every distinct kernel of the compiled model is a task. Our own schedules are measured
     first and stored as records, then MetaSchedule's evolutionary search (xgboost cost model)
-    tries more candidates; per kernel, `build` takes whichever measured fastest, so a tuned
-    build is never slower than an untuned one.
+    tries more candidates; per kernel, `build` takes whichever measured fastest (single
+    measurements: compare the tuned and untuned builds with `edgecompile bench`).
 
     \b
     Host targets measure here. Board targets are measured on the board:
