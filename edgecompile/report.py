@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from edgecompile._atomic import atomic_file
+from edgecompile.bench import EngineTiming as Timing
 from edgecompile.errors import EdgecompileError
 from edgecompile.progress import SILENT, Progress
 
@@ -130,20 +131,6 @@ class StageFailure:
 
     stage: str
     problem: str
-
-
-@dataclass(frozen=True)
-class Timing:
-    """One engine at one thread count (from ``bench_local``)."""
-
-    engine: str
-    threads: int
-    median_ms: float
-    p90_ms: float
-    min_ms: float
-    mean_ms: float
-    ratio_to_ort: float | None
-    max_relative_error: float | None
 
 
 @dataclass(frozen=True)
@@ -407,19 +394,7 @@ def _bench_model(
         extra_artifacts={TUNED: tuned_artifact} if tuned_artifact else None,
         workers=workers,
     )
-    return [
-        Timing(
-            engine=t.engine,
-            threads=t.threads,
-            median_ms=t.median_ms,
-            p90_ms=t.p90_ms,
-            min_ms=t.min_ms,
-            mean_ms=t.mean_ms,
-            ratio_to_ort=t.ratio_to_ort,
-            max_relative_error=t.max_relative_error,
-        )
-        for t in bench.timings
-    ]
+    return list(bench.timings)
 
 
 def op_class_of(name: str, op: str | None) -> str:
