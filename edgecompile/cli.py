@@ -235,12 +235,16 @@ def targets_command(as_json: bool) -> None:
     click.echo(format_table(("preset", "triple", "cpu", "threads", "board"), rows))
 
 
-@cli.command("build")
-@click.argument("model")
-@click.option(
+#: ``--target`` of the commands that compile for a board (build, tune, records).
+target_option = click.option(
     "-t", "--target", default="host", show_default=True,
     help="Board preset (see `edgecompile targets`), preset .toml, TVM tag or target JSON.",
 )  # fmt: skip
+
+
+@cli.command("build")
+@click.argument("model")
+@target_option
 @click.option(
     "-o", "--output-dir", default="build", show_default=True, type=click.Path(file_okay=False),
     help="Where to write <model>-<target>/.",

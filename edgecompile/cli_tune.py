@@ -6,15 +6,12 @@ from __future__ import annotations
 import click
 
 from edgecompile._table import format_table
-from edgecompile.cli import _print_json, cli
+from edgecompile.cli import _print_json, cli, target_option
 
 
 @cli.command("tune")
 @click.argument("model")
-@click.option(
-    "-t", "--target", default="host", show_default=True,
-    help="Board preset (see `edgecompile targets`), preset .toml, TVM tag or target JSON.",
-)  # fmt: skip
+@target_option
 @click.option(
     "--trials", type=int,
     help="Search candidates this model's kernels should have in total (a rerun only measures "
@@ -204,7 +201,7 @@ def _store(target: str, records: str | None) -> object:
 
 
 @records_group.command("show")
-@click.option("-t", "--target", default="host", show_default=True, help="Board preset.")
+@target_option
 @_records_option
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def records_show(target: str, records: str | None, as_json: bool) -> None:
@@ -221,7 +218,7 @@ def records_show(target: str, records: str | None, as_json: bool) -> None:
 
 
 @records_group.command("export")
-@click.option("-t", "--target", default="host", show_default=True, help="Board preset.")
+@target_option
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="File.")
 @_records_option
 def records_export(target: str, output: str, records: str | None) -> None:
