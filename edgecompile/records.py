@@ -299,7 +299,7 @@ class WorkloadSummary:
 
 #: ``schedule`` of a record MetaSchedule's search produced (not one of our hand schedules).
 SEARCHED = "metaschedule"
-_HAND_MARK = re.compile(
+_SCHEDULED_BY_MARK = re.compile(
     r'\["Annotate",\["[^"]*","\\"([^"\\]+)\\""\],\["edgecompile\.scheduled_by"\]'
 )
 
@@ -313,7 +313,7 @@ def trace_digest(record_body: Any) -> str:
 
 def mark_of(record_body: Any) -> str | None:
     """The ``edgecompile.scheduled_by`` mark a trace carries (our rule or tvm-default), if any."""
-    found = _HAND_MARK.search(json.dumps(record_body, separators=(",", ":")))
+    found = _SCHEDULED_BY_MARK.search(json.dumps(record_body, separators=(",", ":")))
     return found.group(1) if found else None
 
 
