@@ -279,19 +279,27 @@ class PointwiseNCHWc(_ConvRule):
         _vectorize_tile_loops(sch, writeback)
 
 
+def _row_tile(sch: Any, block: Any, cpu: CpuInfo) -> tuple[Any, ...]:
+    """Depthwise and pooling windows: padding inlined, a tile of output columns of one row ×
+    one channel block, the window loops outside the tile. Returns ``n, cb, h, w_o, w_i, c, kh,
+    kw``."""
+    for producer in sch.get_producers(block):
+        if sch.get(producer).name_hint.startswith("pad_nchwc"):
+            sch.compute_inline(producer)
+    n, cb, h, w, c, kh, kw = sch.get_loops(block)
+    width_tile = depthwise_tile(int(sch.get(w).extent), cpu)
+    w_o, w_i = sch.split(w, [None, width_tile])
+    sch.reorder(n, cb, h, w_o, kh, kw, w_i, c)
+    return n, cb, h, w_o, w_i, c, kh, kw
+
+
 class DepthwiseNCHWc(_ConvRule):
     """Depthwise: a row of ``w`` output columns × one channel block, padding inlined."""
 
     schedule_name = compute.DEPTHWISE
 
     def schedule(self, sch: Any, block: Any, cpu: CpuInfo) -> None:
-        for producer in sch.get_producers(block):
-            if sch.get(producer).name_hint.startswith("pad_nchwc"):
-                sch.compute_inline(producer)
-        n, cb, h, w, c, kh, kw = sch.get_loops(block)
-        width_tile = depthwise_tile(int(sch.get(w).extent), cpu)
-        w_o, w_i = sch.split(w, [None, width_tile])
-        sch.reorder(n, cb, h, w_o, kh, kw, w_i, c)
+        n, cb, h, w_o, w_i, c, kh, kw = _row_tile(sch, block, cpu)
         inline_epilogue_intermediates(sch, block)
         writeback = sch.cache_write(block, 0, "local")
         sch.reverse_compute_at(writeback, w_o)
@@ -398,13 +406,7 @@ class PoolNCHWc(_ConvRule):
     schedule_name = compute.POOL
 
     def schedule(self, sch: Any, block: Any, cpu: CpuInfo) -> None:
-        for producer in sch.get_producers(block):
-            if sch.get(producer).name_hint.startswith("pad_nchwc"):
-                sch.compute_inline(producer)
-        n, cb, h, w, c, kh, kw = sch.get_loops(block)
-        width_tile = depthwise_tile(int(sch.get(w).extent), cpu)
-        w_o, w_i = sch.split(w, [None, width_tile])
-        sch.reorder(n, cb, h, w_o, kh, kw, w_i, c)
+        n, cb, h, w_o, w_i, c, kh, _kw = _row_tile(sch, block, cpu)
         writeback = sch.cache_write(block, 0, "local")
         sch.reverse_compute_at(writeback, w_o)
         inline_epilogue(sch, writeback, w_o, cpu.lanes)
