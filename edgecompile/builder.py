@@ -291,7 +291,7 @@ def _compile(
     clean = store.lines()
     used = {
         "store": str(store.path),
-        "digest": clean.digest(),
+        "digest": store.digest(),
         "records": len(clean.records),
         "kernels_from_records": sorted(report.kernels_from_records),
     }

@@ -155,10 +155,38 @@ def import_onnx(
             f"{source}: TVM could not import the model: {str(exc).strip().splitlines()[-1]}",
             "simplify the failing op in the model or report it with the ONNX file",
         ) from None
+    module = bounded_takes(module)
     inputs = tensor_specs(proto.graph.input, proto)
     outputs = tensor_specs(proto.graph.output, proto)
     relax_model = RelaxModel(name or Path(path).stem, module, inputs, outputs)
     return relax_model, proto
+
+
+def bounded_takes(module: Any) -> Any:
+    """Rewrite the frontend's ``take(..., mode="fast")`` (ONNX Gather) as ``mode="clip"``.
+
+    Why: TVM logs "Fast mode segfaults when there are out-of-bounds indices" for every such take
+    it legalizes -- hundreds of lines over a zoo report (CondenseNet's kept channels, ESPNet
+    v2's resampling) -- and an out-of-range index, invalid ONNX but possible in a user's file,
+    would read out of bounds. The frontend already turns ONNX's negative indices into positive
+    ones, so for every valid index ``clip`` gives the same result, for a min/max per index.
+    """
+    from tvm import relax
+
+    @relax.expr_functor.mutator
+    class BoundedTakes(relax.PyExprMutator):  # type: ignore[misc]
+        def visit_call_(self, call: Any) -> Any:
+            call = super().visit_call_(call)
+            if getattr(call.op, "name", "") != "relax.take" or call.attrs.mode != "fast":
+                return call
+            data, indices = call.args
+            return relax.op.take(data, indices, call.attrs.axis, mode="clip")
+
+    mutator = BoundedTakes(module)
+    for gvar, func in module.functions_items():
+        if isinstance(func, relax.Function):
+            mutator.builder_.update_func(gvar, mutator.visit_expr(func))
+    return mutator.builder_.get()
 
 
 #: Relax op → the heavy-op kind ``heavy_ops`` reports (and the schedules index ops by).

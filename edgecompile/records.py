@@ -7,6 +7,9 @@ Stage 3b of the pipeline: ``tune`` writes records here, ``build`` reads them. La
         target.json                           the full TVM target and the preset it came from
         database_workload.json                MetaSchedule's JSONDatabase files
         database_tuning_record.json
+        kernels.json                          workload → kernel name, for display
+        baselines.json                        trace digest → untuned schedule it replays
+        choices.json                          workload → what a build uses (tune's re-measure)
         .lock                                 held while a tune or an import writes
 
 Why one store per target: MetaSchedule does not filter records by ``mcpu``, so one database for
@@ -17,6 +20,12 @@ Crash safety: the database appends one line per measured candidate (open, write,
 ``kill -9`` can at worst leave a torn last line; every reader drops torn lines (and records
 whose workload line is missing), and a writer repairs the files before appending. Readers never
 modify files: they load a cleaned snapshot, so a build can run beside a tune.
+
+Why choices: a record's time is one measurement, and the fastest of a few hundred search
+candidates beats one measurement of the untuned schedule by luck alone (measured: mobilenet_v2
+came out 5% slower "tuned"). ``tune`` therefore re-measures the search's best records against the
+untuned schedule, interleaved, and writes the verdict per workload to choices.json; a build
+applies only the chosen record, or none at all when the untuned schedule won.
 """
 
 from __future__ import annotations
@@ -44,6 +53,9 @@ TARGET_FILE = "target.json"
 LOCK_FILE = ".lock"
 NAMES_FILE = "kernels.json"
 BASELINES_FILE = "baselines.json"
+CHOICES_FILE = "choices.json"
+#: ``Choice.record`` when the untuned schedule (ours, or TVM's default) won the re-measurement.
+UNTUNED = "untuned"
 EXPORT_FORMAT = "edgecompile-records/1"
 
 
@@ -120,6 +132,50 @@ def _clean(workload_path: Path, record_path: Path) -> CleanLines:
 
 
 @dataclass(frozen=True)
+class Choice:
+    """What a build uses for one workload, decided by re-measuring (``tune``'s last step)."""
+
+    #: Trace digest of the chosen record, or :data:`UNTUNED`.
+    record: str
+    #: Re-measured medians; ``tuned_ms`` is the best search record's (None if the search found
+    #: nothing faster even in its own single measurements, so nothing was re-measured).
+    untuned_ms: float | None
+    tuned_ms: float | None
+    #: The workload's record count when decided: once a later tune adds records, decide again.
+    records: int
+
+    @property
+    def uses_tuned(self) -> bool:
+        return self.record != UNTUNED
+
+    @property
+    def uses(self) -> str:
+        return "tuned" if self.uses_tuned else UNTUNED
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "record": self.record,
+            "untuned_ms": self.untuned_ms,
+            "tuned_ms": self.tuned_ms,
+            "records": self.records,
+        }
+
+    @classmethod
+    def from_dict(cls, entry: dict[str, Any]) -> Choice:
+        def number(key: str) -> float | None:
+            value = entry.get(key)
+            return None if value is None else float(value)
+
+        return cls(
+            str(entry["record"]), number("untuned_ms"), number("tuned_ms"), int(entry["records"])
+        )
+
+
+def _workload_hash(workload_line: str) -> str:
+    return str(json.loads(workload_line)[0])
+
+
+@dataclass(frozen=True)
 class RecordStore:
     """The records of one target: a folder holding a MetaSchedule JSON database."""
 
@@ -164,20 +220,63 @@ class RecordStore:
         with atomic_file(self.path / BASELINES_FILE) as staging:
             staging.write_text(json.dumps(merged, indent=1, sort_keys=True) + "\n")
 
+    def choices(self) -> dict[str, Choice]:
+        """Workload hash → what a build uses for it (see :class:`Choice`)."""
+        try:
+            entries = json.loads((self.path / CHOICES_FILE).read_text())
+            return {str(k): Choice.from_dict(v) for k, v in dict(entries).items()}
+        except (OSError, ValueError, KeyError, TypeError):
+            return {}
+
+    def add_choices(self, choices: dict[str, Choice]) -> None:
+        merged = {**self.choices(), **choices}
+        with atomic_file(self.path / CHOICES_FILE) as staging:
+            staging.write_text(
+                json.dumps({k: c.to_dict() for k, c in merged.items()}, indent=1, sort_keys=True)
+                + "\n"
+            )
+
     def add_kernel_names(self, names: dict[str, str]) -> None:
         merged = {**self.kernel_names(), **names}
         with atomic_file(self.path / NAMES_FILE) as staging:
             staging.write_text(json.dumps(merged, indent=1, sort_keys=True) + "\n")
 
+    def applied_records(self) -> list[str]:
+        """The record lines a build applies. Per workload: with a choice, only the chosen
+        record (none when the untuned schedule won); with only untuned baselines, none (they
+        replay what the build compiles anyway); otherwise all (MetaSchedule takes the
+        fastest: a tune interrupted before its re-measurement, or records from elsewhere)."""
+        clean = self.lines()
+        choices = self.choices()
+        baselines = self.baselines()
+        hashes = [_workload_hash(line) for line in clean.workloads]
+        parsed = [json.loads(line) for line in clean.records]
+        searched = {index for index, body in parsed if trace_digest(body) not in baselines}
+        applied = []
+        for line, (index, body) in zip(clean.records, parsed, strict=True):
+            choice = choices.get(hashes[index])
+            if choice is not None:
+                keep = trace_digest(body) == choice.record
+            else:
+                keep = index in searched
+            if keep:
+                applied.append(line)
+        return applied
+
+    def digest(self) -> str:
+        """Identity of what a build applies from this store (records and choices)."""
+        clean = self.lines()
+        return CleanLines(clean.workloads, self.applied_records(), 0).digest()
+
     def snapshot(self) -> Any:
-        """A read-only MetaSchedule database of the store's valid records (files untouched)."""
+        """A read-only MetaSchedule database of the records a build applies (files untouched)."""
         from tvm.s_tir import meta_schedule as ms
 
         clean = self.lines()
         with tempfile.TemporaryDirectory(prefix="edgecompile-records-") as scratch:
             workloads, records = Path(scratch) / WORKLOADS_FILE, Path(scratch) / RECORDS_FILE
             workloads.write_text("".join(f"{line}\n" for line in clean.workloads))
-            records.write_text("".join(f"{line}\n" for line in clean.records))
+            records.write_text("".join(f"{line}\n" for line in self.applied_records()))
             # JSONDatabase reads both files in its constructor and only touches them on commit.
             return ms.database.JSONDatabase(
                 str(workloads), str(records), allow_missing=False, module_equality="structural"
@@ -281,12 +380,16 @@ def list_stores(records: str | Path | None = None) -> list[RecordStore]:
 
 @dataclass(frozen=True)
 class WorkloadSummary:
-    """One tuned kernel: its name, how many records it has, the best time and who made it."""
+    """One tuned kernel: its name, records, the best time and who made it, what a build uses."""
 
     name: str
     trials: int
     best_ms: float | None
     schedule: str
+    #: ``tuned`` / ``untuned`` (re-measured by tune), or ``best record`` (not re-measured yet).
+    uses: str = "best record"
+    untuned_ms: float | None = None
+    tuned_ms: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -294,6 +397,9 @@ class WorkloadSummary:
             "trials": self.trials,
             "best_ms": self.best_ms,
             "schedule": self.schedule,
+            "uses": self.uses,
+            "untuned_ms": self.untuned_ms,
+            "tuned_ms": self.tuned_ms,
         }
 
 
@@ -337,7 +443,8 @@ def summarize(store: RecordStore) -> list[WorkloadSummary]:
     clean = store.lines()
     names = store.kernel_names()
     baselines = store.baselines()
-    hashes = [json.loads(line)[0] for line in clean.workloads]
+    choices = store.choices()
+    hashes = [_workload_hash(line) for line in clean.workloads]
     grouped: dict[int, list[Any]] = {}
     for line in clean.records:
         index, body = json.loads(line)
@@ -346,12 +453,16 @@ def summarize(store: RecordStore) -> list[WorkloadSummary]:
     for index, bodies in grouped.items():
         timed = [(t, b) for b in bodies if (t := mean_seconds(b[1])) is not None]
         best_time, best = min(timed, key=lambda pair: pair[0], default=(None, None))
+        choice = choices.get(hashes[index])
         summaries.append(
             WorkloadSummary(
-                name=names.get(str(hashes[index]), f"workload {str(hashes[index])[:10]}"),
+                name=names.get(hashes[index], f"workload {hashes[index][:10]}"),
                 trials=len(bodies),
                 best_ms=None if best_time is None else round(best_time * 1e3, 4),
                 schedule="-" if best is None else record_schedule(best, baselines),
+                uses="best record" if choice is None else choice.uses,
+                untuned_ms=None if choice is None else choice.untuned_ms,
+                tuned_ms=None if choice is None else choice.tuned_ms,
             )
         )
     return sorted(summaries, key=lambda s: -(s.best_ms or 0.0))
@@ -373,6 +484,7 @@ def export_records(store: RecordStore, output: str | Path) -> Path:
         "records": clean.records,
         "kernels": store.kernel_names(),
         "baselines": store.baselines(),
+        "choices": {k: c.to_dict() for k, c in store.choices().items()},
     }
     output = Path(output)
     with atomic_file(output) as staging:
@@ -437,6 +549,18 @@ def import_records(source: str | Path, records: str | Path | None = None) -> Imp
     baselines = payload.get("baselines")
     if isinstance(baselines, dict):
         store.add_baselines({str(k): str(v) for k, v in baselines.items()})
+    choices = payload.get("choices")
+    if isinstance(choices, dict) and added:
+        # A choice decided on the exporting machine holds here only where this store had
+        # nothing of its own for the workload; elsewhere the next tune re-measures.
+        own = store.choices()
+        store.add_choices(
+            {
+                str(k): Choice.from_dict(v)
+                for k, v in choices.items()
+                if str(k) not in own and isinstance(v, dict)
+            }
+        )
     return ImportResult(store, added, skipped)
 
 

@@ -113,7 +113,7 @@ def tuning_records(target: str, records: str | Path | None = None) -> TuningReco
     clean = store.lines()
     if not clean.records:  # only torn lines: nothing a build could apply
         return None
-    return TuningRecords(str(store.path), clean.digest(), len(clean.records))
+    return TuningRecords(str(store.path), store.digest(), len(clean.records))
 
 
 def tuned_engine_available(target: str, records: str | Path | None = None) -> bool:

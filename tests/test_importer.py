@@ -296,3 +296,46 @@ def test_heavy_ops_classifies_convolutions(tmp_path: Path) -> None:
     # All four classes are present, so a classifier stuck on one kind fails above.
     assert {op["kind"] for op in convs} == {"conv", "pointwise", "depthwise", "grouped"}
     assert [op["kind"] for op in ops if op["op"] != "conv2d"] == ["pool", "matmul"]
+
+
+# --- Gather: ONNX's negative indices, and no "Fast mode" warnings -------------------------------
+
+
+def _take_modes(module: object) -> list[str]:
+    modes: list[str] = []
+
+    @relax.expr_functor.visitor
+    class Takes(relax.PyExprVisitor):  # type: ignore[misc]
+        def visit_call_(self, call: relax.Call) -> None:
+            super().visit_call_(call)
+            if getattr(call.op, "name", "") == "relax.take":
+                modes.append(str(call.attrs.mode))
+
+    Takes().visit_expr(module["main"])  # type: ignore[index]
+    return modes
+
+
+def test_gather_takes_are_bounded_and_match(tmp_path: Path) -> None:
+    """TVM imports Gather as take(mode="fast"), which logs a warning for every take it
+    legalizes and reads out of bounds on a bad index; the importer makes them clip."""
+    indices = helper.make_tensor("idx", TensorProto.INT64, [4], [-1, 0, 2, -3])
+    graph = helper.make_graph(
+        [
+            helper.make_node("Gather", ["input", "idx"], ["g"], axis=1),
+            helper.make_node("Relu", ["g"], ["output"]),
+        ],
+        "gather",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 6, 4, 4])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, 4, 4, 4])],
+        initializer=[indices],
+    )
+    path = tmp_path / "gather.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    relax_model, _ = import_onnx(path)
+    assert "fast" not in _take_modes(relax_model.module)
+    assert "clip" in _take_modes(relax_model.module)
+    result = edgecompile.build(str(path), "host", output_dir=tmp_path / "out")
+    assert result.artifact.manifest.verification["status"] == "passed"
+    x = np.random.default_rng(1).standard_normal((1, 6, 4, 4), dtype=np.float32)
+    (actual,) = run(result.artifact, [x]).outputs
+    np.testing.assert_allclose(actual, np.maximum(x[:, [5, 0, 2, 3]], 0), rtol=1e-6)

@@ -24,6 +24,7 @@ from edgecompile.cli import cli, main
 from edgecompile.errors import EdgecompileError
 from edgecompile.records import (
     SEARCHED,
+    UNTUNED,
     RecordStore,
     export_records,
     import_records,
@@ -32,18 +33,18 @@ from edgecompile.records import (
     summarize,
 )
 from edgecompile.targets import resolve_target
-from edgecompile.tune import TuneResult, parse_duration, tune
+from edgecompile.tune import CONFIRM_MARGIN, TuneResult, _verdict, parse_duration, tune
 
 TRIALS = 6
 
 
-def write_pointwise_onnx(path: Path) -> Path:
+def write_pointwise_onnx(path: Path, cin: int = 8, cout: int = 16, size: int = 8) -> Path:
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(0)
-    weight = numpy_helper.from_array(rng.standard_normal((16, 8, 1, 1)).astype("float32"), "w")
-    bias = numpy_helper.from_array(rng.standard_normal(16).astype("float32"), "b")
+    weight = numpy_helper.from_array(rng.standard_normal((cout, cin, 1, 1)).astype("float32"), "w")
+    bias = numpy_helper.from_array(rng.standard_normal(cout).astype("float32"), "b")
     nodes = [
         helper.make_node("Conv", ["input", "w", "b"], ["c"]),
         helper.make_node("Relu", ["c"], ["r"]),
@@ -52,8 +53,8 @@ def write_pointwise_onnx(path: Path) -> Path:
     graph = helper.make_graph(
         nodes,
         "pointwise",
-        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 8, 8, 8])],
-        [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, 16, 1, 1])],
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, cin, size, size])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, cout, 1, 1])],
         initializer=[weight, bias],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
@@ -76,6 +77,12 @@ def _store(result: TuneResult) -> RecordStore:
     return store_for(resolve_target("host"), result.records.parent)
 
 
+def _digest(record_line: str) -> str:
+    from edgecompile.records import trace_digest
+
+    return trace_digest(json.loads(record_line)[1])
+
+
 def test_tune_writes_hand_and_searched_records(tuned: TuneResult) -> None:
     store = _store(tuned)
     assert store.path == tuned.records and store.exists()
@@ -87,9 +94,20 @@ def test_tune_writes_hand_and_searched_records(tuned: TuneResult) -> None:
     for task in tuned.tasks:
         assert task.records >= 1 and task.best_ms is not None and task.untuned_ms is not None
         assert 0 < task.best_ms <= task.untuned_ms
+        assert task.uses in ("tuned", "untuned") and task.uses_ms is not None
     assert tuned.estimated_ms == pytest.approx(
-        sum(t.weight * (t.best_ms or 0) for t in tuned.tasks), rel=1e-3
+        sum(t.weight * (t.uses_ms or 0) for t in tuned.tasks), rel=1e-3
     )
+    # Every kernel the search reached was re-measured against untuned and has a verdict that
+    # names the record a build applies (or none: the untuned schedule).
+    choices = store.choices()
+    names = store.kernel_names()
+    for workload, choice in choices.items():
+        assert names[workload] in {t.name for t in tuned.tasks}
+        if choice.uses_tuned:
+            assert choice.tuned_ms is not None and choice.untuned_ms is not None
+            assert choice.tuned_ms < choice.untuned_ms * (1 - CONFIRM_MARGIN)
+            assert [line for line in store.applied_records() if choice.record in _digest(line)]
     kernels = summarize(store)
     assert {k.name for k in kernels} == {t.name for t in tuned.tasks}
     assert sum(k.trials for k in kernels) == len(store.lines().records)
@@ -111,10 +129,19 @@ def test_build_applies_the_records_and_still_matches_ort(
     assert manifest.verification and manifest.verification["status"] == "passed"
     assert manifest.records is not None
     assert manifest.records["store"] == str(tuned.records)
-    assert manifest.records["digest"] == manifest.records_digest == _store(tuned).lines().digest()
-    assert any("pointwise_nchwc" in name for name in manifest.records["kernels_from_records"])
+    store = _store(tuned)
+    assert manifest.records["digest"] == manifest.records_digest == store.digest()
+    # Records schedule exactly the kernels whose re-measured verdict is a tuned schedule.
+    uses = {store.kernel_names()[w]: c.uses for w, c in store.choices().items()}
+    from_records = set(manifest.records["kernels_from_records"])
+    assert {k for k, u in uses.items() if u == "tuned"} <= from_records
+    assert not from_records & {k for k, u in uses.items() if u == "untuned"}
     (conv,) = [s for s in manifest.schedules if s["op"] == "conv2d"]
-    assert conv["schedule"] in (SEARCHED, f"{SEARCHED} from edgecompile.pointwise_nchwc")
+    (conv_kernel,) = [k for k in store.kernel_names().values() if "pointwise_nchwc" in k]
+    if uses.get(conv_kernel) == "tuned":
+        assert conv["schedule"] in (SEARCHED, f"{SEARCHED} from edgecompile.pointwise_nchwc")
+    else:
+        assert conv["schedule"] == "edgecompile.pointwise_nchwc"
 
     untuned = build(str(pointwise_onnx), "host", output_dir=tmp_path / "plain", records=False)
     assert untuned.artifact.manifest.records is None
@@ -135,6 +162,118 @@ def test_records_of_one_target_are_never_applied_to_another(
     # pointing --records at the host store itself is refused for another target
     with pytest.raises(EdgecompileError, match="tuned for host"):
         store_for(rpi4, tuned.records)
+
+
+# --------------------------------------------------------------------------------------------
+# The re-measurement: a build never trusts one lucky measurement
+
+
+@pytest.fixture()
+def conv_store(tmp_path: Path) -> tuple[Path, Path, RecordStore, str]:
+    """A 1×1 conv big enough that naive loops lose clearly to our schedule (≥ 5×), with its
+    untuned baselines measured (no search): the model, records root, store, conv workload."""
+    model = write_pointwise_onnx(tmp_path / "conv.onnx", cin=32, cout=64, size=28)
+    records = tmp_path / "records"
+    result = tune(str(model), "host", trials=0, records=records, threads=1)
+    assert result.trials_run == 0
+    store = _store(result)
+    assert not store.choices()  # nothing searched, nothing to decide
+    (conv,) = [w for w, name in store.kernel_names().items() if "pointwise_nchwc" in name]
+    return model, records, store, conv
+
+
+def _commit_naive_record(store: RecordStore, workload_hash: str, seconds: float) -> str:
+    """Commit the conv's unscheduled PrimFunc (naive loops) as a record claiming ``seconds``;
+    returns its trace digest."""
+    from tvm import s_tir
+    from tvm.s_tir import meta_schedule as ms
+    from tvm.s_tir.meta_schedule.arg_info import ArgInfo
+
+    (line,) = [w for w in store.lines().workloads if json.loads(w)[0] == workload_hash]
+    module = ms.database.Workload.from_json(json.loads(line)).mod
+    naive = s_tir.Schedule(module)
+    with store.writer() as database:
+        database.commit_tuning_record(
+            ms.database.TuningRecord(
+                naive.trace,
+                database.commit_workload(module),
+                [seconds],
+                resolve_target("host").tvm_target(),
+                ArgInfo.from_entry_func(module),
+            )
+        )
+    return _digest(store.lines().records[-1])
+
+
+def test_a_lucky_search_record_does_not_replace_our_schedule(
+    conv_store: tuple[Path, Path, RecordStore, str], tmp_path: Path
+) -> None:
+    """A search record whose one measurement was absurdly fast is re-measured, loses, and the
+    build keeps our schedule -- although MetaSchedule alone would pick that record."""
+    from edgecompile.builder import build
+
+    model, records, store, conv = conv_store
+    lucky = _commit_naive_record(store, conv, 1e-9)
+    result = tune(str(model), "host", trials=0, records=records, threads=1)
+    choice = store.choices()[conv]
+    assert choice.record == UNTUNED and choice.records == 2
+    assert choice.tuned_ms is not None and choice.untuned_ms is not None
+    assert choice.tuned_ms > 2 * choice.untuned_ms  # naive loops, re-measured honestly
+    (task,) = [t for t in result.tasks if "pointwise_nchwc" in t.name]
+    assert task.uses == "untuned" and task.best_ms == pytest.approx(1e-6)
+    assert not [line for line in store.applied_records() if _digest(line) == lucky]
+    manifest = build(str(model), "host", output_dir=tmp_path, records=records).artifact.manifest
+    (conv_op,) = [s for s in manifest.schedules if s["op"] == "conv2d"]
+    assert conv_op["schedule"] == "edgecompile.pointwise_nchwc"
+    assert manifest.records is not None and not manifest.records["kernels_from_records"]
+
+    # A rerun with no new records does not measure again (the verdict file is not rewritten).
+    before = (store.path / "choices.json").stat().st_mtime_ns
+    tune(str(model), "host", trials=0, records=records, threads=1)
+    assert (store.path / "choices.json").stat().st_mtime_ns == before
+
+
+def test_a_real_win_is_confirmed_and_applied(
+    conv_store: tuple[Path, Path, RecordStore, str], tmp_path: Path
+) -> None:
+    """Turn the tables: naive loops are the untuned baseline and our schedule the search
+    record; the re-measurement confirms the search record and the build applies it."""
+    from edgecompile.builder import build
+
+    model, records, store, conv = conv_store
+    ours = {d for d, who in store.baselines().items() if who == "edgecompile.pointwise_nchwc"}
+    naive = _commit_naive_record(store, conv, 1.0)
+    baselines = {d: who for d, who in store.baselines().items() if d not in ours}
+    (store.path / "baselines.json").write_text(json.dumps({**baselines, naive: "tvm-default"}))
+    result = tune(str(model), "host", trials=0, records=records, threads=1)
+    choice = store.choices()[conv]
+    assert choice.uses_tuned and choice.record in ours
+    assert choice.tuned_ms is not None and choice.untuned_ms is not None
+    assert choice.tuned_ms < choice.untuned_ms * (1 - CONFIRM_MARGIN)
+    (task,) = [t for t in result.tasks if "pointwise_nchwc" in t.name]
+    assert task.uses == "tuned" and task.uses_ms == choice.tuned_ms
+    manifest = build(str(model), "host", output_dir=tmp_path, records=records).artifact.manifest
+    assert manifest.verification and manifest.verification["status"] == "passed"
+    (conv_op,) = [s for s in manifest.schedules if s["op"] == "conv2d"]
+    assert conv_op["schedule"] == f"{SEARCHED} from edgecompile.pointwise_nchwc"
+    assert manifest.records is not None and manifest.records["kernels_from_records"]
+
+
+@pytest.mark.parametrize(
+    ("medians", "uses_tuned"),
+    [
+        ([1.0, 0.96], True),  # 4% faster: over the margin
+        ([1.0, 0.98], False),  # 2%: noise
+        ([1.0, None], False),  # the search record failed now
+        ([None, 0.5], True),  # the untuned schedule failed now
+        ([1.0, 1.2, 0.9], True),  # the best of several contenders counts
+    ],
+)
+def test_verdict_margin(medians: list[float | None], uses_tuned: bool) -> None:
+    bodies = [[f"trace{i}"] for i in range(len(medians))]
+    choice = _verdict(medians, bodies, records=len(bodies))
+    assert choice.uses_tuned is uses_tuned
+    assert choice.records == len(bodies)
 
 
 def test_rerun_with_the_same_trials_measures_nothing_new(
@@ -231,6 +370,8 @@ def test_export_and_import_round_trip(tuned: TuneResult, tmp_path: Path) -> None
     assert first.added == len(store.lines().records) and first.skipped == 0
     assert first.store.path.name == store.path.name
     assert first.store.kernel_names() == store.kernel_names()
+    assert first.store.choices() == store.choices()  # the verdicts travel with the records
+    assert first.store.digest() == store.digest()
     again = import_records(exported, fresh)
     assert again.added == 0 and again.skipped == first.added
     assert {k.name for k in summarize(first.store)} == {k.name for k in summarize(store)}
