@@ -44,7 +44,7 @@ def curve(
     from edgecompile.bench import bench_local
     from edgecompile.builder import build
     from edgecompile.progress import Progress
-    from edgecompile.tune import tune
+    from edgecompile.tune import TUNE_STAGES, tune
 
     records = work / "records"
     untuned = build(model, "host", output_dir=work / "untuned", records=False).artifact
@@ -55,8 +55,14 @@ def curve(
         if trials:
             result = tune(
                 model, "host", trials=trials, records=records, threads=threads,
-                progress=Progress(5),
+                progress=Progress(TUNE_STAGES),
             )  # fmt: skip
+            chosen = sum(task.uses == "tuned" for task in result.tasks)
+            print(
+                f"{model}: {chosen}/{len(result.tasks)} kernels use a tuned schedule after "
+                "the re-measurement",
+                flush=True,
+            )
             spent += result.seconds
             tuned_dir = build(model, "host", output_dir=work / f"tuned-{trials}", records=records)
             tuned_path = str(tuned_dir.artifact.directory)
