@@ -66,6 +66,8 @@ class Manifest:
     verification: dict[str, Any] | None = None
     #: The tuning records the build applied: store, digest, record count, kernels they scheduled.
     records: dict[str, Any] | None = None
+    #: The ``--schedules`` directory the build used: its files (sha256) and rules.
+    user_schedules: dict[str, Any] | None = None
     manifest_version: int = MANIFEST_VERSION
     extra: dict[str, Any] = field(default_factory=dict)
 

@@ -33,6 +33,7 @@ from edgecompile.export import (
 from edgecompile.importer import RelaxModel, import_onnx
 from edgecompile.progress import SILENT, Progress
 from edgecompile.records import RecordStore, store_for
+from edgecompile.schedules.user import UserSchedules, load_user_schedules
 from edgecompile.targets import BoardPreset, resolve_target
 from edgecompile.toolchain import toolchain_for
 
@@ -133,6 +134,7 @@ def build(
     custom_schedules: bool = True,
     records: str | Path | bool | None = None,
     keep_onnx: bool = False,
+    schedules_dir: str | Path | None = None,
 ) -> BuildResult:
     """Compile ``model`` for ``target`` into ``output_dir/<model>-<preset>/``.
 
@@ -142,9 +144,13 @@ def build(
     cache (used when it has records for this target), ``False`` for none.
     ``keep_onnx``: also write the static ONNX model that was compiled as ``<model>.onnx`` beside
     the library (manifest ``extra["onnx"]``), for ``bench`` to run ONNX Runtime on.
+    ``schedules_dir``: a directory of user schedules (:mod:`edgecompile.schedules.user`), tried
+    before ours on every kernel no tuning record scheduled; the manifest's ``user_schedules``
+    names its files and their sha256.
     """
     started = time.perf_counter()
     preset = target if isinstance(target, BoardPreset) else resolve_target(target)
+    user = _user_schedules(schedules_dir, custom_schedules)
     toolchain = toolchain_for(preset, cc)
     store = _record_store(preset, records) if custom_schedules else None
     name = artifact_name(model)
@@ -169,8 +175,8 @@ def build(
             progress=progress,
         )
         with progress.stage(f"compile for {preset.name} ({preset.target.get('mcpu', 'generic')})"):
-            executable, schedules, records_used = _compile(
-                relax_model, preset, custom_schedules, store
+            executable, schedules, records_used, user_kernels = _compile(
+                relax_model, preset, custom_schedules, store, user
             )
         with atomic_directory(final_dir) as staging:
             library = staging / f"{name}.so"
@@ -199,7 +205,7 @@ def build(
                         raise EdgecompileError(
                             f"the compiled {name} differs from ONNX Runtime by {error:.2e} "
                             f"(relative), above {tolerance:.0e}",
-                            "report the model; --no-verify skips the check",
+                            _mismatch_fix(user_kernels),
                         )
                     verification = {"status": "passed", "max_relative_error": error, "seed": seed}
                 elif verify:
@@ -221,6 +227,7 @@ def build(
                 weights=origin,
                 records_digest=None if records_used is None else records_used["digest"],
                 records=records_used,
+                user_schedules=None if user is None else _user_manifest(user, user_kernels),
                 schedules=schedules,
                 build_seconds=round(time.perf_counter() - started, 2),
                 verification=verification,
@@ -258,14 +265,48 @@ def _record_store(preset: BoardPreset, records: str | Path | bool | None) -> Rec
     return None
 
 
+def _user_schedules(
+    schedules_dir: str | Path | None, custom_schedules: bool
+) -> UserSchedules | None:
+    """The user's schedules, loaded before the (slow) export so a bad directory fails fast."""
+    if schedules_dir is None:
+        return None
+    if not custom_schedules:
+        raise EdgecompileError(
+            "--schedules and --no-custom-schedules exclude each other",
+            "user schedules run in edgecompile's pipeline; drop one of them",
+        )
+    return load_user_schedules(schedules_dir)
+
+
+def _user_manifest(user: UserSchedules, user_kernels: dict[str, str]) -> dict[str, Any]:
+    """``user_schedules`` of the manifest: the files that ran (sha256) and, per rule, how many
+    kernels it scheduled (heavy or not; the per-op ``schedule`` names it for heavy ops)."""
+    counts = {rule.schedule_name: 0 for rule in user.rules}
+    for schedule in user_kernels.values():
+        counts[schedule] = counts.get(schedule, 0) + 1
+    entry = user.to_manifest()
+    for rule in entry["rules"]:
+        rule["kernels"] = counts[rule["schedule"]]
+    return entry
+
+
+def _mismatch_fix(user_kernels: dict[str, str]) -> str:
+    if user_kernels:
+        names = ", ".join(sorted(set(user_kernels.values())))
+        return f"check user schedule(s) {names}, or build without --schedules"
+    return "report the model; --no-verify skips the check"
+
+
 def _compile(
     relax_model: RelaxModel,
     preset: BoardPreset,
     custom_schedules: bool = True,
     store: RecordStore | None = None,
-) -> tuple[Any, list[dict[str, Any]], dict[str, Any] | None]:
-    """The VM executable; per heavy op of ``main`` the schedule it got (for the manifest); and
-    which records were applied, if any."""
+    user: UserSchedules | None = None,
+) -> tuple[Any, list[dict[str, Any]], dict[str, Any] | None, dict[str, str]]:
+    """The VM executable; per heavy op of ``main`` the schedule it got (for the manifest);
+    which records were applied, if any; and the kernels user schedules scheduled."""
     from edgecompile.schedules import compile_relax
     from edgecompile.schedules.pipeline import ScheduleReport
 
@@ -278,7 +319,10 @@ def _compile(
             custom_schedules=custom_schedules,
             database=database,
             report=report,
+            extra_rules=() if user is None else user.rules,
         )
+    except EdgecompileError:  # a user schedule's bug: already one line naming its file
+        raise
     except Exception as exc:  # TVMError and friends: the last line names the failing pass
         lines = str(exc).strip().splitlines()
         raise EdgecompileError(
@@ -287,7 +331,7 @@ def _compile(
             "report it with the model name and target",
         ) from None
     if store is None:
-        return executable, schedules, None
+        return executable, schedules, None, report.user_kernels
     clean = store.lines()
     used = {
         "store": str(store.path),
@@ -295,7 +339,7 @@ def _compile(
         "records": len(clean.records),
         "kernels_from_records": sorted(report.kernels_from_records),
     }
-    return executable, schedules, used
+    return executable, schedules, used, report.user_kernels
 
 
 def verify_library(

@@ -266,8 +266,20 @@ target_option = click.option(
     help="Apply the tuning records in this folder [the cache, when it has records for TARGET].",
 )  # fmt: skip
 @click.option("--no-records", is_flag=True, help="Ignore tuning records: our schedules only.")
+@click.option(
+    "--schedules", "schedules_dir", type=click.Path(), metavar="DIR",
+    help="A directory of user schedules (.py files), tried before ours "
+    "(docs/custom-schedules.md).",
+)  # fmt: skip
+@click.option(
+    "--explain", is_flag=True,
+    help="After the build, print per layer the schedule that ran and why a rule fell back.",
+)  # fmt: skip
 @click.option("--tar", "pack", is_flag=True, help="Also pack the artifact as <dir>.tar.gz.")
-@click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")
+@click.option(
+    "--json", "as_json", is_flag=True,
+    help="Print the manifest as JSON (its `schedules` holds what --explain prints).",
+)  # fmt: skip
 def build_command(
     model: str,
     target: str,
@@ -281,6 +293,8 @@ def build_command(
     no_custom_schedules: bool,
     records: str | None,
     no_records: bool,
+    schedules_dir: str | None,
+    explain: bool,
     pack: bool,
     as_json: bool,
 ) -> None:
@@ -296,12 +310,18 @@ def build_command(
     Tuning records (`edgecompile tune`) for the target are applied when there are any: per
     kernel, the fastest measured schedule -- tuned or ours.
 
+    --schedules DIR adds schedules of your own: every .py file in DIR is imported and the rules
+    it registers (edgecompile.schedules.user) are tried before ours on each kernel. --explain
+    prints, per layer, who scheduled it (ours / user / records / tvm-default) and why a rule
+    fell back.
+
     \b
     Writes OUTPUT_DIR/<model>-<target>/ with <model>.so and manifest.json, atomically.
     Examples:
       edgecompile build shufflenet_v1 --target rpi4
       edgecompile build mobilenet_v2 --target host --input-size 160
       edgecompile build my_model.onnx --target rpi4-armv7 --batch 4
+      edgecompile build espnet_v2 --schedules examples/schedules --explain
     """
     from edgecompile.artifact import pack_artifact
     from edgecompile.builder import BUILD_STAGES, build
@@ -320,6 +340,7 @@ def build_command(
         custom_schedules=not no_custom_schedules,
         records=False if no_records else records,
         progress=Progress(BUILD_STAGES),
+        schedules_dir=schedules_dir,
     )
     artifact = result.artifact
     archive = pack_artifact(artifact) if pack else None
@@ -340,8 +361,18 @@ def build_command(
     if manifest.records:
         tuned = len(manifest.records["kernels_from_records"])
         click.echo(f"applied tuning records to {tuned} kernels ({manifest.records['store']})")
+    if manifest.user_schedules:
+        used = sum(rule["kernels"] for rule in manifest.user_schedules["rules"])
+        plural = "" if used == 1 else "s"
+        directory = manifest.user_schedules["dir"]
+        click.echo(f"user schedules scheduled {used} kernel{plural} ({directory})")
     if archive:
         click.echo(f"packed {archive}")
+    if explain:
+        from edgecompile.explain import format_explain
+
+        click.echo("")
+        click.echo(format_explain(manifest.schedules))
 
 
 @cli.command("run")

@@ -43,6 +43,10 @@ from edgecompile.cli import _print_json, cli, target_option
 @click.option(
     "--cc", help="Link candidates with this system compiler instead of zig (board targets)."
 )
+@click.option(
+    "--schedules", "schedules_dir", type=click.Path(file_okay=False),
+    help="User schedules (as for build --schedules): part of every kernel's untuned baseline.",
+)  # fmt: skip
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 def tune_command(
     model: str,
@@ -63,6 +67,7 @@ def tune_command(
     input_size: str | None,
     weights: str | None,
     cc: str | None,
+    schedules_dir: str | None,
     as_json: bool,
 ) -> None:
     """Tune MODEL's kernels for a target with TVM MetaSchedule; `build` then applies the records.
@@ -110,6 +115,7 @@ def tune_command(
         input_size=input_size,
         weights=weights,
         cc=cc,
+        schedules_dir=schedules_dir,
         progress=Progress(TUNE_STAGES),
     )
     if as_json:

@@ -239,8 +239,33 @@ def heavy_ops(module: Any) -> list[dict[str, Any]]:
                 )
             else:
                 entry["kind"] = op
+                entry.update(_window(call, shapes))
             ops.append(entry)
     return ops
+
+
+def _window(call: Any, shapes: list[list[int]]) -> dict[str, Any]:
+    """Window, stride and groups of a pool or transposed conv, as ``build --explain`` shows
+    them beside a conv's (a pool's type too: max and average pools schedule differently)."""
+    attrs = call.attrs
+    name = call.op.name
+    window: dict[str, Any] = {}
+    if name == "relax.nn.conv2d_transpose":
+        window["groups"] = int(attrs.groups)
+        if len(shapes) > 1:
+            window["kernel"] = shapes[1][2:]
+    elif name == "relax.nn.adaptive_avg_pool2d":
+        window["pool"] = "adaptive_avg"
+        if attrs.output_size is not None:
+            window["output_size"] = [int(d) for d in attrs.output_size]
+        return window
+    elif name in ("relax.nn.max_pool2d", "relax.nn.avg_pool2d"):
+        window["pool"] = "max" if name == "relax.nn.max_pool2d" else "avg"
+        window["kernel"] = [int(d) for d in attrs.pool_size]
+    else:
+        return window
+    window["strides"] = [int(s) for s in attrs.strides]
+    return window
 
 
 def _has_shape(expr: Any) -> bool:

@@ -255,11 +255,8 @@ class RecordStore:
         applied = []
         for line, (index, body) in zip(clean.records, parsed, strict=True):
             choice = choices.get(hashes[index])
-            if choice is not None:
-                keep = trace_digest(body) == choice.record
-            else:
-                keep = index in searched
-            if keep:
+            chosen = choice is not None and trace_digest(body) == choice.record
+            if chosen or (choice is None and index in searched):
                 applied.append(line)
         return applied
 

@@ -30,7 +30,7 @@ import shutil
 import statistics
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -196,16 +196,19 @@ def tune(
     weights: str | None = None,
     seed: int = 0,
     cc: str | None = None,
+    schedules_dir: str | Path | None = None,
     progress: Progress = SILENT,
 ) -> TuneResult:
     """Tune ``model``'s kernels for ``target``, adding to the target's records (resumable).
 
     ``trials`` is the total number of search candidates this model's kernels should have in the
     records: a rerun after an interruption (even ``kill -9``) measures only the rest. With only
-    ``time_budget``, the search runs until the time is spent.
+    ``time_budget``, the search runs until the time is spent. ``schedules_dir``: user schedules
+    (as ``build --schedules``), part of the untuned baseline every kernel is measured as.
     """
     from edgecompile.builder import prepare_model
     from edgecompile.export import parse_input_size
+    from edgecompile.schedules.user import load_user_schedules
     from edgecompile.toolchain import toolchain_for
 
     started = time.monotonic()
@@ -216,6 +219,7 @@ def tune(
     if budget_seconds is not None and budget_seconds <= 0:
         raise EdgecompileError("the time budget must be positive", "use e.g. --time-budget 20m")
     transport = _transport(preset, rpc=rpc, tracker=tracker, device=device)
+    user_rules = [] if schedules_dir is None else load_user_schedules(schedules_dir).rules
     toolchain = toolchain_for(preset, cc)
     store = store_for(preset, records)
     thread_count = threads if threads is not None else preset.threads
@@ -249,7 +253,9 @@ def tune(
         ):
             store.add_kernel_names({task.workload_hash: task.name for task in tasks})
             with progress.stage(f"measure the untuned kernels on {where}"):
-                untuned = _measure_untuned(tasks, tvm_target, store, database, builder, runner)
+                untuned = _measure_untuned(
+                    tasks, tvm_target, store, database, builder, runner, user_rules
+                )
             searched_before = _searched_records(store, tasks)
             if trials is None and budget_seconds is None:
                 trials = DEFAULT_TRIALS_PER_TASK * len(tasks)
@@ -473,19 +479,23 @@ def _direct_runner(host: str, port: int, threads: int | None, evaluator: Any) ->
     )
 
 
-def _untuned_schedule(module: Any, target: Any) -> Any | None:
-    """What a build without records compiles for this kernel, as a schedule with a trace: our
-    rule's schedule, else TVM's default lowering (an empty trace). Both carry a
-    ``SCHEDULED_BY_ATTR`` mark, so a record replaying them says who made it."""
+def _untuned_schedule(module: Any, target: Any, user_rules: Sequence[Any] = ()) -> Any | None:
+    """What a build without records compiles for this kernel, as a schedule with a trace: a user
+    rule's or our rule's schedule (tried as the build tries them), else TVM's default lowering
+    (an empty trace). Each carries a ``SCHEDULED_BY_ATTR`` mark, so a record replaying it says
+    who made it."""
     from tvm import s_tir
 
     from edgecompile.schedules.pipeline import TVM_DEFAULT, schedule_rules
     from edgecompile.schedules.rules import SCHEDULED_BY_ATTR, ScheduleFailed
+    from edgecompile.schedules.user import UserRule
 
-    for rule in schedule_rules():
+    for rule in schedule_rules(user_rules):
         try:
             schedule = rule.try_schedule(module["main"], target)
         except ScheduleFailed:
+            if isinstance(rule, UserRule):
+                continue  # a user rule that fails hands the kernel on, as in the build
             break
         if schedule is not None:
             return schedule
@@ -504,6 +514,7 @@ def _measure_untuned(
     database: Any,
     builder: Any,
     runner: Any,
+    user_rules: Sequence[Any] = (),
 ) -> dict[str, float]:
     """Measure every task as an untuned build compiles it and commit that as a record.
 
@@ -517,7 +528,7 @@ def _measure_untuned(
     timings: dict[str, float] = {}
     pending: list[tuple[_Task, Any, Any]] = []
     for task in tasks:
-        schedule = _untuned_schedule(task.module, target)
+        schedule = _untuned_schedule(task.module, target, user_rules)
         if schedule is None:
             continue
         workload = database.commit_workload(task.module)

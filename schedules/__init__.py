@@ -7,7 +7,9 @@ alike; everything else keeps TVM's default lowering. Entry points:
 
 - :func:`compile_relax` — ``tvm.compile`` with the schedules, plus which schedule each op got;
 - :func:`optimize` — the Relax pipeline alone, to inspect the scheduled PrimFuncs;
-- :func:`relax_pipeline` — the pipeline as a pass, for ``tvm.compile(..., relax_pipeline=...)``.
+- :func:`relax_pipeline` — the pipeline as a pass, for ``tvm.compile(..., relax_pipeline=...)``;
+- :mod:`edgecompile.schedules.user` — schedules of your own (``build --schedules DIR``), tried
+  before ours.
 """
 
 from __future__ import annotations

@@ -23,10 +23,11 @@ from __future__ import annotations
 
 import contextlib
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from edgecompile.errors import EdgecompileError
 from edgecompile.schedules.compute import OP_INDEX_ATTR
 from edgecompile.schedules.cpu import CpuInfo, cpu_info
 from edgecompile.schedules.layout import CONV2D, LayoutLog, make_mutator
@@ -55,6 +56,10 @@ class ScheduleReport:
     heavy_op_kinds: list[str] = field(default_factory=list)
     #: Fused PrimFuncs a tuning record scheduled (any kernel, heavy or not).
     kernels_from_records: list[str] = field(default_factory=list)
+    #: Fused PrimFunc → the user schedule (``user:<name>``) that scheduled it, heavy or not.
+    user_kernels: dict[str, str] = field(default_factory=dict)
+    #: A user rule's bug, kept here because TVM's FFI may re-wrap it on the way out of the pass.
+    user_error: EdgecompileError | None = None
 
     def schedule_of(self, op_index: int) -> str:
         return self.schedules.applied.get(op_index, TVM_DEFAULT)
@@ -201,14 +206,21 @@ def detach_op_indices(report: ScheduleReport) -> Any:
     return transform
 
 
-def apply_schedule_rules(report: ScheduleReport) -> Any:
-    """Our rules on every fused PrimFunc not scheduled yet (by a tuning record), logged per op.
+def apply_schedule_rules(report: ScheduleReport, extra_rules: Sequence[Any] = ()) -> Any:
+    """The user's ``extra_rules`` then ours on every fused PrimFunc not scheduled yet (by a
+    tuning record), logged per op.
 
     dlight's ``ApplyDefaultSchedule`` with logging: it cannot tell which PrimFunc is which
-    layer, nor a rule that declined from one that failed.
+    layer, nor a rule that declined from one that failed. A user rule that fails hands the
+    PrimFunc on to the next rule (the user overrides ours, but a broken override must not cost
+    the layer our schedule); one of ours that fails leaves TVM's default, as before.
     """
     import tvm
     from tvm import tirx
+
+    from edgecompile.schedules.user import UserRule
+
+    rules = schedule_rules(extra_rules)
 
     @tvm.transform.module_pass(opt_level=0, name="edgecompile.ApplyScheduleRules")
     def transform(module: Any, _context: Any) -> Any:
@@ -223,18 +235,28 @@ def apply_schedule_rules(report: ScheduleReport) -> Any:
                 if index is not None:
                     log.applied[index] = _record_schedule_name(func)
                 continue
-            for rule in schedule_rules():
+            failures = []
+            for rule in rules:
+                user = isinstance(rule, UserRule)
                 try:
                     sch = rule.try_schedule(func, target)
                 except ScheduleFailed as failure:
-                    if index is not None:
-                        log.failed[index] = str(failure)
+                    failures.append(str(failure))
+                    if user:
+                        continue
                     break
+                except EdgecompileError as error:  # a user rule's bug, named by UserRule
+                    report.user_error = error
+                    raise
                 if sch is not None:
                     module[gvar] = sch.mod["main"].with_attr("tirx.is_scheduled", True)
+                    if user:
+                        report.user_kernels[gvar.name_hint] = rule.schedule_name
                     if index is not None:
                         log.applied[index] = rule.schedule_name
                     break
+            if failures and index is not None:
+                log.failed[index] = "; ".join(failures)
         return module
 
     return transform
@@ -251,16 +273,24 @@ def _record_schedule_name(func: Any) -> str:
     return f"{TUNED} from {names[0]}" if names else TUNED
 
 
-def schedule_rules() -> list[Any]:
-    """Our dlight rules, in the order they are tried on each fused PrimFunc."""
+def schedule_rules(extra: Sequence[Any] = ()) -> list[Any]:
+    """The rules in the order they are tried on each fused PrimFunc: ``extra`` first, then ours.
+
+    ``extra``: user rules -- :class:`~edgecompile.schedules.user.UserRule` objects (as
+    ``load_user_schedules(dir).rules`` returns), rule objects with ``try_schedule``, or
+    functions ``(func, target) -> Schedule | None``; they come back as ``UserRule`` objects, so
+    a caller tells them from ours with ``isinstance`` and their errors name the rule.
+    """
     from edgecompile.schedules.rules import (
         DenseConvNCHWc,
         GroupedNCHWc,
         PackedMatmul,
         PoolNCHWc,
     )
+    from edgecompile.schedules.user import user_rules
 
     return [
+        *user_rules(extra),
         PointwiseNCHWc(),
         DepthwiseNCHWc(),
         GroupedNCHWc(),
@@ -270,12 +300,15 @@ def schedule_rules() -> list[Any]:
     ]
 
 
-def relax_pipeline(target: Any, report: ScheduleReport, database: Any = None) -> Any:
+def relax_pipeline(
+    target: Any, report: ScheduleReport, database: Any = None, extra_rules: Sequence[Any] = ()
+) -> Any:
     """TVM's CPU Relax pipeline with our layout pass and schedule rules spliced in.
 
     With a MetaSchedule ``database``, every fused PrimFunc that has a record for this target
-    takes the best record's schedule first; our rules only see the rest (dlight skips a
-    PrimFunc already marked scheduled).
+    takes the best record's schedule first; the rules only see the rest (dlight skips a
+    PrimFunc already marked scheduled). ``extra_rules`` (user rules, see
+    :func:`schedule_rules`) are tried before ours.
     """
     import tvm
     from tvm import relax
@@ -290,7 +323,7 @@ def relax_pipeline(target: Any, report: ScheduleReport, database: Any = None) ->
             passes = [
                 *fusion_passes(target, report),
                 *([relax.transform.MetaScheduleApplyDatabase()] if database is not None else []),
-                apply_schedule_rules(report),
+                apply_schedule_rules(report, extra_rules),
                 *cpu_generic.dataflow_lower_passes(target),
                 *cpu_generic.finalize_passes(target),
             ]
@@ -308,13 +341,16 @@ def fused_module(module: Any, target: Any) -> tuple[Any, ScheduleReport]:
         return tvm.transform.Sequential(fusion_passes(target, report))(module), report
 
 
-def optimize(module: Any, target: Any) -> tuple[Any, ScheduleReport]:
+def optimize(
+    module: Any, target: Any, extra_rules: Sequence[Any] = ()
+) -> tuple[Any, ScheduleReport]:
     """Run the Relax side of the pipeline only: the module handed to codegen, and the report.
 
-    For inspecting the scheduled PrimFuncs (tests, ``--explain``); :func:`compile_relax` builds.
+    For inspecting the scheduled PrimFuncs (tests, user schedules); :func:`compile_relax`
+    builds.
     """
     report = ScheduleReport()
-    return relax_pipeline(target, report)(module), report
+    return relax_pipeline(target, report, extra_rules=extra_rules)(module), report
 
 
 def compile_relax(
@@ -324,17 +360,21 @@ def compile_relax(
     custom_schedules: bool = True,
     database: Any = None,
     report: ScheduleReport | None = None,
+    extra_rules: Sequence[Any] = (),
 ) -> tuple[Any, list[dict[str, Any]]]:
     """``tvm.compile`` with (or, ``custom_schedules=False``, without) our schedules.
 
     ``database``: a MetaSchedule database of tuning records for this very target; a fused
     PrimFunc with a record takes the best one (which may be our own schedule, measured).
     ``report``: filled in with the details (layout plans, kernels scheduled by records).
+    ``extra_rules``: user rules tried before ours (see :func:`schedule_rules`).
 
     Returns the VM executable and, per heavy op of ``main``, which schedule it got. Should our
     pipeline itself fail on some graph, the model still builds with TVM's default lowering and
     every record says why under ``fallback``: a new model must not stop building because of a
-    schedule.
+    schedule. Not so with user rules: a user rule's bug, or a failure once user rules scheduled
+    kernels, is an :class:`~edgecompile.errors.EdgecompileError` -- the user asked for those
+    schedules, and a build quietly without them would be measured as if it had them.
     """
     import tvm
 
@@ -343,16 +383,36 @@ def compile_relax(
     if custom_schedules and target.kind.name == "llvm":
         report = report if report is not None else ScheduleReport()
         try:
-            executable = tvm.compile(
-                module, target=target, relax_pipeline=relax_pipeline(target, report, database)
-            )
+            pipeline = relax_pipeline(target, report, database, extra_rules)
+            executable = tvm.compile(module, target=target, relax_pipeline=pipeline)
         except Exception as exc:  # TVMError, ScheduleError, ...: anything in our passes
+            if report.user_error is not None:
+                raise report.user_error from None
+            if report.user_kernels:
+                raise _user_schedules_broke(report, extra_rules, exc) from None
             reason = f"edgecompile pipeline failed: {_last_line(exc)}"
         else:
             return executable, schedule_records(module, report)
         records = [{**record, "fallback": reason} for record in schedule_records(module)]
         return tvm.compile(module, target=target), records
     return tvm.compile(module, target=target), schedule_records(module)
+
+
+def _user_schedules_broke(
+    report: ScheduleReport, extra_rules: Sequence[Any], exc: BaseException
+) -> EdgecompileError:
+    """The one-line error for a compile that failed after user rules scheduled kernels: TVM's
+    message rarely names the kernel, so name the rules that ran and their files."""
+    from edgecompile.schedules.user import user_rules
+
+    ran = set(report.user_kernels.values())
+    files = sorted({rule.source for rule in user_rules(extra_rules) if rule.schedule_name in ran})
+    return EdgecompileError(
+        f"compiling failed after user schedule(s) {', '.join(sorted(ran))} ran "
+        f"({', '.join(files)}): {_last_line(exc)}",
+        "check that the schedule keeps a valid PrimFunc (try it on the kernel with "
+        "edgecompile.schedules.optimize), or drop --schedules",
+    )
 
 
 def _blocks(stmt: Any) -> Iterator[Any]:
@@ -380,7 +440,8 @@ def schedule_records(module: Any, report: ScheduleReport | None = None) -> list[
     """``heavy_ops(module)`` entries, each with the ``schedule`` that ran for it.
 
     ``"tvm-default"`` is TVM's untuned lowering. A conv one of our rules claimed but could not
-    schedule also says why, under ``fallback``.
+    schedule also says why, under ``fallback``; so does a user rule that gave up, and a conv the
+    layout pass kept out of the blocked layout (its reason: why no rule of ours could claim it).
     """
     from edgecompile.importer import heavy_ops
 
@@ -392,5 +453,9 @@ def schedule_records(module: Any, report: ScheduleReport | None = None) -> list[
         }
         if report is not None and op["index"] in report.schedules.failed:
             record["fallback"] = report.schedules.failed[op["index"]]
+        elif report is not None and record["schedule"] == TVM_DEFAULT:
+            plan = report.layout.plans.get(op["index"])
+            if plan is not None and plan.reason:
+                record["fallback"] = plan.reason
         records.append(record)
     return records

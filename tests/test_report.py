@@ -348,9 +348,8 @@ TUNED_SIZE = "32"  # the records apply only to the shapes they were tuned at
 
 @pytest.fixture(scope="module")
 def records(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from edgecompile.tune import tune
-
     from edgecompile.records import CHOICES_FILE
+    from edgecompile.tune import tune
 
     root = tmp_path_factory.mktemp("records")
     result = tune(TUNED_MODEL, "host", trials=2, records=root, threads=1, input_size=TUNED_SIZE)

@@ -477,3 +477,27 @@ def test_tune_cli_json(tuned: TuneResult, pointwise_onnx: Path) -> None:
     payload: dict[str, Any] = json.loads(result.output[result.output.index("{") :])
     assert payload["preset"] == "host" and payload["trials_run"] == 0
     assert {t["name"] for t in payload["tasks"]} == {t.name for t in tuned.tasks}
+
+
+def test_user_schedules_are_part_of_the_untuned_baseline(tmp_path: Path) -> None:
+    """``tune --schedules DIR`` measures each kernel as ``build --schedules DIR`` compiles it:
+    the worked example's NCHW pool is a baseline of its own, named after the user rule."""
+    import importlib.util
+
+    tests = Path(__file__).parent
+    spec = importlib.util.spec_from_file_location(
+        "user_schedule_tests", tests / "schedules" / "test_user_schedules.py"
+    )
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    model = module.write_onnx(tmp_path / "pool.onnx")
+    examples = tests.parent / "examples" / "schedules"
+    result = tune(
+        str(model), "host", trials=0, records=tmp_path / "r", threads=1, schedules_dir=examples
+    )
+    assert result.trials_run == 0
+    made_by = set(_store(result).baselines().values())
+    assert "user:nchw_pool" in made_by and "edgecompile.pointwise_nchwc" in made_by
+    with pytest.raises(EdgecompileError, match="schedules"):
+        tune(str(model), "host", trials=0, records=tmp_path / "r", schedules_dir=tmp_path / "no")

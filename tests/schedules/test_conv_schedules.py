@@ -753,7 +753,7 @@ def test_pipeline_failure_falls_back_to_tvm_default(
     """Should our pipeline break on some graph, the model still builds, and the records say so."""
     from edgecompile.schedules import pipeline
 
-    def broken(target: Any, report: Any, database: Any = None) -> Any:
+    def broken(target: Any, report: Any, database: Any = None, extra_rules: Any = ()) -> Any:
         @tvm.transform.module_pass(opt_level=0, name="Broken")
         def fail(module: Any, _context: Any) -> Any:
             raise RuntimeError("boom")
