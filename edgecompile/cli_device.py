@@ -306,7 +306,12 @@ def bench_command(
     \b
     On a board: give exactly one of --device (SSH), --rpc or --tracker, and an ARTIFACT built
     for it. Timing runs on the board (TVM's time_evaluator on the Relax VM), so network time
-    is not counted: median, p90, mean, std, min.
+    is not counted: median, p90, mean, std, min. Under them: this machine's latest numbers
+    for the same model and input size, and board/host.
+
+    \b
+    Every bench appends its numbers to a history, $EDGECOMPILE_BENCH_HISTORY or
+    ~/.cache/edgecompile/bench.jsonl, where board benches find the host's.
 
     \b
     Examples:
@@ -346,7 +351,7 @@ def bench_command(
         )
     if not Path(source).exists():
         raise click.BadParameter(f"Path {source!r} does not exist.", param_hint="'ARTIFACT'")
-    from edgecompile.bench import parse_list
+    from edgecompile.bench import format_host_comparison, parse_list
 
     counts = parse_list(threads, int)
     if len(counts) > 1:
@@ -386,6 +391,7 @@ def bench_command(
         f"{result.mean_ms:.2f} ms  std {result.std_ms:.2f} ms  min {result.min_ms:.2f} ms"
     )
     click.echo(f"  {result.repeat} timed runs after {result.warmup} warm-up runs")
+    click.echo(format_host_comparison(result))
     for note in result.notes:
         click.echo(f"note: {note}", err=True)
 

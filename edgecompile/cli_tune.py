@@ -232,8 +232,9 @@ def records_show(target: str, records: str | None, as_json: bool) -> None:
     headers = ["kernel", "records", "best ms", "best by", "build uses", "untuned ms", "tuned ms"]
     click.echo(format_table(headers, rows))
     click.echo(
-        "untuned / tuned ms: re-measured side by side by `edgecompile tune`; "
-        "`best record`: not re-measured yet (rerun the tune)"
+        "tuned ms: the best search records re-measured beside the untuned schedule (then both "
+        "times are the re-measurement's); -: no search record beat it even once. "
+        "`best record`: not re-measured yet (rerun the tune)."
     )
 
 

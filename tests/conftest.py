@@ -6,7 +6,8 @@ built once per session through :func:`build_once` and shared by the modules that
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -73,3 +74,15 @@ def build_once(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., object
         return cache[key]
 
     return build
+
+
+@pytest.fixture(autouse=True, scope="session")
+def private_bench_history(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Benches append to a history in the user's cache; the tests' runs must not land there."""
+    previous = os.environ.get("EDGECOMPILE_BENCH_HISTORY")
+    os.environ["EDGECOMPILE_BENCH_HISTORY"] = str(tmp_path_factory.mktemp("bench") / "h.jsonl")
+    yield
+    if previous is None:
+        os.environ.pop("EDGECOMPILE_BENCH_HISTORY", None)
+    else:
+        os.environ["EDGECOMPILE_BENCH_HISTORY"] = previous

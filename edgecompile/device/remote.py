@@ -29,6 +29,15 @@ from typing import Any
 import numpy as np
 
 from edgecompile.artifact import Artifact, load_artifact
+from edgecompile.bench import (
+    EngineTiming,
+    History,
+    HostComparison,
+    compare_with_host,
+    history_entry,
+    host_bench_command,
+    record_history,
+)
 from edgecompile.errors import EdgecompileError
 
 __all__ = [
@@ -103,7 +112,11 @@ class RemoteRunResult:
 
 @dataclass(frozen=True)
 class BenchResult:
-    """On-device latency of one inference (milliseconds) and what it was measured on."""
+    """On-device latency of one inference (milliseconds) and what it was measured on.
+
+    ``host`` is this machine's latest bench of the same model and input shape, for reading the
+    board's numbers against (None when there is none: ``host_command`` records it).
+    """
 
     model: str
     preset: str
@@ -121,6 +134,9 @@ class BenchResult:
     max_ms: float
     board: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    input_shapes: list[list[int]] = field(default_factory=list)
+    host: HostComparison | None = None
+    host_command: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -223,10 +239,13 @@ def bench_on_device(
     repeat: int = 20,
     warmup: int = 3,
     seed: int = 0,
+    history: History = True,
 ) -> BenchResult:
     """Time ``main`` on the board: ``warmup`` untimed runs, then ``repeat`` timed ones.
 
     Timing happens on the board (TVM's ``time_evaluator``), so network latency is excluded.
+    The result carries the latest host numbers of the same model and input shape found in the
+    bench ``history`` (:func:`edgecompile.bench.compare_with_host`), and is appended to it.
     """
     if repeat < 1 or warmup < 0:
         raise EdgecompileError(
@@ -266,18 +285,78 @@ def bench_on_device(
             )
     if board.get("emulated"):
         notes.insert(0, _emulated_note())
-    return BenchResult(
-        model=artifact.manifest.model,
-        preset=artifact.manifest.preset,
+    return _board_result(
+        artifact,
         transport=transport,
         target=target,
         repeat=repeat,
         warmup=warmup,
         threads=used_threads,
-        times_ms=[r * 1e3 for r in results],
-        **latency_stats(results),
+        seconds=results,
         board=board,
         notes=notes,
+        history=history,
+    )
+
+
+def _board_result(
+    artifact: Artifact,
+    *,
+    transport: str,
+    target: str,
+    repeat: int,
+    warmup: int,
+    threads: int | None,
+    seconds: Sequence[float],
+    board: dict[str, Any],
+    notes: list[str],
+    history: History,
+) -> BenchResult:
+    """The measured times as a :class:`BenchResult`, read against the host's latest numbers and
+    then recorded. A function of its own so the comparison is testable without a board."""
+    stats = latency_stats(seconds)
+    shapes = [[int(d) for d in spec["shape"]] for spec in artifact.manifest.inputs]
+    model = artifact.manifest.model
+    host = None
+    if history is not False:  # read before recording: the board's own line is not a host one
+        host = compare_with_host(
+            model, shapes, stats["median_ms"], threads=threads, history=history
+        )
+        timing = EngineTiming(
+            engine="tvm",
+            threads=threads or 0,
+            median_ms=stats["median_ms"],
+            p90_ms=stats["p90_ms"],
+            min_ms=stats["min_ms"],
+            mean_ms=stats["mean_ms"],
+            max_relative_error=None,
+            ratio_to_ort=None,
+        )
+        where = {
+            "kind": "board",
+            "cpu": board.get("cpu_model") or board.get("triple") or board.get("machine"),
+            "target": target,
+            "transport": transport,
+            "emulated": board.get("emulated"),  # None over RPC: it cannot tell
+        }
+        entry = history_entry(artifact, shapes, timing, where, artifact.manifest.library_sha256)
+        entry["threads"] = threads  # None when the board's runtime could not say
+        record_history([entry], history, notes)
+    return BenchResult(
+        model=model,
+        preset=artifact.manifest.preset,
+        transport=transport,
+        target=target,
+        repeat=repeat,
+        warmup=warmup,
+        threads=threads,
+        times_ms=[s * 1e3 for s in seconds],
+        **stats,
+        board=board,
+        notes=notes,
+        input_shapes=shapes,
+        host=host,
+        host_command=host_bench_command(artifact, threads),
     )
 
 
