@@ -313,6 +313,11 @@ def _extract_tasks(module: Any, target: Any) -> list[_Task]:
     tasks = []
     for extracted in ms.relax_integration.extract_tasks(fused, target):
         workload = extracted.dispatched[0]
+        if not _has_root_block(workload):
+            # A kernel our layout pass wrote as finished TIR (ShuffleNet's lane-permuting
+            # concat: whole-vector shuffles, no block to schedule). MetaSchedule's search
+            # fails the whole tune on it ("Do not have a default for prim.Shuffle").
+            continue
         tasks.append(
             _Task(
                 name=str(extracted.task_name),
@@ -327,6 +332,16 @@ def _extract_tasks(module: Any, target: Any) -> list[_Task]:
             "the model has no kernels to tune", "check the model: its graph computes nothing"
         )
     return tasks
+
+
+def _has_root_block(workload: Any) -> bool:
+    from tvm import s_tir
+
+    try:
+        s_tir.Schedule(workload).get_sblock("root")
+    except Exception:  # ScheduleError: no block named root
+        return False
+    return True
 
 
 def _searched_records(store: RecordStore, tasks: list[_Task]) -> int:

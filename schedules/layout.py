@@ -15,11 +15,15 @@ Values stay blocked while their consumers are blocked convs or whitelisted ops; 
 A blocked value carries a :class:`ChannelOrder` (which lane holds which channel): packs make the
 plain order, a grouped conv may pad each group to whole blocks, and a channel shuffle only
 permutes the order, so it costs no pass over memory: consumers read through the order (weights
-packed by lane; a grouped conv gathers its group's channels through a table).
+packed by lane; a grouped conv gathers its group's channels through a table). A channel slice
+(ShuffleNet v2's split) is likewise a subset of the lanes of the same tensor; the concat that
+feeds a shuffle and split picks its lane order so that each half of the split fills whole blocks
+of its own, which a 1×1 conv reads in place (:func:`planned_concat_orders`).
 """
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -92,6 +96,23 @@ class ChannelOrder:
         inverse = np.full(self.total, -1, dtype=np.int64)
         inverse[self.lanes] = np.arange(len(self.lanes))
         return inverse
+
+    def block_span(self, block: int) -> tuple[int, int]:
+        """``(first, end)``: the range of blocks holding this order's channels. Narrower than
+        all ``total // block`` blocks for a channel slice of a wider tensor."""
+        if len(self.lanes) == 0:
+            return 0, 0
+        return int(self.lanes.min()) // block, int(self.lanes.max()) // block + 1
+
+    def within(self, first: int, end: int, block: int) -> ChannelOrder:
+        """The same channels seen from a view of blocks ``[first, end)`` only."""
+        return ChannelOrder(self.lanes - first * block, (end - first) * block)
+
+    def sliced(self, begin: int, end: int) -> ChannelOrder:
+        """Channels ``begin:end``: the same lanes of the same tensor, so slicing moves no data
+        (the lanes left out still hold other channels; every consumer reads through the
+        order, and convs give them zero weights)."""
+        return ChannelOrder(self.lanes[begin:end], self.total)
 
     def shuffled(self, groups: int) -> ChannelOrder:
         """The order after ShuffleNet's channel shuffle (reshape to ``(g, C/g)``, transpose,
@@ -429,6 +450,134 @@ def fold_scalar(expr: Any, bindings: dict[Any, Any], depth: int = 4) -> np.ndarr
     return None
 
 
+def _static_int(expr: Any) -> int | None:
+    """A Python int from an IntImm or a PrimValue holding one, else None."""
+    value = getattr(expr, "value", None)
+    if value is not None and not isinstance(value, int):
+        value = getattr(value, "value", None)
+    return value if isinstance(value, int) else None
+
+
+def channel_slice(call: Any) -> tuple[int, int] | None:
+    """``(begin, end)`` if ``call`` is a unit-stride ``strided_slice`` of a 4-D tensor along the
+    channel axis only (ShuffleNet v2's channel split), with ``end`` clamped; else None."""
+    if _op_name(call) != "relax.strided_slice" or len(call.args) < 4:
+        return None
+    shape = static_shape(call.args[0])
+    if shape is None or len(shape) != 4:
+        return None
+    fields = [getattr(arg, "fields", None) for arg in call.args[1:]]
+    if any(f is None or len(f) != 1 for f in fields):
+        return None
+    values = [_static_int(f[0]) for f in fields]  # type: ignore[index]
+    if any(v is None for v in values):
+        return None
+    axis, begin, end, *stride = values
+    if axis % 4 != 1 or (stride and stride[0] != 1):  # type: ignore[operator]
+        return None
+    channels = shape[1]
+    begin = min(max(begin + channels if begin < 0 else begin, 0), channels)  # type: ignore[operator]
+    end = min(max(end + channels if end < 0 else end, 0), channels)  # type: ignore[operator]
+    return (begin, end) if begin < end else None
+
+
+def split_order(channels: int, ranges: list[tuple[int, int]], block: int) -> ChannelOrder | None:
+    """Lanes for a tensor that is only read in the channel ``ranges`` (disjoint slices): every
+    range, and every stretch between them, starts on a block of its own, so each slice is a run
+    of whole blocks that a conv reads alone. None for overlapping ranges."""
+    cuts = sorted({0, channels, *(b for r in ranges for b in r)})
+    ordered = sorted(ranges)
+    if any(a[1] > b[0] for a, b in itertools.pairwise(ordered)):
+        return None
+    lanes = np.zeros(channels, dtype=np.int64)
+    base = 0
+    for first, end in itertools.pairwise(cuts):
+        lanes[first:end] = base + np.arange(end - first)
+        base += ceil_div(end - first, block) * block
+    return ChannelOrder(lanes, base)
+
+
+def unshuffled(order: ChannelOrder, groups: int) -> ChannelOrder:
+    """The order a tensor needs so that after ShuffleNet's channel shuffle its channels sit in
+    ``order`` (the inverse of :meth:`ChannelOrder.shuffled`): channel ``j`` becomes shuffled
+    channel ``(j % (C/g)) * g + j // (C/g)``."""
+    channels = len(order.lanes)
+    per_group = channels // groups
+    source = np.arange(channels)
+    return ChannelOrder(
+        order.lanes[(source % per_group) * groups + source // per_group], order.total
+    )
+
+
+def shuffle_chain(
+    var: Any, call: Any, use_counts: dict[Any, int], readers: dict[Any, Any]
+) -> tuple[int, tuple[Any, ...]] | None:
+    """``(groups, (split, permuted, merged))`` if ``var = call`` starts a channel shuffle:
+    ``reshape(x, (N, g, C/g, H, W)) → permute_dims(0, 2, 1, 3, 4) → reshape(x's shape)``
+    whose intermediates have no other reader; else None."""
+    if _op_name(call) != "relax.reshape":
+        return None
+    source_shape = static_shape(call.args[0])
+    split = static_shape(var)
+    if source_shape is None or len(source_shape) != 4:
+        return None
+    if split is None or len(split) != 5 or use_counts.get(var) != 1:
+        return None
+    batch, groups, per_group, height, width = split
+    if (batch, groups * per_group, height, width) != source_shape:
+        return None
+    permute = readers.get(var)
+    if permute is None or _op_name(permute.value) != "relax.permute_dims":
+        return None
+    if [int(a) for a in permute.value.attrs.axes] != [0, 2, 1, 3, 4]:
+        return None
+    if use_counts.get(permute.var) != 1:
+        return None
+    merge = readers.get(permute.var)
+    if merge is None or _op_name(merge.value) != "relax.reshape":
+        return None
+    if static_shape(merge.var) != source_shape:
+        return None
+    return groups, (var, permute.var, merge.var)
+
+
+def planned_concat_orders(main: Any, block: int) -> dict[Any, ChannelOrder]:
+    """Concat var → the lane order its result should take, for a concat whose result (or its
+    channel shuffle, ShuffleNet v2's unit) is only read through channel slices: the order that
+    puts every slice in whole blocks of its own, so the next unit's split moves no data and
+    its 1×1 conv reduces over exactly its half's blocks. The concat is a lane gather anyway
+    (its parts are not whole blocks), so choosing its order is free."""
+    from tvm import relax
+
+    use_counts, readers = _uses(main)
+    all_readers = _all_readers(main)
+    bindings = {b.var: b.value for blk in main.body.blocks for b in blk.bindings}
+    orders = {}
+    for var, value in bindings.items():
+        if not isinstance(value, relax.Call) or _op_name(value) != "relax.concat":
+            continue
+        shape = static_shape(var)
+        if shape is None or len(shape) != 4 or int(value.attrs.axis) % 4 != 1:
+            continue
+        read, groups = var, 0
+        reader = readers.get(var)
+        if use_counts.get(var) == 1 and reader is not None:
+            chain = shuffle_chain(reader.var, reader.value, use_counts, readers)
+            if chain is not None:
+                groups, (_, _, read) = chain
+        calls = all_readers.get(read, [])
+        if not calls or len(calls) != use_counts.get(read):  # read by a tuple, or returned
+            continue
+        slices = [None if call is None else channel_slice(call) for call in calls]
+        if any(s is None for s in slices):
+            continue
+        order = split_order(shape[1], slices, block)  # type: ignore[arg-type]
+        if order is None:
+            continue
+        orders[var] = unshuffled(order, groups) if groups else order
+    return orders
+
+
 def heavy_op_indices(module: Any, names: frozenset[str]) -> dict[Any, int]:
     """Binding var of each op named in ``names`` in ``main`` → its index among
     ``heavy_ops(module)`` (which walks the same bindings, counting the ops it knows)."""
@@ -491,6 +640,28 @@ def _uses(main: Any) -> tuple[dict[Any, int], dict[Any, Any]]:
     return counts, readers
 
 
+def _all_readers(main: Any) -> dict[Any, list[Any]]:
+    """Every binding value (Call) of ``main`` that reads each var directly as an argument."""
+    from tvm import relax
+
+    found: dict[Any, list[Any]] = {}
+    for block in main.body.blocks:
+        for binding in block.bindings:
+            value = binding.value
+            if not isinstance(value, relax.Call):
+                continue
+            for arg in value.args:
+                items = arg.fields if isinstance(arg, relax.Tuple) else [arg]
+                for item in items:
+                    if isinstance(item, relax.Var):
+                        found.setdefault(item, []).append(value)
+    # A var also returned by main is read in NCHW: not only through slices.
+    for item in getattr(main.body.body, "fields", [main.body.body]):
+        if isinstance(item, relax.Var):
+            found.setdefault(item, []).append(None)
+    return found
+
+
 def make_mutator() -> type:
     """Build the mutator class lazily: ``@relax.expr_functor.mutator`` needs TVM imported."""
     import tvm
@@ -520,6 +691,7 @@ def make_mutator() -> type:
             # inside one are dropped, its result maps to (source var, groups).
             self.shuffle_inner: set[Any] = set()
             self.shuffles: dict[Any, tuple[Any, int]] = {}
+            self.concat_orders = planned_concat_orders(mod["main"], self.block)
 
         # -- uses of blocked values by ops that need NCHW ------------------------------------
         def _unpack(self, entry: _Blocked) -> Any:
@@ -564,6 +736,8 @@ def make_mutator() -> type:
                 self._find_shuffle(binding.var, value)
                 if binding.var in self.shuffle_inner:
                     return
+                if self._slice(binding.var, value):
+                    return
                 result = self._rewrite(binding.var, value)
             if result is None:
                 super().visit_var_binding_(binding)
@@ -571,6 +745,16 @@ def make_mutator() -> type:
             expr, order = result
             var = self.builder_.emit(expr, binding.var.name + "_nchwc")
             self._register(binding.var, var, order)
+
+        def _slice(self, var: Any, call: Any) -> bool:
+            """A channel slice of a blocked value is the same tensor seen through a subset of
+            its lanes (:meth:`ChannelOrder.sliced`): no data moves."""
+            entry = self.blocked.get(call.args[0])
+            span = channel_slice(call)
+            if entry is None or span is None:
+                return False
+            self._register(var, entry.var, entry.order.sliced(*span))
+            return True
 
         def _register(self, original: Any, var: Any, order: ChannelOrder) -> None:
             entry = _Blocked(var, _nchw_shape(original), order)
@@ -621,31 +805,15 @@ def make_mutator() -> type:
             return True
 
         def _find_shuffle(self, var: Any, call: Any) -> None:
-            """Spot ``reshape(x, (N, g, C/g, H, W)) → permute_dims(0, 2, 1, 3, 4) → reshape(x's
-            shape)`` on a blocked ``x`` whose intermediates have no other reader."""
+            """Spot a channel shuffle (:func:`shuffle_chain`) of a blocked value."""
             if _op_name(call) != "relax.reshape" or call.args[0] not in self.blocked:
                 return
-            source_shape = _nchw_shape(call.args[0])
-            split = static_shape(var)
-            if split is None or len(split) != 5 or self.use_counts.get(var) != 1:
+            chain = shuffle_chain(var, call, self.use_counts, self.readers)
+            if chain is None:
                 return
-            batch, groups, per_group, height, width = split
-            if (batch, groups * per_group, height, width) != source_shape:
-                return
-            permute = self.readers.get(var)
-            if permute is None or _op_name(permute.value) != "relax.permute_dims":
-                return
-            if [int(a) for a in permute.value.attrs.axes] != [0, 2, 1, 3, 4]:
-                return
-            if self.use_counts.get(permute.var) != 1:
-                return
-            merge = self.readers.get(permute.var)
-            if merge is None or _op_name(merge.value) != "relax.reshape":
-                return
-            if static_shape(merge.var) != source_shape:
-                return
-            self.shuffle_inner.update((var, permute.var))
-            self.shuffles[merge.var] = (call.args[0], groups)
+            groups, (split, permuted, merged) = chain
+            self.shuffle_inner.update((split, permuted))
+            self.shuffles[merged] = (call.args[0], groups)
 
         def _rewrite(self, var: Any, call: Any) -> tuple[Any, ChannelOrder] | None:
             """The blocked replacement of ``var = call`` and its channel order, or None to
@@ -662,7 +830,7 @@ def make_mutator() -> type:
             if name == "relax.mean":
                 return self._global_mean(call)
             if name == "relax.concat":
-                return self._concat(call)
+                return self._concat(var, call)
             if name in _POOLS:
                 return self._pool(var, call)
             return None
@@ -688,9 +856,11 @@ def make_mutator() -> type:
             )
             return expr, entry.order
 
-        def _concat(self, call: Any) -> tuple[Any, ChannelOrder] | None:
-            """Channel concat of blocked values, into the plain channel order: a copy of whole
-            blocks where every part fills whole blocks, else a lane gather."""
+        def _concat(self, var: Any, call: Any) -> tuple[Any, ChannelOrder] | None:
+            """Channel concat of blocked values: a copy of whole blocks where every part fills
+            whole blocks, else a lane gather into the plain channel order or, when the result
+            is only read through channel slices, the order :func:`planned_concat_orders`
+            chose."""
             parts = getattr(call.args[0], "fields", None)
             if not parts or int(call.attrs.axis) % 4 != 1:
                 return None
@@ -705,20 +875,28 @@ def make_mutator() -> type:
                 return None
             entries = [self.blocked[part] for part in parts]
             channels = sum(entry.channels for entry in entries)
-            order = ChannelOrder.identity(channels, self.block)
-            whole_blocks = all(
+            identity = ChannelOrder.identity(channels, self.block)
+            order = self.concat_orders.get(var, identity)
+            whole_blocks = order.same(identity) and all(
                 entry.order.is_identity(self.block) and entry.channels % self.block == 0
                 for entry in entries
             )
             if whole_blocks:
                 return relax.op.concat([entry.var for entry in entries], axis=1), order
-            tables = [relax.const(entry.order.lanes.astype("int32")) for entry in entries]
-            expr = self.builder_.call_te(
-                compute.concat_channels,
-                *[entry.var for entry in entries],
-                *tables,
-                primfunc_name_hint="concat_nchwc",
+            # Output lane → (part, lane of that part): the concat is a permute of whole vectors.
+            sources = [
+                (i, int(lane)) for i, entry in enumerate(entries) for lane in entry.order.lanes
+            ]
+            by_lane: list[tuple[int, int] | None] = [None] * order.total
+            for channel, lane in enumerate(order.lanes):
+                by_lane[int(lane)] = sources[channel]
+            func = compute.concat_permute(
+                [static_shape(entry.var) for entry in entries], by_lane, _dtype(call)
             )
+            callee = self.builder_.add_func(func, "concat_nchwc")
+            shape = (*entries[0].shape[:1], order.total // self.block, *entries[0].shape[2:])
+            out_type = relax.TensorType([*shape, self.block], _dtype(call))
+            expr = relax.call_tir(callee, relax.Tuple([entry.var for entry in entries]), out_type)
             return expr, order
 
         def _pool(self, var: Any, call: Any) -> tuple[Any, ChannelOrder] | None:
@@ -824,13 +1002,17 @@ def make_mutator() -> type:
             dilation = [int(d) for d in attrs.dilation]
             if schedule == compute.POINTWISE:
                 entry = self._blocked_input(call.args[0])
-                packed = relax.const(pack_pointwise_weight(weight, self.block, entry.order))
+                # A channel slice reads only the blocks its lanes occupy, not the whole tensor.
+                first, end = entry.order.block_span(self.block)
+                in_order = entry.order.within(first, end, self.block)
+                packed = relax.const(pack_pointwise_weight(weight, self.block, in_order))
                 expr = self.builder_.call_te(
                     compute.pointwise_nchwc,
                     entry.var,
                     packed,
                     strides,
                     index,
+                    first,
                     primfunc_name_hint="pointwise_nchwc",
                 )
                 return expr, ChannelOrder.identity(weight.shape[0], self.block)

@@ -501,3 +501,35 @@ def test_user_schedules_are_part_of_the_untuned_baseline(tmp_path: Path) -> None
     assert "user:nchw_pool" in made_by and "edgecompile.pointwise_nchwc" in made_by
     with pytest.raises(EdgecompileError, match="schedules"):
         tune(str(model), "host", trials=0, records=tmp_path / "r", schedules_dir=tmp_path / "no")
+
+
+def test_finished_tir_kernels_are_not_tuning_tasks() -> None:
+    """ShuffleNet v2's lane-permuting concats are TIR our layout pass wrote whole (no block to
+    schedule); MetaSchedule's search dies on them, so they are not tasks -- the rest are."""
+    import tempfile
+
+    from tvm import tirx
+
+    from edgecompile.builder import prepare_model
+    from edgecompile.schedules.pipeline import fused_module
+    from edgecompile.tune import _extract_tasks, _has_root_block
+
+    target = resolve_target("host").tvm_target()
+    with tempfile.TemporaryDirectory() as scratch:
+        model, _, _ = prepare_model("shufflenet_v2_x0_5", Path(scratch), input_size=(64, 64))
+    fused, _ = fused_module(model.module, target)
+    finished = [
+        gvar.name_hint
+        for gvar, func in fused.functions_items()
+        if isinstance(func, tirx.PrimFunc) and not _has_root_block(tvm_module(func))
+    ]
+    assert finished, "the premise: ShuffleNet v2 has hand-written concat kernels"
+    tasks = _extract_tasks(model.module, target)
+    assert tasks and all(_has_root_block(task.module) for task in tasks)
+    assert not {task.name for task in tasks} & set(finished)
+
+
+def tvm_module(func: Any) -> Any:
+    import tvm
+
+    return tvm.IRModule({"main": func})

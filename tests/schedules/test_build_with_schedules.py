@@ -48,3 +48,48 @@ def test_custom_schedules_off(tmp_path: Path) -> None:
         )
         assert result.artifact.manifest.verification["status"] == "passed"
         assert [r["schedule"] for r in result.artifact.manifest.schedules] == [expected]
+
+
+def test_shufflenet_v2_stays_blocked_through_the_channel_split(
+    build_once: Callable[..., Any], tmp_path: Path
+) -> None:
+    """ShuffleNet v2 end to end: verified against ONNX Runtime, every conv scheduled, and no
+    layout move or slice/transpose kernel anywhere but at the network's edges: each channel
+    split reads lanes of the blocked tensor, each shuffle is folded into the channel order."""
+    from tvm import relax
+
+    from edgecompile.export import export_onnx, load_torch_model
+    from edgecompile.importer import import_onnx
+    from edgecompile.schedules import GROUPED, POOL, optimize
+    from edgecompile.targets import resolve_target
+
+    result = build_once("shufflenet_v2", "host")
+    manifest = result.artifact.manifest
+    assert manifest.verification["status"] == "passed"
+    assert all(record["schedule"] != TVM_DEFAULT for record in manifest.schedules)
+    assert {r["schedule"] for r in manifest.schedules} <= {
+        POINTWISE,
+        DEPTHWISE,
+        DENSE,
+        GROUPED,
+        MATMUL,
+        POOL,
+    }
+
+    onnx_model = export_onnx(load_torch_model("shufflenet_v2"), tmp_path / "v2.onnx", verify=False)
+    module, _ = optimize(
+        import_onnx(onnx_model.path, name="v2")[0].module, resolve_target("host").tvm_target()
+    )
+    calls: list[str] = []
+
+    def visit(expr: Any) -> None:
+        if isinstance(expr, relax.Call) and hasattr(expr.op, "name_hint"):
+            calls.append(expr.op.name_hint)
+
+    relax.analysis.post_order_visit(module["main"], visit)
+    moves = [call for call in calls if "pack_nchwc" in call]
+    # The stem reads the image in NCHW; the only unpack is the pooled 1×1 features, fused with
+    # the flatten before the classifier.
+    assert moves == ["fused_unpack_nchwc_reshape"], moves
+    glue = ("strided_slice", "transpose", "reshape", "layout_transform")
+    assert [call for call in calls if any(word in call for word in glue)] == moves, calls

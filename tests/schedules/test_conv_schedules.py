@@ -35,6 +35,7 @@ from edgecompile.schedules import (
     cpu_info,
     optimize,
 )
+from edgecompile.schedules.layout import ChannelOrder, split_order, unshuffled
 from edgecompile.targets import resolve_target
 
 TOLERANCE = 1e-5
@@ -901,3 +902,168 @@ def test_rpi4_numerics_on_the_emulated_board(tmp_path: Path) -> None:
     data = np.random.default_rng(3).standard_normal(network.input_shape).astype("float32")
     (actual,) = run_library_in_rootfs(rootfs, library, {"input": data})
     assert relative_error(actual, network.reference(data)) <= TOLERANCE
+
+
+# -- ShuffleNet v2's channel split: a channel slice of a blocked tensor is a subset of its lanes (no
+# pack, unpack or copy around it), the concat before it gathers into an order that puts each half
+# in whole blocks, and the numbers match torch.
+
+
+def split_units(
+    channels: int, units: int, seed: int, size: tuple[int, int]
+) -> tuple[list[Any], dict[str, np.ndarray]]:
+    """ONNX nodes of a 1×1 stem then ``units`` ShuffleNet v2 stride-1 units: split the channels
+    in halves (two Slices), 1×1 + ReLU → depthwise 3×3 → 1×1 + ReLU on the second half,
+    concat with the first, shuffle with two groups."""
+    from onnx import helper
+
+    rng = np.random.default_rng(seed)
+    half = channels // 2
+    weights: dict[str, np.ndarray] = {
+        "stem": rng.standard_normal((channels, 8, 1, 1)).astype("float32") / 3,
+        "begin0": np.array([0], "int64"),
+        "mid": np.array([half], "int64"),
+        "end": np.array([channels], "int64"),
+        "axis": np.array([1], "int64"),
+    }
+    nodes = [
+        helper.make_node("Conv", ["input", "stem"], ["s"]),
+        helper.make_node("Relu", ["s"], ["x0"]),
+    ]
+    for u in range(units):
+        x = f"x{u}"
+        weights[f"a{u}"] = rng.standard_normal((half, half, 1, 1)).astype("float32") / 5
+        weights[f"d{u}"] = rng.standard_normal((half, 1, 3, 3)).astype("float32") / 3
+        weights[f"b{u}"] = rng.standard_normal((half, half, 1, 1)).astype("float32") / 5
+        nodes += [
+            helper.make_node("Slice", [x, "begin0", "mid", "axis"], [f"left{u}"]),
+            helper.make_node("Slice", [x, "mid", "end", "axis"], [f"right{u}"]),
+            helper.make_node("Conv", [f"right{u}", f"a{u}"], [f"ra{u}"]),
+            helper.make_node("Relu", [f"ra{u}"], [f"rr{u}"]),
+            helper.make_node(
+                "Conv", [f"rr{u}", f"d{u}"], [f"rd{u}"], group=half, pads=[1, 1, 1, 1]
+            ),
+            helper.make_node("Conv", [f"rd{u}", f"b{u}"], [f"rb{u}"]),
+            helper.make_node("Relu", [f"rb{u}"], [f"rout{u}"]),
+            helper.make_node("Concat", [f"left{u}", f"rout{u}"], [f"cat{u}"], axis=1),
+        ]
+        nodes += shuffle_nodes(f"cat{u}", f"x{u + 1}", channels, size, u, weights)
+    return nodes, weights
+
+
+def shuffle_nodes(
+    source: str,
+    out: str,
+    channels: int,
+    size: tuple[int, int],
+    index: int,
+    weights: dict[str, np.ndarray],
+) -> list[Any]:
+    from onnx import helper
+
+    weights[f"grouped{index}"] = np.array([1, 2, channels // 2, *size], "int64")
+    weights[f"merged{index}"] = np.array([1, channels, *size], "int64")
+    return [
+        helper.make_node("Reshape", [source, f"grouped{index}"], [f"g{index}"]),
+        helper.make_node("Transpose", [f"g{index}"], [f"t{index}"], perm=[0, 2, 1, 3, 4]),
+        helper.make_node("Reshape", [f"t{index}", f"merged{index}"], [out]),
+    ]
+
+
+def reference(data: np.ndarray, weights: dict[str, np.ndarray], units: int) -> np.ndarray:
+    t = {k: torch.from_numpy(v.astype("float64")) for k, v in weights.items() if v.ndim == 4}
+    x = F.relu(F.conv2d(torch.from_numpy(data.astype("float64")), t["stem"]))
+    for u in range(units):
+        half = x.shape[1] // 2
+        left, right = x[:, :half], x[:, half:]
+        right = F.relu(F.conv2d(right, t[f"a{u}"]))
+        right = F.conv2d(right, t[f"d{u}"], padding=1, groups=half)
+        right = F.relu(F.conv2d(right, t[f"b{u}"]))
+        cat = torch.cat([left, right], dim=1)
+        n, c, h, w = cat.shape
+        x = cat.reshape(n, 2, c // 2, h, w).transpose(1, 2).reshape(n, c, h, w)
+    return x.numpy()
+
+
+@pytest.mark.parametrize(("channels", "units"), [(116, 3), (48, 2), (20, 2)])
+def test_channel_split_stays_blocked(
+    channels: int, units: int, tmp_path: Path, host_target: Any
+) -> None:
+    """No layout move between the stem's pack and the final unpack: the slices are lane
+    subsets, the concats gather into the next split's halves, the shuffles are free."""
+    nodes, weights = split_units(channels, units, seed=channels, size=(9, 11))
+    from onnx import helper
+
+    nodes.append(helper.make_node("Identity", [f"x{units}"], ["output"]))
+    shape = [1, 8, 9, 11]
+    path = save_graph(
+        tmp_path / "split.onnx", nodes, weights, {"input": shape}, {"output": [1, channels, 9, 11]}
+    )
+    module, report = optimize(import_onnx(path, name="split")[0].module, host_target)
+    assert report.schedules.failed == {}
+    assert set(report.schedules.applied.values()) == {POINTWISE, DEPTHWISE}
+    calls = called_functions(module)
+    moves = [call.split("_nchwc")[0] for call in calls if "pack_nchwc" in call]
+    assert moves == ["pack", "unpack"], calls
+    assert not any("strided_slice" in call or "transpose" in call for call in calls), calls
+    assert sum(call.startswith("concat_nchwc") for call in calls) == units
+    data = np.random.default_rng(3).standard_normal(shape).astype("float32")
+    actual = run_module(module, host_target, data)
+    assert relative_error(actual, reference(data, weights, units)) <= TOLERANCE
+
+
+def test_sliced_output_is_unpacked_through_the_lanes(tmp_path: Path, host_target: Any) -> None:
+    """A slice of a blocked, shuffled tensor that leaves the network (no blocked consumer):
+    the unpack reads its channels through the sliced lane order."""
+    from onnx import helper
+
+    nodes, weights = split_units(40, 1, seed=5, size=(6, 6))
+    weights["from"] = np.array([7], "int64")
+    weights["to"] = np.array([33], "int64")
+    nodes.append(helper.make_node("Slice", ["x1", "from", "to", "axis"], ["output"]))
+    shape = [1, 8, 6, 6]
+    path = save_graph(
+        tmp_path / "slice.onnx", nodes, weights, {"input": shape}, {"output": [1, 26, 6, 6]}
+    )
+    module, _ = optimize(import_onnx(path, name="slice")[0].module, host_target)
+    data = np.random.default_rng(4).standard_normal(shape).astype("float32")
+    actual = run_module(module, host_target, data)
+    assert relative_error(actual, reference(data, weights, 1)[:, 7:33]) <= TOLERANCE
+
+
+def test_split_order_puts_each_slice_in_whole_blocks() -> None:
+    order = split_order(116, [(0, 58), (58, 116)], 16)
+    assert order is not None and order.total == 128
+    assert list(order.lanes[:58]) == list(range(58))
+    assert list(order.lanes[58:]) == list(range(64, 122))
+    assert split_order(10, [(0, 6), (4, 10)], 4) is None  # overlapping slices
+
+
+def test_unshuffled_is_the_inverse_of_the_shuffle() -> None:
+    target = ChannelOrder(np.random.default_rng(0).permutation(24), 32)
+    for groups in (2, 3, 4):
+        assert unshuffled(target, groups).shuffled(groups).same(target)
+
+
+def test_rpi4_channel_split_compiles(tmp_path: Path) -> None:
+    """The split and the permuting concat for NEON (4-lane vectors): still no layout move, and
+    LLVM accepts the AArch64 code (the concat's vector shuffles included)."""
+    from onnx import helper
+
+    nodes, weights = split_units(58, 2, seed=6, size=(7, 7))
+    nodes.append(helper.make_node("Identity", ["x2"], ["output"]))
+    path = save_graph(
+        tmp_path / "split.onnx", nodes, weights, {"input": [1, 8, 7, 7]}, {"output": [1, 58, 7, 7]}
+    )
+    relax_model = import_onnx(path, name="split")[0]
+    target = resolve_target("rpi4").tvm_target()
+    module, report = optimize(relax_model.module, target)
+    assert report.schedules.failed == {}
+    calls = called_functions(module)
+    assert [call.split("_nchwc")[0] for call in calls if "pack_nchwc" in call] == [
+        "pack",
+        "unpack",
+    ]
+    executable, records = compile_relax(relax_model.module, target)
+    assert all(r["schedule"] != TVM_DEFAULT for r in records)
+    assert executable is not None
