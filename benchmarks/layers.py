@@ -87,14 +87,19 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", default=",".join(MODELS), help="comma-separated zoo names")
     parser.add_argument(
-        "--kinds", default=",".join(KINDS), help="comma-separated conv kinds to time per layer"
-    )
+        "--kinds", default=",".join(KINDS),
+        help=f"comma-separated conv kinds to time per layer, of {', '.join(KINDS)}",
+    )  # fmt: skip
     parser.add_argument("--threads", type=int, default=1, help="TVM and ORT threads (default 1)")
     parser.add_argument("--repeat", type=int, default=7, help="timed repeats; medians printed")
     parser.add_argument("--no-default", action="store_true", help="skip TVM's (slow) default")
     parser.add_argument("--no-layers", action="store_true", help="whole models only")
     parser.add_argument("--no-models", action="store_true", help="per-layer table only")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    unknown = sorted(set(args.kinds.split(",")) - set(KINDS))
+    if unknown:
+        parser.error(f"unknown conv kind(s) {', '.join(unknown)}: use {', '.join(KINDS)}")
+    return args
 
 
 Sampler = Callable[[], float]
@@ -440,7 +445,9 @@ def main(argv: Sequence[str] | None = None) -> None:
             for layer, count in model_layers(relax_model.module, args.kinds.split(",")):
                 total, models = layers.get(layer, (0, set()))
                 layers[layer] = (total + count, models | {name})
-    if not args.no_layers:
+    if not args.no_layers and not layers:
+        print(f"\nno {args.kinds} convs in {args.models}: no per-layer table")
+    elif not args.no_layers:
         print(f"\nper layer ({len(layers)} distinct convs: {args.kinds}), 1 batch, fp32:")
         bench_layers(layers, args, target)
     if not args.no_models:
