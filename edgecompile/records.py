@@ -38,7 +38,7 @@ import os
 import re
 import tempfile
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -153,12 +153,7 @@ class Choice:
         return "tuned" if self.uses_tuned else UNTUNED
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "record": self.record,
-            "untuned_ms": self.untuned_ms,
-            "tuned_ms": self.tuned_ms,
-            "records": self.records,
-        }
+        return asdict(self)
 
     @classmethod
     def from_dict(cls, entry: dict[str, Any]) -> Choice:
@@ -196,6 +191,16 @@ class RecordStore:
 
     def lines(self) -> CleanLines:
         return _clean(self.workload_path, self.record_path)
+
+    def records_by_workload(self) -> dict[str, list[Any]]:
+        """Workload hash → the parsed bodies of its valid records, in the order written."""
+        clean = self.lines()
+        hashes = [_workload_hash(line) for line in clean.workloads]
+        grouped: dict[str, list[Any]] = {}
+        for line in clean.records:
+            index, body = json.loads(line)
+            grouped.setdefault(hashes[index], []).append(body)
+        return grouped
 
     def kernel_names(self) -> dict[str, str]:
         """Workload hash → the kernel's name in the model it was tuned for (for display)."""
@@ -389,15 +394,7 @@ class WorkloadSummary:
     tuned_ms: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "trials": self.trials,
-            "best_ms": self.best_ms,
-            "schedule": self.schedule,
-            "uses": self.uses,
-            "untuned_ms": self.untuned_ms,
-            "tuned_ms": self.tuned_ms,
-        }
+        return asdict(self)
 
 
 #: ``schedule`` of a record MetaSchedule's search produced (not one of our hand schedules).

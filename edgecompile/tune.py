@@ -31,7 +31,7 @@ import statistics
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -95,16 +95,7 @@ class TaskOutcome:
     uses_ms: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "weight": self.weight,
-            "untuned_ms": self.untuned_ms,
-            "best_ms": self.best_ms,
-            "schedule": self.schedule,
-            "records": self.records,
-            "uses": self.uses,
-            "uses_ms": self.uses_ms,
-        }
+        return asdict(self)
 
 
 @dataclass(frozen=True)
@@ -820,16 +811,11 @@ def _confirm(
     untuned schedule (interleaved rounds, median), committed to the store's choices one task at
     a time (an interrupted tune keeps the verdicts it reached). A task decided before, whose
     records have not changed since, is not measured again."""
-    clean = store.lines()
+    bodies_of = store.records_by_workload()
     baselines = store.baselines()
     decided = store.choices()
-    index_of = {json.loads(line)[0]: i for i, line in enumerate(clean.workloads)}
-    bodies_of: dict[int, list[Any]] = {}
-    for line in clean.records:
-        index, body = json.loads(line)
-        bodies_of.setdefault(index, []).append(body)
     for number, task in enumerate(tasks, 1):
-        bodies = bodies_of.get(index_of.get(task.workload_hash, -1), [])
+        bodies = bodies_of.get(task.workload_hash, [])
         previous = decided.get(task.workload_hash)
         if previous is not None and previous.records == len(bodies):
             continue
@@ -922,17 +908,12 @@ def _last_line(error: BaseException) -> str:
 def _outcomes(
     store: RecordStore, tasks: list[_Task], untuned: dict[str, float]
 ) -> list[TaskOutcome]:
-    clean = store.lines()
+    bodies = store.records_by_workload()
     baselines = store.baselines()
     choices = store.choices()
-    index_of = {json.loads(line)[0]: i for i, line in enumerate(clean.workloads)}
-    bodies: dict[int, list[Any]] = {}
-    for line in clean.records:
-        index, body = json.loads(line)
-        bodies.setdefault(index, []).append(body)
     outcomes = []
     for task in tasks:
-        task_records = bodies.get(index_of.get(task.workload_hash, -1), [])
+        task_records = bodies.get(task.workload_hash, [])
         timed = [(s, b) for b in task_records if (s := mean_seconds(b[1])) is not None]
         best_seconds, best = min(timed, key=lambda pair: pair[0], default=(None, None))
         untuned_seconds = untuned.get(task.workload_hash)

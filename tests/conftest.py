@@ -86,3 +86,23 @@ def private_bench_history(tmp_path_factory: pytest.TempPathFactory) -> Iterator[
         os.environ.pop("EDGECOMPILE_BENCH_HISTORY", None)
     else:
         os.environ["EDGECOMPILE_BENCH_HISTORY"] = previous
+
+
+@pytest.fixture()
+def cli_error(capsys: pytest.CaptureFixture[str]) -> Callable[[list[str]], str]:
+    """Run ``edgecompile ARGV``, expect exit 2 after exactly one ``Error:`` line (no traceback)
+    and return that line."""
+    from edgecompile.cli import main
+
+    def run(argv: list[str]) -> str:
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as exited:
+            main(argv)
+        assert exited.value.code == 2
+        captured = capsys.readouterr()
+        lines = captured.err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("Error: "), captured.err
+        assert "Traceback" not in captured.err + captured.out
+        return lines[0]
+
+    return run

@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from edgecompile.cli import cli, main
+from edgecompile.cli import cli
 from edgecompile.errors import EdgecompileError
 from edgecompile.records import (
     SEARCHED,
@@ -394,7 +395,7 @@ def test_only_one_writer_at_a_time(tmp_path: Path) -> None:
         pass
 
 
-def test_records_cli(tuned: TuneResult, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_records_cli(tuned: TuneResult, tmp_path: Path, cli_error: Callable[..., str]) -> None:
     runner = CliRunner()
     root = str(tuned.records.parent)
     listed = runner.invoke(cli, ["records", "list", "--records", root, "--json"])
@@ -409,21 +410,8 @@ def test_records_cli(tuned: TuneResult, tmp_path: Path, capsys: pytest.CaptureFi
     assert exported.exit_code == 0 and out.is_file()
     imported = runner.invoke(cli, ["records", "import", str(out), "--records", str(tmp_path)])
     assert imported.exit_code == 0 and "imported" in imported.output
-    missing = _fails(["records", "show", "--target", "rpi4", "--records", root], capsys)
+    missing = cli_error(["records", "show", "--target", "rpi4", "--records", root])
     assert "no tuning records for rpi4" in missing
-
-
-def _fails(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
-    """``main(argv)`` exits 2 after exactly one ``Error:`` line, which is returned."""
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as exited:
-        main(argv)
-    assert exited.value.code == 2
-    captured = capsys.readouterr()
-    lines = captured.err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("Error: "), captured.err
-    assert "Traceback" not in captured.err + captured.out
-    return lines[0]
 
 
 @pytest.mark.parametrize(
@@ -455,11 +443,9 @@ def test_tune_errors_are_one_line(
     message: str,
     pointwise_onnx: Path,
     tmp_path: Path,
-    capsys: pytest.CaptureFixture[str],
+    cli_error: Callable[..., str],
 ) -> None:
-    assert message in _fails(
-        ["tune", str(pointwise_onnx), "--records", str(tmp_path), *args], capsys
-    )
+    assert message in cli_error(["tune", str(pointwise_onnx), "--records", str(tmp_path), *args])
     # nothing was measured, so nothing was written
     assert not any(store.exists() for store in list_stores(tmp_path))
 
