@@ -508,7 +508,7 @@ def _untuned_schedule(module: Any, target: Any, user_rules: Sequence[Any] = ()) 
     schedule = s_tir.Schedule(module)
     try:
         schedule.annotate(schedule.get_sblock("root"), SCHEDULED_BY_ATTR, TVM_DEFAULT)
-    except Exception:  # no root block: not a kernel LegalizeOps made; let the search have it
+    except Exception:  # no root block: finished TIR, not a task (see _extract_tasks)
         return None
     return schedule
 
