@@ -17,7 +17,10 @@ from edgecompile.cli import _print_json, cli, target_option
     help="Search candidates this model's kernels should have in total (a rerun only measures "
     "what is missing) [32 per kernel, or unlimited with --time-budget].",
 )  # fmt: skip
-@click.option("--time-budget", help="Stop searching after this long: 90s, 20m, 1h30m.")
+@click.option(
+    "--time-budget",
+    help="Stop searching after this long: 90s, 20m, 1h30m (the short re-measurement follows).",
+)
 @click.option(
     "--records", type=click.Path(file_okay=False),
     help="Records folder [$EDGECOMPILE_RECORDS or ~/.cache/edgecompile/records].",
