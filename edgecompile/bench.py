@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
+from edgecompile._cache import cache_root
 from edgecompile.artifact import Artifact, elf_info, load_artifact
 from edgecompile.errors import EdgecompileError
 
@@ -603,14 +604,10 @@ _REQUIRED = {"run": str, "time": str, "model": str, "input_shapes": list, "engin
 
 
 def default_history_path() -> Path:
-    """``$EDGECOMPILE_BENCH_HISTORY``, else ``bench.jsonl`` in ``$EDGECOMPILE_CACHE`` (the
-    emulator's cache), else in ``$XDG_CACHE_HOME/edgecompile`` (~/.cache), beside the records."""
+    """``$EDGECOMPILE_BENCH_HISTORY``, else ``bench.jsonl`` in edgecompile's cache root."""
     if os.environ.get(HISTORY_ENV):
         return Path(os.environ[HISTORY_ENV]).expanduser()
-    if os.environ.get("EDGECOMPILE_CACHE"):
-        return Path(os.environ["EDGECOMPILE_CACHE"]).expanduser() / "bench.jsonl"
-    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return cache / "edgecompile" / "bench.jsonl"
+    return cache_root() / "bench.jsonl"
 
 
 def _history_file(history: History | None) -> Path | None:

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edgecompile._cache import cache_root
 from edgecompile.errors import EdgecompileError
 
 __all__ = [
@@ -245,10 +246,9 @@ def ensure_binfmt() -> None:
 
 
 def default_cache_dir() -> Path:
-    """``$EDGECOMPILE_CACHE`` or ``~/.cache/edgecompile``: one place for everything rebuilt
-    only when versions change, so a second CI run on the same machine is fast."""
-    configured = os.environ.get("EDGECOMPILE_CACHE")
-    return Path(configured).expanduser() if configured else Path.home() / ".cache" / "edgecompile"
+    """edgecompile's cache root (``$EDGECOMPILE_CACHE``): one place for everything rebuilt only
+    when versions change, so a second CI run on the same machine is fast."""
+    return cache_root()
 
 
 def _host_versions() -> dict[str, str]:
