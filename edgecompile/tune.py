@@ -337,16 +337,14 @@ def _has_root_block(workload: Any) -> bool:
 
 def _searched_records(store: RecordStore, tasks: list[_Task]) -> int:
     """Search records (not the untuned baselines) the store has for these tasks' workloads."""
-    clean = store.lines()
+    bodies = store.records_by_workload()
     baselines = store.baselines()
     wanted = {task.workload_hash for task in tasks}
-    indices = {index for index, line in enumerate(clean.workloads) if json.loads(line)[0] in wanted}
-    count = 0
-    for line in clean.records:
-        index, body = json.loads(line)
-        if index in indices and record_schedule(body, baselines) == SEARCHED:
-            count += 1
-    return count
+    return sum(
+        record_schedule(body, baselines) == SEARCHED
+        for workload in wanted
+        for body in bodies.get(workload, [])
+    )
 
 
 # --------------------------------------------------------------------------------------------
