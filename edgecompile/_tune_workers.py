@@ -18,10 +18,13 @@ from edgecompile.toolchain import Toolchain
 
 
 def build_kernel(mod: Any, target: Any, _params: Any) -> Any:
-    """``f_build``: one tuning candidate (a scheduled PrimFunc module) → a runtime module."""
+    """``f_build``: one tuning candidate (a scheduled PrimFunc module) → a runtime module,
+    lowered as :func:`~edgecompile.schedules.compile_relax` lowers the build's kernels."""
     import tvm
 
-    return tvm.tirx.build(mod, target=target)
+    from edgecompile.schedules.tir import register_tir_pipeline
+
+    return tvm.tirx.build(mod, target=target, pipeline=register_tir_pipeline())
 
 
 def export_shared_library(toolchain: Toolchain, module: Any) -> str:

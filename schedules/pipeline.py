@@ -11,6 +11,9 @@ FuseTIR) with two passes of ours around the fusion:
 2. after FuseTIR, ``dlight.ApplyDefaultSchedule`` with our rules schedules every fused PrimFunc
    holding one of those convs; the fused epilogues are inlined into the register tile.
 
+The TIR is then lowered by :data:`~edgecompile.schedules.tir.TIR_PIPELINE` (TVM's, with the
+register tiles kept on the stack).
+
 Everything else keeps TVM's default lowering.
 
 Trap: ``tvm.compile`` keeps CPU targets on the unfused pipeline on purpose (see
@@ -38,6 +41,7 @@ from edgecompile.schedules.rules import (
     ScheduleFailed,
     ScheduleLog,
 )
+from edgecompile.schedules.tir import register_tir_pipeline
 
 TVM_DEFAULT = "tvm-default"
 #: A PrimFunc scheduled by a MetaSchedule tuning record (the best measured for this target).
@@ -384,7 +388,9 @@ def compile_relax(
         report = report if report is not None else ScheduleReport()
         try:
             pipeline = relax_pipeline(target, report, database, extra_rules)
-            executable = tvm.compile(module, target=target, relax_pipeline=pipeline)
+            executable = tvm.compile(
+                module, target=target, relax_pipeline=pipeline, tir_pipeline=register_tir_pipeline()
+            )
         except Exception as exc:  # TVMError, ScheduleError, ...: anything in our passes
             if report.user_error is not None:
                 raise report.user_error from None

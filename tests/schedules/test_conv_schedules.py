@@ -36,6 +36,7 @@ from edgecompile.schedules import (
     optimize,
 )
 from edgecompile.schedules.layout import ChannelOrder, split_order, unshuffled
+from edgecompile.schedules.tir import register_tir_pipeline
 from edgecompile.targets import resolve_target
 
 TOLERANCE = 1e-5
@@ -269,8 +270,11 @@ def expected_schedule(layer: Conv) -> str:
 
 
 def run_module(module: Any, target: Any, data: np.ndarray) -> np.ndarray:
-    """Build an already-optimized module (no Relax pipeline) and run ``main`` on the host."""
-    executable = tvm.compile(module, target=target, relax_pipeline=None)
+    """Build an already-optimized module (no Relax pipeline; the TIR lowered as builds lower it)
+    and run ``main`` on the host."""
+    executable = tvm.compile(
+        module, target=target, relax_pipeline=None, tir_pipeline=register_tir_pipeline()
+    )
     machine = relax.VirtualMachine(executable, tvm.cpu())
     return machine["main"](tvm.runtime.tensor(data)).numpy()
 
