@@ -10,7 +10,9 @@ report which schedule ran for every convolution.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
+
+import numpy as np
 
 SCHEDULE_ATTR = "edgecompile.schedule"
 OP_INDEX_ATTR = "edgecompile.op_index"
@@ -206,6 +208,25 @@ def _padded(data: Any, padding: Sequence[int]) -> Any:
     return te.compute(shape, element, name="pad_nchwc" if len(shape) == 5 else "pad_nchw")
 
 
+class AffineLanes(NamedTuple):
+    """A grouped conv's channel table as a formula: ``table[row, r] = start + row * row_step +
+    r * step`` (see :func:`affine_lanes`)."""
+
+    start: int
+    row_step: int
+    step: int
+
+
+def affine_lanes(table: np.ndarray) -> AffineLanes | None:
+    """``table`` (rows × steps, int) as :class:`AffineLanes`, or None if it is no such formula."""
+    rows, steps = table.shape
+    start = int(table[0, 0])
+    row_step = int(table[1, 0] - table[0, 0]) if rows > 1 else 0
+    step = int(table[0, 1] - table[0, 0]) if steps > 1 else 1
+    formula = start + np.arange(rows)[:, None] * row_step + np.arange(steps)[None, :] * step
+    return AffineLanes(start, row_step, step) if np.array_equal(table, formula) else None
+
+
 def _conv_nchwc(
     data: Any,
     weight: Any,
@@ -293,14 +314,64 @@ def grouped_conv_nchwc(
     them), weight ``(CO/x, S, KH, KW, x)`` with zeros where a lane's group does not read that
     channel. Reading the input through the table is what folds a preceding channel shuffle
     into this conv: the shuffle itself moves no data."""
+    return _grouped(
+        data,
+        weight,
+        lambda row, r: table[row, r],
+        strides,
+        padding,
+        dilation,
+        blocks_per_row,
+        op_index,
+    )
+
+
+def grouped_conv_nchwc_affine(
+    data: Any,
+    weight: Any,
+    start: int,
+    row_step: int,
+    step: int,
+    strides: Sequence[int],
+    padding: Sequence[int],
+    dilation: Sequence[int],
+    blocks_per_row: int,
+    op_index: int,
+) -> Any:
+    """:func:`grouped_conv_nchwc` for a table that is a formula (:class:`AffineLanes`, passed
+    as its three numbers): no table to load
+    per reduction step, and the input addresses advance by a constant stride, as in a
+    pointwise conv (a grouped conv on channels in their own order, no shuffle before it)."""
+    return _grouped(
+        data,
+        weight,
+        lambda row, r: start + row * row_step + r * step,
+        strides,
+        padding,
+        dilation,
+        blocks_per_row,
+        op_index,
+    )
+
+
+def _grouped(
+    data: Any,
+    weight: Any,
+    lane_of: Any,
+    strides: Sequence[int],
+    padding: Sequence[int],
+    dilation: Sequence[int],
+    blocks_per_row: int,
+    op_index: int,
+) -> Any:
     from tvm import tirx
 
     lanes = int(data.shape[1]) * (int(data.shape[4]) if len(data.shape) == 5 else 1)
 
     def channel(cob: Any, r: Any) -> Any:
-        # The clamp is a no-op on the table's values but bounds the region the conv reads, so
+        # The clamp is a no-op on the lanes' values but bounds the region the conv reads, so
         # the schedule can copy each tile's padded window next to it (compute_at).
-        return tirx.max(tirx.min(table[cob // blocks_per_row, r], lanes - 1), 0)
+        return tirx.max(tirx.min(lane_of(cob // blocks_per_row, r), lanes - 1), 0)
 
     return _conv_nchwc(
         data,

@@ -1046,11 +1046,13 @@ def make_mutator() -> type:
                 return expr, ChannelOrder.identity(weight.shape[0], self.block)
             groups = int(attrs.groups)
             layout = grouped_layout(weight.shape[0], groups, weight.shape[1], self.block)
+            table = channel_table(layout, in_order)
+            affine = compute.affine_lanes(table)
             expr = self.builder_.call_te(
-                compute.grouped_conv_nchwc,
+                compute.grouped_conv_nchwc if affine is None else compute.grouped_conv_nchwc_affine,
                 data,
                 relax.const(pack_grouped_weight(weight, self.block, groups, layout)),
-                relax.const(channel_table(layout, in_order)),
+                *([relax.const(table)] if affine is None else affine),
                 strides,
                 pads,
                 dilation,

@@ -35,6 +35,7 @@ from edgecompile.schedules import (
     cpu_info,
     optimize,
 )
+from edgecompile.schedules.compute import AffineLanes, affine_lanes
 from edgecompile.schedules.layout import ChannelOrder, split_order, unshuffled
 from edgecompile.schedules.tir import register_tir_pipeline
 from edgecompile.targets import resolve_target
@@ -488,6 +489,41 @@ def test_shuffle_unit_stays_blocked(
     data = np.random.default_rng(7).standard_normal(network.input_shape).astype("float32")
     actual = run_module(module, host_target, data)
     assert relative_error(actual, network.reference(data)) <= TOLERANCE
+
+
+def table_params(func: tirx.PrimFunc) -> list[Any]:
+    """The int32 buffers a scheduled conv reads: a grouped conv's channel table."""
+    return [param for param in func.params if str(param.dtype) == "int32"]
+
+
+def test_only_a_shuffled_grouped_conv_reads_a_channel_table(
+    tmp_path: Path, host_target: Any
+) -> None:
+    """Channels in their own order are a formula (no table load per reduction step); after
+    the shuffle, the second grouped conv reads its group's channels through the table."""
+    network = shuffle_unit(3, 240)
+    module, _ = optimize(import_network(network, tmp_path).module, host_target)
+    grouped = [
+        func
+        for name, func in scheduled_functions(module).items()
+        if func.attrs["edgecompile.schedule"] == GROUPED
+    ]
+    assert sorted(len(table_params(func)) for func in grouped) == [0, 1]
+
+
+@pytest.mark.parametrize(
+    ("table", "expected"),
+    [
+        (np.arange(12).reshape(3, 4), AffineLanes(0, 4, 1)),
+        (np.array([[0, 3, 6], [1, 4, 7]]), AffineLanes(0, 1, 3)),
+        (np.array([[16, 17, 18]]), AffineLanes(16, 0, 1)),
+        (np.array([[5], [9]]), AffineLanes(5, 4, 1)),
+        (np.array([[0, 1], [5, 7]]), None),
+        (np.array([[0, 2, 1]]), None),
+    ],
+)
+def test_affine_lanes(table: np.ndarray, expected: AffineLanes | None) -> None:
+    assert affine_lanes(table) == expected
 
 
 def test_shuffled_output_is_unpacked_in_channel_order(tmp_path: Path, host_target: Any) -> None:
