@@ -339,9 +339,8 @@ def grouped_conv_nchwc_affine(
     op_index: int,
 ) -> Any:
     """:func:`grouped_conv_nchwc` for a table that is a formula (:class:`AffineLanes`, passed
-    as its three numbers): no table to load
-    per reduction step, and the input addresses advance by a constant stride, as in a
-    pointwise conv (a grouped conv on channels in their own order, no shuffle before it)."""
+    as its three numbers): no table load per reduction step, and the input addresses advance
+    by a constant stride, as in a pointwise conv. Any grouped conv not behind a shuffle."""
     return _grouped(
         data,
         weight,
