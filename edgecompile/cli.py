@@ -222,17 +222,29 @@ def targets_command(as_json: bool) -> None:
       '{"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "cortex-a72"}'  raw TVM JSON
     """
     from edgecompile._table import format_table
+    from edgecompile.schedules import cpu_info
     from edgecompile.targets import list_presets
 
     presets = list_presets()
+    caches = {p.name: cpu_info(p.tvm_target()).caches for p in presets}
     if as_json:
-        _print_json([preset.to_dict() for preset in presets])
+        _print_json(
+            [{**p.to_dict(), "caches": [c._asdict() for c in caches[p.name]]} for p in presets]
+        )
         return
     rows = [
-        (p.name, p.triple, p.target.get("mcpu", "generic"), p.threads, p.description)
+        (
+            p.name,
+            p.triple,
+            p.target.get("mcpu", "generic"),
+            p.threads,
+            " ".join(level.short() for level in caches[p.name]),
+            p.description,
+        )
         for p in presets
     ]
-    click.echo(format_table(("preset", "triple", "cpu", "threads", "board"), rows))
+    header = ("preset", "triple", "cpu", "threads", "caches (/cores sharing)", "board")
+    click.echo(format_table(header, rows))
 
 
 #: ``--target`` of the commands that compile for a board (build, tune, records).

@@ -36,6 +36,12 @@ MAX_SPATIAL_TILE = 32
 # latency while the weight streams in.
 MAX_GEMV_ACCUMULATORS = 8
 DEPTHWISE_SPATIAL_TARGET = 8
+# Pointwise loop orders (outermost tile loop): the output-block tile outermost keeps its weights
+# in L1 while every pixel streams past; the pixel tile outermost keeps its input column while
+# every weight streams past.
+WEIGHTS_STAY = "weights"
+INPUTS_STAY = "inputs"
+LOOP_ORDER_ATTR = "edgecompile.loop_order"
 
 
 @dataclass
@@ -92,6 +98,26 @@ def pointwise_tile(pixels: list[int], out_blocks: int, cpu: CpuInfo) -> tuple[in
                 best = candidate
     assert best is not None  # (1, 1) always fits
     return best[3], best[2]
+
+
+def pointwise_order(
+    *, input_bytes: int, weight_bytes: int, out_tiles: int, pixel_tiles: int, cpu: CpuInfo
+) -> str:
+    """The pointwise loop order that moves fewer bytes from beyond the caches.
+
+    With the weights staying, the input streams once per output-block tile: again and again
+    from memory unless it fits the cache a core can count on (:attr:`CpuInfo.cache_per_core`).
+    With the inputs staying, all the weights stream once per pixel tile: from memory unless
+    they fit. "Fits" is at most half that cache, the other half being for what streams past:
+    a 256 KiB weight set in 256 KiB of simulated cache moved 7.6x the bytes. Ties keep the
+    weights staying (each tile then reuses an L1-resident weight slice). On this project's x86
+    host (a 32 MiB L3) no zoo layer flips; on a Raspberry Pi 4 (1 MiB L2 for 4 cores, no L3)
+    wide early layers do (``benchmarks/cache_traffic.py`` measures the traffic both ways).
+    """
+    room = cpu.cache_per_core // 2
+    weights_stay = weight_bytes + input_bytes * (out_tiles if input_bytes > room else 1)
+    inputs_stay = input_bytes + weight_bytes * (pixel_tiles if weight_bytes > room else 1)
+    return INPUTS_STAY if inputs_stay < weights_stay else WEIGHTS_STAY
 
 
 def depthwise_tile(out_width: int, cpu: CpuInfo) -> int:
@@ -252,9 +278,19 @@ class _ConvRule(ScheduleRule):
 
 
 class PointwiseNCHWc(_ConvRule):
-    """1×1 conv: ``oc × p`` tile of output blocks × pixels, weights as vectors, inputs broadcast."""
+    """1×1 conv: ``oc × p`` tile of output blocks × pixels, weights as vectors, inputs broadcast.
+
+    ``order`` forces a loop order (:data:`WEIGHTS_STAY` or :data:`INPUTS_STAY`); by default
+    :func:`pointwise_order` picks it from the target's caches.
+    """
 
     schedule_name = compute.POINTWISE
+
+    def __init__(self, order: str | None = None) -> None:
+        super().__init__()
+        if order not in (None, WEIGHTS_STAY, INPUTS_STAY):
+            raise ValueError(f"order must be {WEIGHTS_STAY!r} or {INPUTS_STAY!r}, not {order!r}")
+        self.order = order
 
     def schedule(self, sch: Any, block: Any, cpu: CpuInfo) -> None:
         n, cob, h, w, co, cib, ci = sch.get_loops(block)
@@ -265,15 +301,28 @@ class PointwiseNCHWc(_ConvRule):
         lanes = int(sch.get(ci).extent)
         unroll = REDUCTION_UNROLL if lanes % REDUCTION_UNROLL == 0 else lanes
         ci_o, ci_i = sch.split(ci, [None, unroll])
-        sch.reorder(n, cob_o, h, pix_o, cib, ci_o, ci_i, pix_i, cob_i, co)
+        order = self.order or pointwise_order(
+            input_bytes=int(sch.get(cib).extent) * lanes * int(sch.get(h).extent) * out_w * 4,
+            weight_bytes=out_blocks
+            * int(sch.get(co).extent)
+            * int(sch.get(cib).extent)
+            * lanes
+            * 4,
+            out_tiles=out_blocks // oc_tile,
+            pixel_tiles=int(sch.get(h).extent) * (out_w // pixel_tile),
+            cpu=cpu,
+        )
+        sch.annotate(block, LOOP_ORDER_ATTR, order)
+        outer = (n, cob_o, h, pix_o) if order == WEIGHTS_STAY else (n, h, pix_o, cob_o)
+        sch.reorder(*outer, cib, ci_o, ci_i, pix_i, cob_i, co)
         inline_epilogue_intermediates(sch, block)
         writeback = sch.cache_write(block, 0, "local")
-        sch.reverse_compute_at(writeback, pix_o)
-        inline_epilogue(sch, writeback, pix_o, cpu.lanes)
+        sch.reverse_compute_at(writeback, outer[-1])
+        inline_epilogue(sch, writeback, outer[-1], cpu.lanes)
         sch.vectorize(co)
         for loop in (ci_i, pix_i, cob_i):
             sch.unroll(loop)
-        sch.parallel(sch.fuse(n, cob_o, h, pix_o))
+        sch.parallel(sch.fuse(*outer))
         # Decomposing last: vectorize/parallel refuse a reduction whose init was split off.
         sch.decompose_reduction(block, cib)
         _vectorize_tile_loops(sch, writeback)

@@ -51,6 +51,14 @@ def test_targets_table_lists_every_preset() -> None:
     for preset in list_presets():
         assert preset.name in rows
         assert preset.triple in rows[preset.name]
+    assert "L1 32K L2 1M/4" in rows["rpi4"]  # the caches the schedules plan with
+
+
+def test_targets_json_has_the_caches() -> None:
+    from edgecompile.schedules.cpu import SOC_CACHES
+
+    payload = {entry["name"]: entry for entry in json.loads(invoke("targets", "--json").stdout)}
+    assert payload["rpi4"]["caches"] == [level._asdict() for level in SOC_CACHES["bcm2711"]]
 
 
 def test_targets_json_is_every_preset_in_full() -> None:

@@ -9,6 +9,7 @@ in the zoo models; the reference is ``torch.nn.functional`` on the same weights.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,7 @@ from edgecompile.schedules import (
     compile_relax,
     cpu_info,
     optimize,
+    rules,
 )
 from edgecompile.schedules.compute import AffineLanes, affine_lanes
 from edgecompile.schedules.layout import ChannelOrder, split_order, unshuffled
@@ -326,6 +328,50 @@ def test_schedule_matches_torch_on_host(case: str, tmp_path: Path, host_target: 
     data = np.random.default_rng(1).standard_normal(network.input_shape).astype("float32")
     actual = run_module(module, host_target, data)
     assert relative_error(actual, network.reference(data)) <= TOLERANCE
+
+
+def loop_orders(module: Any) -> list[str]:
+    """The pointwise loop order each scheduled pointwise kernel records in its block."""
+    pattern = re.compile(rf'"{re.escape(rules.LOOP_ORDER_ATTR)}": "(\w+)"')
+    orders = []
+    for func in scheduled_functions(module).values():
+        found = set(pattern.findall(func.script()))
+        assert len(found) <= 1, found
+        orders.extend(found)
+    return orders
+
+
+@pytest.mark.parametrize("order", [rules.WEIGHTS_STAY, rules.INPUTS_STAY])
+@pytest.mark.parametrize(
+    "case", ["pw 16→32 14×14 bias+relu6", "pw 24→40 15×15 s2 bias", "pw 58→58 7×7 residual"]
+)
+def test_pointwise_matches_torch_in_either_loop_order(
+    case: str, order: str, tmp_path: Path, host_target: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whichever order the caches pick, the tile, its epilogue and the write-back are the same."""
+    monkeypatch.setattr(rules, "pointwise_order", lambda **_: order)
+    layers, height, width = CASES[case]
+    network = Network(layers, height, width)
+    module, report = optimize(import_network(network, tmp_path).module, host_target)
+    assert report.schedules.applied == {0: POINTWISE}
+    assert loop_orders(module) == [order]
+    data = np.random.default_rng(1).standard_normal(network.input_shape).astype("float32")
+    actual = run_module(module, host_target, data)
+    assert relative_error(actual, network.reference(data)) <= TOLERANCE
+
+
+def test_board_caches_pick_the_pointwise_loop_order(tmp_path: Path) -> None:
+    """MobileNet v1's 32→64 at 112²: its 1.6 MB input overflows a Raspberry Pi 4 core's share of
+    the L2, so the input stays and the weights stream; this machine's caches hold it."""
+    network = Network([Conv(32, 64, epilogue="relu")], 112, 112)
+    relax_model = import_network(network, tmp_path)
+    orders = {
+        name: loop_orders(optimize(relax_model.module, resolve_target(name).tvm_target())[0])
+        for name in ("rpi4", "host")
+    }
+    assert orders["rpi4"] == [rules.INPUTS_STAY]
+    if cpu_info(resolve_target("host").tvm_target()).cache_per_core >= 4 * 1024 * 1024:
+        assert orders["host"] == [rules.WEIGHTS_STAY]
 
 
 def test_batch_of_two(tmp_path: Path, host_target: Any) -> None:
@@ -916,9 +962,6 @@ def _cached_rootfs() -> Path:
 
 @pytest.mark.emulator
 def test_rpi4_numerics_on_the_emulated_board(tmp_path: Path) -> None:
-    from edgecompile.device.emulator import run_library_in_rootfs
-    from edgecompile.toolchain import toolchain_for
-
     rootfs = _cached_rootfs()
     preset = resolve_target("rpi4")
     network = Network(
@@ -937,6 +980,32 @@ def test_rpi4_numerics_on_the_emulated_board(tmp_path: Path) -> None:
     relax_model = import_network(network, tmp_path)
     executable, records = compile_relax(relax_model.module, preset.tvm_target())
     assert {r["schedule"] for r in records} == {POINTWISE, DEPTHWISE, DENSE, GROUPED}
+    _run_on_board(rootfs, preset, executable, network, tmp_path)
+
+
+@pytest.mark.emulator
+def test_rpi4_pointwise_with_inputs_staying_on_the_emulated_board(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The loop order rpi4's caches pick for wide early layers, on AArch64, at a size the
+    emulator runs quickly."""
+    rootfs = _cached_rootfs()
+    preset = resolve_target("rpi4")
+    monkeypatch.setattr(rules, "pointwise_order", lambda **_: rules.INPUTS_STAY)
+    network = Network([*inverted_residual().layers, Conv(24, 37, epilogue="relu")], 15, 15)
+    relax_model = import_network(network, tmp_path)
+    executable, _ = compile_relax(relax_model.module, preset.tvm_target())
+    module, _ = optimize(relax_model.module, preset.tvm_target())
+    assert loop_orders(module) == [rules.INPUTS_STAY] * 3
+    _run_on_board(rootfs, preset, executable, network, tmp_path)
+
+
+def _run_on_board(
+    rootfs: Path, preset: Any, executable: Any, network: Network, tmp_path: Path
+) -> None:
+    from edgecompile.device.emulator import run_library_in_rootfs
+    from edgecompile.toolchain import toolchain_for
+
     library = tmp_path / "net_rpi4.so"
     executable.export_library(str(library), fcompile=toolchain_for(preset).fcompile())
     data = np.random.default_rng(3).standard_normal(network.input_shape).astype("float32")

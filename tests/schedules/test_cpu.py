@@ -1,0 +1,130 @@
+"""What the schedules read from a target: caches per preset, from sysfs for this machine, and the
+pointwise loop order they pick."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import tvm
+
+from edgecompile.schedules import cpu_info
+from edgecompile.schedules.cpu import (
+    CORE_CACHES,
+    GENERIC_CACHES,
+    KIB,
+    SOC_CACHES,
+    CacheLevel,
+    CpuInfo,
+    host_caches,
+    target_caches,
+)
+from edgecompile.schedules.rules import INPUTS_STAY, WEIGHTS_STAY, pointwise_order
+from edgecompile.targets import list_presets
+
+
+@pytest.mark.parametrize("preset", list_presets(), ids=lambda p: p.name)
+def test_every_preset_has_caches(preset) -> None:
+    info = cpu_info(preset.tvm_target())
+    levels = [level.level for level in info.caches]
+    assert levels == sorted(levels) and levels[0] == 1
+    l1 = info.caches[0]
+    assert l1.shared_by == 1 and l1.size >= 16 * KIB
+    assert info.cache_per_core >= l1.size
+    model = str(preset.target.get("model", ""))
+    if model:
+        assert info.caches == SOC_CACHES[model]
+
+
+def test_cache_per_core_divides_shared_levels() -> None:
+    rpi4 = CpuInfo("aarch64", 4, 32, cores=4, caches=SOC_CACHES["bcm2711"])
+    assert rpi4.cache_per_core == 256 * KIB  # 1 MiB L2 for 4 cores
+    rpi5 = CpuInfo("aarch64", 4, 32, cores=4, caches=SOC_CACHES["bcm2712"])
+    assert rpi5.cache_per_core == 512 * KIB  # its private L2 (the L3 gives 512 KiB a core too)
+    # Two of four cores in use by the build's threads: a shared level splits two ways.
+    assert CpuInfo("aarch64", 4, 32, cores=2, caches=SOC_CACHES["bcm2711"]).cache_per_core == (
+        512 * KIB
+    )
+
+
+def _llvm(**attrs: object) -> tvm.target.Target:
+    return tvm.target.Target({"kind": "llvm", **attrs})
+
+
+def test_caches_by_soc_then_core_then_generic() -> None:
+    cross = {"mtriple": "aarch64-linux-gnu", "mattr": ["+neon"]}
+    assert (
+        target_caches(_llvm(mcpu="cortex-a72", model="bcm2711", **cross)) == SOC_CACHES["bcm2711"]
+    )
+    assert target_caches(_llvm(mcpu="cortex-a76", **cross)) == CORE_CACHES["cortex-a76"]
+    assert target_caches(_llvm(mcpu="generic", **cross)) == GENERIC_CACHES
+
+
+def test_host_caches_from_sysfs(tmp_path: Path) -> None:
+    entries = [
+        ("Data", 1, "48K", "0"),
+        ("Instruction", 1, "32K", "0"),
+        ("Unified", 2, "2048K", "0-1"),
+        ("Unified", 3, "32M", "0-7,16-23"),
+    ]
+    for number, (kind, level, size, shared) in enumerate(entries):
+        index = tmp_path / f"index{number}"
+        index.mkdir()
+        (index / "type").write_text(kind + "\n")
+        (index / "level").write_text(f"{level}\n")
+        (index / "size").write_text(size + "\n")
+        (index / "shared_cpu_list").write_text(shared + "\n")
+    assert host_caches(tmp_path) == (
+        CacheLevel(1, 48 * KIB, 1),
+        CacheLevel(2, 2048 * KIB, 2),
+        CacheLevel(3, 32 * KIB * KIB, 16),
+    )
+    assert host_caches(tmp_path / "missing") == ()
+
+
+def test_this_machine_reads_its_own_caches() -> None:
+    from edgecompile.targets import resolve_target
+
+    expected = host_caches() or GENERIC_CACHES
+    assert cpu_info(resolve_target("host").tvm_target()).caches == expected
+
+
+SMALL = CpuInfo("aarch64", 4, 32, cores=4, caches=SOC_CACHES["bcm2711"])  # 256 KiB a core
+
+
+@pytest.mark.parametrize(
+    ("input_kib", "weight_kib", "out_tiles", "pixel_tiles", "expected"),
+    [
+        # 32→64 @112²: the input re-streamed per output tile from memory; weights fit.
+        (1568, 8, 4, 1792, INPUTS_STAY),
+        # Everything fits half the cache: keep the weights in L1 (ties keep the weights).
+        (100, 50, 4, 100, WEIGHTS_STAY),
+        # One output tile: the input streams once either way.
+        (1568, 8, 1, 1792, WEIGHTS_STAY),
+        # Weights too big to stay: sweeping them per pixel tile costs far more.
+        (1369, 728, 23, 1369, WEIGHTS_STAY),
+        # Weights filling the whole cache do not stay either (Xception's 256→256 at 74²).
+        (5476, 256, 8, 1850, WEIGHTS_STAY),
+        # ... but at 128 KiB (half of it) they do.
+        (5476, 128, 8, 1850, INPUTS_STAY),
+    ],
+)
+def test_pointwise_order(
+    input_kib: int, weight_kib: int, out_tiles: int, pixel_tiles: int, expected: str
+) -> None:
+    order = pointwise_order(
+        input_bytes=input_kib * KIB,
+        weight_bytes=weight_kib * KIB,
+        out_tiles=out_tiles,
+        pixel_tiles=pixel_tiles,
+        cpu=SMALL,
+    )
+    assert order == expected
+
+
+def test_a_big_cache_keeps_the_weights_staying() -> None:
+    big = CpuInfo("x86_64", 16, 32, cores=2, caches=(CacheLevel(3, 32 * KIB * KIB, 2),))
+    order = pointwise_order(
+        input_bytes=1568 * KIB, weight_bytes=8 * KIB, out_tiles=4, pixel_tiles=1792, cpu=big
+    )
+    assert order == WEIGHTS_STAY
