@@ -78,6 +78,7 @@ def pointwise_geometry(layer: ConvLayer, cpu: Any) -> dict[str, int]:
     return {
         "input_bytes": in_padded * height * width * 4,
         "weight_bytes": out_blocks * cpu.lanes * in_padded * 4,
+        "output_bytes": out_blocks * cpu.lanes * height * width * 4,
         "out_tiles": out_blocks // oc_tile,
         "pixel_tiles": height * (width // pixel_tile),
     }

@@ -93,28 +93,38 @@ SMALL = CpuInfo("aarch64", 4, 32, cores=4, caches=SOC_CACHES["bcm2711"])  # 256 
 
 
 @pytest.mark.parametrize(
-    ("input_kib", "weight_kib", "out_tiles", "pixel_tiles", "expected"),
+    ("input_kib", "weight_kib", "output_kib", "out_tiles", "pixel_tiles", "expected"),
     [
-        # 32→64 @112²: the input re-streamed per output tile from memory; weights fit.
-        (1568, 8, 4, 1792, INPUTS_STAY),
-        # Everything fits half the cache: keep the weights in L1 (ties keep the weights).
-        (100, 50, 4, 100, WEIGHTS_STAY),
+        # MobileNet v1's 32→64 at 112²: the input comes back from memory per output tile.
+        (1568, 8, 3136, 4, 1792, INPUTS_STAY),
+        # Everything fits: keep the weights in L1 (ties keep the weights).
+        (100, 50, 100, 4, 100, WEIGHTS_STAY),
         # One output tile: the input streams once either way.
-        (1568, 8, 1, 1792, WEIGHTS_STAY),
+        (1568, 8, 3136, 1, 1792, WEIGHTS_STAY),
         # Weights too big to stay: sweeping them per pixel tile costs far more.
-        (1369, 728, 23, 1369, WEIGHTS_STAY),
-        # Weights filling the whole cache do not stay either (Xception's 256→256 at 74²).
-        (5476, 256, 8, 1850, WEIGHTS_STAY),
-        # ... but at 128 KiB (half of it) they do.
-        (5476, 128, 8, 1850, INPUTS_STAY),
+        (1369, 728, 3893, 23, 1369, WEIGHTS_STAY),
+        # Weights filling the whole cache do not stay (Xception's 256→256 at 74²: 7.6x the
+        # traffic when they were taken to).
+        (5476, 256, 5476, 8, 1369, WEIGHTS_STAY),
+        # The input fits, but the output written between two of its reads evicts it
+        # (SqueezeNet's 16→64 at 55²).
+        (189, 4, 756, 4, 605, INPUTS_STAY),
+        # The input and its tile's share of weights and output fit: it stays.
+        (196, 4096, 196, 128, 7, WEIGHTS_STAY),
     ],
 )
 def test_pointwise_order(
-    input_kib: int, weight_kib: int, out_tiles: int, pixel_tiles: int, expected: str
+    input_kib: int,
+    weight_kib: int,
+    output_kib: int,
+    out_tiles: int,
+    pixel_tiles: int,
+    expected: str,
 ) -> None:
     order = pointwise_order(
         input_bytes=input_kib * KIB,
         weight_bytes=weight_kib * KIB,
+        output_bytes=output_kib * KIB,
         out_tiles=out_tiles,
         pixel_tiles=pixel_tiles,
         cpu=SMALL,
@@ -125,6 +135,11 @@ def test_pointwise_order(
 def test_a_big_cache_keeps_the_weights_staying() -> None:
     big = CpuInfo("x86_64", 16, 32, cores=2, caches=(CacheLevel(3, 32 * KIB * KIB, 2),))
     order = pointwise_order(
-        input_bytes=1568 * KIB, weight_bytes=8 * KIB, out_tiles=4, pixel_tiles=1792, cpu=big
+        input_bytes=1568 * KIB,
+        weight_bytes=8 * KIB,
+        output_bytes=3136 * KIB,
+        out_tiles=4,
+        pixel_tiles=1792,
+        cpu=big,
     )
     assert order == WEIGHTS_STAY
