@@ -1,26 +1,29 @@
-"""The pointwise loop order each board's caches pick, and the memory traffic it saves.
+"""The conv loop order each board's caches pick, and the memory traffic it saves.
 
     /work/venv/bin/python benchmarks/cache_traffic.py                  # rpi4, the default models
     /work/venv/bin/python benchmarks/cache_traffic.py --board rpi3 --models xception
     /work/venv/bin/python benchmarks/cache_traffic.py --no-simulate    # the decisions only
+    /work/venv/bin/python benchmarks/cache_traffic.py --all            # check every decision
 
-First a table: every distinct pointwise conv of the models, its input and weight sizes, and the
-loop order :func:`edgecompile.schedules.rules.pointwise_order` picks for each board preset (and
-this machine) from its caches.
+First a table: every distinct pointwise, grouped and dense K×K conv of the models, its input
+and weight sizes, and the loop order :func:`edgecompile.schedules.rules.pointwise_order` picks
+for each board preset (and this machine) from its caches, as the schedule records it.
 
-Then, for the layers where ``--board`` keeps the inputs (not the weights) staying, both orders
-are run under valgrind's cache simulator (callgrind) with the board's geometry: its L1d, and as
-the last level the share of cache one core can count on while all cores run. There is no board
-here, so the kernels are the board's schedule (its blocks and tile: 4 float32 lanes, like NEON)
-compiled for a 128-bit x86 (SSE) stand-in that valgrind can run; "LL misses" counts the cache
-lines a kernel fetched from beyond that cache, i.e. from DRAM on the board. valgrind models no
-hardware prefetcher, so this is traffic, not time: it says which order moves fewer bytes, not
-how much faster the board runs. Needs ``valgrind``; TVM's import under it takes ~1.5 min.
+Then, for the layers where ``--board`` keeps the inputs (not the weights) staying (``--all``:
+for every layer), both orders run under valgrind's cache simulator (callgrind) with the board's
+geometry: its L1d, and as the last level the share of cache one core can count on while all
+cores run. There is no board here, so the kernels are the board's schedule (its blocks and tile:
+4 float32 lanes, like NEON) compiled for a 128-bit x86 (SSE) stand-in that valgrind can run;
+"LL misses" counts the cache lines a kernel fetched from beyond that cache, i.e. from DRAM on
+the board. valgrind models no hardware prefetcher, so this is traffic, not time: it says which
+order moves fewer bytes, not how much faster the board runs. Needs ``valgrind``; TVM's import
+under it takes ~1.5 min.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import re
 import shutil
@@ -32,13 +35,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from layers import ConvLayer, conv_module, model_layers, print_table
+from layers import ConvLayer, blocked_input, conv_module, model_layers, print_table
 
-MODELS = ("xception", "mobilenet_v1", "mobilenet_v2", "shufflenet_v2", "squeezenet1_1")
+MODELS = ("xception", "mobilenet_v1", "mobilenet_v2", "shufflenet_v1", "squeezenet1_1")
+KINDS = ("pointwise", "grouped", "conv")
 PRESETS = ("rpi3", "rpi4", "rpi5", "jetson-nano-cpu", "host")
 # A 128-bit x86 target: 4 float32 lanes like NEON, and code valgrind can run (no AVX-512).
 STAND_IN = {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "x86-64", "num-cores": 1}
 LINE_BYTES = 64
+# "The picked order moved no more than the other", with room for the simulation's own noise.
+AGREEMENT = 1.05
 # TVM's name for the exported entry of a PrimFunc whose global symbol is ``name``.
 KERNEL_PREFIX = "__tvm_ffi_"
 SIMULATED_WAYS = {1: 2, 2: 16, 3: 16}
@@ -61,81 +67,85 @@ for path in sys.argv[1:]:
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", default=",".join(MODELS), help="comma-separated zoo names")
+    parser.add_argument(
+        "--kinds", default=",".join(KINDS), help=f"conv kinds, of {', '.join(KINDS)}"
+    )
     parser.add_argument("--board", default="rpi4", help="the preset whose caches are simulated")
     parser.add_argument("--no-simulate", action="store_true", help="print the decisions only")
+    parser.add_argument(
+        "--all",
+        action="store_true",
+        help="simulate every layer, not only those where the board keeps the inputs (~2x longer)",
+    )
     return parser.parse_args(argv)
 
 
-def pointwise_geometry(layer: ConvLayer, cpu: Any) -> dict[str, int]:
-    """What the pointwise rule sees for this layer on ``cpu``: bytes and tile counts."""
-    from edgecompile.schedules.rules import pixel_tiles, pointwise_tile
-
-    _, channels, _, _ = layer.data_shape
-    _, out_channels, height, width = layer.out_shape()
-    in_padded = -(-channels // cpu.lanes) * cpu.lanes
-    out_blocks = -(-out_channels // cpu.lanes)
-    oc_tile, pixel_tile = pointwise_tile(pixel_tiles(width), out_blocks, cpu)
-    return {
-        "input_bytes": in_padded * height * width * 4,
-        "weight_bytes": out_blocks * cpu.lanes * in_padded * 4,
-        "output_bytes": out_blocks * cpu.lanes * height * width * 4,
-        "out_tiles": out_blocks // oc_tile,
-        "pixel_tiles": height * (width // pixel_tile),
-    }
-
-
-def decisions(layers: list[ConvLayer], presets: Sequence[str]) -> dict[str, list[str]]:
-    from edgecompile.schedules import cpu_info
-    from edgecompile.schedules.rules import pointwise_order
-    from edgecompile.targets import resolve_target
-
-    picked = {}
-    for name in presets:
-        cpu = cpu_info(resolve_target(name).tvm_target())
-        picked[name] = [
-            pointwise_order(**pointwise_geometry(layer, cpu), cpu=cpu) for layer in layers
-        ]
-    return picked
-
-
-def build_kernel(layer: ConvLayer, order: str, cpu: Any, directory: Path) -> Path:
-    """The layer's pointwise PrimFunc scheduled for ``cpu`` in ``order``, built for the stand-in."""
+def scheduled_kernel(layer: ConvLayer, cpu: Any, order: str | None = None) -> tuple[Any, str]:
+    """The layer's conv PrimFunc as ``cpu``'s layout and rule schedule it (``order`` forced, or
+    picked from ``cpu``'s caches), and the order it got."""
     import tvm
     from tvm import s_tir, tirx
 
-    from edgecompile.schedules import compute, pipeline
-    from edgecompile.schedules.rules import PointwiseNCHWc, find_block
-    from edgecompile.schedules.tir import register_tir_pipeline
+    from edgecompile.schedules import compute, pipeline, rules
 
-    target = tvm.target.Target(STAND_IN)
+    rule_by_schedule = {
+        compute.POINTWISE: rules.PointwiseNCHWc,
+        compute.GROUPED: rules.GroupedNCHWc,
+        compute.DENSE: rules.DenseConvNCHWc,
+    }
     weight = np.random.default_rng(0).standard_normal(layer.weight_shape).astype("float32")
+    producer = layer.kind in ("grouped", "conv") and blocked_input(layer)
     # The board's blocks, not the ones TVM reports for an x86 target (it answers this host's
     # vector width whatever the mcpu).
     original = pipeline.cpu_info
     pipeline.cpu_info = lambda _target: cpu
     try:
-        module, _ = pipeline.fused_module(conv_module(layer, weight), target)
+        target = tvm.target.Target(STAND_IN)
+        module, _ = pipeline.fused_module(conv_module(layer, weight, producer), target)
     finally:
         pipeline.cpu_info = original
     for func in module.functions.values():
         if not isinstance(func, tirx.PrimFunc):
             continue
         sch = s_tir.Schedule(func)
-        block = find_block(sch, compute.POINTWISE)
-        if block is not None:
-            break
-    else:
-        raise SystemExit(f"{layer.label()}: no pointwise kernel after the layout pass")
-    PointwiseNCHWc(order).schedule(sch, block, cpu)
-    symbol = f"pw_{len(list(directory.glob('*.so')))}_{order}"
+        for name, rule in rule_by_schedule.items():
+            block = rules.find_block(sch, name)
+            # With a producer in front, the layer is the conv that is not that 1×1.
+            if block is not None and not (producer and name == compute.POINTWISE):
+                rule(order).schedule(sch, block, cpu)
+                picked = str(sch.get(block).annotations[rules.LOOP_ORDER_ATTR])
+                return sch.mod["main"], picked
+    raise SystemExit(f"{layer.label()}: left to TVM's default by the layout pass")
+
+
+def decisions(layers: list[ConvLayer], presets: Sequence[str]) -> dict[str, list[str]]:
+    from edgecompile.schedules import cpu_info
+    from edgecompile.targets import resolve_target
+
+    picked = {}
+    for name in presets:
+        cpu = cpu_info(resolve_target(name).tvm_target())
+        picked[name] = [scheduled_kernel(layer, cpu)[1] for layer in layers]
+    return picked
+
+
+def build_kernel(layer: ConvLayer, order: str, cpu: Any, directory: Path) -> Path:
+    """The layer's kernel scheduled for ``cpu`` in ``order``, built for the stand-in."""
+    import tvm
+
+    from edgecompile.schedules.tir import register_tir_pipeline
+
+    func, _ = scheduled_kernel(layer, cpu, order)
+    target = tvm.target.Target(STAND_IN)
+    symbol = f"conv_{len(list(directory.glob('*.so')))}_{order}"
     library = tvm.tirx.build(
-        tvm.IRModule({symbol: sch.mod["main"].with_attr("global_symbol", symbol)}),
+        tvm.IRModule({symbol: func.with_attr("global_symbol", symbol)}),
         target,
         pipeline=register_tir_pipeline(),
     )
     path = directory / f"{symbol}.so"
+    shapes = [[int(d) for d in param.shape] for param in func.params]
     library.export_library(str(path))
-    shapes = [[int(d) for d in param.shape] for param in sch.mod["main"].params]
     Path(f"{path}.shapes").write_text("".join(" ".join(map(str, s)) + "\n" for s in shapes))
     Path(f"{path}.symbol").write_text(symbol)
     return path
@@ -211,7 +221,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             path = Path(scratch) / f"{name}.onnx"
             export_onnx(load_torch_model(name), path)
             relax_model, _ = import_onnx(path, name=name)
-            for layer, _count in model_layers(relax_model.module, ["pointwise"]):
+            for layer, _count in model_layers(relax_model.module, args.kinds.split(",")):
                 layers.setdefault(layer, set()).add(name)
     ordered = sorted(layers, key=lambda layer: -layer.data_shape[1] * layer.data_shape[2] ** 2)
     picked = decisions(ordered, presets)
@@ -220,44 +230,61 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(f"{name}: {', '.join(map(str, cpu.caches))}; {kib(cpu.cache_per_core)} KiB a core")
     rows = []
     for index, layer in enumerate(ordered):
-        geometry = pointwise_geometry(layer, board)
         row = [layer.label(), ",".join(sorted(layers[layer]))]
-        row += [kib(geometry["input_bytes"]), kib(geometry["weight_bytes"])]
+        row += [kib(4 * math.prod(layer.data_shape)), kib(4 * math.prod(layer.weight_shape))]
         rows.append(row + [picked[name][index] for name in presets])
-    print(f"\npointwise loop order by board ({len(ordered)} distinct layers; KiB at 4 lanes):")
+    print(f"\nloop order by board ({len(ordered)} distinct convs of {args.kinds}):")
     print_table(["layer", "models", "input KiB", "weight KiB", *presets], rows)
-    flipped = [
-        layer
+    simulated = [
+        (layer, order)
         for layer, order in zip(ordered, picked[args.board], strict=True)
-        if order == INPUTS_STAY
+        if args.all or order == INPUTS_STAY
     ]
-    if args.no_simulate or not flipped:
-        if not flipped:
+    if args.no_simulate or not simulated:
+        if not simulated:
             print(f"\n{args.board} keeps the weights staying on every layer: nothing to simulate")
         return
     if shutil.which("valgrind") is None:
         raise SystemExit("valgrind is not installed: apt-get install valgrind, or --no-simulate")
     with tempfile.TemporaryDirectory(prefix="edgecompile-callgrind-") as scratch:
         directory = Path(scratch)
-        pairs = [
-            (layer, build_kernel(layer, WEIGHTS_STAY, board, directory),
+        built = [
+            (layer, order, build_kernel(layer, WEIGHTS_STAY, board, directory),
              build_kernel(layer, INPUTS_STAY, board, directory))
-            for layer in flipped
+            for layer, order in simulated
         ]  # fmt: skip
-        misses = simulate([path for _, *built in pairs for path in built], board, directory)
-    rows, ratios = [], []
-    for layer, weights_path, inputs_path in pairs:
-        before, after = misses[weights_path.stem], misses[inputs_path.stem]
-        if not before or not after:
+        misses = simulate([path for *_, w, i in built for path in (w, i)], board, directory)
+    print_traffic(built, misses, args.board)
+
+
+def print_traffic(built: list[tuple[ConvLayer, str, Path, Path]], misses: dict[str, int],
+                  board: str) -> None:  # fmt: skip
+    """Both orders' traffic per layer, and how often the rule picked the one moving less."""
+    from edgecompile.schedules.rules import INPUTS_STAY
+
+    rows, flipped_ratios, agreed = [], [], 0
+    for layer, order, weights_path, inputs_path in built:
+        weights, inputs = misses[weights_path.stem], misses[inputs_path.stem]
+        if not weights or not inputs:
             raise SystemExit(f"{layer.label()}: callgrind attributed no misses to the kernels")
-        ratios.append(after / before)
-        rows.append([layer.label(), f"{before * LINE_BYTES / 2**20:.2f}",
-                     f"{after * LINE_BYTES / 2**20:.2f}", f"{after / before:.2f}"])  # fmt: skip
-    print(f"\n{args.board}: traffic beyond the cache (LL misses × {LINE_BYTES} B), "
-          "one call, where its caches pick the inputs staying:")  # fmt: skip
-    print_table(["layer", "weights stay MiB", "inputs stay MiB", "ratio"], rows)
-    geomean = float(np.exp(np.mean(np.log(ratios))))
-    print(f"geomean ratio {geomean:.2f} over {len(ratios)} layers")
+        chosen, other = (inputs, weights) if order == INPUTS_STAY else (weights, inputs)
+        agreed += chosen <= other * AGREEMENT
+        if order == INPUTS_STAY:
+            flipped_ratios.append(inputs / weights)
+        rows.append([layer.label(), mib(weights), mib(inputs), order, f"{chosen / other:.2f}"])
+    print(f"\n{board}: traffic beyond the cache (LL misses × {LINE_BYTES} B), one call each:")
+    print_table(["layer", "weights stay MiB", "inputs stay MiB", "picked", "picked/other"], rows)
+    print(f"the picked order moved at most {AGREEMENT:.2f}x the other's bytes on {agreed} of "
+          f"{len(built)} layers")  # fmt: skip
+    if flipped_ratios:
+        geomean = float(np.exp(np.mean(np.log(flipped_ratios))))
+        print(f"where it picked the inputs staying ({len(flipped_ratios)} layers): traffic "
+              f"{geomean:.2f}x the weights-staying order's, geomean "
+              f"({min(flipped_ratios):.2f}-{max(flipped_ratios):.2f})")  # fmt: skip
+
+
+def mib(lines: int) -> str:
+    return f"{lines * LINE_BYTES / 2**20:.2f}"
 
 
 if __name__ == "__main__":

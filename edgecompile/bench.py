@@ -892,8 +892,11 @@ def _kernel_category(name: str) -> str | None:
     """Which manifest op a fused kernel name stands for; None for layout/glue kernels.
 
     Convolutions are ``conv2d`` under TVM's lowering and ``pointwise_nchwc``,
-    ``depthwise_nchwc``, ``conv_nchwc`` or ``grouped_nchwc`` under our schedules.
+    ``depthwise_nchwc``, ``conv_nchwc`` or ``grouped_nchwc`` under our schedules; transposed
+    convolutions (ESPNet's decoder) ``conv2d_transpose``.
     """
+    if "conv2d_transpose" in name:  # its own manifest op: it must not take a conv2d's entry
+        return "conv2d_transpose"
     if any(word in name for word in ("conv2d", "conv_nchwc", "pointwise", "depthwise", "grouped")):
         return "conv2d"
     if "pool" in name and "unpack" not in name:

@@ -406,7 +406,7 @@ def op_class_of(name: str, op: str | None) -> str:
     """
     if op in (POINTWISE, DEPTHWISE, GROUPED):
         return op
-    if op == "conv":
+    if op in ("conv", "conv2d_transpose"):  # a transposed conv is a dense conv run backwards
         return DENSE_CONV
     if op is not None or name.startswith("vm.builtin"):
         return OTHER  # pool, matmul, and the VM's own bookkeeping
@@ -414,6 +414,8 @@ def op_class_of(name: str, op: str | None) -> str:
     if words & {"pointwise", "depthwise", "grouped"}:
         return next(kind for kind in (POINTWISE, DEPTHWISE, GROUPED) if kind in words)
     if {"conv", "nchwc"} <= words:  # our dense conv schedule's kernel (conv_nchwc)
+        return DENSE_CONV
+    if "convd" in words:  # conv2d (digits dropped) under TVM's lowering, transposed or not
         return DENSE_CONV
     if words & {"conv", "pool", "matmul", "dense", "mean", "softmax", "sum", "max"}:
         return OTHER

@@ -108,8 +108,10 @@ def pointwise_order(
     out_tiles: int,
     pixel_tiles: int,
     cpu: CpuInfo,
+    table_rows: int = 1,
 ) -> str:
-    """The pointwise loop order that moves fewer bytes from beyond the caches.
+    """The loop order of a pointwise (or grouped, or dense K×K) conv that moves fewer bytes
+    from beyond the caches.
 
     With the weights staying, the whole input is read once per output-block tile; between two
     reads of an input line pass that tile's weights and its share of the output, so the input
@@ -117,13 +119,16 @@ def pointwise_order(
     (:attr:`CpuInfo.cache_per_core`), else it comes from memory ``out_tiles`` times. With the
     inputs staying, all the weights are read once per pixel tile, past that tile's input and
     output. Ties keep the weights staying (each tile then reuses an L1-resident weight slice).
+    A grouped conv reads its input in ``table_rows`` disjoint slices, each by its own
+    ``out_tiles`` output tiles: a slice, not the whole input, has to stay.
     On this project's x86 host (a 32 MiB L3) no zoo layer flips; on a Raspberry Pi 4 (1 MiB L2
     for 4 cores, no L3) wide early layers do: ``benchmarks/cache_traffic.py`` measures both
     orders under a cache simulator, and this model predicted its misses to within a few percent
     where it matters (e.g. 512→1000 at 13²: 44 vs 27 MiB).
     """
     cache = cpu.cache_per_core
-    input_stays = input_bytes + (weight_bytes + output_bytes) // out_tiles <= cache
+    tiles = out_tiles * table_rows
+    input_stays = input_bytes // table_rows + (weight_bytes + output_bytes) // tiles <= cache
     weights_stay_cached = weight_bytes + (input_bytes + output_bytes) // pixel_tiles <= cache
     weights_stay = weight_bytes + input_bytes * (1 if input_stays else out_tiles)
     inputs_stay = input_bytes + weight_bytes * (1 if weights_stay_cached else pixel_tiles)
@@ -287,20 +292,28 @@ class _ConvRule(ScheduleRule):
         raise NotImplementedError
 
 
-class PointwiseNCHWc(_ConvRule):
-    """1×1 conv: ``oc × p`` tile of output blocks × pixels, weights as vectors, inputs broadcast.
-
-    ``order`` forces a loop order (:data:`WEIGHTS_STAY` or :data:`INPUTS_STAY`); by default
-    :func:`pointwise_order` picks it from the target's caches.
-    """
-
-    schedule_name = compute.POINTWISE
+class _TiledConvRule(_ConvRule):
+    """A conv with the ``oc × p`` register tile, whose two loop orders trade input re-reads for
+    weight re-reads. ``order`` forces one (:data:`WEIGHTS_STAY` or :data:`INPUTS_STAY`); by
+    default :func:`pointwise_order` picks it from the target's caches."""
 
     def __init__(self, order: str | None = None) -> None:
         super().__init__()
         if order not in (None, WEIGHTS_STAY, INPUTS_STAY):
             raise ValueError(f"order must be {WEIGHTS_STAY!r} or {INPUTS_STAY!r}, not {order!r}")
         self.order = order
+
+    def loop_order(self, sch: Any, block: Any, cpu: CpuInfo, **geometry: int) -> str:
+        """The order for this block (forced or from the caches), recorded on the block."""
+        order = self.order or pointwise_order(cpu=cpu, **geometry)
+        sch.annotate(block, LOOP_ORDER_ATTR, order)
+        return order
+
+
+class PointwiseNCHWc(_TiledConvRule):
+    """1×1 conv: ``oc × p`` tile of output blocks × pixels, weights as vectors, inputs broadcast."""
+
+    schedule_name = compute.POINTWISE
 
     def schedule(self, sch: Any, block: Any, cpu: CpuInfo) -> None:
         n, cob, h, w, co, cib, ci = sch.get_loops(block)
@@ -313,15 +326,16 @@ class PointwiseNCHWc(_ConvRule):
         ci_o, ci_i = sch.split(ci, [None, unroll])
         pixels, in_channels = int(sch.get(h).extent) * out_w, int(sch.get(cib).extent) * lanes
         out_channels = out_blocks * int(sch.get(co).extent)
-        order = self.order or pointwise_order(
+        order = self.loop_order(
+            sch,
+            block,
+            cpu,
             input_bytes=in_channels * pixels * 4,
             weight_bytes=out_channels * in_channels * 4,
             output_bytes=out_channels * pixels * 4,
             out_tiles=out_blocks // oc_tile,
             pixel_tiles=int(sch.get(h).extent) * (out_w // pixel_tile),
-            cpu=cpu,
         )
-        sch.annotate(block, LOOP_ORDER_ATTR, order)
         outer = (n, cob_o, h, pix_o) if order == WEIGHTS_STAY else (n, h, pix_o, cob_o)
         sch.reorder(*outer, cib, ci_o, ci_i, pix_i, cob_i, co)
         inline_epilogue_intermediates(sch, block)
@@ -382,7 +396,7 @@ def reduction_unroll(steps: int) -> int:
     return next(unroll for unroll in (REDUCTION_UNROLL, 3, 2, 1) if steps % unroll == 0)
 
 
-class _GatherConvRule(_ConvRule):
+class _GatherConvRule(_TiledConvRule):
     """K×K conv as broadcast input scalar × weight vector (see :func:`compute._conv_nchwc`):
     the pointwise ``oc × p`` register tile, with the kernel window in the reduction and the
     padding inlined as predicated loads."""
@@ -395,18 +409,25 @@ class _GatherConvRule(_ConvRule):
         oc_tile, pixel_tile = pointwise_tile(
             pixel_tiles(int(sch.get(w).extent)), blocks_per_row, cpu
         )
+        order = self.loop_order(
+            sch,
+            block,
+            cpu,
+            **_gather_geometry(sch, block, blocks_per_row, oc_tile, pixel_tile),
+        )
         cob_o, cob_i = sch.split(cob, [None, oc_tile])
         pix_o, pix_i = sch.split(w, [None, pixel_tile])
         r_o, r_i = sch.split(r, [None, reduction_unroll(int(sch.get(r).extent))])
-        sch.reorder(n, cob_o, h, pix_o, r_o, kh, kw, r_i, pix_i, cob_i, co)
+        tiles = (n, cob_o, h, pix_o) if order == WEIGHTS_STAY else (n, h, pix_o, cob_o)
+        sch.reorder(*tiles, r_o, kh, kw, r_i, pix_i, cob_i, co)
         inline_epilogue_intermediates(sch, block)
         writeback = sch.cache_write(block, 0, "local")
-        sch.reverse_compute_at(writeback, pix_o)
-        inline_epilogue(sch, writeback, pix_o, cpu.lanes)
+        sch.reverse_compute_at(writeback, tiles[-1])
+        inline_epilogue(sch, writeback, tiles[-1], cpu.lanes)
         sch.vectorize(co)
         for loop in (r_i, pix_i, cob_i):
             sch.unroll(loop)
-        outer = sch.fuse(n, cob_o, h, pix_o)
+        outer = sch.fuse(*tiles)
         sch.parallel(outer)
         for pad in pads:
             # The padded window of one tile, copied next to it: the tile's loads then need no
@@ -415,6 +436,39 @@ class _GatherConvRule(_ConvRule):
             _vectorize_tile_loops(sch, pad)
         sch.decompose_reduction(block, r_o)
         _vectorize_tile_loops(sch, writeback)
+
+
+def _gather_geometry(
+    sch: Any, block: Any, blocks_per_row: int, oc_tile: int, pixel_tile: int
+) -> dict[str, int]:
+    """What :func:`pointwise_order` needs of a grouped or dense conv block, before it is split:
+    its input (the data or its padded copy), weight and output sizes, and its tiles."""
+    _, cob, h, w, _, r, *_ = sch.get_loops(block)
+    out_blocks, steps = int(sch.get(cob).extent), int(sch.get(r).extent)
+    buffers = [region.source for region in sch.get(block).reads]
+
+    def size(buffer: Any) -> int:
+        count = 4
+        for extent in buffer.shape:
+            count *= int(extent)
+        return count
+
+    # (out blocks, steps, kh, kw, lanes); a shuffle's channel table is (out blocks, steps) too.
+    weight = next(
+        b
+        for b in buffers
+        if len(b.shape) == 5 and [int(d) for d in b.shape[:2]] == [out_blocks, steps]
+    )
+    source = max((b for b in buffers if len(b.shape) >= 4 and not b.same_as(weight)), key=size)
+    out_w = int(sch.get(w).extent)
+    return {
+        "input_bytes": size(source),
+        "weight_bytes": size(weight),
+        "output_bytes": size(sch.get(block).writes[0].source),
+        "out_tiles": blocks_per_row // oc_tile,
+        "pixel_tiles": int(sch.get(h).extent) * (out_w // pixel_tile),
+        "table_rows": out_blocks // blocks_per_row,
+    }
 
 
 class GroupedNCHWc(_GatherConvRule):

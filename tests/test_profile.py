@@ -83,6 +83,17 @@ def test_join_schedules_matches_by_order_within_a_kind() -> None:
     assert {i: e["schedule"] for i, e in joined.items()} == {0: "a", 2: "p", 3: "b"}
 
 
+def test_a_transposed_conv_does_not_take_a_conv_entry() -> None:
+    schedules = [
+        {"op": "conv2d", "kind": "pointwise", "schedule": "a"},
+        {"op": "conv2d_transpose", "kind": "conv2d_transpose", "schedule": "t"},
+        {"op": "conv2d", "kind": "conv", "schedule": "b"},
+    ]
+    names = ["fused_pointwise_nchwc_relu", "fused_conv2d_transpose_prelu", "conv_nchwc1"]
+    joined = join_schedules(names, schedules)
+    assert {i: e["schedule"] for i, e in joined.items()} == {0: "a", 1: "t", 2: "b"}
+
+
 def test_a_model_is_built_then_profiled(tiny_onnx: Path, tmp_path: Path) -> None:
     report = profile_local(str(tiny_onnx), runs=2, output_dir=tmp_path)
     assert report.model == "tiny" and any(layer.matched for layer in report.layers)

@@ -360,10 +360,61 @@ def test_pointwise_matches_torch_in_either_loop_order(
     assert relative_error(actual, network.reference(data)) <= TOLERANCE
 
 
-def test_board_caches_pick_the_pointwise_loop_order(tmp_path: Path) -> None:
-    """MobileNet v1's 32→64 at 112²: its 1.6 MB input overflows a Raspberry Pi 4 core's share of
-    the L2, so the input stays and the weights stream; this machine's caches hold it."""
-    network = Network([Conv(32, 64, epilogue="relu")], 112, 112)
+GATHER_CASES = {
+    "gc 240→60 g3 14×14 relu": CASES["gc 240→60 g3 14×14 relu"],
+    "gc 12→20 g2 15×15 k3 s2": CASES["gc 12→20 g2 15×15 k3 s2"],
+    "gc 64→64 g4 13×13 k3 d2 relu": CASES["gc 64→64 g4 13×13 k3 d2 relu"],
+    "dense 16→24 13×13 k3 relu": ([Conv(16, 24, kernel=3, epilogue="relu")], 13, 13),
+    "dense 3→16 15×15 k3 s2 (stem)": ([Conv(3, 16, kernel=3, stride=2)], 15, 15),
+}
+
+
+@pytest.mark.parametrize("order", [rules.WEIGHTS_STAY, rules.INPUTS_STAY])
+@pytest.mark.parametrize("case", list(GATHER_CASES))
+def test_grouped_and_dense_match_torch_in_either_loop_order(
+    case: str, order: str, tmp_path: Path, host_target: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(rules, "pointwise_order", lambda **_: order)
+    layers, height, width = GATHER_CASES[case]
+    network = Network(layers, height, width)
+    module, report = optimize(import_network(network, tmp_path).module, host_target)
+    assert report.schedules.applied == {0: expected_schedule(layers[0])}
+    assert loop_orders(module) == [order]
+    data = np.random.default_rng(1).standard_normal(network.input_shape).astype("float32")
+    actual = run_module(module, host_target, data)
+    assert relative_error(actual, network.reference(data)) <= TOLERANCE
+
+
+def test_shuffle_unit_matches_torch_with_inputs_staying(
+    tmp_path: Path, host_target: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The conv that reads its channels through the shuffle's table, in the other order."""
+    monkeypatch.setattr(rules, "pointwise_order", lambda **_: rules.INPUTS_STAY)
+    network = shuffle_unit(3, 240)
+    module, report = optimize(import_network(network, tmp_path).module, host_target)
+    assert report.schedules.applied == {0: GROUPED, 1: DEPTHWISE, 2: GROUPED}
+    assert loop_orders(module) == [rules.INPUTS_STAY] * 2
+    data = np.random.default_rng(1).standard_normal(network.input_shape).astype("float32")
+    actual = run_module(module, host_target, data)
+    assert relative_error(actual, network.reference(data)) <= TOLERANCE
+
+
+@pytest.mark.parametrize(
+    ("layer", "size"),
+    [
+        # MobileNet v1's 32→64 at 112²: its 1.6 MB input overflows a Raspberry Pi 4 core's share
+        # of the L2 (256 KiB), so the input stays and the weights stream.
+        (Conv(32, 64, epilogue="relu"), 112),
+        # ShuffleNet v1's grouped 1×1 at 56²: each group's 1 MB input slice overflows it too.
+        (Conv(240, 240, groups=3, epilogue="relu"), 56),
+        # A dense 3×3 on 32 channels at 56².
+        (Conv(32, 64, kernel=3, epilogue="relu"), 56),
+    ],
+    ids=["pointwise", "grouped", "dense"],
+)
+def test_board_caches_pick_the_loop_order(layer: Conv, size: int, tmp_path: Path) -> None:
+    """The Pi 4's caches flip the order; this machine's (if it has a few MB per core) do not."""
+    network = Network([layer], size, size)
     relax_model = import_network(network, tmp_path)
     orders = {
         name: loop_orders(optimize(relax_model.module, resolve_target(name).tvm_target())[0])
@@ -984,19 +1035,30 @@ def test_rpi4_numerics_on_the_emulated_board(tmp_path: Path) -> None:
 
 
 @pytest.mark.emulator
-def test_rpi4_pointwise_with_inputs_staying_on_the_emulated_board(
+def test_rpi4_convs_with_inputs_staying_on_the_emulated_board(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The loop order rpi4's caches pick for wide early layers, on AArch64, at a size the
-    emulator runs quickly."""
+    """The loop order rpi4's caches pick for wide early layers (pointwise, grouped, dense), on
+    AArch64, at a size the emulator runs quickly."""
     rootfs = _cached_rootfs()
     preset = resolve_target("rpi4")
     monkeypatch.setattr(rules, "pointwise_order", lambda **_: rules.INPUTS_STAY)
-    network = Network([*inverted_residual().layers, Conv(24, 37, epilogue="relu")], 15, 15)
+    network = Network(
+        [
+            *inverted_residual().layers,
+            Conv(24, 36, groups=3, epilogue="relu"),
+            Conv(36, 40, kernel=3, epilogue="relu"),
+        ],
+        15,
+        15,
+    )
     relax_model = import_network(network, tmp_path)
     executable, _ = compile_relax(relax_model.module, preset.tvm_target())
-    module, _ = optimize(relax_model.module, preset.tvm_target())
-    assert loop_orders(module) == [rules.INPUTS_STAY] * 3
+    module, report = optimize(relax_model.module, preset.tvm_target())
+    assert report.schedules.applied == {
+        0: POINTWISE, 1: DEPTHWISE, 2: POINTWISE, 3: GROUPED, 4: DENSE
+    }  # fmt: skip
+    assert loop_orders(module) == [rules.INPUTS_STAY] * 4
     _run_on_board(rootfs, preset, executable, network, tmp_path)
 
 
