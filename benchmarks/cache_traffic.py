@@ -6,7 +6,7 @@
     /work/venv/bin/python benchmarks/cache_traffic.py --all            # check every decision
 
 First a table: every distinct pointwise, grouped and dense K×K conv of the models, its input
-and weight sizes, and the loop order :func:`edgecompile.schedules.rules.pointwise_order` picks
+and weight sizes, and the loop order :func:`edgecompile.schedules.rules.choose_loop_order` picks
 for each board preset (and this machine) from its caches, as the schedule records it.
 
 Then, for the layers where ``--board`` keeps the inputs (not the weights) staying (``--all``:

@@ -71,7 +71,7 @@ CORE_CACHES: MappingProxyType[str, tuple[CacheLevel, ...]] = MappingProxyType(
     }
 )
 # Small enough for any Cortex-A board: a wrong guess on the small side costs little (see
-# :func:`edgecompile.schedules.rules.pointwise_order`).
+# :func:`edgecompile.schedules.rules.choose_loop_order`).
 GENERIC_CACHES = _caches(32, 512, 4)
 
 

@@ -100,7 +100,7 @@ def pointwise_tile(pixels: list[int], out_blocks: int, cpu: CpuInfo) -> tuple[in
     return best[3], best[2]
 
 
-def pointwise_order(
+def choose_loop_order(
     *,
     input_bytes: int,
     weight_bytes: int,
@@ -295,7 +295,7 @@ class _ConvRule(ScheduleRule):
 class _TiledConvRule(_ConvRule):
     """A conv with the ``oc × p`` register tile, whose two loop orders trade input re-reads for
     weight re-reads. ``order`` forces one (:data:`WEIGHTS_STAY` or :data:`INPUTS_STAY`); by
-    default :func:`pointwise_order` picks it from the target's caches."""
+    default :func:`choose_loop_order` picks it from the target's caches."""
 
     def __init__(self, order: str | None = None) -> None:
         super().__init__()
@@ -305,7 +305,7 @@ class _TiledConvRule(_ConvRule):
 
     def loop_order(self, sch: Any, block: Any, cpu: CpuInfo, **geometry: int) -> str:
         """The order for this block (forced or from the caches), recorded on the block."""
-        order = self.order or pointwise_order(cpu=cpu, **geometry)
+        order = self.order or choose_loop_order(cpu=cpu, **geometry)
         sch.annotate(block, LOOP_ORDER_ATTR, order)
         return order
 
@@ -441,7 +441,7 @@ class _GatherConvRule(_TiledConvRule):
 def _gather_geometry(
     sch: Any, block: Any, blocks_per_row: int, oc_tile: int, pixel_tile: int
 ) -> dict[str, int]:
-    """What :func:`pointwise_order` needs of a grouped or dense conv block, before it is split:
+    """What :func:`choose_loop_order` needs of a grouped or dense conv block, before it is split:
     its input (the data or its padded copy), weight and output sizes, and its tiles."""
     _, cob, h, w, _, r, *_ = sch.get_loops(block)
     out_blocks, steps = int(sch.get(cob).extent), int(sch.get(r).extent)

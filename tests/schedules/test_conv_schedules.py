@@ -349,7 +349,7 @@ def test_pointwise_matches_torch_in_either_loop_order(
     case: str, order: str, tmp_path: Path, host_target: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Whichever order the caches pick, the tile, its epilogue and the write-back are the same."""
-    monkeypatch.setattr(rules, "pointwise_order", lambda **_: order)
+    monkeypatch.setattr(rules, "choose_loop_order", lambda **_: order)
     layers, height, width = CASES[case]
     network = Network(layers, height, width)
     module, report = optimize(import_network(network, tmp_path).module, host_target)
@@ -374,7 +374,7 @@ GATHER_CASES = {
 def test_grouped_and_dense_match_torch_in_either_loop_order(
     case: str, order: str, tmp_path: Path, host_target: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(rules, "pointwise_order", lambda **_: order)
+    monkeypatch.setattr(rules, "choose_loop_order", lambda **_: order)
     layers, height, width = GATHER_CASES[case]
     network = Network(layers, height, width)
     module, report = optimize(import_network(network, tmp_path).module, host_target)
@@ -389,7 +389,7 @@ def test_shuffle_unit_matches_torch_with_inputs_staying(
     tmp_path: Path, host_target: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The conv that reads its channels through the shuffle's table, in the other order."""
-    monkeypatch.setattr(rules, "pointwise_order", lambda **_: rules.INPUTS_STAY)
+    monkeypatch.setattr(rules, "choose_loop_order", lambda **_: rules.INPUTS_STAY)
     network = shuffle_unit(3, 240)
     module, report = optimize(import_network(network, tmp_path).module, host_target)
     assert report.schedules.applied == {0: GROUPED, 1: DEPTHWISE, 2: GROUPED}
@@ -1042,7 +1042,7 @@ def test_rpi4_convs_with_inputs_staying_on_the_emulated_board(
     AArch64, at a size the emulator runs quickly."""
     rootfs = _cached_rootfs()
     preset = resolve_target("rpi4")
-    monkeypatch.setattr(rules, "pointwise_order", lambda **_: rules.INPUTS_STAY)
+    monkeypatch.setattr(rules, "choose_loop_order", lambda **_: rules.INPUTS_STAY)
     network = Network(
         [
             *inverted_residual().layers,

@@ -19,7 +19,7 @@ from edgecompile.schedules.cpu import (
     host_caches,
     target_caches,
 )
-from edgecompile.schedules.rules import INPUTS_STAY, WEIGHTS_STAY, pointwise_order
+from edgecompile.schedules.rules import INPUTS_STAY, WEIGHTS_STAY, choose_loop_order
 from edgecompile.targets import list_presets
 
 
@@ -113,7 +113,7 @@ SMALL = CpuInfo("aarch64", 4, 32, cores=4, caches=SOC_CACHES["bcm2711"])  # 256 
         (196, 4096, 196, 128, 7, WEIGHTS_STAY),
     ],
 )
-def test_pointwise_order(
+def test_choose_loop_order(
     input_kib: int,
     weight_kib: int,
     output_kib: int,
@@ -121,7 +121,7 @@ def test_pointwise_order(
     pixel_tiles: int,
     expected: str,
 ) -> None:
-    order = pointwise_order(
+    order = choose_loop_order(
         input_bytes=input_kib * KIB,
         weight_bytes=weight_kib * KIB,
         output_bytes=output_kib * KIB,
@@ -134,7 +134,7 @@ def test_pointwise_order(
 
 def test_a_big_cache_keeps_the_weights_staying() -> None:
     big = CpuInfo("x86_64", 16, 32, cores=2, caches=(CacheLevel(3, 32 * KIB * KIB, 2),))
-    order = pointwise_order(
+    order = choose_loop_order(
         input_bytes=1568 * KIB,
         weight_bytes=8 * KIB,
         output_bytes=3136 * KIB,
