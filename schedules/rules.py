@@ -14,6 +14,7 @@ in the inner loop (a probe measured such tiles 2x slower).
 from __future__ import annotations
 
 import functools
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,9 +37,9 @@ MAX_SPATIAL_TILE = 32
 # latency while the weight streams in.
 MAX_GEMV_ACCUMULATORS = 8
 DEPTHWISE_SPATIAL_TARGET = 8
-# Pointwise loop orders (outermost tile loop): the output-block tile outermost keeps its weights
-# in L1 while every pixel streams past; the pixel tile outermost keeps its input column while
-# every weight streams past.
+# Loop orders of the register-tiled convs (their outermost tile loop): the output-block tile
+# outermost keeps its weights in L1 while every pixel streams past; the pixel tile outermost
+# keeps its input column while every weight streams past.
 WEIGHTS_STAY = "weights"
 INPUTS_STAY = "inputs"
 LOOP_ORDER_ATTR = "edgecompile.loop_order"
@@ -447,11 +448,8 @@ def _gather_geometry(
     out_blocks, steps = int(sch.get(cob).extent), int(sch.get(r).extent)
     buffers = [region.source for region in sch.get(block).reads]
 
-    def size(buffer: Any) -> int:
-        count = 4
-        for extent in buffer.shape:
-            count *= int(extent)
-        return count
+    def size(buffer: Any) -> int:  # float32
+        return 4 * math.prod(int(extent) for extent in buffer.shape)
 
     # (out blocks, steps, kh, kw, lanes); a shuffle's channel table is (out blocks, steps) too.
     weight = next(
