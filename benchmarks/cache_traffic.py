@@ -40,14 +40,16 @@ from layers import ConvLayer, blocked_input, conv_module, model_layers, print_ta
 MODELS = ("xception", "mobilenet_v1", "mobilenet_v2", "shufflenet_v1", "squeezenet1_1")
 KINDS = ("pointwise", "grouped", "conv")
 PRESETS = ("rpi3", "rpi4", "rpi5", "jetson-nano-cpu", "host")
-# A 128-bit x86 target: 4 float32 lanes like NEON, and code valgrind can run (no AVX-512).
+# A 128-bit x86 target: code valgrind can run (no AVX-512). The blocks and tiles built for it are
+# the board's (its CpuInfo is patched in), not what TVM reports for this target.
 STAND_IN = {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "x86-64", "num-cores": 1}
 LINE_BYTES = 64
 # "The picked order moved no more than the other", with room for the simulation's own noise.
 AGREEMENT = 1.05
 # TVM's name for the exported entry of a PrimFunc whose global symbol is ``name``.
 KERNEL_PREFIX = "__tvm_ffi_"
-SIMULATED_WAYS = {1: 2, 2: 16, 3: 16}
+# Associativity simulated: the Cortex-A72's L1d is 2-way, the boards' L2/L3 16-way.
+L1_WAYS, LAST_LEVEL_WAYS = 2, 16
 
 DRIVER = """
 import sys
@@ -154,10 +156,10 @@ def build_kernel(layer: ConvLayer, order: str, cpu: Any, directory: Path) -> Pat
 def cache_geometry(cpu: Any) -> tuple[str, str]:
     """``--D1`` and ``--LL`` for the board: its L1d, and one core's share of the last level."""
     l1 = next(level for level in cpu.caches if level.level == 1)
-    last = cpu.cache_per_core
-    last_level = max(cpu.caches, key=lambda level: level.size // max(level.shared_by, 1))
-    ways = SIMULATED_WAYS.get(last_level.level, 16)
-    return f"{l1.size},{SIMULATED_WAYS[1]},{LINE_BYTES}", f"{last},{ways},{LINE_BYTES}"
+    return (
+        f"{l1.size},{L1_WAYS},{LINE_BYTES}",
+        f"{cpu.cache_per_core},{LAST_LEVEL_WAYS},{LINE_BYTES}",
+    )
 
 
 def simulate(paths: list[Path], cpu: Any, directory: Path) -> dict[str, int]:
