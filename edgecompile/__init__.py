@@ -8,19 +8,11 @@ The Python API mirrors the command line: ``list_models``, ``get_model``, ``expor
 from __future__ import annotations
 
 import importlib
-from pathlib import Path
 from typing import Any
 
 from edgecompile.errors import EdgecompileError
 
 __version__ = "0.1.0"
-
-# The wheel ships the repository's top-level targets/ and schedules/ as edgecompile.targets and
-# edgecompile.schedules. Run from a source checkout (python -c from the repo root, say), this
-# package is found there without them inside it: look beside it too, so the names import the same.
-_checkout = Path(__file__).resolve().parent.parent
-if not (Path(__file__).parent / "targets").is_dir() and (_checkout / "targets").is_dir():
-    __path__.append(str(_checkout))
 
 _LAZY = {
     "list_models": "edgecompile.zoo",
