@@ -20,27 +20,17 @@ from functools import partial
 import torch
 from torch import nn
 
-from edgecompile.zoo.layers import ActivationFactory, ConvBnAct
+from edgecompile.zoo.layers import BnPReLU, ConvBnAct, prelu
 from edgecompile.zoo.registry import register_model
 
-__all__ = ["ESP_DILATIONS", "BnPReLU", "ESPModule", "ESPNet", "espnet"]
+__all__ = ["ESP_DILATIONS", "ESPModule", "ESPNet", "espnet"]
 
 ESP_DILATIONS: tuple[int, ...] = (1, 2, 4, 8, 16)
 """Dilation rates of an ESP module's K = 5 parallel 3×3 branches (2⁰ … 2⁴)."""
 
 # The reference code builds every BatchNorm with eps=1e-3 (PyTorch's default is 1e-5).
 _BN_EPS = 1e-3
-
-
-def _prelu(channels: int) -> ActivationFactory:
-    return partial(nn.PReLU, channels)
-
-
-class BnPReLU(nn.Sequential):
-    """BatchNorm → per-channel PReLU: ESPNet's activation after every merge and concatenation."""
-
-    def __init__(self, channels: int) -> None:
-        super().__init__(nn.BatchNorm2d(channels, eps=_BN_EPS), nn.PReLU(channels))
+_bn_prelu = partial(BnPReLU, bn_eps=_BN_EPS)
 
 
 class ESPModule(nn.Module):
@@ -96,7 +86,7 @@ class ESPModule(nn.Module):
             )
             for i, dilation in enumerate(dilations)
         )
-        self.bn_act = BnPReLU(out_channels)
+        self.bn_act = _bn_prelu(out_channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         reduced = self.reduce(x)
@@ -136,29 +126,29 @@ class ESPNet(nn.Module):
             raise ValueError(f"p and q must be at least 1, got p={p}, q={q}")
         c = num_classes
         # Encoder (ESPNet-C); the channel counts are the reference's.
-        self.stem = ConvBnAct(3, 16, 3, stride=2, act=_prelu(16), bn_eps=_BN_EPS)
+        self.stem = ConvBnAct(3, 16, 3, stride=2, act=prelu(16), bn_eps=_BN_EPS)
         # One 3×3/2 average pool, applied once for the 1/2 image and twice for the 1/4 image
         # (the reference's pyramid-style InputProjectionA).
         self.image_pool = nn.AvgPool2d(3, stride=2, padding=1)
         level1_channels = 16 + 3
-        self.level1_bn_act = BnPReLU(level1_channels)
+        self.level1_bn_act = _bn_prelu(level1_channels)
         self.level2_down = ESPModule(level1_channels, 64, stride=2, residual=False)
         self.level2 = nn.Sequential(*(ESPModule(64, 64) for _ in range(p)))
         level2_channels = 64 + 64 + 3
-        self.level2_bn_act = BnPReLU(level2_channels)
+        self.level2_bn_act = _bn_prelu(level2_channels)
         self.level3_down = ESPModule(level2_channels, 128, stride=2, residual=False)
         self.level3 = nn.Sequential(*(ESPModule(128, 128) for _ in range(q)))
         level3_channels = 128 + 128
-        self.level3_bn_act = BnPReLU(level3_channels)
+        self.level3_bn_act = _bn_prelu(level3_channels)
         self.encoder_classifier = nn.Conv2d(level3_channels, c, 1, bias=False)
         # Decoder.
         self.level2_project = nn.Conv2d(level2_channels, c, 1, bias=False)
         self.level3_bn = nn.BatchNorm2d(c, eps=_BN_EPS)
-        self.level1_fuse = ConvBnAct(level1_channels + c, c, 3, act=_prelu(c), bn_eps=_BN_EPS)
+        self.level1_fuse = ConvBnAct(level1_channels + c, c, 3, act=prelu(c), bn_eps=_BN_EPS)
         self.up_level3 = nn.ConvTranspose2d(c, c, 2, stride=2, bias=False)
-        self.level2_fuse = nn.Sequential(BnPReLU(2 * c), ESPModule(2 * c, c, residual=False))
+        self.level2_fuse = nn.Sequential(_bn_prelu(2 * c), ESPModule(2 * c, c, residual=False))
         self.up_level2 = nn.Sequential(
-            nn.ConvTranspose2d(c, c, 2, stride=2, bias=False), BnPReLU(c)
+            nn.ConvTranspose2d(c, c, 2, stride=2, bias=False), _bn_prelu(c)
         )
         self.classifier = nn.ConvTranspose2d(c, c, 2, stride=2, bias=False)
         self.num_classes = num_classes

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from functools import partial
 from types import MappingProxyType
 from typing import NamedTuple
 
@@ -39,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from edgecompile.zoo.layers import ActivationFactory, ChannelShuffle, ConvBnAct
+from edgecompile.zoo.layers import BnPReLU, ChannelShuffle, ConvBnAct, init_he_normal, prelu
 from edgecompile.zoo.registry import register_model
 
 __all__ = [
@@ -113,14 +112,6 @@ PYRAMID_SCALES: tuple[float, ...] = (2.0, 1.5, 1.0, 0.5, 0.1)
 """Resampling scales of the decoder's efficient pyramid pooling (EdgeNets, largest first)."""
 
 
-def _prelu(channels: int) -> ActivationFactory:
-    return partial(nn.PReLU, channels)
-
-
-def _bn_prelu(channels: int) -> nn.Sequential:
-    return nn.Sequential(nn.BatchNorm2d(channels), nn.PReLU(channels))
-
-
 def eesp_dilations(branches: int, receptive_limit: int) -> tuple[int, ...]:
     """Dilation of each EESP branch, ascending: kernel sizes 3, 5, 7, … as dilated 3×3 convs.
 
@@ -163,7 +154,7 @@ class EESP(nn.Module):
         self.stride = stride
         self.residual = stride == 1 and in_channels == out_channels
         self.dilations = eesp_dilations(branches, receptive_limit)
-        self.reduce = ConvBnAct(in_channels, width, 1, groups=branches, act=_prelu(width))
+        self.reduce = ConvBnAct(in_channels, width, 1, groups=branches, act=prelu(width))
         self.branches = nn.ModuleList(
             nn.Conv2d(
                 width,
@@ -180,7 +171,7 @@ class EESP(nn.Module):
         # Registered in the reference's order (expand before the concat's BN), so state dicts
         # line up position by position with the official checkpoints.
         self.expand = ConvBnAct(out_channels, out_channels, 1, groups=branches, act=None)
-        self.bn_act = _bn_prelu(out_channels)
+        self.bn_act = BnPReLU(out_channels)
         self.act = nn.PReLU(out_channels)  # unused at stride 2, as in the reference
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -226,7 +217,7 @@ class EESPDownSampler(nn.Module):
         )
         self.pool = nn.AvgPool2d(3, stride=2, padding=1)
         self.reinforce = nn.Sequential(
-            ConvBnAct(image_channels, image_channels, 3, act=_prelu(image_channels)),
+            ConvBnAct(image_channels, image_channels, 3, act=prelu(image_channels)),
             ConvBnAct(image_channels, out_channels, 1, act=None),
         )
         self.act = nn.PReLU(out_channels)
@@ -269,7 +260,7 @@ class ESPNetV2Backbone(nn.Module):
         level_widths = (widths.level2, widths.level3, widths.level4, widths.level5)
         if len(levels) > len(level_widths):
             raise ValueError(f"at most {len(level_widths)} levels, got {len(levels)}")
-        self.stem = ConvBnAct(3, widths.level1, 3, stride=2, act=_prelu(widths.level1))
+        self.stem = ConvBnAct(3, widths.level1, 3, stride=2, act=prelu(widths.level1))
         # 3×3/2 like the stem and the down-samplers, so each pooled image has exactly the size of
         # the level that takes it, whatever the input size.
         self.image_pool = nn.AvgPool2d(3, stride=2, padding=1)
@@ -293,19 +284,9 @@ class ESPNetV2Backbone(nn.Module):
 
 
 def _init_weights(model: nn.Module) -> None:
-    # The reference's init_params.
-    for m in model.modules():
-        if isinstance(m, nn.Conv2d):
-            nn.init.kaiming_normal_(m.weight, mode="fan_out")
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.BatchNorm2d):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.Linear):
-            nn.init.normal_(m.weight, std=0.001)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
+    # The reference's init_params: kaiming_normal_ at its default (leaky ReLU of slope 0, the
+    # ReLU gain) over fan-out, and N(0, 0.001²) Linear weights.
+    init_he_normal(model, mode="fan_out", linear_std=0.001)
 
 
 class ESPNetV2(nn.Module):
@@ -322,9 +303,9 @@ class ESPNetV2(nn.Module):
         self.backbone = ESPNetV2Backbone(widths, levels=LEVELS)
         self.head = nn.Sequential(
             ConvBnAct(
-                widths.level5, widths.level5, 3, groups=widths.level5, act=_prelu(widths.level5)
+                widths.level5, widths.level5, 3, groups=widths.level5, act=prelu(widths.level5)
             ),
-            ConvBnAct(widths.level5, widths.head, 1, groups=BRANCHES, act=_prelu(widths.head)),
+            ConvBnAct(widths.level5, widths.head, 1, groups=BRANCHES, act=prelu(widths.head)),
         )
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.flatten = nn.Flatten(1)
@@ -354,7 +335,7 @@ class EfficientPointwiseConv(nn.Module):
         )
         groups = math.gcd(in_channels, out_channels)
         self.project = ConvBnAct(
-            in_channels, out_channels, 3, groups=groups, act=_prelu(out_channels)
+            in_channels, out_channels, 3, groups=groups, act=prelu(out_channels)
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -393,20 +374,20 @@ class EfficientPyramidPool(nn.Module):
         self.scales = tuple(sorted(scales, reverse=True))
         self.branch_sizes = tuple(_pyramid_size(self.size, s) for s in self.scales)
         n = len(self.scales)
-        self.project = ConvBnAct(in_channels, proj_channels, 1, act=_prelu(proj_channels))
+        self.project = ConvBnAct(in_channels, proj_channels, 1, act=prelu(proj_channels))
         self.branches = nn.ModuleList(
             nn.Conv2d(proj_channels, proj_channels, 3, padding=1, groups=proj_channels, bias=False)
             for _ in self.scales
         )
         self.merge = nn.Sequential(
-            _bn_prelu(proj_channels * n),
+            BnPReLU(proj_channels * n),
             ChannelShuffle(n, proj_channels * n),
             ConvBnAct(
-                proj_channels * n, proj_channels, 3, groups=proj_channels, act=_prelu(proj_channels)
+                proj_channels * n, proj_channels, 3, groups=proj_channels, act=prelu(proj_channels)
             ),
             nn.Conv2d(proj_channels, out_channels, 1, bias=not final_bn_act),
         )
-        self.bn_act = _bn_prelu(out_channels) if final_bn_act else nn.Identity()
+        self.bn_act = BnPReLU(out_channels) if final_bn_act else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.project(x)
@@ -468,7 +449,7 @@ class ESPNetV2Segmentation(nn.Module):
             EfficientPointwiseConv(c_in, c_out)
             for c_in, c_out in zip(skip_channels, decoder_channels[:3], strict=True)
         )
-        self.skip_bn_acts = nn.ModuleList(_bn_prelu(c) for c in decoder_channels[:3])
+        self.skip_bn_acts = nn.ModuleList(BnPReLU(c) for c in decoder_channels[:3])
         # A fixed 2× scale: the same as the reference's resize to the skip's (or input's) size,
         # which is exactly twice as large, without reading that size from a tensor.
         self.upsample = nn.Upsample(scale_factor=2, mode="bilinear", align_corners=True)

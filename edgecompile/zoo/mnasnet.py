@@ -16,13 +16,17 @@ from __future__ import annotations
 
 from typing import Literal
 
-import torch
 from torch import nn
 
-from edgecompile.zoo.layers import ConvBnAct, make_divisible
-from edgecompile.zoo.mobilenet_v1 import init_weights
-from edgecompile.zoo.mobilenet_v2 import InvertedResidual, InvertedResidualSpec
-from edgecompile.zoo.registry import register_model
+from edgecompile.zoo.layers import (
+    ConvBnAct,
+    InvertedResidualSpec,
+    PooledClassifierNet,
+    init_he_normal,
+    inverted_residual_stages,
+    make_divisible,
+)
+from edgecompile.zoo.registry import register_model, variant_config, width_suffix
 
 __all__ = ["MNASNET_STAGES", "MNASNet", "mnasnet_a1", "mnasnet_b1"]
 
@@ -60,7 +64,7 @@ MNASNET_STAGES: dict[Variant, tuple[InvertedResidualSpec, ...]] = {
 }
 
 
-class MNASNet(nn.Module):
+class MNASNet(PooledClassifierNet):
     """MNASNet: 3×3 stem, inverted-residual stages from a searched table, 1×1 head to 1280."""
 
     def __init__(
@@ -76,45 +80,22 @@ class MNASNet(nn.Module):
             raise ValueError(f"width multiplier must be positive, got {width}")
         self.width = width
         channels = make_divisible(STEM_CHANNELS * width, 8)
-        layers: list[nn.Module] = [ConvBnAct(3, channels, 3, stride=2, **_BN)]
-        for stage in stages:
-            out_channels = make_divisible(stage.out_channels * width, 8)
-            for index in range(stage.repeats):
-                layers.append(
-                    InvertedResidual(
-                        channels,
-                        out_channels,
-                        expanded_channels=channels * stage.expand_ratio,
-                        kernel_size=stage.kernel,
-                        stride=stage.stride if index == 0 else 1,
-                        act=nn.ReLU,
-                        se_channels=channels // 4 if stage.use_se else None,
-                        se_gate=nn.Sigmoid,
-                        **_BN,
-                    )
-                )
-                channels = out_channels
-        layers.append(ConvBnAct(channels, HEAD_CHANNELS, 1, **_BN))
-        self.features = nn.Sequential(*layers)
-        self.num_features = HEAD_CHANNELS
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.classifier = nn.Sequential(nn.Dropout(dropout), nn.Linear(HEAD_CHANNELS, num_classes))
-        init_weights(self)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.pool(self.features(x))
-        return self.classifier(torch.flatten(x, 1))
+        stem = ConvBnAct(3, channels, 3, stride=2, **_BN)
+        # Squeeze-excite (A1's rows ask for it) reduces to 1/4 of each block's input channels.
+        blocks, channels = inverted_residual_stages(
+            channels, stages, width=width, act=nn.ReLU, **_BN
+        )
+        head = ConvBnAct(channels, HEAD_CHANNELS, 1, **_BN)
+        self.features = nn.Sequential(stem, *blocks, head)
+        self.add_classifier_head(HEAD_CHANNELS, num_classes, dropout=dropout)
+        init_he_normal(self, mode="fan_in", linear_std=0.01)
 
 
 def mnasnet(
     *, variant: Variant = "a1", width: float = 1.0, num_classes: int = 1000, dropout: float = 0.2
 ) -> MNASNet:
     """MNASNet ``variant`` ("a1" with squeeze-excite, "b1" without) at width ``width``."""
-    try:
-        stages = MNASNET_STAGES[variant]
-    except KeyError:
-        known = ", ".join(sorted(MNASNET_STAGES))
-        raise ValueError(f"unknown MNASNet variant {variant!r}; known: {known}") from None
+    stages = variant_config(MNASNET_STAGES, variant, "MNASNet variant")
     return MNASNet(stages, width=width, num_classes=num_classes, dropout=dropout)
 
 
@@ -134,9 +115,8 @@ def _register_variants() -> None:
     # 1.0 and 0.5: the depth multipliers torchvision ships ImageNet weights for (B1).
     for variant, builder in builders.items():
         for width in (1.0, 0.5):
-            suffix = "" if width == 1.0 else "_x" + f"{width:g}".replace(".", "_")
             register_model(
-                f"mnasnet_{variant}{suffix}",
+                f"mnasnet_{variant}{width_suffix(width)}",
                 builder,
                 family="mnasnet",
                 input_size=(224, 224),

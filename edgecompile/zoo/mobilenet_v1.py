@@ -12,18 +12,21 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-import torch
 from torch import nn
 
-from edgecompile.zoo.layers import ConvBnAct, make_divisible
-from edgecompile.zoo.registry import register_model
+from edgecompile.zoo.layers import (
+    ConvBnAct,
+    DepthwiseSeparable,
+    PooledClassifierNet,
+    init_he_normal,
+    make_divisible,
+)
+from edgecompile.zoo.registry import register_model, width_suffix
 
 __all__ = [
     "MOBILENET_V1_LAYERS",
-    "DepthwiseSeparable",
     "DepthwiseSeparableSpec",
     "MobileNetV1",
-    "init_weights",
     "mobilenet_v1",
 ]
 
@@ -53,40 +56,7 @@ MOBILENET_V1_LAYERS: tuple[DepthwiseSeparableSpec, ...] = (
 )
 
 
-def init_weights(model: nn.Module) -> None:
-    """Variance-preserving init shared by the MobileNet-style zoo models.
-
-    Kaiming fan-in rather than torchvision's fan-out: a depthwise conv's fan-out counts the output
-    channels, which would shrink activations by ~sqrt(2/C) per layer, so a randomly initialised
-    network (all the zoo ships) would output values near zero and make numeric comparisons between
-    backends meaningless.
-    """
-    for module in model.modules():
-        if isinstance(module, nn.Conv2d):
-            nn.init.kaiming_normal_(module.weight, mode="fan_in", nonlinearity="relu")
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
-        elif isinstance(module, nn.BatchNorm2d):
-            nn.init.ones_(module.weight)
-            nn.init.zeros_(module.bias)
-        elif isinstance(module, nn.Linear):
-            nn.init.normal_(module.weight, 0.0, 0.01)
-            nn.init.zeros_(module.bias)
-
-
-class DepthwiseSeparable(nn.Sequential):
-    """Depthwise 3×3 → BN → ReLU → pointwise 1×1 → BN → ReLU (paper Fig. 3, right)."""
-
-    def __init__(self, in_channels: int, out_channels: int, *, stride: int = 1) -> None:
-        super().__init__(
-            ConvBnAct(in_channels, in_channels, 3, stride=stride, groups=in_channels),
-            ConvBnAct(in_channels, out_channels, 1),
-        )
-        self.in_channels = in_channels
-        self.out_channels = out_channels
-
-
-class MobileNetV1(nn.Module):
+class MobileNetV1(PooledClassifierNet):
     """MobileNet v1 at width multiplier ``width`` (α); any input size works (global pooling)."""
 
     def __init__(
@@ -109,14 +79,9 @@ class MobileNetV1(nn.Module):
             blocks.append(DepthwiseSeparable(channels, out_channels, stride=spec.stride))
             channels = out_channels
         self.features = nn.Sequential(*blocks)
-        self.num_features = channels
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.classifier = nn.Linear(channels, num_classes)
-        init_weights(self)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.pool(self.features(x))
-        return self.classifier(torch.flatten(x, 1))
+        # No dropout: the paper's classifier is the bare biased Linear (key ``classifier.weight``).
+        self.add_classifier_head(channels, num_classes)
+        init_he_normal(self, mode="fan_in", linear_std=0.01)
 
 
 def mobilenet_v1(*, width: float = 1.0, num_classes: int = 1000) -> MobileNetV1:
@@ -128,7 +93,7 @@ def _register_variants() -> None:
     # Paper Tables 6 (α at 224 px) and 7 (ρ at α = 1) span this grid; Figs. 4-5 plot all of it.
     for width in (1.0, 0.75, 0.5, 0.25):
         for resolution in (224, 192, 160, 128):
-            suffix = "" if width == 1.0 else "_x" + f"{width:g}".replace(".", "_")
+            suffix = width_suffix(width)
             suffix += "" if resolution == 224 else f"_r{resolution}"
             register_model(
                 f"mobilenet_v1{suffix}",

@@ -5,97 +5,25 @@ CVPR 2018, arXiv:1801.04381. The body is paper Table 2; widths and rounding foll
 ``mobilenet_v2`` (every channel count a multiple of 8, the 1280-wide last conv never thinned below
 1280), so the 1.0× model has torchvision's 3,504,872 parameters.
 
-:class:`InvertedResidual` here is the generic block that MobileNet v3 and MNASNet import too: kernel
-size, activation and an optional squeeze-excite are arguments, so all three families share one
-exported op pattern.
+The inverted residual block lives in :mod:`edgecompile.zoo.layers`, shared with MobileNet v3 and
+MNASNet.
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
-import torch
 from torch import nn
 
-from edgecompile.zoo.layers import ActivationFactory, ConvBnAct, SqueezeExcite, make_divisible
-from edgecompile.zoo.mobilenet_v1 import init_weights
-from edgecompile.zoo.registry import register_model
+from edgecompile.zoo.layers import (
+    ConvBnAct,
+    InvertedResidualSpec,
+    PooledClassifierNet,
+    init_he_normal,
+    inverted_residual_stages,
+    make_divisible,
+)
+from edgecompile.zoo.registry import register_model, width_suffix
 
-__all__ = [
-    "MOBILENET_V2_STAGES",
-    "InvertedResidual",
-    "InvertedResidualSpec",
-    "MobileNetV2",
-    "mobilenet_v2",
-]
-
-
-class InvertedResidualSpec(NamedTuple):
-    """One stage (a row of paper Table 2): ``repeats`` blocks, the first at ``stride``.
-
-    ``kernel`` and ``use_se`` default to MobileNet v2's 3×3 and no squeeze-excite; MNASNet rows set
-    them.
-    """
-
-    expand_ratio: int
-    out_channels: int
-    repeats: int
-    stride: int
-    kernel: int = 3
-    use_se: bool = False
-
-
-class InvertedResidual(nn.Module):
-    """Expand 1×1 → depthwise k×k → (squeeze-excite) → linear 1×1 projection, plus identity skip.
-
-    The projection has no activation: paper §3.2 shows a ReLU in the narrow bottleneck destroys
-    information. The expansion conv is left out when it would not widen (expansion ratio 1), and the
-    skip is used only where input and output shapes agree (stride 1, same channels).
-    """
-
-    def __init__(
-        self,
-        in_channels: int,
-        out_channels: int,
-        *,
-        expanded_channels: int,
-        kernel_size: int = 3,
-        stride: int = 1,
-        act: ActivationFactory = nn.ReLU6,
-        se_channels: int | None = None,
-        se_gate: ActivationFactory = nn.Sigmoid,
-        bn_eps: float = 1e-5,
-        bn_momentum: float = 0.1,
-    ) -> None:
-        super().__init__()
-        if stride not in (1, 2):
-            raise ValueError(f"stride must be 1 or 2, got {stride}")
-        norm = {"bn_eps": bn_eps, "bn_momentum": bn_momentum}
-        layers: list[nn.Module] = []
-        if expanded_channels != in_channels:
-            layers.append(ConvBnAct(in_channels, expanded_channels, 1, act=act, **norm))
-        layers.append(
-            ConvBnAct(
-                expanded_channels,
-                expanded_channels,
-                kernel_size,
-                stride=stride,
-                groups=expanded_channels,
-                act=act,
-                **norm,
-            )
-        )
-        if se_channels:
-            layers.append(SqueezeExcite(expanded_channels, se_channels, act=nn.ReLU, gate=se_gate))
-        layers.append(ConvBnAct(expanded_channels, out_channels, 1, act=None, **norm))
-        self.block = nn.Sequential(*layers)
-        self.in_channels = in_channels
-        self.out_channels = out_channels
-        self.use_residual = stride == 1 and in_channels == out_channels
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.block(x)
-        return x + out if self.use_residual else out
+__all__ = ["MOBILENET_V2_STAGES", "MobileNetV2", "mobilenet_v2"]
 
 
 STEM_CHANNELS = 32
@@ -113,7 +41,7 @@ MOBILENET_V2_STAGES: tuple[InvertedResidualSpec, ...] = (
 )
 
 
-class MobileNetV2(nn.Module):
+class MobileNetV2(PooledClassifierNet):
     """MobileNet v2 at width multiplier ``width``: stem, 17 inverted residuals, 1×1 to 1280."""
 
     def __init__(
@@ -131,31 +59,12 @@ class MobileNetV2(nn.Module):
         channels = make_divisible(STEM_CHANNELS * width, 8)
         # Paper §6.1: the last layer is not thinned for widths below 1, which helps small models.
         last_channels = make_divisible(LAST_CHANNELS * max(1.0, width), 8)
-        blocks: list[nn.Module] = [ConvBnAct(3, channels, 3, stride=2, act=nn.ReLU6)]
-        for stage in stages:
-            out_channels = make_divisible(stage.out_channels * width, 8)
-            for index in range(stage.repeats):
-                blocks.append(
-                    InvertedResidual(
-                        channels,
-                        out_channels,
-                        expanded_channels=channels * stage.expand_ratio,
-                        kernel_size=stage.kernel,
-                        stride=stage.stride if index == 0 else 1,
-                        act=nn.ReLU6,
-                    )
-                )
-                channels = out_channels
-        blocks.append(ConvBnAct(channels, last_channels, 1, act=nn.ReLU6))
-        self.features = nn.Sequential(*blocks)
-        self.num_features = last_channels
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.classifier = nn.Sequential(nn.Dropout(dropout), nn.Linear(last_channels, num_classes))
-        init_weights(self)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.pool(self.features(x))
-        return self.classifier(torch.flatten(x, 1))
+        stem = ConvBnAct(3, channels, 3, stride=2, act=nn.ReLU6)
+        blocks, channels = inverted_residual_stages(channels, stages, width=width, act=nn.ReLU6)
+        last = ConvBnAct(channels, last_channels, 1, act=nn.ReLU6)
+        self.features = nn.Sequential(stem, *blocks, last)
+        self.add_classifier_head(last_channels, num_classes, dropout=dropout)
+        init_he_normal(self, mode="fan_in", linear_std=0.01)
 
 
 def mobilenet_v2(
@@ -168,9 +77,8 @@ def mobilenet_v2(
 def _register_variants() -> None:
     # The widths of paper Fig. 5 and of the authors' released 224-px checkpoints.
     for width in (1.0, 0.35, 0.5, 0.75, 1.3, 1.4):
-        suffix = "" if width == 1.0 else "_x" + f"{width:g}".replace(".", "_")
         register_model(
-            f"mobilenet_v2{suffix}",
+            f"mobilenet_v2{width_suffix(width)}",
             mobilenet_v2,
             family="mobilenet_v2",
             input_size=(224, 224),

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from typing import Literal, NamedTuple
 
-import torch
 from torch import nn
 
 from edgecompile.zoo.layers import (
@@ -20,11 +19,12 @@ from edgecompile.zoo.layers import (
     ConvBnAct,
     HardSigmoid,
     HardSwish,
+    InvertedResidual,
+    PooledClassifierNet,
+    init_he_normal,
     make_divisible,
 )
-from edgecompile.zoo.mobilenet_v1 import init_weights
-from edgecompile.zoo.mobilenet_v2 import InvertedResidual
-from edgecompile.zoo.registry import register_model
+from edgecompile.zoo.registry import register_model, variant_config, width_suffix
 
 __all__ = [
     "MOBILENET_V3_CONFIGS",
@@ -104,7 +104,7 @@ MOBILENET_V3_CONFIGS: dict[str, MobileNetV3Config] = {
 }
 
 
-class MobileNetV3(nn.Module):
+class MobileNetV3(PooledClassifierNet):
     """MobileNet v3: hard-swish stem, bottlenecks, 1×1 to 6× the last width, pooled 2-layer head.
 
     The hidden head layer runs after pooling (paper §5.1, "efficient last stage"), so its cost is a
@@ -150,20 +150,14 @@ class MobileNetV3(nn.Module):
         last_conv_channels = 6 * channels
         layers.append(ConvBnAct(channels, last_conv_channels, 1, act=HS, **_BN))
         self.features = nn.Sequential(*layers)
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        head_channels = scaled(config.head_channels)
-        self.num_features = head_channels
-        self.classifier = nn.Sequential(
-            nn.Linear(last_conv_channels, head_channels),
-            HS(),
-            nn.Dropout(dropout),
-            nn.Linear(head_channels, num_classes),
+        self.add_classifier_head(
+            last_conv_channels,
+            num_classes,
+            dropout=dropout,
+            hidden_features=scaled(config.head_channels),
+            hidden_act=HS,
         )
-        init_weights(self)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.pool(self.features(x))
-        return self.classifier(torch.flatten(x, 1))
+        init_he_normal(self, mode="fan_in", linear_std=0.01)
 
 
 def mobilenet_v3(
@@ -174,11 +168,7 @@ def mobilenet_v3(
     dropout: float = 0.2,
 ) -> MobileNetV3:
     """MobileNet v3 ``size`` ("large", paper Table 1, or "small", Table 2) at ``width``."""
-    try:
-        config = MOBILENET_V3_CONFIGS[size]
-    except KeyError:
-        known = ", ".join(sorted(MOBILENET_V3_CONFIGS))
-        raise ValueError(f"unknown MobileNet v3 size {size!r}; known: {known}") from None
+    config = variant_config(MOBILENET_V3_CONFIGS, size, "MobileNet v3 size")
     return MobileNetV3(config, width=width, num_classes=num_classes, dropout=dropout)
 
 
@@ -201,9 +191,8 @@ def _register_variants() -> None:
     # Paper Table 3 reports both sizes at multipliers 1.0 and 0.75.
     for size, builder in builders.items():
         for width in (1.0, 0.75):
-            suffix = "" if width == 1.0 else "_x" + f"{width:g}".replace(".", "_")
             register_model(
-                f"mobilenet_v3_{size}{suffix}",
+                f"mobilenet_v3_{size}{width_suffix(width)}",
                 builder,
                 family="mobilenet_v3",
                 input_size=(224, 224),

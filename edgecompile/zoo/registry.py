@@ -12,15 +12,17 @@ import fnmatch
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import torch
 from torch import nn
 
-from edgecompile.errors import EdgecompileError
+from edgecompile.errors import EdgecompileError, first_line, last_line
 
 Task = Literal["classification", "segmentation"]
 Builder = Callable[..., nn.Module]
+Key = TypeVar("Key", bound=str)
+Config = TypeVar("Config")
 
 
 @dataclass(frozen=True)
@@ -68,6 +70,20 @@ def register_model(
     )
     _REGISTRY[name] = info
     return info
+
+
+def width_suffix(width: float) -> str:
+    """The name suffix of a width-multiplier variant: ``""`` at 1.0, else ``_x0_75`` for 0.75."""
+    return "" if width == 1.0 else "_x" + f"{width:g}".replace(".", "_")
+
+
+def variant_config(configs: Mapping[Key, Config], key: Key, what: str) -> Config:
+    """``configs[key]``, or a ValueError naming ``what`` (say "SqueezeNet version") and the keys."""
+    try:
+        return configs[key]
+    except KeyError:
+        known = ", ".join(sorted(configs))
+        raise ValueError(f"unknown {what} {key!r}; known: {known}") from None
 
 
 def list_models(pattern: str | None = None, *, family: str | None = None) -> list[str]:
@@ -121,7 +137,7 @@ def load_weights(model: nn.Module, path: str) -> None:
         raise EdgecompileError(f"weights file {path!r} does not exist", "check the path") from None
     except Exception as exc:  # torch raises many types for a corrupt or foreign file
         raise EdgecompileError(
-            f"cannot read weights file {path!r}: {exc}".splitlines()[0],
+            f"cannot read weights file {path!r}: {first_line(exc)}",
             "pass a state_dict saved with torch.save(model.state_dict(), path)",
         ) from None
     if isinstance(checkpoint, dict) and isinstance(checkpoint.get("state_dict"), dict):
@@ -135,7 +151,7 @@ def load_weights(model: nn.Module, path: str) -> None:
         result = model.load_state_dict(checkpoint, strict=False)
     except RuntimeError as exc:  # tensor shape mismatches
         raise EdgecompileError(
-            f"weights file {path!r} does not fit this model: {str(exc).splitlines()[-1].strip()}",
+            f"weights file {path!r} does not fit this model: {last_line(exc)}",
             "use a checkpoint of the same model and variant",
         ) from None
     if result.missing_keys or result.unexpected_keys:

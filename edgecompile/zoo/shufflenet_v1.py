@@ -27,12 +27,17 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from types import MappingProxyType
-from typing import NamedTuple
 
 import torch
 from torch import nn
 
-from edgecompile.zoo.layers import ChannelShuffle, ConvBnAct, make_divisible
+from edgecompile.zoo.layers import (
+    ChannelShuffle,
+    ConvBnAct,
+    StageSpec,
+    make_divisible,
+    shufflenet_stages,
+)
 from edgecompile.zoo.registry import register_model
 
 __all__ = [
@@ -40,33 +45,19 @@ __all__ = [
     "WIDTHS",
     "ShuffleNetV1",
     "ShuffleUnit",
-    "StageSpec",
     "shufflenet_v1",
     "stage_specs",
     "stem_channels",
 ]
 
 
-class StageSpec(NamedTuple):
-    """One row of Table 1: a stage of ``repeats`` units, the first of which has ``stride``."""
-
-    out_channels: int
-    repeats: int
-    stride: int
-
-
-def _stages(stage2: int, stage3: int, stage4: int) -> tuple[StageSpec, ...]:
-    # Table 1's "Repeat" column: 1 + 3, 1 + 7 and 1 + 3 units, each stage opening with stride 2.
-    return (StageSpec(stage2, 4, 2), StageSpec(stage3, 8, 2), StageSpec(stage4, 4, 2))
-
-
 TABLE_1: Mapping[int, tuple[StageSpec, ...]] = MappingProxyType(
     {
-        1: _stages(144, 288, 576),
-        2: _stages(200, 400, 800),
-        3: _stages(240, 480, 960),
-        4: _stages(272, 544, 1088),
-        8: _stages(384, 768, 1536),
+        1: shufflenet_stages(144, 288, 576),
+        2: shufflenet_stages(200, 400, 800),
+        3: shufflenet_stages(240, 480, 960),
+        4: shufflenet_stages(272, 544, 1088),
+        8: shufflenet_stages(384, 768, 1536),
     }
 )
 """Stages 2–4 of ShuffleNet 1× for each group count ``g`` (paper Table 1)."""

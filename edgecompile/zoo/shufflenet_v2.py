@@ -20,7 +20,13 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from edgecompile.zoo.layers import ChannelShuffle, ConvBnAct
+from edgecompile.zoo.layers import (
+    ChannelShuffle,
+    ConvBnAct,
+    DepthwiseSeparable,
+    StageSpec,
+    shufflenet_stages,
+)
 from edgecompile.zoo.registry import register_model
 
 __all__ = [
@@ -28,17 +34,8 @@ __all__ = [
     "ShuffleNetV2",
     "ShuffleNetV2Spec",
     "ShuffleV2Unit",
-    "StageSpec",
     "shufflenet_v2",
 ]
-
-
-class StageSpec(NamedTuple):
-    """One stage row of Table 5: ``repeats`` units, the first of which has ``stride``."""
-
-    out_channels: int
-    repeats: int
-    stride: int
 
 
 class ShuffleNetV2Spec(NamedTuple):
@@ -50,9 +47,7 @@ class ShuffleNetV2Spec(NamedTuple):
 
 
 def _spec(stage2: int, stage3: int, stage4: int, head: int) -> ShuffleNetV2Spec:
-    # Table 5's "Repeat" column: 1 + 3, 1 + 7 and 1 + 3 units, each stage opening with stride 2.
-    stages = (StageSpec(stage2, 4, 2), StageSpec(stage3, 8, 2), StageSpec(stage4, 4, 2))
-    return ShuffleNetV2Spec(24, stages, head)
+    return ShuffleNetV2Spec(24, shufflenet_stages(stage2, stage3, stage4), head)
 
 
 TABLE_5: Mapping[float, ShuffleNetV2Spec] = MappingProxyType(
@@ -91,9 +86,8 @@ class ShuffleV2Unit(nn.Module):
         if stride == 1:
             self.left = nn.Identity()
         else:
-            self.left = nn.Sequential(
-                ConvBnAct(in_channels, in_channels, 3, stride=stride, groups=in_channels, act=None),
-                ConvBnAct(in_channels, branch_channels, 1),
+            self.left = DepthwiseSeparable(
+                in_channels, branch_channels, stride=stride, depthwise_act=None
             )
         right_in = in_channels if stride == 2 else branch_channels
         self.right = nn.Sequential(

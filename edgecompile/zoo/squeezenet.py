@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from edgecompile.zoo.registry import register_model
+from edgecompile.zoo.registry import register_model, variant_config
 
 __all__ = ["Fire", "FireSpec", "SqueezeNet", "SqueezeNetConfig", "squeezenet"]
 
@@ -159,11 +159,7 @@ class SqueezeNet(nn.Module):
 
 def squeezenet(*, version: str = "1_1", num_classes: int = 1000) -> SqueezeNet:
     """SqueezeNet ``version`` ``"1_0"`` (paper Table 1) or ``"1_1"`` (the reference repo's v1.1)."""
-    try:
-        config = SQUEEZENET_CONFIGS[version]
-    except KeyError:
-        known = ", ".join(sorted(SQUEEZENET_CONFIGS))
-        raise ValueError(f"unknown SqueezeNet version {version!r}; known: {known}") from None
+    config = variant_config(SQUEEZENET_CONFIGS, version, "SqueezeNet version")
     return SqueezeNet(config, num_classes=num_classes)
 
 

@@ -15,6 +15,7 @@ from itertools import pairwise
 import torch
 from torch import nn
 
+from edgecompile.zoo.layers import ConvBnAct, init_he_normal
 from edgecompile.zoo.registry import register_model
 
 __all__ = ["SeparableConv2d", "Xception", "XceptionBlock", "XceptionBlockSpec", "xception"]
@@ -92,10 +93,7 @@ class XceptionBlock(nn.Module):
         self.rep = nn.Sequential(*layers)
         self.skip: nn.Module
         if spec.out_channels != in_channels or spec.stride != 1:
-            self.skip = nn.Sequential(
-                nn.Conv2d(in_channels, spec.out_channels, 1, stride=spec.stride, bias=False),
-                nn.BatchNorm2d(spec.out_channels),
-            )
+            self.skip = ConvBnAct(in_channels, spec.out_channels, 1, stride=spec.stride, act=None)
         else:
             self.skip = nn.Identity()
 
@@ -139,15 +137,8 @@ class Xception(nn.Module):
         self.num_features = 2048
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(self.num_features, num_classes)
-        self._init_weights()
-
-    def _init_weights(self) -> None:
-        for module in self.modules():
-            if isinstance(module, nn.Conv2d):
-                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(module, nn.BatchNorm2d):
-                nn.init.ones_(module.weight)
-                nn.init.zeros_(module.bias)
+        # As the reference port: He-normal over fan-out, the classifier left at PyTorch's default.
+        init_he_normal(self, mode="fan_out", linear_std=None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.head(self.blocks(self.stem(x)))

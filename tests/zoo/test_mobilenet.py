@@ -14,10 +14,10 @@ import torch
 from torch import nn
 
 from edgecompile.zoo import get_model, list_models, model_info
-from edgecompile.zoo.layers import SqueezeExcite, make_divisible
+from edgecompile.zoo.layers import InvertedResidual, SqueezeExcite, make_divisible
 from edgecompile.zoo.mnasnet import mnasnet_a1, mnasnet_b1
 from edgecompile.zoo.mobilenet_v1 import mobilenet_v1
-from edgecompile.zoo.mobilenet_v2 import InvertedResidual, mobilenet_v2
+from edgecompile.zoo.mobilenet_v2 import mobilenet_v2
 from edgecompile.zoo.mobilenet_v3 import mobilenet_v3_large, mobilenet_v3_small
 
 

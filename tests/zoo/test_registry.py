@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import ast
 from pathlib import Path
 
 import pytest
 import torch
 
+import edgecompile.zoo
 from edgecompile.errors import EdgecompileError
 from edgecompile.zoo import get_model, list_models, model_info, register_model
 
@@ -92,3 +94,28 @@ def test_bad_weights_are_one_line_errors(tmp_path: Path, content: object, messag
     with pytest.raises(EdgecompileError, match=message) as caught:
         get_model("squeezenet1_1", weights=str(path))
     assert "\n" not in str(caught.value)
+
+
+def _zoo_imports(path: Path) -> set[str]:
+    modules: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            modules.add(node.module)
+        elif isinstance(node, ast.Import):
+            modules.update(alias.name for alias in node.names)
+    return {name for name in modules if name.startswith("edgecompile.zoo")}
+
+
+def test_families_share_blocks_only_through_layers() -> None:
+    # One file per family; a block two families use lives in layers.py, so no family imports
+    # another, and layers.py and registry.py import no zoo module (no import cycles).
+    zoo_dir = Path(edgecompile.zoo.__file__).parent
+    for path in sorted(zoo_dir.glob("*.py")):
+        if path.name == "__init__.py":
+            continue
+        if path.name in ("layers.py", "registry.py"):
+            allowed: set[str] = set()
+        else:
+            allowed = {"edgecompile.zoo.layers", "edgecompile.zoo.registry"}
+        extra = _zoo_imports(path) - allowed
+        assert not extra, f"{path.name} imports {sorted(extra)}"
