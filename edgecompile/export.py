@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from edgecompile._atomic import atomic_file
-from edgecompile.errors import EdgecompileError
+from edgecompile.errors import EdgecompileError, first_line
 from edgecompile.zoo import get_model, model_info
 
 OPSET = 18
@@ -135,7 +135,7 @@ def _call_module_reference(spec: str, *, seed: int) -> nn.Module:
         try:
             module = factory()
         except Exception as exc:  # the user's code: report it, don't crash on it
-            detail = str(exc).splitlines()[0] if str(exc) else ""
+            detail = first_line(exc)
             raise EdgecompileError(
                 f"{spec}() raised {type(exc).__name__}: {detail}",
                 "make the function callable with no arguments",
@@ -161,7 +161,7 @@ def run_torch(model: TorchModel, data: np.ndarray) -> np.ndarray:
     except RuntimeError as exc:
         shape = "x".join(str(d) for d in data.shape[2:])
         raise EdgecompileError(
-            f"{model.name} cannot run at input size {shape}: {str(exc).splitlines()[0]}",
+            f"{model.name} cannot run at input size {shape}: {first_line(exc)}",
             f"use its default size {_default_size(model)} or a multiple of 32 near it",
         ) from None
     if isinstance(out, (tuple, list)):
@@ -232,7 +232,7 @@ def export_onnx(
                 program.save(str(tmp))
         except Exception as exc:  # the exporter raises many types; the first line names the op
             raise EdgecompileError(
-                f"torch.onnx.export failed for {model.name}: {str(exc).splitlines()[0]}",
+                f"torch.onnx.export failed for {model.name}: {first_line(exc)}",
                 "the model uses an op or Python construct the ONNX exporter cannot trace",
             ) from None
         proto = onnx.load(str(tmp))
@@ -292,7 +292,7 @@ def check_static_onnx(proto: onnx.ModelProto, *, source: str) -> None:
         onnx.checker.check_model(proto)
     except onnx.checker.ValidationError as exc:
         raise EdgecompileError(
-            f"{source}: the ONNX model is invalid: {str(exc).splitlines()[0]}",
+            f"{source}: the ONNX model is invalid: {first_line(exc)}",
             "re-export it with a current torch.onnx.export",
         ) from None
     for spec in tensor_specs(proto.graph.input, proto) + tensor_specs(proto.graph.output, proto):

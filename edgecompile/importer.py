@@ -18,7 +18,7 @@ from typing import Any
 
 import onnx
 
-from edgecompile.errors import EdgecompileError
+from edgecompile.errors import EdgecompileError, first_line
 from edgecompile.export import TensorSpec, check_static_onnx, tensor_specs
 
 
@@ -40,7 +40,7 @@ def load_onnx(path: str | Path) -> onnx.ModelProto:
         return onnx.load(str(path))
     except Exception as exc:  # protobuf raises DecodeError and friends
         raise EdgecompileError(
-            f"{str(path)!r} is not an ONNX model: {str(exc).splitlines()[0]}",
+            f"{str(path)!r} is not an ONNX model: {first_line(exc)}",
             "pass a .onnx file written by torch.onnx.export or `edgecompile export`",
         ) from None
 
@@ -97,7 +97,7 @@ def make_static(
         proto = onnx.shape_inference.infer_shapes(proto, strict_mode=False)
     except Exception as exc:  # the optimizer and inference raise assorted types
         raise EdgecompileError(
-            f"{source}: cannot fold the model's shapes: {str(exc).splitlines()[0]}",
+            f"{source}: cannot fold the model's shapes: {first_line(exc)}",
             "export the model with static shapes (torch.onnx.export(..., dynamo=True))",
         ) from None
     return proto

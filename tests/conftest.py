@@ -77,15 +77,97 @@ def build_once(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., object
 
 
 @pytest.fixture(autouse=True, scope="session")
-def private_bench_history(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    """Benches append to a history in the user's cache; the tests' runs must not land there."""
-    previous = os.environ.get("EDGECOMPILE_BENCH_HISTORY")
-    os.environ["EDGECOMPILE_BENCH_HISTORY"] = str(tmp_path_factory.mktemp("bench") / "h.jsonl")
+def private_user_state(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Tests never read or write the user's tuning records or bench history.
+
+    ``build`` applies the records store of ``$EDGECOMPILE_RECORDS`` (else ``~/.cache``) by
+    default, so a machine with records would silently change what "untuned" tests build; and
+    every bench appends to a history there.
+    """
+    private = tmp_path_factory.mktemp("user-state")
+    wanted = {
+        "EDGECOMPILE_RECORDS": str(private / "records"),
+        "EDGECOMPILE_BENCH_HISTORY": str(private / "bench-history.jsonl"),
+    }
+    previous = {name: os.environ.get(name) for name in wanted}
+    os.environ.update(wanted)
     yield
-    if previous is None:
-        os.environ.pop("EDGECOMPILE_BENCH_HISTORY", None)
-    else:
-        os.environ["EDGECOMPILE_BENCH_HISTORY"] = previous
+    for name, value in previous.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+
+
+# --------------------------------------------------------------------------------------------
+# The emulated arm64 board: required in CI, a skip with its reason elsewhere.
+
+#: Set by .ci/run (CI=true is set by CI itself): a missing emulator fails instead of skipping.
+REQUIRE_EMULATOR_ENV = "EDGECOMPILE_REQUIRE_EMULATOR"
+
+
+def emulator_required() -> bool:
+    """In CI the emulator tests must run: a missing board is a failure, never a green skip."""
+    return any(
+        os.environ.get(name, "").lower() in ("1", "true", "yes")
+        for name in ("CI", REQUIRE_EMULATOR_ENV)
+    )
+
+
+def emulator_unavailable(reason: str) -> None:
+    """Fail (in CI) or skip (elsewhere) a test that needs the emulated board, saying why."""
+    if emulator_required():
+        pytest.fail(f"the emulated board is required here ({REQUIRE_EMULATOR_ENV}/CI): {reason}")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def no_emulator() -> Callable[[str], None]:
+    """:func:`emulator_unavailable` (test modules cannot import conftest under importlib mode)."""
+    return emulator_unavailable
+
+
+@pytest.fixture(scope="session")
+def as_root() -> None:
+    """The emulated board needs root (binfmt_misc, chroot)."""
+    if os.geteuid() != 0:
+        emulator_unavailable("the emulated board needs root (binfmt_misc, chroot)")
+
+
+@pytest.fixture(scope="session")
+def rootfs(as_root: None) -> Path:
+    """The cached arm64 rootfs, built on first use (an flock keeps xdist workers from
+    building it twice)."""
+    from edgecompile.device import emulator
+    from edgecompile.errors import EdgecompileError
+
+    try:
+        return emulator.ensure_rootfs(progress=lambda line: print(f"[rootfs] {line}"))
+    except EdgecompileError as error:
+        emulator_unavailable(f"cannot build the emulated board's rootfs: {error}")
+        raise  # unreachable: emulator_unavailable fails or skips
+
+
+# --------------------------------------------------------------------------------------------
+# Scheduling on two cores (pytest-xdist) and time limits (pytest-timeout).
+
+#: Every test of the emulated board (they share one board and one rootfs per worker) runs on
+#: one xdist worker; the others spread over the rest.
+EMULATOR_GROUP = "emulator"
+#: The first emulator test may build the rootfs (~6 min cold) and start the board (~30 s).
+EMULATOR_TIMEOUT_S = 900
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        needs_board = item.get_closest_marker("emulator") is not None or any(
+            name in item.fixturenames for name in ("rootfs", "emulated_board")
+        )
+        if not needs_board:
+            continue
+        item.add_marker(pytest.mark.xdist_group(EMULATOR_GROUP))
+        if item.get_closest_marker("timeout") is None:
+            item.add_marker(pytest.mark.timeout(EMULATOR_TIMEOUT_S))
 
 
 @pytest.fixture()

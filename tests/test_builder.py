@@ -354,11 +354,28 @@ def test_pack_artifact_holds_library_and_manifest(build_once: Build, tmp_path: P
     assert leftovers(tmp_path) == []
 
 
-# --- the full matrix ----------------------------------------------------------------------------
+# --- the model matrix ---------------------------------------------------------------------------
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("name", list_models())
+def family_representatives() -> set[str]:
+    """One model per zoo family (its first in registry order): the slice of the model matrix
+    every run builds; the rest of the matrix is ``pytest -m slow``."""
+    first: dict[str, str] = {}
+    for name in list_models():
+        first.setdefault(model_info(name).family, name)
+    return set(first.values())
+
+
+MATRIX_SLICE = family_representatives()
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        pytest.param(name, marks=() if name in MATRIX_SLICE else pytest.mark.slow)
+        for name in list_models()
+    ],
+)
 def test_every_zoo_model_builds_for_host_and_rpi4(name: str, tmp_path: Path) -> None:
     # Export once (checked against torch), then build that ONNX for both boards: the same
     # pipeline as build(name, ...) minus a second export.

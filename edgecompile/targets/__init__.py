@@ -18,7 +18,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from edgecompile.errors import EdgecompileError
+from edgecompile.errors import EdgecompileError, first_line
 
 PRESETS_FILE = Path(__file__).with_name("presets.toml")
 HOST = "host"
@@ -243,7 +243,6 @@ def _check_tvm_accepts(preset: BoardPreset) -> None:
         preset.tvm_target()
     except Exception as exc:  # TVM raises its own error types for a bad target
         raise EdgecompileError(
-            f"TVM rejects target {dict(preset.target)} ({preset.source}): "
-            f"{str(exc).splitlines()[0]}",
+            f"TVM rejects target {dict(preset.target)} ({preset.source}): {first_line(exc)}",
             "see `edgecompile targets --json` for working examples",
         ) from None
