@@ -34,6 +34,7 @@ from edgecompile.builder import BuildResult, artifact_name
 from edgecompile.errors import EdgecompileError
 from edgecompile.export import export_onnx, load_torch_model, relative_error
 from edgecompile.runner import run
+from edgecompile.schedules import assert_no_missed_schedules
 from edgecompile.targets import resolve_target
 from edgecompile.toolchain import Toolchain
 from edgecompile.zoo import get_model, list_models, model_info
@@ -389,5 +390,8 @@ def test_every_zoo_model_builds_for_host_and_rpi4(name: str, tmp_path: Path) -> 
         assert host.max_relative_error <= TOLERANCE
         assert elf_info(host.artifact.library).arch == resolve_target("host").arch
         assert elf_info(board.artifact.library) == ElfInfo("aarch64", 64)
+        # Every op one of our rules claims got our schedule on both architectures.
+        assert_no_missed_schedules(host.artifact.manifest.schedules, f"{name} for host")
+        assert_no_missed_schedules(board.artifact.manifest.schedules, f"{name} for rpi4")
     finally:
         shutil.rmtree(tmp_path, ignore_errors=True)  # 144 libraries add up

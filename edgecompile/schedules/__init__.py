@@ -9,12 +9,22 @@ alike; everything else keeps TVM's default lowering. Entry points:
 - :func:`optimize` — the Relax pipeline alone, to inspect the scheduled PrimFuncs;
 - :func:`relax_pipeline` — the pipeline as a pass, for ``tvm.compile(..., relax_pipeline=...)``;
 - :mod:`edgecompile.schedules.user` — schedules of your own (``build --schedules DIR``), tried
-  before ours.
+  before ours;
+- :func:`missed_schedules` / :func:`assert_no_missed_schedules` — from a manifest's per-op
+  records, the ops a rule of ours should have scheduled that went to TVM's default lowering.
+
+Modules, one job each: ``pipeline`` (the Relax pipeline and the per-op report), ``layout`` (the
+NCHW[x]c rewrite of ``main``), ``plan`` (what the rewrite decides per op), ``patterns`` (frontend
+idioms it recognises), ``channels`` (lane orders), ``packing`` (weights packed in numpy),
+``compute`` (the blocked TE computes), ``rules`` (their TIR schedules), ``user`` (user rules),
+``analysis`` (read-only IR queries shared by all of them), ``coverage`` (the fallback check),
+``cpu`` (what the target's CPU offers), ``tir`` (the TIR lowering).
 """
 
 from __future__ import annotations
 
 from edgecompile.schedules.compute import DENSE, DEPTHWISE, GROUPED, MATMUL, POINTWISE, POOL
+from edgecompile.schedules.coverage import assert_no_missed_schedules, missed_schedules
 from edgecompile.schedules.cpu import CpuInfo, cpu_info
 from edgecompile.schedules.pipeline import (
     TVM_DEFAULT,
@@ -35,8 +45,10 @@ __all__ = [
     "TVM_DEFAULT",
     "CpuInfo",
     "ScheduleReport",
+    "assert_no_missed_schedules",
     "compile_relax",
     "cpu_info",
+    "missed_schedules",
     "optimize",
     "relax_pipeline",
     "schedule_records",

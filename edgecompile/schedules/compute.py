@@ -27,6 +27,8 @@ POOL = "edgecompile.pool_nchwc"
 BLOCKS_PER_ROW_ATTR = "edgecompile.blocks_per_row"
 #: Output values per vector of the packed matmul (its weight's innermost axis).
 VECTOR_LANES_ATTR = "edgecompile.vector_lanes"
+#: Relax's ``OpPatternKind::kOpaque``, as the ``op_pattern`` of a PrimFunc FuseOps must not fuse.
+OPAQUE_PATTERN = 8
 
 
 def ceil_div(value: int, divisor: int) -> int:
@@ -154,7 +156,7 @@ def depthwise_nchwc(
     ``padding`` is ``(top, left, bottom, right)``; the padding stage is a separate block that
     the schedule inlines into the convolution as predicated loads.
     """
-    from tvm import te, tirx
+    from tvm import te
 
     batch, blocks, height, width, block = (int(d) for d in data.shape)
     kernel_h, kernel_w = int(weight.shape[1]), int(weight.shape[2])
@@ -164,15 +166,7 @@ def depthwise_nchwc(
     padded_h, padded_w = height + top + bottom, width + left + right
     out_h = (padded_h - dilation_h * (kernel_h - 1) - 1) // stride_h + 1
     out_w = (padded_w - dilation_w * (kernel_w - 1) - 1) // stride_w + 1
-    source = data
-    if top or left or bottom or right:
-        zero = tirx.const(0, data.dtype)
-
-        def padded(n: Any, cb: Any, h: Any, w: Any, c: Any) -> Any:
-            inside = tirx.all(h >= top, h < top + height, w >= left, w < left + width)
-            return tirx.if_then_else(inside, data[n, cb, h - top, w - left, c], zero)
-
-        source = te.compute((batch, blocks, padded_h, padded_w, block), padded, name="pad_nchwc")
+    source = _padded(data, padding)
     kh = te.reduce_axis((0, kernel_h), "kh")
     kw = te.reduce_axis((0, kernel_w), "kw")
     return te.compute(
@@ -187,9 +181,10 @@ def depthwise_nchwc(
     )
 
 
-def _padded(data: Any, padding: Sequence[int]) -> Any:
-    """``data`` (NCHW or NCHW[x]c) zero-padded spatially as a separate stage the schedule inlines
-    (named ``pad_*`` so the rule finds it)."""
+def _padded(data: Any, padding: Sequence[int], fill: Any = None) -> Any:
+    """``data`` (NCHW or NCHW[x]c) padded spatially with ``fill`` (zero by default) as a
+    separate stage the schedule inlines (named ``pad_*`` so the rule finds it); ``padding`` is
+    ``(top, left, bottom, right)``."""
     from tvm import te, tirx
 
     top, left, bottom, right = (int(p) for p in padding)
@@ -199,13 +194,22 @@ def _padded(data: Any, padding: Sequence[int]) -> Any:
     height, width = shape[2], shape[3]
     shape[2] += top + bottom
     shape[3] += left + right
-    zero = tirx.const(0, data.dtype)
+    fill = tirx.const(0, data.dtype) if fill is None else fill
 
-    def element(n: Any, c: Any, h: Any, w: Any, *lane: Any) -> Any:
-        inside = tirx.all(h >= top, h < top + height, w >= left, w < left + width)
-        return tirx.if_then_else(inside, data[(n, c, h - top, w - left, *lane)], zero)
+    def inside(h: Any, w: Any) -> Any:
+        return tirx.all(h >= top, h < top + height, w >= left, w < left + width)
 
-    return te.compute(shape, element, name="pad_nchwc" if len(shape) == 5 else "pad_nchw")
+    if len(shape) == 5:
+
+        def blocked(n: Any, cb: Any, h: Any, w: Any, c: Any) -> Any:
+            return tirx.if_then_else(inside(h, w), data[n, cb, h - top, w - left, c], fill)
+
+        return te.compute(shape, blocked, name="pad_nchwc")
+
+    def plain(n: Any, c: Any, h: Any, w: Any) -> Any:
+        return tirx.if_then_else(inside(h, w), data[n, c, h - top, w - left], fill)
+
+    return te.compute(shape, plain, name="pad_nchw")
 
 
 class AffineLanes(NamedTuple):
@@ -437,15 +441,7 @@ def pool_nchwc(
     bottom = max(bottom, (out_h - 1) * stride_h + kernel_h - height - top)
     right = max(right, (out_w - 1) * stride_w + kernel_w - width - left)
     fill = tirx.min_value(data.dtype) if kind == "max" else tirx.const(0, data.dtype)
-    source = data
-    if top or left or bottom or right:
-
-        def padded(n: Any, cb: Any, h: Any, w: Any, c: Any) -> Any:
-            inside = tirx.all(h >= top, h < top + height, w >= left, w < left + width)
-            return tirx.if_then_else(inside, data[n, cb, h - top, w - left, c], fill)
-
-        shape = (batch, blocks, height + top + bottom, width + left + right, block)
-        source = te.compute(shape, padded, name="pad_nchwc")
+    source = _padded(data, (top, left, bottom, right), fill)
     kh = te.reduce_axis((0, kernel_h), "kh")
     kw = te.reduce_axis((0, kernel_w), "kw")
     reducer = te.max if kind == "max" else te.sum
@@ -528,4 +524,7 @@ def concat_permute(
     ):
         body = tirx.For(var, tirx.const(0, index), tirx.const(extent, index), kind, body)
     func = tirx.PrimFunc([*parts, out], body)
-    return func.with_attr({"tirx.noalias": True})
+    # Opaque to FuseOps: with no root block it cannot be fused (FuseTIR refuses), and TVM's
+    # own analysis calls it elementwise, which let ESPNet v2's concat of a residual sum and
+    # its operand join the sum's group and fail the whole pipeline.
+    return func.with_attr({"tirx.noalias": True, "op_pattern": OPAQUE_PATTERN})

@@ -26,14 +26,16 @@ from __future__ import annotations
 
 import contextlib
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from edgecompile.errors import EdgecompileError
+from edgecompile.errors import EdgecompileError, last_line
+from edgecompile.schedules.analysis import has_main, prim_funcs, root_children, sblocks
 from edgecompile.schedules.compute import OP_INDEX_ATTR
-from edgecompile.schedules.cpu import CpuInfo, cpu_info
-from edgecompile.schedules.layout import CONV2D, LayoutLog, make_mutator
+from edgecompile.schedules.cpu import cpu_info
+from edgecompile.schedules.layout import blocked_layout
+from edgecompile.schedules.plan import LayoutLog
 from edgecompile.schedules.rules import (
     SCHEDULED_BY_ATTR,
     DepthwiseNCHWc,
@@ -69,41 +71,6 @@ class ScheduleReport:
         return self.schedules.applied.get(op_index, TVM_DEFAULT)
 
 
-def conv_indices(module: Any) -> dict[Any, int]:
-    """Binding var of each conv2d in ``main`` → its index among ``heavy_ops(module)``."""
-    from tvm import relax
-
-    from edgecompile.importer import heavy_ops
-
-    if "main" not in [gv.name_hint for gv in module.get_global_vars()]:
-        return {}
-    conv_entries = [op["index"] for op in heavy_ops(module) if op["op"] == "conv2d"]
-    conv_vars = [
-        binding.var
-        for block in module["main"].body.blocks
-        for binding in block.bindings
-        if isinstance(binding.value, relax.Call) and getattr(binding.value.op, "name", "") == CONV2D
-    ]
-    return dict(zip(conv_vars, conv_entries, strict=True))
-
-
-def blocked_layout(cpu: CpuInfo, log: LayoutLog) -> Any:
-    """The layout pass over ``main`` (see :mod:`edgecompile.schedules.layout`)."""
-    import tvm
-
-    @tvm.transform.module_pass(opt_level=0, name="edgecompile.BlockedLayout")
-    def transform(module: Any, _context: Any) -> Any:
-        indices = conv_indices(module)
-        if not indices:
-            return module
-        mutator = make_mutator()(module, cpu, indices, log)
-        main = module.get_global_var("main")
-        mutator.builder_.update_func(main, mutator.visit_expr(module[main]))
-        return mutator.builder_.get()
-
-    return transform
-
-
 def fusion_passes(target: Any, report: ScheduleReport) -> list[Any]:
     """Layout, legalization and fusion: the module whose fused PrimFuncs get scheduled.
 
@@ -133,8 +100,7 @@ def note_heavy_ops(report: ScheduleReport) -> Any:
 
     @tvm.transform.module_pass(opt_level=0, name="edgecompile.NoteHeavyOps")
     def transform(module: Any, _context: Any) -> Any:
-        names = [gv.name_hint for gv in module.get_global_vars()]
-        report.heavy_op_kinds = [op["op"] for op in heavy_ops(module)] if "main" in names else []
+        report.heavy_op_kinds = [op["op"] for op in heavy_ops(module)] if has_main(module) else []
         return module
 
     return transform
@@ -162,7 +128,7 @@ def _claim_lowered_kernels(module: Any, report: ScheduleReport) -> None:
         kind: [i for i, k in enumerate(report.heavy_op_kinds) if k == kind and i not in claimed]
         for kind in _KERNEL_NAME_PATTERNS
     }
-    if "main" not in [gv.name_hint for gv in module.get_global_vars()]:
+    if not has_main(module):
         return
     for block in module["main"].body.blocks:
         for binding in block.bindings:
@@ -186,18 +152,14 @@ def detach_op_indices(report: ScheduleReport) -> Any:
     never reuse one model's records for the same layer in another.
     """
     import tvm
-    from tvm import s_tir, tirx
 
     @tvm.transform.module_pass(opt_level=0, name="edgecompile.DetachOpIndices")
     def transform(module: Any, _context: Any) -> Any:
-        for gvar, func in list(module.functions_items()):
-            if not isinstance(func, tirx.PrimFunc):
+        for gvar, func in prim_funcs(module):
+            found = root_children(func)
+            if found is None:  # no root block: not made by LegalizeOps, holds none of our convs
                 continue
-            try:
-                sch = s_tir.Schedule(func)
-                blocks = sch.get_child_blocks(sch.get_sblock("root"))
-            except Exception:  # no root block: not made by LegalizeOps, holds none of our convs
-                continue
+            sch, blocks = found
             tagged = [b for b in blocks if OP_INDEX_ATTR in sch.get(b).annotations]
             for block in tagged:
                 report.kernel_ops[gvar.name_hint] = int(sch.get(block).annotations[OP_INDEX_ATTR])
@@ -220,7 +182,6 @@ def apply_schedule_rules(report: ScheduleReport, extra_rules: Sequence[Any] = ()
     the layer our schedule); one of ours that fails leaves TVM's default, as before.
     """
     import tvm
-    from tvm import tirx
 
     from edgecompile.schedules.user import UserRule
 
@@ -230,9 +191,7 @@ def apply_schedule_rules(report: ScheduleReport, extra_rules: Sequence[Any] = ()
     def transform(module: Any, _context: Any) -> Any:
         target = tvm.target.Target.current(allow_none=False)
         log = report.schedules
-        for gvar, func in list(module.functions_items()):
-            if not isinstance(func, tirx.PrimFunc):
-                continue
+        for gvar, func in prim_funcs(module):
             index = report.kernel_ops.get(gvar.name_hint)
             if bool(func.attrs.get("tirx.is_scheduled", False)):
                 report.kernels_from_records.append(gvar.name_hint)
@@ -271,7 +230,7 @@ def _record_schedule_name(func: Any) -> str:
     (the search starts from our schedules and TVM's default, and keeps their marks)."""
     names = [
         str(block.annotations[SCHEDULED_BY_ATTR])
-        for block in _blocks(func.body)
+        for block in sblocks(func.body)
         if SCHEDULED_BY_ATTR in block.annotations
     ]
     return f"{TUNED} from {names[0]}" if names else TUNED
@@ -396,7 +355,7 @@ def compile_relax(
                 raise report.user_error from None
             if report.user_kernels:
                 raise _user_schedules_broke(report, extra_rules, exc) from None
-            reason = f"edgecompile pipeline failed: {_last_line(exc)}"
+            reason = f"edgecompile pipeline failed: {last_line(exc)}"
         else:
             return executable, schedule_records(module, report)
         records = [{**record, "fallback": reason} for record in schedule_records(module)]
@@ -415,31 +374,10 @@ def _user_schedules_broke(
     files = sorted({rule.source for rule in user_rules(extra_rules) if rule.schedule_name in ran})
     return EdgecompileError(
         f"compiling failed after user schedule(s) {', '.join(sorted(ran))} ran "
-        f"({', '.join(files)}): {_last_line(exc)}",
+        f"({', '.join(files)}): {last_line(exc)}",
         "check that the schedule keeps a valid PrimFunc (try it on the kernel with "
         "edgecompile.schedules.optimize), or drop --schedules",
     )
-
-
-def _blocks(stmt: Any) -> Iterator[Any]:
-    """Every SBlock under ``stmt`` (TVM 0.27 has no Python post-order visitor for TIR)."""
-    from tvm.s_tir import SBlock
-
-    if stmt is None:
-        return
-    if isinstance(stmt, SBlock):
-        yield stmt
-    for child_field in ("block", "body", "init", "then_case", "else_case"):
-        child = getattr(stmt, child_field, None)
-        if child is not None and hasattr(child, "same_as"):
-            yield from _blocks(child)
-    for child in getattr(stmt, "seq", None) or ():
-        yield from _blocks(child)
-
-
-def _last_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[-1] if lines else type(exc).__name__
 
 
 def schedule_records(module: Any, report: ScheduleReport | None = None) -> list[dict[str, Any]]:

@@ -21,7 +21,9 @@ from typing import Any
 from tvm import s_tir, tirx
 from tvm.s_tir.dlight import ScheduleRule
 
+from edgecompile.errors import last_line
 from edgecompile.schedules import compute
+from edgecompile.schedules.analysis import child_blocks, has_root_block
 from edgecompile.schedules.cpu import CpuInfo, cpu_info
 
 SCHEDULED_ATTR = "edgecompile.schedule"
@@ -151,18 +153,10 @@ def find_block(sch: Any, schedule: str) -> Any | None:
     """The block our compute tagged ``schedule``, if the PrimFunc holds exactly one."""
     found = [
         block
-        for block in sch.get_child_blocks(sch.get_sblock("root"))
+        for block in child_blocks(sch)
         if str(sch.get(block).annotations.get(compute.SCHEDULE_ATTR, "")) == schedule
     ]
     return found[0] if len(found) == 1 else None
-
-
-def _has_root(func: Any) -> bool:
-    try:
-        s_tir.Schedule(func).get_sblock("root")
-    except Exception:  # no root block: not a TE-made function, not ours
-        return False
-    return True
 
 
 def inline_epilogue_intermediates(sch: Any, conv: Any) -> None:
@@ -253,28 +247,60 @@ def _written_shape(sch: Any, block: Any) -> list[int]:
     return [int(d) for d in sch.get(block).writes[0].source.shape]
 
 
+def register_tile(
+    sch: Any,
+    block: Any,
+    tile_loop: Any,
+    vector_loop: Any,
+    unrolled: tuple[Any, ...],
+    cpu: CpuInfo,
+    *,
+    inline_intermediates: bool = True,
+) -> Any:
+    """Accumulate ``block`` in a register tile written back at ``tile_loop``, the epilogue
+    inlined into the write-back (its intermediates first, unless ``inline_intermediates`` is
+    off), ``vector_loop`` vectorized and the ``unrolled`` loops unrolled. Returns the
+    write-back block: its lane loop is vectorized last (:func:`_vectorize_tile_loops`), once
+    the reduction is decomposed."""
+    if inline_intermediates:
+        inline_epilogue_intermediates(sch, block)
+    writeback = sch.cache_write(block, 0, "local")
+    sch.reverse_compute_at(writeback, tile_loop)
+    inline_epilogue(sch, writeback, tile_loop, cpu.lanes)
+    sch.vectorize(vector_loop)
+    for loop in unrolled:
+        sch.unroll(loop)
+    return writeback
+
+
 class ScheduleFailed(Exception):
     """A rule recognised its block but a schedule primitive refused it; the reason is the text."""
 
 
-class _ConvRule(ScheduleRule):
-    """Shared plumbing: find our block and schedule it.
-
-    :meth:`try_schedule` tells "not mine" (None) from "mine but it failed"
-    (:class:`ScheduleFailed`), so the pipeline can report both per op; :meth:`apply` is the
+class TriesSchedule(ScheduleRule):
+    """A dlight rule whose :meth:`try_schedule` tells "not mine" (None) from "mine but it
+    failed" (:class:`ScheduleFailed`), so the pipeline can report both per op; ``apply`` is the
     plain dlight interface (failure = None), for MetaSchedule and for use outside our pipeline.
-    """
+    Ours and the user's rules (:class:`~edgecompile.schedules.user.UserRule`) share it."""
 
-    schedule_name = ""
+    def try_schedule(self, func: Any, target: Any) -> Any | None:
+        raise NotImplementedError
 
-    def apply(self, func: Any, target: Any, tunable: bool) -> Any:
+    def apply(self, func: Any, target: Any, tunable: bool) -> Any | None:
         try:
             return self.try_schedule(func, target)
         except ScheduleFailed:
             return None
 
+
+class _ConvRule(TriesSchedule):
+    """Shared plumbing: find the block our compute tagged with this rule's name, schedule it,
+    mark it (a :class:`ScheduleFailed` when a primitive refuses)."""
+
+    schedule_name = ""
+
     def try_schedule(self, func: Any, target: Any) -> Any:
-        if not isinstance(func, tirx.PrimFunc) or not _has_root(func):
+        if not isinstance(func, tirx.PrimFunc) or not has_root_block(func):
             return None
         sch = s_tir.Schedule(func)
         block = find_block(sch, self.schedule_name)
@@ -283,8 +309,7 @@ class _ConvRule(ScheduleRule):
         try:
             self.schedule(sch, block, target_cpu(target))
         except Exception as exc:  # a schedule primitive refused: keep TVM's default, say so
-            last = str(exc).strip().splitlines()
-            raise ScheduleFailed(f"{type(exc).__name__}: {last[-1] if last else ''}") from None
+            raise ScheduleFailed(f"{type(exc).__name__}: {last_line(str(exc))}") from None
         sch.annotate(block, SCHEDULED_BY_ATTR, self.schedule_name)
         sch.mod["main"] = sch.mod["main"].with_attr(SCHEDULED_ATTR, self.schedule_name)
         return sch
@@ -339,13 +364,7 @@ class PointwiseNCHWc(_TiledConvRule):
         )
         outer = (n, cob_o, h, pix_o) if order == WEIGHTS_STAY else (n, h, pix_o, cob_o)
         sch.reorder(*outer, cib, ci_o, ci_i, pix_i, cob_i, co)
-        inline_epilogue_intermediates(sch, block)
-        writeback = sch.cache_write(block, 0, "local")
-        sch.reverse_compute_at(writeback, outer[-1])
-        inline_epilogue(sch, writeback, outer[-1], cpu.lanes)
-        sch.vectorize(co)
-        for loop in (ci_i, pix_i, cob_i):
-            sch.unroll(loop)
+        writeback = register_tile(sch, block, outer[-1], co, (ci_i, pix_i, cob_i), cpu)
         sch.parallel(sch.fuse(*outer))
         # Decomposing last: vectorize/parallel refuse a reduction whose init was split off.
         sch.decompose_reduction(block, cib)
@@ -366,23 +385,31 @@ def _row_tile(sch: Any, block: Any, cpu: CpuInfo) -> tuple[Any, ...]:
     return n, cb, h, w_o, w_i, c, kh, kw
 
 
-class DepthwiseNCHWc(_ConvRule):
-    """Depthwise: a row of ``w`` output columns × one channel block, padding inlined."""
+class _RowTileRule(_ConvRule):
+    """A window op (depthwise conv, pool) on one tile of output columns of a row × one channel
+    block, the lanes vectorized, parallel over batch × channel blocks × rows."""
 
-    schedule_name = compute.DEPTHWISE
+    #: Inline the epilogue's intermediate blocks first (:func:`inline_epilogue_intermediates`);
+    #: the pool rule leaves its epilogue's blocks as they are.
+    inline_intermediates = True
+    #: Unroll the window's columns too, not only the tile's; the pool rule does not.
+    unroll_window = True
 
     def schedule(self, sch: Any, block: Any, cpu: CpuInfo) -> None:
         n, cb, h, w_o, w_i, c, kh, kw = _row_tile(sch, block, cpu)
-        inline_epilogue_intermediates(sch, block)
-        writeback = sch.cache_write(block, 0, "local")
-        sch.reverse_compute_at(writeback, w_o)
-        inline_epilogue(sch, writeback, w_o, cpu.lanes)
-        sch.vectorize(c)
-        sch.unroll(w_i)
-        sch.unroll(kw)
+        unrolled = (w_i, kw) if self.unroll_window else (w_i,)
+        writeback = register_tile(
+            sch, block, w_o, c, unrolled, cpu, inline_intermediates=self.inline_intermediates
+        )
         sch.parallel(sch.fuse(n, cb, h))
         sch.decompose_reduction(block, kh)
         _vectorize_tile_loops(sch, writeback)
+
+
+class DepthwiseNCHWc(_RowTileRule):
+    """Depthwise: a row of ``w`` output columns × one channel block, padding inlined."""
+
+    schedule_name = compute.DEPTHWISE
 
 
 def _vectorize_tile_loops(sch: Any, block: Any) -> None:
@@ -421,13 +448,7 @@ class _GatherConvRule(_TiledConvRule):
         r_o, r_i = sch.split(r, [None, reduction_unroll(int(sch.get(r).extent))])
         tiles = (n, cob_o, h, pix_o) if order == WEIGHTS_STAY else (n, h, pix_o, cob_o)
         sch.reorder(*tiles, r_o, kh, kw, r_i, pix_i, cob_i, co)
-        inline_epilogue_intermediates(sch, block)
-        writeback = sch.cache_write(block, 0, "local")
-        sch.reverse_compute_at(writeback, tiles[-1])
-        inline_epilogue(sch, writeback, tiles[-1], cpu.lanes)
-        sch.vectorize(co)
-        for loop in (r_i, pix_i, cob_i):
-            sch.unroll(loop)
+        writeback = register_tile(sch, block, tiles[-1], co, (r_i, pix_i, cob_i), cpu)
         outer = sch.fuse(*tiles)
         sch.parallel(outer)
         for pad in pads:
@@ -498,30 +519,18 @@ class PackedMatmul(_ConvRule):
         tile_o, tile_i = sch.split(j_o, [None, accumulators])
         k_o, k_i = sch.split(k, [None, reduction_unroll(int(sch.get(k).extent))])
         sch.reorder(n, tile_o, k_o, k_i, tile_i, j_i)
-        writeback = sch.cache_write(block, 0, "local")
-        sch.reverse_compute_at(writeback, tile_o)
-        inline_epilogue(sch, writeback, tile_o, cpu.lanes)
-        sch.vectorize(j_i)
-        sch.unroll(k_i)
-        sch.unroll(tile_i)
+        writeback = register_tile(
+            sch, block, tile_o, j_i, (k_i, tile_i), cpu, inline_intermediates=False
+        )
         sch.parallel(sch.fuse(n, tile_o))
         sch.decompose_reduction(block, k_o)
         _vectorize_tile_loops(sch, writeback)
 
 
-class PoolNCHWc(_ConvRule):
+class PoolNCHWc(_RowTileRule):
     """Max/average pooling: a row of output columns × one channel block per tile, like
     depthwise without weights; padding inlined, the average's division in the write-back."""
 
     schedule_name = compute.POOL
-
-    def schedule(self, sch: Any, block: Any, cpu: CpuInfo) -> None:
-        n, cb, h, w_o, w_i, c, kh, _kw = _row_tile(sch, block, cpu)
-        writeback = sch.cache_write(block, 0, "local")
-        sch.reverse_compute_at(writeback, w_o)
-        inline_epilogue(sch, writeback, w_o, cpu.lanes)
-        sch.vectorize(c)
-        sch.unroll(w_i)
-        sch.parallel(sch.fuse(n, cb, h))
-        sch.decompose_reduction(block, kh)
-        _vectorize_tile_loops(sch, writeback)
+    inline_intermediates = False
+    unroll_window = False

@@ -37,8 +37,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from edgecompile.errors import EdgecompileError
-from edgecompile.schedules.rules import SCHEDULED_ATTR, SCHEDULED_BY_ATTR, ScheduleFailed
+from edgecompile.errors import EdgecompileError, last_line
+from edgecompile.schedules.analysis import root_block
+from edgecompile.schedules.rules import (
+    SCHEDULED_ATTR,
+    SCHEDULED_BY_ATTR,
+    ScheduleFailed,
+    TriesSchedule,
+)
 
 __all__ = [
     "USER_PREFIX",
@@ -64,8 +70,9 @@ _T = TypeVar("_T")
 
 
 @dataclass(frozen=True)
-class UserRule:
-    """One registered user schedule, in the protocol the pipeline tries rules with."""
+class UserRule(TriesSchedule):
+    """One registered user schedule, in the protocol the pipeline tries rules with (and, as
+    ours, a dlight rule: ``apply`` is ``try_schedule`` with failure as None)."""
 
     name: str
     #: The file that registered it ("<python>" for a rule passed in from Python).
@@ -95,7 +102,7 @@ class UserRule:
         except Exception as exc:
             raise EdgecompileError(
                 f"{self.label} raised {type(exc).__name__} at {_where(exc, self.source)}: "
-                f"{_last_line(exc)}",
+                f"{last_line(exc)}",
                 "fix the rule; raise ScheduleFailed to hand the kernel on to our schedules",
             ) from None
         if sch is None:
@@ -107,13 +114,6 @@ class UserRule:
             )
         _mark(sch, self.schedule_name)
         return sch
-
-    def apply(self, func: Any, target: Any, tunable: bool) -> Any | None:
-        """dlight's ``ScheduleRule.apply``: failure is None (for use outside our pipeline)."""
-        try:
-            return self.try_schedule(func, target)
-        except ScheduleFailed:
-            return None
 
 
 @dataclass(frozen=True)
@@ -263,7 +263,7 @@ def _run_file(file: Path, source: bytes) -> list[UserRule]:
         sys.modules.pop(name, None)
         raise EdgecompileError(
             f"cannot load user schedules {file}: {type(exc).__name__} at "
-            f"{_where(exc, str(file))}: {_last_line(exc)}",
+            f"{_where(exc, str(file))}: {last_line(exc)}",
             "fix the file, or remove it from the schedules directory",
         ) from None
     return registered
@@ -282,8 +282,11 @@ def _mark(sch: Any, schedule_name: str) -> None:
     """Mark the scheduled PrimFunc as ours are marked, so tests, benchmarks and tuning records
     (which keep block annotations) can tell who scheduled it. Best effort: a user schedule that
     removed the root block still counts."""
+    root = root_block(sch)
+    if root is None:
+        return
     with contextlib.suppress(Exception):
-        sch.annotate(sch.get_sblock("root"), SCHEDULED_BY_ATTR, schedule_name)
+        sch.annotate(root, SCHEDULED_BY_ATTR, schedule_name)
         sch.mod["main"] = sch.mod["main"].with_attr(SCHEDULED_ATTR, schedule_name)
 
 
@@ -293,11 +296,6 @@ def _where(exc: BaseException, source: str) -> str:
         return f"{Path(source).name}:{exc.lineno}"
     frames = [f for f in traceback.extract_tb(exc.__traceback__) if f.filename == source]
     return f"{Path(source).name}:{frames[-1].lineno}" if frames else Path(source).name
-
-
-def _last_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[-1].strip() if lines else "(no message)"
 
 
 def user_rules(extra: Sequence[Any]) -> list[UserRule]:

@@ -21,7 +21,6 @@ import torch.nn.functional as F
 import tvm
 from tvm import relax, tirx
 
-from edgecompile.errors import EdgecompileError
 from edgecompile.export import relative_error
 from edgecompile.importer import RelaxModel, import_onnx
 from edgecompile.schedules import (
@@ -37,8 +36,8 @@ from edgecompile.schedules import (
     optimize,
     rules,
 )
+from edgecompile.schedules.channels import ChannelOrder, split_order, unshuffled
 from edgecompile.schedules.compute import AffineLanes, affine_lanes
-from edgecompile.schedules.layout import ChannelOrder, split_order, unshuffled
 from edgecompile.schedules.tir import register_tir_pipeline
 from edgecompile.targets import resolve_target
 
@@ -833,8 +832,8 @@ def test_max_pool_floor_and_ceil_mode(
 def test_clip_bounds_are_folded_by_the_layout_pass(tmp_path: Path, host_target: Any) -> None:
     """ONNX's ``where(isnan(b), ∓inf, b)`` around each ReLU6 bound is folded in numpy, so
     FoldConstant does not compile (~25 ms each, ~140 in MobileNetV2) and run it."""
-    from edgecompile.schedules.layout import LayoutLog
-    from edgecompile.schedules.pipeline import blocked_layout
+    from edgecompile.schedules.layout import blocked_layout
+    from edgecompile.schedules.plan import LayoutLog
 
     module = import_network(inverted_residual(), tmp_path).module
     ops: list[str] = []
@@ -984,26 +983,8 @@ def test_rpi4_shuffle_unit_compiles(tmp_path: Path) -> None:
     assert executable is not None
 
 
-def _cached_rootfs() -> Path:
-    """The emulated board's rootfs if it is already built (building it takes minutes)."""
-    import os
-
-    from edgecompile.device import emulator
-
-    if os.geteuid() != 0:
-        pytest.skip("the emulated board needs root")
-    path = emulator.rootfs_path()
-    if not (path / emulator.MARKER).is_file():
-        pytest.skip("the emulated board's rootfs is not built (see tests/device)")
-    try:
-        return emulator.ensure_rootfs()
-    except EdgecompileError as error:
-        pytest.skip(f"emulated board unavailable: {error}")
-
-
 @pytest.mark.emulator
-def test_rpi4_numerics_on_the_emulated_board(tmp_path: Path) -> None:
-    rootfs = _cached_rootfs()
+def test_rpi4_numerics_on_the_emulated_board(rootfs: Path, tmp_path: Path) -> None:
     preset = resolve_target("rpi4")
     network = Network(
         [
@@ -1026,11 +1007,10 @@ def test_rpi4_numerics_on_the_emulated_board(tmp_path: Path) -> None:
 
 @pytest.mark.emulator
 def test_rpi4_convs_with_inputs_staying_on_the_emulated_board(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    rootfs: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The loop order rpi4's caches pick for wide early layers (pointwise, grouped, dense), on
     AArch64, at a size the emulator runs quickly."""
-    rootfs = _cached_rootfs()
     preset = resolve_target("rpi4")
     monkeypatch.setattr(rules, "choose_loop_order", lambda **_: rules.INPUTS_STAY)
     network = Network(

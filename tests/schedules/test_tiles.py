@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from edgecompile.schedules import cpu_info
+from edgecompile.schedules.channels import ChannelOrder, grouped_layout
 from edgecompile.schedules.cpu import CpuInfo
-from edgecompile.schedules.layout import ChannelOrder, grouped_layout
 from edgecompile.schedules.rules import depthwise_tile, pixel_tiles, pointwise_tile
 from edgecompile.targets import resolve_target
 
