@@ -15,7 +15,15 @@ Per layer, each side runs the bare convolution (no bias or activation):
 - ours: the scheduled NCHW[x]c PrimFunc alone, as it runs inside a network whose activations
   stay blocked (the pack/unpack at the network's edges are not in it). Grouped and dense convs
   read their input blocked too (as behind another of our convs), except a conv on fewer than
-  ``PLAIN_INPUT_CHANNELS`` channels (a stem on the image), which reads the NCHW image;
+  ``PLAIN_INPUT_CHANNELS`` channels (a stem on the image), which reads the NCHW image. A layer
+  whose input comes from a channel shuffle in its network (directly, or through ops that keep
+  the channel order in our layout: activations, pools, a depthwise conv; e.g. ShuffleNet v1's
+  grouped 1×1 after shuffle → depthwise) is built behind the same chain: a 1×1 conv with the
+  groups of the conv feeding that shuffle (which sets the lanes it permutes), then the
+  shuffle's reshape/permute/reshape. Our layout pass folds the shuffle into the layer (a
+  grouped conv then reads its input through a channel table), as in the network. Such a layer
+  is also timed with its input in plain channel order ("plain"), and the script stops if a
+  grouped one reads its input no differently there;
 - TVM default: the PrimFunc ``LegalizeOps`` makes for the NCHW conv, built untuned;
 - ONNX Runtime: its Conv kernel alone, as its profiler times it, in a one-node ONNX model run
   with ``intra_op_num_threads`` = ``--threads``: where its NCHWc transformer kicks in, the
@@ -59,6 +67,11 @@ class ConvLayer:
     padding: tuple[int, int, int, int]
     dilation: tuple[int, int]
     groups: int
+    # The input's channel order in its network: 0 = plain; g = after a channel shuffle of g
+    # groups, of the output of a conv with ``shuffle_source_groups`` groups (whose layout
+    # sets the lanes the shuffle permutes: a grouped conv may pad each group to whole blocks).
+    shuffle_groups: int = 0
+    shuffle_source_groups: int = 1
 
     def out_shape(self) -> tuple[int, int, int, int]:
         batch, _, height, width = self.data_shape
@@ -81,6 +94,8 @@ class ConvLayer:
         text += f" s{self.strides[0]}"
         if self.dilation != (1, 1):
             text += f" d{self.dilation[0]}"
+        if self.shuffle_groups:
+            text += f" after shuffle g{self.shuffle_groups}"
         return text
 
 
@@ -152,13 +167,15 @@ def model_layers(module: Any, kinds: Sequence[str] = KINDS) -> list[tuple[ConvLa
     from tvm import relax
 
     from edgecompile.importer import heavy_ops
-    from edgecompile.schedules.pipeline import conv_indices
+    from edgecompile.schedules.analysis import conv_indices
+    from edgecompile.schedules.analysis import uses as _uses
 
-    index_to_call = {}
+    bindings = {}
     for block in module["main"].body.blocks:
         for binding in block.bindings:
-            index_to_call[binding.var] = binding.value
-    calls = {index: index_to_call[var] for var, index in conv_indices(module).items()}
+            bindings[binding.var] = binding.value
+    calls = {index: bindings[var] for var, index in conv_indices(module).items()}
+    uses = _uses(module["main"])
     counts: dict[ConvLayer, int] = {}
     for op in heavy_ops(module):
         if op.get("kind") not in kinds or op["index"] not in calls:
@@ -166,6 +183,7 @@ def model_layers(module: Any, kinds: Sequence[str] = KINDS) -> list[tuple[ConvLa
         call = calls[op["index"]]
         assert isinstance(call, relax.Call)
         pads = [int(p) for p in call.attrs.padding]
+        shuffle_groups, source_groups = input_shuffle(call.args[0], bindings, uses)
         layer = ConvLayer(
             kind=op["kind"],
             data_shape=tuple(op["shapes"][0]),
@@ -174,9 +192,76 @@ def model_layers(module: Any, kinds: Sequence[str] = KINDS) -> list[tuple[ConvLa
             padding=tuple(pads * 2 if len(pads) == 2 else pads),  # type: ignore[arg-type]
             dilation=tuple(op["dilation"]),  # type: ignore[arg-type]
             groups=int(op["groups"]),
+            shuffle_groups=shuffle_groups,
+            shuffle_source_groups=source_groups,
         )
         counts[layer] = counts.get(layer, 0) + 1
     return list(counts.items())
+
+
+def _order_source(value: Any) -> Any:
+    """The var whose channel order ``value``'s result keeps in our layout pass (an activation,
+    a pool, a depthwise conv; a binary op takes its first blocked operand's), else None."""
+    from tvm import relax
+
+    from edgecompile.schedules.layout import _BINARY, _DIVIDE, _POOLS, _UNARY
+
+    name = _op(value)
+    depthwise = name == "relax.nn.conv2d" and _is_depthwise(value)
+    if name in _UNARY or name in _POOLS or depthwise:
+        return value.args[0] if isinstance(value.args[0], relax.Var) else None
+    if name in _BINARY or name == _DIVIDE:  # the order of its first blocked operand
+        return next((arg for arg in value.args if isinstance(arg, relax.Var)), None)
+    return None
+
+
+def _is_depthwise(call: Any) -> bool:
+    from edgecompile.schedules.analysis import static_shape
+
+    groups = int(call.attrs.groups)
+    out_channels, in_per_group = (static_shape(call.args[1]) or (0, 0))[:2]
+    return groups > 1 and in_per_group == 1 and out_channels == groups
+
+
+def input_shuffle(var: Any, bindings: dict[Any, Any], uses: Any) -> tuple[int, int]:
+    """``(g, source groups)`` if ``var`` (a conv's input) is, through ops that keep the channel
+    order, the result of a channel shuffle of ``g`` groups that our layout pass folds
+    (:func:`~edgecompile.schedules.patterns.shuffle_chain`), ``source groups`` being those of the
+    conv whose output it shuffles; ``(0, 1)`` for an input in plain channel order."""
+    from edgecompile.schedules.patterns import shuffle_chain
+
+    while var in bindings:
+        value = bindings[var]
+        # A shuffle ends in reshape(permute_dims(reshape(source))): find its first reshape.
+        permute = bindings.get(value.args[0]) if _op(value) == "relax.reshape" else None
+        split = permute.args[0] if _op(permute) == "relax.permute_dims" else None
+        if split in bindings:
+            chain = shuffle_chain(split, bindings[split], *uses)
+            if chain is not None and chain[1][2].same_as(var):
+                return chain[0], _source_groups(bindings[split].args[0], bindings)
+        var = _order_source(value)
+    return 0, 1
+
+
+def _source_groups(var: Any, bindings: dict[Any, Any]) -> int:
+    """Groups of the conv whose output ``var`` is (through ops that keep the channel order):
+    its layout sets the lanes a shuffle of ``var`` permutes. 1 (plain order) for a dense conv
+    or a concat (which gathers into plain order), and with a warning for anything else."""
+    value = None
+    while var in bindings:
+        value = bindings[var]
+        if _op(value) == "relax.nn.conv2d" and not _is_depthwise(value):
+            return int(value.attrs.groups)
+        if _op(value) == "relax.concat":
+            return 1
+        var = _order_source(value)
+    what = _op(value) or "a function parameter"
+    print(f"  a channel shuffle of {what}: plain order assumed before it", file=sys.stderr)
+    return 1
+
+
+def _op(value: Any) -> str:
+    return str(getattr(getattr(value, "op", None), "name", ""))
 
 
 def blocked_input(layer: ConvLayer) -> bool:
@@ -184,20 +269,38 @@ def blocked_input(layer: ConvLayer) -> bool:
     return layer.kind in ("pointwise", "depthwise") or layer.data_shape[1] >= PLAIN_INPUT_CHANNELS
 
 
-def conv_module(layer: ConvLayer, weight: np.ndarray, producer: bool = False) -> Any:
+def conv_module(
+    layer: ConvLayer, weight: np.ndarray, producer: bool = False, network_order: bool = False
+) -> Any:
     """A Relax module whose ``main`` is this one convolution; ``producer`` puts a 1×1 conv in
-    front, so that our layout pass hands the layer a blocked input, as in a network."""
+    front, so that our layout pass hands the layer a blocked input, as in a network.
+
+    ``network_order`` (for a layer after a channel shuffle) puts the producer chain of the
+    layer's network in front instead: a 1×1 conv with the groups of the conv feeding the
+    shuffle, then the shuffle's reshape → permute_dims → reshape, which our layout pass folds
+    into the layer as in the network. Every producer computes the identity."""
     from tvm import relax
 
     builder = relax.BlockBuilder()
+    batch, channels, height, width = layer.data_shape
+    shuffle = layer.shuffle_groups if network_order else 0
     data = relax.Var("data", relax.TensorType(layer.data_shape, "float32"))
-    channels = layer.data_shape[1]
     with builder.function("main", [data]):
         with builder.dataflow():
             source: Any = data
-            if producer:
-                identity = np.eye(channels, dtype="float32").reshape(channels, channels, 1, 1)
-                source = builder.emit(relax.op.nn.conv2d(data, relax.const(identity)))
+            if producer or shuffle:
+                groups = layer.shuffle_source_groups if shuffle else 1
+                per_group = channels // groups
+                identity = np.zeros((channels, per_group, 1, 1), dtype="float32")
+                identity[np.arange(channels), np.arange(channels) % per_group] = 1.0
+                source = builder.emit(
+                    relax.op.nn.conv2d(data, relax.const(identity), groups=groups)
+                )
+            if shuffle:
+                split = (batch, shuffle, channels // shuffle, height, width)
+                source = builder.emit(relax.op.reshape(source, split))
+                source = builder.emit(relax.op.permute_dims(source, [0, 2, 1, 3, 4]))
+                source = builder.emit(relax.op.reshape(source, layer.data_shape))
             conv = relax.op.nn.conv2d(
                 source,
                 relax.const(weight),
@@ -222,7 +325,7 @@ def random_args(func: Any, rng: np.random.Generator) -> list[Any]:
     ]
 
 
-def primfunc_sampler(func: Any, target: Any, rng: np.random.Generator) -> Sampler:
+def primfunc_sampler(func: Any, target: Any, args: Sequence[Any]) -> Sampler:
     import tvm
 
     from edgecompile.schedules.tir import register_tir_pipeline
@@ -232,31 +335,85 @@ def primfunc_sampler(func: Any, target: Any, rng: np.random.Generator) -> Sample
         target,
         pipeline=register_tir_pipeline(),
     )
-    return evaluator_sampler(library, "main", random_args(func, rng))
+    return evaluator_sampler(library, "main", args)
 
 
-def ours_sampler(layer: ConvLayer, weight: np.ndarray, target: Any) -> Sampler | None:
-    """Our scheduled PrimFunc for the layer (the blocked conv alone, no pack/unpack), or None
-    if the layout pass left it to TVM (the reason is printed)."""
-    from tvm import tirx
+@dataclass
+class Kernel:
+    """Our scheduled PrimFunc of a layer and what it runs on: the constants its module passes
+    it (packed weight; a grouped conv's channel table, if it reads its input through one), and
+    random data for the rest."""
+
+    func: Any
+    args: list[Any]
+    table: np.ndarray | None
+
+    def reads(self) -> str:
+        """How the kernel reads its input, for the log."""
+        shape = "×".join(str(int(d)) for d in self.func.params[0].shape)
+        if self.table is None:
+            return f"input {shape}"
+        return f"input {shape} through a {'×'.join(map(str, self.table.shape))} channel table"
+
+
+def our_kernel(
+    layer: ConvLayer, weight: np.ndarray, target: Any, network_order: bool = True
+) -> Kernel | None:
+    """Our scheduled PrimFunc for the layer (the blocked conv alone, no pack/unpack), with its
+    input in the channel order of its network (``network_order``, see :func:`conv_module`) or
+    in plain order; None if the layout pass left it to TVM (the reason is printed)."""
+    import tvm
+    from tvm import ir, relax
 
     from edgecompile.schedules import optimize
 
-    producer = layer.kind in ("grouped", "conv") and blocked_input(layer)
-    module, report = optimize(conv_module(layer, weight, producer), target)
+    shuffled = network_order and layer.shuffle_groups > 0
+    producer = shuffled or (layer.kind in ("grouped", "conv") and blocked_input(layer))
+    module, report = optimize(conv_module(layer, weight, producer, network_order), target)
     op_index = 1 if producer else 0
     if op_index not in report.schedules.applied:
         plan = report.layout.plans.get(op_index)
         reason = report.schedules.failed.get(op_index) or (plan.reason if plan else "?")
         print(f"  {layer.label()}: TVM default ({reason})", file=sys.stderr, flush=True)
         return None
-    name = report.schedules.applied[op_index]
-    scheduled = [
-        func
-        for func in module.functions.values()
-        if isinstance(func, tirx.PrimFunc) and func.attrs.get("edgecompile.schedule") == name
-    ]
-    return primfunc_sampler(scheduled[-1], target, np.random.default_rng(1))
+    name = next(kernel for kernel, index in report.kernel_ops.items() if index == op_index)
+    call = next(
+        binding.value
+        for block in module["main"].body.blocks
+        for binding in block.bindings
+        if isinstance(binding.value, relax.Call)
+        and getattr(binding.value.op, "name_hint", None) == name
+    )
+    func = module[name]
+    rng = np.random.default_rng(1)
+    args, table = [], None
+    for arg, param in zip(call.args, func.params, strict=True):
+        if isinstance(arg, ir.expr.GenericConst):
+            value = arg.value.numpy()
+            table = value if value.dtype == np.int32 else table
+        else:
+            shape = [int(d) for d in param.shape]
+            value = np.asarray(rng.standard_normal(shape)).astype(str(param.dtype))
+        args.append(tvm.runtime.tensor(value))
+    return Kernel(func, args, table)
+
+
+def check_network_order(layer: ConvLayer, ours: Kernel, plain: Kernel) -> None:
+    """Log how the layer reads its input in its network's order and in plain order; stop if a
+    grouped conv after a shuffle would time the plain kernel (no table, or the plain one)."""
+    print(
+        f"  {layer.label()}: ours {ours.reads()}; in plain order {plain.reads()}",
+        file=sys.stderr,
+        flush=True,
+    )
+    if layer.kind != "grouped":
+        return
+    same = ours.table is not None and plain.table is not None
+    if ours.table is None or (same and np.array_equal(ours.table, plain.table)):
+        raise SystemExit(
+            f"{layer.label()}: our layout pass did not fold the channel shuffle into this "
+            "grouped conv, so its kernel would be the plain-order one: not timing it"
+        )
 
 
 def default_sampler(layer: ConvLayer, weight: np.ndarray, target: Any) -> Sampler:
@@ -265,7 +422,7 @@ def default_sampler(layer: ConvLayer, weight: np.ndarray, target: Any) -> Sample
 
     module = relax.transform.LegalizeOps()(conv_module(layer, weight))
     func = next(f for f in module.functions.values() if isinstance(f, tirx.PrimFunc))
-    return primfunc_sampler(func, target, np.random.default_rng(1))
+    return primfunc_sampler(func, target, random_args(func, np.random.default_rng(1)))
 
 
 def ort_options(threads: int) -> Any:
@@ -392,42 +549,57 @@ def bench_layers(
     rows = []
     totals = {"ours": 0.0, "default": 0.0, "ort": 0.0}
     ratios: dict[str, list[float]] = {}
+    # ours/ort with every layer in plain channel order; ours/plain of layers after a shuffle.
+    plain_ratios: dict[str, list[float]] = {}
+    shuffle_costs: dict[str, list[float]] = {}
     for layer, (count, models) in sorted(
         layers.items(), key=lambda item: (item[0].kind, -item[0].data_shape[2], item[0].label())
     ):
         rng = np.random.default_rng(0)
         weight = rng.standard_normal(layer.weight_shape).astype("float32")
         samplers = {"ort": ort_layer_sampler(layer, weight, args.threads)}
-        ours_side = ours_sampler(layer, weight, target)
-        if ours_side is not None:
-            samplers["ours"] = ours_side
-        if not args.no_default or ours_side is None:
+        ours_kernel = our_kernel(layer, weight, target)
+        if ours_kernel is not None:
+            samplers["ours"] = primfunc_sampler(ours_kernel.func, target, ours_kernel.args)
+        plain_kernel = None
+        if ours_kernel is not None and layer.shuffle_groups:
+            plain_kernel = our_kernel(layer, weight, target, network_order=False)
+        if ours_kernel is not None and plain_kernel is not None:
+            check_network_order(layer, ours_kernel, plain_kernel)
+            samplers["plain"] = primfunc_sampler(plain_kernel.func, target, plain_kernel.args)
+        if not args.no_default or ours_kernel is None:
             samplers["default"] = default_sampler(layer, weight, target)
         medians = interleaved_medians(samplers, args.repeat)
-        ort, default = medians["ort"], medians.get("default")
+        ort, default, plain = medians["ort"], medians.get("default"), medians.get("plain")
         # A layer our layout pass leaves to TVM runs TVM's default inside the network.
         ours = medians.get("ours", default)
         assert ours is not None
         ratios.setdefault(layer.kind, []).append(ours / ort)
+        plain_ratios.setdefault(layer.kind, []).append((plain or ours) / ort)
+        if plain is not None:
+            shuffle_costs.setdefault(layer.kind, []).append(ours / plain)
         totals["ours"] += ours * count
         totals["ort"] += ort * count
         if default is not None:
             totals["default"] += default * count
         rows.append(
             [
-                layer.kind if ours_side is not None else f"{layer.kind}*",
+                layer.kind if ours_kernel is not None else f"{layer.kind}*",
                 layer.label(),
                 str(count),
                 ",".join(sorted(m.replace("net_v", "v").replace("_", "") for m in models)),
                 milliseconds(ours),
+                milliseconds(plain),
                 milliseconds(default),
                 milliseconds(ort),
                 ratio(ours, ort),
+                ratio(plain, ort),
                 ratio(default, ort),
             ]
         )
         print(f"  timed {layer.kind} {layer.label()}", file=sys.stderr, flush=True)
-    header = ["kind", "layer", "n", "models", "ours ms", "tvm ms", "ort ms", "ours/ort", "tvm/ort"]
+    header = ["kind", "layer", "n", "models", "ours ms", "plain ms", "tvm ms", "ort ms"]
+    header += ["ours/ort", "plain/ort", "tvm/ort"]
     print_table(header, rows)
     default_total = totals["default"] if not args.no_default else None
     print(
@@ -436,11 +608,23 @@ def bench_layers(
         f"(ours/ort {totals['ours'] / totals['ort']:.2f})"
     )
     print("* = left to TVM's default by the layout pass (its time counts as ours)")
+    print(
+        "ours: input in its network's channel order; plain: the same layer's kernel with its "
+        "input in plain order (timed for layers after a channel shuffle)"
+    )
     for kind, values in ratios.items():
-        print(
+        text = (
             f"{kind}: geomean ours/ort {geomean(values):.2f} over {len(values)} distinct layers, "
             f"max {max(values):.2f}"
         )
+        costs = shuffle_costs.get(kind)
+        if costs:
+            text += (
+                f"; {len(costs)} after a shuffle, ours/plain {geomean(costs):.2f} "
+                f"(max {max(costs):.2f}); all in plain order: ours/ort "
+                f"{geomean(plain_ratios[kind]):.2f}"
+            )
+        print(text)
 
 
 def geomean(values: Sequence[float]) -> float:
