@@ -89,6 +89,7 @@ def build_variants(
             "host",
             output_dir=output_dir / variant,
             custom_schedules=variant == OURS,
+            records=False,  # untuned: never the records in the user's cache
         )
         seconds = time.perf_counter() - start
         status = result.artifact.manifest.verification["status"]
@@ -133,18 +134,13 @@ def geomean(values: Sequence[float]) -> float:
     return float(np.exp(np.mean(np.log(values))))
 
 
-def print_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
-    widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header))]
-    for row in [header, ["-" * w for w in widths], *rows]:
-        print("  ".join(str(cell).rjust(width) for cell, width in zip(row, widths, strict=True)))
-
-
 def cell(value: float | None, digits: int = 2) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
+    from edgecompile._table import format_table
     from edgecompile.bench import parse_list
     from edgecompile.targets import resolve_target
 
@@ -179,7 +175,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             known = [r for r in ratios if r is not None]
             means.append(cell(geomean(known)) if engine != "ort" and known else "1.00")
         rows.append(means)
-        print_table(["model", *engines], rows)
+        print(format_table(["model", *engines], rows))
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ from typing import Any
 
 import onnx
 
-from edgecompile.errors import EdgecompileError, first_line
+from edgecompile.errors import EdgecompileError, first_line, last_line
 from edgecompile.export import TensorSpec, check_static_onnx, tensor_specs
 
 
@@ -152,7 +152,7 @@ def import_onnx(
             module = from_onnx(proto, keep_params_in_input=False)
     except Exception as exc:  # the frontend raises TVMError, ValueError, KeyError, ...
         raise EdgecompileError(
-            f"{source}: TVM could not import the model: {str(exc).strip().splitlines()[-1]}",
+            f"{source}: TVM could not import the model: {last_line(exc)}",
             "simplify the failing op in the model or report it with the ONNX file",
         ) from None
     module = bounded_takes(module)

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from edgecompile.artifact import Artifact, elf_info, load_artifact
-from edgecompile.errors import EdgecompileError
+from edgecompile.errors import EdgecompileError, last_line
 from edgecompile.export import example_input
 
 
@@ -52,7 +52,7 @@ def run_library(library: str | Path, inputs: Sequence[np.ndarray]) -> list[np.nd
         module = tvm.runtime.load_module(str(library))
     except Exception as exc:  # TVMError: wrong architecture, missing symbols, ...
         raise EdgecompileError(
-            f"cannot load {str(library)!r} here: {str(exc).strip().splitlines()[-1]}",
+            f"cannot load {str(library)!r} here: {last_line(exc)}",
             "is it built for this machine? use `--target host`, or run it on its board",
         ) from None
     machine = relax.VirtualMachine(module, tvm.cpu())

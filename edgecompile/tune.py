@@ -36,7 +36,8 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from edgecompile.errors import EdgecompileError
+from edgecompile.device.access import BoardAccess
+from edgecompile.errors import EdgecompileError, last_line
 from edgecompile.progress import SILENT, Progress
 from edgecompile.records import (
     SEARCHED,
@@ -172,14 +173,7 @@ def tune(
     trials: int | None = None,
     time_budget: str | float | None = None,
     records: str | Path | None = None,
-    rpc: str | None = None,
-    tracker: str | None = None,
-    rpc_key: str | None = None,
-    device: str | None = None,
-    identity: str | None = None,
-    accept_new_host_key: bool = False,
-    known_hosts: str | Path | None = None,
-    remote_python: str | None = None,
+    access: BoardAccess | None = None,
     remote_port: int | None = None,
     threads: int | None = None,
     batch: int = 1,
@@ -196,6 +190,11 @@ def tune(
     records: a rerun after an interruption (even ``kill -9``) measures only the rest. With only
     ``time_budget``, the search runs until the time is spent. ``schedules_dir``: user schedules
     (as ``build --schedules``), part of the untuned baseline every kernel is measured as.
+
+    Host targets are measured here; a board target on the board ``access`` reaches (one of
+    its ``device``: an SSH tunnel to an RPC server on the board's loopback port
+    ``remote_port``, started if none listens; ``rpc``; or ``tracker`` under ``rpc_key``, else
+    the preset's key).
     """
     from edgecompile.builder import prepare_model
     from edgecompile.export import parse_input_size
@@ -209,7 +208,8 @@ def tune(
         raise EdgecompileError(f"bad trial count {trials}", "use --trials 0 or more")
     if budget_seconds is not None and budget_seconds <= 0:
         raise EdgecompileError("the time budget must be positive", "use e.g. --time-budget 20m")
-    transport = _transport(preset, rpc=rpc, tracker=tracker, device=device)
+    access = access or BoardAccess()
+    transport = _transport(preset, access)
     user_rules = [] if schedules_dir is None else load_user_schedules(schedules_dir).rules
     toolchain = toolchain_for(preset, cc)
     store = store_for(preset, records)
@@ -231,14 +231,7 @@ def tune(
                 toolchain,
                 transport,
                 thread_count,
-                rpc=rpc,
-                tracker=tracker,
-                rpc_key=rpc_key,
-                device=device,
-                identity=identity,
-                accept_new_host_key=accept_new_host_key,
-                known_hosts=known_hosts,
-                remote_python=remote_python,
+                access=access,
                 remote_port=remote_port,
             ) as (builder, runner, confirm_runner, where),
         ):
@@ -298,13 +291,14 @@ def _extract_tasks(module: Any, target: Any) -> list[_Task]:
     import tvm_ffi
     from tvm.s_tir import meta_schedule as ms
 
+    from edgecompile.schedules.analysis import has_root_block
     from edgecompile.schedules.pipeline import fused_module
 
     fused, _ = fused_module(module, target)
     tasks = []
     for extracted in ms.relax_integration.extract_tasks(fused, target):
         workload = extracted.dispatched[0]
-        if not _has_root_block(workload):
+        if not has_root_block(workload):
             # A kernel our layout pass wrote as finished TIR (ShuffleNet's lane-permuting
             # concat: whole-vector shuffles, no block to schedule). MetaSchedule's search
             # fails the whole tune on it ("Do not have a default for prim.Shuffle").
@@ -325,16 +319,6 @@ def _extract_tasks(module: Any, target: Any) -> list[_Task]:
     return tasks
 
 
-def _has_root_block(workload: Any) -> bool:
-    from tvm import s_tir
-
-    try:
-        s_tir.Schedule(workload).get_sblock("root")
-    except Exception:  # ScheduleError: no block named root
-        return False
-    return True
-
-
 def _searched_records(store: RecordStore, tasks: list[_Task]) -> int:
     """Search records (not the untuned baselines) the store has for these tasks' workloads."""
     bodies = store.records_by_workload()
@@ -351,10 +335,8 @@ def _searched_records(store: RecordStore, tasks: list[_Task]) -> int:
 # Measuring
 
 
-def _transport(
-    preset: BoardPreset, *, rpc: str | None, tracker: str | None, device: str | None
-) -> str:
-    given = (("rpc", rpc), ("tracker", tracker), ("device", device))
+def _transport(preset: BoardPreset, access: BoardAccess) -> str:
+    given = (("rpc", access.rpc), ("tracker", access.tracker), ("device", access.device))
     chosen = [name for name, value in given if value]
     if len(chosen) > 1:
         raise EdgecompileError(
@@ -377,14 +359,7 @@ def _measurement(
     transport: str,
     threads: int | None,
     *,
-    rpc: str | None,
-    tracker: str | None,
-    rpc_key: str | None,
-    device: str | None,
-    identity: str | None,
-    accept_new_host_key: bool,
-    known_hosts: str | Path | None,
-    remote_python: str | None,
+    access: BoardAccess,
     remote_port: int | None,
 ) -> Iterator[tuple[Any, Any, Any, str]]:
     """MetaSchedule's builder, the search's runner and the re-measurement's runner for
@@ -417,36 +392,28 @@ def _measurement(
     if transport == "device":
         from edgecompile.device.tunnel import DEFAULT_RPC_PORT, rpc_tunnel
 
-        assert device is not None
-        with rpc_tunnel(
-            device,
-            identity=identity,
-            accept_new_host_key=accept_new_host_key,
-            known_hosts=known_hosts,
-            remote_python=remote_python,
-            remote_port=remote_port or DEFAULT_RPC_PORT,
-        ) as (host, port):
-            check_rpc_target(preset, rpc=f"{host}:{port}", tracker=None, rpc_key=None)
+        with rpc_tunnel(access, remote_port=remote_port or DEFAULT_RPC_PORT) as (host, port):
+            check_rpc_target(preset, BoardAccess(rpc=f"{host}:{port}"))
             yield (
                 builder,
                 _direct_runner(host, port, threads, evaluator),
                 _direct_runner(host, port, threads, confirming),
-                f"{device} (SSH tunnel)",
+                f"{access.device} (SSH tunnel)",
             )
         return
-    key = rpc_key or preset.rpc_key
-    check_rpc_target(preset, rpc=rpc, tracker=tracker, rpc_key=key)
-    if rpc:
-        host, _, port = rpc.rpartition(":")
+    key = access.rpc_key or preset.rpc_key
+    check_rpc_target(preset, access)
+    if access.rpc:
+        host, _, port = access.rpc.rpartition(":")
         yield (
             builder,
             _direct_runner(host, int(port), threads, evaluator),
             _direct_runner(host, int(port), threads, confirming),
-            f"RPC server {rpc}",
+            f"RPC server {access.rpc}",
         )
         return
-    assert tracker is not None
-    tracker_host, _, tracker_port = tracker.rpartition(":")
+    assert access.tracker is not None
+    tracker_host, _, tracker_port = access.tracker.rpartition(":")
 
     def tracked(config: Any) -> Any:
         return ms.runner.RPCRunner(
@@ -461,7 +428,7 @@ def _measurement(
             max_workers=1,
         )
 
-    yield builder, tracked(evaluator), tracked(confirming), f"tracker {tracker} key {key}"
+    yield builder, tracked(evaluator), tracked(confirming), f"tracker {access.tracker} key {key}"
 
 
 def _direct_runner(host: str, port: int, threads: int | None, evaluator: Any) -> Any:
@@ -749,7 +716,7 @@ def _search(
     except Exception as error:  # our stop arrives wrapped by TVM's FFI; anything else is real
         if monitor.stop_reason is None:
             raise EdgecompileError(
-                f"tuning failed: {_last_line(error)}",
+                f"tuning failed: {last_line(error)}",
                 "the records measured so far are kept; run the same command to continue",
             ) from None
         if monitor.stop_reason != "time budget spent":
@@ -896,11 +863,6 @@ def _remove_artifacts(built: list[Any]) -> None:
     for result in built:
         if getattr(result, "artifact_path", None):
             shutil.rmtree(os.path.dirname(result.artifact_path), ignore_errors=True)
-
-
-def _last_line(error: BaseException) -> str:
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    return lines[-1] if lines else type(error).__name__
 
 
 def _outcomes(

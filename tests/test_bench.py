@@ -10,7 +10,10 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from edgecompile import bench
+from edgecompile.bench import engines, local
+from edgecompile.bench.local import artifact_onnx, bench_local, resolve_host_artifact
+from edgecompile.bench.timing import Runner, time_interleaved
+from edgecompile.bench.workers import PinnedWorker
 from edgecompile.builder import BuildResult
 from edgecompile.cli import cli, main
 from edgecompile.errors import EdgecompileError
@@ -69,28 +72,28 @@ def test_table_lists_engines_and_ratio_column(squeezenet: BuildResult) -> None:
 def test_an_engine_that_disagrees_is_an_error_and_gets_no_time(
     squeezenet: BuildResult, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real = bench.torch_runner
+    real = engines.torch_runner
 
-    def garbage(model: object, threads: int) -> bench.Runner:
+    def garbage(model: object, threads: int) -> Runner:
         run = real(model, threads)
         return lambda inputs: [np.full_like(out, 7.0) for out in run(inputs)]
 
-    monkeypatch.setattr(bench, "torch_runner", garbage)
+    monkeypatch.setattr(engines, "torch_runner", garbage)
     with pytest.raises(EdgecompileError, match="torch disagrees with ort"):
-        bench.bench_local(str(squeezenet.artifact.directory), repeat=2, isolate=False)
+        bench_local(str(squeezenet.artifact.directory), repeat=2, isolate=False)
 
 
 def test_cli_mismatch_prints_one_error_line_and_no_timing(
     squeezenet: BuildResult, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    real = bench.tvm_runner
+    real = engines.tvm_runner
 
-    def garbage(library: str) -> bench.Runner:
+    def garbage(library: str) -> Runner:
         run = real(library)
         return lambda inputs: [out + 1.0 for out in run(inputs)]
 
-    monkeypatch.setattr(bench, "tvm_runner", garbage)
-    monkeypatch.setattr(bench, "_measure_in_subprocess", bench.measure)  # keep the patch
+    monkeypatch.setattr(engines, "tvm_runner", garbage)
+    monkeypatch.setattr(local, "measure_in_subprocess", engines.measure)  # keep the patch
     with pytest.raises(SystemExit) as excinfo:
         main(["bench", str(squeezenet.artifact.directory), "--repeat", "2"])
     assert excinfo.value.code == 2
@@ -102,18 +105,18 @@ def test_cli_mismatch_prints_one_error_line_and_no_timing(
 
 def test_check_agreement_picks_ort_then_torch_as_reference() -> None:
     out = [np.arange(4, dtype=np.float32)]
-    reference, errors = bench.check_agreement({"tvm": out, "torch": out})
+    reference, errors = engines.check_agreement({"tvm": out, "torch": out})
     assert reference == "torch" and errors == {"tvm": 0.0, "torch": 0.0}
     with pytest.raises(EdgecompileError, match="tvm disagrees with ort"):
-        bench.check_agreement({"tvm": [out[0] * 2], "ort": out})
+        engines.check_agreement({"tvm": [out[0] * 2], "ort": out})
     with pytest.raises(EdgecompileError, match="different output shapes"):
-        bench.check_agreement({"tvm": [out[0][:2]], "ort": out})
+        engines.check_agreement({"tvm": [out[0][:2]], "ort": out})
 
 
 def test_an_onnx_model_is_built_for_the_host_and_torch_is_skipped(
     tiny_onnx: Path, tmp_path: Path
 ) -> None:
-    report = bench.bench_local(str(tiny_onnx), threads=[1], repeat=3, warmup=1, output_dir=tmp_path)
+    report = bench_local(str(tiny_onnx), threads=[1], repeat=3, warmup=1, output_dir=tmp_path)
     assert report.engines == ["tvm", "ort"]
     assert (tmp_path / "tiny-host" / "manifest.json").is_file()
     assert any("torch skipped" in note for note in report.notes)
@@ -159,7 +162,7 @@ def test_ort_runs_the_onnx_the_build_kept_without_exporting_again(
     squeezenet_with_onnx: BuildResult, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     artifact = squeezenet_with_onnx.artifact
-    kept = bench.artifact_onnx(artifact)
+    kept = artifact_onnx(artifact)
     assert kept == artifact.directory / "squeezenet1_1.onnx" and kept.is_file()
     assert artifact.manifest.extra == {"onnx": "squeezenet1_1.onnx"}
 
@@ -167,7 +170,7 @@ def test_ort_runs_the_onnx_the_build_kept_without_exporting_again(
         raise AssertionError("bench exported the model although the artifact has its ONNX")
 
     monkeypatch.setattr("edgecompile.export.export_onnx", no_export)
-    report = bench.bench_local(str(artifact.directory), repeat=2, warmup=0, isolate=False)
+    report = bench_local(str(artifact.directory), repeat=2, warmup=0, isolate=False)
     assert report.engines == ["tvm", "ort", "torch"] and report.reference == "ort"
     assert all(
         t.max_relative_error is not None and t.max_relative_error <= 1e-4 for t in report.timings
@@ -177,7 +180,7 @@ def test_ort_runs_the_onnx_the_build_kept_without_exporting_again(
 def test_another_build_of_the_same_model_is_timed_as_an_engine_of_its_own(
     squeezenet_with_onnx: BuildResult, squeezenet: BuildResult
 ) -> None:
-    report = bench.bench_local(
+    report = bench_local(
         str(squeezenet_with_onnx.artifact.directory),
         compare=["ort"],
         threads=[1],
@@ -199,13 +202,13 @@ def test_an_extra_artifact_of_another_model_is_refused(
 ) -> None:
     tiny = build_once(str(tiny_onnx), "host")
     with pytest.raises(EdgecompileError, match=r"not a build of the same model.*model, inputs"):
-        bench.bench_local(
+        bench_local(
             str(squeezenet.artifact.directory),
             extra_artifacts={"tvm-tuned": tiny.artifact.directory},
             isolate=False,
         )
     with pytest.raises(EdgecompileError, match="cannot name an extra artifact 'ort'"):
-        bench.bench_local(
+        bench_local(
             str(squeezenet.artifact.directory),
             extra_artifacts={"ort": squeezenet.artifact.directory},
             isolate=False,
@@ -217,11 +220,11 @@ def test_a_pinned_worker_measures_model_after_model_in_one_process(
 ) -> None:
     import os
 
-    with bench.PinnedWorker(2) as worker:
+    with PinnedWorker(2) as worker:
         first = worker.call(os.getpid)
         assert worker.call(os.getenv, "TVM_NUM_THREADS") == "2"
         directory = str(squeezenet_with_onnx.artifact.directory)
-        report = bench.bench_local(
+        report = bench_local(
             directory, compare=["ort"], threads=[2], repeat=2, warmup=0, workers={2: worker}
         )
         assert {(t.engine, t.threads) for t in report.timings} == {("tvm", 2), ("ort", 2)}
@@ -233,8 +236,77 @@ def test_a_pinned_worker_measures_model_after_model_in_one_process(
 def test_a_pinned_worker_is_replaced_after_its_task_limit() -> None:
     import os
 
-    with bench.PinnedWorker(1, max_tasks=2) as worker:
+    with PinnedWorker(1, max_tasks=2) as worker:
         first = [worker.call(os.getpid), worker.call(os.getpid)]
         then = worker.call(os.getpid)
         assert first[0] == first[1] != then
         assert worker.call(os.getenv, "TVM_NUM_THREADS") == "1"  # the new one is pinned too
+
+
+# --------------------------------------------------------------------------------------------
+# without a real engine
+
+
+def _recording_runners(calls: list[str], names: list[str]) -> dict[str, Runner]:
+    """Fake engines that append their name to ``calls`` and all return the same output."""
+
+    def runner(name: str) -> Runner:
+        def run(inputs: list[np.ndarray]) -> list[np.ndarray]:
+            calls.append(name)
+            return [inputs[0] * 2]
+
+        return run
+
+    return {name: runner(name) for name in names}
+
+
+def test_engines_are_timed_interleaved_after_each_ones_warmup() -> None:
+    calls: list[str] = []
+    runners = _recording_runners(calls, ["a", "b", "c"])
+    seconds = time_interleaved(runners, [np.zeros(2, np.float32)], repeat=3, warmup=2)
+    assert "".join(calls) == "aabbcc" + "abc" * 3
+    assert {name: len(times) for name, times in seconds.items()} == {"a": 3, "b": 3, "c": 3}
+
+
+def test_a_measurement_checks_outputs_then_times_the_engines_interleaved(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    names = ["tvm", "tvm-tuned", "ort", "torch"]
+    calls: list[str] = []
+    monkeypatch.setattr(
+        engines, "make_runners", lambda spec, threads: _recording_runners(calls, names)
+    )
+    spec = {"inputs": [([1, 3, 2, 2], "float32")], "seed": 0, "threads": 1, "tolerance": 1e-4}
+    result = engines.measure({**spec, "repeat": 3, "warmup": 2})
+    checked, warmup, timed = calls[:4], calls[4:12], calls[12:]
+    assert checked == names  # outputs compared before anything is timed
+    assert warmup == [name for name in names for _ in range(2)]
+    assert timed == names * 3  # round after round, every engine once per round
+    assert result["reference"] == "ort" and list(result["stats"]) == names
+
+
+class _BuildCalled(Exception):
+    pass
+
+
+@pytest.fixture
+def build_calls(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, object]]:
+    """``edgecompile.builder.build`` replaced: its keyword arguments recorded, then it stops."""
+    calls: list[dict[str, object]] = []
+
+    def fake_build(*args: object, **kwargs: object) -> None:
+        calls.append(kwargs)
+        raise _BuildCalled
+
+    monkeypatch.setattr("edgecompile.builder.build", fake_build)
+    return calls
+
+
+def test_the_untuned_build_of_bench_and_profile_applies_no_tuning_records(
+    build_calls: list[dict[str, object]], tmp_path: Path
+) -> None:
+    # records=None would apply the user's cache: "tvm" would silently be a tuned number.
+    with pytest.raises(_BuildCalled):
+        resolve_host_artifact("squeezenet1_1", input_size="32", output_dir=tmp_path)
+    (call,) = build_calls
+    assert call["records"] is False

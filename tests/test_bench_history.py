@@ -16,11 +16,14 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from edgecompile import bench
+import edgecompile.bench.history as bench_history
 from edgecompile.artifact import Artifact
+from edgecompile.bench.local import bench_local
+from edgecompile.bench.timing import EngineTiming
 from edgecompile.builder import BuildResult
 from edgecompile.cli import cli
 from edgecompile.device import remote
+from edgecompile.device.access import BoardAccess
 
 Build = Callable[..., BuildResult]
 
@@ -29,7 +32,7 @@ Build = Callable[..., BuildResult]
 def history(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A history file of the test's own, also as the default (no test writes to ~/.cache)."""
     path = tmp_path / "cache" / "bench.jsonl"
-    monkeypatch.setenv(bench.HISTORY_ENV, str(path))
+    monkeypatch.setenv(bench_history.HISTORY_ENV, str(path))
     return path
 
 
@@ -61,10 +64,10 @@ def _host_run(
 ) -> None:
     """Append one host bench run's lines, as bench_local would have written them."""
     entries = [
-        bench.history_entry(
+        bench_history.history_entry(
             artifact,
             [shape or artifact.manifest.inputs[0]["shape"]],
-            bench.EngineTiming(engine, threads, ms, ms * 1.1, ms * 0.9, ms, 0.0, None),
+            EngineTiming(engine, threads, ms, ms * 1.1, ms * 0.9, ms, 0.0, None),
             {"kind": "host", "cpu": cpu},
             artifact.manifest.library_sha256 if engine == "tvm" else None,
             run=run,
@@ -72,7 +75,7 @@ def _host_run(
         )
         for engine, ms in medians.items()
     ]
-    bench.append_history(entries, path)
+    bench_history.append_history(entries, path)
 
 
 def _board(artifact: Artifact, path: Path, *, median_ms: float, threads: int | None = 1) -> Any:
@@ -97,7 +100,7 @@ def _board(artifact: Artifact, path: Path, *, median_ms: float, threads: int | N
 def test_a_host_bench_appends_one_line_per_engine_and_thread_count(
     tiny: Artifact, history: Path
 ) -> None:
-    report = bench.bench_local(
+    report = bench_local(
         str(tiny.directory), compare=["ort"], threads=[1], repeat=2, warmup=0, isolate=False
     )
     lines = _lines(history)  # the default path: $EDGECOMPILE_BENCH_HISTORY
@@ -106,8 +109,8 @@ def test_a_host_bench_appends_one_line_per_engine_and_thread_count(
     timings = {t.engine: t for t in report.timings}
     for line in lines:
         assert line["model"] == "tiny" and line["input_shapes"] == [[1, 3, 8, 8]]
-        assert line["preset"] == "host" and line["version"] == bench.HISTORY_VERSION
-        assert line["where"] == {"kind": "host", "cpu": bench.host_cpu_name()}
+        assert line["preset"] == "host" and line["version"] == bench_history.HISTORY_VERSION
+        assert line["where"] == {"kind": "host", "cpu": bench_history.host_cpu_name()}
         assert line["time"].endswith("Z")
         timing = timings[line["engine"]]
         assert (line["median_ms"], line["p90_ms"], line["min_ms"]) == (
@@ -118,20 +121,18 @@ def test_a_host_bench_appends_one_line_per_engine_and_thread_count(
     # The TVM line names the library it timed; ORT did not run it.
     assert [line["library_sha256"] for line in lines] == [tiny.manifest.library_sha256, None]
     # ... and a board bench of that model now finds them.
-    found = bench.host_history("tiny", [[1, 3, 8, 8]], threads=1)
+    found = bench_history.host_history("tiny", [[1, 3, 8, 8]], threads=1)
     assert [line["engine"] for line in found] == ["tvm", "ort"]
 
 
 def test_history_false_writes_nothing_and_an_unwritable_one_is_a_note(
     tiny: Artifact, history: Path, tmp_path: Path
 ) -> None:
-    bench.bench_local(
-        str(tiny.directory), compare=[], repeat=1, warmup=0, isolate=False, history=False
-    )
+    bench_local(str(tiny.directory), compare=[], repeat=1, warmup=0, isolate=False, history=False)
     assert not history.exists()
     blocked = tmp_path / "a-folder"
     blocked.mkdir()  # a folder where the file should be: the append fails
-    report = bench.bench_local(
+    report = bench_local(
         str(tiny.directory), compare=[], repeat=1, warmup=0, isolate=False, history=blocked
     )
     assert report.timings and any("bench history not written" in n for n in report.notes)
@@ -140,14 +141,14 @@ def test_history_false_writes_nothing_and_an_unwritable_one_is_a_note(
 def test_default_path_follows_the_cache_convention(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.delenv(bench.HISTORY_ENV, raising=False)
+    monkeypatch.delenv(bench_history.HISTORY_ENV, raising=False)
     monkeypatch.delenv("EDGECOMPILE_CACHE", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-    assert bench.default_history_path() == tmp_path / "xdg" / "edgecompile" / "bench.jsonl"
+    assert bench_history.default_history_path() == tmp_path / "xdg" / "edgecompile" / "bench.jsonl"
     monkeypatch.setenv("EDGECOMPILE_CACHE", str(tmp_path / "cache"))
-    assert bench.default_history_path() == tmp_path / "cache" / "bench.jsonl"
-    monkeypatch.setenv(bench.HISTORY_ENV, str(tmp_path / "mine.jsonl"))
-    assert bench.default_history_path() == tmp_path / "mine.jsonl"
+    assert bench_history.default_history_path() == tmp_path / "cache" / "bench.jsonl"
+    monkeypatch.setenv(bench_history.HISTORY_ENV, str(tmp_path / "mine.jsonl"))
+    assert bench_history.default_history_path() == tmp_path / "mine.jsonl"
 
 
 def test_torn_and_foreign_lines_are_skipped_and_the_next_append_starts_a_new_line(
@@ -165,16 +166,16 @@ def test_torn_and_foreign_lines_are_skipped_and_the_next_append_starts_a_new_lin
         + b"\xff\xfe\n"  # not UTF-8
         + torn.encode()
     )  # fmt: skip
-    assert len(bench.read_history(history)) == 1
+    assert len(bench_history.read_history(history)) == 1
     _host_run(tiny, history, run="b", time_utc="2026-11-27T21:00:00Z", threads=1,
               medians={"tvm": 7.0})  # fmt: skip
     raw = history.read_bytes()
     assert raw.endswith(b"\n") and (torn + "\n").encode() in raw
-    assert [(e["run"], e["median_ms"]) for e in bench.read_history(history)] == [
+    assert [(e["run"], e["median_ms"]) for e in bench_history.read_history(history)] == [
         ("a", 8.0),
         ("b", 7.0),
     ]
-    assert bench.read_history(history.with_name("missing.jsonl")) == []
+    assert bench_history.read_history(history.with_name("missing.jsonl")) == []
 
 
 # --------------------------------------------------------------------------------------------
@@ -204,7 +205,7 @@ def test_a_board_result_is_read_against_the_latest_host_run(
     assert host.timings["ort"] == pytest.approx({"median_ms": 7.5, "p90_ms": 8.25, "min_ms": 6.75})
     assert host.board_over_host_tvm == pytest.approx(6.0)
     assert host.library_sha256 == tiny.manifest.library_sha256
-    assert bench.format_host_comparison(result) == (
+    assert bench_history.format_host_comparison(result) == (
         "host (AMD EPYC, 1 thread, 2026-11-27 21:17 UTC): tvm 8.00 ms, ort 7.50 ms "
         "-> board/host tvm 6.0x"
     )
@@ -235,7 +236,7 @@ def test_the_host_run_at_the_boards_thread_count_wins_else_the_latest(
     # Board at 4 threads: nothing at 4, so the latest run's count closest to it (2).
     four = _board(tiny_on_board, history, median_ms=16.0, threads=4)
     assert four.host.threads == 2 and four.host.board_over_host_tvm == pytest.approx(4.0)
-    assert "2 threads" in bench.format_host_comparison(four)
+    assert "2 threads" in bench_history.format_host_comparison(four)
     # Runtime could not say its thread count: the fewest threads of the latest run.
     assert _board(tiny_on_board, history, median_ms=16.0, threads=None).host.threads == 1
 
@@ -247,7 +248,7 @@ def test_without_host_numbers_one_line_says_how_to_get_them(
     assert result.host is None
     onnx = tiny.manifest.weights.removeprefix("ONNX file ")
     assert result.host_command == f"edgecompile bench {onnx} --input-size 8 --threads 4"
-    assert bench.format_host_comparison(result) == (
+    assert bench_history.format_host_comparison(result) == (
         "host: no measurements of tiny (1x3x8x8) on this machine yet; record them with "
         f"`edgecompile bench {onnx} --input-size 8 --threads 4`"
     )
@@ -261,8 +262,8 @@ def test_the_board_bench_cli_prints_the_host_line_and_json_field(
               medians={"tvm": 2.0, "ort": 1.0})  # fmt: skip
     calls: list[dict[str, Any]] = []
 
-    def fake_bench(artifact: str, **options: Any) -> Any:
-        calls.append(options)
+    def fake_bench(artifact: str, access: BoardAccess, **options: Any) -> Any:
+        calls.append({"access": access, **options})
         return _board(tiny_on_board, history, median_ms=12.0, threads=options["threads"])
 
     monkeypatch.setattr(remote, "bench_on_device", fake_bench)
@@ -279,4 +280,4 @@ def test_the_board_bench_cli_prints_the_host_line_and_json_field(
     report = json.loads(as_json.output)
     assert report["host"]["timings"]["tvm"]["median_ms"] == 2.0
     assert report["host"]["board_over_host_tvm"] == pytest.approx(6.0)
-    assert calls[0]["threads"] == 1 and calls[0]["rpc"] == "127.0.0.1:9090"
+    assert calls[0]["threads"] == 1 and calls[0]["access"].rpc == "127.0.0.1:9090"

@@ -222,3 +222,111 @@ def test_usage_error_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
         main(["build"])
     assert excinfo.value.code == 2
     assert "Missing argument" in capsys.readouterr().err
+
+
+def test_board_options_on_a_run_here_are_refused(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    line = fails_cleanly(
+        ["run", str(tmp_path), "--rpc-key", "rpi4", "--accept-new-host-key", "--remote-dir", "x"],
+        capsys,
+        expected="--rpc-key, --accept-new-host-key, --remote-dir: options for running on a board",
+    )
+    assert "add --device, --rpc or --tracker" in line
+
+
+# --- the package: shared options once, one BoardAccess, examples everywhere -------------------
+
+
+def _commands() -> dict[str, Any]:
+    """Every command by its full name ("records show"), groups included."""
+    import click
+
+    found: dict[str, Any] = {}
+
+    def walk(command: click.Command, name: str) -> None:
+        found[name] = command
+        if isinstance(command, click.Group):
+            for sub_name, sub in command.commands.items():
+                walk(sub, f"{name} {sub_name}".strip())
+
+    walk(cli, "")
+    return found
+
+
+def test_every_help_has_examples() -> None:
+    missing = [
+        name
+        for name in _commands()
+        if "Examples:" not in CliRunner().invoke(cli, [*name.split(), "--help"]).stdout
+    ]
+    assert missing == []
+
+
+@pytest.mark.parametrize(
+    "option", ["--json", "--input-size", "--accept-new-host-key", "--identity", "--seed"]
+)
+def test_a_shared_option_has_one_help_text(option: str) -> None:
+    helps = {
+        name: param.help
+        for name, command in _commands().items()
+        for param in command.params
+        if option in getattr(param, "opts", ())
+    }
+    assert len(helps) >= 2, helps
+    assert len(set(helps.values())) == 1, helps
+
+
+def test_board_options_become_one_board_access() -> None:
+    import click
+
+    from edgecompile.cli.options import board_access
+    from edgecompile.device.access import BoardAccess
+
+    seen: list[Any] = []
+
+    @click.command()
+    @click.argument("device")
+    @board_access("identity", "accept_new_host_key")
+    @click.option("--venv", default="v")
+    def setup(access: BoardAccess, venv: str) -> None:
+        seen.append((access, venv))
+
+    @click.command()
+    @board_access(required=("device",))
+    def deploy(access: BoardAccess) -> None:
+        seen.append(access)
+
+    runner = CliRunner()
+    assert runner.invoke(setup, ["pi@board", "-i", "key", "--venv", "w"]).exit_code == 0
+    assert seen.pop() == (BoardAccess(device="pi@board", identity="key"), "w")
+    result = runner.invoke(deploy, ["--rpc", "h:1", "--remote-python", "py", "--device", "d"])
+    assert result.exit_code == 0, result.output
+    assert seen.pop() == BoardAccess(device="d", rpc="h:1", remote_python="py")
+    missing = runner.invoke(deploy, ["--rpc", "h:1"])
+    assert missing.exit_code == 2 and "Missing option '--device'" in missing.output
+
+
+def test_command_modules_import_only_the_leaf_of_the_cli_package() -> None:
+    """app.py adds the commands; they import nothing of the package but options.py."""
+    import ast
+
+    import edgecompile.cli
+
+    package = Path(edgecompile.cli.__file__).parent
+    for path in sorted(package.glob("*.py")):
+        if path.name in ("__init__.py", "app.py"):
+            continue
+        imported = {
+            node.module
+            for node in ast.walk(ast.parse(path.read_text()))
+            if isinstance(node, ast.ImportFrom) and node.module
+        } | {
+            alias.name
+            for node in ast.walk(ast.parse(path.read_text()))
+            if isinstance(node, ast.Import)
+            for alias in node.names
+        }
+        from_cli = {name for name in imported if name.split(".")[:2] == ["edgecompile", "cli"]}
+        allowed = set() if path.name == "options.py" else {"edgecompile.cli.options"}
+        assert from_cli <= allowed, (path.name, from_cli)

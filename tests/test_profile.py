@@ -1,4 +1,8 @@
-"""``edgecompile profile``: per-kernel times from the instrumented Relax VM, joined to schedules."""
+"""``edgecompile profile``: per-kernel times from the instrumented Relax VM, joined to schedules.
+
+No timing is asserted here (how close the per-layer sum comes to the end-to-end time depends on
+the machine's load): ``benchmarks/profile_overhead.py`` prints that.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +13,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from edgecompile.bench import BUILTIN_ROW, join_schedules, profile_local
+from edgecompile.bench.profile import BUILTIN_ROW, join_schedules, profile_local
 from edgecompile.builder import BuildResult
 from edgecompile.cli import cli
 
@@ -21,23 +25,14 @@ def squeezenet(build_once: Build) -> BuildResult:
     return build_once("squeezenet1_1", "host", input_size=64)
 
 
-def test_layer_times_add_up_to_the_end_to_end_time(build_once: Build) -> None:
-    # The instrument costs ~2 µs per VM call (~130 calls here), part of it inside the timed
-    # span: at 64×64 (0.7 ms end to end) that alone is ~20%, so the sum is checked where the
-    # model does real work. At 128×128 it is ~2.5 ms.
-    squeezenet = build_once("squeezenet1_1", "host", input_size=128)
-    # The machine is shared: a load spike can skew one measurement, so allow retries.
-    gaps = []
-    for _ in range(3):
-        report = profile_local(str(squeezenet.artifact.directory), runs=7, warmup=2)
-        gaps.append(abs(report.layer_sum_ms / report.end_to_end_ms - 1))
-        if gaps[-1] <= 0.15:
-            break
-    assert min(gaps) <= 0.15, gaps
+def test_layer_rows_are_shares_of_their_sum_slowest_first(squeezenet: BuildResult) -> None:
+    report = profile_local(str(squeezenet.artifact.directory), runs=2, warmup=1)
     assert report.layers and sum(layer.share for layer in report.layers) == pytest.approx(100)
     times = [layer.time_ms for layer in report.layers]
     assert times == sorted(times, reverse=True)
     assert sum(times) == pytest.approx(report.layer_sum_ms)
+    assert report.end_to_end_ms > 0 and report.runs == 2
+    assert len({layer.name for layer in report.layers}) == len(report.layers)
 
 
 def test_json_rows_are_joined_to_the_manifest_schedules(squeezenet: BuildResult) -> None:

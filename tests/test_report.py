@@ -18,28 +18,22 @@ import pytest
 from click.testing import CliRunner
 
 import edgecompile
-from edgecompile import report as report_module
+from edgecompile.bench.timing import EngineTiming
 from edgecompile.cli import cli, main
 from edgecompile.errors import EdgecompileError
 from edgecompile.records import store_for
-from edgecompile.report import (
-    BUILDS_DIR,
-    CSV_FIELDS,
-    OP_CLASSES,
-    TUNED,
-    ModelResult,
-    Timing,
-    ZooReport,
-    correlation_sentences,
-    correlations,
-    op_class_of,
-    select_models,
-    spearman,
-    tuned_builds_dir,
-    tuned_engine_available,
-    tuning_records,
-)
+from edgecompile.report import builds, stats
+from edgecompile.report.builds import tuned_builds_dir, tuned_engine_available, tuning_records
+from edgecompile.report.measure import OP_CLASSES, op_class_of
+from edgecompile.report.pipeline import select_models
+from edgecompile.report.results import BUILDS_DIR, TUNED, ModelResult, TuningRecords, ZooReport
+from edgecompile.report.stats import correlation_sentences, correlations, spearman
+from edgecompile.report.tables import CSV_FIELDS
 from edgecompile.targets import resolve_target
+
+# The module's fixtures run whole reports (one after a real tune): their setup counts toward the
+# first test that asks for them, and on a loaded two-core machine takes ~5 min.
+pytestmark = pytest.mark.timeout(900)
 
 MEASURED = ("squeezenet1_1", "shufflenet_v2_x0_5")
 BROKEN = "mobilenet_v2_x0_35"
@@ -56,7 +50,7 @@ def no_records(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def zoo(tmp_path_factory: pytest.TempPathFactory, no_records: Path) -> ZooReport:
-    real_build = report_module.build_host_artifact
+    real_build = builds.build_host_artifact
 
     def build_or_fail(name: str, *args: Any, **kwargs: Any) -> Any:
         if name == BROKEN:
@@ -65,7 +59,7 @@ def zoo(tmp_path_factory: pytest.TempPathFactory, no_records: Path) -> ZooReport
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("EDGECOMPILE_RECORDS", str(no_records))
-        patch.setattr(report_module, "build_host_artifact", build_or_fail)
+        patch.setattr(builds, "build_host_artifact", build_or_fail)
         return edgecompile.report(
             [*MEASURED, BROKEN],
             tmp_path_factory.mktemp("report"),
@@ -226,7 +220,7 @@ def test_spearman_matches_known_values() -> None:
 def test_spearman_gives_ties_their_average_rank() -> None:
     # x ranks [1, 2.5, 2.5, 4], y ranks [1, 3, 2, 4]: Pearson of the ranks is 3/sqrt(10).
     assert spearman([1, 2, 2, 3], [1, 3, 2, 4]) == pytest.approx(3 / math.sqrt(10))
-    assert report_module._average_ranks([10, 20, 20, 30, 20]).tolist() == [1, 3, 3, 5, 3]
+    assert stats._average_ranks([10, 20, 20, 30, 20]).tolist() == [1, 3, 3, 5, 3]
     assert spearman([5, 5, 5], [1, 2, 3]) is None  # all ties: no ranking to correlate
     assert spearman([1], [2]) is None
     with pytest.raises(ValueError):
@@ -234,7 +228,7 @@ def test_spearman_gives_ties_their_average_rank() -> None:
 
 
 def _result(name: str, madds: int, mac: int, ms: float) -> ModelResult:
-    timing = Timing("tvm", 1, ms, ms, ms, ms, None, None)
+    timing = EngineTiming("tvm", 1, ms, ms, ms, ms, None, None)
     return ModelResult(
         name, "test", (64, 64), multiply_adds=madds, memory_access=mac, timings=[timing]
     )
@@ -329,6 +323,29 @@ def test_without_records_the_tuned_engine_is_left_out_with_a_note(
     assert any(f"{TUNED} not measured" in note and str(no_records) in note for note in zoo.notes)
     assert not any(row["engine"] == TUNED for row in _csv_rows(zoo))
     assert not list((Path(zoo.output_dir) / BUILDS_DIR).glob("tuned-*"))
+
+
+def test_the_untuned_build_applies_no_records_and_the_tuned_one_only_its_own(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    class Built(Exception):
+        pass
+
+    calls: list[dict[str, Any]] = []
+
+    def fake_build(*args: Any, **kwargs: Any) -> None:
+        calls.append(kwargs)
+        raise Built
+
+    monkeypatch.setattr("edgecompile.builder.build", fake_build)
+    options = {"input_size": (32, 32), "seed": 0, "rebuild": True}
+    with pytest.raises(Built):  # "tvm": records=None would apply the user's cache
+        builds.build_host_artifact("squeezenet1_1", tmp_path, **options)
+    records = TuningRecords(store=str(tmp_path / "store"), digest="0" * 64, records=1)
+    with pytest.raises(Built):
+        builds.build_host_artifact("squeezenet1_1", tmp_path, records=records, **options)
+    assert [call["records"] for call in calls] == [False, records.store]
+    assert calls[0]["records"] is False
 
 
 def test_records_asked_for_but_missing_are_an_error_before_anything_runs(tmp_path: Path) -> None:

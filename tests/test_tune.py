@@ -506,8 +506,9 @@ def test_finished_tir_kernels_are_not_tuning_tasks() -> None:
     from tvm import tirx
 
     from edgecompile.builder import prepare_model
+    from edgecompile.schedules.analysis import has_root_block as _has_root_block
     from edgecompile.schedules.pipeline import fused_module
-    from edgecompile.tune import _extract_tasks, _has_root_block
+    from edgecompile.tune import _extract_tasks
 
     target = resolve_target("host").tvm_target()
     with tempfile.TemporaryDirectory() as scratch:

@@ -23,6 +23,10 @@ class BoardAccess:
     Exactly one of ``device`` (SSH ``user@host[:port]``), ``rpc`` (a TVM RPC server's
     ``host:port``) or ``tracker`` (a TVM RPC tracker's ``host:port``) says where; the rest
     says how (SSH key, host-key policy, folders on the board, the tracker key).
+
+    ``known_hosts`` and ``ssh_config`` replace ``~/.ssh/known_hosts`` and ``~/.ssh/config``
+    (tests and scripts; the CLI has no options for them). ``remote_dir`` None is
+    ``~/edgecompile``; ``remote_python`` None tries the usual places (``ssh.PYTHON_CANDIDATES``).
     """
 
     device: str | None = None
@@ -32,6 +36,7 @@ class BoardAccess:
     identity: str | Path | None = None
     accept_new_host_key: bool = False
     known_hosts: str | Path | None = None
+    ssh_config: str | Path | None = None
     remote_dir: str | None = None
     remote_python: str | None = None
 
@@ -59,7 +64,18 @@ class BoardAccess:
             "identity": self.identity,
             "accept_new_host_key": self.accept_new_host_key,
             "known_hosts": self.known_hosts,
+            "ssh_config": self.ssh_config,
         }
+
+    def require_device(self, command: str) -> str:
+        """``device``, for what works over SSH only (``deploy``, ``device setup``, a tunnel);
+        one line naming the fix when it is missing."""
+        if not self.device:
+            raise EdgecompileError(
+                f"{command} works over SSH: it needs the board as user@host[:port]",
+                "pass --device user@host (e.g. --device pi@raspberrypi.local)",
+            )
+        return self.device
 
     def board_only_options(self) -> list[str]:
         """The options given that only mean something on a board, as ``--option`` names:

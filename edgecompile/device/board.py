@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from edgecompile.device import emulator
-from edgecompile.errors import EdgecompileError
+from edgecompile.errors import EdgecompileError, first_line
 
 __all__ = [
     "DEFAULT_RPC_PORT",
@@ -292,7 +292,7 @@ def _public_key_line(authorized_key: str | Path) -> str:
             "the authorized key is not an OpenSSH public key",
             "pass the .pub file (e.g. ~/.ssh/id_ed25519.pub), never the private key",
         )
-    return text.splitlines()[0]
+    return first_line(text)
 
 
 def _fingerprint(public_line: str) -> str:

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from edgecompile._cache import cache_root
-from edgecompile.errors import EdgecompileError
+from edgecompile.errors import EdgecompileError, last_line
 
 __all__ = [
     "DEFAULT_CPU",
@@ -490,8 +490,7 @@ def _remove_tree(path: Path) -> None:
 
 def _last_line(text: str | None) -> str:
     """The last non-empty line: for Python and most tools, the one that names the error."""
-    lines = [line.strip() for line in (text or "").splitlines() if line.strip()]
-    return lines[-1] if lines else "no error output"
+    return last_line(text) or "no error output"
 
 
 def _checked(

@@ -22,15 +22,14 @@ import shlex
 import socket
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from edgecompile.artifact import Artifact, load_artifact
-from edgecompile.bench import (
-    EngineTiming,
+from edgecompile.bench.history import (
     History,
     HostComparison,
     compare_with_host,
@@ -38,7 +37,9 @@ from edgecompile.bench import (
     host_bench_command,
     record_history,
 )
-from edgecompile.errors import EdgecompileError
+from edgecompile.bench.timing import EngineTiming, latency_stats
+from edgecompile.device.access import BoardAccess
+from edgecompile.errors import EdgecompileError, last_line
 
 __all__ = [
     "BenchResult",
@@ -142,32 +143,6 @@ class BenchResult:
         return asdict(self)
 
 
-def latency_stats(seconds: Sequence[float]) -> dict[str, float]:
-    """median, p90 (linear interpolation), mean, population std, min, max -- in ms."""
-    if not seconds:
-        raise EdgecompileError("no timings were measured", "use --repeat 1 or more")
-    ms = np.asarray(seconds, dtype=np.float64) * 1e3
-    return {
-        "median_ms": float(np.median(ms)),
-        "p90_ms": float(np.percentile(ms, 90)),
-        "mean_ms": float(ms.mean()),
-        "std_ms": float(ms.std()),
-        "min_ms": float(ms.min()),
-        "max_ms": float(ms.max()),
-    }
-
-
-def _one_transport(device: str | None, rpc: str | None, tracker: str | None) -> str:
-    given = [name for name, value in (("ssh", device), ("rpc", rpc), ("tracker", tracker)) if value]
-    if len(given) != 1:
-        raise EdgecompileError(
-            "say where to run: exactly one of --device user@host, --rpc host:port, "
-            "--tracker host:port" + (f" (got {', '.join(given)})" if given else ""),
-            "e.g. --device pi@raspberrypi.local",
-        )
-    return given[0]
-
-
 def _inputs_for(
     artifact: Artifact, inputs: Sequence[np.ndarray] | None, seed: int
 ) -> list[np.ndarray]:
@@ -180,68 +155,42 @@ def _inputs_for(
 
 def run_on_device(
     artifact: str | Path | Artifact,
+    access: BoardAccess,
     inputs: Sequence[np.ndarray] | None = None,
     *,
-    device: str | None = None,
-    rpc: str | None = None,
-    tracker: str | None = None,
-    rpc_key: str | None = None,
-    identity: str | Path | None = None,
-    accept_new_host_key: bool = False,
-    known_hosts: str | Path | None = None,
-    remote_dir: str | None = None,
-    remote_python: str | None = None,
     threads: int | None = None,
     seed: int = 0,
 ) -> RemoteRunResult:
-    """Run ``artifact`` on a board (exactly one of ``device``, ``rpc``, ``tracker``).
+    """Run ``artifact`` on the board ``access`` reaches (exactly one of its ``device``,
+    ``rpc``, ``tracker``).
 
     ``inputs`` default to the seeded random inputs ``edgecompile run`` uses locally, so the
     two are comparable. Over SSH the artifact is first deployed (see :func:`ssh.deploy`).
     """
-    transport = _one_transport(device, rpc, tracker)
+    transport = access.transport
     if not isinstance(artifact, Artifact):
         artifact = load_artifact(artifact)
     data = _inputs_for(artifact, inputs, seed)
     if transport == "ssh":
-        assert device is not None
-        report, outputs, board = _ssh_job(
-            artifact,
-            data,
-            device,
-            mode="run",
-            identity=identity,
-            accept_new_host_key=accept_new_host_key,
-            known_hosts=known_hosts,
-            remote_dir=remote_dir,
-            remote_python=remote_python,
-            threads=threads,
-        )
-        return RemoteRunResult(outputs, report["seconds"], "ssh", device, board)
-    with _rpc_session(artifact, rpc=rpc, tracker=tracker, rpc_key=rpc_key) as session:
+        report, outputs, board = _ssh_job(artifact, data, access, mode="run", threads=threads)
+        return RemoteRunResult(outputs, report["seconds"], "ssh", str(access.device), board)
+    with _rpc_session(artifact, access) as session:
         outputs, seconds = _rpc_run(session, data, threads)
         return RemoteRunResult(outputs, seconds, transport, session.target, session.board)
 
 
 def bench_on_device(
     artifact: str | Path | Artifact,
+    access: BoardAccess,
     *,
-    device: str | None = None,
-    rpc: str | None = None,
-    tracker: str | None = None,
-    rpc_key: str | None = None,
-    identity: str | Path | None = None,
-    accept_new_host_key: bool = False,
-    known_hosts: str | Path | None = None,
-    remote_dir: str | None = None,
-    remote_python: str | None = None,
     threads: int | None = None,
     repeat: int = 20,
     warmup: int = 3,
     seed: int = 0,
     history: History = True,
 ) -> BenchResult:
-    """Time ``main`` on the board: ``warmup`` untimed runs, then ``repeat`` timed ones.
+    """Time ``main`` on the board ``access`` reaches: ``warmup`` untimed runs, then ``repeat``
+    timed ones.
 
     Timing happens on the board (TVM's ``time_evaluator``), so network latency is excluded.
     The result carries the latest host numbers of the same model and input shape found in the
@@ -253,30 +202,18 @@ def bench_on_device(
         )
     if threads is not None and threads < 1:
         raise EdgecompileError(f"bad --threads {threads}", "use 1 or more")
-    transport = _one_transport(device, rpc, tracker)
+    transport = access.transport
     if not isinstance(artifact, Artifact):
         artifact = load_artifact(artifact)
     data = _inputs_for(artifact, None, seed)
     notes: list[str] = []
     if transport == "ssh":
-        assert device is not None
         report, _, board = _ssh_job(
-            artifact,
-            data,
-            device,
-            mode="bench",
-            identity=identity,
-            accept_new_host_key=accept_new_host_key,
-            known_hosts=known_hosts,
-            remote_dir=remote_dir,
-            remote_python=remote_python,
-            threads=threads,
-            repeat=repeat,
-            warmup=warmup,
+            artifact, data, access, mode="bench", threads=threads, repeat=repeat, warmup=warmup
         )
-        results, used_threads, target = report["results"], report.get("threads"), device
+        results, used_threads, target = report["results"], report.get("threads"), str(access.device)
     else:
-        with _rpc_session(artifact, rpc=rpc, tracker=tracker, rpc_key=rpc_key) as session:
+        with _rpc_session(artifact, access) as session:
             results = _rpc_bench(session, data, threads, repeat=repeat, warmup=warmup)
             used_threads, target, board = session.threads(), session.target, session.board
             notes.append(
@@ -373,14 +310,9 @@ def _emulated_note() -> str:
 def _ssh_job(
     artifact: Artifact,
     data: list[np.ndarray],
-    device: str,
+    access: BoardAccess,
     *,
     mode: str,
-    identity: str | Path | None,
-    accept_new_host_key: bool,
-    known_hosts: str | Path | None,
-    remote_dir: str | None,
-    remote_python: str | None,
     threads: int | None,
     repeat: int = 0,
     warmup: int = 0,
@@ -388,17 +320,12 @@ def _ssh_job(
     """Deploy, ship inputs and the script to a fresh temp dir, run, fetch outputs, clean up."""
     from edgecompile.device import ssh
 
-    with ssh.connect(
-        device,
-        identity=identity,
-        accept_new_host_key=accept_new_host_key,
-        known_hosts=known_hosts,
-    ) as board:
+    with ssh.connect(access.require_device(mode), **access.ssh_login()) as board:
         deployment = ssh.deploy_on(
             board,
             artifact,
-            remote_dir=remote_dir or ssh.DEFAULT_REMOTE_DIR,
-            remote_python=remote_python,
+            remote_dir=access.remote_dir or ssh.DEFAULT_REMOTE_DIR,
+            remote_python=access.remote_python,
         )
         info = deployment.board
         assert info.python is not None  # check_compatible refused boards without one
@@ -437,8 +364,8 @@ def _ssh_job(
                     f"this board with TVM {info.tvm_version}",
                 )
             try:
-                report = json.loads(result.stdout.strip().splitlines()[-1])
-            except (ValueError, IndexError):
+                report = json.loads(last_line(result.stdout))
+            except ValueError:
                 raise EdgecompileError(
                     f"the board's runner printed no report: {result.last_error_line()}",
                     "run again; report it if it repeats",
@@ -524,7 +451,7 @@ class _RPCSession:
             self.remote.get_function("runtime.config_threadpool")(0, int(threads))
         except Exception as error:
             raise EdgecompileError(
-                f"the RPC server cannot resize its thread pool: {_last_line(error)}",
+                f"the RPC server cannot resize its thread pool: {last_line(error)}",
                 "drop --threads, or set TVM_NUM_THREADS where the RPC server starts",
             ) from None
 
@@ -542,7 +469,7 @@ class _RPCSession:
         except Exception as error:
             raise EdgecompileError(
                 f"the RPC server at {self.target} cannot load {manifest.library}: "
-                f"{_last_line(error)}",
+                f"{last_line(error)}",
                 f"the board's TVM must be {manifest.tvm_version} (the version that built the "
                 "library) and its arch " + manifest.arch,
             ) from None
@@ -579,15 +506,8 @@ def _rpc_bench(
     return [float(r) for r in timer("main").results]
 
 
-def _last_line(error: BaseException) -> str:
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    return lines[-1] if lines else type(error).__name__
-
-
 @contextlib.contextmanager
-def _rpc_session(
-    artifact: Artifact, *, rpc: str | None, tracker: str | None, rpc_key: str | None
-) -> Iterator[_RPCSession]:
+def _rpc_session(artifact: Artifact, access: BoardAccess) -> Iterator[_RPCSession]:
     """Open (directly or via a tracker) and check an RPC session; always close it after.
 
     TVM 0.27 has no explicit close: the session ends when its last Python reference goes,
@@ -596,7 +516,7 @@ def _rpc_session(
     timeout, and the next tracker request waits for it -- so references are dropped and
     the collector run here. The server then deletes the uploaded library.
     """
-    remote, transport, target = _open_rpc(artifact, rpc, tracker, rpc_key)
+    remote, transport, target = _open_rpc(artifact, access)
     session = _RPCSession(artifact, remote, transport, target)
     del remote
     try:
@@ -608,15 +528,14 @@ def _rpc_session(
         gc.collect()
 
 
-def check_rpc_target(
-    preset: Any, *, rpc: str | None, tracker: str | None, rpc_key: str | None
-) -> str:
-    """Open one session (directly or via the tracker) and check the board's arch is the
-    preset's; returns the board's LLVM triple. Tuning calls it before measuring anything, so
-    an unreachable tracker, a missing key or a wrong board is one clear line, not N failures."""
+def check_rpc_target(preset: Any, access: BoardAccess) -> str:
+    """Open one session (``access.rpc`` directly, else via ``access.tracker`` under its
+    ``rpc_key`` or the preset's) and check the board's arch is the preset's; returns the
+    board's LLVM triple. Tuning calls it before measuring anything, so an unreachable tracker,
+    a missing key or a wrong board is one clear line, not N failures."""
     from edgecompile.device.ssh import arch_name
 
-    remote, _, where = _open_rpc(None, rpc, tracker, rpc_key or preset.rpc_key)
+    remote, _, where = _open_rpc(None, replace(access, rpc_key=access.rpc_key or preset.rpc_key))
     try:
         triple = str(remote.get_function("target.llvm_get_system_triple")())
     except Exception:  # a runtime-only TVM has no LLVM: nothing to check against
@@ -633,18 +552,19 @@ def check_rpc_target(
     return triple
 
 
-def _open_rpc(
-    artifact: Artifact | None, rpc: str | None, tracker: str | None, rpc_key: str | None
-) -> tuple[Any, str, str]:
+def _open_rpc(artifact: Artifact | None, access: BoardAccess) -> tuple[Any, str, str]:
+    """A TVM RPC session with ``access.rpc``, else one from ``access.tracker`` (under
+    ``access.rpc_key``, else the artifact's preset's key); and its transport and label."""
     from tvm import rpc as tvm_rpc
 
+    rpc, tracker, rpc_key = access.rpc, access.tracker, access.rpc_key
     if rpc:
         host, port = _host_port(rpc, "--rpc")
         try:
             remote = tvm_rpc.connect(host, port, session_timeout=SESSION_TIMEOUT)
         except Exception as error:
             raise EdgecompileError(
-                f"cannot open a TVM RPC session with {host}:{port}: {_last_line(error)}",
+                f"cannot open a TVM RPC session with {host}:{port}: {last_line(error)}",
                 "start the board's server: python -m tvm.exec.rpc_server --host 0.0.0.0 "
                 f"--port {port} (without --tracker/--key for direct clients)",
             ) from None
@@ -666,7 +586,7 @@ def _open_rpc(
         summary = client.summary()
     except Exception as error:
         raise EdgecompileError(
-            f"cannot reach the RPC tracker at {host}:{port}: {_last_line(error)}",
+            f"cannot reach the RPC tracker at {host}:{port}: {last_line(error)}",
             f"start it: python -m tvm.exec.rpc_tracker --host 0.0.0.0 --port {port}",
         ) from None
     keys = _tracker_keys(summary)
@@ -681,7 +601,7 @@ def _open_rpc(
         remote = client.request(key, priority=1, session_timeout=SESSION_TIMEOUT)
     except Exception as error:
         raise EdgecompileError(
-            f"the tracker at {host}:{port} could not give a {key!r} board: {_last_line(error)}",
+            f"the tracker at {host}:{port} could not give a {key!r} board: {last_line(error)}",
             "check the board's RPC server, then run again",
         ) from None
     return remote, "tracker", f"{host}:{port} key {key}"

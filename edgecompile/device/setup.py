@@ -25,9 +25,9 @@ import re
 import shlex
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
+from edgecompile.device.access import BoardAccess
 from edgecompile.device.ssh import BoardConnection, connect, remote_path
 from edgecompile.errors import EdgecompileError
 
@@ -250,20 +250,18 @@ def _pip_error(result_text: str) -> str:
 
 
 def setup_device(
-    device: str,
+    access: BoardAccess,
     *,
     venv: str = DEFAULT_VENV,
-    identity: str | Path | None = None,
-    accept_new_host_key: bool = False,
-    known_hosts: str | Path | None = None,
-    ssh_config: str | Path | None = None,
     index_url: str | None = None,
     dry_run: bool = False,
     on_step: StepCallback | None = None,
 ) -> SetupReport:
-    """Make ``venv`` on ``device`` hold the host's exact TVM (see the module docstring).
+    """Make ``venv`` on the board (``access.device``, over SSH) hold the host's exact TVM (see
+    the module docstring).
 
     Args:
+        access: The board: ``device`` and how to log in (the rest of it is not used).
         venv: The board's venv folder (``~/`` is the board user's home).
         index_url: A package index for pip (an offline mirror); pip's default otherwise.
         dry_run: Inspect only and report the plan ("planned" steps); the board is unchanged.
@@ -273,13 +271,8 @@ def setup_device(
         EdgecompileError: connection problems, no python3 (or too old), an architecture
             without wheels, no venv module, pip failing, or TVM not importing afterwards.
     """
-    with connect(
-        device,
-        identity=identity,
-        accept_new_host_key=accept_new_host_key,
-        known_hosts=known_hosts,
-        ssh_config=ssh_config,
-    ) as board:
+    device = access.require_device("device setup")
+    with connect(device, **access.ssh_login()) as board:
         return setup_on(board, venv=venv, index_url=index_url, dry_run=dry_run, on_step=on_step)
 
 

@@ -35,7 +35,8 @@ from pathlib import Path
 from typing import Any
 
 from edgecompile.artifact import MANIFEST, Artifact, load_artifact, sha256_file
-from edgecompile.errors import EdgecompileError
+from edgecompile.device.access import BoardAccess
+from edgecompile.errors import EdgecompileError, last_line
 
 __all__ = [
     "DEFAULT_REMOTE_DIR",
@@ -284,10 +285,8 @@ class CommandResult:
     stderr: str
 
     def last_error_line(self) -> str:
-        lines = [line.strip() for line in self.stderr.splitlines() if line.strip()]
-        if not lines:
-            lines = [line.strip() for line in self.stdout.splitlines() if line.strip()]
-        return lines[-1] if lines else f"exit status {self.exit_status}"
+        """Where the reason of a failed command is: the last line of stderr, else stdout's."""
+        return last_line(self.stderr) or last_line(self.stdout) or f"exit status {self.exit_status}"
 
 
 class BoardConnection:
@@ -776,20 +775,16 @@ ProgressCallback = Callable[[int, int], None]
 
 def deploy(
     artifact: str | Path | Artifact,
-    device: str,
+    access: BoardAccess,
     *,
-    identity: str | Path | None = None,
-    remote_dir: str = DEFAULT_REMOTE_DIR,
-    accept_new_host_key: bool = False,
-    known_hosts: str | Path | None = None,
-    ssh_config: str | Path | None = None,
-    remote_python: str | None = None,
     progress: ProgressCallback | None = None,
 ) -> Deployment:
-    """Copy an artifact to ``device`` (``user@host[:port]``) under ``remote_dir``, atomically.
+    """Copy an artifact over SSH to ``access.device`` (``user@host[:port]``), under
+    ``access.remote_dir`` (default ``~/edgecompile``), atomically.
 
     The board gets ``<remote_dir>/<artifact folder name>/<model>.so`` and ``manifest.json``.
-    An identical library already there is not uploaded again.
+    An identical library already there is not uploaded again. ``access.remote_python`` is
+    the board's Python with TVM (default: the first of :data:`PYTHON_CANDIDATES` there).
 
     Args:
         progress: Called with (bytes sent, total) during the library upload.
@@ -799,17 +794,16 @@ def deploy(
             (see :func:`check_compatible`), not enough disk space, a checksum mismatch, or a
             dropped connection (the final name is untouched in every case).
     """
+    device = access.require_device("deploy")
     if not isinstance(artifact, Artifact):
         artifact = load_artifact(artifact)
-    with connect(
-        device,
-        identity=identity,
-        accept_new_host_key=accept_new_host_key,
-        known_hosts=known_hosts,
-        ssh_config=ssh_config,
-    ) as board:
+    with connect(device, **access.ssh_login()) as board:
         return deploy_on(
-            board, artifact, remote_dir=remote_dir, remote_python=remote_python, progress=progress
+            board,
+            artifact,
+            remote_dir=access.remote_dir or DEFAULT_REMOTE_DIR,
+            remote_python=access.remote_python,
+            progress=progress,
         )
 
 

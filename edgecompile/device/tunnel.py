@@ -16,11 +16,11 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 from edgecompile.device import ssh
-from edgecompile.errors import EdgecompileError
+from edgecompile.device.access import BoardAccess
+from edgecompile.errors import EdgecompileError, last_line
 
 DEFAULT_RPC_PORT = 9090
 #: TVM's import under qemu-user or on a Pi 3 takes tens of seconds before the server listens.
@@ -30,33 +30,25 @@ SERVER_LOG = "~/.edgecompile-rpc-server.log"
 
 @contextlib.contextmanager
 def rpc_tunnel(
-    device: str,
-    *,
-    identity: str | None = None,
-    accept_new_host_key: bool = False,
-    remote_python: str | None = None,
-    remote_port: int = DEFAULT_RPC_PORT,
-    known_hosts: str | Path | None = None,
+    access: BoardAccess, *, remote_port: int = DEFAULT_RPC_PORT
 ) -> Iterator[tuple[str, int]]:
-    """``(host, port)`` on this machine's loopback that reaches the board's RPC server.
+    """``(host, port)`` on this machine's loopback that reaches the RPC server on port
+    ``remote_port`` of the board's loopback, over SSH to ``access.device`` (started with
+    ``access.remote_python`` if none listens there).
 
     The forwarding runs in a child process: TVM's RPC client keeps the GIL while it waits for
     a reply, so a forwarding thread in the caller's process would never pass the request on.
     """
-    login = {
-        "identity": identity,
-        "accept_new_host_key": accept_new_host_key,
-        "known_hosts": str(known_hosts) if known_hosts is not None else None,
-    }
-    with ssh.connect(device, **login) as board:  # type: ignore[arg-type]
+    device = access.require_device("an RPC tunnel")
+    with ssh.connect(device, **access.ssh_login()) as board:
         transport = board.client.get_transport()
         if not _listening(transport, remote_port):
-            _start_server(board, remote_python, remote_port)
+            _start_server(board, access.remote_python, remote_port)
     context = multiprocessing.get_context("spawn")
     ours, theirs = context.Pipe()
     child = context.Process(
         target=_forward_in_child,
-        args=(device, login, remote_port, theirs),
+        args=(access, remote_port, theirs),
         name="edgecompile-tunnel",
         daemon=True,
     )
@@ -83,11 +75,15 @@ def rpc_tunnel(
 FORWARDER_START_TIMEOUT = 60.0
 
 
-def _forward_in_child(device: str, login: dict[str, Any], remote_port: int, pipe: Any) -> None:
+def _forward_in_child(access: BoardAccess, remote_port: int, pipe: Any) -> None:
     """The tunnel process: its own SSH connection, forwarding until the parent says stop (or
     goes away)."""
+    device = str(access.device)  # rpc_tunnel checked it
     try:
-        with ssh.connect(device, **login) as board, _Forwarder(board, remote_port) as port:
+        with (
+            ssh.connect(device, **access.ssh_login()) as board,
+            _Forwarder(board, remote_port) as port,
+        ):
             pipe.send(("ready", port))
             with contextlib.suppress(EOFError, OSError):
                 pipe.recv()
@@ -147,10 +143,10 @@ def _start_server(board: ssh.BoardConnection, remote_python: str | None, port: i
         if _listening(transport, port):
             return
         time.sleep(2.0)
-    tail = board.run(f"tail -n 3 {log}").stdout.strip().splitlines()
+    tail = last_line(board.run(f"tail -n 3 {log}").stdout) or "no log"
     raise EdgecompileError(
         f"the TVM RPC server on {board.settings.label} did not start listening on port {port} "
-        f"within {SERVER_START_TIMEOUT:.0f} s: {tail[-1] if tail else 'no log'}",
+        f"within {SERVER_START_TIMEOUT:.0f} s: {tail}",
         f"look at {SERVER_LOG} on the board, or pick another --remote-port",
     )
 

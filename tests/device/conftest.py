@@ -3,33 +3,12 @@
 from __future__ import annotations
 
 import contextlib
-import os
 import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-
-from edgecompile.device import emulator
-from edgecompile.errors import EdgecompileError
-
-
-@pytest.fixture(scope="session")
-def as_root() -> None:
-    """Skips the test unless it runs as root, as binfmt_misc and chroot need."""
-    if os.geteuid() != 0:
-        pytest.skip("the emulated board needs root (binfmt_misc, chroot)")
-
-
-@pytest.fixture(scope="session")
-def rootfs(as_root: None) -> Path:
-    """The cached arm64 rootfs, built on first use; skips where it cannot be built."""
-    try:
-        return emulator.ensure_rootfs(progress=lambda line: print(f"[rootfs] {line}"))
-    except EdgecompileError as error:
-        pytest.skip(f"cannot build the emulated board's rootfs (no network or tools?): {error}")
-
 
 # --------------------------------------------------------------------------------------------
 # The emulated board as a service (sshd + TVM RPC servers) and an RPC tracker on the host.

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from edgecompile.artifact import Artifact
+from edgecompile.device.access import BoardAccess
 from edgecompile.device.remote import bench_on_device, latency_stats, run_on_device
 from edgecompile.errors import EdgecompileError
 from edgecompile.export import example_input, relative_error
@@ -28,9 +29,9 @@ def test_latency_stats() -> None:
 
 def test_exactly_one_place_to_run(tmp_path: Any) -> None:
     with pytest.raises(EdgecompileError, match="exactly one of --device"):
-        run_on_device(tmp_path, rpc="127.0.0.1:1", device="pi@board")
+        run_on_device(tmp_path, BoardAccess(rpc="127.0.0.1:1", device="pi@board"))
     with pytest.raises(EdgecompileError, match="exactly one of --device"):
-        bench_on_device(tmp_path)
+        bench_on_device(tmp_path, BoardAccess())
 
 
 emulator = pytest.mark.emulator
@@ -46,7 +47,7 @@ def test_run_over_rpc_matches_torch(
 ) -> None:
     artifact = board_artifacts(model, "rpi4")
     x = example_input(artifact.manifest.inputs[0]["shape"], seed=7)
-    result = run_on_device(artifact, [x], rpc=emulated_board.rpc)
+    result = run_on_device(artifact, BoardAccess(rpc=emulated_board.rpc), [x])
     assert len(result.outputs) == 1
     assert relative_error(result.outputs[0], torch_reference(model, x)) <= 1e-4
     assert result.transport == "rpc" and result.board["machine"] == "aarch64"
@@ -61,7 +62,7 @@ def test_run_via_tracker_matches_torch(
     artifact = board_artifacts("shufflenet_v1", "rpi4")
     x = example_input(artifact.manifest.inputs[0]["shape"], seed=7)
     # no rpc_key: the preset's ("rpi4") is what the board registered under
-    result = run_on_device(artifact, [x], tracker=emulated_board.tracker)
+    result = run_on_device(artifact, BoardAccess(tracker=emulated_board.tracker), [x])
     assert result.transport == "tracker"
     assert relative_error(result.outputs[0], torch_reference("shufflenet_v1", x)) <= 1e-4
     # The session was closed at once, so the board is free for the next request (TVM closes a
@@ -87,7 +88,11 @@ def test_bench_over_rpc(
 ) -> None:
     where = {"rpc": emulated_board.rpc} if via == "rpc" else {"tracker": emulated_board.tracker}
     result = bench_on_device(
-        board_artifacts("shufflenet_v1", "rpi4"), repeat=3, warmup=1, threads=1, **where
+        board_artifacts("shufflenet_v1", "rpi4"),
+        BoardAccess(**where),
+        repeat=3,
+        warmup=1,
+        threads=1,
     )
     assert result.transport == via and len(result.times_ms) == 3
     assert 0 < result.min_ms <= result.median_ms <= result.p90_ms <= result.max_ms
@@ -102,7 +107,7 @@ def test_armv7_library_is_refused_over_rpc(
 ) -> None:
     armv7 = board_artifacts("shufflenet_v1", "rpi4-armv7")
     with pytest.raises(EdgecompileError, match=r"32-bit ARM \(armv7\) library .* \(aarch64\) TVM"):
-        run_on_device(armv7, rpc=emulated_board.rpc)
+        run_on_device(armv7, BoardAccess(rpc=emulated_board.rpc))
 
 
 @emulator
@@ -112,8 +117,7 @@ def test_unknown_tracker_key_lists_the_registered_ones(
     with pytest.raises(EdgecompileError, match=r"under key 'jetson'.*registered: rpi4"):
         run_on_device(
             board_artifacts("shufflenet_v1", "rpi4"),
-            tracker=emulated_board.tracker,
-            rpc_key="jetson",
+            BoardAccess(tracker=emulated_board.tracker, rpc_key="jetson"),
         )
 
 
@@ -124,6 +128,6 @@ def test_rpc_refused(
     port = free_ports()
     artifact = board_artifacts("shufflenet_v1", "rpi4")
     with pytest.raises(EdgecompileError, match=rf"TVM RPC session with 127\.0\.0\.1:{port}"):
-        run_on_device(artifact, rpc=f"127.0.0.1:{port}")
+        run_on_device(artifact, BoardAccess(rpc=f"127.0.0.1:{port}"))
     with pytest.raises(EdgecompileError, match=rf"reach the RPC tracker at 127\.0\.0\.1:{port}"):
-        run_on_device(artifact, tracker=f"127.0.0.1:{port}")
+        run_on_device(artifact, BoardAccess(tracker=f"127.0.0.1:{port}"))

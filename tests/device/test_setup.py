@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 from edgecompile.device import setup
+from edgecompile.device.access import BoardAccess
 from edgecompile.device.ssh import CommandResult
 from edgecompile.errors import EdgecompileError
 
@@ -140,10 +141,10 @@ def test_complete_venv_is_already_fine(
     marker = rootfs / VENV.lstrip("/") / "pyvenv.cfg"
     before = marker.stat().st_mtime_ns
     report = setup.setup_device(
-        emulated_board.device,
+        BoardAccess(
+            device=emulated_board.device, identity=client_key, known_hosts=trusted_known_hosts
+        ),
         venv=VENV,
-        identity=client_key,
-        known_hosts=trusted_known_hosts,
     )
     assert report.ready and not report.changed
     assert [s.name for s in report.steps] == [

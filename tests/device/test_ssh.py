@@ -26,6 +26,7 @@ import pytest
 
 from edgecompile.artifact import MANIFEST, Artifact, load_artifact, sha256_file
 from edgecompile.device import ssh
+from edgecompile.device.access import BoardAccess
 from edgecompile.device.remote import bench_on_device, run_on_device
 from edgecompile.errors import EdgecompileError
 from edgecompile.export import example_input, relative_error
@@ -368,10 +369,12 @@ def test_deploy_is_checked_atomic_and_idempotent(
     remote, host_path = remote_dir
     first = ssh.deploy(
         artifact,
-        emulated_board.device,
-        identity=client_key,
-        known_hosts=trusted_known_hosts,
-        remote_dir=remote,
+        BoardAccess(
+            device=emulated_board.device,
+            identity=client_key,
+            known_hosts=trusted_known_hosts,
+            remote_dir=remote,
+        ),
     )
     assert first.uploaded
     assert first.library == f"/root/{remote[2:]}/shufflenet_v1-rpi4/shufflenet_v1.so"
@@ -383,10 +386,12 @@ def test_deploy_is_checked_atomic_and_idempotent(
 
     again = ssh.deploy(
         artifact,
-        emulated_board.device,
-        identity=client_key,
-        known_hosts=trusted_known_hosts,
-        remote_dir=remote,
+        BoardAccess(
+            device=emulated_board.device,
+            identity=client_key,
+            known_hosts=trusted_known_hosts,
+            remote_dir=remote,
+        ),
     )
     assert not again.uploaded  # same sha256 on the board: nothing sent
 
@@ -414,10 +419,12 @@ def test_dropped_connection_mid_upload_leaves_no_final_file(
     def deploy(candidate: Artifact, progress: Any = None) -> ssh.Deployment:
         return ssh.deploy(
             candidate,
-            emulated_board.device,
-            identity=client_key,
-            known_hosts=trusted_known_hosts,
-            remote_dir=remote,
+            BoardAccess(
+                device=emulated_board.device,
+                identity=client_key,
+                known_hosts=trusted_known_hosts,
+                remote_dir=remote,
+            ),
             progress=progress,
         )
 
@@ -473,10 +480,12 @@ def test_disk_full_is_refused_before_and_during_upload(
     def deploy() -> None:
         ssh.deploy(
             artifact,
-            emulated_board.device,
-            identity=client_key,
-            known_hosts=trusted_known_hosts,
-            remote_dir=tiny_disk,
+            BoardAccess(
+                device=emulated_board.device,
+                identity=client_key,
+                known_hosts=trusted_known_hosts,
+                remote_dir=tiny_disk,
+            ),
         )
 
     def listing() -> str:
@@ -519,10 +528,12 @@ def test_armv7_library_is_refused_on_the_aarch64_board(
     with pytest.raises(EdgecompileError, match=r"32-bit ARM \(armv7\) library but .* aarch64"):
         ssh.deploy(
             armv7,
-            emulated_board.device,
-            identity=client_key,
-            known_hosts=trusted_known_hosts,
-            remote_dir=remote_dir[0],
+            BoardAccess(
+                device=emulated_board.device,
+                identity=client_key,
+                known_hosts=trusted_known_hosts,
+                remote_dir=remote_dir[0],
+            ),
         )
     assert not remote_dir[1].exists()  # refused before anything was written
 
@@ -542,10 +553,12 @@ def test_tvm_version_mismatch_is_refused(
     ) as raised:
         ssh.deploy(
             older,
-            emulated_board.device,
-            identity=client_key,
-            known_hosts=trusted_known_hosts,
-            remote_dir=remote_dir[0],
+            BoardAccess(
+                device=emulated_board.device,
+                identity=client_key,
+                known_hosts=trusted_known_hosts,
+                remote_dir=remote_dir[0],
+            ),
         )
     assert "apache-tvm==0.26.0" in (raised.value.fix or "")
     assert not remote_dir[1].exists()
@@ -561,10 +574,12 @@ def test_board_without_tvm_python_is_refused(
     with pytest.raises(EdgecompileError, match="has no Python with TVM"):
         ssh.deploy(
             board_artifacts("shufflenet_v1", "rpi4"),
-            emulated_board.device,
-            identity=client_key,
-            known_hosts=trusted_known_hosts,
-            remote_python="/usr/bin/python3",  # Debian's python3: no TVM in it
+            BoardAccess(
+                device=emulated_board.device,
+                identity=client_key,
+                known_hosts=trusted_known_hosts,
+                remote_python="/usr/bin/python3",  # Debian's python3: no TVM in it
+            ),
         )
 
 
@@ -582,11 +597,13 @@ def test_run_over_ssh_matches_torch(
     x = example_input(artifact.manifest.inputs[0]["shape"], seed=7)
     result = run_on_device(
         artifact,
+        BoardAccess(
+            device=emulated_board.device,
+            identity=client_key,
+            known_hosts=trusted_known_hosts,
+            remote_dir="~/edgecompile-tests/runs",
+        ),
         [x],
-        device=emulated_board.device,
-        identity=client_key,
-        known_hosts=trusted_known_hosts,
-        remote_dir="~/edgecompile-tests/runs",
     )
     expected = torch_reference(model, x)
     assert len(result.outputs) == 1
@@ -605,10 +622,12 @@ def test_bench_over_ssh(
 ) -> None:
     result = bench_on_device(
         board_artifacts("shufflenet_v1", "rpi4"),
-        device=emulated_board.device,
-        identity=client_key,
-        known_hosts=trusted_known_hosts,
-        remote_dir="~/edgecompile-tests/runs",
+        BoardAccess(
+            device=emulated_board.device,
+            identity=client_key,
+            known_hosts=trusted_known_hosts,
+            remote_dir="~/edgecompile-tests/runs",
+        ),
         repeat=4,
         warmup=1,
         threads=2,

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from edgecompile.builder import build
+from edgecompile.device.access import BoardAccess
 from edgecompile.device.remote import run_on_device
 from edgecompile.export import relative_error, run_onnxruntime
 from edgecompile.records import CHOICES_FILE, list_stores
@@ -53,7 +54,7 @@ def _check_tuned_library_on_board(
         assert artifact.manifest.records is not None
         applied = set(artifact.manifest.records["kernels_from_records"])
         assert applied >= chosen if folder == records else applied
-        result = run_on_device(artifact, [x], rpc=emulated_board.rpc)
+        result = run_on_device(artifact, BoardAccess(rpc=emulated_board.rpc), [x])
         assert relative_error(result.outputs[0], expected) <= 1e-4
 
 
@@ -62,8 +63,8 @@ def test_tune_through_the_tracker(emulated_board: Any, tmp_path: Path) -> None:
     onnx_path = _pointwise_onnx(tmp_path / "pointwise.onnx")
     records = tmp_path / "records"
     result = tune(
-        str(onnx_path), "rpi4", trials=4, records=records, tracker=emulated_board.tracker,
-        threads=1,
+        str(onnx_path), "rpi4", trials=4, records=records,
+        access=BoardAccess(tracker=emulated_board.tracker), threads=1,
     )  # fmt: skip
     assert "tracker" in result.transport
     assert result.trials_run >= 4 and not result.failures.get("run")
@@ -83,9 +84,11 @@ def test_tune_through_an_ssh_tunnel_starts_the_server(
     onnx_path = _pointwise_onnx(tmp_path / "pointwise.onnx")
     records = tmp_path / "records"
     result = tune(
-        str(onnx_path), "rpi4", trials=2, records=records, device=emulated_board.device,
-        identity=str(client_key), known_hosts=trusted_known_hosts, remote_port=free_ports(),
-        threads=1,
+        str(onnx_path), "rpi4", trials=2, records=records,
+        access=BoardAccess(
+            device=emulated_board.device, identity=client_key, known_hosts=trusted_known_hosts
+        ),
+        remote_port=free_ports(), threads=1,
     )  # fmt: skip
     assert "SSH tunnel" in result.transport
     assert result.trials_run >= 2 and not result.failures.get("run")

@@ -1,16 +1,19 @@
-"""``edgecompile report``: bench + profile over the zoo, written up as tables and plots.
-
-Registers on the ``cli`` group of :mod:`edgecompile.cli`, which imports this module last.
-"""
+"""``edgecompile report``: bench + profile over the zoo, written up as tables and plots."""
 
 from __future__ import annotations
 
 import click
 
-from edgecompile.cli import _print_json, cli
+from edgecompile.cli.options import (
+    input_size_option,
+    json_option,
+    print_json,
+    records_option,
+    warmup_option,
+)
 
 
-@cli.command("report")
+@click.command("report")
 @click.option(
     "--models", "models", metavar="PATTERN",
     help="Zoo names, globs or substrings, comma-separated [the whole zoo].",
@@ -21,24 +24,20 @@ from edgecompile.cli import _print_json, cli
 )  # fmt: skip
 @click.option("--threads", default="1,2", show_default=True, help="Thread counts to time.")
 @click.option("--repeat", type=int, default=10, show_default=True, help="Timed runs per engine.")
-@click.option("--warmup", type=int, default=2, show_default=True, help="Untimed runs first.")
+@warmup_option(2)
 @click.option(
     "--engines", default="tvm,tvm-tuned,ort,torch", show_default=True,
     help="Engines to time; tvm-tuned is skipped (with a note) when there are no tuning records "
     "for this machine.",
 )  # fmt: skip
-@click.option(
-    "--records", "records", metavar="DIR", type=click.Path(file_okay=False),
-    help="Tuning records for tvm-tuned (from `edgecompile tune --records DIR`) [the default "
-    "cache, $EDGECOMPILE_RECORDS or ~/.cache/edgecompile/records].",
-)  # fmt: skip
-@click.option("--input-size", help="HEIGHT or HEIGHTxWIDTH for every model [each model's own].")
+@records_option
+@input_size_option
 @click.option("--rebuild", is_flag=True, help="Rebuild every model instead of reusing builds/.")
 @click.option(
     "--build-jobs", type=click.IntRange(min=1), metavar="N",
     help="Models built at once before timing starts [one per core, at most 4].",
 )  # fmt: skip
-@click.option("--json", "as_json", is_flag=True, help="Print the whole report as JSON.")
+@json_option
 def report_command(
     models: str | None,
     output_dir: str,
@@ -55,13 +54,14 @@ def report_command(
     """Benchmark and profile zoo models here, and say whether FLOPs or MAC predict latency.
 
     \b
-    For each model (default: all 72 at their own input size):
+    For each model (default: all 72 at their own input size, or all at --input-size):
       1. cost     params, multiply-adds, memory access cost (MAC), ShuffleNet v2's G1-G4
       2. build    a host library with edgecompile's schedules (untuned), cached in
                   DIR/builds/ and reused by the next run (--rebuild after
                   changing the schedules or the builder)
-      2b. tuned   when there are tuning records for this machine: a second build
-                  with them applied (tvm-tuned), cached per records digest
+      2b. tuned   when there are tuning records for this machine (--records, from
+                  `edgecompile tune --records DIR`): a second build with them
+                  applied (tvm-tuned), cached per records digest
     Steps 1-2 run for all models first, --build-jobs at a time; then each model is
     timed alone:
       3. bench    TVM, ONNX Runtime and torch eager on the same seeded input at each
@@ -111,6 +111,6 @@ def report_command(
         progress=Progress(progress_stages(len(names), build_jobs)),
     )
     if as_json:
-        _print_json(result.to_dict())
+        print_json(result.to_dict())
         return
     click.echo(format_summary(result))

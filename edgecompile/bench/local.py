@@ -1,0 +1,309 @@
+"""``bench`` here: the host library of a model next to ONNX Runtime and torch, per thread count.
+
+Answers "is our library faster than what people already use?" on this machine: every engine
+gets the same seeded input and the same thread count, and its output must agree with the
+reference before any time of it is reported (a fast wrong answer is not a result).
+"""
+
+from __future__ import annotations
+
+import re
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edgecompile.artifact import Artifact, elf_info, load_artifact
+from edgecompile.bench.engines import ENGINES, TOLERANCE, measure
+from edgecompile.bench.history import History, history_entry, host_cpu_name, record_history
+from edgecompile.bench.timing import EngineTiming, check_counts
+from edgecompile.bench.workers import PinnedWorker, measure_in_subprocess
+from edgecompile.errors import EdgecompileError
+
+
+@dataclass(frozen=True)
+class BenchReport:
+    model: str
+    artifact: str
+    input_shapes: list[list[int]]
+    seed: int
+    repeat: int
+    warmup: int
+    threads: list[int]
+    engines: list[str]
+    reference: str
+    timings: list[EngineTiming]
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def parse_list(text: str | Sequence[Any] | None, kind: type = str) -> list[Any]:
+    """``"1,2"`` → [1, 2]; ``"ort,torch"`` → ["ort", "torch"]; empty text → []."""
+    if text is None:
+        return []
+    items = text.split(",") if isinstance(text, str) else list(text)
+    try:
+        return [kind(str(item).strip()) for item in items if str(item).strip()]
+    except ValueError:
+        raise EdgecompileError(
+            f"bad list {text!r}", "give comma-separated values, e.g. 1,2"
+        ) from None
+
+
+# --------------------------------------------------------------------------------------------
+# resolving what to measure
+
+
+def _is_artifact(source: str) -> bool:
+    path = Path(source)
+    return path.is_dir() or path.name == "manifest.json" or path.suffix == ".so"
+
+
+def resolve_host_artifact(
+    source: str,
+    *,
+    target: str = "host",
+    input_size: str | None = None,
+    seed: int = 0,
+    output_dir: str | Path | None = None,
+) -> Artifact:
+    """A given artifact (checked to run here), or a fresh untuned host build of a zoo name / ONNX
+    file: no tuning records, so its numbers are the untuned ones whatever the cache holds.
+
+    Without ``output_dir`` the build goes to a temporary folder that lives for the process:
+    benchmarking should not leave build/ entries behind unless asked to.
+    """
+    from edgecompile.targets import host_arch, resolve_target
+
+    if _is_artifact(source):
+        artifact = load_artifact(source)
+    else:
+        preset = resolve_target(target)
+        if not preset.is_host:
+            raise EdgecompileError(
+                f"target {preset.name} does not run on this machine",
+                "use --target host here, or --device/--rpc/--tracker to bench on the board",
+            )
+        from edgecompile.builder import build
+
+        directory = output_dir or tempfile.mkdtemp(prefix="edgecompile-bench-")
+        artifact = build(
+            source,
+            preset,
+            output_dir=directory,
+            input_size=input_size,
+            seed=seed,
+            records=False,
+            keep_onnx=True,
+        ).artifact
+    arch = elf_info(artifact.library).arch
+    if arch != host_arch():
+        raise EdgecompileError(
+            f"{artifact.directory} is a {arch} library; this machine is {host_arch()}",
+            "to bench it on its board give exactly one of --device user@host, --rpc or "
+            "--tracker; or build with --target host",
+        )
+    return artifact
+
+
+_SEEDED = re.compile(r"seeded random weights \(seed (\d+)\)")
+
+
+def artifact_onnx(artifact: Artifact) -> Path | None:
+    """The static ONNX model a build kept beside its library (``build(keep_onnx=True)``)."""
+    name = artifact.manifest.extra.get("onnx")
+    path = artifact.directory / name if name else None
+    return path if path is not None and path.is_file() else None
+
+
+def _reference_sources(artifact: Artifact, compare: Sequence[str]) -> tuple[dict[str, Any], list]:
+    """How the worker rebuilds the ORT/torch references for ``artifact``, plus notes.
+
+    A zoo build with seeded weights is re-created exactly (same name, seed, input shape). ORT
+    runs the static ONNX the build kept when there is one (what TVM compiled, and no second
+    export); else a zoo model is exported again and an ONNX build uses its ONNX file. Anything
+    else cannot be compared, which is an error, not a silently missing column.
+    """
+    manifest = artifact.manifest
+    notes: list[str] = []
+    shape = manifest.inputs[0]["shape"]
+    seeded = _SEEDED.fullmatch(manifest.weights)
+    onnx_file = manifest.weights.removeprefix("ONNX file ")
+    kept = artifact_onnx(artifact)
+    spec: dict[str, Any] = {"torch": None, "onnx": None if kept is None else str(kept)}
+    if seeded and len(manifest.inputs) == 1:
+        spec["torch"] = {
+            "name": manifest.model,
+            "input_size": [shape[2], shape[3]],
+            "batch": shape[0],
+            "seed": int(seeded.group(1)),
+        }
+    elif manifest.weights.startswith("ONNX file ") and (kept or Path(onnx_file).is_file()):
+        spec["onnx"] = spec["onnx"] or onnx_file
+        if "torch" in compare:
+            notes.append("torch skipped: the model came from an ONNX file")
+    wanted = [engine for engine in compare if engine != "tvm"]
+    if wanted and spec["torch"] is None and spec["onnx"] is None:
+        raise EdgecompileError(
+            f"cannot re-create ONNX Runtime/torch references for {artifact.directory} "
+            f"(weights: {manifest.weights})",
+            "bench the zoo name or the ONNX file instead, or pass --compare ''",
+        )
+    return spec, notes
+
+
+def _same_model_as(artifact: Artifact, engine: str, other: Artifact) -> Artifact:
+    """``other``, checked to be a host build of ``artifact``'s model (inputs, outputs, weights):
+    timing it next to ``artifact`` compares two compilations, never two models."""
+    from edgecompile.targets import host_arch
+
+    if engine in ENGINES or not engine:
+        raise EdgecompileError(
+            f"cannot name an extra artifact {engine!r}", "give it a name of its own, e.g. tvm-tuned"
+        )
+    mine, theirs = artifact.manifest, other.manifest
+    mismatched = [
+        what
+        for what, a, b in (
+            ("model", mine.model, theirs.model),
+            ("inputs", mine.inputs, theirs.inputs),
+            ("outputs", mine.outputs, theirs.outputs),
+            ("weights", mine.weights, theirs.weights),
+        )
+        if a != b
+    ]
+    if mismatched:
+        raise EdgecompileError(
+            f"{other.directory} ({engine}) is not a build of the same model as "
+            f"{artifact.directory}: {', '.join(mismatched)} differ",
+            "build both from the same model, input size and seed",
+        )
+    arch = elf_info(other.library).arch
+    if arch != host_arch():
+        raise EdgecompileError(
+            f"{other.directory} ({engine}) is a {arch} library; this machine is {host_arch()}",
+            "build it with --target host",
+        )
+    return other
+
+
+# --------------------------------------------------------------------------------------------
+# measuring
+
+
+def bench_local(
+    source: str,
+    *,
+    target: str = "host",
+    compare: Sequence[str] = ("ort", "torch"),
+    threads: Sequence[int] = (1,),
+    repeat: int = 20,
+    warmup: int = 3,
+    seed: int = 0,
+    input_size: str | None = None,
+    output_dir: str | Path | None = None,
+    tolerance: float = TOLERANCE,
+    isolate: bool = True,
+    extra_artifacts: Mapping[str, str | Path] | None = None,
+    workers: Mapping[int, PinnedWorker] | None = None,
+    history: History = True,
+) -> BenchReport:
+    """Latency of the host library of ``source`` and of ORT/torch, per thread count.
+
+    The engines are timed interleaved, one call each per round after each one's warm-up runs
+    (:func:`~edgecompile.bench.timing.time_interleaved`), so load from elsewhere hits all alike.
+    ``isolate=True`` measures each thread count in its own subprocess (see
+    :func:`~edgecompile.bench.workers.measure_in_subprocess`); ``False`` measures in this
+    process, for tests and for a single thread count in a fresh process. ``workers`` (thread
+    count → :class:`PinnedWorker`) measures those thread counts in long-lived processes
+    instead, for many models in a row.
+
+    ``extra_artifacts`` (engine name → artifact) adds other host builds of the same model, e.g.
+    ``{"tvm-tuned": ...}``: timed as engines of their own in the same runs (same process, thread
+    count and input), their outputs checked like every engine's.
+
+    Every timing is appended to the bench ``history``
+    (:func:`~edgecompile.bench.history.append_history`), where a later board bench of the same
+    model finds it (:func:`~edgecompile.bench.history.compare_with_host`).
+    """
+    unknown = [engine for engine in compare if engine not in ENGINES]
+    if unknown:
+        raise EdgecompileError(f"unknown engine(s) {', '.join(unknown)}", "use --compare ort,torch")
+    check_counts(threads, repeat, warmup)
+    artifact = resolve_host_artifact(
+        source, target=target, input_size=input_size, seed=seed, output_dir=output_dir
+    )
+    libraries = {"tvm": str(artifact.library)}
+    digests = {"tvm": artifact.manifest.library_sha256}
+    for engine, extra in (extra_artifacts or {}).items():
+        other = _same_model_as(artifact, engine, load_artifact(extra))
+        libraries[engine] = str(other.library)
+        digests[engine] = other.manifest.library_sha256
+    references, notes = _reference_sources(artifact, compare)
+    engines = [*libraries, *[e for e in dict.fromkeys(compare) if e != "tvm"]]
+    if references["torch"] is None:
+        engines = [e for e in engines if e != "torch"]
+    inputs = [(spec["shape"], spec["dtype"]) for spec in artifact.manifest.inputs]
+    results: dict[int, dict[str, Any]] = {}
+    with tempfile.TemporaryDirectory(prefix="edgecompile-bench-") as scratch:
+        for count in threads:
+            spec = {
+                **references,
+                "libraries": libraries,
+                "engines": engines,
+                "inputs": inputs,
+                "seed": seed,
+                "threads": count,
+                "repeat": repeat,
+                "warmup": warmup,
+                "tolerance": tolerance,
+                "scratch": scratch,
+            }
+            if workers is not None and count in workers:
+                results[count] = workers[count].measure(spec)
+            elif isolate:
+                results[count] = measure_in_subprocess(spec)
+            else:
+                results[count] = measure(spec)
+    timings = []
+    reference = "tvm"
+    for count, result in results.items():
+        reference = result["reference"]
+        ort_median = result["stats"].get("ort", {}).get("median_ms")
+        for engine in engines:
+            stats = result["stats"][engine]
+            timings.append(
+                EngineTiming(
+                    engine=engine,
+                    threads=count,
+                    median_ms=stats["median_ms"],
+                    p90_ms=stats["p90_ms"],
+                    min_ms=stats["min_ms"],
+                    mean_ms=stats["mean_ms"],
+                    max_relative_error=result["errors"].get(engine),
+                    ratio_to_ort=stats["median_ms"] / ort_median if ort_median else None,
+                )
+            )
+    input_shapes = [list(shape) for shape, _ in inputs]
+    if history is not False:
+        where = {"kind": "host", "cpu": host_cpu_name()}
+        entries = [
+            history_entry(artifact, input_shapes, t, where, digests.get(t.engine)) for t in timings
+        ]
+        record_history(entries, history, notes)
+    return BenchReport(
+        model=artifact.manifest.model,
+        artifact=str(artifact.directory),
+        input_shapes=input_shapes,
+        seed=seed,
+        repeat=repeat,
+        warmup=warmup,
+        threads=list(threads),
+        engines=engines,
+        reference=reference,
+        timings=timings,
+        notes=notes,
+    )

@@ -1,0 +1,139 @@
+"""``edgecompile build``: a model compiled into a library for a board."""
+
+from __future__ import annotations
+
+import click
+
+from edgecompile.cli.options import (
+    batch_option,
+    cc_option,
+    input_size_option,
+    json_option,
+    print_json,
+    records_option,
+    schedules_option,
+    seed_option,
+    target_option,
+    weights_option,
+)
+
+
+@click.command("build")
+@click.argument("model")
+@target_option
+@click.option(
+    "-o", "--output-dir", default="build", show_default=True, type=click.Path(file_okay=False),
+    help="Where to write <model>-<target>/.",
+)  # fmt: skip
+@batch_option
+@input_size_option
+@weights_option
+@seed_option
+@cc_option
+@click.option("--no-verify", is_flag=True, help="Skip the ONNX Runtime check of host libraries.")
+@click.option(
+    "--no-custom-schedules", is_flag=True,
+    help="Compile every op with TVM's default lowering (plain loops) instead of our schedules.",
+)  # fmt: skip
+@records_option
+@click.option("--no-records", is_flag=True, help="Ignore tuning records: our schedules only.")
+@schedules_option
+@click.option(
+    "--explain", is_flag=True,
+    help="After the build, print per layer the schedule that ran and why a rule fell back.",
+)  # fmt: skip
+@click.option("--tar", "pack", is_flag=True, help="Also pack the artifact as <dir>.tar.gz.")
+@json_option
+def build_command(
+    model: str,
+    target: str,
+    output_dir: str,
+    batch: int,
+    input_size: str | None,
+    weights: str | None,
+    seed: int,
+    cc: str | None,
+    no_verify: bool,
+    no_custom_schedules: bool,
+    records: str | None,
+    no_records: bool,
+    schedules_dir: str | None,
+    explain: bool,
+    pack: bool,
+    as_json: bool,
+) -> None:
+    """Compile MODEL into a shared library for a board.
+
+    MODEL is a zoo name (`edgecompile models`), an ONNX file (model.onnx), or
+    pkg.module:function returning a torch nn.Module. The pipeline: torch -> static ONNX ->
+    TVM Relax -> compile for the target's CPU -> link with the target's toolchain (the bundled
+    zig cross toolchain by default). Libraries built for this machine are checked against
+    ONNX Runtime on a seeded input before the build counts as done.
+
+    \b
+    Tuning records (`edgecompile tune`) for the target, in --records DIR or the cache, are
+    applied when there are any: per kernel, the fastest measured schedule -- tuned or ours.
+
+    --schedules DIR adds schedules of your own: every .py file in DIR is imported and the rules
+    it registers (edgecompile.schedules.user) are tried before ours on each kernel. --explain
+    prints, per layer, who scheduled it (ours / user / records / tvm-default) and why a rule
+    fell back; --json prints the manifest, whose `schedules` hold the same.
+
+    \b
+    Writes OUTPUT_DIR/<model>-<target>/ with <model>.so and manifest.json, atomically.
+    Examples:
+      edgecompile build shufflenet_v1 --target rpi4
+      edgecompile build mobilenet_v2 --target host --input-size 160
+      edgecompile build my_model.onnx --target rpi4-armv7 --batch 4
+      edgecompile build espnet_v2 --schedules examples/schedules --explain
+    """
+    from edgecompile.artifact import pack_artifact
+    from edgecompile.builder import BUILD_STAGES, build
+    from edgecompile.progress import Progress
+
+    result = build(
+        model,
+        target,
+        output_dir=output_dir,
+        batch=batch,
+        input_size=input_size,
+        weights=weights,
+        seed=seed,
+        cc=cc,
+        verify=not no_verify,
+        custom_schedules=not no_custom_schedules,
+        records=False if no_records else records,
+        progress=Progress(BUILD_STAGES),
+        schedules_dir=schedules_dir,
+    )
+    artifact = result.artifact
+    archive = pack_artifact(artifact) if pack else None
+    if as_json:
+        payload = artifact.manifest.to_dict()
+        payload["directory"] = str(artifact.directory)
+        payload["archive"] = str(archive) if archive else None
+        print_json(payload)
+        return
+    manifest = artifact.manifest
+    click.echo(f"built {artifact.library} ({manifest.arch}, {manifest.weights})")
+    verification = manifest.verification or {}
+    if verification.get("status") == "passed":
+        error = verification["max_relative_error"]
+        click.echo(f"verified against ONNX Runtime: max relative error {error:.2e}")
+    else:
+        click.echo(f"not verified here: {verification.get('reason', 'skipped')}")
+    if manifest.records:
+        tuned = len(manifest.records["kernels_from_records"])
+        click.echo(f"applied tuning records to {tuned} kernels ({manifest.records['store']})")
+    if manifest.user_schedules:
+        used = sum(rule["kernels"] for rule in manifest.user_schedules["rules"])
+        plural = "" if used == 1 else "s"
+        directory = manifest.user_schedules["dir"]
+        click.echo(f"user schedules scheduled {used} kernel{plural} ({directory})")
+    if archive:
+        click.echo(f"packed {archive}")
+    if explain:
+        from edgecompile.explain import format_explain
+
+        click.echo("")
+        click.echo(format_explain(manifest.schedules))

@@ -1,0 +1,145 @@
+"""The options several commands share, and their help texts: declared once, here.
+
+A leaf of the ``edgecompile.cli`` package: command modules import their shared options, the
+board options (:func:`board_access`) and :func:`print_json` from here, and nothing from the
+package's other modules; :mod:`edgecompile.cli.app` adds the commands to the group.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import Callable
+from dataclasses import fields
+from typing import Any, TypeVar
+
+import click
+
+from edgecompile.device.access import BoardAccess
+from edgecompile.errors import EdgecompileError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+#: The help text of every shared option, by parameter name.
+HELP: dict[str, str] = {
+    "json": "Print JSON instead of text (for scripts).",
+    "input_size": "HEIGHT or HEIGHTxWIDTH of the input [the model's own].",
+    "batch": "Batch size (static).",
+    "weights": "A state_dict file to load instead of seeded random weights.",
+    "seed": "Seed of the random weights and inputs.",
+    "threads": "TVM thread-pool size [all cores].",
+    "warmup": "Untimed runs first.",
+    "target": "Board preset (see `edgecompile targets`), preset .toml, TVM tag or target JSON.",
+    "records": "Tuning records folder [$EDGECOMPILE_RECORDS or ~/.cache/edgecompile/records].",
+    "schedules": "A folder of user schedules (.py files), tried before ours "
+    "(docs/custom-schedules.md).",
+    "cc": "Link with this system compiler (e.g. aarch64-linux-gnu-g++) instead of zig.",
+    # how to reach a board: the fields of BoardAccess
+    "device": "The board over SSH: user@host[:port] (honours ~/.ssh/config).",
+    "rpc": "The board's TVM RPC server at host:port.",
+    "tracker": "A TVM RPC tracker at host:port, to get a board from.",
+    "rpc_key": "The tracker key to request [the preset's, e.g. rpi4].",
+    "identity": "SSH private key file [~/.ssh/config's, else the default keys and agent].",
+    "accept_new_host_key": "Trust and record an SSH host key seen for the first time "
+    "(a changed key is always refused).",
+    "remote_dir": "Where artifacts go on the board [~/edgecompile].",
+    "remote_python": "The board's Python with TVM [~/edgecompile-venv, then the usual places].",
+}
+
+
+def print_json(payload: Any) -> None:
+    """What every ``--json`` prints: indented, anything unknown as its ``str``."""
+    click.echo(json.dumps(payload, indent=2, default=str))
+
+
+def format_ms(value: float | None) -> str:
+    """A time in the tables of ``tune`` and ``records show``: 4 decimals, ``-`` for none."""
+    return "-" if value is None else f"{value:.4f}"
+
+
+# --------------------------------------------------------------------------------------------
+# shared options
+
+json_option = click.option("--json", "as_json", is_flag=True, help=HELP["json"])
+input_size_option = click.option("--input-size", metavar="SIZE", help=HELP["input_size"])
+batch_option = click.option("--batch", type=int, default=1, show_default=True, help=HELP["batch"])
+weights_option = click.option("--weights", type=click.Path(), help=HELP["weights"])
+seed_option = click.option("--seed", type=int, default=0, show_default=True, help=HELP["seed"])
+threads_option = click.option("--threads", type=int, help=HELP["threads"])
+target_option = click.option(
+    "-t", "--target", default="host", show_default=True, help=HELP["target"]
+)
+records_option = click.option(
+    "--records", type=click.Path(file_okay=False), metavar="DIR", help=HELP["records"]
+)
+schedules_option = click.option(
+    # no file_okay=False: load_user_schedules says what to pass instead of a file
+    "--schedules", "schedules_dir", type=click.Path(), metavar="DIR",
+    help=HELP["schedules"],
+)  # fmt: skip
+cc_option = click.option("--cc", metavar="COMPILER", help=HELP["cc"])
+
+
+def warmup_option(default: int) -> Callable[[F], F]:
+    """``--warmup`` (its default differs: a report times many more runs than a bench)."""
+    return click.option(
+        "--warmup", type=int, default=default, show_default=True, help=HELP["warmup"]
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# how to reach a board
+
+_BOARD_DECLS: dict[str, dict[str, Any]] = {
+    "device": {"decls": ("--device",), "metavar": "USER@HOST[:PORT]"},
+    "rpc": {"decls": ("--rpc",), "metavar": "HOST:PORT"},
+    "tracker": {"decls": ("--tracker",), "metavar": "HOST:PORT"},
+    "rpc_key": {"decls": ("--rpc-key",), "metavar": "KEY"},
+    "identity": {"decls": ("--identity", "-i"), "type": click.Path(dir_okay=False)},
+    "accept_new_host_key": {"decls": ("--accept-new-host-key",), "is_flag": True},
+    "remote_dir": {"decls": ("--remote-dir",), "metavar": "DIR"},
+    "remote_python": {"decls": ("--remote-python",), "metavar": "PYTHON"},
+}
+#: The board options in the order ``--help`` lists them (every one a field of BoardAccess).
+BOARD_OPTIONS = tuple(_BOARD_DECLS)
+_ACCESS_FIELDS = frozenset(field.name for field in fields(BoardAccess))
+
+
+def board_access(*names: str, required: tuple[str, ...] = ()) -> Callable[[F], F]:
+    """Add the board options ``names`` (default: all of :data:`BOARD_OPTIONS`) to a command,
+    and hand it one ``access`` argument, a :class:`BoardAccess`, in their place.
+
+    A command whose board comes as an argument (``device setup DEVICE``) declares that
+    argument itself: every parameter named like a field of BoardAccess goes into ``access``.
+    """
+    chosen = names or BOARD_OPTIONS
+    unknown = [name for name in (*chosen, *required) if name not in _BOARD_DECLS]
+    if unknown:
+        raise ValueError(f"not board options: {unknown}")
+
+    def decorate(function: F) -> F:
+        @functools.wraps(function)
+        def command(*args: Any, **kwargs: Any) -> Any:
+            given = {name: kwargs.pop(name) for name in list(kwargs) if name in _ACCESS_FIELDS}
+            given["accept_new_host_key"] = bool(given.get("accept_new_host_key"))
+            return function(*args, access=BoardAccess(**given), **kwargs)
+
+        for name in reversed(chosen):
+            spec = dict(_BOARD_DECLS[name])
+            decls = spec.pop("decls")
+            option = click.option(*decls, name, help=HELP[name], required=name in required, **spec)
+            command = option(command)
+        return command  # type: ignore[return-value]
+
+    return decorate
+
+
+def refuse_board_options(access: BoardAccess, doing: str, here: str) -> None:
+    """A command running here refuses board options rather than ignoring them: one line
+    naming them (``doing``: "running" -> "options for running on a board")."""
+    given = access.board_only_options()
+    if given:
+        raise EdgecompileError(
+            f"{', '.join(given)}: options for {doing} on a board",
+            f"add --device, --rpc or --tracker (or drop them to {here} here)",
+        )

@@ -1,0 +1,108 @@
+"""``edgecompile run``: a built library run here, or on a board."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+from edgecompile.cli.options import (
+    board_access,
+    json_option,
+    print_json,
+    refuse_board_options,
+    seed_option,
+    threads_option,
+)
+from edgecompile.device.access import BoardAccess
+from edgecompile.errors import EdgecompileError
+
+
+@click.command("run")
+@click.argument("artifact", type=click.Path(exists=True))
+@click.option(
+    "--input", "input_files", multiple=True, type=click.Path(exists=True, dir_okay=False),
+    help="A .npy file per model input (default: a seeded random input).",
+)  # fmt: skip
+@click.option(
+    "--random", "use_random", is_flag=True,
+    help="Use a seeded random input (what happens without --input).",
+)  # fmt: skip
+@seed_option
+@click.option("--output", type=click.Path(dir_okay=False), help="Save the first output as .npy.")
+@threads_option
+@board_access()
+@json_option
+def run_command(
+    artifact: str,
+    input_files: tuple[str, ...],
+    use_random: bool,
+    seed: int,
+    output: str | None,
+    threads: int | None,
+    access: BoardAccess,
+    as_json: bool,
+) -> None:
+    """Run a built library, here or on a board, through TVM's runtime loader.
+
+    ARTIFACT is the folder `edgecompile build` wrote (or its .so or manifest.json). Without a
+    board option it runs on this machine. With --device user@host (SSH), --rpc host:port or
+    --tracker host:port it runs on that board: the library is deployed (sha256-checked and
+    atomic over SSH), the inputs shipped as .npy, and the outputs brought back.
+
+    \b
+    Examples:
+      edgecompile run build/shufflenet_v1-host --output logits.npy
+      edgecompile run build/shufflenet_v1-rpi4 --device pi@raspberrypi.local --input x.npy
+      edgecompile run build/shufflenet_v1-rpi4 --rpc 127.0.0.1:9090 --json
+    """
+    import numpy as np
+
+    from edgecompile._atomic import atomic_file
+
+    if use_random and input_files:
+        raise EdgecompileError("--random and --input exclude each other", "give one of them")
+    inputs = [np.load(path) for path in input_files] if input_files else None
+    extra: dict[str, Any] = {}
+    if access.given:
+        from edgecompile.device.remote import run_on_device
+
+        result = run_on_device(artifact, access, inputs, threads=threads, seed=seed)
+        extra = {"transport": result.transport, "target": result.target, "board": result.board}
+        where = f"on {result.target} via {result.transport}"
+    else:
+        refuse_board_options(access, "running", "run")
+        from edgecompile.runner import run
+
+        result = run(artifact, inputs, seed=seed, threads=threads)
+        where = "here"
+    if output:
+        with atomic_file(Path(output)) as tmp, open(tmp, "wb") as handle:
+            np.save(handle, result.outputs[0])
+    summaries = [
+        {
+            "shape": list(out.shape),
+            "dtype": str(out.dtype),
+            "min": float(out.min()) if out.size else None,
+            "max": float(out.max()) if out.size else None,
+            "argmax": int(out.reshape(out.shape[0], -1)[0].argmax()) if out.size else None,
+        }
+        for out in result.outputs
+    ]
+    if as_json:
+        print_json({"seconds": result.seconds, "outputs": summaries, "saved": output, **extra})
+        return
+    for index, summary in enumerate(summaries):
+        shape = "x".join(map(str, summary["shape"]))
+        click.echo(
+            f"output {index}: {summary['dtype']} {shape}, range [{summary['min']:.4g}, "
+            f"{summary['max']:.4g}], argmax {summary['argmax']}"
+        )
+    click.echo(f"ran {where} in {result.seconds * 1e3:.1f} ms (first call, includes warm-up)")
+    if output:
+        click.echo(f"saved output 0 to {output}")
+    if extra.get("board", {}).get("emulated"):
+        from edgecompile.device.board import EMULATION_WARNING
+
+        click.echo(f"note: {EMULATION_WARNING}", err=True)
