@@ -28,7 +28,7 @@ def deploy_command(artifact: str, access: BoardAccess, as_json: bool) -> None:
       edgecompile deploy build/mobilenet_v2-rpi4 --device pi@10.0.0.5:2222 -i ~/.ssh/pi_key \\
           --remote-dir /opt/models --json
     """
-    from edgecompile.device.ssh import deploy
+    from edgecompile.device.deploy import deploy
 
     result = deploy(artifact, access)
     if as_json:

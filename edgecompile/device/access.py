@@ -26,7 +26,7 @@ class BoardAccess:
 
     ``known_hosts`` and ``ssh_config`` replace ``~/.ssh/known_hosts`` and ``~/.ssh/config``
     (tests and scripts; the CLI has no options for them). ``remote_dir`` None is
-    ``~/edgecompile``; ``remote_python`` None tries the usual places (``ssh.PYTHON_CANDIDATES``).
+    ``~/edgecompile``; ``remote_python`` None tries the usual places (``probe.PYTHON_CANDIDATES``).
     """
 
     device: str | None = None

@@ -165,7 +165,8 @@ def run_on_device(
     ``rpc``, ``tracker``).
 
     ``inputs`` default to the seeded random inputs ``edgecompile run`` uses locally, so the
-    two are comparable. Over SSH the artifact is first deployed (see :func:`ssh.deploy`).
+    two are comparable. Over SSH the artifact is first deployed
+    (see :func:`edgecompile.device.deploy.deploy`).
     """
     transport = access.transport
     if not isinstance(artifact, Artifact):
@@ -319,12 +320,13 @@ def _ssh_job(
 ) -> tuple[dict[str, Any], list[np.ndarray], dict[str, Any]]:
     """Deploy, ship inputs and the script to a fresh temp dir, run, fetch outputs, clean up."""
     from edgecompile.device import ssh
+    from edgecompile.device.deploy import DEFAULT_REMOTE_DIR, deploy_on
 
     with ssh.connect(access.require_device(mode), **access.ssh_login()) as board:
-        deployment = ssh.deploy_on(
+        deployment = deploy_on(
             board,
             artifact,
-            remote_dir=access.remote_dir or ssh.DEFAULT_REMOTE_DIR,
+            remote_dir=access.remote_dir or DEFAULT_REMOTE_DIR,
             remote_python=access.remote_python,
         )
         info = deployment.board
@@ -430,7 +432,7 @@ class _RPCSession:
         self.board["machine"] = arch
         self.board["triple"] = triple
         if arch != manifest.arch:
-            from edgecompile.device.ssh import arch_name
+            from edgecompile.device.probe import arch_name
 
             raise EdgecompileError(
                 f"{manifest.model}-{manifest.preset} is {arch_name(manifest.arch)} library but "
@@ -533,7 +535,7 @@ def check_rpc_target(preset: Any, access: BoardAccess) -> str:
     ``rpc_key`` or the preset's) and check the board's arch is the preset's; returns the
     board's LLVM triple. Tuning calls it before measuring anything, so an unreachable tracker,
     a missing key or a wrong board is one clear line, not N failures."""
-    from edgecompile.device.ssh import arch_name
+    from edgecompile.device.probe import arch_name
 
     remote, _, where = _open_rpc(None, replace(access, rpc_key=access.rpc_key or preset.rpc_key))
     try:

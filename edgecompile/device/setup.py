@@ -2,7 +2,7 @@
 
 What it does, each step reported as "already fine", "done" (or "planned" with ``dry_run``):
 
-* connect with the same host-key rules as :func:`edgecompile.device.ssh.deploy`;
+* connect with the same host-key rules as :func:`edgecompile.device.deploy.deploy`;
 * python3 is there and new enough for the host's apache-tvm (its ``Requires-Python``);
 * the architecture is one TVM publishes wheels for: ``aarch64`` with a 64-bit userland.
   ``armv7l`` (or a 32-bit userland on a 64-bit kernel) has no apache-tvm wheel: we say so and
@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from edgecompile.device.access import BoardAccess
-from edgecompile.device.ssh import BoardConnection, connect, remote_path
+from edgecompile.device.ssh import BoardConnection, connect, remote_path, split_sections
 from edgecompile.errors import EdgecompileError
 
 __all__ = [
@@ -42,7 +42,7 @@ __all__ = [
     "setup_on",
 ]
 
-#: The venv ``deploy``/``run``/``bench`` look in first (see ``ssh.PYTHON_CANDIDATES``).
+#: The venv ``deploy``/``run``/``bench`` look in first (see ``probe.PYTHON_CANDIDATES``).
 DEFAULT_VENV = "~/edgecompile-venv"
 #: pip on a Raspberry Pi: downloading and unpacking TVM's ~100 MB wheel takes minutes.
 PIP_TIMEOUT = 1800.0
@@ -209,14 +209,7 @@ echo "@@venv"; [ -x {q_python} ] && {q_python} -c {shlex.quote(_VERSIONS)} 2>/de
     output = board.check(
         script, "inspecting the board", "check that the user's login shell is a POSIX shell"
     )
-    sections: dict[str, list[str]] = {}
-    current = ""
-    for line in output.splitlines():
-        if line.startswith("@@"):
-            current = line[2:]
-            sections[current] = []
-        elif line.strip():
-            sections.setdefault(current, []).append(line.strip())
+    sections = split_sections(output)
 
     def first(name: str) -> str | None:
         return sections.get(name, [None])[0] if sections.get(name) else None

@@ -1,4 +1,5 @@
-"""Shipping an artifact to a board over SSH (paramiko), safely.
+"""The SSH connection to a board (paramiko): where the board is, whether its host key is the
+one we trust, and running commands on it.
 
 Why each rule:
 
@@ -9,13 +10,10 @@ Why each rule:
 * ``~/.ssh/config`` is honoured (HostName, Port, User, IdentityFile, UserKnownHostsFile,
   ConnectTimeout), so ``--device pi`` works exactly as ``ssh pi`` does. ProxyJump and
   ProxyCommand are refused with a clear error rather than silently bypassed.
-* A deploy uploads to temporary names, checks the library's sha256 *on the board* against the
-  manifest, then renames into place: a dropped connection or a full disk never leaves a half
-  library under the final name (and never breaks the copy that was there).
-* Before anything is loaded, the board is checked: ``uname -m`` and the pointer width of its
-  Python against the manifest's arch, python3 present, and the TVM version of the board's venv
-  equal to the manifest's (a TVM library is only loadable by the runtime that built it).
-* Every remote command is built with :func:`shlex.quote`.
+* Every remote command is built with :func:`shlex.quote` (paths through :func:`remote_path`).
+
+What the board is: :mod:`edgecompile.device.probe`; shipping an artifact to it:
+:mod:`edgecompile.device.deploy`.
 """
 
 from __future__ import annotations
@@ -23,69 +21,27 @@ from __future__ import annotations
 import contextlib
 import errno
 import getpass
-import json
-import posixpath
-import secrets
 import shlex
 import socket
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edgecompile.artifact import MANIFEST, Artifact, load_artifact, sha256_file
-from edgecompile.device.access import BoardAccess
 from edgecompile.errors import EdgecompileError, last_line
 
 __all__ = [
-    "DEFAULT_REMOTE_DIR",
     "BoardConnection",
-    "BoardInfo",
     "CommandResult",
-    "Deployment",
     "DeviceAddress",
     "SSHSettings",
-    "check_compatible",
     "connect",
-    "deploy",
-    "deploy_on",
     "parse_device",
-    "probe",
     "remote_path",
     "resolve_settings",
+    "split_sections",
 ]
-
-DEFAULT_REMOTE_DIR = "~/edgecompile"
-#: Where a board's TVM usually lives, tried in order when ``remote_python`` is not given:
-#: a venv of our own in the home directory, the emulated board's, then the system python3.
-PYTHON_CANDIDATES = ("~/edgecompile-venv/bin/python", "/opt/edgecompile-venv/bin/python", "python3")
-#: Room kept free beside the upload (sftp and the rename need a little).
-_SPACE_MARGIN = 256 * 1024
-_PARTIAL = ".partial-"
-
-# Prints one JSON line: what the board's Python is, and which TVM it holds (without importing
-# TVM, which takes seconds on a small board).
-_PYTHON_INFO = """\
-import importlib.metadata as md, importlib.util, json, platform, struct, sys
-def version(*names):
-    for name in names:
-        try:
-            return md.version(name)
-        except md.PackageNotFoundError:
-            pass
-    return None
-tvm = importlib.util.find_spec("tvm") is not None
-print(json.dumps({
-    "executable": sys.executable,
-    "python": platform.python_version(),
-    "machine": platform.machine(),
-    "bits": struct.calcsize("P") * 8,
-    "tvm": version("apache-tvm", "tvm") if tvm else None,
-    "tvm_ffi": version("apache-tvm-ffi") if tvm else None,
-    "numpy": version("numpy"),
-}))
-"""
 
 
 # --------------------------------------------------------------------------------------------
@@ -223,6 +179,10 @@ def resolve_settings(
         system_known_hosts=system_known,
         timeout=connect_timeout,
     )
+
+
+# --------------------------------------------------------------------------------------------
+# host keys
 
 
 def _fingerprint(key: Any) -> str:
@@ -437,7 +397,6 @@ def connect(
                 f"cannot read {settings.known_hosts}: {error.strerror}", "fix its permissions"
             ) from None
     client.set_missing_host_key_policy(_host_key_policy(settings, accept_new_host_key))
-    target = f"{settings.hostname}:{settings.port}"
     try:
         client.connect(
             settings.hostname,
@@ -453,12 +412,25 @@ def connect(
             banner_timeout=settings.timeout,
             auth_timeout=settings.timeout,
         )
-    except EdgecompileError:
+    except Exception as error:
         client.close()
-        raise
-    except paramiko.BadHostKeyException as error:
-        client.close()
-        raise EdgecompileError(
+        explained = None if isinstance(error, EdgecompileError) else _connect_error(error, settings)
+        if explained is None:
+            raise
+        raise explained from None
+    return BoardConnection(client, settings)
+
+
+def _connect_error(error: Exception, settings: SSHSettings) -> EdgecompileError | None:
+    """The one line (and fix) for a failed ``SSHClient.connect``; None for an error we do not
+    know (raised as it is). Subclasses come before their bases: BadHostKeyException and
+    AuthenticationException are SSHExceptions; NoValidConnectionsError, gaierror and
+    TimeoutError are OSErrors."""
+    import paramiko
+
+    target = f"{settings.hostname}:{settings.port}"
+    if isinstance(error, paramiko.BadHostKeyException):
+        return EdgecompileError(
             f"the host key of {settings.host_key_name} CHANGED: the board offered "
             f"{error.key.get_name()} {_fingerprint(error.key)}, {settings.known_hosts} has "
             f"{error.expected_key.get_name()} {_fingerprint(error.expected_key)} -- someone "
@@ -466,64 +438,58 @@ def connect(
             "if the board was reinstalled, check its key and remove the old one with "
             f"ssh-keygen -R {shlex.quote(settings.host_key_name)} -f "
             f"{shlex.quote(str(settings.known_hosts))}",
-        ) from None
-    except paramiko.AuthenticationException:
-        client.close()
+        )
+    if isinstance(error, paramiko.AuthenticationException):
         keys = ", ".join(str(p) for p in settings.identity_files) or "the default keys and agent"
-        raise EdgecompileError(
+        return EdgecompileError(
             f"authentication failed for {settings.user}@{target} (tried {keys}; password login "
             "is not supported)",
             "pass --identity with a key listed in the board's ~/.ssh/authorized_keys, and check "
             "the user name",
-        ) from None
-    except paramiko.ssh_exception.NoValidConnectionsError as error:
-        client.close()
+        )
+    if isinstance(error, paramiko.ssh_exception.NoValidConnectionsError):
         codes = {e.errno for e in error.errors.values()}
         if codes == {errno.EHOSTUNREACH}:
-            raise _unreachable(settings) from None
-        raise EdgecompileError(
+            return _unreachable(settings)
+        return EdgecompileError(
             f"connection to {target} refused",
             f"is sshd running on the board, on port "
             f"{settings.port}? (use user@host:PORT for another port)",
-        ) from None
-    except socket.gaierror:
-        client.close()
-        raise EdgecompileError(
+        )
+    if isinstance(error, socket.gaierror):
+        return EdgecompileError(
             f"cannot resolve host name {settings.hostname!r}",
             "check the spelling, the board's address, or the Host entry in ~/.ssh/config",
-        ) from None
-    except TimeoutError:
-        client.close()
-        raise EdgecompileError(
+        )
+    if isinstance(error, TimeoutError):
+        return EdgecompileError(
             f"connection to {target} timed out (ConnectTimeout {settings.timeout:.0f} s)",
             "check that the board is on and reachable (and the port), or raise ConnectTimeout",
-        ) from None
-    except paramiko.SSHException as error:
-        client.close()
+        )
+    if isinstance(error, paramiko.SSHException):
         text = str(error)
         if "banner" in text.lower():
-            raise EdgecompileError(
+            return EdgecompileError(
                 f"{target} accepted the connection but sent no SSH greeting within "
                 f"{settings.timeout:.0f} s ({text})",
                 "check the port is sshd's, and that the board is not overloaded",
-            ) from None
+            )
         if "no existing session" in text.lower():
-            raise EdgecompileError(
+            return EdgecompileError(
                 f"the SSH handshake with {target} did not complete within {settings.timeout:.0f} s",
                 "check the port is sshd's, and that the board is not overloaded",
-            ) from None
-        raise EdgecompileError(
+            )
+        return EdgecompileError(
             f"SSH to {target} failed: {text}", "check the board's sshd and the port"
-        ) from None
-    except OSError as error:
-        client.close()
+        )
+    if isinstance(error, OSError):
         if error.errno in (errno.EHOSTUNREACH, errno.ENETUNREACH):
-            raise _unreachable(settings) from None
-        raise EdgecompileError(
+            return _unreachable(settings)
+        return EdgecompileError(
             f"cannot connect to {target}: {error.strerror or error}",
             "check the board's address and that it is on the network",
-        ) from None
-    return BoardConnection(client, settings)
+        )
+    return None
 
 
 def _check_identity(path: Path) -> None:
@@ -555,28 +521,7 @@ def _unreachable(settings: SSHSettings) -> EdgecompileError:
 
 
 # --------------------------------------------------------------------------------------------
-# what the board is
-
-
-@dataclass(frozen=True)
-class BoardInfo:
-    """What a board says about itself; the CPU fields describe it in benchmark reports."""
-
-    machine: str
-    home: str
-    python3: str | None
-    python: str | None
-    python_bits: int | None
-    tvm_version: str | None
-    tvm_ffi_version: str | None
-    cpu_model: str | None
-    cores: int | None
-    governor: str | None
-    os: str | None
-    emulated: bool
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+# writing commands for the board and reading their output
 
 
 def remote_path(path: str, home: str | None = None) -> str:
@@ -592,344 +537,16 @@ def remote_path(path: str, home: str | None = None) -> str:
     return shlex.quote(path)
 
 
-def _absolute(path: str, home: str) -> str:
-    if path == "~":
-        return home
-    if path.startswith("~/"):
-        return posixpath.join(home, path[2:])
-    return path
-
-
-def _cpu_fields(cpuinfo: str) -> tuple[str | None, bool]:
-    """(model, looks-emulated) from /proc/cpuinfo. x86 fields on an ARM board mean qemu-user
-    passed the host's file through: the board is emulated."""
-    fields: dict[str, str] = {}
-    for line in cpuinfo.splitlines():
-        key, sep, value = line.partition(":")
-        if sep and key.strip() not in fields:
-            fields[key.strip()] = value.strip()
-    model = fields.get("Model") or fields.get("model name") or fields.get("Hardware")
-    if model is None and "CPU part" in fields:
-        model = f"ARM CPU part {fields['CPU part']}"
-    return model, "vendor_id" in fields
-
-
-def probe(
-    board: BoardConnection, *, remote_python: str | None = None, timeout: float = 120.0
-) -> BoardInfo:
-    """Ask the board, in one round trip, what it is and which Python/TVM it has."""
-    candidates = [remote_python] if remote_python else list(PYTHON_CANDIDATES)
-    tries = " ".join(
-        remote_path(c) if "/" in c else shlex.quote(c) for c in candidates
-    )  # bare names are looked up in PATH by `command -v`
-    script = f"""\
-echo "@@home"; printf '%s\\n' "$HOME"
-echo "@@machine"; uname -m
-echo "@@python3"; command -v python3 || true
-echo "@@cores"; nproc 2>/dev/null || getconf _NPROCESSORS_ONLN 2>/dev/null || true
-echo "@@governor"; cat /sys/devices/system/cpu/cpu0/cpufreq/scaling_governor 2>/dev/null || true
-echo "@@os"; (. /etc/os-release 2>/dev/null && printf '%s\\n' "$PRETTY_NAME") || true
-echo "@@python"
-for candidate in {tries}; do
-    exe=$(command -v "$candidate" 2>/dev/null) || continue
-    [ -x "$exe" ] || continue
-    info=$("$exe" -c {shlex.quote(_PYTHON_INFO)} 2>/dev/null) || continue
-    case "$info" in *'"tvm": null'*) first=${{first:-$info}}; continue;; esac
-    printf '%s\\n' "$info"; found=1; break
-done
-[ -n "${{found:-}}" ] || [ -z "${{first:-}}" ] || printf '%s\\n' "$first"
-echo "@@cpuinfo"; cat /proc/cpuinfo 2>/dev/null || true
-"""
-    output = board.check(
-        script,
-        "probing the board",
-        "check that the user's login shell is a POSIX shell",
-        timeout=timeout,
-    )
+def split_sections(output: str) -> dict[str, list[str]]:
+    """The stripped, non-blank lines of each part of a script's output, by the part's name: a
+    script that asks a board several things in one round trip marks each answer with a line
+    ``@@name`` (lines before the first mark go under ``""``)."""
     sections: dict[str, list[str]] = {}
     current = ""
     for line in output.splitlines():
         if line.startswith("@@"):
             current = line[2:]
             sections[current] = []
-        else:
-            sections.setdefault(current, []).append(line)
-
-    def first(name: str) -> str | None:
-        values = [v.strip() for v in sections.get(name, []) if v.strip()]
-        return values[0] if values else None
-
-    python_info: dict[str, Any] = {}
-    raw = first("python")
-    if raw:
-        with contextlib.suppress(ValueError):
-            python_info = json.loads(raw)
-    cores = first("cores")
-    model, emulated = _cpu_fields("\n".join(sections.get("cpuinfo", [])))
-    return BoardInfo(
-        machine=first("machine") or "unknown",
-        home=first("home") or "/",
-        python3=first("python3"),
-        python=python_info.get("executable"),
-        python_bits=python_info.get("bits"),
-        tvm_version=python_info.get("tvm"),
-        tvm_ffi_version=python_info.get("tvm_ffi"),
-        cpu_model=model,
-        cores=int(cores) if cores and cores.isdigit() else None,
-        governor=first("governor"),
-        os=first("os"),
-        emulated=emulated,
-    )
-
-
-#: ``uname -m`` values a library of each manifest arch can run on (with a matching userland).
-_MACHINES = {
-    "aarch64": {"aarch64", "arm64", "armv8b", "armv8l"},
-    "arm": {"armv6l", "armv7l", "armv7", "armv8l", "aarch64", "arm64"},
-    "x86_64": {"x86_64", "amd64"},
-}
-_BITS = {"aarch64": 64, "arm": 32, "x86_64": 64, "riscv": 64}
-
-
-def check_compatible(manifest: Any, info: BoardInfo, where: str) -> None:
-    """Refuse before loading: wrong arch (kernel *and* userland), no python3, no TVM, or a
-    TVM version other than the one that built the library.
-
-    A 64-bit kernel may run a 32-bit userland (Raspberry Pi OS 32-bit does), so the pointer
-    width of the board's Python decides between aarch64 and arm when ``uname -m`` says aarch64.
-    """
-    arch = manifest.arch
-    wanted_bits = _BITS.get(arch)
-    machine_ok = info.machine in _MACHINES.get(arch, {arch})
-    bits_ok = info.python_bits is None or wanted_bits is None or info.python_bits == wanted_bits
-    if not machine_ok or not bits_ok:
-        board = info.machine + (f" ({info.python_bits}-bit userland)" if info.python_bits else "")
-        raise EdgecompileError(
-            f"{manifest.model}-{manifest.preset} is {arch_name(arch)} library but {where} is "
-            f"{board}",
-            f"rebuild for the board: edgecompile build {manifest.model} --target "
-            f"{_suggest_preset(info)}",
-        )
-    if not info.python3:
-        raise EdgecompileError(
-            f"{where} has no python3", "install it on the board: sudo apt-get install python3"
-        )
-    if info.python is None or info.tvm_version is None:
-        searched = (
-            f"{info.python} has no apache-tvm"
-            if info.python
-            else f"looked for {', '.join(PYTHON_CANDIDATES)}"
-        )
-        raise EdgecompileError(
-            f"{where} has no Python with TVM ({searched})",
-            f"run: edgecompile device setup {where} (or on the board: python3 -m venv "
-            f"~/edgecompile-venv && ~/edgecompile-venv/bin/pip install "
-            f"apache-tvm=={manifest.tvm_version}; or pass --remote-python)",
-        )
-    if info.tvm_version != manifest.tvm_version:
-        raise EdgecompileError(
-            f"{where} has TVM {info.tvm_version} ({info.python}) but the library was built "
-            f"with TVM {manifest.tvm_version}, and TVM libraries only load in the runtime "
-            "that built them",
-            f"install apache-tvm=={manifest.tvm_version} on the board, or rebuild with TVM "
-            f"{info.tvm_version}",
-        )
-
-
-def arch_name(arch: str) -> str:
-    """``aarch64`` -> ``a 64-bit ARM (aarch64)``: what the manifest's arch means to a person."""
-    names = {"aarch64": "a 64-bit ARM (aarch64)", "arm": "a 32-bit ARM (armv7)"}
-    return names.get(arch, f"an {arch}" if arch[:1] in "aeiou" else f"a {arch}")
-
-
-def _suggest_preset(info: BoardInfo) -> str:
-    if info.machine in ("aarch64", "arm64") and info.python_bits != 32:
-        return "rpi4 (or another 64-bit preset)"
-    if info.machine.startswith("arm") or info.python_bits == 32:
-        return "rpi4-armv7 (or another 32-bit preset)"
-    return "<a preset for " + info.machine + ">"
-
-
-# --------------------------------------------------------------------------------------------
-# deploy
-
-
-@dataclass(frozen=True)
-class Deployment:
-    """Where an artifact now lives on the board, and what the board is."""
-
-    device: str
-    directory: str
-    library: str
-    manifest: str
-    uploaded: bool
-    seconds: float
-    board: BoardInfo = field(repr=False)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "board": self.board.to_dict()}
-
-
-ProgressCallback = Callable[[int, int], None]
-
-
-def deploy(
-    artifact: str | Path | Artifact,
-    access: BoardAccess,
-    *,
-    progress: ProgressCallback | None = None,
-) -> Deployment:
-    """Copy an artifact over SSH to ``access.device`` (``user@host[:port]``), under
-    ``access.remote_dir`` (default ``~/edgecompile``), atomically.
-
-    The board gets ``<remote_dir>/<artifact folder name>/<model>.so`` and ``manifest.json``.
-    An identical library already there is not uploaded again. ``access.remote_python`` is
-    the board's Python with TVM (default: the first of :data:`PYTHON_CANDIDATES` there).
-
-    Args:
-        progress: Called with (bytes sent, total) during the library upload.
-
-    Raises:
-        EdgecompileError: connection problems (see :func:`connect`), an incompatible board
-            (see :func:`check_compatible`), not enough disk space, a checksum mismatch, or a
-            dropped connection (the final name is untouched in every case).
-    """
-    device = access.require_device("deploy")
-    if not isinstance(artifact, Artifact):
-        artifact = load_artifact(artifact)
-    with connect(device, **access.ssh_login()) as board:
-        return deploy_on(
-            board,
-            artifact,
-            remote_dir=access.remote_dir or DEFAULT_REMOTE_DIR,
-            remote_python=access.remote_python,
-            progress=progress,
-        )
-
-
-def deploy_on(
-    board: BoardConnection,
-    artifact: Artifact,
-    *,
-    remote_dir: str = DEFAULT_REMOTE_DIR,
-    remote_python: str | None = None,
-    progress: ProgressCallback | None = None,
-    info: BoardInfo | None = None,
-) -> Deployment:
-    """:func:`deploy` on an open connection (``run``/``bench`` reuse theirs)."""
-    started = time.perf_counter()
-    manifest = artifact.manifest
-    local_sha = sha256_file(artifact.library)
-    if local_sha != manifest.library_sha256:
-        raise EdgecompileError(
-            f"{artifact.library} does not match its manifest (sha256 {local_sha[:12]}... vs "
-            f"{manifest.library_sha256[:12]}...)",
-            "rebuild the artifact; never edit the .so by hand",
-        )
-    where = board.settings.label
-    info = info or probe(board, remote_python=remote_python)
-    check_compatible(manifest, info, where)
-
-    directory = posixpath.join(_absolute(remote_dir, info.home), artifact.directory.name)
-    library = posixpath.join(directory, manifest.library)
-    manifest_path = posixpath.join(directory, MANIFEST)
-    local_manifest = artifact.directory / MANIFEST
-    manifest_sha = sha256_file(local_manifest)
-    size = artifact.library.stat().st_size + local_manifest.stat().st_size
-    q_dir, q_lib, q_manifest = (shlex.quote(p) for p in (directory, library, manifest_path))
-    # Create the folder, clear partial uploads a dropped connection left (our names only),
-    # report free space and what is installed now.
-    state = board.check(
-        f"mkdir -p -- {q_dir} && cd -- {q_dir} && "
-        f"rm -f -- {shlex.quote('.' + manifest.library + _PARTIAL)}* "
-        f"{shlex.quote('.' + MANIFEST + _PARTIAL)}* && "
-        f"df -Pk . | tail -n 1 && "
-        f"(sha256sum -- {q_lib} {q_manifest} 2>/dev/null || true)",
-        f"preparing {directory}",
-        "check that the user may write there, or pass --remote-dir",
-    )
-    lines = state.strip().splitlines()
-    free = _free_bytes(lines[0] if lines else "")
-    installed = _sha256_lines("\n".join(lines[1:]))
-    if installed.get(library) == local_sha and installed.get(manifest_path) == manifest_sha:
-        return Deployment(
-            where, directory, library, manifest_path, False, time.perf_counter() - started, info
-        )
-    if free is not None and free < size + _SPACE_MARGIN:
-        raise _disk_full(where, directory, free, size)
-
-    token = secrets.token_hex(4)
-    tmp_lib = posixpath.join(directory, f".{manifest.library}{_PARTIAL}{token}")
-    tmp_manifest = posixpath.join(directory, f".{MANIFEST}{_PARTIAL}{token}")
-    try:
-        _upload(board, artifact.library, tmp_lib, progress)
-        _upload(board, local_manifest, tmp_manifest, None)
-        sums = _sha256_lines(
-            board.check(
-                f"sha256sum -- {shlex.quote(tmp_lib)} {shlex.quote(tmp_manifest)}",
-                "checking the upload's sha256",
-                "install coreutils on the board (sha256sum)",
-            )
-        )
-        received = [sums.get(tmp_lib, "missing"), sums.get(tmp_manifest, "missing")]
-        if received != [manifest.library_sha256, manifest_sha]:
-            raise EdgecompileError(
-                f"the upload arrived corrupted on {where} (library sha256 {received[0][:12]}... "
-                f"instead of {manifest.library_sha256[:12]}...)",
-                "run again; if it repeats, check the board's storage (SD card) for errors",
-            )
-        board.check(
-            f"mv -f -- {shlex.quote(tmp_lib)} {q_lib} && "
-            f"mv -f -- {shlex.quote(tmp_manifest)} {q_manifest}",
-            "moving the upload into place",
-            f"check permissions in {directory}",
-        )
-    except EdgecompileError:
-        if not board.alive:
-            raise  # the partial files are cleared by the next deploy to this folder
-        # Remove our temporary files (the final names were never touched), then say "disk
-        # full" if that is why: sftp-server reports ENOSPC only as a generic "Failure".
-        free_now: int | None = None
-        with contextlib.suppress(EdgecompileError):
-            board.run(f"rm -f -- {shlex.quote(tmp_lib)} {shlex.quote(tmp_manifest)}")
-            free_now = _free_bytes(board.run(f"df -Pk -- {q_dir} | tail -n 1").stdout)
-        if free_now is not None and free_now < size + _SPACE_MARGIN:
-            raise _disk_full(where, directory, free_now, size) from None
-        raise
-    return Deployment(
-        where, directory, library, manifest_path, True, time.perf_counter() - started, info
-    )
-
-
-def _sha256_lines(output: str) -> dict[str, str]:
-    """``{path: sha256}`` from sha256sum's ``HASH  PATH`` lines."""
-    sums: dict[str, str] = {}
-    for line in output.splitlines():
-        digest, _, path = line.partition("  ")
-        if path:
-            sums[path] = digest.lstrip("\\")
-    return sums
-
-
-def _free_bytes(df_line: str) -> int | None:
-    """Available bytes from a POSIX ``df -Pk`` line (4th column, in KiB)."""
-    parts = df_line.split()
-    if len(parts) >= 4 and parts[3].isdigit():
-        return int(parts[3]) * 1024
-    return None
-
-
-def _disk_full(where: str, directory: str, free: int, size: int) -> EdgecompileError:
-    return EdgecompileError(
-        f"not enough space on {where}: {free / 2**20:.1f} MiB free in {directory}, the "
-        f"artifact needs {(size + _SPACE_MARGIN) / 2**20:.1f} MiB",
-        "free space on the board, or pass --remote-dir on a larger filesystem",
-    )
-
-
-def _upload(
-    board: BoardConnection, local: Path, remote: str, progress: ProgressCallback | None
-) -> None:
-    """SFTP put with size confirmation (paramiko stats the result); errors name the file."""
-    with board.translate_errors(f"uploading {local.name}"):
-        board.sftp.put(str(local), remote, callback=progress, confirm=True)
+        elif line.strip():
+            sections.setdefault(current, []).append(line.strip())
+    return sections

@@ -20,6 +20,7 @@ from typing import Any
 
 from edgecompile.device import ssh
 from edgecompile.device.access import BoardAccess
+from edgecompile.device.probe import probe
 from edgecompile.errors import EdgecompileError, last_line
 
 DEFAULT_RPC_PORT = 9090
@@ -119,7 +120,7 @@ def _listening(transport: Any, port: int) -> bool:
 
 
 def _start_server(board: ssh.BoardConnection, remote_python: str | None, port: int) -> None:
-    info = ssh.probe(board, remote_python=remote_python)
+    info = probe(board, remote_python=remote_python)
     if info.python is None or info.tvm_version is None:
         raise EdgecompileError(
             f"{board.settings.label} has no Python with TVM to start an RPC server",

@@ -27,6 +27,8 @@ import pytest
 from edgecompile.artifact import MANIFEST, Artifact, load_artifact, sha256_file
 from edgecompile.device import ssh
 from edgecompile.device.access import BoardAccess
+from edgecompile.device.deploy import Deployment, deploy
+from edgecompile.device.probe import BoardInfo, check_compatible, probe
 from edgecompile.device.remote import bench_on_device, run_on_device
 from edgecompile.errors import EdgecompileError
 from edgecompile.export import example_input, relative_error
@@ -163,8 +165,8 @@ def test_private_key_check_catches_a_pub_file(client_key: Path, tmp_path: Path) 
         )
 
 
-def _board(machine: str, bits: int, **changes: Any) -> ssh.BoardInfo:
-    info = ssh.BoardInfo(
+def _board(machine: str, bits: int, **changes: Any) -> BoardInfo:
+    info = BoardInfo(
         machine=machine,
         home="/home/pi",
         python3="/usr/bin/python3",
@@ -200,20 +202,20 @@ class _Manifest:
 )
 def test_wrong_arch_is_refused_both_ways(arch: str, machine: str, bits: int, problem: str) -> None:
     with pytest.raises(EdgecompileError, match=problem):
-        ssh.check_compatible(_Manifest(arch), _board(machine, bits), "pi")
+        check_compatible(_Manifest(arch), _board(machine, bits), "pi")
 
 
 def test_32_bit_userland_on_64_bit_kernel_takes_armv7_libraries() -> None:
-    ssh.check_compatible(_Manifest("arm"), _board("aarch64", 32), "pi")  # no error
+    check_compatible(_Manifest("arm"), _board("aarch64", 32), "pi")  # no error
 
 
 def test_board_without_python3_or_tvm() -> None:
     with pytest.raises(EdgecompileError, match="has no python3") as raised:
-        ssh.check_compatible(_Manifest("aarch64"), _board("aarch64", 64, python3=None), "pi")
+        check_compatible(_Manifest("aarch64"), _board("aarch64", 64, python3=None), "pi")
     assert raised.value.fix and "apt-get install python3" in raised.value.fix
     no_tvm = _board("aarch64", 64, python=None, tvm_version=None)
     with pytest.raises(EdgecompileError, match="no Python with TVM") as raised:
-        ssh.check_compatible(_Manifest("aarch64"), no_tvm, "pi")
+        check_compatible(_Manifest("aarch64"), no_tvm, "pi")
     assert raised.value.fix and "apache-tvm==0.27.0.post1" in raised.value.fix
 
 
@@ -327,7 +329,7 @@ def test_ssh_config_alias_reaches_the_board(
         f"  User root\n  IdentityFile {client_key}\n  UserKnownHostsFile {trusted_known_hosts}\n"
     )
     with ssh.connect("emulated-pi", ssh_config=config) as board:
-        info = ssh.probe(board)
+        info = probe(board)
     assert info.machine == "aarch64" and info.python_bits == 64
     assert info.tvm_version == "0.27.0.post1"
     assert info.home == "/root"
@@ -367,7 +369,7 @@ def test_deploy_is_checked_atomic_and_idempotent(
 ) -> None:
     artifact = board_artifacts("shufflenet_v1", "rpi4")
     remote, host_path = remote_dir
-    first = ssh.deploy(
+    first = deploy(
         artifact,
         BoardAccess(
             device=emulated_board.device,
@@ -384,7 +386,7 @@ def test_deploy_is_checked_atomic_and_idempotent(
     assert (on_board / MANIFEST).read_bytes() == (artifact.directory / MANIFEST).read_bytes()
     assert first.board.tvm_version == artifact.manifest.tvm_version
 
-    again = ssh.deploy(
+    again = deploy(
         artifact,
         BoardAccess(
             device=emulated_board.device,
@@ -416,8 +418,8 @@ def test_dropped_connection_mid_upload_leaves_no_final_file(
                 with contextlib.suppress(psutil.Error, ProcessLookupError):
                     session.kill()  # may already be exiting from the previous call's kill
 
-    def deploy(candidate: Artifact, progress: Any = None) -> ssh.Deployment:
-        return ssh.deploy(
+    def deploy_to_board(candidate: Artifact, progress: Any = None) -> Deployment:
+        return deploy(
             candidate,
             BoardAccess(
                 device=emulated_board.device,
@@ -429,20 +431,20 @@ def test_dropped_connection_mid_upload_leaves_no_final_file(
         )
 
     with pytest.raises(EdgecompileError, match="dropped while uploading") as raised:
-        deploy(artifact, cut_the_cable)
+        deploy_to_board(artifact, cut_the_cable)
     assert "nothing was installed under the final name" in (raised.value.fix or "")
     assert not final.exists()
 
     # With a good copy installed, a dropped upload of a new version keeps the good copy.
-    deploy(artifact)
+    deploy_to_board(artifact)
     newer = _variant(artifact, tmp_path, pad=1 << 20)
     with pytest.raises(EdgecompileError, match="dropped while uploading"):
-        deploy(newer, cut_the_cable)
+        deploy_to_board(newer, cut_the_cable)
     assert sha256_file(final) == artifact.manifest.library_sha256
     leftovers = [p.name for p in final.parent.iterdir() if ".partial-" in p.name]
     assert leftovers, "expected the dropped upload's partial file (cleared by the next deploy)"
 
-    assert deploy(newer).uploaded
+    assert deploy_to_board(newer).uploaded
     assert sha256_file(final) == newer.manifest.library_sha256
     assert sorted(p.name for p in final.parent.iterdir()) == ["manifest.json", "shufflenet_v1.so"]
 
@@ -477,8 +479,8 @@ def test_disk_full_is_refused_before_and_during_upload(
 ) -> None:
     artifact = board_artifacts("shufflenet_v1", "rpi4")
 
-    def deploy() -> None:
-        ssh.deploy(
+    def deploy_to_tiny_disk() -> None:
+        deploy(
             artifact,
             BoardAccess(
                 device=emulated_board.device,
@@ -495,22 +497,23 @@ def test_disk_full_is_refused_before_and_during_upload(
             return board.check(f"ls -A {tiny_disk}/shufflenet_v1-rpi4", "ls", "")
 
     with pytest.raises(EdgecompileError, match=r"not enough space on .*MiB free in") as raised:
-        deploy()  # the df pre-check refuses: nothing is sent
+        deploy_to_tiny_disk()  # the df pre-check refuses: nothing is sent
     assert "--remote-dir" in (raised.value.fix or "")
     assert listing().split() == []
 
     # If the pre-check is fooled (another writer filled the disk meanwhile), the real ENOSPC
     # of the upload is reported the same way, and the partial file is removed.
-    real_free = ssh._free_bytes
+    from edgecompile.device.deploy import _free_bytes as real_free
+
     calls: list[str] = []
 
     def first_df_lies(line: str) -> int | None:
         calls.append(line)
         return 1 << 40 if len(calls) == 1 else real_free(line)
 
-    monkeypatch.setattr(ssh, "_free_bytes", first_df_lies)
+    monkeypatch.setattr("edgecompile.device.deploy._free_bytes", first_df_lies)
     with pytest.raises(EdgecompileError, match=r"not enough space on .*MiB free in"):
-        deploy()
+        deploy_to_tiny_disk()
     assert len(calls) == 2
     assert listing().split() == []
 
@@ -526,7 +529,7 @@ def test_armv7_library_is_refused_on_the_aarch64_board(
     armv7 = board_artifacts("shufflenet_v1", "rpi4-armv7")
     assert armv7.manifest.arch == "arm"
     with pytest.raises(EdgecompileError, match=r"32-bit ARM \(armv7\) library but .* aarch64"):
-        ssh.deploy(
+        deploy(
             armv7,
             BoardAccess(
                 device=emulated_board.device,
@@ -551,7 +554,7 @@ def test_tvm_version_mismatch_is_refused(
     with pytest.raises(
         EdgecompileError, match=r"has TVM 0\.27\.0\.post1 .* built with TVM 0\.26\.0"
     ) as raised:
-        ssh.deploy(
+        deploy(
             older,
             BoardAccess(
                 device=emulated_board.device,
@@ -572,7 +575,7 @@ def test_board_without_tvm_python_is_refused(
     board_artifacts: Callable[..., Artifact],
 ) -> None:
     with pytest.raises(EdgecompileError, match="has no Python with TVM"):
-        ssh.deploy(
+        deploy(
             board_artifacts("shufflenet_v1", "rpi4"),
             BoardAccess(
                 device=emulated_board.device,

@@ -1,0 +1,233 @@
+"""Shipping an artifact to a board over SSH, atomically and checked.
+
+Why: a deploy uploads to temporary names, checks the library's sha256 *on the board* against
+the manifest, then renames into place: a dropped connection or a full disk never leaves a half
+library under the final name (and never breaks the copy that was there). The board is checked
+first (:func:`edgecompile.device.probe.check_compatible`), so nothing is written on a board
+that could not load the library.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import posixpath
+import secrets
+import shlex
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edgecompile.artifact import MANIFEST, Artifact, load_artifact, sha256_file
+from edgecompile.device.access import BoardAccess
+from edgecompile.device.probe import BoardInfo, check_compatible, probe
+from edgecompile.device.ssh import BoardConnection, connect
+from edgecompile.errors import EdgecompileError
+
+__all__ = [
+    "DEFAULT_REMOTE_DIR",
+    "Deployment",
+    "ProgressCallback",
+    "deploy",
+    "deploy_on",
+]
+
+DEFAULT_REMOTE_DIR = "~/edgecompile"
+#: Room kept free beside the upload (sftp and the rename need a little).
+_SPACE_MARGIN = 256 * 1024
+#: In the temporary names of an upload, so the next deploy can clear what a dropped one left.
+_PARTIAL = ".partial-"
+
+
+@dataclass(frozen=True)
+class Deployment:
+    """Where an artifact now lives on the board, and what the board is."""
+
+    device: str
+    directory: str
+    library: str
+    manifest: str
+    uploaded: bool
+    seconds: float
+    board: BoardInfo = field(repr=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "board": self.board.to_dict()}
+
+
+ProgressCallback = Callable[[int, int], None]
+
+
+def deploy(
+    artifact: str | Path | Artifact,
+    access: BoardAccess,
+    *,
+    progress: ProgressCallback | None = None,
+) -> Deployment:
+    """Copy an artifact over SSH to ``access.device`` (``user@host[:port]``), under
+    ``access.remote_dir`` (default ``~/edgecompile``), atomically.
+
+    The board gets ``<remote_dir>/<artifact folder name>/<model>.so`` and ``manifest.json``.
+    An identical library already there is not uploaded again. ``access.remote_python`` is
+    the board's Python with TVM (default: the first of
+    :data:`edgecompile.device.probe.PYTHON_CANDIDATES` there).
+
+    Args:
+        progress: Called with (bytes sent, total) during the library upload.
+
+    Raises:
+        EdgecompileError: connection problems (see :func:`edgecompile.device.ssh.connect`),
+            an incompatible board (see :func:`edgecompile.device.probe.check_compatible`), not
+            enough disk space, a checksum mismatch, or a dropped connection (the final name is
+            untouched in every case).
+    """
+    device = access.require_device("deploy")
+    if not isinstance(artifact, Artifact):
+        artifact = load_artifact(artifact)
+    with connect(device, **access.ssh_login()) as board:
+        return deploy_on(
+            board,
+            artifact,
+            remote_dir=access.remote_dir or DEFAULT_REMOTE_DIR,
+            remote_python=access.remote_python,
+            progress=progress,
+        )
+
+
+def deploy_on(
+    board: BoardConnection,
+    artifact: Artifact,
+    *,
+    remote_dir: str = DEFAULT_REMOTE_DIR,
+    remote_python: str | None = None,
+    progress: ProgressCallback | None = None,
+    info: BoardInfo | None = None,
+) -> Deployment:
+    """:func:`deploy` on an open connection (``run``/``bench`` reuse theirs)."""
+    started = time.perf_counter()
+    manifest = artifact.manifest
+    local_sha = sha256_file(artifact.library)
+    if local_sha != manifest.library_sha256:
+        raise EdgecompileError(
+            f"{artifact.library} does not match its manifest (sha256 {local_sha[:12]}... vs "
+            f"{manifest.library_sha256[:12]}...)",
+            "rebuild the artifact; never edit the .so by hand",
+        )
+    where = board.settings.label
+    info = info or probe(board, remote_python=remote_python)
+    check_compatible(manifest, info, where)
+
+    directory = posixpath.join(_expand_home(remote_dir, info.home), artifact.directory.name)
+    library = posixpath.join(directory, manifest.library)
+    manifest_path = posixpath.join(directory, MANIFEST)
+    local_manifest = artifact.directory / MANIFEST
+    manifest_sha = sha256_file(local_manifest)
+    size = artifact.library.stat().st_size + local_manifest.stat().st_size
+    q_dir, q_lib, q_manifest = (shlex.quote(p) for p in (directory, library, manifest_path))
+
+    def deployment(uploaded: bool) -> Deployment:
+        seconds = time.perf_counter() - started
+        return Deployment(where, directory, library, manifest_path, uploaded, seconds, info)
+
+    # Create the folder, clear partial uploads a dropped connection left (our names only),
+    # report free space and what is installed now.
+    state = board.check(
+        f"mkdir -p -- {q_dir} && cd -- {q_dir} && "
+        f"rm -f -- {shlex.quote('.' + manifest.library + _PARTIAL)}* "
+        f"{shlex.quote('.' + MANIFEST + _PARTIAL)}* && "
+        f"df -Pk . | tail -n 1 && "
+        f"(sha256sum -- {q_lib} {q_manifest} 2>/dev/null || true)",
+        f"preparing {directory}",
+        "check that the user may write there, or pass --remote-dir",
+    )
+    lines = state.strip().splitlines()
+    free = _free_bytes(lines[0] if lines else "")
+    installed = _sha256_lines("\n".join(lines[1:]))
+    if installed.get(library) == local_sha and installed.get(manifest_path) == manifest_sha:
+        return deployment(uploaded=False)
+    if free is not None and free < size + _SPACE_MARGIN:
+        raise _disk_full(where, directory, free, size)
+
+    token = secrets.token_hex(4)
+    tmp_lib = posixpath.join(directory, f".{manifest.library}{_PARTIAL}{token}")
+    tmp_manifest = posixpath.join(directory, f".{MANIFEST}{_PARTIAL}{token}")
+    q_tmp_lib, q_tmp_manifest = shlex.quote(tmp_lib), shlex.quote(tmp_manifest)
+    try:
+        _upload(board, artifact.library, tmp_lib, progress)
+        _upload(board, local_manifest, tmp_manifest, None)
+        sums = _sha256_lines(
+            board.check(
+                f"sha256sum -- {q_tmp_lib} {q_tmp_manifest}",
+                "checking the upload's sha256",
+                "install coreutils on the board (sha256sum)",
+            )
+        )
+        received = [sums.get(tmp_lib, "missing"), sums.get(tmp_manifest, "missing")]
+        if received != [manifest.library_sha256, manifest_sha]:
+            raise EdgecompileError(
+                f"the upload arrived corrupted on {where} (library sha256 {received[0][:12]}... "
+                f"instead of {manifest.library_sha256[:12]}...)",
+                "run again; if it repeats, check the board's storage (SD card) for errors",
+            )
+        board.check(
+            f"mv -f -- {q_tmp_lib} {q_lib} && mv -f -- {q_tmp_manifest} {q_manifest}",
+            "moving the upload into place",
+            f"check permissions in {directory}",
+        )
+    except EdgecompileError:
+        if not board.alive:
+            raise  # the partial files are cleared by the next deploy to this folder
+        # Remove our temporary files (the final names were never touched), then say "disk
+        # full" if that is why: sftp-server reports ENOSPC only as a generic "Failure".
+        free_now: int | None = None
+        with contextlib.suppress(EdgecompileError):
+            board.run(f"rm -f -- {q_tmp_lib} {q_tmp_manifest}")
+            free_now = _free_bytes(board.run(f"df -Pk -- {q_dir} | tail -n 1").stdout)
+        if free_now is not None and free_now < size + _SPACE_MARGIN:
+            raise _disk_full(where, directory, free_now, size) from None
+        raise
+    return deployment(uploaded=True)
+
+
+def _sha256_lines(output: str) -> dict[str, str]:
+    """``{path: sha256}`` from sha256sum's ``HASH  PATH`` lines."""
+    sums: dict[str, str] = {}
+    for line in output.splitlines():
+        digest, _, path = line.partition("  ")
+        if path:
+            sums[path] = digest.lstrip("\\")
+    return sums
+
+
+def _free_bytes(df_line: str) -> int | None:
+    """Available bytes from a POSIX ``df -Pk`` line (4th column, in KiB)."""
+    parts = df_line.split()
+    if len(parts) >= 4 and parts[3].isdigit():
+        return int(parts[3]) * 1024
+    return None
+
+
+def _disk_full(where: str, directory: str, free: int, size: int) -> EdgecompileError:
+    return EdgecompileError(
+        f"not enough space on {where}: {free / 2**20:.1f} MiB free in {directory}, the "
+        f"artifact needs {(size + _SPACE_MARGIN) / 2**20:.1f} MiB",
+        "free space on the board, or pass --remote-dir on a larger filesystem",
+    )
+
+
+def _upload(
+    board: BoardConnection, local: Path, remote: str, progress: ProgressCallback | None
+) -> None:
+    """SFTP put with size confirmation (paramiko stats the result); errors name the file."""
+    with board.translate_errors(f"uploading {local.name}"):
+        board.sftp.put(str(local), remote, callback=progress, confirm=True)
+
+
+def _expand_home(path: str, home: str) -> str:
+    """``~`` and ``~/x`` on the board as absolute paths, from the ``home`` it reported."""
+    if path == "~":
+        return home
+    if path.startswith("~/"):
+        return posixpath.join(home, path[2:])
+    return path
