@@ -38,10 +38,10 @@ from edgecompile.tune import (
     CONFIRM_MARGIN,
     MAX_TRIALS_PER_ROUND,
     TuneResult,
-    _verdict,
     parse_duration,
     tune,
 )
+from edgecompile.tune.verdict import choice_from_medians
 
 TRIALS = 6
 
@@ -279,7 +279,7 @@ def test_a_real_win_is_confirmed_and_applied(
 )
 def test_verdict_margin(medians: list[float | None], uses_tuned: bool) -> None:
     bodies = [[f"trace{i}"] for i in range(len(medians))]
-    choice = _verdict(medians, bodies, records=len(bodies))
+    choice = choice_from_medians(medians, bodies, records=len(bodies))
     assert choice.uses_tuned is uses_tuned
     assert choice.records == len(bodies)
 
@@ -508,7 +508,7 @@ def test_finished_tir_kernels_are_not_tuning_tasks() -> None:
     from edgecompile.builder import prepare_model
     from edgecompile.schedules.analysis import has_root_block as _has_root_block
     from edgecompile.schedules.pipeline import fused_module
-    from edgecompile.tune import _extract_tasks
+    from edgecompile.tune.tasks import extract_tasks
 
     target = resolve_target("host").tvm_target()
     with tempfile.TemporaryDirectory() as scratch:
@@ -520,7 +520,7 @@ def test_finished_tir_kernels_are_not_tuning_tasks() -> None:
         if isinstance(func, tirx.PrimFunc) and not _has_root_block(tvm_module(func))
     ]
     assert finished, "the premise: ShuffleNet v2 has hand-written concat kernels"
-    tasks = _extract_tasks(model.module, target)
+    tasks = extract_tasks(model.module, target)
     assert tasks and all(_has_root_block(task.module) for task in tasks)
     assert not {task.name for task in tasks} & set(finished)
 

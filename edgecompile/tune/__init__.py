@@ -1,0 +1,48 @@
+"""Stage 3b: tune a model's kernels for one target with MetaSchedule, into that target's records.
+
+model → export + import (as ``build`` does) → the fused module (our blocked layout, legalized and
+fused: exactly the PrimFuncs a build compiles) → one task per distinct kernel → each kernel as an
+untuned build compiles it (our schedule, else TVM's default lowering) measured and committed as
+a record → MetaSchedule's evolutionary search (xgboost cost model) seeded with them → more
+records → per kernel, the search's best records re-measured against the untuned schedule,
+interleaved and repeated, and the verdict stored as the kernel's choice (``choices.json``), which
+is all a later ``build`` applies.
+
+One job per module:
+
+- :mod:`~edgecompile.tune.pipeline` — :func:`tune` itself: the stages in turn, one store writer;
+- :mod:`~edgecompile.tune.budget` — the trial budget (``--trials``, ``--time-budget``) and how
+  the search spreads it over the tasks;
+- :mod:`~edgecompile.tune.tasks` — the fused module's kernels as tuning tasks, and their records;
+- :mod:`~edgecompile.tune.measure` — where candidates are built and timed: here, or on a board
+  over RPC, a tracker or an SSH tunnel (a :class:`~edgecompile.device.access.BoardAccess`);
+- :mod:`~edgecompile.tune.baseline` — every task as an untuned build compiles it, measured and
+  committed as a record the search starts from;
+- :mod:`~edgecompile.tune.search` — MetaSchedule's task scheduler and evolutionary search;
+- :mod:`~edgecompile.tune.monitor` — the search as it runs: progress line, budget, failures;
+- :mod:`~edgecompile.tune.verdict` — the search's best re-measured against the untuned schedule,
+  and what a build uses;
+- :mod:`~edgecompile.tune.results` — :class:`TuneResult`, :class:`TaskOutcome`.
+
+MetaSchedule's worker processes run functions of :mod:`edgecompile._tune_workers`, which stays
+outside this package: each fresh worker imports it by name, and inside the package that would
+first run this ``__init__`` and everything it imports.
+"""
+
+from __future__ import annotations
+
+from edgecompile.tune.budget import DEFAULT_TRIALS_PER_TASK, MAX_TRIALS_PER_ROUND, parse_duration
+from edgecompile.tune.pipeline import TUNE_STAGES, tune
+from edgecompile.tune.results import TaskOutcome, TuneResult
+from edgecompile.tune.verdict import CONFIRM_MARGIN
+
+__all__ = [
+    "CONFIRM_MARGIN",
+    "DEFAULT_TRIALS_PER_TASK",
+    "MAX_TRIALS_PER_ROUND",
+    "TUNE_STAGES",
+    "TaskOutcome",
+    "TuneResult",
+    "parse_duration",
+    "tune",
+]

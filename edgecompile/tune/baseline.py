@@ -1,0 +1,106 @@
+"""The untuned baseline: every task as a build without records compiles it, measured once and
+committed as a record.
+
+So the search starts from our schedules (its initial population comes from the database's best
+records), and every search record is later judged against the schedule it would replace.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+from edgecompile.records import RecordStore, mark_of, mean_seconds, trace_digest
+from edgecompile.tune.measure import Measurer
+from edgecompile.tune.tasks import TuningTask
+
+
+def untuned_schedule(module: Any, target: Any, user_rules: Sequence[Any] = ()) -> Any | None:
+    """What a build without records compiles for this kernel, as a schedule with a trace: a user
+    rule's or our rule's schedule (tried as the build tries them), else TVM's default lowering
+    (an empty trace). Each carries a ``SCHEDULED_BY_ATTR`` mark, so a record replaying it says
+    who made it."""
+    from tvm import s_tir
+
+    from edgecompile.schedules.pipeline import TVM_DEFAULT, schedule_rules
+    from edgecompile.schedules.rules import SCHEDULED_BY_ATTR, ScheduleFailed
+    from edgecompile.schedules.user import UserRule
+
+    for rule in schedule_rules(user_rules):
+        try:
+            schedule = rule.try_schedule(module["main"], target)
+        except ScheduleFailed:
+            if isinstance(rule, UserRule):
+                continue  # a user rule that fails hands the kernel on, as in the build
+            break
+        if schedule is not None:
+            return schedule
+    schedule = s_tir.Schedule(module)
+    try:
+        schedule.annotate(schedule.get_sblock("root"), SCHEDULED_BY_ATTR, TVM_DEFAULT)
+    except Exception:  # no root block: finished TIR, not a task (see extract_tasks)
+        return None
+    return schedule
+
+
+def measure_untuned(
+    tasks: list[TuningTask],
+    store: RecordStore,
+    measurer: Measurer,
+    user_rules: Sequence[Any] = (),
+) -> dict[str, float]:
+    """Measure every task as an untuned build compiles it and commit that as a record; the
+    seconds per workload hash.
+
+    A build picks per kernel whichever measured fastest, the untuned schedule included. A record
+    already in the store with the same trace is not measured again.
+    """
+    from tvm.s_tir import meta_schedule as ms
+    from tvm.s_tir.meta_schedule.arg_info import ArgInfo
+
+    database = measurer.database
+    timings: dict[str, float] = {}
+    pending: list[tuple[TuningTask, Any, Any]] = []
+    for task in tasks:
+        schedule = untuned_schedule(task.module, measurer.target, user_rules)
+        if schedule is None:
+            continue
+        workload = database.commit_workload(task.module)
+        known = [
+            r for r in database.get_top_k(workload, 1 << 20) if str(r.trace) == str(schedule.trace)
+        ]
+        if known:
+            seconds = mean_seconds(known[0].run_secs)
+            if seconds is not None:
+                timings[task.workload_hash] = seconds
+            continue
+        pending.append((task, schedule, workload))
+    if not pending:
+        return timings
+    arg_infos = [ArgInfo.from_entry_func(schedule.mod) for _, schedule, _ in pending]
+    measured = measurer.measure(
+        [(schedule.mod, args) for (_, schedule, _), args in zip(pending, arg_infos, strict=True)]
+    )
+    committed = 0
+    for (task, schedule, workload), args, runs in zip(pending, arg_infos, measured, strict=True):
+        if not runs or runs[0].error_msg is not None or not runs[0].run_secs:
+            continue
+        committed += 1
+        database.commit_tuning_record(
+            ms.database.TuningRecord(
+                schedule.trace, workload, runs[0].run_secs, measurer.target, args
+            )
+        )
+        seconds = mean_seconds(runs[0].run_secs)
+        if seconds is not None:
+            timings[task.workload_hash] = seconds
+    # The database appended one line per commit: the last ``committed`` lines are these.
+    new_lines = store.lines().records[-committed:] if committed else []
+    store.add_baselines(
+        {
+            trace_digest(body): mark_of(body) or "untuned"
+            for body in (json.loads(line)[1] for line in new_lines)
+        }
+    )
+    return timings

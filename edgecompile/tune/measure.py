@@ -1,0 +1,214 @@
+"""Where tuning candidates are built and timed: here, or on a board over TVM RPC.
+
+Host targets measure in a local worker process; board targets are linked with the board's
+toolchain (a ``.so`` the board loads as is) and measured on the board over TVM RPC -- directly,
+through an RPC tracker, or through an SSH tunnel to a server bound to the board's loopback
+(:mod:`edgecompile.device.tunnel`), never by exposing RPC on a network.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+from edgecompile.device.access import BoardAccess
+from edgecompile.errors import EdgecompileError
+from edgecompile.targets import BoardPreset
+
+#: RPC sessions: an emulated or slow board needs minutes for the first load.
+RPC_SESSION_TIMEOUT = 600
+#: Timings per round of the re-measurement (the search times each candidate once).
+CONFIRM_REPEATS = 3
+FAILED_RUN = 1e9  # MetaSchedule records 1e10 s for a candidate that failed
+
+
+def choose_transport(preset: BoardPreset, access: BoardAccess) -> str:
+    """``local``, or the one way ``access`` reaches the board: ``rpc``, ``tracker``, ``device``."""
+    given = (("rpc", access.rpc), ("tracker", access.tracker), ("device", access.device))
+    chosen = [name for name, value in given if value]
+    if len(chosen) > 1:
+        raise EdgecompileError(
+            f"--{' and --'.join(chosen)} given together", "measure through one of them"
+        )
+    if chosen:
+        return chosen[0]
+    if not preset.is_host:
+        raise EdgecompileError(
+            f"{preset.name} kernels must be measured on a {preset.arch} board",
+            "pass --device user@host (SSH), --rpc host:port or --tracker host:port --rpc-key KEY",
+        )
+    return "local"
+
+
+@dataclass(frozen=True)
+class Measurer:
+    """MetaSchedule's builder and one runner, for the target, and the database records go to."""
+
+    target: Any
+    database: Any
+    builder: Any
+    runner: Any
+
+    def measure(self, candidates: Sequence[tuple[Any, Any]], rounds: int = 1) -> list[list[Any]]:
+        """Build each ``(scheduled module, args info)`` once and run those that built, ``rounds``
+        times interleaved (load that comes and goes hits them all); per candidate, its runner
+        results (none: it did not build). The build folders are deleted afterwards."""
+        from tvm.s_tir import meta_schedule as ms
+
+        built = self.builder.build(
+            [ms.builder.BuilderInput(module, self.target) for module, _ in candidates]
+        )
+        try:
+            owners = [
+                i
+                for _ in range(rounds)
+                for i, result in enumerate(built)
+                if result.error_msg is None
+            ]
+            futures = self.runner.run(
+                [
+                    ms.runner.RunnerInput(built[i].artifact_path, "cpu", candidates[i][1])
+                    for i in owners
+                ]
+            )
+            results: list[list[Any]] = [[] for _ in candidates]
+            for i, future in zip(owners, futures, strict=True):
+                results[i].append(future.result())
+        finally:
+            remove_artifacts(built)
+        return results
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """Where candidates are measured, as the search times them and as the verdict does."""
+
+    where: str
+    search: Measurer
+    confirm: Measurer
+
+
+@contextlib.contextmanager
+def measurement(
+    preset: BoardPreset,
+    toolchain: Any,
+    transport: str,
+    threads: int | None,
+    target: Any,
+    database: Any,
+    *,
+    access: BoardAccess,
+    remote_port: int | None,
+) -> Iterator[Measurement]:
+    """The builder and runners for ``transport``, open for as long as the ``with`` lasts."""
+    from tvm.s_tir import meta_schedule as ms
+
+    from edgecompile import _tune_workers as workers
+
+    builder = ms.builder.LocalBuilder(
+        f_build=workers.build_kernel,
+        f_export=partial(workers.export_shared_library, toolchain),
+        max_workers=1,
+        timeout_sec=120,
+    )
+    runners = _runners(preset, transport, threads, access=access, remote_port=remote_port)
+    with runners as (runner_for, where):
+
+        def measurer(repeat: int) -> Measurer:
+            evaluator = ms.runner.EvaluatorConfig(number=3, repeat=repeat, min_repeat_ms=40)
+            return Measurer(target, database, builder, runner_for(evaluator))
+
+        yield Measurement(where, measurer(1), measurer(CONFIRM_REPEATS))
+
+
+@contextlib.contextmanager
+def _runners(
+    preset: BoardPreset,
+    transport: str,
+    threads: int | None,
+    *,
+    access: BoardAccess,
+    remote_port: int | None,
+) -> Iterator[tuple[Callable[[Any], Any], str]]:
+    """A runner for an evaluator config on ``transport``, and where it measures."""
+    from edgecompile import _tune_workers as workers
+
+    if transport == "local":
+        yield partial(_local_runner, threads), f"this machine ({threads} threads)"
+        return
+    from edgecompile.device.remote import check_rpc_target
+
+    if transport == "device":
+        from edgecompile.device.tunnel import DEFAULT_RPC_PORT, rpc_tunnel
+
+        with rpc_tunnel(access, remote_port=remote_port or DEFAULT_RPC_PORT) as (host, port):
+            check_rpc_target(preset, BoardAccess(rpc=f"{host}:{port}"))
+            yield _direct_runner(host, port, threads), f"{access.device} (SSH tunnel)"
+        return
+    key = access.rpc_key or preset.rpc_key
+    check_rpc_target(preset, access)
+    if access.rpc:
+        host, _, port = access.rpc.rpartition(":")
+        yield _direct_runner(host, int(port), threads), f"RPC server {access.rpc}"
+        return
+    assert access.tracker is not None
+    tracker_host, _, tracker_port = access.tracker.rpartition(":")
+    session = partial(workers.connect_tracker, threads)
+    tracked = partial(_rpc_runner, tracker_host, int(tracker_port), key, session)
+    yield tracked, f"tracker {access.tracker} key {key}"
+
+
+def _local_runner(threads: int | None, evaluator: Any) -> Any:
+    from tvm.s_tir import meta_schedule as ms
+
+    from edgecompile import _tune_workers as workers
+
+    return ms.runner.LocalRunner(
+        evaluator_config=evaluator,
+        timeout_sec=60,
+        initializer=partial(workers.set_thread_count, threads),
+    )
+
+
+def _direct_runner(host: str, port: int, threads: int | None) -> Callable[[Any], Any]:
+    """Runners for an RPC server reached directly (or through our SSH tunnel): MetaSchedule's
+    ``RPCRunner`` knows only trackers, so the session is opened by our own function."""
+    from edgecompile import _tune_workers as workers
+
+    session = partial(workers.connect_direct, host, port, threads, RPC_SESSION_TIMEOUT)
+    # RPCRunner insists on a tracker config even when f_create_session ignores it.
+    return partial(_rpc_runner, host, port, "direct", session)
+
+
+def _rpc_runner(
+    tracker_host: str,
+    tracker_port: int,
+    tracker_key: str,
+    create_session: Callable[[Any], Any],
+    evaluator: Any,
+) -> Any:
+    from tvm.s_tir import meta_schedule as ms
+
+    return ms.runner.RPCRunner(
+        rpc_config=ms.runner.RPCConfig(
+            tracker_host=tracker_host,
+            tracker_port=tracker_port,
+            tracker_key=tracker_key,
+            session_timeout_sec=RPC_SESSION_TIMEOUT,
+        ),
+        evaluator_config=evaluator,
+        f_create_session=create_session,
+        max_workers=1,
+    )
+
+
+def remove_artifacts(built: list[Any]) -> None:
+    """Delete the candidates' build folders (each ``.so`` has a temporary folder of its own)."""
+    for result in built:
+        if getattr(result, "artifact_path", None):
+            shutil.rmtree(os.path.dirname(result.artifact_path), ignore_errors=True)
