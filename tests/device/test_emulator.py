@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -84,7 +85,24 @@ def test_run_in_rootfs_emulates_the_cpu(rootfs: Path) -> None:
     assert (failed.returncode, failed.stderr.strip()) == (3, "oops")
 
 
-def test_cross_compiled_library_runs_on_the_board(rootfs: Path, aarch64_library: Path) -> None:
+@pytest.fixture()
+def temp_dirs_made(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
+    """The temp dirs the test's calls make, to check each is gone afterwards (not a glob over
+    the shared rootfs's /tmp: a run killed earlier may have left its own there)."""
+    made: list[Path] = []
+    mkdtemp = emulator.tempfile.mkdtemp
+
+    def recording_mkdtemp(*args: Any, **kwargs: Any) -> str:
+        made.append(Path(mkdtemp(*args, **kwargs)))
+        return str(made[-1])
+
+    monkeypatch.setattr(emulator.tempfile, "mkdtemp", recording_mkdtemp)
+    return made
+
+
+def test_cross_compiled_library_runs_on_the_board(
+    rootfs: Path, aarch64_library: Path, temp_dirs_made: list[Path]
+) -> None:
     rng = np.random.default_rng(0)
     x = rng.standard_normal((4, 8)).astype("float32")
     w = rng.standard_normal((8, 3)).astype("float32")
@@ -94,14 +112,17 @@ def test_cross_compiled_library_runs_on_the_board(rootfs: Path, aarch64_library:
     assert len(outputs) == 1
     assert outputs[0].shape == (4, 3) and outputs[0].dtype == np.float32
     np.testing.assert_allclose(outputs[0], np.maximum(x @ w + 1.0, 0.0), rtol=1e-5, atol=1e-5)
-    assert not list((rootfs / "tmp").glob("edgecompile-run-*")), "temp dir left in the rootfs"
+    assert temp_dirs_made and all(p.is_relative_to(rootfs / "tmp") for p in temp_dirs_made)
+    assert not [p for p in temp_dirs_made if p.exists()], "temp dir left in the rootfs"
 
 
-def test_unknown_entry_reports_the_board_error(rootfs: Path, aarch64_library: Path) -> None:
+def test_unknown_entry_reports_the_board_error(
+    rootfs: Path, aarch64_library: Path, temp_dirs_made: list[Path]
+) -> None:
     inputs = {"x": np.zeros((4, 8), "float32"), "w": np.zeros((8, 3), "float32")}
     with pytest.raises(EdgecompileError, match=r"failed: .*no_such_function"):
         emulator.run_library_in_rootfs(rootfs, aarch64_library, inputs, entry="no_such_function")
-    assert not list((rootfs / "tmp").glob("edgecompile-run-*"))
+    assert temp_dirs_made and not [p for p in temp_dirs_made if p.exists()]
 
 
 def test_x86_library_is_rejected_clearly(rootfs: Path, tmp_path: Path) -> None:
