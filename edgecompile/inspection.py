@@ -6,6 +6,10 @@ concatenations, the copy behind a channel shuffle — is counted too. MAC follow
 (Ma et al. 2018, section 2): a convolution reads its input and weights and writes its output
 (1×1: h·w·(c1+c2) + c1·c2; k×k grouped: Hin·Win·Cin + Hout·Wout·Cout + k²·Cin·Cout/g); an
 element-wise op reads its inputs and writes its output. Views cost nothing.
+
+Each op is shown by a readable name (``Conv 3×3 dw``, ``BatchNorm``, ``Reshape``) beside the aten
+name it ran as. ``python -m edgecompile.inspection`` recounts every zoo model and rewrites the
+shipped ``edgecompile/zoo/facts.json`` (what ``edgecompile models`` prints without building).
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -20,7 +25,9 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from edgecompile.export import TorchModel
-from edgecompile.zoo import get_model, model_info
+from edgecompile.zoo import ModelSummary, catalog_summary, get_model, model_info
+from edgecompile.zoo.catalog import FACTS_PATH, CatalogEntry, write_facts
+from edgecompile.zoo.registry import builtin_model_infos
 
 # Op classes, in the vocabulary the reports use.
 POINTWISE = "pointwise"
@@ -49,6 +56,27 @@ _DATA_MOVEMENT_OPS = {
 _MATMUL_OPS = {"addmm", "mm", "bmm", "matmul", "linear"}
 _NORM_OPS = {"native_batch_norm", "_native_batch_norm_legit_no_training", "batch_norm"}
 
+# Readable names of the aten ops, in the vocabulary of the papers (convolutions are named from
+# their shape instead, see _conv_label).
+_LABELS = {
+    "add": "Add", "sub": "Sub", "mul": "Mul", "div": "Div", "relu": "ReLU", "relu_": "ReLU",
+    "hardtanh": "HardTanh", "hardtanh_": "HardTanh", "hardswish": "HardSwish",
+    "hardswish_": "HardSwish", "hardsigmoid": "HardSigmoid", "hardsigmoid_": "HardSigmoid",
+    "sigmoid": "Sigmoid", "tanh": "Tanh", "prelu": "PReLU", "_prelu_kernel": "PReLU",
+    "clamp": "Clamp", "clamp_min": "Clamp", "silu": "SiLU", "gelu": "GELU",
+    "leaky_relu": "LeakyReLU", "where": "Where",
+    "max_pool2d": "MaxPool", "max_pool2d_with_indices": "MaxPool", "avg_pool2d": "AvgPool",
+    "mean": "Mean", "adaptive_avg_pool2d": "AdaptiveAvgPool",
+    "_adaptive_avg_pool2d": "AdaptiveAvgPool", "adaptive_max_pool2d": "AdaptiveMaxPool",
+    "cat": "Concat", "clone": "Copy", "_unsafe_view": "Reshape", "index_select": "Gather",
+    "index": "Gather", "gather": "Gather", "constant_pad_nd": "Pad",
+    "upsample_bilinear2d": "Upsample bilinear", "upsample_nearest2d": "Upsample nearest",
+    "copy": "Copy", "copy_": "Copy", "contiguous": "Copy", "_to_copy": "Copy",
+    "addmm": "Linear", "linear": "Linear", "mm": "MatMul", "bmm": "MatMul", "matmul": "MatMul",
+    "native_batch_norm": "BatchNorm", "_native_batch_norm_legit_no_training": "BatchNorm",
+    "batch_norm": "BatchNorm",
+}  # fmt: skip
+
 
 @dataclass(frozen=True)
 class LayerCost:
@@ -56,13 +84,14 @@ class LayerCost:
 
     index: int
     layer: str
-    op: str
+    op: str  # the aten op, as torch ran it
     op_class: str
     output_shape: tuple[int, ...]
     params: int
     multiply_adds: int
-    memory_access: int
+    memory_access: int  # elements read and written (MAC in ShuffleNet v2's sense)
     groups: int = 1
+    label: str = ""  # the op by a readable name: "Conv 3×3 dw s2", "BatchNorm", "Reshape"
 
 
 @dataclass(frozen=True)
@@ -171,6 +200,7 @@ class _Recorder(TorchDispatchMode):
         op_class: str
         multiply_adds = 0
         groups = 1
+        label = _LABELS.get(name, name)
         if name == "convolution":
             x, weight = args[0], args[1]
             transposed, groups = bool(args[6]), int(args[8])
@@ -187,6 +217,7 @@ class _Recorder(TorchDispatchMode):
             else:
                 op_class = GROUPED
             memory = in_elems + output.numel()
+            label = _conv_label(tuple(weight.shape[2:]), args, op_class, groups)
         elif name in _MATMUL_OPS:
             a, b = (args[1], args[2]) if name == "addmm" else (args[0], args[1])
             multiply_adds = a.numel() * b.shape[-1]
@@ -198,8 +229,11 @@ class _Recorder(TorchDispatchMode):
             op_class, memory = NORM, 0
         elif name in _ELEMENTWISE_OPS:
             op_class, memory = ELEMENTWISE, in_elems + output.numel()
+            if label == "HardTanh" and tuple(args[1:3]) == (0.0, 6.0):
+                label = "ReLU6"  # nn.ReLU6 runs as hardtanh(x, 0, 6)
         elif name in _POOL_OPS:
             op_class, memory = POOL, _numel(args[0]) + output.numel()
+            label = _pool_label(label, args, output)
         elif name in _DATA_MOVEMENT_OPS:
             op_class, memory = DATA_MOVEMENT, _numel(args[0]) + output.numel()
         else:
@@ -214,7 +248,33 @@ class _Recorder(TorchDispatchMode):
             multiply_adds=int(multiply_adds),
             memory_access=int(memory),
             groups=groups,
+            label=label,
         )
+
+
+def _conv_label(kernel: tuple[int, ...], args: Sequence[Any], op_class: str, groups: int) -> str:
+    """The label of a convolution: "Conv 1×1", "Conv 3×3 dw s2", "ConvTranspose 2×2 s2", ..."""
+    # aten.convolution(input, weight, bias, stride, padding, dilation, transposed, ...)
+    stride, dilation, transposed = args[3], args[5], bool(args[6])
+    words = ["ConvTranspose" if transposed else "Conv", "×".join(map(str, kernel))]
+    if op_class == DEPTHWISE:
+        words.append("dw")
+    elif op_class == GROUPED:
+        words.append(f"g{groups}")
+    if max(stride) > 1:
+        words.append(f"s{max(stride)}")
+    if max(dilation) > 1:
+        words.append(f"d{max(dilation)}")
+    return " ".join(words)
+
+
+def _pool_label(label: str, args: Sequence[Any], output: torch.Tensor) -> str:
+    """A pooling to one pixel is "GlobalAvgPool"/"GlobalMaxPool"; a window shows its size."""
+    if (output.dim() == 4 and output.shape[2:] == (1, 1)) or label == "Mean":
+        return "GlobalMaxPool" if "Max" in label else "GlobalAvgPool"
+    if label in ("MaxPool", "AvgPool") and len(args) > 1:
+        return f"{label} {'×'.join(map(str, args[1]))}"
+    return label
 
 
 def _record_ops(module: nn.Module, data: torch.Tensor) -> list[LayerCost]:
@@ -246,7 +306,11 @@ def _record_ops(module: nn.Module, data: torch.Tensor) -> list[LayerCost]:
     unused = sum(n for key, n in param_ids.items() if key not in recorder.seen_params)
     rows = list(recorder.rows)
     if unused:
-        rows.append(LayerCost(len(rows), "(unused)", "parameters", NORM, (), unused, 0, 0))
+        rows.append(
+            LayerCost(
+                len(rows), "(unused)", "parameters", NORM, (), unused, 0, 0, label="unused params"
+            )
+        )
     return rows
 
 
@@ -256,24 +320,17 @@ def inspect_model(model: TorchModel) -> ModelCost:
     return ModelCost(model.name, model.input_shape, layers, tuple(guideline_findings(layers)))
 
 
-@dataclass(frozen=True)
-class ModelSummary:
-    """One line of `edgecompile models`."""
-
-    name: str
-    family: str
-    task: str
-    input_size: tuple[int, int]
-    params: int
-    multiply_adds: int
-    description: str
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
 def summarize_model(name: str) -> ModelSummary:
-    """Params and multiply-adds of a zoo model at its default input size.
+    """Params and multiply-adds of a zoo model (or alias) at its default input size.
+
+    A built-in model's come from the facts shipped with the package (nothing is built); a model
+    registered at run time is counted by :func:`measure_model`.
+    """
+    return catalog_summary(name) or measure_model(name)
+
+
+def measure_model(name: str) -> ModelSummary:
+    """Count a model's params and multiply-adds by running it once.
 
     Costs depend on shapes only, so the model is built on the ``meta`` device (no memory, no
     arithmetic); a builder that needs real weights (CondenseNet's condensation ranks them) is
@@ -285,17 +342,33 @@ def summarize_model(name: str) -> ModelSummary:
             module = info.builder(**info.kwargs).eval()
             rows = _record_ops(module, torch.zeros(info.input_shape))
     except (NotImplementedError, RuntimeError):
-        module = get_model(name)
+        module = get_model(info.name)
         rows = _record_ops(module, torch.zeros(info.input_shape))
     return ModelSummary(
-        name=name,
+        name=info.name,
         family=info.family,
         task=info.task,
         input_size=info.input_size,
         params=sum(row.params for row in rows),
         multiply_adds=sum(row.multiply_adds for row in rows),
         description=info.description,
+        aliases=info.aliases,
     )
+
+
+def measure_zoo() -> list[CatalogEntry]:
+    """Every built-in model counted afresh, as ``facts.json`` should record it."""
+    return [
+        CatalogEntry(measure_model(info.name), info.builder.__module__.rpartition(".")[2])
+        for info in builtin_model_infos()
+    ]
+
+
+def regenerate_zoo_facts(path: Path = FACTS_PATH) -> int:
+    """Rewrite the shipped zoo facts from the registry; returns how many models it holds."""
+    entries = measure_zoo()
+    write_facts(entries, path)
+    return len(entries)
 
 
 def _share(part: float, whole: float) -> str:
@@ -319,8 +392,8 @@ def guideline_findings(layers: Sequence[LayerCost]) -> list[Finding]:
         findings.append(
             Finding(
                 "G1 equal channel width",
-                f"{len(pointwise)} pointwise convs use {actual / bound:.2f}× the MAC of "
-                "equal-width layers with the same multiply-adds (1.00× is ideal)",
+                f"{len(pointwise)} pointwise convs use {actual / bound:.2f}× the memory access "
+                "of equal-width layers with the same multiply-adds (1.00× is ideal)",
             )
         )
     else:
@@ -363,3 +436,7 @@ def guideline_findings(layers: Sequence[LayerCost]) -> list[Finding]:
 
 def count_params(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
+
+
+if __name__ == "__main__":
+    print(f"wrote {regenerate_zoo_facts()} models to {FACTS_PATH}")

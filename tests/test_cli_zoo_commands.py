@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import onnx
@@ -47,11 +50,70 @@ def test_inspect_json_layers_add_up() -> None:
     assert {f["guideline"][:2] for f in data["findings"]} == {"G1", "G2", "G3", "G4"}
 
 
-def test_inspect_table_ends_with_totals_and_findings() -> None:
+def test_inspect_prints_the_summary_before_the_table() -> None:
+    # `inspect MODEL | head` must show the totals and the G1-G4 findings.
     code, out, _ = _invoke("inspect", "shufflenet_v1_g8_x0_25")
     assert code == 0
-    assert "shufflenet_v1_g8_x0_25 at 1x3x224x224" in out
-    assert "G2 group convolution: " in out and "groups 8" in out
+    lines = out.splitlines()
+    assert lines[0].startswith("shufflenet_v1_g8_x0_25 at 1x3x224x224: ")
+    assert [line.split(":")[0].strip()[:2] for line in lines[1:5]] == ["G1", "G2", "G3", "G4"]
+    assert "G2 group convolution: " in lines[2] and "groups 8" in lines[2]
+    header = next(i for i, line in enumerate(lines) if line.startswith("layer "))
+    assert header > 4
+
+
+def test_inspect_table_names_ops_readably_and_memory_access_plainly() -> None:
+    code, out, _ = _invoke("inspect", "mobilenet_v2")
+    assert code == 0
+    summary, table = out.split("\nlayer ", 1)
+    header = table.splitlines()[0]
+    assert header.split()[-2:] == ["mem", "access"] and "MAC" not in header
+    assert "elements read + written" in summary.splitlines()[0]
+    for readable in ("Conv 3×3 dw", "Conv 1×1", "BatchNorm", "ReLU6", "GlobalAvgPool", "Linear"):
+        assert readable in table
+    for aten in ("native_batch_norm", "_unsafe_view", "hardtanh", "addmm", "convolution"):
+        assert aten not in table
+
+
+def test_inspect_json_keeps_the_aten_op_beside_the_label() -> None:
+    code, out, _ = _invoke("inspect", "mnasnet0_5", "--json")
+    assert code == 0
+    data = json.loads(out)
+    assert data["model"] == "mnasnet_b1_x0_5"  # the alias names the zoo model
+    first = data["layers"][0]
+    assert (first["op"], first["label"]) == ("convolution", "Conv 3×3 s2")
+    assert {"memory_access", "multiply_adds"} <= set(first)
+
+
+def test_models_shows_and_matches_aliases() -> None:
+    code, out, _ = _invoke("models", "mnasnet1_0")
+    assert code == 0
+    (row,) = out.strip().splitlines()[2:]
+    assert row.split()[0] == "mnasnet_b1" and "mnasnet1_0" in row
+    code, out, _ = _invoke("models", "mobilenet_v2", "--json")
+    rows = {row["name"]: row for row in json.loads(out)}
+    assert rows["mobilenet_v2_x0_5"]["aliases"] == ["mobilenetv2_050"]
+    assert rows["mobilenet_v2_x1_3"]["aliases"] == []
+
+
+def test_models_answers_fast_without_importing_torch() -> None:
+    # Counting costs once and shipping them (edgecompile/zoo/facts.json) is what makes this
+    # fast; before, every call built all 72 models (23 s).
+    script = (
+        "import sys\n"
+        "from edgecompile.cli import main\n"
+        "try:\n"
+        "    main(['models'])\n"
+        "except SystemExit as exit:\n"
+        "    assert not exit.code, exit.code\n"
+        "assert 'torch' not in sys.modules, 'models imported torch'\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "mnasnet_b1" in done.stdout and "xception" in done.stdout
+    started = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "edgecompile", "models"], check=True, capture_output=True)
+    assert time.perf_counter() - started < 1.5
 
 
 def test_export_writes_checked_onnx(tmp_path: Path) -> None:
@@ -70,6 +132,7 @@ def test_export_writes_checked_onnx(tmp_path: Path) -> None:
     [
         (["models", "no_such_family"], "no model matches"),
         (["inspect", "mobilenet_v9"], "unknown model 'mobilenet_v9'"),
+        (["inspect", "mnasnet0_75"], "did you mean mnasnet_b1, mnasnet_b1_x0_5"),
         (["export", "squeezenet1_1", "--input-size", "big"], "bad input size"),
         (["export", "squeezenet1_1", "--input-size", "7"], "cannot run at input size 7x7"),
         (["export", "squeezenet1_1", "--weights", "/nonexistent.pt"], "does not exist"),

@@ -106,3 +106,54 @@ def test_to_dict_is_json_ready() -> None:
 
     data = _cost_of(nn.Conv2d(3, 4, 3), (1, 3, 8, 8)).to_dict()
     assert json.loads(json.dumps(data))["layers"][0]["op_class"] == "conv"
+
+
+@pytest.mark.parametrize(
+    ("conv", "label"),
+    [
+        (nn.Conv2d(8, 16, 1), "Conv 1×1"),
+        (nn.Conv2d(8, 8, 3, stride=2, padding=1, groups=8), "Conv 3×3 dw s2"),
+        (nn.Conv2d(8, 16, 1, groups=4), "Conv 1×1 g4"),
+        (nn.Conv2d(8, 8, 3, padding=2, dilation=2), "Conv 3×3 d2"),
+        (nn.ConvTranspose2d(8, 4, 2, stride=2), "ConvTranspose 2×2 s2"),
+    ],
+)
+def test_convolutions_are_named_by_shape(conv: nn.Module, label: str) -> None:
+    (layer,) = _cost_of(conv, (1, 8, 8, 8)).layers
+    assert (layer.op, layer.label) == ("convolution", label)
+
+
+def test_other_ops_get_readable_names() -> None:
+    class Shuffle(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv, self.bn = nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8)
+            self.act = nn.ReLU6()
+            self.pool, self.fc = nn.AdaptiveAvgPool2d(1), nn.Linear(8, 2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            x = self.act(self.bn(self.conv(x)))
+            x = x.view(1, 2, 4, 8, 8).transpose(1, 2).reshape(1, 8, 8, 8)  # a channel shuffle
+            return self.fc(torch.flatten(self.pool(x), 1))
+
+    layers = _cost_of(Shuffle(), (1, 8, 8, 8)).layers
+    labels = {layer.op: layer.label for layer in layers}
+    assert [layer.label for layer in layers if layer.op_class == "norm"] == ["BatchNorm"]
+    assert labels["hardtanh"] == "ReLU6"
+    assert labels["clone"] == "Copy" and labels["_unsafe_view"] == "Reshape"
+    assert labels["mean"] == "GlobalAvgPool" and labels["addmm"] == "Linear"
+
+
+def test_summary_of_a_registered_user_model_is_measured(monkeypatch: pytest.MonkeyPatch) -> None:
+    from edgecompile.inspection import summarize_model
+    from edgecompile.zoo import register_model, registry
+
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+    monkeypatch.setattr(registry, "_ALIASES", dict(registry._ALIASES))
+    register_model(
+        "tiny_conv", lambda: nn.Conv2d(3, 4, 3), family="tiny", input_size=(8, 8), aliases=["tc"]
+    )
+    summary = summarize_model("tc")
+    assert (summary.name, summary.aliases) == ("tiny_conv", ("tc",))
+    assert summary.params == 3 * 4 * 9 + 4
+    assert summary.multiply_adds == 6 * 6 * 4 * 3 * 9

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import click
 
 from edgecompile.cli.options import (
     batch_option,
+    check_writable_file,
     input_size_option,
     json_option,
     print_json,
@@ -14,30 +17,34 @@ from edgecompile.cli.options import (
 )
 from edgecompile.errors import EdgecompileError
 
+if TYPE_CHECKING:
+    from edgecompile.zoo import ModelSummary
+
 
 @click.command("models")
 @click.argument("pattern", required=False)
 @json_option
 def models_command(pattern: str | None, as_json: bool) -> None:
-    """List the zoo: name, family, task, input size, params and multiply-adds.
+    """List the zoo: name, family, task, input size, params, multiply-adds and other names.
 
-    PATTERN filters names: a substring (`mobilenet`) or a glob (`shufflenet_v1_g8*`).
-    Counting builds each model once, so a long list takes a few seconds.
+    PATTERN filters names and aliases: a substring (`mobilenet`) or a glob (`shufflenet_v1_g8*`).
+    Every command takes a model by its name or an alias: torchvision's and timm's names for the
+    same network (`mnasnet1_0`, `mobilenetv2_050`) and the grid's full spelling of a default
+    (`shufflenet_v1_g3_x1_0`). The costs are counted once and shipped, so this is instant.
 
     \b
     Examples:
       edgecompile models
       edgecompile models 'shufflenet_v1_g8*'
-      edgecompile models mobilenet --json
+      edgecompile models mobilenetv3 --json
     """
     from edgecompile._table import format_table, human_count
-    from edgecompile.inspection import summarize_model
-    from edgecompile.zoo import list_models
+    from edgecompile.zoo import catalog_summary, list_models
 
     names = list_models(pattern)
     if not names:
         raise EdgecompileError(f"no model matches {pattern!r}", "run `edgecompile models` for all")
-    summaries = [summarize_model(name) for name in names]
+    summaries = [catalog_summary(name) or _measure(name) for name in names]
     if as_json:
         print_json([summary.to_dict() for summary in summaries])
         return
@@ -49,10 +56,19 @@ def models_command(pattern: str | None, as_json: bool) -> None:
             f"{s.input_size[0]}x{s.input_size[1]}",
             f"{s.params:,}",
             human_count(s.multiply_adds),
+            ", ".join(s.aliases) or "-",
         )
         for s in summaries
     ]
-    click.echo(format_table(("model", "family", "task", "input", "params", "multiply-adds"), rows))
+    headers = ("model", "family", "task", "input", "params", "multiply-adds", "also known as")
+    click.echo(format_table(headers, rows))
+
+
+def _measure(name: str) -> ModelSummary:
+    # Only a model registered at run time has no shipped facts; counting it needs torch.
+    from edgecompile.inspection import measure_model
+
+    return measure_model(name)
 
 
 @click.command("inspect")
@@ -60,11 +76,14 @@ def models_command(pattern: str | None, as_json: bool) -> None:
 @input_size_option
 @json_option
 def inspect_command(model: str, input_size: str | None, as_json: bool) -> None:
-    """Per-layer cost of MODEL: op, output shape, params, multiply-adds and memory access cost.
+    """Per-layer cost of MODEL: op, output shape, params, multiply-adds and memory access.
 
-    Memory access cost (MAC) is ShuffleNet v2's: what a layer reads and writes, in elements.
-    The findings at the end measure the model against that paper's four guidelines (G1 equal
-    channel widths, G2 group-conv cost, G3 fragmentation, G4 element-wise work).
+    The summary comes first: totals, then MODEL measured against ShuffleNet v2's four guidelines
+    (G1 equal channel widths, G2 group-conv cost, G3 fragmentation, G4 element-wise work).
+    Then one row per op. "mem access" is ShuffleNet v2's memory access cost (MAC): the
+    elements an op reads and writes; it is not multiply-accumulates, which "mult-adds" counts.
+    The JSON gives both per layer ("memory_access", "multiply_adds") with the aten op ("op")
+    beside its readable name ("label").
 
     \b
     Examples:
@@ -79,10 +98,18 @@ def inspect_command(model: str, input_size: str | None, as_json: bool) -> None:
     if as_json:
         print_json(cost.to_dict())
         return
+    click.echo(
+        f"{cost.name} at {'x'.join(map(str, cost.input_shape))}: {cost.params:,} params, "
+        f"{human_count(cost.multiply_adds)} multiply-adds, "
+        f"{human_count(cost.memory_access)} memory access (elements read + written)"
+    )
+    for finding in cost.findings:
+        click.echo(f"  {finding.guideline}: {finding.summary}")
+    click.echo()
     rows = [
         (
             layer.layer,
-            layer.op,
+            layer.label or layer.op,
             layer.op_class,
             "x".join(map(str, layer.output_shape)),
             f"{layer.params:,}" if layer.params else "-",
@@ -91,13 +118,8 @@ def inspect_command(model: str, input_size: str | None, as_json: bool) -> None:
         )
         for layer in cost.layers
     ]
-    click.echo(format_table(("layer", "op", "class", "output", "params", "mult-adds", "MAC"), rows))
-    click.echo(
-        f"\n{cost.name} at {'x'.join(map(str, cost.input_shape))}: {cost.params:,} params, "
-        f"{human_count(cost.multiply_adds)} multiply-adds, {human_count(cost.memory_access)} MAC"
-    )
-    for finding in cost.findings:
-        click.echo(f"  {finding.guideline}: {finding.summary}")
+    headers = ("layer", "op", "class", "output", "params", "mult-adds", "mem access")
+    click.echo(format_table(headers, rows))
 
 
 @click.command("export")
@@ -132,12 +154,13 @@ def export_command(
       edgecompile export mobilenet_v2 --input-size 160 --batch 4 --json
       edgecompile export mypkg.models:tiny_net --weights tiny.pt
     """
+    path = output or f"{model.replace(':', '_').replace('.', '_')}.onnx"
+    check_writable_file(path, "-o")  # before torch loads and the model exports, not after
     from edgecompile.export import export_onnx, load_torch_model
 
     torch_model = load_torch_model(
         model, input_size=input_size, batch=batch, seed=seed, weights=weights
     )
-    path = output or f"{model.replace(':', '_').replace('.', '_')}.onnx"
     exported = export_onnx(torch_model, path, seed=seed)
     if as_json:
         print_json(

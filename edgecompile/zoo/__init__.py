@@ -1,29 +1,31 @@
 """The model zoo: the mobile-CNN literature's lightweight networks, as edgecompile's own torch code.
 
-Importing this package registers every family; look models up with :func:`get_model`.
+Look models up with :func:`get_model`. The families load on first use (``facts.json`` lists them
+without torch), so ``edgecompile models`` answers without building or importing anything heavy.
 """
 
-# Importing a family module registers its variants.
-from edgecompile.zoo import (  # noqa: F401
-    condensenet,
-    espnet,
-    espnet_v2,
-    mnasnet,
-    mobilenet_v1,
-    mobilenet_v2,
-    mobilenet_v3,
-    shufflenet_v1,
-    shufflenet_v2,
-    squeezenet,
-    xception,
-)
+from edgecompile.zoo.catalog import ModelSummary
 from edgecompile.zoo.registry import (
     ModelInfo,
+    catalog_summary,
     get_model,
     list_models,
     load_weights,
+    model_aliases,
     model_info,
     register_model,
+    resolve_name,
 )
 
-__all__ = ["ModelInfo", "get_model", "list_models", "load_weights", "model_info", "register_model"]
+__all__ = [
+    "ModelInfo",
+    "ModelSummary",
+    "catalog_summary",
+    "get_model",
+    "list_models",
+    "load_weights",
+    "model_aliases",
+    "model_info",
+    "register_model",
+    "resolve_name",
+]

@@ -507,6 +507,7 @@ def _register_variants() -> None:
                 f"ESPNet v2 (Mehta et al. 2019), s={width:g}: EESP units of grouped 1×1 and "
                 "depth-wise dilated 3×3 convs with input reinforcement"
             ),
+            aliases=("espnet_v2_x1_0",) if width == 1.0 else (),
             width=width,
         )
     register_model(

@@ -109,6 +109,17 @@ def mnasnet_b1(*, width: float = 1.0, num_classes: int = 1000, dropout: float = 
     return mnasnet(variant="b1", width=width, num_classes=num_classes, dropout=dropout)
 
 
+# The names torchvision and timm give the same networks. torchvision's mnasnetX_Y and timm's
+# mnasnet_NNN are B1 (both scale the stem with the width and keep the 1280 head, as here);
+# timm's semnasnet_NNN is A1. Their other widths (0.75, 1.3/1.4) are not in this zoo.
+_OTHER_NAMES = {
+    ("b1", 1.0): ("mnasnet1_0", "mnasnet_100"),
+    ("b1", 0.5): ("mnasnet0_5", "mnasnet_050"),
+    ("a1", 1.0): ("semnasnet_100",),
+    ("a1", 0.5): ("semnasnet_050",),
+}
+
+
 def _register_variants() -> None:
     builders = {"a1": mnasnet_a1, "b1": mnasnet_b1}
     notes = {"a1": "the paper's searched model, squeeze-excite", "b1": "no squeeze-excite"}
@@ -123,6 +134,10 @@ def _register_variants() -> None:
                 description=(
                     f"MNASNet-{variant.upper()} (Tan et al. 2019), width {width:g}: "
                     f"{notes[variant]}"
+                ),
+                aliases=(
+                    *((f"mnasnet_{variant}_x1_0",) if width == 1.0 else ()),
+                    *_OTHER_NAMES.get((variant, width), ()),
                 ),
                 width=width,
             )

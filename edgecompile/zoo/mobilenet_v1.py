@@ -91,12 +91,17 @@ def mobilenet_v1(*, width: float = 1.0, num_classes: int = 1000) -> MobileNetV1:
 
 def _register_variants() -> None:
     # Paper Tables 6 (α at 224 px) and 7 (ρ at α = 1) span this grid; Figs. 4-5 plot all of it.
+    # Each model also answers to its full grid name (mobilenet_v1_x1_0_r224). timm's
+    # mobilenetv1_100 is not an alias: it uses ReLU6 where the paper (and this model) use ReLU.
     for width in (1.0, 0.75, 0.5, 0.25):
         for resolution in (224, 192, 160, 128):
             suffix = width_suffix(width)
             suffix += "" if resolution == 224 else f"_r{resolution}"
+            name = f"mobilenet_v1{suffix}"
+            full = f"mobilenet_v1{width_suffix(width) or '_x1_0'}_r{resolution}"
+            spellings = {full, full.removesuffix("_r224"), full.replace("_x1_0", "")}
             register_model(
-                f"mobilenet_v1{suffix}",
+                name,
                 mobilenet_v1,
                 family="mobilenet_v1",
                 input_size=(resolution, resolution),
@@ -104,6 +109,7 @@ def _register_variants() -> None:
                     f"MobileNet v1 (Howard et al. 2017), width α={width:g} at "
                     f"{resolution}×{resolution}: depthwise-separable convs"
                 ),
+                aliases=sorted(spellings - {name}),
                 width=width,
             )
 

@@ -74,9 +74,23 @@ def mobilenet_v2(
     return MobileNetV2(width=width, num_classes=num_classes, dropout=dropout)
 
 
+# timm's names for the same networks (its mobilenetv2_NNN has this stem, ReLU6, and a head
+# of max(1280, 1280·width), so the parameter counts agree: 1.68M, 1.97M, 2.64M, 3.50M, 6.11M).
+# timm has no 1.3×; its 110d/120d are deeper, not just wider. torchvision's only name is
+# "mobilenet_v2" (the 1× model), as here.
+_TIMM_NAMES = {
+    0.35: "mobilenetv2_035",
+    0.5: "mobilenetv2_050",
+    0.75: "mobilenetv2_075",
+    1.0: "mobilenetv2_100",
+    1.4: "mobilenetv2_140",
+}
+
+
 def _register_variants() -> None:
     # The widths of paper Fig. 5 and of the authors' released 224-px checkpoints.
     for width in (1.0, 0.35, 0.5, 0.75, 1.3, 1.4):
+        aliases = [_TIMM_NAMES[width]] if width in _TIMM_NAMES else []
         register_model(
             f"mobilenet_v2{width_suffix(width)}",
             mobilenet_v2,
@@ -86,6 +100,7 @@ def _register_variants() -> None:
                 f"MobileNet v2 (Sandler et al. 2018), width {width:g}: inverted residuals, "
                 "linear bottlenecks"
             ),
+            aliases=(["mobilenet_v2_x1_0"] if width == 1.0 else []) + aliases,
             width=width,
         )
 

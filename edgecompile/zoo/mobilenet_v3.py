@@ -188,9 +188,15 @@ def mobilenet_v3_small(
 
 def _register_variants() -> None:
     builders = {"large": mobilenet_v3_large, "small": mobilenet_v3_small}
-    # Paper Table 3 reports both sizes at multipliers 1.0 and 0.75.
+    # Paper Table 3 reports both sizes at multipliers 1.0 and 0.75. At 1.0 these are
+    # torchvision's mobilenet_v3_large/_small and timm's mobilenetv3_large_100/_small_100. At
+    # 0.75 they are torchvision's width_mult=0.75, whose head (1280, 1024 wide at 1.0) thins
+    # with the rest; timm's mobilenetv3_*_075 keep the head at full width (3.99M and 2.04M
+    # parameters against 3.38M and 1.65M here), so they are not aliases. timm's tf_* ports pad
+    # as TensorFlow does ("same"), also a different network.
     for size, builder in builders.items():
         for width in (1.0, 0.75):
+            aliases = (f"mobilenet_v3_{size}_x1_0", f"mobilenetv3_{size}_100")
             register_model(
                 f"mobilenet_v3_{size}{width_suffix(width)}",
                 builder,
@@ -200,6 +206,7 @@ def _register_variants() -> None:
                     f"MobileNet v3 {size.capitalize()} (Howard et al. 2019), width {width:g}: "
                     "hard-swish, squeeze-excite"
                 ),
+                aliases=aliases if width == 1.0 else (),
                 width=width,
             )
 

@@ -205,21 +205,23 @@ def shufflenet_v1(*, groups: int = 3, width: float = 1.0, num_classes: int = 100
     )
 
 
-def _variant_name(groups: int, width: float) -> str:
-    if (groups, width) == (3, 1.0):
-        return "shufflenet_v1"
+def _grid_name(groups: int, width: float) -> str:
     return f"shufflenet_v1_g{groups}_x{str(width).replace('.', '_')}"
 
 
+# The paper's default (g=3, 1×) is plain "shufflenet_v1", and answers to its grid name too.
+# Neither torchvision nor timm ships ShuffleNet v1, so there are no other names to accept.
 for _groups in GROUPS:
     for _width in WIDTHS:
+        _default = (_groups, _width) == (3, 1.0)
         register_model(
-            _variant_name(_groups, _width),
+            "shufflenet_v1" if _default else _grid_name(_groups, _width),
             shufflenet_v1,
             family="shufflenet_v1",
             input_size=(224, 224),
             description=f"ShuffleNet v1 {_width}x, g={_groups} (Zhang et al. 2017)",
+            aliases=(_grid_name(_groups, _width),) if _default else (),
             groups=_groups,
             width=_width,
         )
-del _groups, _width
+del _groups, _width, _default

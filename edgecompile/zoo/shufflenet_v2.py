@@ -163,6 +163,8 @@ def shufflenet_v2(*, width: float = 1.0, num_classes: int = 1000) -> ShuffleNetV
     )
 
 
+# torchvision's names are shufflenet_v2_x0_5 ... x2_0, the same architectures: the 1× model,
+# plain "shufflenet_v2" here, answers to its "shufflenet_v2_x1_0" (timm has no ShuffleNet).
 for _width in TABLE_5:
     register_model(
         "shufflenet_v2" if _width == 1.0 else f"shufflenet_v2_x{str(_width).replace('.', '_')}",
@@ -170,6 +172,7 @@ for _width in TABLE_5:
         family="shufflenet_v2",
         input_size=(224, 224),
         description=f"ShuffleNet v2 {_width}x (Ma et al. 2018)",
+        aliases=("shufflenet_v2_x1_0",) if _width == 1.0 else (),
         width=_width,
     )
 del _width

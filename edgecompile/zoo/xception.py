@@ -150,10 +150,13 @@ def xception(*, num_classes: int = 1000) -> Xception:
     return Xception(XCEPTION_BLOCKS, num_classes=num_classes)
 
 
+# timm calls this network legacy_xception (it was timm's "xception" before 0.9); timm's
+# xception41/65/71 are the "aligned" Xception of DeepLab v3+, a different network.
 register_model(
     "xception",
     xception,
     family="xception",
     input_size=(299, 299),
     description="Xception (Chollet 2017): depthwise-separable residual blocks, 22.9M params",
+    aliases=("legacy_xception",),
 )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from edgecompile.inspection import summarize_model
+from edgecompile.inspection import measure_model, summarize_model
 from edgecompile.zoo import get_model, list_models, model_info
 
 ALL_MODELS = list_models()
@@ -79,8 +79,8 @@ def test_multiply_adds_match_paper(name: str) -> None:
 
 @pytest.mark.parametrize("name", ALL_MODELS)
 def test_summary_counts_every_parameter(name: str) -> None:
-    # summarize_model costs models on the meta device; it must agree with the real model.
-    summary = summarize_model(name)
+    # measure_model costs models on the meta device; it must agree with the real model.
+    summary = measure_model(name)
     assert summary.params == sum(p.numel() for p in get_model(name).parameters())
     assert summary.multiply_adds > 0
 
