@@ -7,16 +7,17 @@ links with the board's toolchain, verifies host libraries against ONNX Runtime, 
 
 from __future__ import annotations
 
-import re
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from edgecompile import __version__
-from edgecompile._atomic import atomic_directory
+from edgecompile._atomic import atomic_directory, scratch_directory
+from edgecompile._interrupts import raise_if_interrupt
+from edgecompile._names import safe_name
 from edgecompile.artifact import Artifact, Manifest, elf_info, sha256_file, write_manifest
 from edgecompile.errors import EdgecompileError
 from edgecompile.export import (
@@ -38,6 +39,8 @@ from edgecompile.targets import BoardPreset, resolve_target
 from edgecompile.toolchain import toolchain_for
 
 BUILD_STAGES = 5
+#: The build's scratch folder in $TMPDIR: ``edgecompile-build-<pid>-<random>``.
+SCRATCH_PREFIX = "edgecompile-build-"
 
 
 @dataclass(frozen=True)
@@ -53,8 +56,11 @@ def artifact_name(source: str) -> str:
     elif is_module_reference(source):
         stem = source.rpartition(":")[2]
     else:
-        stem = source
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", stem)
+        from edgecompile.zoo import resolve_name
+
+        stem = resolve_name(source)  # an alias ("mnasnet1_0") builds the zoo model's artifact
+    # A plain name, as loading the artifact checks (".x.onnx" or "a..b.onnx" would not be one).
+    return safe_name(stem)
 
 
 def _onnx_input_shapes(
@@ -162,8 +168,9 @@ def build(
         input_size = (input_size, input_size)
     size = parse_input_size(input_size)
 
-    with tempfile.TemporaryDirectory(prefix="edgecompile-") as scratch:
-        scratch_dir = Path(scratch)
+    # Removed on every way out, Ctrl-C and SIGTERM included; a SIGKILLed build's is removed by
+    # the next build.
+    with scratch_directory(SCRATCH_PREFIX) as scratch_dir:
         relax_model, static_onnx, origin = prepare_model(
             model,
             scratch_dir,
@@ -181,7 +188,12 @@ def build(
         with atomic_directory(final_dir) as staging:
             library = staging / f"{name}.so"
             with progress.stage(f"link with {toolchain.description}"):
-                executable.export_library(str(library), fcompile=toolchain.fcompile())
+                # TVM's own workspace would be a folder of its own in $TMPDIR: keep it in ours.
+                executable.export_library(
+                    str(library),
+                    fcompile=toolchain.fcompile(),
+                    workspace_dir=str(scratch_dir),
+                )
             elf = elf_info(library)
             extra: dict[str, Any] = {}
             if keep_onnx:
@@ -231,6 +243,9 @@ def build(
                 schedules=schedules,
                 build_seconds=round(time.perf_counter() - started, 2),
                 verification=verification,
+                built_at=datetime.now(UTC).isoformat(timespec="seconds"),
+                toolchain={"linker": toolchain.description, "version": toolchain.version()},
+                seed=seed,
                 extra=extra,
             )
             write_manifest(staging, manifest)
@@ -324,6 +339,7 @@ def _compile(
     except EdgecompileError:  # a user schedule's bug: already one line naming its file
         raise
     except Exception as exc:  # TVMError and friends: the last line names the failing pass
+        raise_if_interrupt(exc)  # Ctrl-C wrapped by TVM's FFI is no compile failure
         lines = str(exc).strip().splitlines()
         raise EdgecompileError(
             f"TVM failed to compile {relax_model.name} for {preset.name}: "
@@ -338,6 +354,8 @@ def _compile(
         "digest": store.digest(),
         "records": len(clean.records),
         "kernels_from_records": sorted(report.kernels_from_records),
+        # One line when the store has damaged lines the build left out (None: it has none).
+        "damaged": store.damage_note(),
     }
     return executable, schedules, used, report.user_kernels
 

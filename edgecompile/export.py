@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from edgecompile._atomic import atomic_file
+from edgecompile._interrupts import raise_if_interrupt
 from edgecompile.errors import EdgecompileError, first_line
 from edgecompile.zoo import get_model, model_info
 
@@ -29,6 +30,10 @@ OPSET = 18
 INPUT_NAME = "input"
 OUTPUT_NAME = "output"
 DEFAULT_TOLERANCE = 1e-4
+#: The most input pixels (batch x height x width) a model is exported at: 4096x4096. Beyond
+#: it the seeded input and torch's activations would not fit in memory (a typo like
+#: --input-size 100000 asked for 120 GB before this check).
+MAX_INPUT_PIXELS = 4096 * 4096
 
 
 @dataclass(frozen=True)
@@ -79,7 +84,18 @@ def parse_input_size(text: str | Sequence[int] | None) -> tuple[int, int] | None
             f"bad input size {text!r}",
             "give HEIGHT or HEIGHTxWIDTH in pixels, e.g. 224 or 512x1024",
         )
+    check_input_pixels(1, values[0], values[1])
     return values[0], values[1]
+
+
+def check_input_pixels(batch: int, height: int, width: int) -> None:
+    """Refuse inputs above :data:`MAX_INPUT_PIXELS` before anything is allocated for them."""
+    if batch * height * width > MAX_INPUT_PIXELS:
+        raise EdgecompileError(
+            f"input {batch}x3x{height}x{width} is too large ({batch * height * width:,} pixels; "
+            f"the most is {MAX_INPUT_PIXELS:,}, e.g. 4096x4096 at batch 1)",
+            "use a smaller --input-size or --batch",
+        )
 
 
 def is_module_reference(spec: str) -> bool:
@@ -107,13 +123,16 @@ def load_torch_model(
 
             load_weights(module, weights)
         height, width = size or (224, 224)
+        check_input_pixels(batch, height, width)
         origin = f"{spec}" + (f" with weights {weights}" if weights else "")
         return TorchModel(spec, module.eval(), (batch, 3, height, width), "custom", origin)
     info = model_info(spec)
     module = get_model(spec, seed=seed, weights=weights)
     height, width = size or info.input_size
+    check_input_pixels(batch, height, width)
     origin = f"weights {weights}" if weights else f"seeded random weights (seed {seed})"
-    return TorchModel(spec, module, (batch, 3, height, width), info.task, origin)
+    # An alias (torchvision's "mnasnet1_0") names the zoo model: artifacts carry the zoo's name.
+    return TorchModel(info.name, module, (batch, 3, height, width), info.task, origin)
 
 
 def _call_module_reference(spec: str, *, seed: int) -> nn.Module:
@@ -154,18 +173,34 @@ def example_input(shape: Sequence[int], *, seed: int = 0) -> np.ndarray:
 
 
 def run_torch(model: TorchModel, data: np.ndarray) -> np.ndarray:
-    """Forward pass in eval mode; a shape the network cannot take is a user error."""
+    """Forward pass in eval mode; a shape the network cannot take is a user error, and so is
+    a ``pkg.module:function`` model whose forward fails or returns no tensor."""
+    shape = "x".join(str(d) for d in data.shape[2:])
     try:
         with torch.no_grad():
             out = model.module(torch.from_numpy(data))
     except RuntimeError as exc:
-        shape = "x".join(str(d) for d in data.shape[2:])
         raise EdgecompileError(
             f"{model.name} cannot run at input size {shape}: {first_line(exc)}",
             f"use its default size {_default_size(model)} or a multiple of 32 near it",
         ) from None
-    if isinstance(out, (tuple, list)):
+    except MemoryError:
+        raise EdgecompileError(
+            f"{model.name} at input size {shape} needs more memory than this machine has",
+            "use a smaller --input-size or --batch",
+        ) from None
+    except Exception as exc:  # the user's forward: report it, don't crash on it
+        raise EdgecompileError(
+            f"{model.name}: forward raised {type(exc).__name__}: {first_line(exc)}",
+            "make forward(x) take one NCHW float32 tensor and return a tensor",
+        ) from None
+    if isinstance(out, (tuple, list)) and out:
         out = out[0]
+    if not isinstance(out, torch.Tensor):
+        raise EdgecompileError(
+            f"{model.name}: forward returned {type(out).__name__}, not a tensor",
+            "return a tensor (or a tuple whose first item is one)",
+        )
     return out.numpy()
 
 
@@ -231,6 +266,7 @@ def export_onnx(
                 )
                 program.save(str(tmp))
         except Exception as exc:  # the exporter raises many types; the first line names the op
+            raise_if_interrupt(exc)  # the exporter wraps what it caught, Ctrl-C included
             raise EdgecompileError(
                 f"torch.onnx.export failed for {model.name}: {first_line(exc)}",
                 "the model uses an op or Python construct the ONNX exporter cannot trace",

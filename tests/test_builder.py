@@ -7,8 +7,11 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import stat
+import subprocess
 import tarfile
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -20,7 +23,8 @@ import tvm
 from torch import nn
 
 import edgecompile
-from edgecompile import builder
+from edgecompile import _atomic, builder
+from edgecompile._atomic import atomic_directory, scratch_directory
 from edgecompile.artifact import (
     MANIFEST,
     MANIFEST_VERSION,
@@ -34,7 +38,7 @@ from edgecompile.builder import BuildResult, artifact_name
 from edgecompile.errors import EdgecompileError
 from edgecompile.export import export_onnx, load_torch_model, relative_error
 from edgecompile.runner import run
-from edgecompile.schedules import assert_no_missed_schedules
+from edgecompile.schedules import assert_no_missed_schedules, pipeline
 from edgecompile.targets import resolve_target
 from edgecompile.toolchain import Toolchain
 from edgecompile.zoo import get_model, list_models, model_info
@@ -225,6 +229,7 @@ def test_target_json_without_triple_builds_and_verifies(tiny_onnx: Path, tmp_pat
 
 def test_artifact_names() -> None:
     assert artifact_name("squeezenet1_1") == "squeezenet1_1"
+    assert artifact_name("mnasnet1_0") == "mnasnet_b1"  # torchvision's name for the zoo model
     assert artifact_name("models/my net.onnx") == "my_net"
     assert artifact_name("mypkg.models:build_net") == "build_net"
 
@@ -297,6 +302,138 @@ def test_good_artifact_survives_a_failed_rebuild(
     assert load_artifact(good.directory).manifest.inputs[0]["shape"] == [2, 3, 8, 8]
     assert leftovers(tmp_path) == []
     assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny-host"]
+
+
+def dead_pid() -> int:
+    """The pid of a process that has exited (and been reaped)."""
+    child = subprocess.Popen(["true"])
+    child.wait()
+    return child.pid
+
+
+def test_abandoned_siblings_are_removed_and_live_ones_kept(tmp_path: Path) -> None:
+    final = tmp_path / "model-host"
+    dead = dead_pid()
+    abandoned = [
+        tmp_path / f".model-host.{dead}-abc123.partial",  # a SIGKILLed build's staging
+        tmp_path / f".model-host.old-{dead}",  # an earlier version's aside folder
+    ]
+    for path in abandoned:
+        path.mkdir()
+        (path / "lib.so").write_bytes(b"half")
+    (tmp_path / f".model-host.{dead}-file1.partial").write_bytes(b"half")  # atomic_file's
+    others = [tmp_path / f".other-host.{dead}-abc123.partial", tmp_path / ".model-host.keep"]
+    for path in others:
+        path.mkdir()
+    with atomic_directory(final) as live:
+        (live / "lib.so").write_bytes(b"new")
+        # A second writer of the same name, meanwhile: ours is alive (pid and lock), kept.
+        with atomic_directory(final) as racing:
+            assert live.exists()
+            (racing / "lib.so").write_bytes(b"racing")
+    assert (final / "lib.so").read_bytes() == b"new"
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["model-host", *(p.name for p in others)]
+    )
+
+
+def test_abandoned_scratch_folders_are_removed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    abandoned = tmp_path / f"{builder.SCRATCH_PREFIX}{dead_pid()}-abcd1234"
+    abandoned.mkdir()
+    unrelated = tmp_path / "edgecompile-tune-x"  # another prefix: not ours to judge
+    unrelated.mkdir()
+    with scratch_directory(builder.SCRATCH_PREFIX) as scratch:
+        assert scratch.parent == tmp_path and not abandoned.exists()
+        with pytest.raises(KeyboardInterrupt), scratch_directory(builder.SCRATCH_PREFIX) as other:
+            raise KeyboardInterrupt
+        assert not other.exists() and scratch.exists()  # a live build's scratch is kept
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["edgecompile-tune-x"]
+
+
+def test_folder_is_replaced_without_the_exchange_call_too(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where renameat2 is missing (not Linux, old libc, a file system without it)."""
+    monkeypatch.setattr(_atomic, "_renameat2", lambda *args: False)
+    final = tmp_path / "model-host"
+    for content in (b"old", b"new"):
+        with atomic_directory(final) as staging:
+            (staging / "lib.so").write_bytes(content)
+    assert (final / "lib.so").read_bytes() == b"new"
+    assert leftovers(tmp_path) == []
+
+
+def failing_pass(error: BaseException) -> Callable[[Any], Any]:
+    """A stand-in for the first pass of our pipeline that raises ``error`` inside TVM."""
+
+    def make(_report: Any) -> Any:
+        @tvm.transform.module_pass(opt_level=0, name="edgecompile.Injected")
+        def transform(module: Any, _context: Any) -> Any:
+            raise error
+
+        return transform
+
+    return make
+
+
+def test_interrupt_in_a_pass_interrupts_the_build(
+    tiny_onnx: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """TVM's FFI used to hand Ctrl-C in a pass back as RuntimeError: the pipeline took it for a
+    failure, built with TVM's default lowering and replaced the artifact with a slow one."""
+    good = edgecompile.build(str(tiny_onnx), "host", output_dir=tmp_path).artifact
+    before = {p.name: p.read_bytes() for p in good.directory.iterdir()}
+    monkeypatch.setattr(pipeline, "note_heavy_ops", failing_pass(KeyboardInterrupt()))
+    with pytest.raises(KeyboardInterrupt):
+        edgecompile.build(str(tiny_onnx), "host", output_dir=tmp_path, batch=2)
+    assert {p.name: p.read_bytes() for p in good.directory.iterdir()} == before
+    assert leftovers(tmp_path) == []
+
+
+def test_pipeline_failure_falls_back_and_says_so_on_stderr(
+    tiny_onnx: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from edgecompile.cli import main
+
+    monkeypatch.setattr(pipeline, "note_heavy_ops", failing_pass(ValueError("injected failure")))
+    main(["build", str(tiny_onnx), "--target", "host", "-o", str(tmp_path)])
+    captured = capsys.readouterr()
+    assert "verified against ONNX Runtime" in captured.out
+    assert captured.err.strip().splitlines() == [
+        "warning: all 1 heavy ops fell back to TVM's default lowering (slower): "
+        "edgecompile pipeline failed: injected failure"
+    ]
+    (record,) = load_artifact(tmp_path / "tiny-host").manifest.schedules
+    assert record["schedule"] == "tvm-default"
+    assert record["fallback"] == "edgecompile pipeline failed: injected failure"
+
+
+def test_main_exit_codes_for_interrupts(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from edgecompile._interrupts import Terminated
+    from edgecompile.cli import main
+
+    for raised, code, message in (
+        (KeyboardInterrupt(), 130, "Interrupted."),
+        (Terminated(signal.SIGTERM), 143, "Terminated."),
+        (EdgecompileError("bad input", "fix it"), 2, "Error: bad input (fix it)"),
+    ):
+        monkeypatch.setattr(builder, "build", lambda *a, raised=raised, **k: _raise(raised))
+        with pytest.raises(SystemExit) as exited:
+            main(["build", "squeezenet1_1"])
+        assert exited.value.code == code
+        assert capsys.readouterr().err.strip().splitlines()[-1] == message
+
+
+def _raise(error: BaseException) -> None:
+    raise error
 
 
 def test_output_dir_under_a_file_is_an_error(tiny_onnx: Path, tmp_path: Path) -> None:

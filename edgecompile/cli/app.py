@@ -10,6 +10,12 @@ import sys
 
 import click
 
+from edgecompile._interrupts import (
+    interrupt_exit_code,
+    interrupt_message,
+    is_interrupt,
+    signal_handlers,
+)
 from edgecompile.cli.bench import bench_command
 from edgecompile.cli.build import build_command
 from edgecompile.cli.deploy import deploy_command
@@ -74,17 +80,33 @@ for command in (
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Entry point: user errors become one `Error: ...` line and exit code 2."""
+    """Entry point: user errors become one `Error: ...` line and exit code 2; Ctrl-C, SIGTERM
+    and SIGHUP (however a library wrapped them) one line and 128 + the signal's number."""
     try:
-        cli.main(args=argv, prog_name="edgecompile", standalone_mode=False)
-    except EdgecompileError as exc:
+        with signal_handlers():
+            cli.main(args=argv, prog_name="edgecompile", standalone_mode=False)
+    except SystemExit:
+        raise
+    except BaseException as exc:
+        sys.exit(_exit_code(exc))
+
+
+def _exit_code(exc: BaseException) -> int:
+    """Report ``exc`` on stderr and return the exit code; anything else is a bug, re-raised with
+    its traceback."""
+    if is_interrupt(exc):  # first: a tool killed by the same Ctrl-C fails with its own error
+        code = interrupt_exit_code(exc)
+        click.echo(interrupt_message(code), err=True)
+        return code
+    if isinstance(exc, EdgecompileError):
         click.echo(f"Error: {exc}", err=True)
-        sys.exit(2)
-    except click.exceptions.Abort:
+        return 2
+    if isinstance(exc, click.exceptions.Abort):  # a prompt's input ended
         click.echo("Aborted.", err=True)
-        sys.exit(130)
-    except click.ClickException as exc:
+        return 130
+    if isinstance(exc, click.ClickException):
         exc.show()
-        sys.exit(exc.exit_code)
-    except click.exceptions.Exit as exc:
-        sys.exit(exc.exit_code)
+        return exc.exit_code
+    if isinstance(exc, click.exceptions.Exit):
+        return exc.exit_code
+    raise exc

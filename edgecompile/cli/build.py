@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 import click
 
 from edgecompile.cli.options import (
     batch_option,
     cc_option,
+    check_writable_dir,
     input_size_option,
     json_option,
     print_json,
@@ -16,6 +20,20 @@ from edgecompile.cli.options import (
     target_option,
     weights_option,
 )
+from edgecompile.errors import EdgecompileError
+
+#: Endings of what ``tvmc compile -o`` writes: ``build -o sq.so`` would make a folder sq.so/.
+_FILE_SUFFIXES = (".so", ".tar", ".tar.gz", ".tgz", ".dylib", ".dll", ".o")
+
+
+def _refuse_file_name(output_dir: str) -> str:
+    if output_dir.endswith(_FILE_SUFFIXES) and not Path(output_dir).is_dir():
+        raise EdgecompileError(
+            f"build -o is the folder the artifact goes in, not the library file: {output_dir!r}",
+            "pass a folder: -o build writes build/<model>-<target>/<model>.so and manifest.json, "
+            "and --tar also packs them as one .tar.gz",
+        )
+    return output_dir
 
 
 @click.command("build")
@@ -23,7 +41,8 @@ from edgecompile.cli.options import (
 @target_option
 @click.option(
     "-o", "--output-dir", default="build", show_default=True, type=click.Path(file_okay=False),
-    help="Where to write <model>-<target>/.",
+    callback=lambda _ctx, _param, value: _refuse_file_name(value),
+    help="The folder to write <model>-<target>/ in (a folder, unlike `export -o`).",
 )  # fmt: skip
 @batch_option
 @input_size_option
@@ -86,7 +105,9 @@ def build_command(
       edgecompile build mobilenet_v2 --target host --input-size 160
       edgecompile build my_model.onnx --target rpi4-armv7 --batch 4
       edgecompile build espnet_v2 --schedules examples/schedules --explain
+      edgecompile build squeezenet1_1 --target 'llvm -mtriple=aarch64-linux-gnu -mcpu=cortex-a72'
     """
+    check_writable_dir(output_dir, "-o")  # before the export and compile, not after them
     from edgecompile.artifact import pack_artifact
     from edgecompile.builder import BUILD_STAGES, build
     from edgecompile.progress import Progress
@@ -107,6 +128,12 @@ def build_command(
         schedules_dir=schedules_dir,
     )
     artifact = result.artifact
+    damaged = (artifact.manifest.records or {}).get("damaged")
+    if damaged:  # on stderr, so --json stays one JSON document
+        click.echo(f"warning: {damaged}", err=True)
+    # --no-custom-schedules asked for TVM's default: nothing fell back.
+    for line in [] if no_custom_schedules else fallback_warnings(artifact.manifest.schedules):
+        click.echo(line, err=True)
     archive = pack_artifact(artifact) if pack else None
     if as_json:
         payload = artifact.manifest.to_dict()
@@ -137,3 +164,28 @@ def build_command(
 
         click.echo("")
         click.echo(format_explain(manifest.schedules))
+
+
+def fallback_warnings(records: list[dict[str, Any]]) -> list[str]:
+    """One ``warning:`` line per op that did not get the schedule it should have (the manifest
+    keeps the same under ``fallback``): one for all when our pipeline itself failed (TVM's
+    default lowering built the model: many times slower), else each op a rule of ours claims
+    that went to TVM's default for no reason the design accepts, and each op a user rule gave
+    up on."""
+    from edgecompile.schedules.coverage import NO_REASON, missed_schedules, op_class
+    from edgecompile.schedules.pipeline import PIPELINE_FAILED
+    from edgecompile.schedules.user import USER_PREFIX
+
+    failed = [r for r in records if str(r.get("fallback", "")).startswith(PIPELINE_FAILED)]
+    if failed:
+        return [
+            f"warning: all {len(records)} heavy ops fell back to TVM's default lowering "
+            f"(slower): {failed[0]['fallback']}"
+        ]
+    missed = {fallback.index for fallback in missed_schedules(records)}
+    return [
+        f"warning: op #{r['index']} ({op_class(r)}) fell back to {r['schedule']}: "
+        f"{r.get('fallback', NO_REASON)}"
+        for r in records
+        if r["index"] in missed or USER_PREFIX in str(r.get("fallback", ""))
+    ]

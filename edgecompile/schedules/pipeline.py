@@ -30,6 +30,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from edgecompile._interrupts import keep_interrupts_through_ffi, raise_if_interrupt
 from edgecompile.errors import EdgecompileError, last_line
 from edgecompile.schedules.analysis import has_main, prim_funcs, root_children, sblocks
 from edgecompile.schedules.compute import OP_INDEX_ATTR
@@ -46,6 +47,8 @@ from edgecompile.schedules.rules import (
 from edgecompile.schedules.tir import register_tir_pipeline
 
 TVM_DEFAULT = "tvm-default"
+#: The ``fallback`` of every op when our pipeline itself failed and TVM's default built the model.
+PIPELINE_FAILED = "edgecompile pipeline failed"
 #: A PrimFunc scheduled by a MetaSchedule tuning record (the best measured for this target).
 TUNED = "metaschedule"
 
@@ -337,7 +340,8 @@ def compile_relax(
     every record says why under ``fallback``: a new model must not stop building because of a
     schedule. Not so with user rules: a user rule's bug, or a failure once user rules scheduled
     kernels, is an :class:`~edgecompile.errors.EdgecompileError` -- the user asked for those
-    schedules, and a build quietly without them would be measured as if it had them.
+    schedules, and a build quietly without them would be measured as if it had them. Nor with
+    an interrupt (Ctrl-C, SIGTERM), however TVM's FFI wrapped it: it is re-raised as one.
     """
     import tvm
 
@@ -345,17 +349,21 @@ def compile_relax(
     # The schedules are CPU (LLVM) schedules; any other target keeps TVM's default.
     if custom_schedules and target.kind.name == "llvm":
         report = report if report is not None else ScheduleReport()
+        # Ctrl-C in one of our passes must come back as itself, not as the RuntimeError the
+        # fallback below would take for a failing pass (a slow build, reported as a good one).
+        keep_interrupts_through_ffi()
         try:
             pipeline = relax_pipeline(target, report, database, extra_rules)
             executable = tvm.compile(
                 module, target=target, relax_pipeline=pipeline, tir_pipeline=register_tir_pipeline()
             )
         except Exception as exc:  # TVMError, ScheduleError, ...: anything in our passes
+            raise_if_interrupt(exc)
             if report.user_error is not None:
                 raise report.user_error from None
             if report.user_kernels:
                 raise _user_schedules_broke(report, extra_rules, exc) from None
-            reason = f"edgecompile pipeline failed: {last_line(exc)}"
+            reason = f"{PIPELINE_FAILED}: {last_line(exc)}"
         else:
             return executable, schedule_records(module, report)
         records = [{**record, "fallback": reason} for record in schedule_records(module)]
@@ -389,12 +397,16 @@ def schedule_records(module: Any, report: ScheduleReport | None = None) -> list[
     """
     from edgecompile.importer import heavy_ops
 
+    # The fused kernel holding each op: the name `profile` times it under.
+    kernels = {} if report is None else {op: name for name, op in report.kernel_ops.items()}
     records = []
     for op in heavy_ops(module):
         record = {
             **op,
             "schedule": TVM_DEFAULT if report is None else report.schedule_of(op["index"]),
         }
+        if op["index"] in kernels:
+            record["kernel_name"] = kernels[op["index"]]
         if report is not None and op["index"] in report.schedules.failed:
             record["fallback"] = report.schedules.failed[op["index"]]
         elif report is not None and record["schedule"] == TVM_DEFAULT:
