@@ -17,9 +17,13 @@ two targets would apply x86 schedules to a Cortex-A72. The store's name is deriv
 target itself, so records for one target cannot be looked up for another.
 
 Crash safety: the database appends one line per measured candidate (open, write, close), so a
-``kill -9`` can at worst leave a torn last line; every reader drops torn lines (and records
-whose workload line is missing), and a writer repairs the files before appending. Readers never
-modify files: they load a cleaned snapshot, so a build can run beside a tune.
+``kill -9`` can at worst leave a torn last line: the only line a reader may drop and a writer
+may delete. Any other damage (a garbage line mid-file, a wrong schema, another target's record,
+a record whose workload line is damaged) costs only those lines: readers skip them and keep
+every good record (workloads keep their line numbers), a build says so in one line, and a
+writer copies both files to ``damaged-<time>/`` in the store before rewriting them without
+those lines. Readers never modify files: they load a cleaned snapshot, so a build can run
+beside a tune. ``records import`` checks its whole file first and writes all or nothing.
 
 Why choices: a record's time is one measurement, and the fastest of a few hundred search
 candidates beats one measurement of the untuned schedule by luck alone (measured: mobilenet_v2
@@ -36,15 +40,18 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import tempfile
+import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from edgecompile._atomic import atomic_file
-from edgecompile.errors import EdgecompileError
-from edgecompile.targets import BoardPreset
+from edgecompile._names import check_plain_name, safe_name
+from edgecompile.errors import EdgecompileError, first_line, last_line
+from edgecompile.targets import BoardPreset, triple_problem
 
 RECORDS_ENV = "EDGECOMPILE_RECORDS"
 WORKLOADS_FILE = "database_workload.json"
@@ -76,59 +83,209 @@ def store_name(target: dict[str, Any]) -> str:
     digest = hashlib.sha256(canonical_target(target).encode()).hexdigest()[:10]
     mcpu = str(target.get("mcpu") or "generic")
     arch = str(target.get("mtriple") or target.get("kind", "llvm")).split("-")[0]
-    return f"{mcpu}-{arch}-{digest}".replace("/", "_")
+    # mcpu and mtriple may come from an import file: the folder's name is made plain.
+    return f"{safe_name(mcpu)[:40]}-{safe_name(arch)[:20]}-{digest}"
+
+
+@dataclass(frozen=True)
+class Damage:
+    """A line (or file) of a store no reader can use and no writer may silently delete."""
+
+    file: str
+    #: 1-based line number; 0 for a whole file (kernels.json, choices.json, ...).
+    line: int
+    reason: str
+
+    def __str__(self) -> str:
+        where = f"{self.file} line {self.line}" if self.line else self.file
+        return f"{where}: {self.reason}"
 
 
 @dataclass(frozen=True)
 class CleanLines:
-    """The parseable lines of a store, and how many torn or orphaned ones were left out."""
+    """The usable lines of a store, renumbered so ``records`` index into ``workloads``.
+
+    ``dropped`` counts torn last lines (a crash while appending: the only lines a writer may
+    drop); ``damaged`` is everything else left out (garbage, a wrong schema, another target's
+    record, a record whose workload line is damaged): a writer moves those aside, never
+    deletes them.
+    """
 
     workloads: list[str]
     records: list[str]
     dropped: int
+    damaged: tuple[Damage, ...] = ()
 
     def digest(self) -> str:
         content = "\n".join([*self.workloads, "", *self.records])
         return hashlib.sha256(content.encode()).hexdigest()
 
 
-def _read_lines(path: Path) -> list[str]:
-    if not path.exists():
-        return []
-    return path.read_bytes().decode("utf-8", errors="replace").splitlines()
+def _split_lines(path: Path) -> tuple[list[bytes], bytes]:
+    """The file's newline-terminated lines, and what follows the last newline (a torn line,
+    or a complete one whose newline is missing). Split on ``\\n`` only, as MetaSchedule does:
+    a JSON string may hold U+2028, which ``str.splitlines`` would split on."""
+    data = path.read_bytes() if path.exists() else b""
+    *complete, tail = data.split(b"\n")
+    return complete, tail
 
 
-def _clean(workload_path: Path, record_path: Path) -> CleanLines:
-    workloads: list[str] = []
+@dataclass(frozen=True)
+class _Unparsable:
+    """A line that is not JSON at all (what a torn line is)."""
+
+    reason: str
+
+
+def _parse(raw: bytes) -> Any:
+    """The line's JSON, or :class:`_Unparsable` saying why there is none."""
+    try:
+        return json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        return _Unparsable("not UTF-8 text")
+    except (ValueError, RecursionError):  # RecursionError: nested too deep for the parser
+        return _Unparsable("not JSON")
+
+
+_SHASH = re.compile(r"[0-9]+")
+_BASE64 = re.compile(r"[A-Za-z0-9+/]*={0,2}")
+
+
+def workload_problem(entry: Any) -> str | None:
+    """Why a parsed workload line is not one MetaSchedule wrote (``[shash, base64 module]``)."""
+    if isinstance(entry, _Unparsable):
+        return entry.reason
+    if not (isinstance(entry, list) and len(entry) == 2):
+        return "not a [hash, module] pair"
+    shash, module = entry
+    if not (isinstance(shash, str) and _SHASH.fullmatch(shash)):
+        return "its hash is not a decimal number"
+    if not (isinstance(module, str) and module and len(module) % 4 == 0):
+        return "its module is not base64"
+    if not _BASE64.fullmatch(module):
+        return "its module is not base64"
+    return None
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+#: The target fields that decide what a record's schedule was tuned for.
+_IDENTITY_KEYS = ("kind", "mtriple", "mcpu", "mattr", "num-cores", "model")
+
+
+def _identity_value(value: Any) -> Any:
+    """``mattr = "+neon"`` and ``["+neon"]`` are one target; TVM exports the list."""
+    if isinstance(value, list | tuple):
+        return tuple(str(item) for item in value)
+    if isinstance(value, str) and "," in value:
+        return tuple(value.split(","))
+    return (value,) if isinstance(value, str) else value
+
+
+#: Compared even when the store's target leaves them out (TVM adds no mcpu of its own).
+_ALWAYS_COMPARED = ("kind", "mcpu")
+
+
+def target_mismatch(record_target: dict[str, Any], target: dict[str, Any]) -> str | None:
+    """How a record's target differs from the store's (in the fields that decide a schedule),
+    or None. TVM adds fields to the targets it writes (keys, tag, features, the host's mtriple
+    when none was given): apart from kind and mcpu, only the fields the store's target names
+    are compared."""
+    for key in _IDENTITY_KEYS:
+        if key not in target and key not in _ALWAYS_COMPARED:
+            continue
+        if _identity_value(record_target.get(key)) != _identity_value(target.get(key)):
+            return (
+                f"tuned for {key} {record_target.get(key)!r}, not {target.get(key)!r} "
+                f"({target_label(record_target)} vs {target_label(target)})"
+            )
+    return None
+
+
+def target_label(target: dict[str, Any]) -> str:
+    return f"{target.get('mcpu', 'generic')}, {target.get('mtriple', target.get('kind', '?'))}"
+
+
+def record_problem(entry: Any, target: dict[str, Any]) -> str | None:
+    """Why a parsed record line is not ``[workload index, [trace, run_secs, target, args]]``
+    of ``target`` (the workload index itself is checked against the workload file)."""
+    if isinstance(entry, _Unparsable):
+        return entry.reason
+    if not (isinstance(entry, list) and len(entry) == 2):
+        return "not an [index, record] pair"
+    index, body = entry
+    if isinstance(index, bool) or not isinstance(index, int) or index < 0:
+        return "its workload index is not a whole number"
+    if not (isinstance(body, list) and len(body) == 4):
+        return "its record is not [trace, run_secs, target, args_info]"
+    trace, run_secs, record_target, args = body
+    if not (
+        isinstance(trace, list) and len(trace) == 2 and all(isinstance(t, list) for t in trace)
+    ):
+        return "its trace is not [instructions, decisions]"
+    if run_secs is not None and not (
+        isinstance(run_secs, list) and all(_is_number(s) for s in run_secs)
+    ):
+        return "its run_secs are not a list of numbers"
+    if args is not None and not isinstance(args, list):
+        return "its args_info is not a list"
+    if not isinstance(record_target, dict):
+        return "it names no target"
+    problem = triple_problem(record_target.get("mtriple"))
+    if problem is not None:  # MetaSchedule would hand it to TVM, which crashes on some
+        return problem
+    mismatch = target_mismatch(record_target, target)
+    return None if mismatch is None else f"another target's record: {mismatch}"
+
+
+def _renumber(line: str, index: int) -> str:
+    """``line`` pointing at workload ``index``; the record's own text is kept byte for byte."""
+    return re.sub(r"^\s*\[\s*[0-9]+", f"[{index}", line, count=1)
+
+
+def _clean(workload_path: Path, record_path: Path, target: dict[str, Any]) -> CleanLines:
+    damaged: list[Damage] = []
     dropped = 0
-    for line in _read_lines(workload_path):
-        try:
-            entry = json.loads(line)
-        except ValueError:
-            entry = None
-        if not (isinstance(entry, list) and len(entry) == 2):
-            # Records point at workloads by line number: only a torn line at the very end can be
-            # dropped without renumbering, and a torn line can only be the last one written.
-            dropped += 1
-            break
-        workloads.append(line)
+    # Records point at workloads by line number: a damaged workload line keeps its number (the
+    # lines after it are still good), and the usable ones are renumbered for the reader.
+    complete, tail = _split_lines(workload_path)
+    lines = [*complete, tail] if tail else complete
+    position: dict[int, int] = {}  # line index in the file → index among usable workloads
+    workloads: list[str] = []
+    for number, raw in enumerate(lines):
+        if not raw.strip() and not any(later.strip() for later in lines[number:]):
+            break  # blank lines at the end hold nothing and number nothing
+        entry = _parse(raw)
+        problem = workload_problem(entry)
+        if problem is None:
+            position[number] = len(workloads)
+            workloads.append(raw.decode())
+        elif tail and number == len(complete) and isinstance(entry, _Unparsable):
+            dropped += 1  # torn by a crash while appending: possible on the last line only
+        else:
+            damaged.append(Damage(workload_path.name, number + 1, problem))
+    workload_lines = len(lines)
+    complete, tail = _split_lines(record_path)
     records: list[str] = []
-    for line in _read_lines(record_path):
-        try:
-            entry = json.loads(line)
-        except ValueError:
-            entry = None
-        valid = (
-            isinstance(entry, list)
-            and len(entry) == 2
-            and isinstance(entry[0], int)
-            and 0 <= entry[0] < len(workloads)
-        )
-        if valid:
-            records.append(line)
-        elif line.strip():
+    for number, raw in enumerate([*complete, tail] if tail else complete):
+        if not raw.strip():
+            continue  # an empty line holds nothing to lose
+        entry = _parse(raw)
+        problem = record_problem(entry, target)
+        if problem is None and entry[0] not in position:
+            state = "damaged" if entry[0] < workload_lines else "missing"
+            problem = f"its workload (line {entry[0] + 1} of {workload_path.name}) is {state}"
+        if problem is None:
+            line = raw.decode()
+            new_index = position[entry[0]]
+            records.append(line if new_index == entry[0] else _renumber(line, new_index))
+        elif tail and number == len(complete) and isinstance(entry, _Unparsable):
             dropped += 1
-    return CleanLines(workloads, records, dropped)
+        else:
+            damaged.append(Damage(record_path.name, number + 1, problem))
+    return CleanLines(workloads, records, dropped, tuple(damaged))
 
 
 @dataclass(frozen=True)
@@ -170,6 +327,28 @@ def _workload_hash(workload_line: str) -> str:
     return str(json.loads(workload_line)[0])
 
 
+def _read_json_map(path: Path) -> tuple[dict[str, Any], Damage | None]:
+    """A side file (kernels, baselines, choices): its object, or {} and why it is unusable."""
+    if not path.exists():
+        return {}, None
+    try:
+        data = json.loads(path.read_bytes().decode("utf-8"))
+    except (OSError, ValueError, RecursionError) as error:
+        return {}, Damage(path.name, 0, f"unreadable ({first_line(error)})")
+    if not isinstance(data, dict):
+        return {}, Damage(path.name, 0, f"holds a {type(data).__name__}, not an object")
+    return data, None
+
+
+def _text_map(path: Path) -> tuple[dict[str, str], list[Damage]]:
+    data, damage = _read_json_map(path)
+    kept = {k: v for k, v in data.items() if isinstance(v, str)}
+    damaged = [damage] if damage else []
+    if len(kept) < len(data):
+        damaged.append(Damage(path.name, 0, f"{len(data) - len(kept)} entries are not texts"))
+    return kept, damaged
+
+
 @dataclass(frozen=True)
 class RecordStore:
     """The records of one target: a folder holding a MetaSchedule JSON database."""
@@ -177,6 +356,8 @@ class RecordStore:
     path: Path
     target: dict[str, Any]
     preset: str
+    #: Records MetaSchedule itself refused when a build loaded them (see :meth:`snapshot`).
+    unloadable: list[Damage] = field(default_factory=list, compare=False, repr=False)
 
     @property
     def workload_path(self) -> Path:
@@ -190,7 +371,29 @@ class RecordStore:
         return self.record_path.exists() and self.record_path.stat().st_size > 0
 
     def lines(self) -> CleanLines:
-        return _clean(self.workload_path, self.record_path)
+        return _clean(self.workload_path, self.record_path, self.target)
+
+    def damage(self) -> list[Damage]:
+        """Everything of this store no reader uses (torn last lines aside)."""
+        found = list(self.lines().damaged) + list(self.unloadable)
+        for name in (NAMES_FILE, BASELINES_FILE):
+            found += _text_map(self.path / name)[1]
+        found += self._choices()[1]
+        return found
+
+    def damage_note(self) -> str | None:
+        """One line saying the store is damaged and what happens to the damaged lines, or
+        None. Nothing is lost: the lines stay in the files until the next writer moves them
+        aside (to ``damaged-*/`` in the store)."""
+        found = self.damage()
+        if not found:
+            return None
+        plural = "" if len(found) == 1 else "s"
+        return (
+            f"the records of {self.preset} in {self.path} have {len(found)} damaged "
+            f"line{plural} (first: {found[0]}), left out; they stay on disk until the next "
+            "tune or import moves them to damaged-*/ there"
+        )
 
     def records_by_workload(self) -> dict[str, list[Any]]:
         """Workload hash → the parsed bodies of its valid records, in the order written."""
@@ -204,10 +407,7 @@ class RecordStore:
 
     def kernel_names(self) -> dict[str, str]:
         """Workload hash → the kernel's name in the model it was tuned for (for display)."""
-        try:
-            return dict(json.loads((self.path / NAMES_FILE).read_text()))
-        except (OSError, ValueError):
-            return {}
+        return _text_map(self.path / NAMES_FILE)[0]
 
     def baselines(self) -> dict[str, str]:
         """Trace digest → who made it, for the untuned baselines ``tune`` measured first.
@@ -215,53 +415,81 @@ class RecordStore:
         Search candidates descend from those traces (they seed the search) and keep their
         marks, so a record is a baseline only if its trace is exactly a baseline's.
         """
-        try:
-            return dict(json.loads((self.path / BASELINES_FILE).read_text()))
-        except (OSError, ValueError):
-            return {}
+        return _text_map(self.path / BASELINES_FILE)[0]
 
     def add_baselines(self, baselines: dict[str, str]) -> None:
-        merged = {**self.baselines(), **baselines}
-        with atomic_file(self.path / BASELINES_FILE) as staging:
-            staging.write_text(json.dumps(merged, indent=1, sort_keys=True) + "\n")
+        self._write_map(BASELINES_FILE, {**self.baselines(), **baselines})
+
+    def _choices(self) -> tuple[dict[str, Choice], list[Damage]]:
+        data, damage = _read_json_map(self.path / CHOICES_FILE)
+        damaged = [damage] if damage else []
+        choices: dict[str, Choice] = {}
+        for key, entry in data.items():
+            try:
+                choices[key] = Choice.from_dict(entry)
+            except (AttributeError, KeyError, TypeError, ValueError):
+                damaged.append(Damage(CHOICES_FILE, 0, f"the entry of {key[:20]!r} is damaged"))
+        return choices, damaged
 
     def choices(self) -> dict[str, Choice]:
         """Workload hash → what a build uses for it (see :class:`Choice`)."""
-        try:
-            entries = json.loads((self.path / CHOICES_FILE).read_text())
-            return {str(k): Choice.from_dict(v) for k, v in dict(entries).items()}
-        except (OSError, ValueError, KeyError, TypeError):
-            return {}
+        return self._choices()[0]
 
     def add_choices(self, choices: dict[str, Choice]) -> None:
         merged = {**self.choices(), **choices}
-        with atomic_file(self.path / CHOICES_FILE) as staging:
-            staging.write_text(
-                json.dumps({k: c.to_dict() for k, c in merged.items()}, indent=1, sort_keys=True)
-                + "\n"
-            )
+        self._write_map(CHOICES_FILE, {k: c.to_dict() for k, c in merged.items()})
 
     def add_kernel_names(self, names: dict[str, str]) -> None:
-        merged = {**self.kernel_names(), **names}
-        with atomic_file(self.path / NAMES_FILE) as staging:
+        self._write_map(NAMES_FILE, {**self.kernel_names(), **names})
+
+    def _write_map(self, name: str, merged: dict[str, Any]) -> None:
+        """Rewrite a side file; a damaged one is first copied aside (never just overwritten)."""
+        path = self.path / name
+        damaged = self._choices()[1] if name == CHOICES_FILE else _text_map(path)[1]
+        if damaged:
+            self._quarantine([path])
+        with atomic_file(path) as staging:
             staging.write_text(json.dumps(merged, indent=1, sort_keys=True) + "\n")
 
-    def applied_records(self) -> list[str]:
-        """The record lines a build applies. Per workload: with a choice, only the chosen
-        record (none when the untuned schedule won); with only untuned baselines, none (they
-        replay what the build compiles anyway); otherwise all (MetaSchedule takes the
-        fastest: a tune interrupted before its re-measurement, or records from elsewhere)."""
+    def _quarantine(self, paths: list[Path]) -> Path:
+        """Copies of ``paths`` in a fresh ``damaged-<time>/`` folder of the store."""
+        stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+        folder = Path(tempfile.mkdtemp(prefix=f"damaged-{stamp}-", dir=self.path))
+        for path in paths:
+            if path.exists():
+                shutil.copy2(path, folder / path.name)
+        return folder
+
+    def quarantined(self) -> list[Path]:
+        """The ``damaged-*/`` folders writers moved damaged lines to (oldest first)."""
+        return sorted(self.path.glob("damaged-*/")) if self.path.is_dir() else []
+
+    def decisions(self) -> dict[str, Decision]:
+        """Workload hash → what a build uses for it: the one answer ``tune``'s table, ``records
+        show`` and the build itself read (see :class:`Decision`)."""
         clean = self.lines()
-        choices = self.choices()
-        baselines = self.baselines()
         hashes = [_workload_hash(line) for line in clean.workloads]
-        parsed = [json.loads(line) for line in clean.records]
-        searched = {index for index, body in parsed if trace_digest(body) not in baselines}
+        grouped: dict[str, list[Any]] = {}
+        for line in clean.records:
+            index, body = json.loads(line)
+            grouped.setdefault(hashes[index], []).append(body)
+        choices, baselines = self.choices(), self.baselines()
+        return {
+            workload: decide(bodies, choices.get(workload), baselines)
+            for workload, bodies in grouped.items()
+        }
+
+    def applied_records(self) -> list[str]:
+        """The record lines a build applies: per workload, those of the record its
+        :class:`Decision` names (none when the untuned schedule is decided)."""
+        clean = self.lines()
+        decisions = self.decisions()
+        hashes = [_workload_hash(line) for line in clean.workloads]
         applied = []
-        for line, (index, body) in zip(clean.records, parsed, strict=True):
-            choice = choices.get(hashes[index])
-            chosen = choice is not None and trace_digest(body) == choice.record
-            if chosen or (choice is None and index in searched):
+        for line in clean.records:
+            index, body = json.loads(line)
+            decision = decisions.get(hashes[index])
+            if decision is not None and decision.record == trace_digest(body):
                 applied.append(line)
         return applied
 
@@ -271,24 +499,36 @@ class RecordStore:
         return CleanLines(clean.workloads, self.applied_records(), 0).digest()
 
     def snapshot(self) -> Any:
-        """A read-only MetaSchedule database of the records a build applies (files untouched)."""
+        """A read-only MetaSchedule database of the records a build applies (files untouched).
+
+        A record MetaSchedule cannot load (a trace that no longer fits its workload) is left
+        out and added to :attr:`unloadable`, instead of failing every build of the target.
+        """
+        clean = self.lines()
+        applied = self.applied_records()
+        try:
+            return self._database(clean.workloads, applied)
+        except Exception:  # TVM's own error types; find the culprits (slower) and leave them out
+            workloads, records, damage = _loadable(clean.workloads, applied)
+            self.unloadable.extend(damage)
+            return self._database(workloads, records)
+
+    @staticmethod
+    def _database(workload_lines: list[str], record_lines: list[str]) -> Any:
         from tvm.s_tir import meta_schedule as ms
 
-        clean = self.lines()
         with tempfile.TemporaryDirectory(prefix="edgecompile-records-") as scratch:
             workloads, records = Path(scratch) / WORKLOADS_FILE, Path(scratch) / RECORDS_FILE
-            workloads.write_text("".join(f"{line}\n" for line in clean.workloads))
-            records.write_text("".join(f"{line}\n" for line in self.applied_records()))
+            workloads.write_text("".join(f"{line}\n" for line in workload_lines))
+            records.write_text("".join(f"{line}\n" for line in record_lines))
             # JSONDatabase reads both files in its constructor and only touches them on commit.
             return ms.database.JSONDatabase(
                 str(workloads), str(records), allow_missing=False, module_equality="structural"
             )
 
     @contextlib.contextmanager
-    def writer(self) -> Iterator[Any]:
-        """The store's JSON database, for appending; one writer at a time (a file lock)."""
-        from tvm.s_tir import meta_schedule as ms
-
+    def _locked(self) -> Iterator[None]:
+        """One writer at a time (a file lock), with the target written and the files clean."""
         self.path.mkdir(parents=True, exist_ok=True)
         self._write_target()
         with open(self.path / LOCK_FILE, "a+") as lock:
@@ -301,20 +541,41 @@ class RecordStore:
                     "separate set of records",
                 ) from None
             self._repair()
-            yield ms.database.JSONDatabase(
+            yield
+
+    @contextlib.contextmanager
+    def writer(self) -> Iterator[Any]:
+        """The store's JSON database, for appending; one writer at a time (a file lock)."""
+        from tvm.s_tir import meta_schedule as ms
+
+        def database() -> Any:
+            return ms.database.JSONDatabase(
                 str(self.workload_path),
                 str(self.record_path),
                 allow_missing=True,
                 module_equality="structural",
             )
 
+        with self._locked():
+            try:
+                opened = database()
+            except Exception:  # TVM's own error types: a line that only looks right
+                clean = self.lines()
+                workloads, records, damage = _loadable(clean.workloads, clean.records)
+                if not damage:
+                    raise
+                self._quarantine([self.workload_path, self.record_path])
+                self._rewrite(workloads, records)
+                opened = database()
+            yield opened
+
     def _write_target(self) -> None:
         target_file = self.path / TARGET_FILE
         if target_file.exists():
-            stored = json.loads(target_file.read_text())
-            if canonical_target(stored.get("target", {})) != canonical_target(self.target):
+            stored = _read_target_file(self.path)
+            if canonical_target(stored["target"]) != canonical_target(self.target):
                 raise EdgecompileError(
-                    f"{self.path} holds records for a different target ({stored.get('preset')})",
+                    f"{self.path} holds records for a different target ({stored['preset']})",
                     "pass the records folder's parent, or a separate --records DIR",
                 )
             return
@@ -323,20 +584,95 @@ class RecordStore:
                 json.dumps({"preset": self.preset, "target": self.target}, indent=2) + "\n"
             )
 
-    def _repair(self) -> None:
-        """Rewrite the files without torn lines (atomically), so appends start on a clean line."""
+    def _repair(self) -> Path | None:
+        """Make the files exactly their usable lines, so MetaSchedule can load and append.
+
+        A torn last line is dropped; any other damaged line is first copied aside with both
+        files (``damaged-*/``, returned), so nothing but a torn line is ever lost.
+        """
         clean = self.lines()
-        if clean.dropped == 0 and all(
-            not path.exists() or path.read_bytes().endswith(b"\n") or path.stat().st_size == 0
-            for path in (self.workload_path, self.record_path)
-        ):
-            return
-        for path, lines in (
-            (self.workload_path, clean.workloads),
-            (self.record_path, clean.records),
-        ):
+        exact = all(
+            _file_bytes(path) == "".join(f"{line}\n" for line in lines).encode()
+            for path, lines in (
+                (self.workload_path, clean.workloads),
+                (self.record_path, clean.records),
+            )
+        )
+        if exact:  # else also rewritten: blank lines, a missing last newline (no data in them)
+            return None
+        quarantine = None
+        if clean.damaged:
+            quarantine = self._quarantine([self.workload_path, self.record_path])
+        self._rewrite(clean.workloads, clean.records)
+        return quarantine
+
+    def _rewrite(self, workloads: list[str], records: list[str]) -> None:
+        # Workloads first: a crash between the two leaves extra workloads, never a record
+        # pointing at a workload line that is not there.
+        for path, lines in ((self.workload_path, workloads), (self.record_path, records)):
             with atomic_file(path) as staging:
                 staging.write_text("".join(f"{line}\n" for line in lines))
+
+
+def _loadable(
+    workload_lines: list[str], record_lines: list[str]
+) -> tuple[list[str], list[str], list[Damage]]:
+    """The lines MetaSchedule loads (records renumbered), and what it refused: lines that pass
+    our schema check but not MetaSchedule's (a module that does not decode, a trace that does
+    not replay on its workload). Slow (one TVM parse per line): only after a load failed."""
+    from tvm.s_tir import meta_schedule as ms
+
+    damage: list[Damage] = []
+    workloads: list[Any] = []
+    for line in workload_lines:
+        try:
+            workloads.append(ms.database.Workload.from_json(json.loads(line)))
+        except Exception as error:  # TVM's own error types
+            workloads.append(None)
+            damage.append(Damage(WORKLOADS_FILE, 0, f"unloadable workload: {last_line(error)}"))
+    position = {}
+    kept_workloads = []
+    for index, (line, workload) in enumerate(zip(workload_lines, workloads, strict=True)):
+        if workload is not None:
+            position[index] = len(kept_workloads)
+            kept_workloads.append(line)
+    kept_records = []
+    for line in record_lines:
+        index, body = json.loads(line)
+        if index not in position:
+            damage.append(Damage(RECORDS_FILE, 0, "a record of an unloadable workload"))
+            continue
+        try:
+            ms.database.TuningRecord.from_json(body, workloads[index])
+        except Exception as error:  # TVM's own error types
+            damage.append(Damage(RECORDS_FILE, 0, f"unloadable record: {last_line(error)}"))
+            continue
+        kept_records.append(_renumber(line, position[index]))
+    return kept_workloads, kept_records, damage
+
+
+def _file_bytes(path: Path) -> bytes:
+    return path.read_bytes() if path.exists() else b""
+
+
+def _read_target_file(path: Path) -> dict[str, Any]:
+    """A store's target.json, checked: ``{"preset": plain name, "target": {... "kind"}}``."""
+    where = path / TARGET_FILE
+    try:
+        stored = json.loads(where.read_bytes().decode("utf-8"))
+    except (OSError, ValueError, RecursionError) as error:
+        raise EdgecompileError(
+            f"{path} is not a records folder ({TARGET_FILE}: {first_line(error)})",
+            "pass a folder that `edgecompile tune` wrote, or its parent",
+        ) from None
+    target = stored.get("target") if isinstance(stored, dict) else None
+    if not isinstance(target, dict) or not isinstance(target.get("kind"), str):
+        raise EdgecompileError(
+            f"{where} is damaged (no target with a 'kind')",
+            "restore it, or move the folder out of the records folder",
+        )
+    preset = check_plain_name(stored.get("preset"), "preset name", str(where))
+    return {"preset": preset, "target": target}
 
 
 def _root(records: str | Path | None) -> Path:
@@ -348,11 +684,11 @@ def store_for(preset: BoardPreset, records: str | Path | None = None) -> RecordS
     target = dict(preset.target)
     root = _root(records)
     if (root / TARGET_FILE).exists():  # --records pointed at one target's store
-        stored = json.loads((root / TARGET_FILE).read_text())
-        if canonical_target(stored.get("target", {})) != canonical_target(target):
+        stored = _read_target_file(root)
+        if canonical_target(stored["target"]) != canonical_target(target):
             raise EdgecompileError(
-                f"the records in {root} were tuned for {stored.get('preset')} "
-                f"({stored.get('target', {}).get('mcpu', 'generic')}), not for {preset.name}",
+                f"the records in {root} were tuned for {stored['preset']} "
+                f"({stored['target'].get('mcpu', 'generic')}), not for {preset.name}",
                 "tune for this target first, or pass the records folder of this target",
             )
         return RecordStore(root, target, preset.name)
@@ -360,14 +696,8 @@ def store_for(preset: BoardPreset, records: str | Path | None = None) -> RecordS
 
 
 def load_store(path: Path) -> RecordStore:
-    try:
-        stored = json.loads((path / TARGET_FILE).read_text())
-    except (OSError, ValueError) as error:
-        raise EdgecompileError(
-            f"{path} is not a records folder ({TARGET_FILE}: {error})",
-            "pass a folder that `edgecompile tune` wrote, or its parent",
-        ) from None
-    return RecordStore(path, dict(stored["target"]), str(stored.get("preset", "?")))
+    stored = _read_target_file(path)
+    return RecordStore(path, dict(stored["target"]), stored["preset"])
 
 
 def list_stores(records: str | Path | None = None) -> list[RecordStore]:
@@ -381,6 +711,60 @@ def list_stores(records: str | Path | None = None) -> list[RecordStore]:
 
 
 @dataclass(frozen=True)
+class Decision:
+    """What a build uses for one workload, and on what grounds.
+
+    With a :class:`Choice` (tune's re-measurement), its verdict. Without one (a tune interrupted
+    before its re-measurement, records from elsewhere), the fastest search record by its single
+    measurement, as MetaSchedule itself would pick -- ``pending`` until a rerun of the tune
+    re-measures it; with no search record, the untuned schedule (the untuned baselines replay
+    what the build compiles anyway).
+    """
+
+    #: Trace digest of the record a build applies; None: the untuned schedule.
+    record: str | None
+    pending: bool
+    untuned_ms: float | None = None
+    tuned_ms: float | None = None
+
+    @property
+    def uses(self) -> str:
+        return "tuned" if self.record is not None else UNTUNED
+
+    @property
+    def label(self) -> str:
+        """``uses`` as the tables print it."""
+        return f"{self.uses} (not re-measured)" if self.pending else self.uses
+
+
+def _applicable(body: Any) -> bool:
+    """Whether a build can apply the record: MetaSchedule never returns one whose trace has no
+    instruction (the unscheduled kernel, TVM's default lowering: what a build does anyway)."""
+    trace = body[0] if isinstance(body, list) and body else None
+    return isinstance(trace, list) and bool(trace) and bool(trace[0])
+
+
+def decide(bodies: list[Any], choice: Choice | None, baselines: dict[str, str]) -> Decision:
+    """The :class:`Decision` for one workload's record ``bodies`` (the order written)."""
+    digests = {trace_digest(body) for body in bodies if _applicable(body)}
+    searched = {trace_digest(body) for body in bodies} - baselines.keys()
+    if choice is not None and (not choice.uses_tuned or choice.record in digests):
+        pending = choice.records != len(bodies) and bool(searched)
+        record = choice.record if choice.uses_tuned else None
+        return Decision(record, pending, choice.untuned_ms, choice.tuned_ms)
+    timed = [(t, body) for body in bodies if (t := mean_seconds(body[1])) is not None]
+    untuned = [t for t, body in timed if trace_digest(body) in baselines]
+    untuned_ms = round(min(untuned) * 1e3, 6) if untuned else None
+    applicable = [
+        (t, body) for t, body in timed if trace_digest(body) not in baselines and _applicable(body)
+    ]
+    if not applicable:
+        return Decision(None, False, untuned_ms)
+    best_seconds, best = min(applicable, key=lambda pair: pair[0])
+    return Decision(trace_digest(best), True, untuned_ms, round(best_seconds * 1e3, 6))
+
+
+@dataclass(frozen=True)
 class WorkloadSummary:
     """One tuned kernel: its name, records, the best time and who made it, what a build uses."""
 
@@ -388,10 +772,16 @@ class WorkloadSummary:
     trials: int
     best_ms: float | None
     schedule: str
-    #: ``tuned`` / ``untuned`` (re-measured by tune), or ``best record`` (not re-measured yet).
-    uses: str = "best record"
+    #: ``tuned`` / ``untuned``: the workload's :class:`Decision`.
+    uses: str = UNTUNED
     untuned_ms: float | None = None
     tuned_ms: float | None = None
+    #: Search records no re-measurement has judged yet (rerun the tune).
+    pending: bool = False
+
+    @property
+    def uses_label(self) -> str:
+        return f"{self.uses} (not re-measured)" if self.pending else self.uses
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -437,7 +827,7 @@ def summarize(store: RecordStore) -> list[WorkloadSummary]:
     clean = store.lines()
     names = store.kernel_names()
     baselines = store.baselines()
-    choices = store.choices()
+    decisions = store.decisions()
     hashes = [_workload_hash(line) for line in clean.workloads]
     grouped: dict[int, list[Any]] = {}
     for line in clean.records:
@@ -447,16 +837,17 @@ def summarize(store: RecordStore) -> list[WorkloadSummary]:
     for index, bodies in grouped.items():
         timed = [(t, b) for b in bodies if (t := mean_seconds(b[1])) is not None]
         best_time, best = min(timed, key=lambda pair: pair[0], default=(None, None))
-        choice = choices.get(hashes[index])
+        decision = decisions[hashes[index]]
         summaries.append(
             WorkloadSummary(
                 name=names.get(hashes[index], f"workload {hashes[index][:10]}"),
                 trials=len(bodies),
                 best_ms=None if best_time is None else round(best_time * 1e3, 4),
                 schedule="-" if best is None else record_schedule(best, baselines),
-                uses="best record" if choice is None else choice.uses,
-                untuned_ms=None if choice is None else choice.untuned_ms,
-                tuned_ms=None if choice is None else choice.tuned_ms,
+                uses=decision.uses,
+                untuned_ms=decision.untuned_ms,
+                tuned_ms=decision.tuned_ms,
+                pending=decision.pending,
             )
         )
     return sorted(summaries, key=lambda s: -(s.best_ms or 0.0))
@@ -493,16 +884,20 @@ class ImportResult:
     skipped: int
 
 
-def import_records(source: str | Path, records: str | Path | None = None) -> ImportResult:
-    """Merge an exported records file into the store of its own target (never another)."""
-    from tvm.s_tir import meta_schedule as ms
+def _payload_error(path: Path, problem: str) -> EdgecompileError:
+    return EdgecompileError(
+        f"{path}: {problem}; nothing was imported",
+        "pass the file `edgecompile records export` wrote, unedited",
+    )
 
-    path = Path(source)
+
+def _read_payload(path: Path) -> dict[str, Any]:
+    """The export file, checked entry by entry before anything is written (one-line errors)."""
     try:
-        payload = json.loads(path.read_text())
-    except (OSError, ValueError) as error:
+        payload = json.loads(path.read_bytes().decode("utf-8"))
+    except (OSError, ValueError, RecursionError) as error:
         raise EdgecompileError(
-            f"cannot read records file {path}: {error}",
+            f"cannot read records file {path}: {first_line(error)}",
             "pass a file written by `edgecompile records export`",
         ) from None
     if not isinstance(payload, dict) or payload.get("format") != EXPORT_FORMAT:
@@ -510,51 +905,102 @@ def import_records(source: str | Path, records: str | Path | None = None) -> Imp
             f"{path} is not an edgecompile records export",
             "pass a file written by `edgecompile records export`",
         )
+    target = payload.get("target")
+    if not isinstance(target, dict) or not isinstance(target.get("kind"), str):
+        raise _payload_error(path, "its target is not an object with a 'kind'")
+    check_plain_name(payload.get("preset"), "preset name", str(path))
+    for key in ("workloads", "records"):
+        lines = payload.get(key)
+        if not isinstance(lines, list) or not all(isinstance(line, str) for line in lines):
+            raise _payload_error(path, f"its {key} are not a list of JSON lines")
+    for number, line in enumerate(payload["workloads"], 1):
+        problem = workload_problem(_parse(line.encode()))
+        if problem is not None:
+            raise _payload_error(path, f"workload {number} is damaged ({problem})")
+    for number, line in enumerate(payload["records"], 1):
+        entry = _parse(line.encode())
+        problem = record_problem(entry, target)
+        if problem is None and entry[0] >= len(payload["workloads"]):
+            problem = f"it points at workload {entry[0] + 1}, which the file does not hold"
+        if problem is not None:
+            raise _payload_error(path, f"record {number} is not usable ({problem})")
+    for key in ("kernels", "baselines", "choices"):
+        entries = payload.get(key, {})
+        if not isinstance(entries, dict):
+            raise _payload_error(path, f"its {key} are not an object")
+    for key in ("kernels", "baselines"):
+        if not all(isinstance(v, str) for v in payload.get(key, {}).values()):
+            raise _payload_error(path, f"its {key} map to something other than texts")
+    for key, entry in payload.get("choices", {}).items():
+        try:
+            Choice.from_dict(entry)
+        except (AttributeError, KeyError, TypeError, ValueError):
+            raise _payload_error(path, f"its choice for {key[:20]!r} is damaged") from None
+    return payload
+
+
+def _check_loadable(path: Path, payload: dict[str, Any]) -> None:
+    """MetaSchedule parses every workload and replays every trace on its workload, as a build
+    will: a record that only looks right is refused here, not in every later build."""
+    from tvm.s_tir import meta_schedule as ms
+
+    workloads: dict[int, Any] = {}
+    for number, line in enumerate(payload["records"], 1):
+        index, body = json.loads(line)
+        try:
+            if index not in workloads:
+                workloads[index] = ms.database.Workload.from_json(
+                    json.loads(payload["workloads"][index])
+                )
+            ms.database.TuningRecord.from_json(body, workloads[index])
+        except Exception as error:  # TVM's own error types
+            raise _payload_error(
+                path, f"record {number} does not load in MetaSchedule ({last_line(error)})"
+            ) from None
+
+
+def import_records(source: str | Path, records: str | Path | None = None) -> ImportResult:
+    """Merge an exported records file into the store of its own target (never another).
+
+    All or nothing: every entry is checked first (its schema, that each record was tuned for
+    the file's target, that MetaSchedule loads it); then the new records are written in one
+    atomic replace of each database file.
+    """
+    path = Path(source)
+    payload = _read_payload(path)
+    _check_loadable(path, payload)
     target = dict(payload["target"])
-    store = RecordStore(
-        _root(records) / store_name(target), target, str(payload.get("preset", "?"))
-    )
-    with tempfile.TemporaryDirectory(prefix="edgecompile-import-") as scratch:
-        raw_workloads, raw_records = Path(scratch) / "w.json", Path(scratch) / "r.json"
-        raw_workloads.write_text("".join(f"{line}\n" for line in payload.get("workloads", [])))
-        raw_records.write_text("".join(f"{line}\n" for line in payload.get("records", [])))
-        incoming = _clean(raw_workloads, raw_records)
-    known = {_record_key(line) for line in store.lines().records}
+    store = RecordStore(_root(records) / store_name(target), target, payload["preset"])
     added = skipped = 0
-    with store.writer() as database:
-        workloads: dict[int, Any] = {}
-        for line in incoming.records:
-            index, body = json.loads(line)
+    with store._locked():
+        clean = store.lines()  # the writer's repair left only usable lines
+        workloads = list(clean.workloads)
+        index_of = {line: index for index, line in enumerate(workloads)}
+        known = {_record_key(line) for line in clean.records}
+        new_records = []
+        for line in payload["records"]:
             key = _record_key(line)
             if key in known:
                 skipped += 1
                 continue
-            if index not in workloads:
-                parsed = ms.database.Workload.from_json(json.loads(incoming.workloads[index]))
-                workloads[index] = database.commit_workload(parsed.mod)
-            database.commit_tuning_record(
-                ms.database.TuningRecord.from_json(body, workloads[index])
-            )
+            index, _ = json.loads(line)
+            workload = payload["workloads"][index]
+            if workload not in index_of:
+                index_of[workload] = len(workloads)
+                workloads.append(workload)
+            new_records.append(_renumber(line, index_of[workload]))
             known.add(key)
-            added += 1
-    names = payload.get("kernels")
-    if isinstance(names, dict):
-        store.add_kernel_names({str(k): str(v) for k, v in names.items()})
-    baselines = payload.get("baselines")
-    if isinstance(baselines, dict):
-        store.add_baselines({str(k): str(v) for k, v in baselines.items()})
-    choices = payload.get("choices")
-    if isinstance(choices, dict) and added:
-        # A choice decided on the exporting machine holds here only where this store had
-        # nothing of its own for the workload; elsewhere the next tune re-measures.
-        own = store.choices()
-        store.add_choices(
-            {
-                str(k): Choice.from_dict(v)
-                for k, v in choices.items()
-                if str(k) not in own and isinstance(v, dict)
-            }
-        )
+        if new_records:
+            store._rewrite(workloads, [*clean.records, *new_records])
+        added = len(new_records)
+        store.add_kernel_names(payload.get("kernels", {}))
+        store.add_baselines(payload.get("baselines", {}))
+        choices = payload.get("choices", {})
+        if choices and added:
+            # A choice decided on the exporting machine holds here only where this store had
+            # nothing of its own for the workload; elsewhere the next tune re-measures.
+            own = store.choices()
+            store.add_choices({k: Choice.from_dict(v) for k, v in choices.items() if k not in own})
     return ImportResult(store, added, skipped)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import platform
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -214,6 +215,16 @@ def test_unknown_target_lists_every_preset() -> None:
         ("kind = 'llvm'\n", "not a table"),
         ("# nothing here\n", "defines no board"),
         ("[b]\ntarget = { kind = 'no-such-kind' }\n", "no-such-kind"),
+        # Table names become folders (build -o OUT writes OUT/<model>-<name>/).
+        ("['../../x']\ntarget = { kind = 'llvm' }\n", "preset name '../../x'"),
+        ("['.hidden']\ntarget = { kind = 'llvm' }\n", "starts with '.'"),
+        ("['a b']\ntarget = { kind = 'llvm' }\n", "preset name 'a b'"),
+        ("[b]\ntarget = { kind = 'llvm', mcpu = 1979-05-27 }\n", "target value 'mcpu'"),
+        ("[b]\ndescription = { a = 1 }\ntarget = { kind = 'llvm' }\n", "description must"),
+        ("[b]\ntoolchain = 3\ntarget = { kind = 'llvm' }\n", "toolchain must"),
+        # Before: TVM's ARM target parser crashed the process (SIGSEGV), found by fuzzing.
+        ("[b]\ntarget = { kind = 'llvm', mtriple = 'aarch64linux-gnu' }\n", "ARM architecture"),
+        ("[b]\nx = " + "[" * 100_000, "not valid TOML"),  # RecursionError in tomllib
     ],
     ids=[
         "malformed",
@@ -225,6 +236,14 @@ def test_unknown_target_lists_every_preset() -> None:
         "not-a-table",
         "empty",
         "tvm-rejects",
+        "name-climbs-out",
+        "name-hidden",
+        "name-with-space",
+        "date-value",
+        "description-table",
+        "toolchain-number",
+        "arm-triple-tvm-crashes-on",
+        "nested-too-deep",
     ],
 )
 def test_bad_preset_file(tmp_path: Path, text: str, expected: str) -> None:
@@ -235,6 +254,34 @@ def test_bad_preset_file(tmp_path: Path, text: str, expected: str) -> None:
     message = one_line_error(excinfo)
     assert expected in message
     assert str(path) in message
+
+
+def test_preset_file_not_utf8(tmp_path: Path) -> None:
+    """Before: UnicodeDecodeError with a traceback."""
+    path = tmp_path / "board.toml"
+    path.write_bytes(b"[b]\ndescription = '\xff\xfe'\ntarget = { kind = 'llvm' }\n")
+    with pytest.raises(EdgecompileError) as excinfo:
+        resolve_target(str(path))
+    assert "not UTF-8" in one_line_error(excinfo)
+
+
+def test_preset_file_that_is_a_folder(tmp_path: Path) -> None:
+    """Before: IsADirectoryError with a traceback."""
+    folder = tmp_path / "x.toml"
+    folder.mkdir()
+    with pytest.raises(EdgecompileError) as excinfo:
+        resolve_target(str(folder))
+    assert "is a folder" in one_line_error(excinfo)
+
+
+def test_preset_file_errors_on_the_command_line(
+    tmp_path: Path, cli_error: Callable[[list[str]], str]
+) -> None:
+    (tmp_path / "x.toml").mkdir()
+    (tmp_path / "bad.toml").write_bytes(b"[b]\xff\n")
+    for name in ("x.toml", "bad.toml"):
+        line = cli_error(["build", "mobilenet_v2", "--target", str(tmp_path / name)])
+        assert name in line
 
 
 def test_missing_preset_file(tmp_path: Path) -> None:
@@ -249,8 +296,9 @@ def test_missing_preset_file(tmp_path: Path) -> None:
         ('{"mtriple": "aarch64-linux-gnu"}', "'kind'"),
         ('{"kind": "no-such-kind"}', "TVM rejects"),
         ('{"kind": "llvm", "num-cores": "four"}', "threads"),
+        ('{"kind": "llvm", "mtriple": "armab-linux"}', "unknown ARM architecture 'armab'"),
     ],
-    ids=["truncated", "no-kind", "tvm-rejects", "bad-cores"],
+    ids=["truncated", "no-kind", "tvm-rejects", "bad-cores", "arm-triple-tvm-crashes-on"],
 )
 def test_bad_target_json(text: str, expected: str) -> None:
     with pytest.raises(EdgecompileError) as excinfo:

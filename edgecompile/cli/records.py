@@ -50,6 +50,7 @@ def records_list(records: str | None, as_json: bool) -> None:
     stores = list_stores(records)
     summary = []
     for store in stores:
+        _warn_if_damaged(store)
         clean = store.lines()
         summary.append(
             {
@@ -83,6 +84,13 @@ def _store(target: str, records: str | None) -> Any:
     return store
 
 
+def _warn_if_damaged(store: Any) -> None:
+    """One line on stderr (``--json`` output stays one document) for a damaged store."""
+    note = store.damage_note()
+    if note:
+        click.echo(f"warning: {note}", err=True)
+
+
 @records_group.command("show")
 @target_option
 @records_option
@@ -98,13 +106,15 @@ def records_show(target: str, records: str | None, as_json: bool) -> None:
     from edgecompile._table import format_table
     from edgecompile.records import summarize
 
-    kernels = summarize(_store(target, records))
+    store = _store(target, records)
+    _warn_if_damaged(store)
+    kernels = summarize(store)
     if as_json:
         print_json([k.to_dict() for k in kernels])
         return
     rows = [
         [
-            k.name, k.trials, format_ms(k.best_ms), k.schedule, k.uses,
+            k.name, k.trials, format_ms(k.best_ms), k.schedule, k.uses_label,
             format_ms(k.untuned_ms), format_ms(k.tuned_ms),
         ]
         for k in kernels
@@ -114,7 +124,7 @@ def records_show(target: str, records: str | None, as_json: bool) -> None:
     click.echo(
         "tuned ms: the best search records re-measured beside the untuned schedule (then both "
         "times are the re-measurement's); -: no search record beat it even once. "
-        "`best record`: not re-measured yet (rerun the tune)."
+        "(not re-measured): decided by single measurements for now (rerun the tune)."
     )
 
 

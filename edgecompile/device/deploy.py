@@ -10,6 +10,7 @@ that could not load the library.
 from __future__ import annotations
 
 import contextlib
+import os
 import posixpath
 import secrets
 import shlex
@@ -19,6 +20,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from edgecompile._names import check_plain_name
 from edgecompile.artifact import MANIFEST, Artifact, load_artifact, sha256_file
 from edgecompile.device.access import BoardAccess
 from edgecompile.device.probe import BoardInfo, check_compatible, probe
@@ -107,6 +109,16 @@ def deploy_on(
     """:func:`deploy` on an open connection (``run``/``bench`` reuse theirs)."""
     started = time.perf_counter()
     manifest = artifact.manifest
+    # Both become paths on the board. The library's name comes from the manifest (an Artifact
+    # made in Python skipped load_artifact's check); ``deploy .`` would name the folder "" and
+    # upload into remote_dir itself, hence the absolute folder's name.
+    check_plain_name(manifest.library, "library", str(artifact.directory / MANIFEST))
+    folder = Path(os.path.abspath(artifact.directory)).name  # "." → its name; links kept
+    if not folder:
+        raise EdgecompileError(
+            f"cannot deploy {artifact.directory} (the root folder)",
+            "pass the folder `edgecompile build` wrote",
+        )
     local_sha = sha256_file(artifact.library)
     if local_sha != manifest.library_sha256:
         raise EdgecompileError(
@@ -118,7 +130,7 @@ def deploy_on(
     info = info or probe(board, remote_python=remote_python)
     check_compatible(manifest, info, where)
 
-    directory = posixpath.join(_expand_home(remote_dir, info.home), artifact.directory.name)
+    directory = posixpath.join(_expand_home(remote_dir, info.home), folder)
     library = posixpath.join(directory, manifest.library)
     manifest_path = posixpath.join(directory, MANIFEST)
     local_manifest = artifact.directory / MANIFEST

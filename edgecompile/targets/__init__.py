@@ -2,7 +2,8 @@
 
 ``--target`` is resolved in this order: a built-in preset name (``rpi4``) → a user preset file
 (``./board.toml``, same format as ``presets.toml`` beside this file) → a TVM target tag
-(``raspberry-pi/4b-aarch64``) → raw TVM target JSON (``'{"kind": "llvm", ...}'``).
+(``raspberry-pi/4b-aarch64``) → raw TVM target JSON (``'{"kind": "llvm", ...}'``). TVMC's
+strings (``llvm -mtriple=... -mcpu=...``) are translated first (:mod:`.tvmc`).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import functools
 import json
 import os
 import platform
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
@@ -18,6 +20,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
+from edgecompile._names import check_plain_name, safe_name
 from edgecompile.errors import EdgecompileError, first_line
 
 PRESETS_FILE = Path(__file__).with_name("presets.toml")
@@ -115,7 +118,28 @@ def host_preset() -> BoardPreset:
     )
 
 
+#: ARM architecture names as LLVM spells them in a triple. TVM's ARM target parser crashes the
+#: process (SIGSEGV, found by fuzzing) on some near misses, e.g. ``aarch64linux-gnu`` or
+#: ``armab-linux``; an ARM-looking name outside this list is refused before TVM sees it.
+_ARM_ARCH = re.compile(
+    r"aarch64(_be|_32)?|arm64(_32|e)?|arm(eb)?|armv[0-9]+(\.[0-9]+)?[a-z]*(eb)?"
+    r"|thumb(eb)?|thumbv[0-9]+(\.[0-9]+)?[a-z]*(eb)?"
+)
+
+
+def triple_problem(triple: Any) -> str | None:
+    """Why ``triple`` (a target's ``mtriple``) must not reach TVM, or None."""
+    if not isinstance(triple, str):
+        return None  # TVM refuses a non-text mtriple with an error of its own
+    arch = triple.split("-")[0]
+    if arch.lower().startswith(("arm", "aarch64", "thumb")) and not _ARM_ARCH.fullmatch(arch):
+        return f"unknown ARM architecture {arch!r} in mtriple {triple!r}"
+    return None
+
+
 def _preset_from_table(name: str, table: Mapping[str, Any], source: str) -> BoardPreset:
+    # The name becomes a folder (``build -o OUT`` writes OUT/<model>-<name>/).
+    check_plain_name(name, "preset name", source)
     unknown = set(table) - _PRESET_KEYS
     if unknown:
         raise EdgecompileError(
@@ -128,6 +152,19 @@ def _preset_from_table(name: str, table: Mapping[str, Any], source: str) -> Boar
             f"preset {name!r} in {source} has no target table with a 'kind'",
             'add e.g. target = { kind = "llvm", mtriple = "aarch64-linux-gnu", mcpu = "..." }',
         )
+    _check_target_values(target, f"preset {name!r} in {source}")
+    problem = triple_problem(target.get("mtriple"))
+    if problem is not None:
+        raise EdgecompileError(
+            f"preset {name!r} in {source}: {problem}",
+            'e.g. mtriple = "aarch64-linux-gnu" or "armv7l-linux-gnueabihf"',
+        )
+    for key in ("description", "rpc_key", "toolchain", "tvm_tag"):
+        if key in table and not isinstance(table[key], str):
+            raise EdgecompileError(
+                f"preset {name!r} in {source}: {key} must be a text, not {table[key]!r}",
+                f'e.g. {key} = "..."',
+            )
     threads = table.get("threads", target.get("num-cores", 1))
     if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
         raise EdgecompileError(
@@ -146,17 +183,59 @@ def _preset_from_table(name: str, table: Mapping[str, Any], source: str) -> Boar
     )
 
 
+_TARGET_SCALARS = (str, int, float, bool)
+
+
+def _check_target_values(target: Mapping[str, Any], where: str) -> None:
+    """Target values TVM and the records' JSON can hold: text, numbers, flags, lists of them,
+    nested tables of them (``host``). TOML also has dates and times; JSON has no such type."""
+
+    def valid(value: Any) -> bool:
+        if isinstance(value, _TARGET_SCALARS):
+            return True
+        if isinstance(value, list):
+            return all(isinstance(item, _TARGET_SCALARS) for item in value)
+        if isinstance(value, Mapping):
+            return all(isinstance(key, str) and valid(item) for key, item in value.items())
+        return False
+
+    for key, value in target.items():
+        if not isinstance(key, str) or not valid(value):
+            raise EdgecompileError(
+                f"{where}: target value {key!r} = {value!r} is not a text, number, flag or "
+                "list of them",
+                'e.g. mattr = ["+neon"]',
+            )
+
+
 def load_preset_file(path: str | Path) -> dict[str, BoardPreset]:
     """Read a preset file: one TOML table per board."""
     path = Path(path)
     try:
-        data = tomllib.loads(path.read_text())
+        data = tomllib.loads(path.read_bytes().decode("utf-8"))
     except FileNotFoundError:
         raise EdgecompileError(
             f"preset file {str(path)!r} does not exist", "check the path"
         ) from None
-    except tomllib.TOMLDecodeError as exc:
-        raise EdgecompileError(f"preset file {str(path)!r} is not valid TOML: {exc}") from None
+    except IsADirectoryError:
+        raise EdgecompileError(
+            f"preset file {str(path)!r} is a folder", "pass the .toml file itself"
+        ) from None
+    except OSError as exc:
+        raise EdgecompileError(
+            f"cannot read preset file {str(path)!r}: {exc.strerror or exc}",
+            "check the path and its permissions",
+        ) from None
+    except UnicodeDecodeError as exc:
+        raise EdgecompileError(
+            f"preset file {str(path)!r} is not UTF-8 text (byte {exc.start})",
+            "save it as UTF-8 (TOML files are UTF-8)",
+        ) from None
+    except (tomllib.TOMLDecodeError, RecursionError) as exc:  # nested too deep: RecursionError
+        raise EdgecompileError(
+            f"preset file {str(path)!r} is not valid TOML: {first_line(exc)}",
+            "see edgecompile/targets/presets.toml for the format",
+        ) from None
     presets = {}
     for name, table in data.items():
         if not isinstance(table, Mapping):
@@ -191,6 +270,10 @@ def resolve_target(spec: str) -> BoardPreset:
     # JSON first: a long JSON string is no file name (stat() fails with ENAMETOOLONG).
     if spec.lstrip().startswith("{"):
         return _preset_from_json(spec)
+    from edgecompile.targets.tvmc import translate_tvmc_target  # "llvm -mcpu=..." (TVMC's)
+
+    if (translated := translate_tvmc_target(spec, presets)) is not None:
+        return resolve_target(translated)
     if spec.endswith(".toml") or Path(spec).is_file():
         user = load_preset_file(spec)
         if len(user) > 1:
@@ -213,7 +296,7 @@ def resolve_target(spec: str) -> BoardPreset:
 def _preset_from_json(text: str) -> BoardPreset:
     try:
         target = json.loads(text)
-    except json.JSONDecodeError as exc:
+    except (json.JSONDecodeError, RecursionError) as exc:
         raise EdgecompileError(f"target JSON does not parse: {exc}") from None
     if not isinstance(target, dict) or "kind" not in target:
         raise EdgecompileError(
@@ -234,7 +317,9 @@ def _tvm_tag(name: str) -> BoardPreset | None:
     target = json.loads(str(tvm.target.Target(name)))
     keep = {"kind", "mtriple", "mcpu", "mattr", "num-cores", "keys", "device", "model"}
     table = {key: value for key, value in target.items() if key in keep}
-    preset = _preset_from_table(name.replace("/", "-"), {"target": table}, f"TVM tag {name}")
+    preset = _preset_from_table(
+        safe_name(name.replace("/", "-")), {"target": table}, f"TVM tag {name}"
+    )
     return replace(preset, tvm_tag=name, description=f"TVM tag {name}")
 
 
