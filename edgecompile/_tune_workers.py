@@ -1,4 +1,4 @@
-"""Functions MetaSchedule's builder and runner workers run in their own processes.
+"""Functions the tune's worker processes run: the candidate builder's and MetaSchedule's runners'.
 
 They live in this small module because the workers are fresh Python processes that unpickle
 these functions by reference: importing it must stay cheap (TVM itself is imported lazily).
@@ -12,14 +12,37 @@ from __future__ import annotations
 
 import os
 import tempfile
+import time
 from typing import Any
 
 from edgecompile.toolchain import Toolchain
 
 
-def build_kernel(mod: Any, target: Any, _params: Any) -> Any:
-    """``f_build``: one tuning candidate (a scheduled PrimFunc module) → a runtime module,
-    lowered as :func:`~edgecompile.schedules.compile_relax` lowers the build's kernels."""
+def use_temp_folder(folder: str) -> None:
+    """Builder-worker initializer: every temporary file of the worker (the candidates' folders,
+    the linker's objects) goes under ``folder``, which the tune deletes however it ends -- a
+    worker killed mid-build (Ctrl-C) cannot leave files in the user's temp folder."""
+    os.environ["TMPDIR"] = folder
+    tempfile.tempdir = folder
+
+
+def build_candidate(toolchain: Toolchain, mod: Any, target: Any) -> tuple[str, float]:
+    """One tuning candidate (a scheduled PrimFunc module) → the path of its ``.so``, in a folder
+    of its own (the tune deletes it once the candidate is measured), and the seconds the build
+    took (the worker's start-up left out: the tune's pace is per build)."""
+    started = time.perf_counter()
+    path = export_shared_library(toolchain, build_kernel(mod, target))
+    return path, time.perf_counter() - started
+
+
+def ready() -> bool:
+    """A no-op: submitted to start a worker (and its TVM import) ahead of the first build."""
+    return True
+
+
+def build_kernel(mod: Any, target: Any) -> Any:
+    """A candidate → a runtime module, lowered as :func:`~edgecompile.schedules.compile_relax`
+    lowers the build's kernels."""
     import tvm
 
     from edgecompile.schedules.tir import register_tir_pipeline
@@ -28,7 +51,7 @@ def build_kernel(mod: Any, target: Any, _params: Any) -> Any:
 
 
 def export_shared_library(toolchain: Toolchain, module: Any) -> str:
-    """``f_export``: link with the board's own toolchain into a ``.so`` the board loads as is.
+    """Link with the board's own toolchain into a ``.so`` the board loads as is.
 
     MetaSchedule's default exports a ``.tar`` of objects, which the board would have to link
     itself: most boards have no compiler, and a host build would need a host ``g++``.

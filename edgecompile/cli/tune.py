@@ -30,7 +30,8 @@ from edgecompile.device.access import BoardAccess
 )  # fmt: skip
 @click.option(
     "--time-budget",
-    help="Stop searching after this long: 90s, 20m, 1h30m (the short re-measurement follows).",
+    help="The whole tune ends within this long, counted from the command's start: 90s, 20m, "
+    "1h30m (the search stops in time for the re-measurement).",
 )
 @records_option
 @board_access(
@@ -87,8 +88,9 @@ def tune_command(
       edgecompile build shufflenet_v1 --target rpi4
     """
     from edgecompile._table import format_table
-    from edgecompile.progress import Progress
     from edgecompile.tune import TUNE_STAGES, tune
+    from edgecompile.tune.heartbeat import TuneProgress
+    from edgecompile.tune.pipeline import process_started
 
     result = tune(
         model,
@@ -104,7 +106,8 @@ def tune_command(
         weights=weights,
         cc=cc,
         schedules_dir=schedules_dir,
-        progress=Progress(TUNE_STAGES),
+        progress=TuneProgress(TUNE_STAGES),
+        started=process_started(),
     )
     if as_json:
         print_json(result.to_dict())
@@ -116,14 +119,14 @@ def tune_command(
             format_ms(task.untuned_ms),
             format_ms(task.best_ms),
             task.schedule,
-            task.uses,
+            task.uses_label,
             format_ms(task.uses_ms),
             task.records,
         ]
         for task in sorted(result.tasks, key=lambda t: -(t.weight * (t.untuned_ms or 0.0)))
     ]
     headers = [
-        "kernel", "calls", "untuned ms", "best ms", "best by", "build uses", "re-measured ms",
+        "kernel", "calls", "untuned ms", "best ms", "best by", "build uses", "uses ms",
         "records",
     ]  # fmt: skip
     click.echo(format_table(headers, rows))
@@ -134,3 +137,8 @@ def tune_command(
     )
     for kind, count in result.failures.items():
         click.echo(f"{count} candidates failed to {kind} (the search skipped them)")
+    if result.undecided:
+        click.echo(
+            f"{result.undecided} kernels were not re-measured for lack of time: until a rerun "
+            "decides them, builds take their fastest single measurement"
+        )

@@ -10,21 +10,26 @@ is all a later ``build`` applies.
 
 One job per module:
 
-- :mod:`~edgecompile.tune.pipeline` — :func:`tune` itself: the stages in turn, one store writer;
-- :mod:`~edgecompile.tune.budget` — the trial budget (``--trials``, ``--time-budget``) and how
-  the search spreads it over the tasks;
+- :mod:`~edgecompile.tune.pipeline` — :func:`tune` itself: the stages in turn, one store writer,
+  all within the time budget;
+- :mod:`~edgecompile.tune.budget` — the trial budget (``--trials``), the deadline
+  (``--time-budget``), and the measured pace that sizes the search's rounds;
 - :mod:`~edgecompile.tune.tasks` — the fused module's kernels as tuning tasks, and their records;
 - :mod:`~edgecompile.tune.measure` — where candidates are built and timed: here, or on a board
   over RPC, a tracker or an SSH tunnel (a :class:`~edgecompile.device.access.BoardAccess`);
+- :mod:`~edgecompile.tune.building` — the candidate builder: one long-lived worker, stopping
+  between candidates at the deadline;
 - :mod:`~edgecompile.tune.baseline` — every task as an untuned build compiles it, measured and
   committed as a record the search starts from;
-- :mod:`~edgecompile.tune.search` — MetaSchedule's task scheduler and evolutionary search;
-- :mod:`~edgecompile.tune.monitor` — the search as it runs: progress line, budget, failures;
+- :mod:`~edgecompile.tune.search` — MetaSchedule's evolutionary search over the tasks;
+- :mod:`~edgecompile.tune.scheduler` — which kernel the search works on next, and when it ends;
+- :mod:`~edgecompile.tune.monitor` — the search as it runs: budget, failures, status line;
+- :mod:`~edgecompile.tune.heartbeat` — the status line kept moving, on a terminal and in a pipe;
 - :mod:`~edgecompile.tune.verdict` — the search's best re-measured against the untuned schedule,
   and what a build uses;
 - :mod:`~edgecompile.tune.results` — :class:`TuneResult`, :class:`TaskOutcome`.
 
-MetaSchedule's worker processes run functions of :mod:`edgecompile._tune_workers`, which stays
+The worker processes run functions of :mod:`edgecompile._tune_workers`, which stays
 outside this package: each fresh worker imports it by name, and inside the package that would
 first run this ``__init__`` and everything it imports.
 """

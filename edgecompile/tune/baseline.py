@@ -15,6 +15,9 @@ from edgecompile.records import RecordStore, mark_of, mean_seconds, trace_digest
 from edgecompile.tune.measure import Measurer
 from edgecompile.tune.tasks import TuningTask
 
+#: Kernels measured per batch.
+BATCH = 8
+
 
 def untuned_schedule(module: Any, target: Any, user_rules: Sequence[Any] = ()) -> Any | None:
     """What a build without records compiles for this kernel, as a schedule with a trace: a user
@@ -53,12 +56,9 @@ def measure_untuned(
     """Measure every task as an untuned build compiles it and commit that as a record; the
     seconds per workload hash.
 
-    A build picks per kernel whichever measured fastest, the untuned schedule included. A record
-    already in the store with the same trace is not measured again.
+    A record already in the store with the same trace is not measured again. Kernels whose
+    builds the measurer's deadline stopped are left for a rerun.
     """
-    from tvm.s_tir import meta_schedule as ms
-    from tvm.s_tir.meta_schedule.arg_info import ArgInfo
-
     database = measurer.database
     timings: dict[str, float] = {}
     pending: list[tuple[TuningTask, Any, Any]] = []
@@ -76,14 +76,31 @@ def measure_untuned(
                 timings[task.workload_hash] = seconds
             continue
         pending.append((task, schedule, workload))
-    if not pending:
-        return timings
-    arg_infos = [ArgInfo.from_entry_func(schedule.mod) for _, schedule, _ in pending]
+    # In batches: the first times the runs, so the deadline can stop the rest in time.
+    for start in range(0, len(pending), BATCH):
+        batch = pending[start : start + BATCH]
+        if not _measure_batch(batch, store, measurer, timings):
+            break  # the deadline stopped its builds
+    return timings
+
+
+def _measure_batch(
+    batch: list[tuple[TuningTask, Any, Any]],
+    store: RecordStore,
+    measurer: Measurer,
+    timings: dict[str, float],
+) -> bool:
+    """Measure and commit ``batch``; False if the deadline skipped any of its builds."""
+    from tvm.s_tir import meta_schedule as ms
+    from tvm.s_tir.meta_schedule.arg_info import ArgInfo
+
+    database = measurer.database
+    arg_infos = [ArgInfo.from_entry_func(schedule.mod) for _, schedule, _ in batch]
     measured = measurer.measure(
-        [(schedule.mod, args) for (_, schedule, _), args in zip(pending, arg_infos, strict=True)]
+        [(schedule.mod, args) for (_, schedule, _), args in zip(batch, arg_infos, strict=True)]
     )
     committed = 0
-    for (task, schedule, workload), args, runs in zip(pending, arg_infos, measured, strict=True):
+    for (task, schedule, workload), args, runs in zip(batch, arg_infos, measured, strict=True):
         if not runs or runs[0].error_msg is not None or not runs[0].run_secs:
             continue
         committed += 1
@@ -103,4 +120,4 @@ def measure_untuned(
             for body in (json.loads(line)[1] for line in new_lines)
         }
     )
-    return timings
+    return all(runs is not None for runs in measured)

@@ -1,10 +1,13 @@
-"""How many search trials a tune runs, and how MetaSchedule spreads them over the tasks."""
+"""How many search trials a tune runs, how MetaSchedule spreads them over the tasks, and how a
+time budget is spent: a deadline for the whole command, and the measured pace (seconds per
+build, per run, per round of search) that sizes the rounds and keeps time for what follows."""
 
 from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 
 from edgecompile.errors import EdgecompileError
 
@@ -12,6 +15,12 @@ from edgecompile.errors import EdgecompileError
 DEFAULT_TRIALS_PER_TASK = 32
 #: With only a time budget the search needs a trial count too: one the time runs out before.
 TIME_BUDGET_TRIALS_PER_TASK = 1000
+#: A time-budgeted round is about this share of the search's time: rounds are where the search
+#: can stop, and small ones share a small budget among more kernels.
+ROUND_SHARE_OF_SEARCH = 1 / 8
+#: Seconds kept at the end of a time budget for the results, the table and the process's exit
+#: (measured: 4.4 s from the table to the shell on this 2-core machine under load).
+FINISH_SECONDS = 5.0
 #: Candidates per search round. MetaSchedule's default (64) spends a whole small budget on the
 #: first few tasks; the evolutionary search costs about the same per round whatever its size.
 MAX_TRIALS_PER_ROUND = 16
@@ -71,14 +80,105 @@ class SearchPlan:
     population: int
 
 
-def plan_search(trials: int, task_count: int) -> SearchPlan:
+def plan_search(
+    trials: int, task_count: int, budget: TimeBudget | None = None, pace: Pace | None = None
+) -> SearchPlan:
+    """``trials`` over ``task_count`` tasks. With a time budget, the rounds and the population
+    are sized for the trials its time left holds at the measured ``pace`` (a guess: it caps no
+    task, the deadline ends the search)."""
+    per_candidate = pace.candidate_seconds() if pace is not None else 0.0
+    left = budget.left() if budget is not None else math.inf
+    timed = not math.isinf(left) and per_candidate > 0
+    expected = max(1, min(trials, int(left / per_candidate))) if timed else trials
     # A round's evolutionary search costs about the same whatever its size, so rounds are never
     # tiny: with fewer trials than kernels × MIN, only the first kernels get a round.
     per_round = min(
-        trials, max(MIN_TRIALS_PER_ROUND, min(MAX_TRIALS_PER_ROUND, trials // task_count))
+        expected, max(MIN_TRIALS_PER_ROUND, min(MAX_TRIALS_PER_ROUND, expected // task_count))
     )
-    # Each task gets at most twice its share: the gradient scheduler still moves trials to the
-    # kernels that dominate latency, but one task cannot eat the whole budget.
+    if timed:
+        # ...nor long: the search can stop between rounds, and a short budget is shared.
+        fit = int(ROUND_SHARE_OF_SEARCH * left / per_candidate)
+        per_round = max(min(MIN_TRIALS_PER_ROUND, expected), min(per_round, fit))
+    # Each task gets at most twice its share: the scheduler moves rounds to the kernels that
+    # dominate latency, but one task cannot eat the whole budget.
     per_task = max(per_round, math.ceil(2 * trials / task_count))
-    population = min(MAX_POPULATION, max(MIN_POPULATION, 4 * per_task))
+    population = min(MAX_POPULATION, max(MIN_POPULATION, 4 * math.ceil(2 * expected / task_count)))
     return SearchPlan(per_round, per_task, population)
+
+
+class TimeBudget:
+    """The deadline of a whole tune (``--time-budget`` counts from the command's start, so the
+    untuned measurement, the search and the re-measurement all fit in it); no deadline without
+    a budget."""
+
+    def __init__(self, seconds: float | None, started: float | None = None) -> None:
+        self.seconds = seconds
+        self.started = time.monotonic() if started is None else started
+        self.deadline = None if seconds is None else self.started + seconds
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.started
+
+    def until(self, keep: float = 0.0) -> float | None:
+        """The deadline less ``keep`` seconds (``time.monotonic()``), or None."""
+        return None if self.deadline is None else self.deadline - keep
+
+    def left(self, keep: float = 0.0) -> float:
+        """Seconds until the deadline, less ``keep`` (time promised to later stages)."""
+        if self.deadline is None:
+            return math.inf
+        return self.deadline - keep - time.monotonic()
+
+
+def _average(samples: list[float]) -> float | None:
+    recent = samples[-PACE_SAMPLES:]
+    return sum(recent) / len(recent) if recent else None
+
+
+#: The pace is the mean of this many latest samples: kernels differ, the machine's load varies.
+PACE_SAMPLES = 32
+#: A round's candidate generation before any was timed (0.2-2 s here, by kernel and load).
+UNTIMED_SEARCH_SECONDS = 1.0
+
+
+@dataclass
+class Pace:
+    """Seconds per candidate build, per candidate run (one timing) and per search round's
+    candidate generation, as measured so far in this tune."""
+
+    builds: list[float] = field(default_factory=list)
+    runs: list[float] = field(default_factory=list)
+    searches: list[float] = field(default_factory=list)
+    round_started: float | None = None
+
+    def start_round(self) -> None:
+        """A search round starts generating its candidates (the scheduler picked its task)."""
+        self.round_started = time.monotonic()
+
+    def batch_starts(self) -> None:
+        """The builder got a batch: if a search round was generating it, that took this long."""
+        if self.round_started is not None:
+            self.searches.append(time.monotonic() - self.round_started)
+            self.round_started = None
+
+    def build_seconds(self) -> float:
+        return _average(self.builds) or 0.0
+
+    def run_seconds(self) -> float:
+        return _average(self.runs) or 0.0
+
+    def search_seconds(self) -> float:
+        """Generating a round's candidates; before any was timed, a second."""
+        return _average(self.searches) or UNTIMED_SEARCH_SECONDS
+
+    def candidate_seconds(self) -> float:
+        """One search candidate built and timed once."""
+        return self.build_seconds() + self.run_seconds()
+
+    def round_seconds(self, candidates: int) -> float:
+        """A search round: generating ``candidates``, building and timing them."""
+        return self.search_seconds() + candidates * self.candidate_seconds()
+
+    def remeasure_seconds(self, candidates: int, rounds: int) -> float:
+        """Re-measuring ``candidates`` schedules: one build and ``rounds`` runs each."""
+        return candidates * (self.build_seconds() + rounds * self.run_seconds())

@@ -11,7 +11,9 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import time
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -19,11 +21,11 @@ from typing import Any
 from edgecompile.device.access import BoardAccess
 from edgecompile.errors import EdgecompileError
 from edgecompile.targets import BoardPreset
+from edgecompile.tune.budget import Pace
+from edgecompile.tune.building import BuildGate, candidate_builder, was_skipped
 
 #: RPC sessions: an emulated or slow board needs minutes for the first load.
 RPC_SESSION_TIMEOUT = 600
-#: Timings per round of the re-measurement (the search times each candidate once).
-CONFIRM_REPEATS = 3
 FAILED_RUN = 1e9  # MetaSchedule records 1e10 s for a candidate that failed
 
 
@@ -47,17 +49,28 @@ def choose_transport(preset: BoardPreset, access: BoardAccess) -> str:
 
 @dataclass(frozen=True)
 class Measurer:
-    """MetaSchedule's builder and one runner, for the target, and the database records go to."""
+    """The candidate builder and the runner (one timing per run), for the target, the database
+    records go to, and the pace builds and runs are added to."""
 
     target: Any
     database: Any
     builder: Any
-    runner: Any
+    #: The runner, being started in a thread (a local one starts a worker process that imports
+    #: TVM: seconds the model's export overlaps).
+    starting_runner: Future[Any]
+    pace: Pace
 
-    def measure(self, candidates: Sequence[tuple[Any, Any]], rounds: int = 1) -> list[list[Any]]:
+    @property
+    def runner(self) -> Any:
+        return self.starting_runner.result()
+
+    def measure(
+        self, candidates: Sequence[tuple[Any, Any]], rounds: int = 1
+    ) -> list[list[Any] | None]:
         """Build each ``(scheduled module, args info)`` once and run those that built, ``rounds``
         times interleaved (load that comes and goes hits them all); per candidate, its runner
-        results (none: it did not build). The build folders are deleted afterwards."""
+        results (none: it did not build; None: not built, the deadline had passed). The build
+        folders are deleted afterwards."""
         from tvm.s_tir import meta_schedule as ms
 
         built = self.builder.build(
@@ -70,15 +83,20 @@ class Measurer:
                 for i, result in enumerate(built)
                 if result.error_msg is None
             ]
+            started = time.monotonic()
             futures = self.runner.run(
                 [
                     ms.runner.RunnerInput(built[i].artifact_path, "cpu", candidates[i][1])
                     for i in owners
                 ]
             )
-            results: list[list[Any]] = [[] for _ in candidates]
+            results: list[list[Any] | None] = [
+                None if was_skipped(result) else [] for result in built
+            ]
             for i, future in zip(owners, futures, strict=True):
-                results[i].append(future.result())
+                results[i].append(future.result())  # type: ignore[union-attr]
+            if owners:
+                self.pace.runs.append((time.monotonic() - started) / len(owners))
         finally:
             remove_artifacts(built)
         return results
@@ -86,11 +104,14 @@ class Measurer:
 
 @dataclass(frozen=True)
 class Measurement:
-    """Where candidates are measured, as the search times them and as the verdict does."""
+    """Where candidates are measured (the baselines, the search and the verdict all time them
+    with one runner: one worker process to start), the gate that stops their builds at a
+    deadline, and the pace they go at."""
 
     where: str
-    search: Measurer
-    confirm: Measurer
+    measurer: Measurer
+    gate: BuildGate
+    pace: Pace
 
 
 @contextlib.contextmanager
@@ -104,26 +125,39 @@ def measurement(
     *,
     access: BoardAccess,
     remote_port: int | None,
+    scratch: str,
 ) -> Iterator[Measurement]:
-    """The builder and runners for ``transport``, open for as long as the ``with`` lasts."""
+    """The builder and runners for ``transport``, open for as long as the ``with`` lasts; every
+    candidate is built under ``scratch`` (a folder the caller deletes)."""
     from tvm.s_tir import meta_schedule as ms
 
-    from edgecompile import _tune_workers as workers
-
-    builder = ms.builder.LocalBuilder(
-        f_build=workers.build_kernel,
-        f_export=partial(workers.export_shared_library, toolchain),
-        max_workers=1,
-        timeout_sec=120,
-    )
+    gate, pace = BuildGate(), Pace()
+    builder = candidate_builder(toolchain, scratch, gate, pace)
+    builder.warm_up()  # its worker starts (imports TVM) while the runner's does
+    starter = ThreadPoolExecutor(1, thread_name_prefix="edgecompile-runner")
+    starting: Future[Any] | None = None
     runners = _runners(preset, transport, threads, access=access, remote_port=remote_port)
-    with runners as (runner_for, where):
+    try:
+        with runners as (runner_for, where):
+            evaluator = ms.runner.EvaluatorConfig(number=3, repeat=1, min_repeat_ms=40)
+            starting = starter.submit(runner_for, evaluator)
+            measurer = Measurer(target, database, builder, starting, pace)
+            yield Measurement(where, measurer, gate, pace)
+    finally:
+        builder.close()
+        starter.shutdown(wait=False)
+        if starting is not None and starting.done() and starting.exception() is None:
+            _close_runner(starting.result())
+        # A runner still starting (an interrupt came first) has a worker that exits when this
+        # process does: it reads its work from a pipe of ours.
 
-        def measurer(repeat: int) -> Measurer:
-            evaluator = ms.runner.EvaluatorConfig(number=3, repeat=repeat, min_repeat_ms=40)
-            return Measurer(target, database, builder, runner_for(evaluator))
 
-        yield Measurement(where, measurer(1), measurer(CONFIRM_REPEATS))
+def _close_runner(runner: Any) -> None:
+    """Kill a local runner's worker now: left to the garbage collector, TVM's pool shutdown
+    fails at exit ("cannot join current thread") and an interrupted tune leaves it running."""
+    pool = getattr(runner, "pool", None)
+    if pool is not None:
+        pool.shutdown(wait=False)
 
 
 @contextlib.contextmanager
@@ -207,7 +241,7 @@ def _rpc_runner(
     )
 
 
-def remove_artifacts(built: list[Any]) -> None:
+def remove_artifacts(built: Sequence[Any]) -> None:
     """Delete the candidates' build folders (each ``.so`` has a temporary folder of its own)."""
     for result in built:
         if getattr(result, "artifact_path", None):

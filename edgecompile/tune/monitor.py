@@ -1,5 +1,10 @@
-"""The search as it runs: trials counted, the best time per task, the progress line, and the
-stops (time budget spent, a board that fails every candidate)."""
+"""The search as it runs: trials counted, the best time per task, the status line, and the
+stops (time budget spent, a board that fails every candidate).
+
+The search ends between rounds (:meth:`SearchMonitor.stop_reason_before_round`) and its
+builds stop at :meth:`SearchMonitor.search_deadline`: the time budget less what the
+re-measurement of the kernels the search improved will take, at the pace measured so far.
+"""
 
 from __future__ import annotations
 
@@ -7,38 +12,47 @@ import math
 import time
 from typing import Any
 
-from edgecompile.progress import Progress
 from edgecompile.records import mean_seconds
+from edgecompile.tune.budget import FINISH_SECONDS, Pace, TimeBudget
+from edgecompile.tune.building import was_skipped
 from edgecompile.tune.measure import FAILED_RUN
 from edgecompile.tune.tasks import TuningTask
+from edgecompile.tune.verdict import CONFIRM_CANDIDATES, remeasure_seconds
 
 #: A board that failed this many rounds in a row is gone: stop, keep the records.
 MAX_FAILED_ROUNDS = 2
 TIME_BUDGET_SPENT = "time budget spent"
-
-
-class StopTuning(Exception):
-    """Raised from the measure callback to end the search (time budget, board gone)."""
+INTERRUPTED = "interrupted"
 
 
 class SearchMonitor:
-    """Counts trials, tracks the best time per task, prints progress, enforces the budget."""
+    """Counts trials, tracks the best time per task, says when the search must stop, and
+    writes the status line."""
 
     def __init__(
         self,
         tasks: list[TuningTask],
         untuned: dict[str, float],
         trials: int,
-        budget_seconds: float | None,
-        progress: Progress,
+        budget: TimeBudget,
+        pace: Pace,
         where: str,
+        searched_best: dict[str, float] | None = None,
     ) -> None:
         self.tasks = tasks
-        self.best = {i: untuned.get(t.workload_hash) for i, t in enumerate(tasks)}
+        self.untuned = [untuned.get(t.workload_hash) for t in tasks]
+        self.best = list(self.untuned)
+        #: The best search record per task (earlier tunes' included): tasks whose best beats
+        #: the untuned schedule get re-measured after the search.
+        searched_best = searched_best or {}
+        self.searched = [searched_best.get(t.workload_hash) for t in tasks]
+        for i, seconds in enumerate(self.searched):
+            if seconds is not None and (self.best[i] is None or seconds < self.best[i]):
+                self.best[i] = seconds
+        self.rounds = [0] * len(tasks)
         self.planned = trials
-        self.deadline = None if budget_seconds is None else time.monotonic() + budget_seconds
-        self.budget_seconds = budget_seconds
-        self.progress = progress
+        self.budget = budget
+        self.pace = pace
         self.where = where
         self.started = time.monotonic()
         self.trials = 0
@@ -46,19 +60,95 @@ class SearchMonitor:
         self.first_error: dict[str, str] = {}
         self.failed_rounds = 0
         self.stop_reason: str | None = None
+        self.current: int | None = None
+        self.activity = "starting"
+        #: Tasks whose last round waits for its runs, oldest first.
+        self.measuring: list[int] = []
+        #: Ctrl-C arrived during the search (see :func:`~edgecompile.tune.search.run_search`).
+        self.interrupted = False
 
-    def estimated_ms(self) -> float | None:
-        known = [(t.weight, self.best[i]) for i, t in enumerate(self.tasks)]
-        if any(seconds is None for _, seconds in known):
+    # ---- the budget -------------------------------------------------------------------------
+
+    def remeasure_reserve(self) -> float:
+        """Seconds the re-measurement will need for the tasks the search has improved."""
+        contested = sum(
+            1
+            for untuned, searched in zip(self.untuned, self.searched, strict=True)
+            if searched is not None and (untuned is None or searched < untuned)
+        )
+        return contested * remeasure_seconds(self.pace, CONFIRM_CANDIDATES)
+
+    def interrupt(self) -> None:
+        """Ctrl-C: no further round or build; the rounds out for measurement are recorded."""
+        self.interrupted = True
+        self.stop_reason = INTERRUPTED
+        self.activity = "stopping after this round (Ctrl-C again to quit at once)"
+
+    def search_deadline(self) -> float | None:
+        """When the search's builds must stop (``time.monotonic()``), or None (no budget)."""
+        if self.interrupted:
+            return -math.inf
+        if self.budget.deadline is None:
             return None
-        return sum(w * s for w, s in known if s is not None) * 1e3
+        return self.budget.deadline - FINISH_SECONDS - self.remeasure_reserve()
+
+    def stop_reason_before_round(
+        self, candidates: int, measuring: int, setup: float = 0.0
+    ) -> str | None:
+        """Why the search must not start another round of ``candidates`` while ``measuring``
+        candidates of earlier rounds still wait for their runs (and, before the first round,
+        ``setup`` seconds of MetaSchedule's preparations); None: go on."""
+        if self.stop_reason is not None:
+            return self.stop_reason
+        deadline = self.search_deadline()
+        if deadline is None:
+            return None
+        # The round is worth starting if its search and a couple of its candidates fit: the
+        # builder stops the rest at the deadline.
+        needed = (
+            setup
+            + self.pace.search_seconds()
+            + min(candidates, 2) * self.pace.candidate_seconds()
+            + measuring * self.pace.run_seconds()
+        )
+        if time.monotonic() + needed > deadline:
+            self.stop_reason = TIME_BUDGET_SPENT
+        return self.stop_reason
+
+    # ---- the rounds -------------------------------------------------------------------------
+
+    def shares(self) -> list[float]:
+        """Each task's share of the model's time: calls × its best time so far (a task never
+        measured counts as much as the largest, so it is not left out)."""
+        known = [t.weight * b for t, b in zip(self.tasks, self.best, strict=True) if b is not None]
+        largest = max(known, default=1.0)
+        return [
+            largest if b is None else t.weight * b
+            for t, b in zip(self.tasks, self.best, strict=True)
+        ]
+
+    def starting(self, task_id: int) -> None:
+        self.current = task_id
+        self.rounds[task_id] += 1
+        self.measuring.append(task_id)
+        self.activity = "searching"
+
+    def measured(self, task_id: int) -> None:
+        if task_id in self.measuring:
+            self.measuring.remove(task_id)
+
+    def building(self, built: int, total: int) -> None:
+        self.activity = f"building {built + 1}/{total}"
 
     def record_round(
         self, task_id: int, builder_results: list[Any], runner_results: list[Any]
     ) -> None:
+        """A round was measured (skipped candidates left out by the caller)."""
         self.trials += len(runner_results)
         succeeded = 0
         for built, ran in zip(builder_results, runner_results, strict=False):
+            if was_skipped(built):
+                continue
             if built.error_msg:
                 self._failure("build", built.error_msg)
             elif ran.error_msg:
@@ -67,47 +157,84 @@ class SearchMonitor:
                 seconds = mean_seconds(ran.run_secs)
                 if seconds is not None and seconds < FAILED_RUN:
                     succeeded += 1
-                    previous = self.best.get(task_id)
-                    self.best[task_id] = seconds if previous is None else min(previous, seconds)
+                    self._improve(task_id, seconds)
         ran_any = any(not b.error_msg for b in builder_results)
         self.failed_rounds = self.failed_rounds + 1 if ran_any and not succeeded else 0
-        self._report(task_id)
-        if self.failed_rounds >= MAX_FAILED_ROUNDS:
+        if self.current == task_id and not self.interrupted:
+            self.activity = "measured"
+        if self.failed_rounds >= MAX_FAILED_ROUNDS and self.stop_reason is None:
             self.stop_reason = (
                 f"every candidate failed on {self.where} for {self.failed_rounds} rounds: "
                 f"{self.first_error.get('run', 'unknown error')}"
             )
-            raise StopTuning(self.stop_reason)
-        if self.deadline is not None and time.monotonic() >= self.deadline:
-            self.stop_reason = TIME_BUDGET_SPENT
-            raise StopTuning(self.stop_reason)
+
+    def _improve(self, task_id: int, seconds: float) -> None:
+        previous = self.searched[task_id]
+        self.searched[task_id] = seconds if previous is None else min(previous, seconds)
+        best = self.best[task_id]
+        self.best[task_id] = seconds if best is None else min(best, seconds)
 
     def _failure(self, kind: str, message: str) -> None:
         self.failures[kind] += 1
         lines = [line.strip() for line in str(message).splitlines() if line.strip()]
         self.first_error.setdefault(kind, lines[-1] if lines else "unknown error")
 
-    def _report(self, task_id: int) -> None:
-        elapsed = time.monotonic() - self.started
-        estimate = self.estimated_ms()
-        if self.deadline is not None:
-            left = max(0.0, self.deadline - time.monotonic())
+    # ---- the status line --------------------------------------------------------------------
+
+    def estimated_ms(self) -> float | None:
+        if any(seconds is None for seconds in self.best):
+            return None
+        return sum(t.weight * s for t, s in zip(self.tasks, self.best, strict=True) if s) * 1e3
+
+    def status(self) -> str:
+        """``12/- trials · task 3/26 conv2d…: building 2/8, best 0.123 ms · est. 4.56 ms ·
+        0:41 elapsed, ~0:19 left``."""
+        elapsed = self.budget.elapsed()
+        if self.budget.deadline is not None:
+            left = max(0.0, self.budget.left())
         elif self.trials:
-            left = elapsed / self.trials * max(0, self.planned - self.trials)
+            searching = time.monotonic() - self.started
+            left = searching / self.trials * max(0, self.planned - self.trials)
         else:
             left = math.nan
-        best = self.best.get(task_id)
-        self.progress.update(
-            f"{self.trials}/{self.planned if self.deadline is None else '-'} trials · "
-            f"task {task_id + 1}/{len(self.tasks)} {self.tasks[task_id].name} best "
-            f"{'-' if best is None else f'{best * 1e3:.3f} ms'} · est. "
-            f"{'-' if estimate is None else f'{estimate:.2f} ms'} · {_clock(elapsed)} elapsed, "
-            f"~{_clock(left)} left"
+        if self.current is None:
+            task = "starting"
+        else:
+            best = self.best[self.current]
+            task = (
+                f"task {self.current + 1}/{len(self.tasks)} {self.tasks[self.current].name}: "
+                f"{self.activity}, best {'-' if best is None else f'{best * 1e3:.3f} ms'}"
+            )
+        estimate = self.estimated_ms()
+        planned = "-" if self.budget.deadline is not None else self.planned
+        return (
+            f"{self.trials}/{planned} trials · {task} · est. "
+            f"{'-' if estimate is None else f'{estimate:.2f} ms'} · {clock(elapsed)} elapsed, "
+            f"~{clock(left)} left"
         )
 
 
-def _clock(seconds: float) -> str:
-    if math.isnan(seconds):
+def clock(seconds: float) -> str:
+    """``m:ss``; ``?`` for an unknown time."""
+    if math.isnan(seconds) or math.isinf(seconds):
         return "?"
     minutes, secs = divmod(int(seconds), 60)
     return f"{minutes}:{secs:02d}"
+
+
+class TuneStatus:
+    """The status line of a whole tune, for the heartbeat: the search's while it runs, else the
+    current stage with the time spent and left."""
+
+    def __init__(self, budget: TimeBudget) -> None:
+        self.budget = budget
+        self.stage = "starting"
+        self.search: SearchMonitor | None = None
+
+    def __call__(self) -> str:
+        if self.search is not None:
+            return self.search.status()
+        left = self.budget.left()
+        return f"{self.stage}: {clock(self.budget.elapsed())} elapsed" + (
+            "" if math.isinf(left) else f", ~{clock(max(0.0, left))} left"
+        )

@@ -1,27 +1,32 @@
 """:func:`tune` itself: the model prepared as ``build`` prepares it, then each tuning stage in
-turn, all its records written through one store writer."""
+turn, all its records written through one store writer, all within the time budget."""
 
 from __future__ import annotations
 
-import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
+from edgecompile._atomic import scratch_directory
 from edgecompile.device.access import BoardAccess
 from edgecompile.progress import SILENT, Progress
 from edgecompile.records import store_for
 from edgecompile.targets import BoardPreset, resolve_target
 from edgecompile.tune.baseline import measure_untuned
-from edgecompile.tune.budget import read_budget, trials_to_run
+from edgecompile.tune.budget import FINISH_SECONDS, TimeBudget, read_budget, trials_to_run
+from edgecompile.tune.heartbeat import heartbeat
 from edgecompile.tune.measure import choose_transport, measurement
-from edgecompile.tune.monitor import SearchMonitor
+from edgecompile.tune.monitor import SearchMonitor, TuneStatus
 from edgecompile.tune.results import TuneResult, task_outcomes
 from edgecompile.tune.search import run_search
-from edgecompile.tune.tasks import count_searched_records, extract_tasks
+from edgecompile.tune.tasks import best_search_seconds, count_searched_records, extract_tasks
 from edgecompile.tune.verdict import confirm_choices
 
 #: Progress stages: prepare_model's two, then extract, untuned, search, re-measure.
 TUNE_STAGES = 6
+#: The tune's scratch folder in $TMPDIR (the model's files, every candidate's build), removed
+#: however the tune ends.
+SCRATCH_PREFIX = "edgecompile-tune-"
 
 
 def tune(
@@ -41,13 +46,17 @@ def tune(
     cc: str | None = None,
     schedules_dir: str | Path | None = None,
     progress: Progress = SILENT,
+    started: float | None = None,
 ) -> TuneResult:
     """Tune ``model``'s kernels for ``target``, adding to the target's records (resumable).
 
     ``trials`` is the total number of search candidates this model's kernels should have in the
-    records: a rerun after an interruption (even ``kill -9``) measures only the rest. With only
-    ``time_budget``, the search runs until the time is spent. ``schedules_dir``: user schedules
-    (as ``build --schedules``), part of the untuned baseline every kernel is measured as.
+    records: a rerun after an interruption (even ``kill -9``) measures only the rest. With
+    ``time_budget``, the whole tune ends within it: the search stops (between candidates) in
+    time for the re-measurement of what it found. It counts from ``started`` (a
+    ``time.monotonic()`` value: the CLI passes its process's start), else from the call.
+    ``schedules_dir``: user schedules (as ``build --schedules``), part of the untuned baseline
+    every kernel is measured as.
 
     Host targets are measured here; a board target on the board ``access`` reaches (one of
     its ``device``: an SSH tunnel to an RPC server on the board's loopback port
@@ -59,9 +68,8 @@ def tune(
     from edgecompile.schedules.user import load_user_schedules
     from edgecompile.toolchain import toolchain_for
 
-    started = time.monotonic()
+    budget = TimeBudget(read_budget(trials, time_budget), started)
     preset = target if isinstance(target, BoardPreset) else resolve_target(target)
-    budget_seconds = read_budget(trials, time_budget)
     access = access or BoardAccess()
     transport = choose_transport(preset, access)
     user_rules = [] if schedules_dir is None else load_user_schedules(schedules_dir).rules
@@ -70,43 +78,65 @@ def tune(
     thread_count = threads if threads is not None else preset.threads
     tvm_target = preset.tvm_target()
     size = parse_input_size(input_size)
+    status = TuneStatus(budget)
 
-    with tempfile.TemporaryDirectory(prefix="edgecompile-tune-") as scratch:
+    with (
+        scratch_directory(SCRATCH_PREFIX) as scratch,
+        store.writer() as database,
+        # Opened before the model is exported: a board that cannot be reached fails the tune
+        # at once, and the workers start (importing TVM) while the export runs.
+        measurement(
+            preset,
+            toolchain,
+            transport,
+            thread_count,
+            tvm_target,
+            database,
+            access=access,
+            remote_port=remote_port,
+            scratch=str(scratch),
+        ) as measuring,
+        # From here on the status line moves every few seconds, whatever runs.
+        heartbeat(progress, status),
+    ):
+        status.stage = "prepare the model"
         relax_model, _, _ = prepare_model(
-            model, Path(scratch), batch=batch, input_size=size, weights=weights, seed=seed,
+            model, scratch, batch=batch, input_size=size, weights=weights, seed=seed,
             progress=progress,
         )  # fmt: skip
-        with progress.stage("extract tuning tasks"):
+        status.stage = "extract tuning tasks"
+        with progress.stage(status.stage):
             tasks = extract_tasks(relax_model.module, tvm_target)
-        with (
-            store.writer() as database,
-            measurement(
-                preset,
-                toolchain,
-                transport,
-                thread_count,
-                tvm_target,
-                database,
-                access=access,
-                remote_port=remote_port,
-            ) as measuring,
-        ):
-            where = measuring.where
-            store.add_kernel_names({task.workload_hash: task.name for task in tasks})
-            with progress.stage(f"measure the untuned kernels on {where}"):
-                untuned = measure_untuned(tasks, store, measuring.search, user_rules)
-            searched_before = count_searched_records(store, tasks)
-            remaining = trials_to_run(trials, budget_seconds, searched_before, len(tasks))
-            monitor = SearchMonitor(tasks, untuned, remaining, budget_seconds, progress, where)
-            counted = trials is not None or budget_seconds is None
-            label = f"search: {remaining} trials" if counted else "search"
-            with progress.stage(label + (f" on {where}" if remaining else " (already done)")):
+        where, gate = measuring.where, measuring.gate
+        # Every build (baselines, search, re-measurement) ends in time for the results.
+        gate.deadline = partial(budget.until, FINISH_SECONDS)
+        store.add_kernel_names({task.workload_hash: task.name for task in tasks})
+        status.stage = f"measure the untuned kernels on {where}"
+        with progress.stage(status.stage):
+            untuned = measure_untuned(tasks, store, measuring.measurer, user_rules)
+        searched_before = count_searched_records(store, tasks)
+        remaining = trials_to_run(trials, budget.seconds, searched_before, len(tasks))
+        monitor = SearchMonitor(
+            tasks, untuned, remaining, budget, measuring.pace, where,
+            searched_best=best_search_seconds(store, tasks),
+        )  # fmt: skip
+        counted = trials is not None or budget.seconds is None
+        label = f"search: {remaining} trials" if counted else "search"
+        status.stage = label + (f" on {where}" if remaining else " (already done)")
+        with progress.stage(status.stage):
+            gate.deadline, gate.on_build = monitor.search_deadline, monitor.building
+            status.search = monitor
+            try:
                 stopped = run_search(
-                    tasks, measuring.search, remaining, monitor, scratch,
-                    local=transport == "local",
+                    tasks, measuring.measurer, remaining, monitor, str(scratch),
+                    local=transport == "local", budget=budget,
                 )  # fmt: skip
-            with progress.stage(f"re-measure the search's best against untuned on {where}"):
-                confirm_choices(tasks, store, measuring.confirm, progress)
+            finally:
+                status.search, gate.on_build = None, None
+                gate.deadline = partial(budget.until, FINISH_SECONDS)
+        status.stage = f"re-measure the search's best against untuned on {where}"
+        with progress.stage(status.stage):
+            undecided = confirm_choices(tasks, store, measuring.measurer, progress, budget)
         outcomes = task_outcomes(store, tasks, untuned)
     return TuneResult(
         model=relax_model.name,
@@ -117,7 +147,20 @@ def tune(
         tasks=outcomes,
         trials_run=monitor.trials,
         trials_before=searched_before,
-        seconds=time.monotonic() - started,
+        seconds=budget.elapsed(),
         stopped=stopped,
         failures={k: v for k, v in monitor.failures.items() if v},
+        undecided=undecided,
     )
+
+
+def process_started() -> float:
+    """When this process started, as a ``time.monotonic()`` value (for ``tune(started=...)``:
+    a command's time budget includes its own start-up)."""
+    import psutil
+
+    try:
+        age = time.time() - psutil.Process().create_time()
+    except (psutil.Error, OSError):
+        age = 0.0
+    return time.monotonic() - max(0.0, age)

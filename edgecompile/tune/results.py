@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edgecompile.records import SEARCHED, UNTUNED, RecordStore, record_schedule
+from edgecompile.records import UNTUNED, RecordStore, record_schedule
 from edgecompile.tune.tasks import TuningTask, milliseconds, timed_records
 
 
@@ -22,9 +22,17 @@ class TaskOutcome:
     best_ms: float | None
     schedule: str
     records: int
-    #: What a build uses (``tuned`` / ``untuned``, re-measured) and the time it re-measured.
+    #: What a build uses (``tuned`` / ``untuned``: the workload's
+    #: :class:`~edgecompile.records.Decision`, as ``records show`` and ``build`` read it) and
+    #: its time (re-measured, unless ``pending``).
     uses: str = UNTUNED
     uses_ms: float | None = None
+    #: Search records no re-measurement has judged yet (a rerun of the tune does).
+    pending: bool = False
+
+    @property
+    def uses_label(self) -> str:
+        return f"{self.uses} (not re-measured)" if self.pending else self.uses
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -45,6 +53,8 @@ class TuneResult:
     seconds: float
     stopped: str
     failures: dict[str, int] = field(default_factory=dict)
+    #: Kernels the search improved that the time budget left no time to re-measure.
+    undecided: int = 0
 
     @property
     def estimated_ms(self) -> float | None:
@@ -70,6 +80,7 @@ class TuneResult:
             "estimated_ms": self.estimated_ms,
             "untuned_estimated_ms": self.untuned_estimated_ms,
             "failures": self.failures,
+            "undecided": self.undecided,
             "tasks": [task.to_dict() for task in self.tasks],
         }
 
@@ -87,7 +98,7 @@ def task_outcomes(
     """Each task's records as they stand, and what a build applies for it."""
     bodies = store.records_by_workload()
     baselines = store.baselines()
-    choices = store.choices()
+    decisions = store.decisions()
     outcomes = []
     for task in tasks:
         task_records = bodies.get(task.workload_hash, [])
@@ -95,15 +106,12 @@ def task_outcomes(
             timed_records(task_records), key=lambda pair: pair[0], default=(None, None)
         )
         untuned_ms = milliseconds(untuned.get(task.workload_hash))
-        choice = choices.get(task.workload_hash)
-        if choice is None:  # no search records (or no baseline): the build takes the best record
-            uses = (
-                UNTUNED if best is None or record_schedule(best, baselines) != SEARCHED else "tuned"
-            )
-            uses_ms = milliseconds(best_seconds)
+        decision = decisions.get(task.workload_hash)
+        if decision is None:  # no records at all: the build compiles it untuned
+            uses, uses_ms, pending = UNTUNED, untuned_ms, False
         else:
-            uses = choice.uses
-            uses_ms = choice.tuned_ms if choice.uses_tuned else (choice.untuned_ms or untuned_ms)
+            uses, pending = decision.uses, decision.pending
+            uses_ms = decision.tuned_ms if decision.record else decision.untuned_ms or untuned_ms
         outcomes.append(
             TaskOutcome(
                 name=task.name,
@@ -114,6 +122,7 @@ def task_outcomes(
                 records=len(task_records),
                 uses=uses,
                 uses_ms=uses_ms,
+                pending=pending,
             )
         )
     return outcomes

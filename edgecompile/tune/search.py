@@ -1,16 +1,29 @@
-"""MetaSchedule's search: its task scheduler and evolutionary search (xgboost cost model) over
-the tasks, seeded from the records, each round reported to the :class:`SearchMonitor`."""
+"""MetaSchedule's search: its evolutionary search (xgboost cost model) over the tasks, seeded
+from the records, in rounds our :mod:`~edgecompile.tune.scheduler` orders and ends, each
+round's records committed and reported to the :class:`SearchMonitor`."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
+import threading
+from collections.abc import Callable, Iterator
+from types import FrameType
 from typing import Any
 
+from edgecompile._interrupts import keep_interrupts_through_ffi, raise_if_interrupt
 from edgecompile.errors import EdgecompileError, last_line
-from edgecompile.tune.budget import plan_search
+from edgecompile.tune.budget import TimeBudget, plan_search
+from edgecompile.tune.building import was_skipped
 from edgecompile.tune.measure import Measurer, remove_artifacts
 from edgecompile.tune.monitor import TIME_BUDGET_SPENT, SearchMonitor
+from edgecompile.tune.scheduler import budget_scheduler
 from edgecompile.tune.tasks import TuningTask
+
+#: MetaSchedule's preparation per task before the first round (design spaces, search state):
+#: 3 s for squeezenet1_1's 27 kernels here.
+SETUP_SECONDS_PER_TASK = 0.1
 
 
 def run_search(
@@ -21,16 +34,102 @@ def run_search(
     scratch: str,
     *,
     local: bool,
+    budget: TimeBudget,
 ) -> str:
-    """MetaSchedule's task scheduler over ``tasks`` for ``trials`` candidates; why it stopped."""
-    from tvm.ir.utils import derived_object
+    """The evolutionary search over ``tasks`` for ``trials`` candidates, or until the budget's
+    time for it is spent; why it stopped."""
     from tvm.s_tir import meta_schedule as ms
 
     if trials <= 0:
         return "no search trials left to run"
+    plan = plan_search(trials, len(tasks), budget, measurer.pace)
+    # MetaSchedule first builds every task's search space and cost model: not worth it for
+    # less time than that and a round take.
+    if monitor.stop_reason_before_round(plan.per_round, 0, SETUP_SECONDS_PER_TASK * len(tasks)):
+        return str(monitor.stop_reason)
+    # MetaSchedule searches the next task while the last one's candidates are measured: with
+    # local measurements the search keeps to one core, so the measuring one is left alone.
+    search_threads = 1 if local else os.cpu_count() or 1
+    keep_interrupts_through_ffi()
+    try:
+        with _deferred_interrupt(monitor) as raise_interrupt:
+            ms.tune.tune_tasks(
+                tasks=_tune_contexts(tasks, plan.population, search_threads),
+                task_weights=[float(task.weight) for task in tasks],
+                work_dir=scratch,
+                max_trials_global=trials,
+                max_trials_per_task=plan.per_task,
+                num_trials_per_iter=plan.per_round,
+                builder=measurer.builder,
+                runner=measurer.runner,
+                database=measurer.database,
+                measure_callbacks=[_recorder(monitor)],
+                task_scheduler=budget_scheduler(monitor, plan.per_round),
+            )
+    except Exception as error:  # TVM's FFI wraps whatever a callback raised
+        raise_if_interrupt(error)  # Ctrl-C, however the FFI wrapped it, is no failure
+        raise EdgecompileError(
+            f"tuning failed: {last_line(error)}",
+            "the records measured so far are kept; run the same command to continue",
+        ) from None
+    if monitor.interrupted:
+        raise_interrupt()  # now that MetaSchedule has recorded the rounds it had out
+    if monitor.stop_reason is None:
+        return "trials done"
+    if monitor.stop_reason != TIME_BUDGET_SPENT:
+        raise EdgecompileError(
+            f"tuning stopped: {monitor.stop_reason}",
+            "the records measured so far are kept; fix the board, then rerun to continue",
+        )
+    return monitor.stop_reason
+
+
+@contextlib.contextmanager
+def _deferred_interrupt(monitor: SearchMonitor) -> Iterator[Callable[[], None]]:
+    """Within the block, Ctrl-C stops the search at its next round instead of raising at once;
+    yields what raises it afterwards (the handler in place before, which the CLI uses to
+    remember the signal for its exit code).
+
+    Why: during the search, Python code of ours and xgboost's runs inside MetaSchedule's C++
+    (its cost model is called from a parallel loop): a KeyboardInterrupt raised there ends in
+    ``std::terminate`` -- a segfault, not exit 130. A second Ctrl-C raises at once.
+    """
+    previous = signal.getsignal(signal.SIGINT)
+
+    def raise_interrupt() -> None:
+        if callable(previous):
+            previous(signal.SIGINT, None)
+        raise KeyboardInterrupt
+
+    main = threading.current_thread() is threading.main_thread()
+    if not main or not callable(previous):  # SIG_IGN, SIG_DFL: as they were
+        yield raise_interrupt
+        return
+
+    def note(signum: int, frame: FrameType | None) -> None:
+        if monitor.interrupted:
+            previous(signum, frame)  # the second Ctrl-C: the user insists
+            raise KeyboardInterrupt
+        monitor.interrupt()
+
+    signal.signal(signal.SIGINT, note)
+    try:
+        yield raise_interrupt
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _recorder(monitor: SearchMonitor) -> Any:
+    """The measure callback: each measured round's candidates (not those the deadline skipped)
+    committed to the database and fed to the cost model (MetaSchedule's default callbacks),
+    counted by the monitor; then every build folder of the round deleted."""
+    from tvm.ir.utils import derived_object
+    from tvm.s_tir import meta_schedule as ms
+
+    defaults = ms.measure_callback.MeasureCallback.create("default")
 
     @derived_object
-    class MonitorCallback(ms.measure_callback.PyMeasureCallback):
+    class RecordRound(ms.measure_callback.PyMeasureCallback):
         def apply(
             self,
             task_scheduler: Any,
@@ -39,43 +138,63 @@ def run_search(
             builder_results: Any,
             runner_results: Any,
         ) -> None:
+            built = list(builder_results)
             try:
-                monitor.record_round(task_id, list(builder_results), list(runner_results))
+                kept = [
+                    i
+                    for i, result in enumerate(built)
+                    if not was_skipped(result)
+                    # after Ctrl-C (which kills the workers too) only what really ran
+                    and not (monitor.interrupted and _failed(result, runner_results[i]))
+                ]
+                candidates = [measure_candidates[i] for i in kept]
+                builds = [built[i] for i in kept]
+                runs = [runner_results[i] for i in kept]
+                if kept:
+                    for callback in defaults:
+                        callback.apply(task_scheduler, task_id, candidates, builds, runs)
+                monitor.record_round(task_id, builds, runs)
             finally:
-                remove_artifacts(list(builder_results))
+                monitor.measured(task_id)
+                remove_artifacts(built)
 
-    plan = plan_search(trials, len(tasks))
-    # MetaSchedule searches the next task while the last one's candidates are measured: with
-    # local measurements the search keeps to one core, so the measuring one is left alone.
-    search_threads = 1 if local else os.cpu_count() or 1
-    contexts = _tune_contexts(tasks, plan.population, search_threads)
-    callbacks = [*ms.measure_callback.MeasureCallback.create("default"), MonitorCallback()]
-    try:
-        ms.tune.tune_tasks(
-            tasks=contexts,
-            task_weights=[float(task.weight) for task in tasks],
-            work_dir=scratch,
-            max_trials_global=trials,
-            max_trials_per_task=plan.per_task,
-            num_trials_per_iter=plan.per_round,
-            builder=measurer.builder,
-            runner=measurer.runner,
-            database=measurer.database,
-            measure_callbacks=callbacks,
-        )
-    except Exception as error:  # our stop arrives wrapped by TVM's FFI; anything else is real
-        if monitor.stop_reason is None:
-            raise EdgecompileError(
-                f"tuning failed: {last_line(error)}",
-                "the records measured so far are kept; run the same command to continue",
-            ) from None
-        if monitor.stop_reason != TIME_BUDGET_SPENT:
-            raise EdgecompileError(
-                f"tuning stopped: {monitor.stop_reason}",
-                "the records measured so far are kept; fix the board, then rerun to continue",
-            ) from None
-        return monitor.stop_reason
-    return "trials done"
+    return RecordRound()
+
+
+def cpu_intrinsics_only(target: Any) -> None:
+    """Register the tensor intrinsics of ``target``'s CPU (x86 or Arm) without the rest of
+    ``tvm.s_tir.tensor_intrin``, which every MetaSchedule ``TuneContext`` imports.
+
+    Trap (TVM 0.27): that package parses every GPU intrinsic's TVMScript on import, each parse
+    walking the whole Python stack (``inspect.stack``): 107 s here before the first search
+    round, 175 s with torch loaded -- a 1-minute budget spent before the search began. A CPU's
+    search space refers only to its own intrinsics (x86: 0.6 s, Arm: 4 s). The package is
+    entered in ``sys.modules`` without running its ``__init__``; its other submodules still
+    import on demand.
+    """
+    import importlib
+    import importlib.util
+    import sys
+
+    name = "tvm.s_tir.tensor_intrin"
+    if name not in sys.modules:
+        spec = importlib.util.find_spec(name)
+        if spec is None or spec.loader is None:
+            return
+        sys.modules[name] = importlib.util.module_from_spec(spec)
+    triple = str(target.attrs.get("mtriple", "")) if target.kind.name == "llvm" else ""
+    if triple.startswith(("x86", "i386", "i686")):
+        cpus = ["x86"]
+    elif triple.startswith(("aarch64", "arm")):
+        cpus = ["arm_cpu"]
+    else:
+        cpus = ["x86", "arm_cpu"]
+    for cpu in cpus:
+        importlib.import_module(f"{name}.{cpu}")
+
+
+def _failed(built: Any, ran: Any) -> bool:
+    return bool(built.error_msg or ran.error_msg or not ran.run_secs)
 
 
 def _tune_contexts(tasks: list[TuningTask], population: int, search_threads: int) -> list[Any]:
@@ -83,7 +202,7 @@ def _tune_contexts(tasks: list[TuningTask], population: int, search_threads: int
 
     MetaSchedule's own helper configures per-task loggers through ``logging.config`` that print
     every round and a task table to stdout, and breaks on a second call in one process when the
-    logger has picked up an unnamed handler. Our progress line replaces those logs.
+    logger has picked up an unnamed handler. Our status line replaces those logs.
     """
     import logging
 
@@ -92,6 +211,7 @@ def _tune_contexts(tasks: list[TuningTask], population: int, search_threads: int
 
     logger = logging.getLogger("edgecompile.tune.metaschedule")
     logger.setLevel(logging.WARNING)
+    cpu_intrinsics_only(tasks[0].extracted.target)
     return [
         ms.TuneContext(
             mod=task.extracted.dispatched[0],

@@ -65,6 +65,22 @@ def count_searched_records(store: RecordStore, tasks: list[TuningTask]) -> int:
     )
 
 
+def best_search_seconds(store: RecordStore, tasks: list[TuningTask]) -> dict[str, float]:
+    """Per task's workload, the best search record's time (earlier tunes' records)."""
+    bodies = store.records_by_workload()
+    baselines = store.baselines()
+    best: dict[str, float] = {}
+    for task in tasks:
+        times = [
+            seconds
+            for seconds, body in timed_records(bodies.get(task.workload_hash, []))
+            if record_schedule(body, baselines) == SEARCHED
+        ]
+        if times:
+            best[task.workload_hash] = min(times)
+    return best
+
+
 def timed_records(bodies: list[Any]) -> list[tuple[float, Any]]:
     """Each record body with its measured mean time in seconds; records with none left out."""
     return [(seconds, body) for body in bodies if (seconds := mean_seconds(body[1])) is not None]

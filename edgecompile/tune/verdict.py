@@ -14,29 +14,45 @@ from typing import Any
 
 from edgecompile.progress import Progress
 from edgecompile.records import UNTUNED, Choice, RecordStore, trace_digest
+from edgecompile.tune.budget import FINISH_SECONDS, Pace, TimeBudget
 from edgecompile.tune.measure import FAILED_RUN, Measurer
 from edgecompile.tune.tasks import TuningTask, milliseconds, timed_records
 
 #: The re-measurement: the search's best few records per kernel against the untuned schedule,
-#: in interleaved rounds (load that comes and goes hits both), each round a few timings
-#: (:data:`~edgecompile.tune.measure.CONFIRM_REPEATS`).
+#: in interleaved rounds (load that comes and goes hits all), one timing each per round --
+#: the search's own runner, so no second worker process starts.
 CONFIRM_CANDIDATES = 2
-CONFIRM_ROUNDS = 3
+CONFIRM_ROUNDS = 9
 #: A search record replaces the untuned schedule only when this much faster (noise is ~1-2%).
 CONFIRM_MARGIN = 0.03
 
 
+def remeasure_seconds(pace: Pace, contenders: int) -> float:
+    """How long re-measuring one kernel takes: the untuned schedule and ``contenders`` search
+    records, each built once and timed in every round."""
+    return pace.remeasure_seconds(1 + contenders, CONFIRM_ROUNDS)
+
+
 def confirm_choices(
-    tasks: list[TuningTask], store: RecordStore, measurer: Measurer, progress: Progress
-) -> None:
+    tasks: list[TuningTask],
+    store: RecordStore,
+    measurer: Measurer,
+    progress: Progress,
+    budget: TimeBudget | None = None,
+) -> int:
     """Per task, decide what a build uses: the search's best records re-measured against the
     untuned schedule (interleaved rounds, median), committed to the store's choices one task at
     a time (an interrupted tune keeps the verdicts it reached). A task decided before, whose
-    records have not changed since, is not measured again."""
+    records have not changed since, is not measured again.
+
+    With a time ``budget``, the heaviest kernels (calls × untuned time) go first and a kernel
+    whose re-measurement would not end in time is left undecided: how many, returned (a rerun
+    decides them)."""
     bodies_of = store.records_by_workload()
     baselines = store.baselines()
     decided = store.choices()
-    for number, task in enumerate(tasks, 1):
+    pending = []
+    for task in tasks:
         bodies = bodies_of.get(task.workload_hash, [])
         previous = decided.get(task.workload_hash)
         if previous is not None and previous.records == len(bodies):
@@ -47,19 +63,32 @@ def confirm_choices(
             ((t, b) for t, b in timed if trace_digest(b) not in baselines), key=lambda p: p[0]
         )
         if not untuned or not searched:
-            continue  # nothing to compare: the build takes the best record, as MetaSchedule does
+            continue  # nothing to compare: see RecordStore.decisions
         untuned_seconds, untuned_body = min(untuned, key=lambda pair: pair[0])
         contenders = [b for t, b in searched[:CONFIRM_CANDIDATES] if t < untuned_seconds]
+        pending.append((task, untuned_seconds, untuned_body, contenders, len(bodies)))
+    pending.sort(key=lambda entry: -entry[0].weight * entry[1])
+    undecided = 0
+    for number, (task, untuned_seconds, untuned_body, contenders, records) in enumerate(pending, 1):
         if not contenders:
-            choice = Choice(UNTUNED, milliseconds(untuned_seconds), None, len(bodies))
+            choice = Choice(UNTUNED, milliseconds(untuned_seconds), None, records)
         else:
+            if budget is not None and budget.left(FINISH_SECONDS) < remeasure_seconds(
+                measurer.pace, len(contenders)
+            ):
+                undecided += 1
+                continue
             progress.update(
-                f"re-measure {number}/{len(tasks)} {task.name}: untuned vs "
+                f"re-measure {number}/{len(pending)} {task.name}: untuned vs "
                 f"{len(contenders)} search record(s), {CONFIRM_ROUNDS} rounds"
             )
             medians = remeasure(task, [untuned_body, *contenders], measurer)
-            choice = choice_from_medians(medians, [untuned_body, *contenders], len(bodies))
+            if medians is None:  # the deadline stopped its builds
+                undecided += 1
+                continue
+            choice = choice_from_medians(medians, [untuned_body, *contenders], records)
         store.add_choices({task.workload_hash: choice})
+    return undecided
 
 
 def choice_from_medians(medians: list[float | None], bodies: list[Any], records: int) -> Choice:
@@ -72,8 +101,9 @@ def choice_from_medians(medians: list[float | None], bodies: list[Any], records:
     return Choice(UNTUNED, milliseconds(untuned), milliseconds(best), records)
 
 
-def remeasure(task: TuningTask, bodies: list[Any], measurer: Measurer) -> list[float | None]:
-    """Median time of each record's schedule over interleaved rounds (None: failed now)."""
+def remeasure(task: TuningTask, bodies: list[Any], measurer: Measurer) -> list[float | None] | None:
+    """Median time of each record's schedule over interleaved rounds (None: failed now); None
+    if the deadline stopped any of their builds."""
     from tvm.s_tir import meta_schedule as ms
 
     workload = measurer.database.commit_workload(task.module)
@@ -86,6 +116,8 @@ def remeasure(task: TuningTask, bodies: list[Any], measurer: Measurer) -> list[f
     )
     medians: list[float | None] = []
     for runs in measured:
+        if runs is None:
+            return None
         samples = [
             float(v)
             for run in runs
