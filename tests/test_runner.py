@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from collections.abc import Callable
@@ -124,7 +125,24 @@ def copy_artifact(artifact: Artifact, destination: Path) -> Path:
 def test_library_that_is_not_elf_is_an_error(tiny: Artifact, tmp_path: Path) -> None:
     folder = copy_artifact(tiny, tmp_path)
     (folder / tiny.manifest.library).write_bytes(b"\0" * 64)
+    # the manifest agrees (sha256): what is refused is the file's kind, not a mismatch
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["library_sha256"] = hashlib.sha256(b"\0" * 64).hexdigest()
+    (folder / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(EdgecompileError, match="not an ELF"):
+        run(folder)
+
+
+def test_library_that_differs_from_its_manifest_is_not_loaded(
+    tiny: Artifact, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import edgecompile.runner
+
+    folder = copy_artifact(tiny, tmp_path)
+    with open(folder / tiny.manifest.library, "ab") as library:
+        library.write(b"\0")
+    monkeypatch.setattr(edgecompile.runner, "run_library", None)  # never reached
+    with pytest.raises(EdgecompileError, match="does not match its manifest"):
         run(folder)
 
 

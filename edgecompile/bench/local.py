@@ -7,9 +7,11 @@ reference before any time of it is reported (a fast wrong answer is not a result
 
 from __future__ import annotations
 
+import contextlib
 import re
+import shutil
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,6 +22,7 @@ from edgecompile.bench.history import History, history_entry, host_cpu_name, rec
 from edgecompile.bench.timing import EngineTiming, check_counts
 from edgecompile.bench.workers import PinnedWorker, measure_in_subprocess
 from edgecompile.errors import EdgecompileError
+from edgecompile.runner import check_library
 
 
 @dataclass(frozen=True)
@@ -74,12 +77,15 @@ def resolve_host_artifact(
     file: no tuning records, so its numbers are the untuned ones whatever the cache holds.
 
     Without ``output_dir`` the build goes to a temporary folder that lives for the process:
-    benchmarking should not leave build/ entries behind unless asked to.
+    benchmarking should not leave build/ entries behind unless asked to
+    (:func:`host_artifact` removes it when done). A given artifact's library is checked
+    against its manifest's sha256 before anything loads it.
     """
     from edgecompile.targets import host_arch, resolve_target
 
     if _is_artifact(source):
         artifact = load_artifact(source)
+        check_library(artifact)
     else:
         preset = resolve_target(target)
         if not preset.is_host:
@@ -110,6 +116,112 @@ def resolve_host_artifact(
 
 
 _SEEDED = re.compile(r"seeded random weights \(seed (\d+)\)")
+
+#: Where ``edgecompile build`` writes by default, so where a matching build may already be.
+BUILD_DIR = Path("build")
+
+
+@contextlib.contextmanager
+def host_artifact(
+    source: str,
+    *,
+    target: str = "host",
+    input_size: str | None = None,
+    seed: int = 0,
+    output_dir: str | Path | None = None,
+    notes: list[str] | None = None,
+    build_dir: Path = BUILD_DIR,
+) -> Iterator[Artifact]:
+    """:func:`resolve_host_artifact` for the length of a ``with`` block.
+
+    Without ``output_dir``, a model already built in ``build_dir`` exactly as a bench would
+    build it (:func:`existing_build`) is used as it is, with a note; otherwise the model is
+    built in a temporary folder that is removed when the block ends, however it ends (an
+    error, Ctrl-C): a bench leaves no build behind unless asked to with ``output_dir``.
+    """
+    if _is_artifact(source) or output_dir is not None:
+        yield resolve_host_artifact(
+            source, target=target, input_size=input_size, seed=seed, output_dir=output_dir
+        )
+        return
+    existing = existing_build(
+        source, target=target, input_size=input_size, seed=seed, build_dir=build_dir
+    )
+    if existing is not None:
+        if notes is not None:
+            notes.append(
+                f"used the existing build {existing.directory} (same model, target, input size, "
+                "seed, untuned); give -o DIR to build afresh"
+            )
+        yield existing
+        return
+    try:
+        scratch = tempfile.mkdtemp(prefix="edgecompile-bench-")
+    except OSError as error:
+        raise EdgecompileError(
+            f"cannot make a temporary folder for the build: {error.strerror or error}",
+            "free space in the temporary folder ($TMPDIR), or give -o DIR",
+        ) from None
+    try:
+        yield resolve_host_artifact(
+            source, target=target, input_size=input_size, seed=seed, output_dir=scratch
+        )
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def existing_build(
+    source: str,
+    *,
+    target: str = "host",
+    input_size: str | None = None,
+    seed: int = 0,
+    build_dir: Path = BUILD_DIR,
+) -> Artifact | None:
+    """``build_dir/<model>-<preset>``, when it is what :func:`resolve_host_artifact` would
+    build for a zoo name: the same preset target, input size, batch 1 and seeded weights,
+    untuned (no records, no user schedules, our schedules in place), by this edgecompile and
+    TVM, its library intact (sha256). Anything else (an ONNX file, a factory) is None: its
+    source may have changed since, which a manifest cannot tell."""
+    import tvm
+
+    from edgecompile import __version__
+    from edgecompile.builder import artifact_name
+    from edgecompile.export import is_module_reference, parse_input_size
+    from edgecompile.targets import resolve_target
+    from edgecompile.zoo import model_info
+
+    if source.endswith(".onnx") or is_module_reference(source):
+        return None
+    name = artifact_name(source)
+    preset = resolve_target(target)
+    directory = build_dir / f"{name}-{preset.name}"
+    if not (directory / "manifest.json").is_file():
+        return None
+    try:
+        artifact = load_artifact(directory)
+        check_library(artifact)
+    except EdgecompileError:
+        return None  # a broken build is not reused; a fresh one is made instead
+    manifest = artifact.manifest
+    height, width = parse_input_size(input_size) or model_info(source).input_size
+    # A --no-custom-schedules build has none of ours: not what a bench measures.
+    schedules = [entry.get("schedule") for entry in manifest.schedules if isinstance(entry, dict)]
+    ours = any(str(schedule).startswith("edgecompile.") for schedule in schedules)
+    same = (
+        manifest.model == name
+        and manifest.preset == preset.name
+        and manifest.target == dict(preset.target)
+        and manifest.weights == f"seeded random weights (seed {seed})"
+        and [spec.get("shape") for spec in manifest.inputs] == [[1, 3, height, width]]
+        and not manifest.records
+        and not manifest.records_digest
+        and not manifest.user_schedules
+        and ours
+        and manifest.tvm_version == str(tvm.__version__)
+        and manifest.edgecompile_version == __version__
+    )
+    return artifact if same else None
 
 
 def artifact_onnx(artifact: Artifact) -> Path | None:
@@ -233,16 +345,56 @@ def bench_local(
     if unknown:
         raise EdgecompileError(f"unknown engine(s) {', '.join(unknown)}", "use --compare ort,torch")
     check_counts(threads, repeat, warmup)
-    artifact = resolve_host_artifact(
-        source, target=target, input_size=input_size, seed=seed, output_dir=output_dir
-    )
+    notes: list[str] = []
+    with host_artifact(
+        source,
+        target=target,
+        input_size=input_size,
+        seed=seed,
+        output_dir=output_dir,
+        notes=notes,
+    ) as artifact:
+        return _bench_artifact(
+            artifact,
+            compare=compare,
+            threads=threads,
+            repeat=repeat,
+            warmup=warmup,
+            seed=seed,
+            tolerance=tolerance,
+            isolate=isolate,
+            extra_artifacts=extra_artifacts,
+            workers=workers,
+            history=history,
+            notes=notes,
+        )
+
+
+def _bench_artifact(
+    artifact: Artifact,
+    *,
+    compare: Sequence[str],
+    threads: Sequence[int],
+    repeat: int,
+    warmup: int,
+    seed: int,
+    tolerance: float,
+    isolate: bool,
+    extra_artifacts: Mapping[str, str | Path] | None,
+    workers: Mapping[int, PinnedWorker] | None,
+    history: History,
+    notes: list[str],
+) -> BenchReport:
+    """:func:`bench_local` once the artifact is at hand."""
     libraries = {"tvm": str(artifact.library)}
     digests = {"tvm": artifact.manifest.library_sha256}
     for engine, extra in (extra_artifacts or {}).items():
         other = _same_model_as(artifact, engine, load_artifact(extra))
+        check_library(other)
         libraries[engine] = str(other.library)
         digests[engine] = other.manifest.library_sha256
-    references, notes = _reference_sources(artifact, compare)
+    references, reference_notes = _reference_sources(artifact, compare)
+    notes.extend(reference_notes)
     engines = [*libraries, *[e for e in dict.fromkeys(compare) if e != "tvm"]]
     if references["torch"] is None:
         engines = [e for e in engines if e != "torch"]

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from edgecompile.bench.local import resolve_host_artifact
+from edgecompile.artifact import Artifact
+from edgecompile.bench.local import host_artifact
 from edgecompile.bench.timing import latency_stats
 from edgecompile.errors import EdgecompileError
 
@@ -30,6 +31,8 @@ class LayerTime:
     op: str | None
     schedule: str | None
     matched: bool
+    #: The numbers ``build --explain`` gives the ops this kernel computes ([] for glue).
+    layers: list[int] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -75,8 +78,15 @@ def join_schedules(
 
     Fusion renames kernels (``fused_conv2d3_relu9``) and drops the op's identity, but both
     lists follow ``main``'s order, so matching by order within a kind is right whenever the
-    fusion kept one heavy op per kernel. Returns call index → schedule entry.
+    fusion kept one heavy op per kernel. Returns call index → schedule entry. Manifests that
+    name each op's ``kernel_name`` are joined by that name instead, exactly.
     """
+    by_kernel: dict[str, dict[str, Any]] = {}
+    for entry in schedules:
+        if "kernel_name" in entry:
+            by_kernel.setdefault(str(entry["kernel_name"]), entry)
+    if by_kernel:
+        return {index: by_kernel[name] for index, name in enumerate(names) if name in by_kernel}
     queues: dict[str, list[dict[str, Any]]] = {}
     for entry in schedules:
         op = str(entry.get("op", ""))
@@ -107,16 +117,32 @@ def profile_local(
     high; the end-to-end median is measured without it and printed next to their sum so the
     reader sees how much the instrumentation added.
     """
+    if runs < 1 or warmup < 0:
+        raise EdgecompileError("bad --runs/--warmup", "use --runs 1 or more, --warmup 0+")
+    if threads is not None and (isinstance(threads, bool) or threads < 1):
+        raise EdgecompileError(f"bad --threads {threads}", "use 1 or more")
+    notes: list[str] = []
+    with host_artifact(
+        source,
+        target=target,
+        input_size=input_size,
+        seed=seed,
+        output_dir=output_dir,
+        notes=notes,
+    ) as artifact:
+        report = _profile_artifact(artifact, runs=runs, warmup=warmup, threads=threads, seed=seed)
+    return replace(report, notes=[*notes, *report.notes])
+
+
+def _profile_artifact(
+    artifact: Artifact, *, runs: int, warmup: int, threads: int | None, seed: int
+) -> ProfileReport:
+    """:func:`profile_local` once the artifact is at hand (and its library checked)."""
     import tvm
     from tvm import relax
 
     from edgecompile.runner import random_inputs, set_threads
 
-    if runs < 1 or warmup < 0:
-        raise EdgecompileError("bad --runs/--warmup", "use --runs 1 or more, --warmup 0+")
-    artifact = resolve_host_artifact(
-        source, target=target, input_size=input_size, seed=seed, output_dir=output_dir
-    )
     set_threads(threads)
     machine = relax.VirtualMachine(tvm.runtime.load_module(str(artifact.library)), tvm.cpu())
     main = machine["main"]
@@ -187,12 +213,17 @@ def profile_local(
                 op=entry.get("kind") if entry else None,
                 schedule=entry.get("schedule") if entry else None,
                 matched=entry is not None,
+                layers=[
+                    e["index"] for e in artifact.manifest.schedules if e.get("kernel_name") == name
+                ],
             )
         )
     notes = [
         "schedules joined by order within each op kind (conv2d, pool, matmul); unmatched rows "
-        "are layout/glue kernels or ones fusion merged"
+        "are layout/glue kernels or ones fusion merged (rebuild to join them by kernel name)"
     ]
+    if any("kernel_name" in entry for entry in artifact.manifest.schedules):
+        notes = []  # joined exactly, by the kernel names the build recorded
     return ProfileReport(
         model=artifact.manifest.model,
         artifact=str(artifact.directory),

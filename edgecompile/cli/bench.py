@@ -8,6 +8,10 @@ import click
 
 from edgecompile.cli.options import (
     board_access,
+    board_cores,
+    check_threads,
+    check_writable_dir,
+    host_cores,
     input_size_option,
     json_option,
     print_json,
@@ -56,21 +60,24 @@ def bench_command(
     output_dir: str | None,
     as_json: bool,
 ) -> None:
-    """Measure one inference's latency: here against ONNX Runtime and torch, or ON a board.
+    """Measure one inference's latency: here against ONNX Runtime and torch, or on a board.
 
     \b
     Here (no --device/--rpc/--tracker): MODEL (zoo name or .onnx) is built for this machine
     (--target, --compare, --input-size and --output-dir apply here only), or a host ARTIFACT
-    is used as is. TVM, ONNX Runtime and torch get the same seeded input and the same thread
-    count (one process per count: TVM's pool size is process-global); outputs must agree
-    (relative error <= 1e-4) before any time is printed. The table gives median, p90 and min
-    per engine and thread count, and median / ORT median.
+    is used as is. A zoo MODEL already in build/ as a bench builds it (same target, input
+    size and seed, untuned) is used from there; any other build goes to a temporary folder,
+    removed afterwards (--output-dir keeps it). TVM, ONNX Runtime and torch get the same seeded
+    input and the same thread count (one process per count: TVM's pool size is
+    process-global); outputs must agree (relative error <= 1e-4) before any time is printed.
+    The table gives median, p90 and min per engine and thread count, and median / ORT median.
 
     \b
     On a board: give exactly one of --device (SSH), --rpc or --tracker, and an ARTIFACT built
     for it. Timing runs on the board (TVM's time_evaluator on the Relax VM), so network time
     is not counted: median, p90, mean, std, min. Under them: this machine's latest numbers
-    for the same model and input size, and board/host.
+    for the same model and input size, and board/host. An RPC server or tracker that does not
+    answer in 60 s ($EDGECOMPILE_RPC_TIMEOUT) is an error.
 
     \b
     Every bench appends its numbers to a history, $EDGECOMPILE_BENCH_HISTORY or
@@ -107,13 +114,20 @@ def bench_command(
             "drop them to bench on the board (build for it first with `edgecompile build`)",
         )
     if not Path(source).exists():
-        raise click.BadParameter(f"Path {source!r} does not exist.", param_hint="'ARTIFACT'")
+        raise EdgecompileError(
+            f"artifact {source!r} does not exist",
+            "on a board, bench a folder `edgecompile build --target BOARD` wrote",
+        )
+    from edgecompile.artifact import load_artifact
     from edgecompile.bench import format_host_comparison, parse_list
+    from edgecompile.device.remote import bench_on_device, check_access
 
+    check_access(access)
     counts = parse_list(threads, int)
     if len(counts) > 1:
         raise EdgecompileError("on a board, --threads takes one count", "e.g. --threads 4")
-    from edgecompile.device.remote import bench_on_device
+    cores = board_cores(load_artifact(source).manifest.target)
+    check_threads(counts, cores=cores, where="the board")
 
     result = bench_on_device(
         source,
@@ -163,11 +177,15 @@ def _bench_here(
     from edgecompile.bench import bench_local, parse_list
 
     refuse_board_options(access, "benchmarking", "bench")
+    counts = parse_list(threads, int) or [1]
+    check_threads(counts, cores=host_cores(), where="this machine")
+    if output_dir is not None:
+        check_writable_dir(output_dir, "-o")
     report = bench_local(
         source,
         target=target or "host",
         compare=parse_list("ort,torch" if compare is None else compare),
-        threads=parse_list(threads, int) or [1],
+        threads=counts,
         repeat=repeat,
         warmup=warmup,
         seed=seed,

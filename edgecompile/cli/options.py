@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import functools
 import json
-from collections.abc import Callable
+import os
+import tempfile
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import fields
+from pathlib import Path
 from typing import Any, TypeVar
 
 import click
@@ -29,7 +32,8 @@ HELP: dict[str, str] = {
     "seed": "Seed of the random weights and inputs.",
     "threads": "TVM thread-pool size [all cores].",
     "warmup": "Untimed runs first.",
-    "target": "Board preset (see `edgecompile targets`), preset .toml, TVM tag or target JSON.",
+    "target": "Board preset (see `edgecompile targets`), preset .toml, TVM tag, target JSON "
+    "or a TVMC string ('llvm -mtriple=... -mcpu=...').",
     "records": "Tuning records folder [$EDGECOMPILE_RECORDS or ~/.cache/edgecompile/records].",
     "schedules": "A folder of user schedules (.py files), tried before ours "
     "(docs/custom-schedules.md).",
@@ -60,6 +64,25 @@ def format_ms(value: float | None) -> str:
 # --------------------------------------------------------------------------------------------
 # shared options
 
+
+class AliasedOption(click.Option):
+    """An option that also answers to TVMC's name for it (``hidden_aliases``: ``tvmc``'s
+    ``--tuning-records``, ``--rpc-tracker``, ``--cross-compiler``), which ``--help`` leaves out:
+    users coming from tvmc type them, everyone else need not read them twice."""
+
+    def __init__(self, *args: Any, hidden_aliases: tuple[str, ...] = (), **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.hidden_aliases = hidden_aliases
+
+    def get_help_record(self, ctx: click.Context) -> tuple[str, str] | None:
+        every = self.opts
+        self.opts = [name for name in every if name not in self.hidden_aliases]
+        try:
+            return super().get_help_record(ctx)
+        finally:
+            self.opts = every
+
+
 json_option = click.option("--json", "as_json", is_flag=True, help=HELP["json"])
 input_size_option = click.option("--input-size", metavar="SIZE", help=HELP["input_size"])
 batch_option = click.option("--batch", type=int, default=1, show_default=True, help=HELP["batch"])
@@ -70,14 +93,19 @@ target_option = click.option(
     "-t", "--target", default="host", show_default=True, help=HELP["target"]
 )
 records_option = click.option(
-    "--records", type=click.Path(file_okay=False), metavar="DIR", help=HELP["records"]
-)
+    "--records", "--tuning-records", "records", cls=AliasedOption,
+    hidden_aliases=("--tuning-records",), type=click.Path(file_okay=False), metavar="DIR",
+    help=HELP["records"],
+)  # fmt: skip
 schedules_option = click.option(
     # no file_okay=False: load_user_schedules says what to pass instead of a file
     "--schedules", "schedules_dir", type=click.Path(), metavar="DIR",
     help=HELP["schedules"],
 )  # fmt: skip
-cc_option = click.option("--cc", metavar="COMPILER", help=HELP["cc"])
+cc_option = click.option(
+    "--cc", "--cross-compiler", "cc", cls=AliasedOption, hidden_aliases=("--cross-compiler",),
+    metavar="COMPILER", help=HELP["cc"],
+)  # fmt: skip
 
 
 def warmup_option(default: int) -> Callable[[F], F]:
@@ -93,7 +121,12 @@ def warmup_option(default: int) -> Callable[[F], F]:
 _BOARD_DECLS: dict[str, dict[str, Any]] = {
     "device": {"decls": ("--device",), "metavar": "USER@HOST[:PORT]"},
     "rpc": {"decls": ("--rpc",), "metavar": "HOST:PORT"},
-    "tracker": {"decls": ("--tracker",), "metavar": "HOST:PORT"},
+    "tracker": {
+        "decls": ("--tracker", "--rpc-tracker"),
+        "metavar": "HOST:PORT",
+        "cls": AliasedOption,
+        "hidden_aliases": ("--rpc-tracker",),
+    },
     "rpc_key": {"decls": ("--rpc-key",), "metavar": "KEY"},
     "identity": {"decls": ("--identity", "-i"), "type": click.Path(dir_okay=False)},
     "accept_new_host_key": {"decls": ("--accept-new-host-key",), "is_flag": True},
@@ -143,3 +176,82 @@ def refuse_board_options(access: BoardAccess, doing: str, here: str) -> None:
             f"{', '.join(given)}: options for {doing} on a board",
             f"add --device, --rpc or --tracker (or drop them to {here} here)",
         )
+
+
+# --------------------------------------------------------------------------------------------
+# cheap checks, made before any model is loaded or torch/TVM imported (those take seconds)
+
+#: The most threads asked of a board whose core count the artifact does not say.
+MAX_THREADS = 64
+
+
+def host_cores() -> int:
+    """This machine's cores: the most TVM threads worth asking for here."""
+    return os.cpu_count() or 1
+
+
+def board_cores(target: Mapping[str, Any]) -> int:
+    """A board's cores, from its TVM target (an artifact's ``manifest.target``): its
+    ``num-cores`` when it says, else :data:`MAX_THREADS`."""
+    cores = target.get("num-cores")
+    if isinstance(cores, int) and not isinstance(cores, bool) and cores >= 1:
+        return cores
+    return MAX_THREADS
+
+
+def check_threads(counts: int | Iterable[int] | None, *, cores: int, where: str) -> None:
+    """Every ``--threads`` count is a whole number from 1 to ``cores`` (``where``: "this
+    machine", "the board"): more threads than cores only contend, and a typo like 100000
+    would start that many."""
+    if counts is None:
+        return
+    for count in [counts] if isinstance(counts, int) else counts:
+        if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= cores:
+            plural = "" if cores == 1 else "s"
+            raise EdgecompileError(
+                f"bad --threads {count}: {where} has {cores} core{plural}",
+                f"use a count from 1 to {cores}",
+            )
+
+
+def check_writable_dir(path: str | Path, option: str) -> None:
+    """``path`` (a folder to write into, made if missing) can be written: checked by writing
+    a file in it, or in the deepest folder of it that exists, so an unwritable ``-o`` is
+    found before minutes of work rather than after."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise EdgecompileError(
+            f"{option} {str(path)!r} is a file, not a folder", f"give {option} a folder"
+        )
+    _check_can_create(path, option)
+
+
+def check_writable_file(path: str | Path, option: str) -> None:
+    """``path`` (a file written atomically: a temporary beside it, then renamed) can be
+    written: not a folder, and its folder writable or makeable."""
+    path = Path(path)
+    if path.is_dir():
+        raise EdgecompileError(f"{option} {str(path)!r} is a folder", f"give {option} a file name")
+    _check_can_create(path.parent, option, shown=path)
+
+
+def _check_can_create(folder: Path, option: str, shown: Path | None = None) -> None:
+    """``folder`` exists and takes a new file, or its deepest existing ancestor is a folder
+    that does (so ``folder`` can be made); a file is created there and removed to be sure."""
+    shown = shown or folder
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise EdgecompileError(
+            f"cannot write {option} {str(shown)!r}: {str(existing)!r} is a file, not a folder",
+            f"give {option} a path in a writable folder",
+        )
+    try:
+        with tempfile.TemporaryFile(dir=existing, prefix=".edgecompile-write-check-"):
+            pass
+    except OSError as error:
+        raise EdgecompileError(
+            f"cannot write {option} {str(shown)!r}: {error.strerror or error}",
+            f"give {option} a path in a writable folder",
+        ) from None

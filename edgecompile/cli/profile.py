@@ -5,6 +5,9 @@ from __future__ import annotations
 import click
 
 from edgecompile.cli.options import (
+    check_threads,
+    check_writable_dir,
+    host_cores,
     input_size_option,
     json_option,
     print_json,
@@ -39,8 +42,9 @@ def profile_command(
     """Per-kernel time of the compiled host model, slowest first, with each kernel's share.
 
     Times come from instrumenting the Relax VM around every packed call (median over --runs).
-    Kernels are joined to the manifest's schedules by order within an op kind (best effort:
-    fusion renames them); "-" marks a kernel with no schedule entry (layout/glue kernels).
+    Kernels are joined to the manifest's schedules by the kernel name the build recorded
+    (older artifacts: by order within an op kind); "layer" is the op's number in
+    `build --explain`, "-" a kernel with no schedule entry (layout/glue kernels).
     A MODEL (zoo name or .onnx) is built for this machine first (--input-size applies then).
 
     \b
@@ -48,6 +52,9 @@ def profile_command(
       edgecompile profile build/mobilenet_v2-host
       edgecompile profile squeezenet1_1 --input-size 64 --json
     """
+    check_threads(threads, cores=host_cores(), where="this machine")
+    if output_dir is not None:
+        check_writable_dir(output_dir, "-o")
     from edgecompile._table import format_table
     from edgecompile.bench import profile_local
 
@@ -65,6 +72,7 @@ def profile_command(
         return
     rows = [
         (
+            ",".join(map(str, layer.layers)) or "-",
             layer.name,
             layer.calls,
             f"{layer.time_ms:.3f}",
@@ -75,7 +83,8 @@ def profile_command(
         for layer in report.layers
     ]
     click.echo(f"{report.model} here, {report.artifact}")
-    click.echo(format_table(("kernel", "calls", "ms", "share", "op", "schedule"), rows))
+    headers = ("layer", "kernel", "calls", "ms", "share", "op", "schedule")  # layer: --explain's
+    click.echo(format_table(headers, rows))
     gap = 100.0 * (report.layer_sum_ms / report.end_to_end_ms - 1) if report.end_to_end_ms else 0
     click.echo(
         f"sum of kernels {report.layer_sum_ms:.3f} ms vs end-to-end median "
@@ -83,3 +92,5 @@ def profile_command(
     )
     unmatched = sum(1 for layer in report.layers if not layer.matched)
     click.echo(f"{unmatched} of {len(report.layers)} rows have no schedule entry (unmatched)")
+    for note in report.notes:
+        click.echo(f"note: {note}", err=True)

@@ -5,6 +5,9 @@ from __future__ import annotations
 import click
 
 from edgecompile.cli.options import (
+    check_threads,
+    check_writable_dir,
+    host_cores,
     input_size_option,
     json_option,
     print_json,
@@ -96,11 +99,14 @@ def report_command(
     from edgecompile.progress import Progress
     from edgecompile.report import format_summary, progress_stages, report, select_models
 
+    counts = parse_list(threads, int)
+    check_threads(counts, cores=host_cores(), where="this machine")
+    check_writable_dir(output_dir, "-o")  # before minutes of builds, not after them
     names = select_models(models)
     result = report(
         names,
         output_dir,
-        threads=parse_list(threads, int),
+        threads=counts,
         engines=parse_list(engines),
         repeat=repeat,
         warmup=warmup,

@@ -9,6 +9,10 @@ import click
 
 from edgecompile.cli.options import (
     board_access,
+    board_cores,
+    check_threads,
+    check_writable_file,
+    host_cores,
     json_option,
     print_json,
     refuse_board_options,
@@ -49,7 +53,11 @@ def run_command(
     ARTIFACT is the folder `edgecompile build` wrote (or its .so or manifest.json). Without a
     board option it runs on this machine. With --device user@host (SSH), --rpc host:port or
     --tracker host:port it runs on that board: the library is deployed (sha256-checked and
-    atomic over SSH), the inputs shipped as .npy, and the outputs brought back.
+    atomic over SSH), the inputs shipped as .npy, and the outputs brought back. An RPC server
+    or tracker that does not answer in 60 s ($EDGECOMPILE_RPC_TIMEOUT) is an error.
+
+    A float64 (or float16) --input is converted to the library's float32, with a note. The
+    library must match its manifest's sha256; --threads is 1 to the cores the target has.
 
     \b
     Examples:
@@ -57,29 +65,45 @@ def run_command(
       edgecompile run build/shufflenet_v1-rpi4 --device pi@raspberrypi.local --input x.npy
       edgecompile run build/shufflenet_v1-rpi4 --rpc 127.0.0.1:9090 --json
     """
-    import numpy as np
-
-    from edgecompile._atomic import atomic_file
+    # Everything a mistake can be found in is checked first, before torch and TVM load.
+    from edgecompile.artifact import load_artifact
+    from edgecompile.runner import check_inputs, conform_inputs, load_input_files
 
     if use_random and input_files:
         raise EdgecompileError("--random and --input exclude each other", "give one of them")
-    inputs = [np.load(path) for path in input_files] if input_files else None
+    if access.given:
+        from edgecompile.device.remote import check_access
+
+        check_access(access)
+        built = load_artifact(artifact)
+        check_threads(threads, cores=board_cores(built.manifest.target), where="the board")
+    else:
+        refuse_board_options(access, "running", "run")
+        check_threads(threads, cores=host_cores(), where="this machine")
+        built = load_artifact(artifact)
+    if output:
+        check_writable_file(output, "--output")
+    inputs = None
+    if input_files:
+        inputs, notes = conform_inputs(built, load_input_files(input_files))
+        check_inputs(built, inputs)
+        for note in notes:
+            click.echo(f"note: {note}", err=True)
+
     extra: dict[str, Any] = {}
     if access.given:
         from edgecompile.device.remote import run_on_device
 
-        result = run_on_device(artifact, access, inputs, threads=threads, seed=seed)
+        result = run_on_device(built, access, inputs, threads=threads, seed=seed)
         extra = {"transport": result.transport, "target": result.target, "board": result.board}
         where = f"on {result.target} via {result.transport}"
     else:
-        refuse_board_options(access, "running", "run")
         from edgecompile.runner import run
 
-        result = run(artifact, inputs, seed=seed, threads=threads)
+        result = run(built, inputs, seed=seed, threads=threads)
         where = "here"
     if output:
-        with atomic_file(Path(output)) as tmp, open(tmp, "wb") as handle:
-            np.save(handle, result.outputs[0])
+        _save_output(Path(output), result.outputs[0])
     summaries = [
         {
             "shape": list(out.shape),
@@ -106,3 +130,19 @@ def run_command(
         from edgecompile.device.board import EMULATION_WARNING
 
         click.echo(f"note: {EMULATION_WARNING}", err=True)
+
+
+def _save_output(path: Path, array: Any) -> None:
+    """``--output``, written atomically; a full disk is one line, and leaves no partial file."""
+    import numpy as np
+
+    from edgecompile._atomic import atomic_file
+
+    try:
+        with atomic_file(path) as tmp, open(tmp, "wb") as handle:
+            np.save(handle, array)
+    except OSError as error:
+        raise EdgecompileError(
+            f"cannot write --output {str(path)!r}: {error.strerror or error}",
+            "free some space or give --output a writable place",
+        ) from None

@@ -18,13 +18,15 @@ import contextlib
 import gc
 import io
 import json
+import os
 import shlex
 import socket
+import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -53,6 +55,12 @@ __all__ = [
 SESSION_TIMEOUT = 600
 #: Remote python runs (SSH): TVM import on a small board is ~5-10 s, a model run ~1 s.
 REMOTE_TIMEOUT = 900.0
+#: Seconds to wait for an RPC server or tracker to answer (connect, handshake, a board from
+#: the tracker) before giving up with one line; the environment variable overrides it.
+RPC_TIMEOUT = 60.0
+RPC_TIMEOUT_ENV = "EDGECOMPILE_RPC_TIMEOUT"
+
+T = TypeVar("T")
 
 # Runs on the board under its TVM python. argv[1] = JSON job. Prints one JSON line at the end.
 _BOARD_SCRIPT = """\
@@ -143,6 +151,24 @@ class BenchResult:
         return asdict(self)
 
 
+def check_access(access: BoardAccess) -> str:
+    """The transport ``access`` names (exactly one of --device/--rpc/--tracker), with the
+    address of --rpc/--tracker checked: cheap, so a typo is found before any work."""
+    transport = access.transport
+    if access.rpc:
+        _host_port(access.rpc, "--rpc")
+    if access.tracker:
+        _host_port(access.tracker, "--tracker")
+    return transport
+
+
+def check_library(artifact: Artifact) -> None:
+    """:func:`edgecompile.runner.check_library`: the library is the one its manifest names."""
+    from edgecompile.runner import check_library as check
+
+    check(artifact)
+
+
 def _inputs_for(
     artifact: Artifact, inputs: Sequence[np.ndarray] | None, seed: int
 ) -> list[np.ndarray]:
@@ -168,9 +194,12 @@ def run_on_device(
     two are comparable. Over SSH the artifact is first deployed
     (see :func:`edgecompile.device.deploy.deploy`).
     """
-    transport = access.transport
+    transport = check_access(access)
+    if threads is not None and (isinstance(threads, bool) or threads < 1):
+        raise EdgecompileError(f"bad --threads {threads}", "use 1 or more")
     if not isinstance(artifact, Artifact):
         artifact = load_artifact(artifact)
+    check_library(artifact)
     data = _inputs_for(artifact, inputs, seed)
     if transport == "ssh":
         report, outputs, board = _ssh_job(artifact, data, access, mode="run", threads=threads)
@@ -203,9 +232,10 @@ def bench_on_device(
         )
     if threads is not None and threads < 1:
         raise EdgecompileError(f"bad --threads {threads}", "use 1 or more")
-    transport = access.transport
+    transport = check_access(access)
     if not isinstance(artifact, Artifact):
         artifact = load_artifact(artifact)
+    check_library(artifact)
     data = _inputs_for(artifact, None, seed)
     notes: list[str] = []
     if transport == "ssh":
@@ -554,21 +584,80 @@ def check_rpc_target(preset: Any, access: BoardAccess) -> str:
     return triple
 
 
+def rpc_timeout() -> float:
+    """:data:`RPC_TIMEOUT`, or ``$EDGECOMPILE_RPC_TIMEOUT`` seconds when set."""
+    text = os.environ.get(RPC_TIMEOUT_ENV, "").strip()
+    if not text:
+        return RPC_TIMEOUT
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = 0.0
+    if not 0 < seconds < float("inf"):
+        raise EdgecompileError(
+            f"bad {RPC_TIMEOUT_ENV}={text!r}", "give a number of seconds, e.g. 60"
+        )
+    return seconds
+
+
+def _within(seconds: float, call: Callable[[], T], waiting_for: str, fix: str) -> T:
+    """``call()``, or one line after ``seconds`` when it has not returned.
+
+    TVM's RPC handshake blocks in C++ on a socket without a timeout, so a server that accepts
+    and never answers would hang the caller forever; the call runs in a daemon thread (TVM
+    releases the GIL while it waits) that is abandoned on timeout and ends with the process.
+    """
+    outcome: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            outcome["value"] = call()
+        except BaseException as error:  # handed to the caller's thread, raised there
+            outcome["error"] = error
+
+    worker = threading.Thread(target=target, name="edgecompile-rpc-connect", daemon=True)
+    worker.start()
+    worker.join(seconds)
+    if worker.is_alive():
+        raise EdgecompileError(f"no answer from {waiting_for} in {seconds:g} s", fix)
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]
+
+
+#: TVM RPC has no authentication: never advise a tracker open to every network.
+_TRACKER_HINT = (
+    "start it on this machine's loopback: python -m tvm.exec.rpc_tracker --host 127.0.0.1 "
+    "--port {port} (boards reach it through SSH tunnels; TVM RPC has no authentication)"
+)
+
+
 def _open_rpc(artifact: Artifact | None, access: BoardAccess) -> tuple[Any, str, str]:
     """A TVM RPC session with ``access.rpc``, else one from ``access.tracker`` (under
     ``access.rpc_key``, else the artifact's preset's key); and its transport and label."""
     from tvm import rpc as tvm_rpc
 
     rpc, tracker, rpc_key = access.rpc, access.tracker, access.rpc_key
+    timeout = rpc_timeout()
+    wait_longer = f"check it is a TVM RPC server that is up, or wait longer: {RPC_TIMEOUT_ENV}"
     if rpc:
         host, port = _host_port(rpc, "--rpc")
         try:
-            remote = tvm_rpc.connect(host, port, session_timeout=SESSION_TIMEOUT)
+            remote = _within(
+                timeout,
+                lambda: tvm_rpc.connect(host, port, session_timeout=SESSION_TIMEOUT),
+                f"the TVM RPC server at {host}:{port}",
+                f"{wait_longer}=SECONDS",
+            )
+        except EdgecompileError:
+            raise
         except Exception as error:
             raise EdgecompileError(
                 f"cannot open a TVM RPC session with {host}:{port}: {last_line(error)}",
-                "start the board's server: python -m tvm.exec.rpc_server --host 0.0.0.0 "
-                f"--port {port} (without --tracker/--key for direct clients)",
+                "start the board's server on its loopback (TVM RPC has no authentication): "
+                f"python -m tvm.exec.rpc_server --host 127.0.0.1 --port {port}, and reach it "
+                f"through an SSH tunnel (ssh -N -L {port}:127.0.0.1:{port} user@board), or use "
+                "--device user@board",
             ) from None
         return remote, "rpc", f"{host}:{port}"
     assert tracker is not None
@@ -577,19 +666,30 @@ def _open_rpc(artifact: Artifact | None, access: BoardAccess) -> tuple[Any, str,
     key = rpc_key or _preset_rpc_key(artifact)  # type: ignore[arg-type]
     # TVM retries a tracker connection for 60 s; a quick TCP check makes a typo fail at once.
     try:
-        socket.create_connection((host, port), timeout=10).close()
+        socket.create_connection((host, port), timeout=min(10.0, timeout)).close()
     except OSError as error:
         raise EdgecompileError(
             f"cannot reach the RPC tracker at {host}:{port}: {error.strerror or error}",
-            f"start it: python -m tvm.exec.rpc_tracker --host 0.0.0.0 --port {port}",
+            _TRACKER_HINT.format(port=port),
         ) from None
-    try:
+
+    def tracker_summary() -> tuple[Any, Any]:
         client = tvm_rpc.connect_tracker(host, port)
-        summary = client.summary()
+        return client, client.summary()
+
+    try:
+        client, summary = _within(
+            timeout,
+            tracker_summary,
+            f"the RPC tracker at {host}:{port}",
+            f"check it is a TVM RPC tracker, or wait longer: {RPC_TIMEOUT_ENV}=SECONDS",
+        )
+    except EdgecompileError:
+        raise
     except Exception as error:
         raise EdgecompileError(
             f"cannot reach the RPC tracker at {host}:{port}: {last_line(error)}",
-            f"start it: python -m tvm.exec.rpc_tracker --host 0.0.0.0 --port {port}",
+            _TRACKER_HINT.format(port=port),
         ) from None
     keys = _tracker_keys(summary)
     if key not in keys:
@@ -600,7 +700,14 @@ def _open_rpc(artifact: Artifact | None, access: BoardAccess) -> tuple[Any, str,
             "start the board's server with --tracker HOST:PORT --key KEY, or pass --rpc-key",
         )
     try:
-        remote = client.request(key, priority=1, session_timeout=SESSION_TIMEOUT)
+        remote = _within(
+            timeout,
+            lambda: client.request(key, priority=1, session_timeout=SESSION_TIMEOUT),
+            f"a {key!r} board from the tracker at {host}:{port}",
+            f"the boards may be busy or down; wait longer: {RPC_TIMEOUT_ENV}=SECONDS",
+        )
+    except EdgecompileError:
+        raise
     except Exception as error:
         raise EdgecompileError(
             f"the tracker at {host}:{port} could not give a {key!r} board: {last_line(error)}",
