@@ -5,11 +5,19 @@ RPC. Testing (and trying) that without hardware needs something that answers lik
 cached rootfs of :mod:`edgecompile.device.emulator` already has openssh-server and the same TVM,
 so :func:`start_emulated_board` runs, through qemu-user (``QEMU_CPU`` = the board's core):
 
-* ``sshd`` on ``127.0.0.1:<ssh_port>``: key login only (no passwords, no PAM), no forwarding
-  (a client's ``-R`` must not make anything listen), host key generated per state directory;
+* ``sshd`` on ``127.0.0.1:<ssh_port>``: key login only (no passwords, no PAM), as the
+  unprivileged ``pi`` user only (no root login), no forwarding but ``-L`` to the board's own
+  loopback (a client's ``-R`` must not make anything listen), host key generated per state
+  directory;
 * ``python -m tvm.exec.rpc_server --host 127.0.0.1 --port <rpc_port>`` for direct clients;
 * with ``tracker=``, a second RPC server registered under ``rpc_key``: TVM's server refuses
   direct clients once it registers with a tracker, so one process cannot serve both.
+
+TVM RPC has no authentication: whoever reaches the port runs code as the server's user. So the
+RPC servers run as ``pi`` too (never root: root in a chroot is root on this machine), and listen
+on 127.0.0.1 only -- no other machine reaches them. The board shares this machine's loopback
+(it is a chroot, not a network namespace, so the tracker and ``--rpc 127.0.0.1:PORT`` work), so
+every local user can reach them: what they get is ``pi`` inside the chroot.
 
 Everything runs in a private mount and PID namespace (``unshare``) whose first process is a
 small supervisor script: the mounts it needs inside the chroot (/proc, /dev nodes, a tmpfs on
@@ -57,8 +65,10 @@ __all__ = [
 DEFAULT_SSH_PORT = 2222
 #: TVM's own default RPC port, so ``--rpc 127.0.0.1:9090`` reads as usual.
 DEFAULT_RPC_PORT = 9090
-#: The user to log in as: the rootfs has no other account, and tests mount a tmpfs over SSH.
-BOARD_USER = "root"
+#: The only account that may log in, and the one the RPC servers run as: unprivileged, like the
+#: first user of Raspberry Pi OS (added to the cached rootfs by :func:`emulator.ensure_user`).
+BOARD_USER = "pi"
+BOARD_UID = 1000
 STATE_FILE = "board.json"
 LOG_FILE = "board.log"
 #: Where the state directory's ``sshd/`` folder appears inside the chroot (on the /run tmpfs).
@@ -88,7 +98,8 @@ PubkeyAuthentication yes
 PasswordAuthentication no
 KbdInteractiveAuthentication no
 PermitEmptyPasswords no
-PermitRootLogin prohibit-password
+PermitRootLogin no
+AllowUsers {user}
 UsePAM no
 StrictModes yes
 UseDNS no
@@ -112,10 +123,13 @@ Subsystem sftp /usr/lib/openssh/sftp-server
 # The namespace's first process (host bash). Positional args, never interpolated into code:
 #   $1 rootfs  $2 host dir bound at INSIDE  $3 qemu cpu  $4 venv python  $5 sshd port
 #   $6 rpc port  $7 tracker host:port or ""  $8 rpc key  $9 tracked server's port
+#   $10 uid of the board user (numeric: the host's chroot must not look the name up)
+#   $11 its name  $12 its home inside the rootfs
 # Any daemon exiting stops the board: a half-working board would fail tests confusingly.
 _SUPERVISOR = r"""# edgecompile emulated board: first process of its mount + PID namespace.
 set -eu
 rootfs=$1 conf=$2 cpu=$3 python=$4 ssh_port=$5 rpc_port=$6 tracker=$7 rpc_key=$8 tracked_port=$9
+uid=${10} user=${11} home=${12}
 inside=/run/edgecompile-board
 trap 'kill -TERM $(jobs -p) 2>/dev/null; wait; exit 0' TERM INT
 mount -t proc edgecompile-proc "$rootfs/proc"
@@ -135,10 +149,13 @@ if [ ! -s "$conf/ssh_host_ed25519_key" ]; then
         -f "$inside/ssh_host_ed25519_key"
 fi
 chroot "$rootfs" /usr/sbin/sshd -D -e -f "$inside/sshd_config" &
-chroot "$rootfs" "$python" -m tvm.exec.rpc_server --host 127.0.0.1 \
+# The RPC servers (no authentication) run as the board user, never as root.
+HOME=$home USER=$user LOGNAME=$user chroot --userspec="$uid:$uid" --groups="$uid" "$rootfs" \
+    "$python" -m tvm.exec.rpc_server --host 127.0.0.1 \
     --port "$rpc_port" --port-end "$((rpc_port + 1))" &
 if [ -n "$tracker" ]; then
-    chroot "$rootfs" "$python" -m tvm.exec.rpc_server --host 127.0.0.1 \
+    HOME=$home USER=$user LOGNAME=$user chroot --userspec="$uid:$uid" --groups="$uid" "$rootfs" \
+        "$python" -m tvm.exec.rpc_server --host 127.0.0.1 \
         --port "$tracked_port" --port-end "$((tracked_port + 1))" \
         --tracker "$tracker" --key "$rpc_key" &
 fi
@@ -205,6 +222,16 @@ class BoardState:
     def rpc(self) -> str:
         """The ``--rpc`` value for this board's direct RPC server."""
         return f"{self.host}:{self.rpc_port}"
+
+    @property
+    def home(self) -> str:
+        """The login user's home on the board (``~`` of ``--device``/``--remote-dir``)."""
+        return "/root" if self.user == "root" else f"/home/{self.user}"
+
+    def host_path(self, board_path: str) -> Path:
+        """Where an absolute path on the board is on this machine (not for /tmp, /run or
+        /proc: those are mounts of the board's own namespace)."""
+        return Path(self.rootfs) / board_path.lstrip("/")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -437,7 +464,7 @@ def start_emulated_board(
     Args:
         name: An aarch64 preset (``rpi4``, ``rpi5``, ``rpi3``, ``jetson-nano-cpu``,
             ``aarch64``); it picks the emulated core.
-        ssh_port: sshd's port on 127.0.0.1 (log in as ``root`` with ``authorized_key``).
+        ssh_port: sshd's port on 127.0.0.1 (log in as ``pi`` with ``authorized_key``).
         rpc_port: The direct TVM RPC server's port on 127.0.0.1.
         state_dir: Holds board.json, board.log, the host key and sshd's config; defaults to
             :func:`default_state_dir`.
@@ -492,19 +519,24 @@ def start_emulated_board(
         _check_port_free(tracked_port, "tracked TVM RPC server", "--rpc-port")
 
     root = Path(rootfs) if rootfs is not None else emulator.ensure_rootfs()
+    home = emulator.ensure_user(root, BOARD_USER, BOARD_UID)
     emulator.ensure_binfmt()
     cpu = _BOARD_CPUS[name]
 
-    directory.mkdir(parents=True, exist_ok=True)
+    if not directory.exists():  # it will hold the client's private key: ours alone
+        directory.mkdir(mode=0o700, parents=True)
     sshd_dir = directory / "sshd"
-    sshd_dir.mkdir(mode=0o700, exist_ok=True)
-    sshd_dir.chmod(0o700)  # StrictModes: sshd refuses keys in group/world-accessible folders
+    sshd_dir.mkdir(mode=0o711, exist_ok=True)
+    # sshd reads authorized_keys as the login user, so pi must pass through this folder (not
+    # list it: the host's private key sits here, 0600); StrictModes wants neither writable by
+    # others.
+    sshd_dir.chmod(0o711)
     (sshd_dir / "sshd_config").write_text(
-        _SSHD_CONFIG.format(name=name, port=ssh_port, inside=INSIDE)
+        _SSHD_CONFIG.format(name=name, port=ssh_port, inside=INSIDE, user=BOARD_USER)
     )
     authorized = sshd_dir / "authorized_keys"
     authorized.write_text(public_line + "\n")
-    authorized.chmod(0o600)
+    authorized.chmod(0o644)
     (directory / STATE_FILE).unlink(missing_ok=True)
     script = directory / "supervisor.sh"  # a file, so `ps` shows a short command line
     script.write_text(_SUPERVISOR)
@@ -517,6 +549,7 @@ def start_emulated_board(
                 "--kill-child", "bash", str(script),
                 str(root), str(sshd_dir), cpu, f"{emulator.VENV}/bin/python", str(ssh_port),
                 str(rpc_port), tracker or "", key, str(tracked_port or 0),
+                str(BOARD_UID), BOARD_USER, home,
             ],
             stdin=subprocess.DEVNULL,
             stdout=log,
@@ -664,9 +697,25 @@ def status(state_dir: str | Path | None = None, name: str = "rpi4") -> BoardStat
         for address in listening:
             if not address.startswith("127.0.0.1:"):
                 problems.append(f"something in the board listens on {address}")
+        problems += _rpc_servers_as_root(state)
     else:
         problems.append("the board is not running (stale state file)")
     return BoardStatus(directory, running, state, listening, problems)
+
+
+def _rpc_servers_as_root(state: BoardState) -> list[str]:
+    """Problems if an RPC server (reachable by every local user, no authentication) runs with
+    root's rights."""
+    import psutil
+
+    found = []
+    for process in state.processes:
+        if not process.role.startswith("rpc-server") or not _alive(process):
+            continue
+        with contextlib.suppress(psutil.Error):
+            if 0 in psutil.Process(process.pid).uids():
+                found.append(f"{process.role} (pid {process.pid}) runs as root")
+    return found
 
 
 def stop(state_dir: str | Path | None = None, name: str = "rpi4", *, timeout: float = 15.0) -> bool:

@@ -37,6 +37,7 @@ __all__ = [
     "default_cache_dir",
     "ensure_binfmt",
     "ensure_rootfs",
+    "ensure_user",
     "rootfs_path",
     "run_in_rootfs",
     "run_library_in_rootfs",
@@ -329,6 +330,73 @@ def ensure_rootfs(
             raise
     say(f"rootfs ready at {final}")
     return final
+
+
+def ensure_user(rootfs: Path, name: str, uid: int) -> str:
+    """Give ``rootfs`` an unprivileged login account ``name`` (uid = gid = ``uid``, shell bash,
+    home ``/home/<name>`` owned by it) and return that home; a no-op when it already has one.
+
+    Why here and not in the build recipe: a cached rootfs gains the account in place (under the
+    rootfs's lock), so no rebuild is needed. The shadow entry is ``*``: no password can match
+    it, yet the account is not locked (``!``), which would make sshd refuse key logins too.
+
+    Raises:
+        EdgecompileError: not root, or the uid already belongs to another account.
+    """
+    rootfs = Path(rootfs)
+    home = f"/home/{name}"
+    etc = rootfs / "etc"
+    entries = {
+        "passwd": f"{name}:x:{uid}:{uid}:edgecompile board user:{home}:/bin/bash",
+        "group": f"{name}:x:{uid}:",
+        "shadow": f"{name}:*:{int(time.time() // 86400)}:0:99999:7:::",
+    }
+    if (rootfs / home.lstrip("/")).is_dir() and all(
+        _account_line(etc / file, name) for file in entries
+    ):
+        return home
+    _require_root(f"adding the {name!r} account to the arm64 rootfs")
+    with _locked(rootfs.parent / f".{rootfs.name}.lock"):
+        for file, line in entries.items():
+            path = etc / file
+            if _account_line(path, name):
+                continue
+            text = path.read_text()
+            owner = _account_with_id(text, uid) if file != "shadow" else None
+            if owner is not None:
+                raise EdgecompileError(
+                    f"id {uid} already belongs to {owner!r} in {path}, so {name!r} cannot have it",
+                    "rebuild the rootfs: delete it and run again",
+                )
+            partial = path.with_name(f".{path.name}.edgecompile-partial")
+            partial.write_text(
+                text + ("" if text.endswith("\n") or not text else "\n") + line + "\n"
+            )
+            shutil.copystat(path, partial)
+            stat = path.stat()
+            os.chown(partial, stat.st_uid, stat.st_gid)
+            os.replace(partial, path)
+        directory = rootfs / home.lstrip("/")
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.chown(directory, uid, uid)
+    return home
+
+
+def _account_line(path: Path, name: str) -> bool:
+    """Whether the passwd-style file ``path`` has an entry for ``name``."""
+    try:
+        return any(line.split(":", 1)[0] == name for line in path.read_text().splitlines())
+    except FileNotFoundError:
+        return False
+
+
+def _account_with_id(text: str, number: int) -> str | None:
+    """The name whose id (third field of a passwd or group line) is ``number``, if any."""
+    for line in text.splitlines():
+        fields = line.split(":")
+        if len(fields) > 2 and fields[2] == str(number):
+            return fields[0]
+    return None
 
 
 def _build_rootfs(target: Path, versions: Mapping[str, str], say: Callable[[str], None]) -> None:

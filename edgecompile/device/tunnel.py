@@ -4,18 +4,28 @@ TVM RPC has no authentication: anyone who reaches the port can run code on the b
 server listens on the board's 127.0.0.1 only, and this machine reaches it through the SSH
 connection (host key verified, key login) as a local port on its own 127.0.0.1. If no server
 answers on the board, one is started over SSH with the board's TVM Python.
+
+That local port is a way onto the board too, and 127.0.0.1 is shared by every user of this
+machine. TVM's client speaks TCP only (no Unix sockets, whose permissions would settle it), so
+the port is a random free one, open only while the tunnel is, and it serves only connections
+whose socket belongs to this process's user (the kernel's TCP table records each socket's
+owner); anyone else's is closed before a byte reaches the board.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import multiprocessing
+import os
 import select
 import shlex
 import socket
+import struct
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 from edgecompile.device import ssh
@@ -152,8 +162,56 @@ def _start_server(board: ssh.BoardConnection, remote_python: str | None, port: i
     )
 
 
+#: The kernel's tables of TCP sockets (IPv4, and IPv6 with v4-mapped addresses).
+_TCP_TABLES = (Path("/proc/net/tcp"), Path("/proc/net/tcp6"))
+#: The column of /proc/net/tcp holding the owner's uid, and the one holding the socket's inode.
+_UID_COLUMN, _INODE_COLUMN = 7, 9
+
+
+def _table_address(text: str) -> tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, int]:
+    """``0100007F:1F90`` (address as 32-bit words in this machine's byte order, port in hex)
+    as ``(127.0.0.1, 8080)``; a v4-mapped IPv6 address comes back as the IPv4 one."""
+    address, _, port = text.partition(":")
+    raw = b"".join(
+        struct.pack("=I", int(address[i : i + 8], 16)) for i in range(0, len(address), 8)
+    )
+    ip = ipaddress.ip_address(raw)
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return ip, int(port, 16)
+
+
+def peer_uid(peer: tuple[str, int], local: tuple[str, int]) -> int | None:
+    """The uid owning the client socket of the TCP connection from ``peer`` to ``local`` (both
+    on this machine), or None when no open socket has it.
+
+    The client's row of the kernel's TCP table has the peer's address as its own and ours as
+    the remote one. Only a row with an inode counts: a socket already closed (orphaned, or in
+    TIME_WAIT, which the kernel lists as uid 0) says nothing about who made it -- a stranger
+    could otherwise connect, send, close, and pass as root.
+    """
+    want = (ipaddress.ip_address(peer[0]), int(peer[1]))
+    ours = (ipaddress.ip_address(local[0]), int(local[1]))
+    for table in _TCP_TABLES:
+        try:
+            rows = table.read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            fields = row.split()
+            if len(fields) <= _INODE_COLUMN or fields[_INODE_COLUMN] == "0":
+                continue
+            try:
+                if _table_address(fields[1]) == want and _table_address(fields[2]) == ours:
+                    return int(fields[_UID_COLUMN])
+            except ValueError:
+                continue
+    return None
+
+
 class _Forwarder:
-    """A listening socket on 127.0.0.1 whose connections are piped over SSH to the board."""
+    """A listening socket on 127.0.0.1 whose connections, from this user's processes only, are
+    piped over SSH to the board."""
 
     def __init__(self, board: ssh.BoardConnection, remote_port: int) -> None:
         self.board = board
@@ -163,6 +221,8 @@ class _Forwarder:
         self.server.listen(8)
         self.closed = threading.Event()
         self.threads: list[threading.Thread] = []
+        #: Connections closed because another user's process made them.
+        self.refused = 0
 
     def __enter__(self) -> int:
         accept = threading.Thread(target=self._accept, name="edgecompile-tunnel", daemon=True)
@@ -186,6 +246,10 @@ class _Forwarder:
                 client, peer = self.server.accept()
             except OSError:
                 return
+            if peer_uid(peer, self.server.getsockname()) != os.geteuid():
+                self.refused += 1
+                client.close()
+                continue
             transport = self.board.client.get_transport()
             try:
                 channel = transport.open_channel(

@@ -121,7 +121,7 @@ def emulated_board(
     yield state
     board.stop(state_dir)
     # what the tests deployed into the (shared, cached) rootfs's home
-    shutil.rmtree(rootfs / "root" / "edgecompile-tests", ignore_errors=True)
+    shutil.rmtree(state.host_path(state.home) / "edgecompile-tests", ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -139,7 +139,7 @@ def test_cli_emulate_status_stop(
     )  # fmt: skip
     try:
         assert started.returncode == 0, started.stderr
-        assert f"root@127.0.0.1:{ssh_port}" in started.stdout
+        assert f"{board.BOARD_USER}@127.0.0.1:{ssh_port}" in started.stdout
         assert f"--identity {state_dir / 'id_ed25519'}" in started.stdout
         assert "says nothing about the real board" in started.stderr
         assert (state_dir / "id_ed25519").stat().st_mode & 0o077 == 0

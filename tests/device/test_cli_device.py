@@ -123,4 +123,5 @@ def test_device_deploy_from_the_cli(
     finally:
         import shutil
 
-        shutil.rmtree(Path(emulated_board.rootfs) / "root" / remote[2:], ignore_errors=True)
+        home = emulated_board.host_path(emulated_board.home)
+        shutil.rmtree(home / remote[2:], ignore_errors=True)

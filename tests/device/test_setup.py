@@ -175,7 +175,7 @@ def test_dry_run_plans_without_touching_the_board(
     assert steps["packages"]["status"] == "planned"
     assert f"apache-tvm=={TVM} apache-tvm-ffi=={FFI} numpy" in steps["packages"]["detail"]
     assert steps["verify"]["status"] == "planned"
-    assert not (rootfs / "root" / name).parent.exists()
+    assert not emulated_board.host_path(f"{emulated_board.home}/{name}").parent.exists()
 
     text = _cli(
         "device", "setup", emulated_board.device, "--identity", str(client_key),
@@ -184,7 +184,7 @@ def test_dry_run_plans_without_touching_the_board(
     assert text.returncode == 0, text.stderr
     assert "dry run: nothing was changed on the board" in text.stdout
     assert "planned" in text.stdout
-    assert not (rootfs / "root" / name).parent.exists()
+    assert not emulated_board.host_path(f"{emulated_board.home}/{name}").parent.exists()
 
 
 @emulator
@@ -207,4 +207,4 @@ def test_failed_install_is_one_line_and_leaves_no_half_venv(
     assert "venv          done" in result.stdout
     assert "packages      failed" in result.stdout
     assert "is ready" not in result.stdout
-    assert not (rootfs / "root" / name).exists()
+    assert not emulated_board.host_path(f"{emulated_board.home}/{name}").exists()

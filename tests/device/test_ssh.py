@@ -296,7 +296,8 @@ def test_bad_key_fails_authentication(
 
     stranger = tmp_path / "id_stranger"
     generate_client_key(stranger)
-    with pytest.raises(EdgecompileError, match=r"authentication failed for root@127\.0\.0\.1"):
+    failed = rf"authentication failed for {emulated_board.user}@127\.0\.0\.1"
+    with pytest.raises(EdgecompileError, match=failed):
         ssh.connect(emulated_board.device, identity=stranger, known_hosts=trusted_known_hosts)
 
 
@@ -309,7 +310,7 @@ def test_password_login_is_disabled(emulated_board: Any, trusted_known_hosts: Pa
         client.connect(
             "127.0.0.1",
             port=emulated_board.ssh_port,
-            username="root",
+            username=emulated_board.user,
             password="raspberry",
             look_for_keys=False,
             allow_agent=False,
@@ -326,20 +327,21 @@ def test_ssh_config_alias_reaches_the_board(
     config = tmp_path / "config"
     config.write_text(
         f"Host emulated-pi\n  HostName 127.0.0.1\n  Port {emulated_board.ssh_port}\n"
-        f"  User root\n  IdentityFile {client_key}\n  UserKnownHostsFile {trusted_known_hosts}\n"
+        f"  User {emulated_board.user}\n  IdentityFile {client_key}\n"
+        f"  UserKnownHostsFile {trusted_known_hosts}\n"
     )
     with ssh.connect("emulated-pi", ssh_config=config) as board:
         info = probe(board)
     assert info.machine == "aarch64" and info.python_bits == 64
     assert info.tvm_version == "0.27.0.post1"
-    assert info.home == "/root"
+    assert info.home == emulated_board.home
 
 
 @pytest.fixture
 def remote_dir(emulated_board: Any, tmp_path: Path) -> Iterator[tuple[str, Path]]:
     """A fresh folder under the board's home: (``~/...`` for deploy, its path on the host)."""
     name = f"edgecompile-tests/{tmp_path.name}"
-    host_path = Path(emulated_board.rootfs) / "root" / name
+    host_path = emulated_board.host_path(f"{emulated_board.home}/{name}")
     yield f"~/{name}", host_path
     shutil.rmtree(host_path, ignore_errors=True)
 
@@ -379,7 +381,8 @@ def test_deploy_is_checked_atomic_and_idempotent(
         ),
     )
     assert first.uploaded
-    assert first.library == f"/root/{remote[2:]}/shufflenet_v1-rpi4/shufflenet_v1.so"
+    library = f"{remote[2:]}/shufflenet_v1-rpi4/shufflenet_v1.so"
+    assert first.library == f"{emulated_board.home}/{library}"
     on_board = host_path / "shufflenet_v1-rpi4"
     assert sorted(p.name for p in on_board.iterdir()) == ["manifest.json", "shufflenet_v1.so"]
     assert sha256_file(on_board / "shufflenet_v1.so") == artifact.manifest.library_sha256
@@ -452,20 +455,21 @@ def test_dropped_connection_mid_upload_leaves_no_final_file(
 @pytest.fixture
 def tiny_disk(emulated_board: Any, client_key: Path, trusted_known_hosts: Path) -> Iterator[str]:
     """A 1 MiB tmpfs on the board (in its own mount namespace), as a full SD card would be."""
+    import subprocess
+
+    from edgecompile.device.board import BOARD_UID
+
+    # The board user is not root: the tmpfs is mounted from here, in the board's namespace.
     path = "/tmp/edgecompile-tiny-disk"
-    with ssh.connect(
-        emulated_board.device, identity=client_key, known_hosts=trusted_known_hosts
-    ) as board:
-        board.check(
-            f"mkdir -p {path} && mount -t tmpfs -o size=1m edgecompile-tiny {path}",
-            "mounting a tiny tmpfs",
-            "",
-        )
+    on_host = f"{emulated_board.rootfs}{path}"
+    in_board = ["nsenter", f"--target={emulated_board.init.pid}", "--mount", "--"]
+    subprocess.run(
+        [*in_board, "sh", "-c", f"mkdir -p {on_host} && mount -t tmpfs -o "
+         f"size=1m,uid={BOARD_UID},mode=0755 edgecompile-tiny {on_host}"],
+        check=True,
+    )  # fmt: skip
     yield path
-    with ssh.connect(
-        emulated_board.device, identity=client_key, known_hosts=trusted_known_hosts
-    ) as board:
-        board.check(f"umount {path} && rmdir {path}", "unmounting the tiny tmpfs", "")
+    subprocess.run([*in_board, "sh", "-c", f"umount {on_host} && rmdir {on_host}"], check=True)
 
 
 @emulator
