@@ -2,7 +2,8 @@
 
 Reads only the manifest's per-op ``schedules`` records (see
 :func:`edgecompile.schedules.schedule_records`), so it explains a build from its artifact alone,
-long after the build, and ``--json`` holds the same data.
+long after the build, and ``--json`` holds the same data. Its ``layer`` and ``kernel`` columns
+are ``edgecompile profile``'s: a slow kernel there is found here by either.
 """
 
 from __future__ import annotations
@@ -17,8 +18,8 @@ from edgecompile._table import format_table
 OURS, USER, RECORDS, DEFAULT = "ours", "user", "records", "tvm-default"
 SOURCES = (OURS, USER, RECORDS, DEFAULT)
 HEADERS = (
-    "#", "op", "kind", "input", "weight", "groups", "kernel", "stride", "by", "schedule",
-    "fallback",
+    "layer", "kernel", "op", "kind", "input", "weight", "groups", "ksize", "stride", "by",
+    "schedule", "fallback",
 )  # fmt: skip
 
 
@@ -66,6 +67,8 @@ def explain_rows(records: Sequence[Mapping[str, Any]]) -> list[tuple[str, ...]]:
         rows.append(
             (
                 str(record["index"]),
+                # The fused kernel holding the op, as `profile` names it ("-": older manifests).
+                str(record.get("kernel_name", "-")),
                 _op(record),
                 _kind(record),
                 _dims(shapes[0] if shapes else None),

@@ -37,6 +37,18 @@ class Toolchain:
                 "run with a system cross compiler (--cc) or report the failing model",
             )
 
+    def version(self) -> str:
+        """For the manifest: the ziglang package's version, else the compiler's first
+        ``--version`` line ("unknown" if it has none)."""
+        if self.command[1:4] == ("-m", "ziglang", "cc"):
+            from importlib.metadata import version
+
+            return f"zig {version('ziglang')}"
+        result = subprocess.run(
+            [self.command[0], "--version"], capture_output=True, text=True, check=False
+        )
+        return (result.stdout.strip().splitlines() or ["unknown"])[0]
+
     def fcompile(self) -> LinkFunction:
         """The callable ``export_library(path, fcompile=...)`` expects."""
 

@@ -74,7 +74,7 @@ def model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def table_rows(output: str) -> dict[str, list[str]]:
     """The --explain table's data rows by layer index (the row after the ``---`` rule)."""
     lines = output.splitlines()
-    start = next(i for i, line in enumerate(lines) if line.startswith("#  ")) + 2
+    start = next(i for i, line in enumerate(lines) if line.startswith("layer  kernel")) + 2
     rows = {}
     for line in lines[start:]:
         if not line.strip():
@@ -87,6 +87,9 @@ def table_rows(output: str) -> dict[str, list[str]]:
 def test_explain_without_user_schedules(model: Path, tmp_path: Path) -> None:
     output = invoke("build", str(model), "-o", str(tmp_path), "--no-records", "--explain").stdout
     rows = table_rows(output)
+    assert rows["0"][1] != "-"  # the kernel name `profile` shows: the pool's own
+    assert rows["1"][1].startswith("fused_pointwise")
+    del rows["0"][1], rows["1"][1]
     assert rows["0"][:8] == ["0", "avg_pool", "pool", "1x16x16x16", "-", "-", "3x3", "2,2"]
     # The pool reads the image: left to TVM by design, and the fallback column says so.
     reason = ["its", "input", "is", "in", "NCHW:", "the", "model's", "input"]
@@ -109,13 +112,30 @@ def test_explain_with_user_schedules(model: Path, tmp_path: Path) -> None:
     ).stdout  # fmt: skip
     assert "verified against ONNX Runtime" in output
     assert f"user schedules scheduled 1 kernel ({schedules})" in output
-    rows = table_rows(output)
+    rows = {layer: cells[:1] + cells[2:] for layer, cells in table_rows(output).items()}
     assert rows["0"][8:] == ["user", "user:nchw_pool"]
     # The user rule gave up on the conv; ours ran, and the reason is in the fallback column.
     assert rows["1"][8:] == ["ours", "pointwise_nchwc", "user:shy:", "tile", "does", "not", "fit"]
     assert output.rstrip().endswith(
         "2 ops: 1 by our schedules, 1 by user schedules, 0 by tuning records, 0 TVM default"
     )
+
+
+def test_profile_rows_carry_the_layer_and_kernel_explain_shows(model: Path, tmp_path: Path) -> None:
+    """A slow kernel in `profile` is found in `build --explain` by its layer number."""
+    output = invoke("build", str(model), "-o", str(tmp_path), "--no-records", "--explain").stdout
+    explained = {layer: cells[1] for layer, cells in table_rows(output).items()}
+    artifact = tmp_path / "explain-host"
+    profiled = invoke("profile", str(artifact), "--runs", "1", "--warmup", "0", "--json").stdout
+    kernels = {
+        layer: row["name"] for row in json.loads(profiled)["layers"] for layer in row["layers"]
+    }
+    assert {str(layer): name for layer, name in kernels.items()} == explained
+    text = invoke("profile", str(artifact), "--runs", "1", "--warmup", "0").stdout
+    lines = text.splitlines()
+    assert lines[1].split()[:2] == ["layer", "kernel"]
+    rows = {line.split()[1]: line.split()[0] for line in lines[3:] if line.startswith(" ")}
+    assert all(rows[name] == layer for layer, name in explained.items())
 
 
 def test_explain_with_json_prints_only_the_manifest(model: Path, tmp_path: Path) -> None:
@@ -148,7 +168,7 @@ def test_summary_counts_every_source() -> None:
     )
     text = format_explain(records)
     assert "max_pool" in text and "metaschedule from pointwise_nchwc" in text
-    assert text.splitlines()[2].split()[:3] == ["0", "conv2d", "dense"]
+    assert text.splitlines()[2].split()[:4] == ["0", "-", "conv2d", "dense"]
     assert text.splitlines()[-3].split()[-2:] == ["tvm-default", "why"]
     assert format_explain([]) == explain_summary([])
 

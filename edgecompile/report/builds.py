@@ -50,7 +50,7 @@ def model_costs(name: str, input_size: tuple[int, int]) -> tuple[ModelCost, list
     """Params, multiply-adds, MAC and G1–G4 findings of ``name`` at ``input_size``.
 
     Costs depend on shapes only, so the model is traced on the ``meta`` device, as
-    ``summarize_model`` does; a builder that needs real weights (CondenseNet's condensation
+    ``measure_model`` does; a builder that needs real weights (CondenseNet's condensation
     ranks them) is built for real instead.
     """
     import torch
