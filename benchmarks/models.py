@@ -7,7 +7,8 @@ torch, at 1 and 2 threads, with each engine's ratio to ONNX Runtime and the geom
 
 A script, not a test: numbers depend on the machine and its load. Every model is built once per
 variant (``edgecompile.build``, which also verifies it against ONNX Runtime), then measured
-with ``edgecompile.bench.bench_local`` (TVM's default build as one of its ``extra_artifacts``):
+with ``edgecompile.benchmarking.bench_local`` (TVM's default build as one of its
+``extra_artifacts``):
 all engines of one thread count run in one fresh process on the same seeded input, after their
 outputs are checked to agree. A ratio is always
 taken within one such process (engine median / ORT median), so load from other processes
@@ -109,7 +110,7 @@ def measure(
 ) -> dict[int, Measurement]:
     """``--rounds`` rounds of bench_local: every variant, ORT and torch timed in the same
     process per thread count (the other variants as ``extra_artifacts``)."""
-    from edgecompile.bench import bench_local
+    from edgecompile.benchmarking import bench_local
 
     compare = ("ort",) if args.no_torch else ("ort", "torch")
     results = {count: Measurement() for count in threads}
@@ -141,7 +142,7 @@ def cell(value: float | None, digits: int = 2) -> str:
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     from edgecompile._table import format_table
-    from edgecompile.bench import parse_list
+    from edgecompile.benchmarking import parse_list
     from edgecompile.targets import resolve_target
 
     threads = parse_list(args.threads, int)

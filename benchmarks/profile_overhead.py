@@ -32,8 +32,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, help="TVM threads [all cores]")
     args = parser.parse_args(argv)
 
-    from edgecompile.bench.local import parse_list, resolve_host_artifact
-    from edgecompile.bench.profile import profile_local
+    from edgecompile.benchmarking.local import parse_list, resolve_host_artifact
+    from edgecompile.benchmarking.profile import profile_local
 
     print(f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores")
     worst = 0.0

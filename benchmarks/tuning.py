@@ -41,10 +41,10 @@ class Point:
 def curve(
     model: str, *, budget_seconds: float, step: int, threads: int, repeat: int, work: Path
 ) -> list[Point]:
-    from edgecompile.bench import bench_local
+    from edgecompile.benchmarking import bench_local
     from edgecompile.builder import build
     from edgecompile.progress import Progress
-    from edgecompile.tune import TUNE_STAGES, tune
+    from edgecompile.tuning import TUNE_STAGES, tune
 
     records = work / "records"
     untuned = build(model, "host", output_dir=work / "untuned", records=False).artifact
@@ -134,7 +134,7 @@ def plot(curves: dict[str, list[Point]], path: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from edgecompile.tune import parse_duration
+    from edgecompile.tuning import parse_duration
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", nargs="+", default=list(DEFAULT_MODELS))

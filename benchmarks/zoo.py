@@ -23,7 +23,7 @@ import sys
 import edgecompile
 from edgecompile.errors import EdgecompileError
 from edgecompile.progress import Progress
-from edgecompile.report import DEFAULT_ENGINES, format_summary, progress_stages, select_models
+from edgecompile.reporting import DEFAULT_ENGINES, format_summary, progress_stages, select_models
 
 
 def _numbers(text: str) -> list[int]:

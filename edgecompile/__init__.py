@@ -1,8 +1,10 @@
 """edgecompile: lightweight vision networks from PyTorch to fast libraries for ARM boards, via TVM.
 
-The Python API mirrors the command line: ``list_models``, ``get_model``, ``export_onnx``,
-``inspect_model``, ``build``, ``run``. Names resolve lazily so ``import edgecompile`` stays cheap
-(torch and TVM load on first use).
+The Python API has the command line's names: ``list_models``, ``get_model``, ``export_onnx``,
+``inspect_model``, ``build``, ``run``, ``deploy``, ``bench``, ``profile``, ``tune``, ``report``
+(``run`` and ``bench`` on a board with ``access=BoardAccess(...)``). Names resolve lazily so
+``import edgecompile`` stays cheap (torch and TVM load on first use). No subpackage is named like
+one of them: importing ``edgecompile.tune`` would have replaced the function ``tune``.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ _LAZY = {
     "get_model": "edgecompile.zoo",
     "model_info": "edgecompile.zoo",
     "register_model": "edgecompile.zoo",
+    "resolve_name": "edgecompile.zoo",
     "load_torch_model": "edgecompile.export",
     "export_onnx": "edgecompile.export",
     "inspect_model": "edgecompile.inspection",
@@ -26,8 +29,13 @@ _LAZY = {
     "resolve_target": "edgecompile.targets",
     "list_presets": "edgecompile.targets",
     "build": "edgecompile.builder",
-    "run": "edgecompile.runner",
-    "report": "edgecompile.report",
+    "run": "edgecompile.api",
+    "bench": "edgecompile.api",
+    "profile": "edgecompile.api",
+    "BoardAccess": "edgecompile.device.access",
+    "deploy": "edgecompile.device.deploy",
+    "tune": "edgecompile.tuning",
+    "report": "edgecompile.reporting",
 }
 
 __all__ = ["EdgecompileError", "__version__", *_LAZY]

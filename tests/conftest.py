@@ -82,12 +82,14 @@ def private_user_state(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Non
 
     ``build`` applies the records store of ``$EDGECOMPILE_RECORDS`` (else ``~/.cache``) by
     default, so a machine with records would silently change what "untuned" tests build; and
-    every bench appends to a history there.
+    every bench appends to a history there. Progress lines (a command prints them in a pipe
+    too) stay out of the stderr the tests read; the tests of progress turn them on.
     """
     private = tmp_path_factory.mktemp("user-state")
     wanted = {
         "EDGECOMPILE_RECORDS": str(private / "records"),
         "EDGECOMPILE_BENCH_HISTORY": str(private / "bench-history.jsonl"),
+        "EDGECOMPILE_PROGRESS": "off",
     }
     previous = {name: os.environ.get(name) for name in wanted}
     os.environ.update(wanted)

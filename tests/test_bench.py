@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from edgecompile.bench import engines, local
-from edgecompile.bench.local import artifact_onnx, bench_local, resolve_host_artifact
-from edgecompile.bench.timing import Runner, time_interleaved
-from edgecompile.bench.workers import PinnedWorker
+from edgecompile.benchmarking import engines, local
+from edgecompile.benchmarking.local import artifact_onnx, bench_local, resolve_host_artifact
+from edgecompile.benchmarking.timing import Runner, time_interleaved
+from edgecompile.benchmarking.workers import PinnedWorker
 from edgecompile.builder import BuildResult
 from edgecompile.cli import cli, main
 from edgecompile.errors import EdgecompileError

@@ -16,10 +16,10 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-import edgecompile.bench.history as bench_history
+import edgecompile.benchmarking.history as bench_history
 from edgecompile.artifact import Artifact
-from edgecompile.bench.local import bench_local
-from edgecompile.bench.timing import EngineTiming
+from edgecompile.benchmarking.local import bench_local
+from edgecompile.benchmarking.timing import EngineTiming
 from edgecompile.builder import BuildResult
 from edgecompile.cli import cli
 from edgecompile.device import remote

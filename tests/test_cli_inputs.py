@@ -164,9 +164,9 @@ def test_run_on_a_board_refuses_more_threads_than_the_board_has(
 def test_bench_refuses_a_huge_thread_count_before_building(
     tiny_onnx: Path, cli_error: CliError, never_called: Callable[[Any, str], None]
 ) -> None:
-    import edgecompile.bench
+    import edgecompile.benchmarking
 
-    never_called(edgecompile.bench, "bench_local")
+    never_called(edgecompile.benchmarking, "bench_local")
     assert "--threads 100000" in cli_error(["bench", str(tiny_onnx), "--threads", "1,100000"])
 
 
@@ -219,16 +219,16 @@ def test_unwritable_outputs_are_found_before_any_work(
     cli_error: CliError,
     never_called: Callable[[Any, str], None],
 ) -> None:
-    import edgecompile.bench
+    import edgecompile.benchmarking
     import edgecompile.builder
     import edgecompile.export
-    import edgecompile.report
+    import edgecompile.reporting
 
     never_called(edgecompile.builder, "build")
     never_called(edgecompile.export, "load_torch_model")
-    never_called(edgecompile.bench, "bench_local")
-    never_called(edgecompile.bench, "profile_local")
-    never_called(edgecompile.report, "report")
+    never_called(edgecompile.benchmarking, "bench_local")
+    never_called(edgecompile.benchmarking, "profile_local")
+    never_called(edgecompile.reporting, "report")
     a_file = tmp_path / "a-file"
     a_file.write_text("")
     beneath = str(a_file / "out")
@@ -399,7 +399,7 @@ def squeezenet(build_once: Build) -> BuildResult:
 
 
 def test_existing_build_matches_only_what_a_bench_would_build(squeezenet: BuildResult) -> None:
-    from edgecompile.bench.local import existing_build
+    from edgecompile.benchmarking.local import existing_build
 
     folder = squeezenet.artifact.directory.parent
     found = existing_build("squeezenet1_1", input_size="64", build_dir=folder)
@@ -428,7 +428,7 @@ def test_bench_uses_the_matching_build_in_build_and_says_so(
 
 
 def test_a_tampered_build_in_build_is_not_reused(squeezenet: BuildResult, tmp_path: Path) -> None:
-    from edgecompile.bench.local import existing_build
+    from edgecompile.benchmarking.local import existing_build
 
     copy = Path(shutil.copytree(squeezenet.artifact.directory, tmp_path / "squeezenet1_1-host"))
     with open(copy / squeezenet.artifact.manifest.library, "ab") as library:
@@ -443,7 +443,7 @@ def _bench_folders(where: Path) -> list[Path]:
 def test_bench_removes_its_temporary_build(
     tiny_onnx: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from edgecompile.bench import bench_local
+    from edgecompile.benchmarking import bench_local
 
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     report = bench_local(str(tiny_onnx), compare=[], repeat=1, warmup=0, isolate=False)
@@ -453,7 +453,7 @@ def test_bench_removes_its_temporary_build(
 def test_bench_removes_its_temporary_build_on_ctrl_c(
     tiny_onnx: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from edgecompile.bench import local
+    from edgecompile.benchmarking import local
 
     def interrupted(*_args: Any, **_kwargs: Any) -> None:
         assert len(_bench_folders(tmp_path)) == 1  # the build is there while it is measured

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from edgecompile.bench.profile import BUILTIN_ROW, join_schedules, profile_local
+from edgecompile.benchmarking.profile import BUILTIN_ROW, join_schedules, profile_local
 from edgecompile.builder import BuildResult
 from edgecompile.cli import cli
 

@@ -18,17 +18,17 @@ import pytest
 from click.testing import CliRunner
 
 import edgecompile
-from edgecompile.bench.timing import EngineTiming
+from edgecompile.benchmarking.timing import EngineTiming
 from edgecompile.cli import cli, main
 from edgecompile.errors import EdgecompileError
 from edgecompile.records import store_for
-from edgecompile.report import builds, stats
-from edgecompile.report.builds import tuned_builds_dir, tuned_engine_available, tuning_records
-from edgecompile.report.measure import OP_CLASSES, op_class_of
-from edgecompile.report.pipeline import select_models
-from edgecompile.report.results import BUILDS_DIR, TUNED, ModelResult, TuningRecords, ZooReport
-from edgecompile.report.stats import correlation_sentences, correlations, spearman
-from edgecompile.report.tables import CSV_FIELDS
+from edgecompile.reporting import builds, stats
+from edgecompile.reporting.builds import tuned_builds_dir, tuned_engine_available, tuning_records
+from edgecompile.reporting.measure import OP_CLASSES, op_class_of
+from edgecompile.reporting.pipeline import select_models
+from edgecompile.reporting.results import BUILDS_DIR, TUNED, ModelResult, TuningRecords, ZooReport
+from edgecompile.reporting.stats import correlation_sentences, correlations, spearman
+from edgecompile.reporting.tables import CSV_FIELDS
 from edgecompile.targets import resolve_target
 
 # The module's fixtures run whole reports (one after a real tune): their setup counts toward the
@@ -369,7 +369,7 @@ TUNED_SIZE = "32"  # the records apply only to the shapes they were tuned at
 @pytest.fixture(scope="module")
 def records(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from edgecompile.records import CHOICES_FILE
-    from edgecompile.tune import tune
+    from edgecompile.tuning import tune
 
     root = tmp_path_factory.mktemp("records")
     result = tune(TUNED_MODEL, "host", trials=2, records=root, threads=1, input_size=TUNED_SIZE)

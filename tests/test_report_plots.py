@@ -5,15 +5,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from edgecompile.bench.timing import EngineTiming
-from edgecompile.report.plots import (
+from edgecompile.benchmarking.timing import EngineTiming
+from edgecompile.reporting.plots import (
     LABEL_ALL,
     OUTLIERS,
     labelled_models,
     latency_figure,
     plot_latency,
 )
-from edgecompile.report.results import Correlation, ModelResult
+from edgecompile.reporting.results import Correlation, ModelResult
 
 
 def result(model: str, family: str, multiply_adds: int, ms: float) -> ModelResult:

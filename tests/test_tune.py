@@ -1,4 +1,4 @@
-"""Tuning on this machine, records, and builds that apply them (edgecompile.tune / .records).
+"""Tuning on this machine, records, and builds that apply them (edgecompile.tuning / .records).
 
 One tiny model (1×1 conv 8→16 + ReLU + global pool: a kernel our pointwise rule schedules, and
 kernels it does not) is tuned once per session for a few trials; the tests read that store.
@@ -35,14 +35,14 @@ from edgecompile.records import (
     summarize,
 )
 from edgecompile.targets import resolve_target
-from edgecompile.tune import (
+from edgecompile.tuning import (
     CONFIRM_MARGIN,
     MAX_TRIALS_PER_ROUND,
     TuneResult,
     parse_duration,
     tune,
 )
-from edgecompile.tune.verdict import choice_from_medians
+from edgecompile.tuning.verdict import choice_from_medians
 
 TRIALS = 6
 
@@ -210,8 +210,8 @@ def test_tune_records_show_and_build_agree_on_what_uses_a_record(
         # A search record claiming to beat every untuned schedule, as a lucky measurement
         # would: without a verdict, the fastest single time decides, in all three.
         _commit_lucky_copy(store)
-        from edgecompile.tune.results import task_outcomes
-        from edgecompile.tune.tasks import TuningTask
+        from edgecompile.tuning.results import task_outcomes
+        from edgecompile.tuning.tasks import TuningTask
 
         untuned = {w: 1e-3 for w in store.kernel_names()}
         tasks = [TuningTask(n, 1, None, w, None) for w, n in store.kernel_names().items()]
@@ -387,7 +387,7 @@ def test_killed_tune_resumes_without_losing_records(pointwise_onnx: Path, tmp_pa
     """SIGKILL mid-search; the records on disk stay loadable and the rerun continues."""
     records = tmp_path / "records"
     script = (
-        "import sys; from edgecompile.tune import tune; "
+        "import sys; from edgecompile.tuning import tune; "
         f"tune({str(pointwise_onnx)!r}, 'host', trials=40, records={str(records)!r}, threads=1)"
     )
     process = subprocess.Popen([sys.executable, "-c", script], env=os.environ.copy())
@@ -611,7 +611,7 @@ def test_finished_tir_kernels_are_not_tuning_tasks() -> None:
     from edgecompile.builder import prepare_model
     from edgecompile.schedules.analysis import has_root_block as _has_root_block
     from edgecompile.schedules.pipeline import fused_module
-    from edgecompile.tune.tasks import extract_tasks
+    from edgecompile.tuning.tasks import extract_tasks
 
     target = resolve_target("host").tvm_target()
     with tempfile.TemporaryDirectory() as scratch:

@@ -1,4 +1,4 @@
-"""A tune's time budget and progress (edgecompile.tune.budget / scheduler / monitor / heartbeat /
+"""A tune's time budget and progress (edgecompile.tuning.budget / scheduler / monitor / heartbeat /
 building), and the one decision per kernel every command reads (edgecompile.records.decide).
 
 The pieces are tested without TVM where they can be; one end-to-end test runs the CLI with a
@@ -18,19 +18,20 @@ from pathlib import Path
 
 import pytest
 
+from edgecompile.progress import Progress
 from edgecompile.records import UNTUNED, Choice, decide, trace_digest
-from edgecompile.tune.budget import (
+from edgecompile.tuning.budget import (
     MAX_TRIALS_PER_ROUND,
     MIN_TRIALS_PER_ROUND,
     Pace,
     TimeBudget,
     plan_search,
 )
-from edgecompile.tune.building import BuildGate
-from edgecompile.tune.heartbeat import TuneProgress, heartbeat
-from edgecompile.tune.monitor import TIME_BUDGET_SPENT, SearchMonitor, TuneStatus
-from edgecompile.tune.scheduler import next_task
-from edgecompile.tune.tasks import TuningTask
+from edgecompile.tuning.building import BuildGate
+from edgecompile.tuning.heartbeat import heartbeat
+from edgecompile.tuning.monitor import TIME_BUDGET_SPENT, SearchMonitor, TuneStatus
+from edgecompile.tuning.scheduler import next_task
+from edgecompile.tuning.tasks import TuningTask
 
 # --------------------------------------------------------------------------------------------
 # which kernel next
@@ -125,7 +126,7 @@ def test_ctrl_c_during_the_search_stops_it_at_the_next_round_then_raises() -> No
     parallel loop) ends in std::terminate, a segfault: the search defers it."""
     import signal
 
-    from edgecompile.tune.search import _deferred_interrupt
+    from edgecompile.tuning.search import _deferred_interrupt
 
     monitor = SearchMonitor(_tasks(1), {}, 10, TimeBudget(60.0), Pace(), "here")
     before = signal.getsignal(signal.SIGINT)
@@ -151,7 +152,7 @@ class _Pipe(io.StringIO):
 
 def test_a_pipe_gets_plain_lines_at_most_every_few_seconds() -> None:
     stream = _Pipe()
-    progress = TuneProgress(3, stream=stream, pipe_seconds=0.2)
+    progress = Progress(3, stream=stream, enabled=True, pipe_seconds=0.2)
     with progress.stage("search"):
         for number in range(20):
             progress.update(f"status {number}")
@@ -166,7 +167,7 @@ def test_a_pipe_gets_plain_lines_at_most_every_few_seconds() -> None:
 
 def test_the_heartbeat_moves_the_status_while_the_tune_is_busy() -> None:
     stream = _Pipe()
-    progress = TuneProgress(1, stream=stream, pipe_seconds=0.0)
+    progress = Progress(1, stream=stream, enabled=True, pipe_seconds=0.0)
     budget = TimeBudget(60.0)
     status = TuneStatus(budget)
     status.stage = "busy"
@@ -245,7 +246,7 @@ def test_a_one_minute_budget_ends_within_ten_percent_and_reports_in_a_pipe(
 ) -> None:
     temp = tmp_path / "tmp"
     temp.mkdir()
-    env = {**os.environ, "TMPDIR": str(temp)}
+    env = {**os.environ, "TMPDIR": str(temp), "EDGECOMPILE_PROGRESS": "on"}
     command = [
         sys.executable, "-m", "edgecompile", "tune", BUDGET_MODEL,
         "--time-budget", "1m", "--threads", "1", "--records", str(tmp_path / "records"),

@@ -81,7 +81,7 @@ def bench_command(
 
     \b
     Every bench appends its numbers to a history, $EDGECOMPILE_BENCH_HISTORY or
-    ~/.cache/edgecompile/bench.jsonl, where board benches find the host's.
+    ~/.cache/edgecompile/benchmarking.jsonl, where board benches find the host's.
 
     \b
     Examples:
@@ -119,7 +119,7 @@ def bench_command(
             "on a board, bench a folder `edgecompile build --target BOARD` wrote",
         )
     from edgecompile.artifact import load_artifact
-    from edgecompile.bench import format_host_comparison, parse_list
+    from edgecompile.benchmarking import format_host_comparison, parse_list
     from edgecompile.device.remote import bench_on_device, check_access
 
     check_access(access)
@@ -172,9 +172,9 @@ def _bench_here(
     output_dir: str | None,
     as_json: bool,
 ) -> None:
-    """``bench`` without a board option: :func:`edgecompile.bench.bench_local`, printed."""
+    """``bench`` without a board option: :func:`edgecompile.benchmarking.bench_local`, printed."""
     from edgecompile._table import format_table
-    from edgecompile.bench import bench_local, parse_list
+    from edgecompile.benchmarking import bench_local, parse_list
 
     refuse_board_options(access, "benchmarking", "bench")
     counts = parse_list(threads, int) or [1]

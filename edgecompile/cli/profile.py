@@ -56,7 +56,7 @@ def profile_command(
     if output_dir is not None:
         check_writable_dir(output_dir, "-o")
     from edgecompile._table import format_table
-    from edgecompile.bench import profile_local
+    from edgecompile.benchmarking import profile_local
 
     report = profile_local(
         source,

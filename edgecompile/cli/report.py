@@ -95,9 +95,9 @@ def report_command(
       edgecompile report --models shufflenet --input-size 128 --json
       edgecompile report --models squeezenet1_1 --records tuned/  # after tune --records tuned/
     """
-    from edgecompile.bench import parse_list
+    from edgecompile.benchmarking import parse_list
     from edgecompile.progress import Progress
-    from edgecompile.report import format_summary, progress_stages, report, select_models
+    from edgecompile.reporting import format_summary, progress_stages, report, select_models
 
     counts = parse_list(threads, int)
     check_threads(counts, cores=host_cores(), where="this machine")

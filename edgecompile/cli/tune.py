@@ -88,9 +88,9 @@ def tune_command(
       edgecompile build shufflenet_v1 --target rpi4
     """
     from edgecompile._table import format_table
-    from edgecompile.tune import TUNE_STAGES, tune
-    from edgecompile.tune.heartbeat import TuneProgress
-    from edgecompile.tune.pipeline import process_started
+    from edgecompile.progress import Progress
+    from edgecompile.tuning import TUNE_STAGES, tune
+    from edgecompile.tuning.pipeline import process_started
 
     result = tune(
         model,
@@ -106,7 +106,7 @@ def tune_command(
         weights=weights,
         cc=cc,
         schedules_dir=schedules_dir,
-        progress=TuneProgress(TUNE_STAGES),
+        progress=Progress(TUNE_STAGES),
         started=process_started(),
     )
     if as_json:

@@ -31,7 +31,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from edgecompile.artifact import Artifact, load_artifact
-from edgecompile.bench.history import (
+from edgecompile.benchmarking.history import (
     History,
     HostComparison,
     compare_with_host,
@@ -39,7 +39,7 @@ from edgecompile.bench.history import (
     host_bench_command,
     record_history,
 )
-from edgecompile.bench.timing import EngineTiming, latency_stats
+from edgecompile.benchmarking.timing import EngineTiming, latency_stats
 from edgecompile.device.access import BoardAccess
 from edgecompile.errors import EdgecompileError, last_line
 
@@ -224,7 +224,7 @@ def bench_on_device(
 
     Timing happens on the board (TVM's ``time_evaluator``), so network latency is excluded.
     The result carries the latest host numbers of the same model and input shape found in the
-    bench ``history`` (:func:`edgecompile.bench.compare_with_host`), and is appended to it.
+    bench ``history`` (:func:`edgecompile.benchmarking.compare_with_host`), and is appended to it.
     """
     if repeat < 1 or warmup < 0:
         raise EdgecompileError(

@@ -19,7 +19,7 @@ from edgecompile.device.access import BoardAccess
 from edgecompile.device.remote import run_on_device
 from edgecompile.export import relative_error, run_onnxruntime
 from edgecompile.records import CHOICES_FILE, list_stores
-from edgecompile.tune import tune
+from edgecompile.tuning import tune
 
 emulator = pytest.mark.emulator
 

@@ -17,10 +17,10 @@ from pathlib import Path
 from typing import Any
 
 from edgecompile.artifact import Artifact, elf_info, load_artifact
-from edgecompile.bench.engines import ENGINES, TOLERANCE, measure
-from edgecompile.bench.history import History, history_entry, host_cpu_name, record_history
-from edgecompile.bench.timing import EngineTiming, check_counts
-from edgecompile.bench.workers import PinnedWorker, measure_in_subprocess
+from edgecompile.benchmarking.engines import ENGINES, TOLERANCE, measure
+from edgecompile.benchmarking.history import History, history_entry, host_cpu_name, record_history
+from edgecompile.benchmarking.timing import EngineTiming, check_counts
+from edgecompile.benchmarking.workers import PinnedWorker, measure_in_subprocess
 from edgecompile.errors import EdgecompileError
 from edgecompile.runner import check_library
 
@@ -326,9 +326,10 @@ def bench_local(
     """Latency of the host library of ``source`` and of ORT/torch, per thread count.
 
     The engines are timed interleaved, one call each per round after each one's warm-up runs
-    (:func:`~edgecompile.bench.timing.time_interleaved`), so load from elsewhere hits all alike.
+    (:func:`~edgecompile.benchmarking.timing.time_interleaved`), so load from elsewhere hits all
+    alike.
     ``isolate=True`` measures each thread count in its own subprocess (see
-    :func:`~edgecompile.bench.workers.measure_in_subprocess`); ``False`` measures in this
+    :func:`~edgecompile.benchmarking.workers.measure_in_subprocess`); ``False`` measures in this
     process, for tests and for a single thread count in a fresh process. ``workers`` (thread
     count → :class:`PinnedWorker`) measures those thread counts in long-lived processes
     instead, for many models in a row.
@@ -338,8 +339,8 @@ def bench_local(
     count and input), their outputs checked like every engine's.
 
     Every timing is appended to the bench ``history``
-    (:func:`~edgecompile.bench.history.append_history`), where a later board bench of the same
-    model finds it (:func:`~edgecompile.bench.history.compare_with_host`).
+    (:func:`~edgecompile.benchmarking.history.append_history`), where a later board bench of the
+    same model finds it (:func:`~edgecompile.benchmarking.history.compare_with_host`).
     """
     unknown = [engine for engine in compare if engine not in ENGINES]
     if unknown:

@@ -12,15 +12,15 @@ from edgecompile.device.access import BoardAccess
 from edgecompile.progress import SILENT, Progress
 from edgecompile.records import store_for
 from edgecompile.targets import BoardPreset, resolve_target
-from edgecompile.tune.baseline import measure_untuned
-from edgecompile.tune.budget import FINISH_SECONDS, TimeBudget, read_budget, trials_to_run
-from edgecompile.tune.heartbeat import heartbeat
-from edgecompile.tune.measure import choose_transport, measurement
-from edgecompile.tune.monitor import SearchMonitor, TuneStatus
-from edgecompile.tune.results import TuneResult, task_outcomes
-from edgecompile.tune.search import run_search
-from edgecompile.tune.tasks import best_search_seconds, count_searched_records, extract_tasks
-from edgecompile.tune.verdict import confirm_choices
+from edgecompile.tuning.baseline import measure_untuned
+from edgecompile.tuning.budget import FINISH_SECONDS, TimeBudget, read_budget, trials_to_run
+from edgecompile.tuning.heartbeat import heartbeat
+from edgecompile.tuning.measure import choose_transport, measurement
+from edgecompile.tuning.monitor import SearchMonitor, TuneStatus
+from edgecompile.tuning.results import TuneResult, task_outcomes
+from edgecompile.tuning.search import run_search
+from edgecompile.tuning.tasks import best_search_seconds, count_searched_records, extract_tasks
+from edgecompile.tuning.verdict import confirm_choices
 
 #: Progress stages: prepare_model's two, then extract, untuned, search, re-measure.
 TUNE_STAGES = 6

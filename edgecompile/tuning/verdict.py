@@ -14,9 +14,9 @@ from typing import Any
 
 from edgecompile.progress import Progress
 from edgecompile.records import UNTUNED, Choice, RecordStore, trace_digest
-from edgecompile.tune.budget import FINISH_SECONDS, Pace, TimeBudget
-from edgecompile.tune.measure import FAILED_RUN, Measurer
-from edgecompile.tune.tasks import TuningTask, milliseconds, timed_records
+from edgecompile.tuning.budget import FINISH_SECONDS, Pace, TimeBudget
+from edgecompile.tuning.measure import FAILED_RUN, Measurer
+from edgecompile.tuning.tasks import TuningTask, milliseconds, timed_records
 
 #: The re-measurement: the search's best few records per kernel against the untuned schedule,
 #: in interleaved rounds (load that comes and goes hits all), one timing each per round --

@@ -12,8 +12,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from edgecompile.records import RecordStore, mark_of, mean_seconds, trace_digest
-from edgecompile.tune.measure import Measurer
-from edgecompile.tune.tasks import TuningTask
+from edgecompile.tuning.measure import Measurer
+from edgecompile.tuning.tasks import TuningTask
 
 #: Kernels measured per batch.
 BATCH = 8

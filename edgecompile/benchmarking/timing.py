@@ -1,7 +1,7 @@
 """Timing engines and summarising the times: what every bench, here or on a board, shares.
 
-A leaf: nothing here imports the rest of ``edgecompile.bench`` or ``edgecompile.device``, so the
-host bench and the board bench (:mod:`edgecompile.device.remote`) both build on it without
+A leaf: nothing here imports the rest of ``edgecompile.benchmarking`` or ``edgecompile.device``, so
+the host bench and the board bench (:mod:`edgecompile.device.remote`) both build on it without
 importing each other.
 """
 

@@ -1,5 +1,5 @@
 """MetaSchedule's search: its evolutionary search (xgboost cost model) over the tasks, seeded
-from the records, in rounds our :mod:`~edgecompile.tune.scheduler` orders and ends, each
+from the records, in rounds our :mod:`~edgecompile.tuning.scheduler` orders and ends, each
 round's records committed and reported to the :class:`SearchMonitor`."""
 
 from __future__ import annotations
@@ -14,12 +14,12 @@ from typing import Any
 
 from edgecompile._interrupts import keep_interrupts_through_ffi, raise_if_interrupt
 from edgecompile.errors import EdgecompileError, last_line
-from edgecompile.tune.budget import TimeBudget, plan_search
-from edgecompile.tune.building import was_skipped
-from edgecompile.tune.measure import Measurer, remove_artifacts
-from edgecompile.tune.monitor import TIME_BUDGET_SPENT, SearchMonitor
-from edgecompile.tune.scheduler import budget_scheduler
-from edgecompile.tune.tasks import TuningTask
+from edgecompile.tuning.budget import TimeBudget, plan_search
+from edgecompile.tuning.building import was_skipped
+from edgecompile.tuning.measure import Measurer, remove_artifacts
+from edgecompile.tuning.monitor import TIME_BUDGET_SPENT, SearchMonitor
+from edgecompile.tuning.scheduler import budget_scheduler
+from edgecompile.tuning.tasks import TuningTask
 
 #: MetaSchedule's preparation per task before the first round (design spaces, search state):
 #: 3 s for squeezenet1_1's 27 kernels here.
@@ -209,7 +209,7 @@ def _tune_contexts(tasks: list[TuningTask], population: int, search_threads: int
     from tvm.s_tir import meta_schedule as ms
     from tvm.s_tir.meta_schedule.utils import fork_seed
 
-    logger = logging.getLogger("edgecompile.tune.metaschedule")
+    logger = logging.getLogger("edgecompile.tuning.metaschedule")
     logger.setLevel(logging.WARNING)
     cpu_intrinsics_only(tasks[0].extracted.target)
     return [

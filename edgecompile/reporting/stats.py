@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from edgecompile.report.results import Correlation, ModelResult
+from edgecompile.reporting.results import Correlation, ModelResult
 
 # Below this many models a rank correlation says nothing (two points always give ±1).
 MIN_MODELS_FOR_CORRELATION = 3

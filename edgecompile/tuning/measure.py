@@ -21,8 +21,8 @@ from typing import Any
 from edgecompile.device.access import BoardAccess
 from edgecompile.errors import EdgecompileError
 from edgecompile.targets import BoardPreset
-from edgecompile.tune.budget import Pace
-from edgecompile.tune.building import BuildGate, candidate_builder, was_skipped
+from edgecompile.tuning.budget import Pace
+from edgecompile.tuning.building import BuildGate, candidate_builder, was_skipped
 
 #: RPC sessions: an emulated or slow board needs minutes for the first load.
 RPC_SESSION_TIMEOUT = 600

@@ -1,6 +1,6 @@
 """What a zoo report holds: its engines, each model's result, and a stage's failure.
 
-Shared by both phases (:mod:`~edgecompile.report.builds`, :mod:`~edgecompile.report.measure`)
+Shared by both phases (:mod:`~edgecompile.reporting.builds`, :mod:`~edgecompile.reporting.measure`)
 and by everything that writes the report out; imports none of them.
 """
 
@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from edgecompile.bench.timing import EngineTiming
+from edgecompile.benchmarking.timing import EngineTiming
 from edgecompile.errors import EdgecompileError, last_line
 
 TARGET = "host"

@@ -1,8 +1,8 @@
 """The report's second phase: one built model timed (bench) and profiled, alone.
 
 Measuring runs in one long-lived worker process per thread count
-(:class:`~edgecompile.bench.workers.PinnedWorker`), shared by every model: a fresh Python with
-torch and TVM per model and thread count cost more than the measurement itself. The profile's
+(:class:`~edgecompile.benchmarking.workers.PinnedWorker`), shared by every model: a fresh Python
+with torch and TVM per model and thread count cost more than the measurement itself. The profile's
 kernels are summed by op class (:func:`op_class_of`).
 """
 
@@ -13,11 +13,11 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from edgecompile.bench.timing import EngineTiming
-from edgecompile.bench.workers import PinnedWorker
+from edgecompile.benchmarking.timing import EngineTiming
+from edgecompile.benchmarking.workers import PinnedWorker
 from edgecompile.errors import EdgecompileError
-from edgecompile.report.builds import PreparedModel
-from edgecompile.report.results import TUNED, ModelResult, StageFailure, Stages
+from edgecompile.reporting.builds import PreparedModel
+from edgecompile.reporting.results import TUNED, ModelResult, StageFailure, Stages
 
 # Op classes of the time-by-class table and bars, in stacking order.
 POINTWISE = "pointwise"
@@ -42,7 +42,7 @@ def _bench_model(
     tuned_artifact: str | None = None,
 ) -> list[EngineTiming]:
     """Every engine at every thread count, the tuned library (if any) in the same runs."""
-    from edgecompile.bench.local import bench_local
+    from edgecompile.benchmarking.local import bench_local
 
     compare = [engine for engine in engines if engine in ("ort", "torch")]
     bench = bench_local(
@@ -98,7 +98,7 @@ def _profile_task(
     artifact_dir: str, threads: int, runs: int, warmup: int, seed: int
 ) -> dict[str, Any]:
     """Time per op class of one artifact; runs in the worker pinned to ``threads``."""
-    from edgecompile.bench.profile import profile_local
+    from edgecompile.benchmarking.profile import profile_local
 
     profile = profile_local(artifact_dir, runs=runs, warmup=warmup, threads=threads, seed=seed)
     by_class = dict.fromkeys(OP_CLASSES, 0.0)

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from edgecompile.errors import EdgecompileError
 from edgecompile.progress import SILENT, Progress
-from edgecompile.report.results import TARGET, StageFailure, Stages, TuningRecords
+from edgecompile.reporting.results import TARGET, StageFailure, Stages, TuningRecords
 
 if TYPE_CHECKING:
     from edgecompile.artifact import Artifact
@@ -95,7 +95,7 @@ def build_host_artifact(
     """
     from edgecompile import __version__
     from edgecompile.artifact import load_artifact
-    from edgecompile.bench.local import artifact_onnx
+    from edgecompile.benchmarking.local import artifact_onnx
     from edgecompile.builder import artifact_name, build
     from edgecompile.targets import resolve_target
 

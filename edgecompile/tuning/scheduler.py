@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from edgecompile.tune.monitor import SearchMonitor
+from edgecompile.tuning.monitor import SearchMonitor
 
 
 def next_task(shares: Sequence[float], rounds: Sequence[int], live: Sequence[int]) -> int | None:

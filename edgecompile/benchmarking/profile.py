@@ -15,8 +15,8 @@ from typing import Any
 import numpy as np
 
 from edgecompile.artifact import Artifact
-from edgecompile.bench.local import host_artifact
-from edgecompile.bench.timing import latency_stats
+from edgecompile.benchmarking.local import host_artifact
+from edgecompile.benchmarking.timing import latency_stats
 from edgecompile.errors import EdgecompileError
 
 

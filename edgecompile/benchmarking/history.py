@@ -1,6 +1,6 @@
 """The bench history: every bench's numbers, so a board bench can be read next to this machine's.
 
-Every bench, here (:func:`edgecompile.bench.bench_local`) or on a board
+Every bench, here (:func:`edgecompile.benchmarking.bench_local`) or on a board
 (:func:`edgecompile.device.remote.bench_on_device`), appends one JSON line per engine and
 thread count (:func:`record_history`); a board bench then finds this machine's latest numbers
 for the same model and input shape (:func:`compare_with_host`). Imports nothing of either
@@ -21,7 +21,7 @@ from typing import Any, Protocol
 
 from edgecompile._cache import cache_root
 from edgecompile.artifact import Artifact
-from edgecompile.bench.timing import EngineTiming
+from edgecompile.benchmarking.timing import EngineTiming
 
 #: Where a bench appends its numbers: True = :func:`default_history_path`, False = nowhere.
 History = str | Path | bool

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from edgecompile.records import UNTUNED, RecordStore, record_schedule
-from edgecompile.tune.tasks import TuningTask, milliseconds, timed_records
+from edgecompile.tuning.tasks import TuningTask, milliseconds, timed_records
 
 
 @dataclass(frozen=True)

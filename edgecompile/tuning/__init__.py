@@ -10,24 +10,24 @@ is all a later ``build`` applies.
 
 One job per module:
 
-- :mod:`~edgecompile.tune.pipeline` — :func:`tune` itself: the stages in turn, one store writer,
+- :mod:`~edgecompile.tuning.pipeline` — :func:`tune` itself: the stages in turn, one store writer,
   all within the time budget;
-- :mod:`~edgecompile.tune.budget` — the trial budget (``--trials``), the deadline
+- :mod:`~edgecompile.tuning.budget` — the trial budget (``--trials``), the deadline
   (``--time-budget``), and the measured pace that sizes the search's rounds;
-- :mod:`~edgecompile.tune.tasks` — the fused module's kernels as tuning tasks, and their records;
-- :mod:`~edgecompile.tune.measure` — where candidates are built and timed: here, or on a board
+- :mod:`~edgecompile.tuning.tasks` — the fused module's kernels as tuning tasks, and their records;
+- :mod:`~edgecompile.tuning.measure` — where candidates are built and timed: here, or on a board
   over RPC, a tracker or an SSH tunnel (a :class:`~edgecompile.device.access.BoardAccess`);
-- :mod:`~edgecompile.tune.building` — the candidate builder: one long-lived worker, stopping
+- :mod:`~edgecompile.tuning.building` — the candidate builder: one long-lived worker, stopping
   between candidates at the deadline;
-- :mod:`~edgecompile.tune.baseline` — every task as an untuned build compiles it, measured and
+- :mod:`~edgecompile.tuning.baseline` — every task as an untuned build compiles it, measured and
   committed as a record the search starts from;
-- :mod:`~edgecompile.tune.search` — MetaSchedule's evolutionary search over the tasks;
-- :mod:`~edgecompile.tune.scheduler` — which kernel the search works on next, and when it ends;
-- :mod:`~edgecompile.tune.monitor` — the search as it runs: budget, failures, status line;
-- :mod:`~edgecompile.tune.heartbeat` — the status line kept moving, on a terminal and in a pipe;
-- :mod:`~edgecompile.tune.verdict` — the search's best re-measured against the untuned schedule,
+- :mod:`~edgecompile.tuning.search` — MetaSchedule's evolutionary search over the tasks;
+- :mod:`~edgecompile.tuning.scheduler` — which kernel the search works on next, and when it ends;
+- :mod:`~edgecompile.tuning.monitor` — the search as it runs: budget, failures, status line;
+- :mod:`~edgecompile.tuning.heartbeat` — the status line kept moving, on a terminal and in a pipe;
+- :mod:`~edgecompile.tuning.verdict` — the search's best re-measured against the untuned schedule,
   and what a build uses;
-- :mod:`~edgecompile.tune.results` — :class:`TuneResult`, :class:`TaskOutcome`.
+- :mod:`~edgecompile.tuning.results` — :class:`TuneResult`, :class:`TaskOutcome`.
 
 The worker processes run functions of :mod:`edgecompile._tune_workers`, which stays
 outside this package: each fresh worker imports it by name, and inside the package that would
@@ -36,10 +36,10 @@ first run this ``__init__`` and everything it imports.
 
 from __future__ import annotations
 
-from edgecompile.tune.budget import DEFAULT_TRIALS_PER_TASK, MAX_TRIALS_PER_ROUND, parse_duration
-from edgecompile.tune.pipeline import TUNE_STAGES, tune
-from edgecompile.tune.results import TaskOutcome, TuneResult
-from edgecompile.tune.verdict import CONFIRM_MARGIN
+from edgecompile.tuning.budget import DEFAULT_TRIALS_PER_TASK, MAX_TRIALS_PER_ROUND, parse_duration
+from edgecompile.tuning.pipeline import TUNE_STAGES, tune
+from edgecompile.tuning.results import TaskOutcome, TuneResult
+from edgecompile.tuning.verdict import CONFIRM_MARGIN
 
 __all__ = [
     "CONFIRM_MARGIN",

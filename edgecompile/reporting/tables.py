@@ -7,10 +7,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from edgecompile._atomic import atomic_file
-from edgecompile.report.measure import OP_CLASSES
-from edgecompile.report.plots import PLOT_MAC, PLOT_MULTIPLY_ADDS, PLOT_OP_CLASSES
-from edgecompile.report.results import TUNED, ModelResult, ZooReport
-from edgecompile.report.stats import correlation_sentences
+from edgecompile.reporting.measure import OP_CLASSES
+from edgecompile.reporting.plots import PLOT_MAC, PLOT_MULTIPLY_ADDS, PLOT_OP_CLASSES
+from edgecompile.reporting.results import TUNED, ModelResult, ZooReport
+from edgecompile.reporting.stats import correlation_sentences
 
 CSV_FIELDS = (
     "model",

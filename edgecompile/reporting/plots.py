@@ -13,8 +13,8 @@ from typing import Any
 import numpy as np
 
 from edgecompile._atomic import atomic_file
-from edgecompile.report.measure import OP_CLASSES
-from edgecompile.report.results import ENGINES, Correlation, ModelResult
+from edgecompile.reporting.measure import OP_CLASSES
+from edgecompile.reporting.results import ENGINES, Correlation, ModelResult
 
 PLOT_MULTIPLY_ADDS = "latency_vs_multiply_adds.png"
 PLOT_MAC = "latency_vs_mac.png"

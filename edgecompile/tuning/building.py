@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from edgecompile.tune.budget import Pace
+from edgecompile.tuning.budget import Pace
 
 #: The error of a candidate not built because the deadline had passed: not a failure, and not
 #: a trial (no record is written for it).

@@ -1,7 +1,7 @@
 """The engines a host bench times (TVM, ONNX Runtime, torch) and one measurement of them.
 
-:func:`measure` takes a JSON-able spec (what :mod:`edgecompile.bench.workers` sends to another
-process): it makes the runners, checks their outputs agree, then times them interleaved. The
+:func:`measure` takes a JSON-able spec (what :mod:`edgecompile.benchmarking.workers` sends to
+another process): it makes the runners, checks their outputs agree, then times them interleaved. The
 runner factories are module-level so tests can swap one for a broken engine.
 """
 
@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from edgecompile.bench.timing import Runner, latency_stats, time_interleaved
+from edgecompile.benchmarking.timing import Runner, latency_stats, time_interleaved
 from edgecompile.errors import EdgecompileError
 
 ENGINES = ("tvm", "ort", "torch")
@@ -136,7 +136,7 @@ def _inputs(spec: dict[str, Any]) -> list[np.ndarray]:
 
 def measure(spec: dict[str, Any]) -> dict[str, Any]:
     """One thread count, all engines, in this process: outputs checked, then timed interleaved
-    (:func:`~edgecompile.bench.timing.time_interleaved`)."""
+    (:func:`~edgecompile.benchmarking.timing.time_interleaved`)."""
     inputs = [np.asarray(x, dtype=np.float32) for x in _inputs(spec)]
     runners = make_runners(spec, spec["threads"])
     outputs = {engine: run(inputs) for engine, run in runners.items()}

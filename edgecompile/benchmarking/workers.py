@@ -2,7 +2,7 @@
 
 :func:`measure_in_subprocess` starts a fresh Python per thread count; :class:`PinnedWorker`
 keeps one alive for many models (a report over the zoo). Both run
-:func:`edgecompile.bench.engines.measure` there and bring its user errors back intact.
+:func:`edgecompile.benchmarking.engines.measure` there and bring its user errors back intact.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from concurrent.futures.process import BrokenProcessPool
 from types import TracebackType
 from typing import Any, TypeVar
 
-from edgecompile.bench.engines import measure
+from edgecompile.benchmarking.engines import measure
 from edgecompile.errors import EdgecompileError, last_line
 
 Result = TypeVar("Result")

@@ -13,11 +13,11 @@ import time
 from typing import Any
 
 from edgecompile.records import mean_seconds
-from edgecompile.tune.budget import FINISH_SECONDS, Pace, TimeBudget
-from edgecompile.tune.building import was_skipped
-from edgecompile.tune.measure import FAILED_RUN
-from edgecompile.tune.tasks import TuningTask
-from edgecompile.tune.verdict import CONFIRM_CANDIDATES, remeasure_seconds
+from edgecompile.tuning.budget import FINISH_SECONDS, Pace, TimeBudget
+from edgecompile.tuning.building import was_skipped
+from edgecompile.tuning.measure import FAILED_RUN
+from edgecompile.tuning.tasks import TuningTask
+from edgecompile.tuning.verdict import CONFIRM_CANDIDATES, remeasure_seconds
 
 #: A board that failed this many rounds in a row is gone: stop, keep the records.
 MAX_FAILED_ROUNDS = 2
@@ -64,7 +64,7 @@ class SearchMonitor:
         self.activity = "starting"
         #: Tasks whose last round waits for its runs, oldest first.
         self.measuring: list[int] = []
-        #: Ctrl-C arrived during the search (see :func:`~edgecompile.tune.search.run_search`).
+        #: Ctrl-C arrived during the search (see :func:`~edgecompile.tuning.search.run_search`).
         self.interrupted = False
 
     # ---- the budget -------------------------------------------------------------------------

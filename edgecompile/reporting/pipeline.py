@@ -1,9 +1,9 @@
 """The zoo report's entry point: choose models, build them, measure them one by one, write.
 
-Two phases: costs and builds (:mod:`~edgecompile.report.builds`, several models at once), then
-each model timed and profiled alone (:mod:`~edgecompile.report.measure`); then the statistics
-(:mod:`~edgecompile.report.stats`), tables (:mod:`~edgecompile.report.tables`) and plots
-(:mod:`~edgecompile.report.plots`).
+Two phases: costs and builds (:mod:`~edgecompile.reporting.builds`, several models at once), then
+each model timed and profiled alone (:mod:`~edgecompile.reporting.measure`); then the statistics
+(:mod:`~edgecompile.reporting.stats`), tables (:mod:`~edgecompile.reporting.tables`) and plots
+(:mod:`~edgecompile.reporting.plots`).
 """
 
 from __future__ import annotations
@@ -20,21 +20,21 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from edgecompile.bench.history import host_cpu_name
-from edgecompile.bench.timing import check_counts
-from edgecompile.bench.workers import PinnedWorker
+from edgecompile.benchmarking.history import host_cpu_name
+from edgecompile.benchmarking.timing import check_counts
+from edgecompile.benchmarking.workers import PinnedWorker
 from edgecompile.errors import EdgecompileError
 from edgecompile.progress import SILENT, Progress
-from edgecompile.report.builds import default_build_jobs, prepare_models, tuning_records
-from edgecompile.report.measure import measure_model
-from edgecompile.report.plots import (
+from edgecompile.reporting.builds import default_build_jobs, prepare_models, tuning_records
+from edgecompile.reporting.measure import measure_model
+from edgecompile.reporting.plots import (
     PLOT_MAC,
     PLOT_MULTIPLY_ADDS,
     PLOT_OP_CLASSES,
     plot_latency,
     plot_op_classes,
 )
-from edgecompile.report.results import (
+from edgecompile.reporting.results import (
     BUILDS_DIR,
     DEFAULT_ENGINES,
     ENGINES,
@@ -42,8 +42,8 @@ from edgecompile.report.results import (
     TUNED,
     ZooReport,
 )
-from edgecompile.report.stats import correlations
-from edgecompile.report.tables import write_csv, write_index
+from edgecompile.reporting.stats import correlations
+from edgecompile.reporting.tables import write_csv, write_index
 
 
 def select_models(models: str | Sequence[str] | None = None) -> list[str]:
