@@ -91,8 +91,11 @@ def private_user_state(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Non
         "EDGECOMPILE_BENCH_HISTORY": str(private / "bench-history.jsonl"),
         "EDGECOMPILE_PROGRESS": "off",
     }
-    previous = {name: os.environ.get(name) for name in wanted}
+    previous = {name: os.environ.get(name) for name in [*wanted, "COLUMNS"]}
     os.environ.update(wanted)
+    # pytest-xdist's workers get COLUMNS=80, which tables fit themselves to; the tests of
+    # widths set it themselves.
+    os.environ.pop("COLUMNS", None)
     yield
     for name, value in previous.items():
         if value is None:

@@ -335,6 +335,39 @@ def test_a_huge_input_size_is_refused_before_allocating(
     assert "too large" in line
 
 
+@pytest.mark.parametrize(
+    "mistake",
+    [
+        ["export", "squeezenet1_1", "--input-size", "100000", "-o", "m.onnx"],
+        ["build", "squeezenet1_1", "--input-size", "0"],
+        ["build", "squeezenet1_1", "--input-size", "224", "--batch", "0"],
+        ["bench", "squeezenet1_1", "--input-size", "9x"],
+        ["inspect", "squeezenet1_1", "--input-size", "-3"],
+    ],
+)
+def test_input_size_and_batch_mistakes_are_found_before_torch_loads(
+    mistake: list[str], tmp_path: Path
+) -> None:
+    script = textwrap.dedent(
+        """
+        import atexit, sys
+        atexit.register(lambda: print("loaded:", sorted({"torch", "tvm"} & set(sys.modules))))
+        from edgecompile.cli import main
+        main(sys.argv[1:])
+        """
+    )
+    ran = subprocess.run(
+        [sys.executable, "-c", script, *mistake],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
+    assert ran.returncode == 2, ran.stderr
+    assert ran.stderr.startswith("Error: ") and len(ran.stderr.splitlines()) == 1, ran.stderr
+    assert "loaded: []" in ran.stdout, (mistake, ran.stdout)
+
+
 # --------------------------------------------------------------------------------------------
 # network waits end (#19.5)
 

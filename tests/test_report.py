@@ -481,12 +481,16 @@ def test_a_rerun_reuses_both_builds_and_new_records_rebuild_only_the_tuned_one(
 
     again = rerun(records)
     assert again["build_reused"] is True and again["tuned_build_reused"] is True
-    # Other records (the same store less its last record): same untuned build, new tuned one.
+    # Other records (the same store less one record a build applies): same untuned build, new
+    # tuned one. (A record no build applies changes nothing a build uses, so nothing rebuilds.)
     changed = tmp_path / "changed"
     shutil.copytree(records, changed)
     (store,) = [path for path in changed.iterdir() if path.is_dir()]
-    lines = store.joinpath("database_tuning_record.json").read_text().splitlines()
-    store.joinpath("database_tuning_record.json").write_text("\n".join(lines[:-1]) + "\n")
+    applied = store_for(resolve_target("host"), changed).applied_records()
+    assert applied, "the fixture's records apply to no kernel"
+    database = store.joinpath("database_tuning_record.json")
+    kept = [line for line in database.read_text().splitlines() if line != applied[0]]
+    database.write_text("\n".join(kept) + "\n")
     rebuilt = rerun(changed)
     assert rebuilt["build_reused"] is True and rebuilt["tuned_build_reused"] is False
     assert Path(rebuilt["tuned_artifact"]).parent != Path(again["tuned_artifact"]).parent

@@ -84,8 +84,35 @@ class AliasedOption(click.Option):
 
 
 json_option = click.option("--json", "as_json", is_flag=True, help=HELP["json"])
-input_size_option = click.option("--input-size", metavar="SIZE", help=HELP["input_size"])
-batch_option = click.option("--batch", type=int, default=1, show_default=True, help=HELP["batch"])
+
+
+def _checked_input_size(
+    ctx: click.Context, param: click.Parameter, value: str | None
+) -> str | None:
+    """``--input-size`` parsed and bounded while the options are (no torch loaded yet)."""
+    from edgecompile.input_size import parse_input_size
+
+    parse_input_size(value)
+    return value
+
+
+def _checked_batch(ctx: click.Context, param: click.Parameter, value: int) -> int:
+    from edgecompile.input_size import check_input_pixels, parse_input_size
+
+    if value < 1:
+        raise EdgecompileError(f"bad batch size {value}", "use --batch 1 or more")
+    size = parse_input_size(ctx.params.get("input_size"))
+    if size is not None:
+        check_input_pixels(value, *size)
+    return value
+
+
+input_size_option = click.option(
+    "--input-size", metavar="SIZE", help=HELP["input_size"], callback=_checked_input_size
+)
+batch_option = click.option(
+    "--batch", type=int, default=1, show_default=True, help=HELP["batch"], callback=_checked_batch
+)
 weights_option = click.option("--weights", type=click.Path(), help=HELP["weights"])
 seed_option = click.option("--seed", type=int, default=0, show_default=True, help=HELP["seed"])
 threads_option = click.option("--threads", type=int, help=HELP["threads"])
