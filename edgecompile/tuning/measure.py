@@ -173,7 +173,10 @@ def _runners(
     from edgecompile import _tune_workers as workers
 
     if transport == "local":
-        yield partial(_local_runner, threads), f"this machine ({threads} threads)"
+        yield (
+            partial(_local_runner, threads),
+            f"this machine ({threads} thread{'' if threads == 1 else 's'})",
+        )
         return
     from edgecompile.device.remote import check_rpc_target
 
