@@ -710,6 +710,11 @@ def list_stores(records: str | Path | None = None) -> list[RecordStore]:
     return [load_store(child) for child in sorted(root.iterdir()) if (child / TARGET_FILE).exists()]
 
 
+def uses_label(uses: str, pending: bool) -> str:
+    """What a build uses for a kernel, as every command prints it."""
+    return f"{uses} (not re-measured)" if pending else uses
+
+
 @dataclass(frozen=True)
 class Decision:
     """What a build uses for one workload, and on what grounds.
@@ -734,7 +739,7 @@ class Decision:
     @property
     def label(self) -> str:
         """``uses`` as the tables print it."""
-        return f"{self.uses} (not re-measured)" if self.pending else self.uses
+        return uses_label(self.uses, self.pending)
 
 
 def _applicable(body: Any) -> bool:
@@ -781,7 +786,7 @@ class WorkloadSummary:
 
     @property
     def uses_label(self) -> str:
-        return f"{self.uses} (not re-measured)" if self.pending else self.uses
+        return uses_label(self.uses, self.pending)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

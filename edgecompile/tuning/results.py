@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edgecompile.records import UNTUNED, RecordStore, record_schedule
+from edgecompile.records import UNTUNED, RecordStore, record_schedule, uses_label
 from edgecompile.tuning.tasks import TuningTask, milliseconds, timed_records
 
 
@@ -32,7 +32,7 @@ class TaskOutcome:
 
     @property
     def uses_label(self) -> str:
-        return f"{self.uses} (not re-measured)" if self.pending else self.uses
+        return uses_label(self.uses, self.pending)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
