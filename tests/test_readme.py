@@ -113,3 +113,22 @@ def test_runtime_snippet_loads_the_quick_start_library_on_the_emulated_board(
         shutil.rmtree(work, ignore_errors=True)
     assert completed.returncode == 0, completed.stderr[-3000:]
     assert completed.stdout.startswith("ok (1, 1000)")
+
+
+@pytest.mark.timeout(300)
+def test_pip_install_leaves_nothing_in_build(tmp_path: Path) -> None:
+    """`build/` is where `edgecompile build` writes; setuptools' scratch must not land there."""
+    import shutil
+
+    tree = tmp_path / "checkout"
+    shutil.copytree(
+        ROOT, tree, ignore=shutil.ignore_patterns(".venv*", ".git", "build", "*.egg-info")
+    )
+    completed = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+         "-w", str(tmp_path / "wheels"), "."],
+        cwd=tree, capture_output=True, text=True, timeout=280, check=False,
+    )  # fmt: skip
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    assert list((tmp_path / "wheels").glob("edgecompile-*.whl"))
+    assert not (tree / "build").exists()
