@@ -282,10 +282,7 @@ class Running:
     def send(self, signum: signal.Signals) -> None:
         """The signal to the tune alone, as ``kill -INT/-TERM/-9 PID`` sends it.
 
-        Not to the whole process group as a terminal's Ctrl-C does: the tune's build and
-        measurement workers (TVM's popen workers), still starting, then die in their ``site``
-        import with a "Fatal Python error" traceback on the shared stderr -- a known blemish,
-        not yet fixed; the tune itself still exits 130 and cleans up.
+        (The whole process group, as a terminal's Ctrl-C, is its own test below.)
         """
         self.process.send_signal(signum)
 
@@ -398,6 +395,28 @@ def rerun(workspace: Workspace, trials: int) -> dict[str, object]:
     assert result.returncode == 0, result.stderr
     assert workspace.leftovers() == []
     return json.loads(result.stdout)
+
+
+# --- Ctrl-C at a terminal: the whole process group ------------------------------------------
+
+
+@pytest.mark.timeout(900)
+def test_ctrl_c_to_the_process_group_stops_the_tune_without_worker_tracebacks(
+    workspace: Workspace, processes: list[Running]
+) -> None:
+    """A terminal's Ctrl-C reaches every process of its foreground group. TVM's build and
+    measurement workers, then starting, used to die in Python's start-up with a "Fatal Python
+    error" traceback on the tune's stderr; they now run in a session of their own."""
+    tune = Running(edgecompile_argv(*workspace.tune_args(SEARCH_TRIALS)), workspace.env())
+    processes.append(tune)
+    tune.wait_for_stage("measure")  # the workers start here
+    time.sleep(0.5)
+    os.killpg(tune.process.pid, signal.SIGINT)
+    code, _, err = tune.finish(EXIT_TIMEOUT_S)
+    assert code == EXIT_CODE[signal.SIGINT], err
+    assert err.strip().splitlines()[-1] == MESSAGE[signal.SIGINT], err
+    assert "Fatal Python error" not in err and "Traceback" not in err, err
+    assert workspace.leftovers() == []
 
 
 # --- SIGTERM while the tune works ---------------------------------------------------------------

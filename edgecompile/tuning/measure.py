@@ -23,6 +23,7 @@ from edgecompile.errors import EdgecompileError
 from edgecompile.targets import BoardPreset
 from edgecompile.tuning.budget import Pace
 from edgecompile.tuning.building import BuildGate, candidate_builder, was_skipped
+from edgecompile.tuning.processes import keep_workers_out_of_ctrl_c
 
 #: RPC sessions: an emulated or slow board needs minutes for the first load.
 RPC_SESSION_TIMEOUT = 600
@@ -131,6 +132,7 @@ def measurement(
     candidate is built under ``scratch`` (a folder the caller deletes)."""
     from tvm.s_tir import meta_schedule as ms
 
+    keep_workers_out_of_ctrl_c()
     gate, pace = BuildGate(), Pace()
     builder = candidate_builder(toolchain, scratch, gate, pace)
     builder.warm_up()  # its worker starts (imports TVM) while the runner's does
