@@ -343,6 +343,7 @@ def test_a_huge_input_size_is_refused_before_allocating(
         ["build", "squeezenet1_1", "--input-size", "224", "--batch", "0"],
         ["bench", "squeezenet1_1", "--input-size", "9x"],
         ["inspect", "squeezenet1_1", "--input-size", "-3"],
+        ["build", "shufflenet_v2_x9"],
     ],
 )
 def test_input_size_and_batch_mistakes_are_found_before_torch_loads(

@@ -108,6 +108,12 @@ def build_command(
       edgecompile build squeezenet1_1 --target 'llvm -mtriple=aarch64-linux-gnu -mcpu=cortex-a72'
     """
     check_writable_dir(output_dir, "-o")  # before the export and compile, not after them
+    if not model.endswith(".onnx") and ":" not in model:  # a zoo name: known before torch loads
+        from edgecompile.zoo import resolve_name
+
+        zoo_name = resolve_name(model)
+        if zoo_name != model:  # the artifact's folder is named after the zoo's model
+            click.echo(f"note: {model} is the zoo's {zoo_name}", err=True)
     from edgecompile.artifact import pack_artifact
     from edgecompile.builder import BUILD_STAGES, build
     from edgecompile.progress import Progress
