@@ -364,6 +364,9 @@ def test_records_asked_for_but_missing_are_an_error_before_anything_runs(tmp_pat
 TUNED_MODEL = "squeezenet1_1"
 UNTUNED_MODEL = "shufflenet_v2_x0_5"  # no records for it: its tuned build is not timed
 TUNED_SIZE = "32"  # the records apply only to the shapes they were tuned at
+# Every test of the tuned report on one xdist worker: the tune and the two builds behind it are
+# module fixtures, which each worker would otherwise repeat (about two minutes each).
+ONE_WORKER_FOR_THE_TUNED_REPORT = pytest.mark.xdist_group("tuned-report")
 
 
 @pytest.fixture(scope="module")
@@ -401,6 +404,7 @@ def _tuned_result(zoo: ZooReport) -> ModelResult:
     return result
 
 
+@ONE_WORKER_FOR_THE_TUNED_REPORT
 def test_tuned_rows_have_times_and_ratios_from_the_same_runs(tuned_zoo: ZooReport) -> None:
     assert tuned_zoo.engines == ["tvm", TUNED, "ort", "torch"]
     result = _tuned_result(tuned_zoo)
@@ -425,6 +429,7 @@ def test_tuned_rows_have_times_and_ratios_from_the_same_runs(tuned_zoo: ZooRepor
     assert any(f"**{TUNED}, 1 thread**" in sentence for sentence in sentences)
 
 
+@ONE_WORKER_FOR_THE_TUNED_REPORT
 def test_the_tuned_build_applies_the_records_and_is_cached_by_their_digest(
     tuned_zoo: ZooReport, records: Path
 ) -> None:
@@ -450,6 +455,7 @@ def test_the_tuned_build_applies_the_records_and_is_cached_by_their_digest(
     assert f"| {TUNED_MODEL} | ok | 32x32 | " in text
 
 
+@ONE_WORKER_FOR_THE_TUNED_REPORT
 def test_a_model_the_records_do_not_apply_to_gets_no_tuned_time(tuned_zoo: ZooReport) -> None:
     other = next(result for result in tuned_zoo.models if result.model == UNTUNED_MODEL)
     assert other.status == "ok", other.failures
@@ -459,6 +465,7 @@ def test_a_model_the_records_do_not_apply_to_gets_no_tuned_time(tuned_zoo: ZooRe
     assert len(rows) == len(THREADS) and all(row["median_ms"] == "" for row in rows)
 
 
+@ONE_WORKER_FOR_THE_TUNED_REPORT
 def test_a_rerun_reuses_both_builds_and_new_records_rebuild_only_the_tuned_one(
     tuned_zoo: ZooReport, records: Path, tmp_path: Path
 ) -> None:
