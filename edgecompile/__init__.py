@@ -1,10 +1,10 @@
 """edgecompile: lightweight vision networks from PyTorch to fast libraries for ARM boards, via TVM.
 
 The Python API has the command line's names: ``list_models``, ``get_model``, ``export_onnx``,
-``inspect_model``, ``build``, ``run``, ``deploy``, ``bench``, ``profile``, ``tune``, ``report``
-(``run`` and ``bench`` on a board with ``access=BoardAccess(...)``). Names resolve lazily so
-``import edgecompile`` stays cheap (torch and TVM load on first use). No subpackage is named like
-one of them: importing ``edgecompile.tune`` would have replaced the function ``tune``.
+``inspect_model``, ``build``, ``quantize``, ``run``, ``deploy``, ``bench``, ``profile``, ``tune``,
+``report`` (``run`` and ``bench`` on a board with ``access=BoardAccess(...)``). Names resolve
+lazily so ``import edgecompile`` stays cheap (torch and TVM load on first use). No subpackage is
+named like one of them: importing ``edgecompile.tune`` would have replaced the function ``tune``.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ _LAZY = {
     "resolve_target": "edgecompile.targets",
     "list_presets": "edgecompile.targets",
     "build": "edgecompile.builder",
+    "quantize": "edgecompile.quantization",
     "run": "edgecompile.api",
     "bench": "edgecompile.api",
     "profile": "edgecompile.api",

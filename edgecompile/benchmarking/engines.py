@@ -15,8 +15,15 @@ import numpy as np
 from edgecompile.benchmarking.timing import Runner, latency_stats, time_interleaved
 from edgecompile.errors import EdgecompileError
 
-ENGINES = ("tvm", "ort", "torch")
+ENGINES = ("tvm", "ort", "ort-int8", "torch")
 TOLERANCE = 1e-4
+#: Engines running an int8 model: checked against the fp32 reference by SQNR, since their
+#: outputs differ from fp32 by design (quantization steps, not 1e-4).
+INT8_ENGINES = frozenset({"ort-int8"})
+#: The least SQNR (dB) an int8 engine's output keeps against the fp32 reference on the bench's
+#: random input; below it the int8 model is broken, not merely quantized (mobilenet_v2 keeps
+#: ~22 dB with random weights).
+INT8_MIN_SQNR_DB = 10.0
 
 
 def tvm_runner(library: str) -> Runner:
@@ -80,7 +87,8 @@ def make_runners(spec: dict[str, Any], threads: int) -> dict[str, Runner]:
         torch_model = load_torch_model(
             info["name"], input_size=info["input_size"], batch=info["batch"], seed=info["seed"]
         )
-        if "ort" in spec["engines"] and not onnx_path:  # an artifact without its ONNX
+        wants_onnx = {"ort", "ort-int8"} & set(spec["engines"])
+        if wants_onnx and not onnx_path:  # an artifact without its ONNX
             onnx_path = str(Path(spec["scratch"]) / f"{info['name']}.onnx")
             if not Path(onnx_path).is_file():
                 export_onnx(torch_model, onnx_path, seed=info["seed"])
@@ -89,9 +97,22 @@ def make_runners(spec: dict[str, Any], threads: int) -> dict[str, Runner]:
             runners[engine] = tvm_runner(spec["libraries"][engine])
         elif engine == "ort" and onnx_path:
             runners[engine] = ort_runner(onnx_path, threads)
+        elif engine == "ort-int8" and onnx_path:
+            runners[engine] = ort_runner(str(_int8_model(onnx_path, spec["scratch"])), threads)
         elif engine == "torch" and torch_model is not None:
             runners[engine] = torch_runner(torch_model, threads)
     return runners
+
+
+def _int8_model(onnx_path: str, scratch: str) -> Path:
+    """The QDQ int8 model of ``onnx_path`` (``edgecompile quantize`` on the default
+    photographs), made once per bench in its scratch folder."""
+    from edgecompile.quantization import quantize
+
+    path = Path(scratch) / f"{Path(onnx_path).stem}.int8.onnx"
+    if not path.is_file():
+        quantize(onnx_path, output=path)
+    return path
 
 
 def check_agreement(
@@ -107,6 +128,9 @@ def check_agreement(
     expected = outputs[reference]
     errors: dict[str, float] = {}
     for engine, actual in outputs.items():
+        if engine in INT8_ENGINES:
+            errors[engine] = _check_int8(engine, actual, expected, reference)
+            continue
         if len(actual) != len(expected) or any(
             a.shape != e.shape for a, e in zip(actual, expected, strict=False)
         ):
@@ -123,6 +147,29 @@ def check_agreement(
             )
         errors[engine] = error
     return reference, errors
+
+
+def _check_int8(
+    engine: str, actual: list[np.ndarray], expected: list[np.ndarray], reference: str
+) -> float:
+    """An int8 engine's max relative error, once its SQNR against ``reference`` is at least
+    :data:`INT8_MIN_SQNR_DB`."""
+    from edgecompile.export import relative_error
+    from edgecompile.quantization.accuracy import compare_outputs
+
+    if [a.shape for a in actual] != [e.shape for e in expected]:
+        raise EdgecompileError(
+            f"{engine} and {reference} return different output shapes",
+            "the engines do not compute the same model; rebuild the artifact",
+        )
+    sqnr = min(compare_outputs(e, a).sqnr_db for a, e in zip(actual, expected, strict=True))
+    if not sqnr >= INT8_MIN_SQNR_DB:
+        raise EdgecompileError(
+            f"{engine} disagrees with {reference}: SQNR {sqnr:.1f} dB < {INT8_MIN_SQNR_DB:.0f} dB; "
+            "no time reported for it",
+            "check the calibration of the int8 model (edgecompile quantize prints its accuracy)",
+        )
+    return max(relative_error(a, e) for a, e in zip(actual, expected, strict=True))
 
 
 def _inputs(spec: dict[str, Any]) -> list[np.ndarray]:

@@ -21,6 +21,7 @@ from edgecompile.cli.build import build_command
 from edgecompile.cli.deploy import deploy_command
 from edgecompile.cli.device import device_group
 from edgecompile.cli.profile import profile_command
+from edgecompile.cli.quantize import quantize_command
 from edgecompile.cli.records import records_group
 from edgecompile.cli.report import report_command
 from edgecompile.cli.run import run_command
@@ -40,6 +41,7 @@ def cli() -> None:
       models / inspect   the zoo: ShuffleNet, MobileNet, MNASNet, SqueezeNet, Xception, ...
       export             torch -> static-shape ONNX, checked against ONNX Runtime
       build              ONNX -> TVM Relax -> our schedules -> cross-compiled .so for a board
+      quantize           static int8 (QDQ ONNX, calibrated on images) + its accuracy vs fp32
       tune / records     MetaSchedule tuning per target (here or on the board), its records
       targets            the board presets --target accepts
       run                run a built library here, or on a board (--device/--rpc/--tracker)
@@ -67,6 +69,7 @@ for command in (
     export_command,
     targets_command,
     build_command,
+    quantize_command,
     run_command,
     deploy_command,
     bench_command,

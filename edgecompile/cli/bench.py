@@ -39,7 +39,8 @@ from edgecompile.errors import EdgecompileError
 )  # fmt: skip
 @click.option(
     "--compare",
-    help="Here only: engines to time next to TVM, comma-separated: ort, torch [ort,torch].",
+    help="Here only: engines to time next to TVM, comma-separated: ort, ort-int8 (ORT running "
+    "the model quantized by `edgecompile quantize`), torch [ort,torch].",
 )
 @input_size_option
 @click.option(
