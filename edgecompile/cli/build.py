@@ -62,6 +62,11 @@ def _refuse_file_name(output_dir: str) -> str:
     help="After the build, print per layer the schedule that ran and why a rule fell back.",
 )  # fmt: skip
 @click.option("--tar", "pack", is_flag=True, help="Also pack the artifact as <dir>.tar.gz.")
+@click.option(
+    "--bundle", "make_bundle", is_flag=True,
+    help="Also write <dir>-bundle/: the library, manifest, native TVM runtime and "
+    "edgecompile-runner, to run on an aarch64/armv7 board without Python.",
+)  # fmt: skip
 @json_option
 def build_command(
     model: str,
@@ -79,6 +84,7 @@ def build_command(
     schedules_dir: str | None,
     explain: bool,
     pack: bool,
+    make_bundle: bool,
     as_json: bool,
 ) -> None:
     """Compile MODEL into a shared library for a board.
@@ -104,6 +110,7 @@ def build_command(
       edgecompile build shufflenet_v1 --target rpi4
       edgecompile build mobilenet_v2 --target host --input-size 160
       edgecompile build my_model.onnx --target rpi4-armv7 --batch 4
+      edgecompile build shufflenet_v1 --target rpi3-armv7 --bundle
       edgecompile build espnet_v2 --schedules examples/schedules --explain
       edgecompile build squeezenet1_1 --target 'llvm -mtriple=aarch64-linux-gnu -mcpu=cortex-a72'
     """
@@ -141,10 +148,16 @@ def build_command(
     for line in [] if no_custom_schedules else fallback_warnings(artifact.manifest.schedules):
         click.echo(line, err=True)
     archive = pack_artifact(artifact) if pack else None
+    bundled = None
+    if make_bundle:
+        from edgecompile.native.bundle import bundle
+
+        bundled = bundle(artifact, progress=Progress(1))
     if as_json:
         payload = artifact.manifest.to_dict()
         payload["directory"] = str(artifact.directory)
         payload["archive"] = str(archive) if archive else None
+        payload["bundle"] = str(bundled) if bundled else None
         print_json(payload)
         return
     manifest = artifact.manifest
@@ -165,6 +178,8 @@ def build_command(
         click.echo(f"user schedules scheduled {used} kernel{plural} ({directory})")
     if archive:
         click.echo(f"packed {archive}")
+    if bundled:
+        click.echo(f"bundled {bundled} (on the board: ./edgecompile-runner . --repeat 10)")
     if explain:
         from edgecompile.explain import format_explain
 

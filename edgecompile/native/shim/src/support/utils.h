@@ -1,0 +1,22 @@
+// edgecompile: the one helper thread_pool.cc takes from TVM's src/support/utils.h.
+#ifndef TVM_SUPPORT_UTILS_H_
+#define TVM_SUPPORT_UTILS_H_
+
+#include <cctype>
+#include <string>
+
+namespace tvm {
+namespace support {
+
+inline bool IsNumber(const std::string& text) {
+  if (text.empty()) return false;
+  for (char c : text) {
+    if (!std::isdigit(static_cast<unsigned char>(c))) return false;
+  }
+  return true;
+}
+
+}  // namespace support
+}  // namespace tvm
+
+#endif  // TVM_SUPPORT_UTILS_H_

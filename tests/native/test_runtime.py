@@ -1,0 +1,73 @@
+"""The native runtime's build: architecture names, the cache key, the cache, zig's failures."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from edgecompile.errors import EdgecompileError
+from edgecompile.native import runtime
+
+
+def test_board_architecture_names_resolve_to_the_two_runtimes() -> None:
+    assert runtime.canonical_arch("armv7").name == "arm"
+    assert runtime.canonical_arch("armhf").zig_target == "arm-linux-gnueabihf.2.31"
+    assert runtime.canonical_arch("arm64").zig_target == "aarch64-linux-gnu.2.31"
+    with pytest.raises(EdgecompileError) as caught:
+        runtime.canonical_arch("x86_64")
+    assert "x86_64" in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_the_cache_key_holds_arch_versions_and_our_sources(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("EDGECOMPILE_CACHE", str(tmp_path))
+    sources = runtime.installed_sources()
+    arm = runtime.runtime_path("armv7", sources)
+    assert arm.parent == tmp_path / "native"
+    assert sources.tvm_version in arm.name and sources.ffi_version in arm.name
+    assert runtime.source_hash() in arm.name
+    assert runtime.runtime_path("aarch64", sources) != arm
+    newer = runtime.Sources(sources.tvm, sources.ffi, "99.0", sources.ffi_version)
+    assert runtime.runtime_path("arm", newer) != arm
+
+
+def test_a_cached_runtime_is_used_without_building(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("EDGECOMPILE_CACHE", str(tmp_path))
+    folder = runtime.runtime_path("aarch64")
+    folder.mkdir(parents=True)
+    (folder / runtime.RECORD).write_text(json.dumps({"arch": "aarch64"}))
+
+    def no_build(*args: object) -> None:
+        raise AssertionError("rebuilt a cached runtime")
+
+    monkeypatch.setattr(runtime, "_build", no_build)
+    assert runtime.ensure_runtime("aarch64") == folder
+
+
+def test_a_zig_failure_is_one_line_naming_the_file_and_publishes_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("EDGECOMPILE_CACHE", str(tmp_path / "cache"))
+    real = runtime.installed_sources()
+    ffi = tmp_path / "tvm_ffi"
+    (ffi / "src" / "ffi").mkdir(parents=True)
+    (ffi / "src" / "ffi" / "broken.cc").write_text("int broken( {\n")
+    tvm = tmp_path / "tvm"
+    (tvm / "src" / "runtime").mkdir(parents=True)
+    fake = runtime.Sources(tvm, ffi, real.tvm_version, real.ffi_version)
+    monkeypatch.setattr(runtime, "installed_sources", lambda: fake)
+    monkeypatch.setattr(runtime, "FFI_SOURCES", ("broken.cc",))
+    monkeypatch.setattr(runtime, "TVM_SOURCES", ())
+    monkeypatch.setattr(runtime, "SHIM_SOURCES", ())
+
+    with pytest.raises(EdgecompileError) as caught:
+        runtime.ensure_runtime("armv7")
+    message = str(caught.value)
+    assert "tvm_ffi/broken.cc" in message and "for arm" in message and "\n" not in message
+    assert not runtime.is_built(runtime.runtime_path("arm", fake))
+    assert [p.name for p in (tmp_path / "cache" / "native").iterdir()] == []
