@@ -7,6 +7,7 @@ import re
 import shlex
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -130,5 +131,15 @@ def test_pip_install_leaves_nothing_in_build(tmp_path: Path) -> None:
         cwd=tree, capture_output=True, text=True, timeout=280, check=False,
     )  # fmt: skip
     assert completed.returncode == 0, completed.stderr[-2000:]
-    assert list((tmp_path / "wheels").glob("edgecompile-*.whl"))
+    (wheel,) = (tmp_path / "wheels").glob("edgecompile-*.whl")
     assert not (tree / "build").exists()
+    # Every data file of the package is in the wheel (a non-editable install has only those):
+    # the presets, the zoo's facts, the native runtime's C++ sources.
+    with zipfile.ZipFile(wheel) as archive:
+        packed = set(archive.namelist())
+    data = [
+        path.relative_to(ROOT).as_posix()
+        for path in (ROOT / "edgecompile").rglob("*")
+        if path.is_file() and path.suffix in {".toml", ".json", ".cpp", ".cc", ".h"}
+    ]
+    assert data and [path for path in data if path not in packed] == []
