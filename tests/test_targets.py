@@ -36,6 +36,8 @@ KNOWN_ARCH = {
     "jetson-nano-cpu": "aarch64",
     "aarch64": "aarch64",
     "armv7": "arm",
+    "x86-64-v2": "x86_64",
+    "x86-64-v3": "x86_64",
     HOST: HOST_MACHINE,
 }
 

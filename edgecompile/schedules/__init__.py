@@ -1,9 +1,9 @@
 """Hand-written TIR schedules for the convolutions of mobile CNNs, applied without tuning.
 
 Pointwise (1×1), depthwise, grouped (with ShuffleNet's channel shuffle folded into the channel
-order) and dense K×K convolutions run in the channel-blocked NCHW[x]c layout with pre-packed
-weights and a register tile sized from the target (vector lanes and registers), on x86 and ARM
-alike; everything else keeps TVM's default lowering. Entry points:
+order), dense K×K and transposed (as sub-pixel) convolutions run in the channel-blocked NCHW[x]c
+layout with pre-packed weights and a register tile sized from the target (vector lanes and
+registers), on x86 and ARM alike; everything else keeps TVM's default lowering. Entry points:
 
 - :func:`compile_relax` — ``tvm.compile`` with the schedules, plus which schedule each op got;
 - :func:`optimize` — the Relax pipeline alone, to inspect the scheduled PrimFuncs;
@@ -23,7 +23,15 @@ idioms it recognises), ``channels`` (lane orders), ``packing`` (weights packed i
 
 from __future__ import annotations
 
-from edgecompile.schedules.compute import DENSE, DEPTHWISE, GROUPED, MATMUL, POINTWISE, POOL
+from edgecompile.schedules.compute import (
+    DENSE,
+    DEPTHWISE,
+    GROUPED,
+    MATMUL,
+    POINTWISE,
+    POOL,
+    TRANSPOSED,
+)
 from edgecompile.schedules.coverage import assert_no_missed_schedules, missed_schedules
 from edgecompile.schedules.cpu import CpuInfo, cpu_info
 from edgecompile.schedules.pipeline import (
@@ -42,6 +50,7 @@ __all__ = [
     "MATMUL",
     "POINTWISE",
     "POOL",
+    "TRANSPOSED",
     "TVM_DEFAULT",
     "CpuInfo",
     "ScheduleReport",

@@ -16,6 +16,7 @@ import numpy as np
 from tvm import ir, relax, s_tir, tirx
 
 CONV2D = "relax.nn.conv2d"
+CONV2D_TRANSPOSE = "relax.nn.conv2d_transpose"
 MATMUL = "relax.matmul"
 #: The name TE and LegalizeOps give the block that holds a PrimFunc's whole body.
 ROOT = "root"
@@ -213,3 +214,8 @@ def conv_indices(module: Any) -> dict[Any, int]:
     """Binding var of each conv2d in ``main`` → its index among ``heavy_ops(module)``; empty
     for a module without ``main``."""
     return heavy_op_indices(module, frozenset({CONV2D})) if has_main(module) else {}
+
+
+def transposed_conv_indices(module: Any) -> dict[Any, int]:
+    """:func:`conv_indices` for the conv2d_transpose ops of ``main``."""
+    return heavy_op_indices(module, frozenset({CONV2D_TRANSPOSE})) if has_main(module) else {}

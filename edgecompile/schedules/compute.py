@@ -20,11 +20,23 @@ POINTWISE = "edgecompile.pointwise_nchwc"
 DEPTHWISE = "edgecompile.depthwise_nchwc"
 GROUPED = "edgecompile.grouped_nchwc"
 DENSE = "edgecompile.conv_nchwc"
+TRANSPOSED = "edgecompile.conv2d_transpose_nchwc"
 MATMUL = "edgecompile.matmul_packed"
 POOL = "edgecompile.pool_nchwc"
+#: A grouped conv with few output channels per group, in NCHW, vectorized over output pixels.
+GROUPED_PIXELS = "edgecompile.grouped_pixels"
 #: Consecutive output blocks that read the same input channels (one row of the channel table):
 #: the register tile may only span output blocks that share their broadcast inputs.
 BLOCKS_PER_ROW_ATTR = "edgecompile.blocks_per_row"
+#: Output channels per group of a :data:`GROUPED_PIXELS` conv: its register tile spans output
+#: channels of one group only (they read the same input rows).
+PER_GROUP_ATTR = "edgecompile.per_group"
+#: Name prefix of the stage that applies a conv's pre-activation (:func:`with_prologue`): the
+#: rules inline it into the stage that reads the input (the padded copy, or the conv itself).
+PROLOGUE_STAGE = "prologue"
+#: A transposed conv's strides ``[h, w]``: its rule splits each output axis into input position ×
+#: phase (:func:`transposed_conv_nchwc`).
+STRIDES_ATTR = "edgecompile.strides"
 #: Output values per vector of the packed matmul (its weight's innermost axis).
 VECTOR_LANES_ATTR = "edgecompile.vector_lanes"
 #: Relax's ``OpPatternKind::kOpaque``, as the ``op_pattern`` of a PrimFunc FuseOps must not fuse.
@@ -42,25 +54,30 @@ def _attrs(schedule: str, op_index: int | None, **extra: Any) -> dict[str, Any]:
     return {SCHEDULE_ATTR: schedule, **index, **extra}
 
 
-def pack(data: Any, block: int) -> Any:
+def pack(data: Any, block: int, prologue: Any = None) -> Any:
     """NCHW → NCHW[block]c, zero-filling the channels past ``C`` up to a multiple of ``block``.
 
     Zero padding keeps the padded lanes harmless downstream: the packed weights are zero there,
     so whatever the padded lanes hold after an epilogue is multiplied by zero by the next conv.
+    ``prologue``: the next conv's pre-activation (:func:`with_prologue`), applied as the pack
+    copies each value (a BN → ReLU before a pointwise conv costs no pass of its own).
     """
     from tvm import te, tirx
 
     batch, channels, height, width = (int(d) for d in data.shape)
     blocks = ceil_div(channels, block)
 
+    def load(n: Any, channel: Any, h: Any, w: Any) -> Any:
+        return _activated(data[n, channel, h, w], (channel,), prologue)
+
     def element(n: Any, cb: Any, h: Any, w: Any, c: Any) -> Any:
         channel = cb * block + c
         if channels % block == 0:
-            return data[n, channel, h, w]
+            return load(n, channel, h, w)
         inside = channel < channels
         # The clamp keeps the load in bounds even where codegen evaluates both branches.
         return tirx.if_then_else(
-            inside, data[n, tirx.min(channel, channels - 1), h, w], tirx.const(0, data.dtype)
+            inside, load(n, tirx.min(channel, channels - 1), h, w), tirx.const(0, data.dtype)
         )
 
     return te.compute((batch, blocks, height, width, block), element, name="pack_nchwc")
@@ -105,6 +122,38 @@ def unpack_gather(data: Any, lane_of_channel: Any) -> Any:
         (batch, channels, height, width),
         lambda n, c, h, w: data[n, lane_of_channel[c] // block, h, w, lane_of_channel[c] % block],
         name="unpack_nchwc",
+    )
+
+
+def prelu_nchwc(data: Any, slope: Any) -> Any:
+    """PReLU with a per-channel slope on ``(N, C/x, H, W, x)``; ``slope`` is ``(1, C/x, 1, 1, x)``
+    (lanes packed like the data, zero in padding lanes, which then stay finite).
+
+    One elementwise block with a select: FuseOps fuses it into the producing conv, whose rule
+    inlines it into the register tile's write-back (TVM's ``nn.prelu`` takes one channel axis,
+    which the blocked layout splits in two)."""
+    from tvm import te, tirx
+
+    def element(n: Any, cb: Any, h: Any, w: Any, c: Any) -> Any:
+        # Read three times, not bound once with a Let: with a Let, ESPNet v2's fused grouped
+        # convs failed LLVM's verifier ("does not dominate all uses"); TIR's CSE shares them.
+        value = data[n, cb, h, w, c]
+        negative = value * slope[0, cb, 0, 0, c]
+        return tirx.Select(value > tirx.const(0, data.dtype), value, negative)
+
+    return te.compute(data.shape, element, name="prelu_nchwc")
+
+
+def channel_affine_nchwc(data: Any, scale: Any, shift: Any) -> Any:
+    """``data * scale + shift`` per channel on ``(N, C/x, H, W, x)``, the constants
+    ``(1, C/x, 1, 1, x)``: an inference batch norm that could not be folded into a conv's
+    weights (it follows a concat or a sum), as one multiply-add per vector."""
+    from tvm import te
+
+    return te.compute(
+        data.shape,
+        lambda n, cb, h, w, c: data[n, cb, h, w, c] * scale[0, cb, 0, 0, c] + shift[0, cb, 0, 0, c],
+        name="batch_norm_nchwc",
     )
 
 
@@ -241,11 +290,13 @@ def _conv_nchwc(
     schedule: str,
     op_index: int,
     blocks_per_row: int,
+    prologue: Any = None,
 ) -> Any:
     """Blocked output ``(N, CO/x, OH, OW, x)`` of a K×K conv whose reduction step ``r`` of output
     block ``cob`` reads input channel ``channel(cob, r)`` (flat: ``block * x + lane`` for a blocked
     input, the NCHW channel for a plain one) as a broadcast scalar, against the weight vector
-    ``weight[cob, r, kh, kw, :]`` of ``x`` output channels."""
+    ``weight[cob, r, kh, kw, :]`` of ``x`` output channels. ``prologue``: the input's
+    pre-activation (:func:`with_prologue`), applied as the conv reads it."""
     from tvm import te
 
     batch, _, height, width = (int(d) for d in data.shape[:4])
@@ -255,7 +306,7 @@ def _conv_nchwc(
     top, left, bottom, right = (int(p) for p in padding)
     out_h = (height + top + bottom - dilation_h * (kernel_h - 1) - 1) // stride_h + 1
     out_w = (width + left + right - dilation_w * (kernel_w - 1) - 1) // stride_w + 1
-    source = _padded(data, padding)
+    source = _padded(with_prologue(data, prologue), padding)
     blocked = len(data.shape) == 5
     in_block = int(data.shape[4]) if blocked else 1
     r = te.reduce_axis((0, steps), "r")
@@ -312,6 +363,7 @@ def grouped_conv_nchwc(
     dilation: Sequence[int],
     blocks_per_row: int,
     op_index: int,
+    prologue: Any = None,
 ) -> Any:
     """Grouped K×K convolution as a gather: ``table[cob // blocks_per_row, r]`` is the flat input
     lane of reduction step ``r`` (its group's channels, in whatever lanes a channel shuffle put
@@ -327,6 +379,7 @@ def grouped_conv_nchwc(
         dilation,
         blocks_per_row,
         op_index,
+        prologue,
     )
 
 
@@ -341,6 +394,7 @@ def grouped_conv_nchwc_affine(
     dilation: Sequence[int],
     blocks_per_row: int,
     op_index: int,
+    prologue: Any = None,
 ) -> Any:
     """:func:`grouped_conv_nchwc` for a table that is a formula (:class:`AffineLanes`, passed
     as its three numbers): no table load per reduction step, and the input addresses advance
@@ -354,6 +408,7 @@ def grouped_conv_nchwc_affine(
         dilation,
         blocks_per_row,
         op_index,
+        prologue,
     )
 
 
@@ -366,6 +421,7 @@ def _grouped(
     dilation: Sequence[int],
     blocks_per_row: int,
     op_index: int,
+    prologue: Any = None,
 ) -> Any:
     from tvm import tirx
 
@@ -386,7 +442,156 @@ def _grouped(
         GROUPED,
         op_index,
         blocks_per_row,
+        prologue,
     )
+
+
+def with_prologue(data: Any, prologue: Any = None) -> Any:
+    """``data`` with a conv's pre-activation applied per channel, ``max(x * scale + shift, 0)``
+    (no max without ``relu``), as a stage the conv's rule inlines where the conv reads its
+    input: CondenseNet's BN → ReLU before each conv then costs no pass over memory.
+
+    ``prologue`` is ``(scale, shift, relu)`` or None (``data`` itself), ``scale`` and ``shift``
+    of shape ``(C,)``: ``data`` is NCHW (a batch norm of a blocked value is blocked instead, and
+    fused into its producer as an epilogue). It goes before the padding: a padded border is the
+    activation's zero, not the pre-activation of a zero."""
+    from tvm import te
+
+    if prologue is None:
+        return data
+    return te.compute(
+        data.shape,
+        lambda n, c, h, w: _activated(data[n, c, h, w], (c,), prologue),
+        name=f"{PROLOGUE_STAGE}_nchw",
+    )
+
+
+def _activated(value: Any, channel: tuple[Any, ...], prologue: Any) -> Any:
+    """``value`` of ``channel`` (its index into the prologue's constants) after the prologue."""
+    from tvm import tirx
+
+    if prologue is None:
+        return value
+    scale, shift, relu = prologue
+    value = value * scale[channel] + shift[channel]
+    return tirx.max(value, tirx.const(0, scale.dtype)) if relu else value
+
+
+def grouped_conv_pixels(
+    data: Any,
+    weight: Any,
+    strides: Sequence[int],
+    padding: Sequence[int],
+    dilation: Sequence[int],
+    op_index: int,
+    prologue: Any = None,
+) -> Any:
+    """Grouped convolution in NCHW with the output pixels as the vector: data ``(N, C, H, W)``,
+    weight OIHW, output ``(N, CO, OH, OW)``.
+
+    For groups with few output channels (CondenseNet's 3×3 convs: 1 or 2 per group) the blocked
+    layout wastes most lanes (a vector of output channels spans several groups, each reading
+    other inputs); along a row every output pixel of a channel reads the same weights, so a
+    vector of pixels times a broadcast weight does only useful work. ``prologue``: the input's
+    pre-activation (:func:`with_prologue`)."""
+    from tvm import te, tirx
+
+    batch, channels, height, width = (int(d) for d in data.shape)
+    out_channels, per_group_in, kernel_h, kernel_w = (int(d) for d in weight.shape)
+    per_group = out_channels // (channels // per_group_in)
+    stride_h, stride_w = (int(s) for s in strides)
+    dilation_h, dilation_w = (int(d) for d in dilation)
+    top, left, bottom, right = (int(p) for p in padding)
+    out_h = (height + top + bottom - dilation_h * (kernel_h - 1) - 1) // stride_h + 1
+    out_w = (width + left + right - dilation_w * (kernel_w - 1) - 1) // stride_w + 1
+    source = _padded(with_prologue(data, prologue), padding)
+    r = te.reduce_axis((0, per_group_in), "r")
+    kh = te.reduce_axis((0, kernel_h), "kh")
+    kw = te.reduce_axis((0, kernel_w), "kw")
+
+    def element(n: Any, co: Any, h: Any, w: Any) -> Any:
+        # Clamped like the blocked gather's channel: bounds the region a tile reads.
+        channel = tirx.min((co // per_group) * per_group_in + r, channels - 1)
+        y, x = h * stride_h + kh * dilation_h, w * stride_w + kw * dilation_w
+        return te.sum(source[n, channel, y, x] * weight[co, r, kh, kw], axis=[r, kh, kw])
+
+    return te.compute(
+        (batch, out_channels, out_h, out_w),
+        element,
+        name="grouped_pixels",
+        attrs=_attrs(GROUPED_PIXELS, op_index, **{PER_GROUP_ATTR: per_group}),
+    )
+
+
+def transposed_taps(kernel: int, stride: int) -> int:
+    """Kernel taps per output phase of a transposed conv along one axis: ``ceil(k / s)``."""
+    return ceil_div(kernel, stride)
+
+
+def transposed_conv_nchwc(
+    data: Any,
+    weight: Any,
+    strides: Sequence[int],
+    padding: Sequence[int],
+    out_size: Sequence[int],
+    op_index: int,
+) -> Any:
+    """Transposed convolution (groups = 1, no dilation) as a sub-pixel conv, output
+    ``(N, CO/x, OH, OW, x)``.
+
+    Output row ``oh`` reads input rows ``q // s - t`` (``q = oh + top``) with kernel row
+    ``q % s + t * s``, for ``t < ceil(k / s)``: each of the ``s × s`` output phases is a small dense
+    conv over the input, with no multiply by the zeros that TVM's lowering inserts between the
+    input pixels (3 of 4 at stride 2). The weight ``(CO/x, CI_lanes, s, s, T, T, x)`` holds the
+    taps of each phase (zeros where ``k`` is not a multiple of ``s``); data is blocked or plain
+    NCHW, read as broadcast scalars like :func:`dense_conv_nchwc`. ``padding`` is the transposed
+    conv's own ``(top, left, bottom, right)``; ``out_size`` its ``(OH, OW)`` (with the output
+    padding)."""
+    from tvm import te, tirx
+
+    batch, _, height, width = (int(d) for d in data.shape[:4])
+    out_blocks, steps, stride_h, stride_w, taps_h, taps_w, block = (int(d) for d in weight.shape)
+    top, left = int(padding[0]), int(padding[1])
+    out_h, out_w = (int(d) for d in out_size)
+    # Input rows read: from q // s - (T - 1) >= -(T - 1) to (OH - 1 + top) // s: pad both ends.
+    bottom = max(0, (out_h - 1 + top) // stride_h + 1 - height)
+    right = max(0, (out_w - 1 + left) // stride_w + 1 - width)
+    source = _padded(data, (taps_h - 1, taps_w - 1, bottom, right))
+    blocked = len(data.shape) == 5
+    in_block = int(data.shape[4]) if blocked else 1
+    r = te.reduce_axis((0, steps), "r")
+    th = te.reduce_axis((0, taps_h), "th")
+    tw = te.reduce_axis((0, taps_w), "tw")
+
+    def element(n: Any, cob: Any, h: Any, w: Any, co: Any) -> Any:
+        q_h, q_w = h + top, w + left
+        y = tirx.floordiv(q_h, stride_h) - th + (taps_h - 1)
+        x = tirx.floordiv(q_w, stride_w) - tw + (taps_w - 1)
+        value = source[n, r // in_block, y, x, r % in_block] if blocked else source[n, r, y, x]
+        tap = weight[cob, r, tirx.floormod(q_h, stride_h), tirx.floormod(q_w, stride_w), th, tw, co]
+        return te.sum(value * tap, axis=[r, th, tw])
+
+    return te.compute(
+        (batch, out_blocks, out_h, out_w, block),
+        element,
+        name="conv2d_transpose_nchwc",
+        attrs=_attrs(TRANSPOSED, op_index, **{STRIDES_ATTR: [stride_h, stride_w]}),
+    )
+
+
+def transposed_conv_nchw(
+    data: Any,
+    weight: Any,
+    strides: Sequence[int],
+    padding: Sequence[int],
+    out_size: Sequence[int],
+    channels: int,
+    op_index: int,
+) -> Any:
+    """:func:`transposed_conv_nchwc` unpacked to NCHW in the same function, so the schedule
+    unpacks each register tile as it writes it back (for a result of the model)."""
+    conv = transposed_conv_nchwc(data, weight, strides, padding, out_size, op_index)
+    return unpack(conv, channels)
 
 
 def packed_matmul(data: Any, weight: Any, op_index: int) -> Any:

@@ -9,11 +9,11 @@ It reads only the manifest's per-op ``schedules`` records (see
 
     assert_no_missed_schedules(result.artifact.manifest.schedules, "mobilenet_v2 for host")
 
-Our rules claim every conv2d (pointwise, depthwise, grouped, dense K×K), the classifier's matmul
-and max/average pools. An op of those classes on ``tvm-default`` is *missed* unless its recorded
-reason is one the design accepts (:data:`BY_DESIGN`) or a gap we know of and keep
-(:data:`KNOWN_GAPS`). Not claimed at all, so never missed: ``conv2d_transpose`` and adaptive
-average pools (no rule of ours for them).
+Our rules claim every conv2d (pointwise, depthwise, grouped, dense K×K, dilated or not), every
+conv2d_transpose, the classifier's matmul and max/average pools. An op of those classes on
+``tvm-default`` is *missed* unless its recorded reason is one the design accepts
+(:data:`BY_DESIGN`) or a gap we know of and keep (:data:`KNOWN_GAPS`). Not claimed at all, so
+never missed: adaptive average pools (no rule of ours for them).
 """
 
 from __future__ import annotations
@@ -24,25 +24,34 @@ from dataclasses import dataclass
 from typing import Any
 
 from edgecompile.schedules.pipeline import TVM_DEFAULT
-from edgecompile.schedules.plan import MODEL_INPUT, PLAIN_INPUT, POOL_VARIANTS, no_blocked_form
+from edgecompile.schedules.plan import (
+    MODEL_INPUT,
+    PIXELS_OUTPUT,
+    PLAIN_INPUT,
+    POOL_VARIANTS,
+    TRANSPOSED_UNSUPPORTED,
+)
 
 #: The op classes (see :func:`op_class`) a rule of ours schedules.
-CLAIMED = frozenset({"pointwise", "depthwise", "grouped", "conv", "matmul", "max_pool", "avg_pool"})
+CLAIMED = frozenset(
+    {
+        "pointwise",
+        "depthwise",
+        "grouped",
+        "conv",
+        "conv2d_transpose",
+        "matmul",
+        "max_pool",
+        "avg_pool",
+    }
+)
 NO_REASON = "no reason recorded"
 
 #: Fallbacks the design chooses: (reason pattern, why TVM's lowering is right there).
 BY_DESIGN: tuple[tuple[re.Pattern[str], str], ...] = (
     (
-        re.compile(r"grouped conv with \d+ output channels per group would compute"),
-        "tiny groups in wide vectors: blocked, the conv would compute several times its work",
-    ),
-    (
         re.compile(re.escape(PLAIN_INPUT + MODEL_INPUT)),
         "a pool on the image: packing 3 channels into a whole block costs more than it saves",
-    ),
-    (
-        re.compile(re.escape(no_blocked_form("relax.nn.conv2d_transpose"))),
-        "behind a transposed conv, which no rule of ours schedules",
     ),
     (
         re.compile("|".join(re.escape(variant) for variant in POOL_VARIANTS)),
@@ -52,8 +61,12 @@ BY_DESIGN: tuple[tuple[re.Pattern[str], str], ...] = (
 #: Fallbacks that are gaps of ours, known and kept for now: (reason pattern, what is missing).
 KNOWN_GAPS: tuple[tuple[re.Pattern[str], str], ...] = (
     (
-        re.compile(re.escape(no_blocked_form("relax.nn.prelu"))),
-        "the layout pass has no blocked PReLU (ESPNet v2): a pool after one reads NCHW",
+        re.compile(re.escape(PIXELS_OUTPUT)),
+        "a grouped conv with few output channels per group writes NCHW: a pool after it too",
+    ),
+    (
+        re.compile(re.escape(TRANSPOSED_UNSUPPORTED)),
+        "grouped or dilated transposed convs (no zoo model has one) keep TVM's lowering",
     ),
 )
 

@@ -10,7 +10,7 @@ its ``mcpu`` (the core's usual configuration), else, for this machine, from sysf
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, NamedTuple
@@ -99,28 +99,81 @@ class CpuInfo:
             default=0,
         )
 
+    #: Kernel-window taps beyond the reduction step whose operands LLVM loads ahead: a K×K
+    #: conv's 3×3 window loops have a constant trip count, so LLVM unrolls them and hoists the
+    #: next tap's loads too (:meth:`across_window`).
+    window_taps: int = 0
+
+    @property
+    def folds_broadcasts(self) -> bool:
+        """Whether an FMA reads its broadcast input straight from memory: AVX-512's
+        ``vfmadd231ps (mem){1to16}``. A tile's inputs then hold no register; on SSE, AVX2 and
+        NEON each input value is loaded into one (NEON's lane-indexed ``fmla`` included)."""
+        return self.arch.startswith(("x86", "i686")) and self.lanes >= 16
+
     @property
     def tile_registers(self) -> int:
         """Vector registers a register tile may fill.
 
-        All of them on x86 (AVX-512 tiles of 31 compiled without spills). On ARM two fewer:
-        LLVM's AArch64 scheduler loads the next input values in pairs (``ldp s, s``) for the
-        lane-indexed FMAs and spilled accumulators at a full budget (seen in the assembly; not
-        timed, there is no board here).
+        All of them with AVX-512, the budget this project's host schedules were timed with.
+        One fewer on other x86 and two fewer on ARM, for the values LLVM keeps beside the
+        tile (an input pair loaded by one ``ldp``, a ReLU's zero): at a full budget some of
+        their kernels spilled (``benchmarks/spills.py``).
         """
-        return self.registers if self.arch.startswith(("x86", "i686")) else self.registers - 2
+        if self.folds_broadcasts:
+            return self.registers
+        return self.registers - (1 if self.arch.startswith(("x86", "i686")) else 2)
+
+    @property
+    def operand_steps(self) -> int:
+        """Reduction steps whose operands (weight vectors, input values) are live at once.
+
+        LLVM's scheduler loads the next unrolled step's operands before the current step's
+        FMAs are done (AArch64 pairs them: ``ldp q, q`` / ``ldp s, s``), so a tile must leave
+        room for two steps; with 16 registers on 32-bit ARM it runs further ahead, four
+        steps. Read off the assembly of the zoo's kernels (``benchmarks/spills.py``): with one
+        step counted, 22 of MobileNet v2's kernels spilled on rpi4; with these counts none do.
+        AVX-512 tiles keep one step: their broadcasts are folded (:attr:`folds_broadcasts`).
+        """
+        if self.folds_broadcasts:
+            return 1
+        if self.arch.startswith(("arm", "thumb")) and self.registers <= 16:
+            return 4 + self.window_taps
+        return 2 + self.window_taps
+
+    def tile_fits(self, accumulators: int, weights: int, inputs: int) -> bool:
+        """Whether a register tile of ``accumulators`` vectors fits, with ``weights`` vectors
+        and ``inputs`` broadcast values read per reduction step, without LLVM spilling any of
+        them to the stack inside the reduction loop."""
+        if self.folds_broadcasts:
+            return accumulators + weights + 1 <= self.tile_registers
+        operands = self.operand_steps * (weights + inputs)
+        return accumulators + operands <= self.tile_registers
+
+    @property
+    def row_tile_limit(self) -> int:
+        """Most output columns of a depthwise or pooling tile: ``w`` accumulators, and its
+        input columns and window weights for the taps LLVM unrolls (the window of 3 columns
+        is unrolled, and pooling's loop of 3 by LLVM). Three fewer than the tile registers
+        with AVX-512 (one weight, one input, one spare); elsewhere a quarter of the
+        registers, which read spill-free in the assembly of every depthwise and pooling kernel
+        of the zoo's default models (``benchmarks/spills.py``)."""
+        if self.folds_broadcasts:
+            return self.tile_registers - 3
+        return max(self.registers // 4, 1)
+
+    def across_window(self) -> CpuInfo:
+        """This CPU for a tile whose reduction runs over a K×K window (:attr:`window_taps`)."""
+        return replace(self, window_taps=1)
 
 
 def cpu_info(target: Any) -> CpuInfo:
     """Read :class:`CpuInfo` from an ``llvm`` TVM target (host or cross)."""
-    import tvm
-
     from edgecompile.targets import host_triple
 
     triple = str(target.attrs.get("mtriple", "")) or host_triple()
     arch = triple.split("-")[0]
-    width = int(tvm.target.codegen.llvm_get_vector_width(target))
-    lanes = max(width // FLOAT32_BITS, 1)
+    lanes = max(_vector_bits(target, arch) // FLOAT32_BITS, 1)
     cores = int(target.attrs.get("num-cores", 0) or os.cpu_count() or 1)
     return CpuInfo(
         arch=arch,
@@ -129,6 +182,20 @@ def cpu_info(target: Any) -> CpuInfo:
         cores=cores,
         caches=target_caches(target),
     )
+
+
+def _vector_bits(target: Any, arch: str) -> int:
+    """The SIMD width the target's code may use. On x86 it is read from the target's CPU
+    features: TVM 0.27's ``llvm_get_vector_width`` answers 512 for any x86 CPU on an AVX-512
+    machine (``x86-64-v2`` included), which would size SSE code's tiles for AVX-512."""
+    import tvm
+
+    if arch in ("x86_64", "i386", "i686"):
+        for feature, bits in (("avx512f", 512), ("avx", 256)):
+            if bool(tvm.target.codegen.target_has_features(feature, target)):
+                return bits
+        return 128
+    return int(tvm.target.codegen.llvm_get_vector_width(target))
 
 
 def target_caches(target: Any) -> tuple[CacheLevel, ...]:

@@ -1,6 +1,7 @@
-"""Relax pass: run convolutions (pointwise, depthwise, grouped, dense K×K), the elementwise ops,
-pools, channel concats and ShuffleNet's channel shuffles between them in the channel-blocked
-NCHW[x]c layout; and the classifier's matmul on a pre-packed weight.
+"""Relax pass: run convolutions (pointwise, depthwise, grouped, dense K×K), the elementwise ops
+(PReLU and inference batch norms too, their per-channel constants packed by lane), pools, channel
+concats and ShuffleNet's channel shuffles between them in the channel-blocked NCHW[x]c layout;
+and the classifier's matmul on a pre-packed weight.
 
 Why our own pass and not ``relax.transform.ConvertLayout``: in TVM 0.27 ConvertLayout skips every
 conv whose channel count is not a multiple of the block (MobileNetV2's 24, ShuffleNetV2's 58 on
@@ -40,6 +41,7 @@ from tvm import relax
 from edgecompile.schedules import compute
 from edgecompile.schedules.analysis import (
     CONV2D,
+    CONV2D_TRANSPOSE,
     MATMUL,
     bindings_of,
     broadcasts,
@@ -51,11 +53,13 @@ from edgecompile.schedules.analysis import (
     nchw_shape,
     op_name,
     static_shape,
+    transposed_conv_indices,
     uses,
 )
 from edgecompile.schedules.channels import ChannelOrder, channel_table, grouped_layout
 from edgecompile.schedules.cpu import CpuInfo
 from edgecompile.schedules.packing import (
+    batch_norm_affine,
     gemv_lanes,
     pack_channel_constant,
     pack_dense_weight,
@@ -63,17 +67,27 @@ from edgecompile.schedules.packing import (
     pack_grouped_weight,
     pack_matmul_weight,
     pack_pointwise_weight,
+    pack_transposed_weight,
 )
-from edgecompile.schedules.patterns import channel_slice, fold_scalar, scalar_clip_op, shuffle_chain
+from edgecompile.schedules.patterns import (
+    channel_slice,
+    fold_scalar,
+    pre_activation,
+    reshaped_constant,
+    scalar_clip_op,
+    shuffle_chain,
+)
 from edgecompile.schedules.plan import (
     CEIL_MODE_AVERAGE,
     DILATED_POOL,
     MODEL_INPUT,
+    PIXELS_OUTPUT,
     PLAIN_INPUT,
     ConvPlan,
     LayoutLog,
     classify_conv,
-    grouped_fallback,
+    classify_transposed_conv,
+    grouped_schedule,
     no_blocked_form,
     planned_concat_orders,
 )
@@ -95,6 +109,10 @@ _BINARY = frozenset(
 )
 _DIVIDE = "relax.divide"
 _POOLS = frozenset({"relax.nn.max_pool2d", "relax.nn.avg_pool2d"})
+# Per-channel elementwise ops with constant parameters (ESPNet v2's activation after every merge):
+# blocked with their parameters packed by lane, zero in padding lanes.
+_PRELU = "relax.nn.prelu"
+_BATCH_NORM = "relax.nn.batch_norm"
 #: Ops the pass blocks when their input is blocked: a value one of them computes is in NCHW
 #: because its input is (see :meth:`BlockedLayoutMutator._why_plain`).
 _FOLLOW_INPUT = (
@@ -103,6 +121,8 @@ _FOLLOW_INPUT = (
     | _POOLS
     | {
         _DIVIDE,
+        _PRELU,
+        _BATCH_NORM,
         "relax.call_tir",
         "relax.concat",
         "relax.mean",
@@ -156,11 +176,17 @@ class BlockedLayoutMutator(relax.PyExprMutator):
         self.use_counts, self.readers = uses(mod["main"])
         self.matmul_indices = heavy_op_indices(mod, frozenset({MATMUL}))
         self.pool_indices = heavy_op_indices(mod, _POOLS)
+        self.transposed_indices = transposed_conv_indices(mod)
         # Channel shuffles folded into the channel order: the reshape/transpose bindings
         # inside one are dropped, its result maps to (source var, groups).
         self.shuffle_inner: set[Any] = set()
         self.shuffles: dict[Any, tuple[Any, int]] = {}
         self.concat_orders = planned_concat_orders(mod["main"], self.block)
+        # Blocked batch norms: the tuple var → (its normalized output, blocked, and the call);
+        # the tuple itself is never emitted, its fields are (see :meth:`_batch_norm_field`).
+        self.batch_norms: dict[Any, tuple[_Blocked, Any]] = {}
+        # Ops the rewrite emitted in NCHW itself (a grouped conv vectorized over pixels).
+        self.plain_results: set[Any] = set()
 
     # -- uses of blocked values by ops that need NCHW ------------------------------------
     def _unpack(self, entry: _Blocked) -> Any:
@@ -199,8 +225,13 @@ class BlockedLayoutMutator(relax.PyExprMutator):
             entry = self.blocked[source]
             self._register(binding.var, entry.var, entry.order.shuffled(groups))
             return
+        if isinstance(value, relax.TupleGetItem) and value.tuple_value in self.batch_norms:
+            self._batch_norm_field(binding.var, value)
+            return
         if isinstance(value, relax.Call) and self.builder_.current_block_is_dataflow():
             if op_name(value) == MATMUL and self._matmul(binding.var, value):
+                return
+            if op_name(value) == _BATCH_NORM and self._batch_norm(binding.var, value):
                 return
             self._find_shuffle(binding.var, value)
             if binding.var in self.shuffle_inner:
@@ -208,6 +239,8 @@ class BlockedLayoutMutator(relax.PyExprMutator):
             if self._slice(binding.var, value):
                 return
             result = self._rewrite(binding.var, value)
+            if binding.var in self.plain_results:
+                return
         if result is None:
             super().visit_var_binding_(binding)
             return
@@ -287,11 +320,17 @@ class BlockedLayoutMutator(relax.PyExprMutator):
             if expr in self.params:
                 return MODEL_INPUT
             value = self.bindings.get(expr)
+            if isinstance(value, relax.TupleGetItem):  # a batch norm's output
+                expr = value.tuple_value
+                continue
             if not isinstance(value, relax.Call):
                 return "its producer is not an op of main"
             name = op_name(value)
-            if name == CONV2D:
-                plan = self.log.plans.get(self.conv_indices.get(expr, -1))
+            if name in (CONV2D, CONV2D_TRANSPOSE):
+                index = self.conv_indices.get(expr, self.transposed_indices.get(expr, -1))
+                plan = self.log.plans.get(index)
+                if plan is not None and plan.schedule == compute.GROUPED_PIXELS:
+                    return PIXELS_OUTPUT
                 return plan.reason if plan is not None and plan.reason else no_blocked_form(name)
             if name not in _FOLLOW_INPUT:
                 return no_blocked_form(name)
@@ -323,6 +362,8 @@ class BlockedLayoutMutator(relax.PyExprMutator):
         name = op_name(call)
         if name == CONV2D:
             return self._conv(var, call)
+        if name == CONV2D_TRANSPOSE:
+            return self._transposed_conv(var, call)
         if name in _UNARY:
             return self._unary(call)
         if name in _BINARY or name == _DIVIDE:
@@ -335,6 +376,8 @@ class BlockedLayoutMutator(relax.PyExprMutator):
             return self._concat(var, call)
         if name in _POOLS:
             return self._pool(var, call)
+        if name == _PRELU:
+            return self._prelu(call)
         return None
 
     def _global_mean(self, call: Any) -> tuple[Any, ChannelOrder] | None:
@@ -470,6 +513,23 @@ class BlockedLayoutMutator(relax.PyExprMutator):
             self.materialized.add(expr)  # its NCHW form is the original var itself
         return entry
 
+    def _activated_pack(self, expr: Any, prologue: Any) -> _Blocked:
+        """``expr`` (NCHW) packed with a conv's pre-activation applied on the way
+        (:func:`compute.pack`): for the one conv that reads it, so it is not kept for reuse."""
+        call = self.builder_.call_te(
+            compute.pack,
+            self.visit_expr(expr),
+            self.block,
+            prologue=prologue,
+            primfunc_name_hint="pack_nchwc",
+        )
+        channels = nchw_shape(expr)[1]
+        return _Blocked(
+            self.builder_.emit(call, "packed"),
+            nchw_shape(expr),
+            ChannelOrder.identity(channels, self.block),
+        )
+
     def _packed_as(self, expr: Any, order: ChannelOrder) -> Any:
         """``expr`` (NCHW) packed into ``order``'s lanes."""
         if order.is_identity(self.block):
@@ -497,8 +557,7 @@ class BlockedLayoutMutator(relax.PyExprMutator):
         index = self.conv_indices.get(var)
         schedule, reason = classify_conv(call)
         if schedule == compute.GROUPED:
-            reason = grouped_fallback(call, self.block)
-            schedule = None if reason else schedule
+            schedule = grouped_schedule(call, self.block)
         if index is not None:
             self.log.plans[index] = ConvPlan(index, schedule, reason)
         if schedule is None or index is None:
@@ -510,7 +569,12 @@ class BlockedLayoutMutator(relax.PyExprMutator):
         pads = pads * 2 if len(pads) == 2 else pads
         dilation = [int(d) for d in attrs.dilation]
         if schedule == compute.POINTWISE:
-            entry = self._blocked_input(call.args[0])
+            source, prologue = self._prologue_input(call.args[0])
+            entry = (
+                self._blocked_input(call.args[0])
+                if prologue is None
+                else self._activated_pack(source, prologue)
+            )
             # A channel slice reads only the blocks its lanes occupy, not the whole tensor.
             first, end = entry.order.block_span(self.block)
             in_order = entry.order.within(first, end, self.block)
@@ -553,6 +617,12 @@ class BlockedLayoutMutator(relax.PyExprMutator):
                 primfunc_name_hint="conv_nchwc",
             )
             return expr, ChannelOrder.identity(weight.shape[0], self.block)
+        source, prologue = self._prologue_input(call.args[0])
+        if schedule == compute.GROUPED_PIXELS:
+            self._grouped_pixels(var, source, prologue, weight, strides, pads, dilation, index)
+            return None
+        if prologue is not None:
+            data, in_order = self._conv_input(source)
         groups = int(attrs.groups)
         layout = grouped_layout(weight.shape[0], groups, weight.shape[1], self.block)
         table = channel_table(layout, in_order)
@@ -567,9 +637,111 @@ class BlockedLayoutMutator(relax.PyExprMutator):
             dilation,
             layout.blocks_per_row,
             index,
+            prologue=prologue,
             primfunc_name_hint="grouped_nchwc",
         )
         return expr, layout.out_order
+
+    def _prologue_input(self, expr: Any) -> tuple[Any, Any]:
+        """A conv's input that is BN (→ ReLU) of an NCHW value read by this conv only:
+        ``(that value, (scale, shift, relu))``, which a grouped conv applies as it reads its
+        input (:func:`compute.with_prologue`) and a pointwise conv's pack as it copies it, so
+        the activation costs no kernel of its own; else
+        ``(expr, None)``. A batch norm of a blocked value is blocked instead, and fused into
+        its producer's epilogue (:meth:`_batch_norm`)."""
+        found = pre_activation(expr, self.bindings, self.use_counts)
+        if found is None:
+            return expr, None
+        source, norm, relu = found
+        shape = static_shape(source)
+        if source in self.blocked or shape is None or len(shape) != 4:
+            return expr, None
+        parameters = [reshaped_constant(arg, self.bindings) for arg in norm.args[1:5]]
+        if any(p is None or p.shape != (shape[1],) for p in parameters):
+            return expr, None
+        scale, shift = batch_norm_affine(
+            *parameters,  # type: ignore[arg-type]
+            float(norm.attrs.epsilon),
+            scale=bool(norm.attrs.scale),
+            center=bool(norm.attrs.center),
+        )
+        return source, (relax.const(scale), relax.const(shift), relu)
+
+    def _grouped_pixels(
+        self,
+        var: Any,
+        source: Any,
+        prologue: Any,
+        weight: np.ndarray,
+        strides: list[int],
+        pads: list[int],
+        dilation: list[int],
+        index: int,
+    ) -> None:
+        """A grouped conv with few output channels per group, in NCHW, vectorized over pixels
+        (:func:`compute.grouped_conv_pixels`): its input is read in NCHW and so is its output."""
+        expr = self.builder_.call_te(
+            compute.grouped_conv_pixels,
+            self.visit_expr(source),
+            relax.const(weight),
+            strides,
+            pads,
+            dilation,
+            index,
+            prologue=prologue,
+            primfunc_name_hint="grouped_pixels",
+        )
+        if isinstance(var, relax.DataflowVar):
+            self.set_var_remap(var, self.builder_.emit(expr, var.name))
+        else:
+            self.set_var_remap(var, self.builder_.emit_output(expr, var.name))
+        self.plain_results.add(var)
+
+    def _transposed_conv(self, var: Any, call: Any) -> tuple[Any, ChannelOrder] | None:
+        """A transposed conv as our sub-pixel conv (:func:`compute.transposed_conv_nchwc`):
+        input blocked if it already is, else read in NCHW like a dense conv's. One computing a
+        result of ``main`` (ESPNet's full-size logits) writes NCHW from its register tiles
+        (:func:`compute.transposed_conv_nchw`): a blocked result would be unpacked whole, one
+        more pass over the model's largest tensor."""
+        index = self.transposed_indices.get(var)
+        schedule, reason = classify_transposed_conv(call)
+        if index is not None:
+            self.log.plans[index] = ConvPlan(index, schedule, reason)
+        if schedule is None or index is None:
+            return None
+        weight = const_value(call.args[1])
+        strides = [int(s) for s in call.attrs.strides]
+        pads = [int(p) for p in call.attrs.padding]
+        pads = pads * 2 if len(pads) == 2 else pads
+        data, in_order = self._conv_input(call.args[0])
+        packed = pack_transposed_weight(weight, self.block, in_order, (strides[0], strides[1]))
+        out_size = list(nchw_shape(var)[2:])
+        if not isinstance(var, relax.DataflowVar):
+            expr = self.builder_.call_te(
+                compute.transposed_conv_nchw,
+                data,
+                relax.const(packed),
+                strides,
+                pads,
+                out_size,
+                int(weight.shape[1]),
+                index,
+                primfunc_name_hint="conv2d_transpose_nchwc",
+            )
+            self.set_var_remap(var, self.builder_.emit_output(expr, var.name))
+            self.plain_results.add(var)
+            return None
+        expr = self.builder_.call_te(
+            compute.transposed_conv_nchwc,
+            data,
+            relax.const(packed),
+            strides,
+            pads,
+            out_size,
+            index,
+            primfunc_name_hint="conv2d_transpose_nchwc",
+        )
+        return expr, ChannelOrder.identity(weight.shape[1], self.block)
 
     def _unary(self, call: Any) -> tuple[Any, ChannelOrder] | None:
         entry = self.blocked.get(call.args[0])
@@ -577,6 +749,91 @@ class BlockedLayoutMutator(relax.PyExprMutator):
             return None
         rest = [self.visit_expr(arg) for arg in call.args[1:]]
         return relax.Call(call.op, [entry.var, *rest], call.attrs), entry.order
+
+    def _channel_parameter(self, expr: Any, entry: _Blocked) -> Any | None:
+        """A per-channel constant of ``entry``'s op, packed into its lanes as
+        ``(1, C/x, 1, 1, x)``; None if ``expr`` is not such a constant."""
+        value = reshaped_constant(expr, self.bindings)
+        if value is None or value.size != entry.channels:
+            return None
+        packed = pack_channel_constant(
+            value.reshape(-1, 1, 1), entry.channels, self.block, entry.order
+        )
+        return None if packed is None else relax.const(packed)
+
+    @staticmethod
+    def _channel_axis(call: Any) -> bool:
+        return int(call.attrs.axis) % 4 == 1
+
+    def _prelu(self, call: Any) -> tuple[Any, ChannelOrder] | None:
+        """PReLU with a constant slope on a blocked value: :func:`compute.prelu_nchwc`."""
+        entry = self.blocked.get(call.args[0])
+        if entry is None or not self._channel_axis(call):
+            return None
+        slope = self._channel_parameter(call.args[1], entry)
+        if slope is None:
+            return None
+        expr = self.builder_.call_te(
+            compute.prelu_nchwc, entry.var, slope, primfunc_name_hint="prelu_nchwc"
+        )
+        return expr, entry.order
+
+    def _batch_norm(self, var: Any, call: Any) -> bool:
+        """An inference batch norm the exporter could not fold into a conv (it follows a concat
+        or a sum), on a blocked value: one per-channel multiply-add
+        (:func:`compute.channel_affine_nchwc`), fused into the producer like any epilogue. The
+        result tuple is not emitted: its fields are, as they are read
+        (:meth:`_batch_norm_field`). False to keep the NCHW op."""
+        entry = self.blocked.get(call.args[0])
+        attrs = call.attrs
+        if entry is None or attrs.training or not self._channel_axis(call):
+            return False
+        getters = [
+            value
+            for value in self.bindings.values()
+            if isinstance(value, relax.TupleGetItem) and value.tuple_value.same_as(var)
+        ]
+        if len(getters) != self.use_counts.get(var, 0):  # the tuple itself is read
+            return False
+        parameters = [reshaped_constant(arg, self.bindings) for arg in call.args[1:5]]
+        if any(p is None or p.shape != (entry.channels,) for p in parameters):
+            return False
+        gamma, beta, mean, variance = parameters
+        factor, shift = batch_norm_affine(
+            gamma,  # type: ignore[arg-type]
+            beta,  # type: ignore[arg-type]
+            mean,  # type: ignore[arg-type]
+            variance,  # type: ignore[arg-type]
+            float(attrs.epsilon),
+            scale=bool(attrs.scale),
+            center=bool(attrs.center),
+        )
+        packed = [
+            pack_channel_constant(p.reshape(-1, 1, 1), entry.channels, self.block, entry.order)
+            for p in (factor, shift)
+        ]
+        expr = self.builder_.call_te(
+            compute.channel_affine_nchwc,
+            entry.var,
+            *(relax.const(p) for p in packed),
+            primfunc_name_hint="batch_norm_nchwc",
+        )
+        normalized = self.builder_.emit(expr, var.name + "_nchwc")
+        self.batch_norms[var] = (_Blocked(normalized, entry.shape, entry.order), call)
+        return True
+
+    def _batch_norm_field(self, var: Any, item: Any) -> None:
+        """A field of a blocked batch norm's tuple: the output (blocked), or the moving mean or
+        variance, which inference returns unchanged."""
+        entry, call = self.batch_norms[item.tuple_value]
+        if int(item.index) == 0:
+            self._register(var, entry.var, entry.order)
+            return
+        value = self.visit_expr(call.args[2 + int(item.index)])
+        if isinstance(var, relax.DataflowVar):
+            self.set_var_remap(var, self.builder_.emit(value, var.name))
+        else:
+            self.set_var_remap(var, self.builder_.emit_output(value, var.name))
 
     def _binary(self, call: Any, name: str) -> tuple[Any, ChannelOrder] | None:
         lhs, rhs = call.args
@@ -660,7 +917,7 @@ def blocked_layout(cpu: CpuInfo, log: LayoutLog) -> Any:
     @tvm.transform.module_pass(opt_level=0, name="edgecompile.BlockedLayout")
     def transform(module: Any, _context: Any) -> Any:
         indices = conv_indices(module)
-        if not indices:
+        if not indices and not transposed_conv_indices(module):
             return module
         mutator = BlockedLayoutMutator(module, cpu, indices, log)
         main = module.get_global_var("main")

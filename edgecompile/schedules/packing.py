@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from edgecompile.schedules.channels import ChannelOrder, GroupedLayout
-from edgecompile.schedules.compute import ceil_div
+from edgecompile.schedules.compute import ceil_div, transposed_taps
 
 
 def pack_pointwise_weight(
@@ -59,6 +59,28 @@ def pack_dense_weight(weight: np.ndarray, block: int, in_order: ChannelOrder) ->
     return _blocked_output(steps, ChannelOrder.identity(out_c, block), block)
 
 
+def pack_transposed_weight(
+    weight: np.ndarray, block: int, in_order: ChannelOrder, strides: tuple[int, int]
+) -> np.ndarray:
+    """IOHW (a transposed conv's, groups = 1) → ``(CO/x, CI_lanes, s_h, s_w, T_h, T_w, x)``: for
+    output phase ``(p_h, p_w)`` and tap ``(t_h, t_w)``, kernel element ``(p_h + t_h s_h,
+    p_w + t_w s_w)`` (zero past the kernel), one reduction step per input lane (see
+    :func:`~edgecompile.schedules.compute.transposed_conv_nchwc`)."""
+    _, out_c, kernel_h, kernel_w = weight.shape
+    stride_h, stride_w = strides
+    taps_h, taps_w = transposed_taps(kernel_h, stride_h), transposed_taps(kernel_w, stride_w)
+    out_b = ceil_div(out_c, block)
+    phases = np.zeros(
+        (out_b * block, in_order.total, stride_h, stride_w, taps_h, taps_w), dtype=weight.dtype
+    )
+    for p_h, t_h, p_w, t_w in np.ndindex(stride_h, taps_h, stride_w, taps_w):
+        row, col = p_h + t_h * stride_h, p_w + t_w * stride_w
+        if row < kernel_h and col < kernel_w:
+            phases[:out_c, in_order.lanes, p_h, p_w, t_h, t_w] = weight[:, :, row, col].T
+    blocked = phases.reshape(out_b, block, *phases.shape[1:])
+    return np.ascontiguousarray(blocked.transpose(0, 2, 3, 4, 5, 6, 1))
+
+
 def pack_grouped_weight(
     weight: np.ndarray, block: int, groups: int, layout: GroupedLayout
 ) -> np.ndarray:
@@ -90,6 +112,24 @@ def pack_channel_constant(
     padded = np.zeros(order.total, dtype=value.dtype)
     padded[order.lanes] = value.reshape(-1)
     return padded.reshape(1, order.total // block, 1, 1, block)
+
+
+def batch_norm_affine(
+    gamma: np.ndarray,
+    beta: np.ndarray,
+    mean: np.ndarray,
+    variance: np.ndarray,
+    epsilon: float,
+    scale: bool = True,
+    center: bool = True,
+) -> tuple[np.ndarray, np.ndarray]:
+    """An inference batch norm as ``x * scale + shift`` per channel (float64 arithmetic, cast
+    back to the parameters' dtype): what TOPI computes as ``(x - mean) / sqrt(var + eps) * gamma
+    + beta``, with ``gamma``/``beta`` dropped when ``scale``/``center`` is off."""
+    inverse = 1.0 / np.sqrt(variance.astype("float64") + epsilon)
+    factor = inverse * gamma.astype("float64") if scale else inverse
+    shift = -mean.astype("float64") * factor + (beta.astype("float64") if center else 0.0)
+    return factor.astype(gamma.dtype), shift.astype(gamma.dtype)
 
 
 def gemv_lanes(out_features: int, lanes: int) -> int:

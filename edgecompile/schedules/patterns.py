@@ -137,3 +137,42 @@ def shuffle_chain(
     if static_shape(merge.var) != source_shape:
         return None
     return groups, (var, permute.var, merge.var)
+
+
+def pre_activation(
+    expr: Any, bindings: dict[Any, Any], use_counts: dict[Any, int]
+) -> tuple[Any, Any, bool] | None:
+    """``(source, batch_norm call, relu)`` if ``expr`` is ``relu(batch_norm(source)[0])`` or
+    ``batch_norm(source)[0]`` (an inference batch norm over the channel axis) and each value
+    between ``source`` and ``expr`` is read only by the next: DenseNet's and CondenseNet's
+    pre-activation in front of a conv. Else None."""
+    relu = False
+    value = bindings.get(expr)
+    if isinstance(value, relax.Call) and op_name(value) == "relax.nn.relu":
+        if use_counts.get(expr) != 1:
+            return None
+        relu, expr = True, value.args[0]
+        value = bindings.get(expr)
+    if not isinstance(value, relax.TupleGetItem) or int(value.index) != 0:
+        return None
+    if use_counts.get(expr) != 1:
+        return None
+    norm = bindings.get(value.tuple_value)
+    if not isinstance(norm, relax.Call) or op_name(norm) != "relax.nn.batch_norm":
+        return None
+    if norm.attrs.training or int(norm.attrs.axis) % 4 != 1:
+        return None
+    return norm.args[0], norm, relu
+
+
+def reshaped_constant(expr: Any, bindings: dict[Any, Any]) -> np.ndarray | None:
+    """The value of ``expr`` if it is a constant or a ``reshape`` of one, else None.
+
+    The ONNX frontend passes PReLU's slope (exported as ``(C, 1, 1)``) through
+    ``reshape(const, (C,))``, which FoldConstant only folds after the layout pass."""
+    if isinstance(expr, relax.Var):
+        bound = bindings.get(expr)
+        if not isinstance(bound, relax.Call) or op_name(bound) != "relax.reshape":
+            return None
+        expr = bound.args[0]
+    return const_value(expr) if is_const(expr) else None

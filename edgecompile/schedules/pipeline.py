@@ -248,10 +248,14 @@ def schedule_rules(extra: Sequence[Any] = ()) -> list[Any]:
     a caller tells them from ours with ``isinstance`` and their errors name the rule.
     """
     from edgecompile.schedules.rules import (
+        BlockedElementwise,
         DenseConvNCHWc,
         GroupedNCHWc,
+        GroupedPixels,
         PackedMatmul,
         PoolNCHWc,
+        TransposedConvNCHWc,
+        UnpackNCHWc,
     )
     from edgecompile.schedules.user import user_rules
 
@@ -260,9 +264,13 @@ def schedule_rules(extra: Sequence[Any] = ()) -> list[Any]:
         PointwiseNCHWc(),
         DepthwiseNCHWc(),
         GroupedNCHWc(),
+        GroupedPixels(),
         DenseConvNCHWc(),
+        TransposedConvNCHWc(),
         PackedMatmul(),
         PoolNCHWc(),
+        UnpackNCHWc(),
+        BlockedElementwise(),
     ]
 
 

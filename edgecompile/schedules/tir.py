@@ -1,4 +1,5 @@
-"""The TIR lowering our kernels are built with: TVM's own, plus tile buffers kept on the stack.
+"""The TIR lowering our kernels are built with: TVM's own, plus tile buffers kept on the stack
+and the partition hints of row tails kept alive (:func:`keep_partition_hints`).
 
 Trap (TVM 0.27, ``LowerTVMBuiltin``): a CPU buffer of 1 KiB or more -- and a ``local`` one of
 any size -- is not a stack array but a ``TVMBackendAllocWorkspace`` / ``FreeWorkspace`` call
@@ -28,6 +29,11 @@ TIR_PIPELINE = "edgecompile"
 MAX_STACK_TILE_BYTES = 32 * 1024
 # TVM's kDisableLowerTVMBuiltin (include/tvm/tirx/transform.h).
 _DISABLE_LOWER_BUILTIN = "disable_lower_builtin"
+#: TVM's loop annotation (``attr::pragma_loop_partition_hint``) that has ``LoopPartition``
+#: split that one loop where a condition in it changes, even with ``partition_const_loop`` off;
+#: the schedules put it on the tile loop of a row with a tail (``rules.split_row``), so the full
+#: tiles run without the tail's bounds test and the tail once after them.
+PARTITION_HINT = "pragma_loop_partition_hint"
 
 
 def buffer_bytes(buffer: Any) -> int | None:
@@ -67,11 +73,55 @@ def keep_tiles_on_stack() -> Any:
     return _pass
 
 
+def _has_partition_hint(func: Any) -> bool:
+    """Whether a loop of ``func`` carries :data:`PARTITION_HINT`."""
+    import tvm_ffi
+    from tvm import tirx
+
+    found = []
+
+    def visit(node: Any) -> Any:
+        if PARTITION_HINT in (node.annotations or {}):
+            found.append(node)
+        return node
+
+    tvm_ffi.structural_map(func.body, [(tirx.For, visit)])
+    return bool(found)
+
+
+def keep_partition_hints() -> Any:
+    """The pass: a kernel with a loop marked for peeling its tail gets int32 indices first.
+
+    Trap (TVM 0.27): the hint becomes an attribute naming the loop's variable, and
+    ``NarrowDataType`` (run just before ``LoopPartition``) gives an int64 loop a new int32
+    variable without renaming the attribute's, so ``LoopPartition`` never sees the hint and
+    the tail's bounds test stays in every tile. Narrowed before lowering, the variable is
+    int32 from the start. Kernels with an int64 buffer (whose data narrowing would change)
+    and kernels without the mark are left alone.
+    """
+    import tvm
+    from tvm import tirx
+
+    narrow = tirx.transform.ForceNarrowIndexToInt32()
+
+    @tirx.transform.prim_func_pass(opt_level=0, name="edgecompile.KeepPartitionHints")
+    def _pass(func: Any, mod: Any, ctx: Any) -> Any:
+        if any(str(param.dtype) in ("int64", "uint64") for param in func.params):
+            return func
+        if not _has_partition_hint(func):
+            return func
+        narrowed = narrow(tvm.IRModule({"main": func}))
+        return next(iter(narrowed.functions.values()))
+
+    return _pass
+
+
 def _pipeline() -> tuple[Any, Any, Any]:
     import tvm
     from tvm.s_tir import pipeline as s_tir_pipeline
 
-    lower, finalize_host, finalize_device = s_tir_pipeline.default_s_tir_pipeline()
+    default_lower, finalize_host, finalize_device = s_tir_pipeline.default_s_tir_pipeline()
+    lower = tvm.transform.Sequential([keep_partition_hints(), default_lower])
 
     def host_passes() -> Any:
         return tvm.transform.Sequential([keep_tiles_on_stack(), finalize_host()])

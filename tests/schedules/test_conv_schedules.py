@@ -37,7 +37,7 @@ from edgecompile.schedules import (
     rules,
 )
 from edgecompile.schedules.channels import ChannelOrder, split_order, unshuffled
-from edgecompile.schedules.compute import AffineLanes, affine_lanes
+from edgecompile.schedules.compute import GROUPED_PIXELS, AffineLanes, affine_lanes
 from edgecompile.schedules.tir import register_tir_pipeline
 from edgecompile.targets import resolve_target
 
@@ -237,13 +237,14 @@ CASES = {
         15,
     ),
     # Grouped: groups whose output channels fill whole blocks, groups padded to whole blocks
-    # (20 per group), blocks straddling groups (12 per group), tiny groups (g8, 4 per group).
+    # (20 per group), blocks straddling groups (12 and 8 per group; fewer run over pixels, see
+    # test_grouped_pixels.py).
     "gc 240→60 g3 14×14 relu": ([Conv(240, 60, groups=3, epilogue="relu")], 14, 14),
     "gc 60→240 g3 7×7 bias": ([Conv(60, 240, groups=3, epilogue="bias")], 7, 7),
     "gc 96→48 g4 15×15 s2 relu6": ([Conv(96, 48, groups=4, stride=2, epilogue="relu6")], 15, 15),
     "gc 48→96 g8 9×11 hswish": ([Conv(48, 96, groups=8, epilogue="hswish")], 9, 11),
     "gc 34→38 g2 13×13 bias": ([Conv(34, 38, groups=2, epilogue="bias")], 13, 13),
-    "gc 64→32 g8 7×7": ([Conv(64, 32, groups=8)], 7, 7),
+    "gc 64→64 g8 7×7": ([Conv(64, 64, groups=8)], 7, 7),
     "gc 12→20 g2 15×15 k3 s2": ([Conv(12, 20, kernel=3, stride=2, groups=2)], 15, 15),
     "gc 64→64 g4 13×13 k3 d2 relu": (
         [Conv(64, 64, kernel=3, dilation=2, groups=4, epilogue="relu")],
@@ -622,19 +623,15 @@ def test_shuffled_output_is_unpacked_in_channel_order(tmp_path: Path, host_targe
     assert relative_error(actual, network.reference(data)) <= TOLERANCE
 
 
-def test_grouped_conv_with_tiny_groups_stays_in_nchw(tmp_path: Path, host_target: Any) -> None:
-    """2 output channels per group in 16 lanes would compute 8x the work: the layout pass
-    leaves the conv to TVM, says why, and the network still matches."""
+def test_grouped_conv_with_tiny_groups_runs_over_pixels(tmp_path: Path, host_target: Any) -> None:
+    """2 output channels per group in 16 lanes would compute 8x the work in blocks: the conv
+    runs in NCHW vectorized over pixels instead, its ReLU fused, and the network matches."""
     network = Network([Conv(32, 8, kernel=3, groups=4, epilogue="relu")], 9, 9)
     module, report = optimize(import_network(network, tmp_path).module, host_target)
     if cpu_info(host_target).lanes < 8:
         pytest.skip("narrow vectors fit 2-channel groups")
-    assert report.schedules.applied == {}
-    plan = report.layout.plans[0]
-    assert plan.schedule is None
-    assert "2 output channels per group" in plan.reason
-    _, records = compile_relax(import_network(network, tmp_path).module, host_target)
-    assert [r["schedule"] for r in records] == [TVM_DEFAULT]
+    assert report.schedules.applied == {0: GROUPED_PIXELS}
+    assert len(called_functions(module)) == 1  # the ReLU is the conv's epilogue
     data = np.random.default_rng(9).standard_normal(network.input_shape).astype("float32")
     actual = run_module(module, host_target, data)
     assert relative_error(actual, network.reference(data)) <= TOLERANCE

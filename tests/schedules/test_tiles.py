@@ -9,7 +9,12 @@ import pytest
 from edgecompile.schedules import cpu_info
 from edgecompile.schedules.channels import ChannelOrder, grouped_layout
 from edgecompile.schedules.cpu import CpuInfo
-from edgecompile.schedules.rules import depthwise_tile, pixel_tiles, pointwise_tile
+from edgecompile.schedules.rules import (
+    MAX_POINTWISE_OUT_TILE,
+    depthwise_tile,
+    pixel_tiles,
+    pointwise_tile,
+)
 from edgecompile.targets import resolve_target
 
 # The feature maps of the zoo's models at 224² and 160², plus odd ones.
@@ -19,7 +24,15 @@ MAPS += [(13, 13), (7, 9), (1, 1), (3, 17)]
 
 @pytest.mark.parametrize(
     ("preset", "lanes", "registers"),
-    [("host", None, None), ("rpi4", 4, 32), ("rpi3-armv7", 4, 16), ("aarch64", 4, 32)],
+    [
+        ("host", None, None),
+        ("rpi4", 4, 32),
+        ("rpi3-armv7", 4, 16),
+        ("aarch64", 4, 32),
+        # The stand-ins: from the target's features, not this machine's (AVX-512 here).
+        ("x86-64-v2", 4, 16),
+        ("x86-64-v3", 8, 16),
+    ],
 )
 def test_cpu_info_from_target(preset: str, lanes: int | None, registers: int | None) -> None:
     info = cpu_info(resolve_target(preset).tvm_target())
@@ -59,7 +72,40 @@ def test_pointwise_tile_prefers_reuse() -> None:
     avx512, neon = CPUS[0], CPUS[2]
     assert pointwise_tile(pixel_tiles(56), 6, avx512) == (6, 4)  # 24 acc + 6 w + 1 = 31
     assert pointwise_tile(pixel_tiles(7), 20, avx512) == (2, 7)  # (4, 7) would need 33
-    assert pointwise_tile(pixel_tiles(56), 36, neon) == (3, 8)  # 28 <= 32 - 2
+    # NEON: 12 accumulators + 2 live steps x (3 weight vectors + 4 inputs) = 26 <= 32 - 2;
+    # (3, 8), which counted one broadcast only, spilled.
+    assert pointwise_tile(pixel_tiles(56), 36, neon) == (3, 4)
+
+
+def test_avx512_tiles_keep_the_budget_the_host_schedules_were_timed_with() -> None:
+    """AVX-512 folds its broadcasts into the FMAs, so its budget stays accumulators + weights
+    + 1 of all 32 registers: the host's tiles are the ones it was timed with."""
+    avx512 = CPUS[0]
+    assert avx512.folds_broadcasts and avx512.tile_registers == 32
+    for _, width in MAPS:
+        pixels = pixel_tiles(width)
+        for out_blocks in (1, 2, 3, 5, 6, 15, 20, 60, 80):
+            fitting = [
+                (oc * p / (oc + p), oc * p, p, oc)
+                for oc in range(1, min(out_blocks, MAX_POINTWISE_OUT_TILE) + 1)
+                if out_blocks % oc == 0
+                for p in pixels
+                if oc * p + oc + 1 <= 32
+            ]
+            best = max(fitting)
+            assert pointwise_tile(pixels, out_blocks, avx512) == (best[3], best[2])
+        assert depthwise_tile(width, avx512) <= avx512.tile_registers - 3
+
+
+@pytest.mark.parametrize("cpu", CPUS[1:], ids=lambda c: f"{c.arch}-{c.lanes}x{c.registers}")
+def test_tiles_without_folded_broadcasts_count_every_input(cpu: CpuInfo) -> None:
+    """SSE, AVX2 and NEON load each pixel's input into a register, and LLVM keeps the next
+    reduction step's operands live too: a tile leaves room for both steps."""
+    for _, width in MAPS:
+        for out_blocks in (1, 2, 3, 5, 6, 15, 20, 60, 80):
+            oc, count = pointwise_tile(pixel_tiles(width), out_blocks, cpu)
+            assert oc * count + cpu.operand_steps * (oc + count) <= cpu.tile_registers
+        assert depthwise_tile(width, cpu) <= cpu.registers // 4
 
 
 @pytest.mark.parametrize("cpu", CPUS, ids=lambda c: f"{c.arch}-{c.lanes}x{c.registers}")
