@@ -36,6 +36,18 @@ def _refuse_file_name(output_dir: str) -> str:
     return output_dir
 
 
+def _refuse_bundle_without_runtime(target: str) -> None:
+    """``--bundle`` for a target the native runtime is not built for: said before the build."""
+    from edgecompile.targets import resolve_target
+
+    triple = resolve_target(target).triple
+    if not triple.startswith(("aarch64", "arm")):
+        raise EdgecompileError(
+            f"--bundle needs an aarch64 or armv7 target; {target!r} compiles for {triple}",
+            "pick a board preset (e.g. --target rpi4 or rpi3-armv7), or drop --bundle",
+        )
+
+
 @click.command("build")
 @click.argument("model")
 @target_option
@@ -115,6 +127,8 @@ def build_command(
       edgecompile build squeezenet1_1 --target 'llvm -mtriple=aarch64-linux-gnu -mcpu=cortex-a72'
     """
     check_writable_dir(output_dir, "-o")  # before the export and compile, not after them
+    if make_bundle:
+        _refuse_bundle_without_runtime(target)
     if not model.endswith(".onnx") and ":" not in model:  # a zoo name: known before torch loads
         from edgecompile.zoo import resolve_name
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -83,3 +84,12 @@ def test_a_damaged_cached_runtime_is_refused(tmp_path: Path, cached_runtime: Pat
         bundling.bundle(artifact)
     assert "changed since its build" in str(caught.value)
     assert not (tmp_path / "tiny-rpi4-bundle").exists()
+
+
+def test_bundle_for_a_host_target_is_refused_before_the_build(
+    tmp_path: Path, cli_error: Callable[[list[str]], str]
+) -> None:
+    out = tmp_path / "out"
+    line = cli_error(["build", "squeezenet1_1", "--target", "host", "--bundle", "-o", str(out)])
+    assert "--bundle needs an aarch64 or armv7 target" in line and "rpi4" in line
+    assert not out.exists()  # refused before anything was exported or compiled
