@@ -113,6 +113,18 @@ def test_check_agreement_picks_ort_then_torch_as_reference() -> None:
         engines.check_agreement({"tvm": [out[0][:2]], "ort": out})
 
 
+def test_a_library_built_from_an_int8_model_is_checked_by_sqnr_not_the_float_tolerance() -> None:
+    expected = [np.linspace(-4, 4, 64, dtype=np.float32).reshape(1, 64)]
+    step = np.float32(8 / 255)  # one uint8 step of the output: off by one step everywhere
+    actual = [expected[0] + step]
+    with pytest.raises(EdgecompileError, match="tvm disagrees with ort: max relative error"):
+        engines.check_agreement({"tvm": actual, "ort": expected})
+    _, errors = engines.check_agreement({"tvm": actual, "ort": expected}, quantized=["tvm"])
+    assert errors["tvm"] > engines.TOLERANCE
+    with pytest.raises(EdgecompileError, match="SQNR"):  # still refused when it is wrong
+        engines.check_agreement({"tvm": [-expected[0]], "ort": expected}, quantized=["tvm"])
+
+
 def test_an_onnx_model_is_built_for_the_host_and_torch_is_skipped(
     tiny_onnx: Path, tmp_path: Path
 ) -> None:

@@ -371,6 +371,12 @@ def bench_local(
         )
 
 
+def is_quantized(artifact: Artifact) -> bool:
+    """Built from a QDQ (int8) model: its outputs agree with float engines only as far as the
+    quantization allows, so the bench checks it as it checks ``ort-int8`` (by SQNR)."""
+    return "max_output_steps" in (artifact.manifest.verification or {})
+
+
 def _bench_artifact(
     artifact: Artifact,
     *,
@@ -389,11 +395,13 @@ def _bench_artifact(
     """:func:`bench_local` once the artifact is at hand."""
     libraries = {"tvm": str(artifact.library)}
     digests = {"tvm": artifact.manifest.library_sha256}
+    quantized = ["tvm"] if is_quantized(artifact) else []
     for engine, extra in (extra_artifacts or {}).items():
         other = _same_model_as(artifact, engine, load_artifact(extra))
         check_library(other)
         libraries[engine] = str(other.library)
         digests[engine] = other.manifest.library_sha256
+        quantized += [engine] if is_quantized(other) else []
     references, reference_notes = _reference_sources(artifact, compare)
     notes.extend(reference_notes)
     engines = [*libraries, *[e for e in dict.fromkeys(compare) if e != "tvm"]]
@@ -414,6 +422,7 @@ def _bench_artifact(
                 "warmup": warmup,
                 "tolerance": tolerance,
                 "scratch": scratch,
+                "quantized": quantized,
             }
             if workers is not None and count in workers:
                 results[count] = workers[count].measure(spec)

@@ -179,7 +179,11 @@ def build_command(
     verification = manifest.verification or {}
     if verification.get("status") == "passed":
         error = verification["max_relative_error"]
-        click.echo(f"verified against ONNX Runtime: max relative error {error:.2e}")
+        if "max_output_steps" in verification:  # an int8 build: ORT's integer kernels
+            steps = verification["max_output_steps"]
+            click.echo(f"verified against ONNX Runtime: {steps:.1f} output quantization steps")
+        else:
+            click.echo(f"verified against ONNX Runtime: max relative error {error:.2e}")
     else:
         click.echo(f"not verified here: {verification.get('reason', 'skipped')}")
     if manifest.records:

@@ -35,6 +35,7 @@ from edgecompile.errors import EdgecompileError, last_line
 from edgecompile.schedules.analysis import has_main, prim_funcs, root_children, sblocks
 from edgecompile.schedules.compute import OP_INDEX_ATTR
 from edgecompile.schedules.cpu import cpu_info
+from edgecompile.schedules.int8 import INT8_UNSCHEDULED, Int8ConvNCHW, Int8Log, fold_int8_convs
 from edgecompile.schedules.layout import blocked_layout
 from edgecompile.schedules.plan import LayoutLog
 from edgecompile.schedules.rules import (
@@ -69,6 +70,8 @@ class ScheduleReport:
     user_kernels: dict[str, str] = field(default_factory=dict)
     #: A user rule's bug, kept here because TVM's FFI may re-wrap it on the way out of the pass.
     user_error: EdgecompileError | None = None
+    #: A QDQ model's convs folded into integer kernels, and those kept in fp32 with the reason.
+    int8: Int8Log = field(default_factory=Int8Log)
 
     def schedule_of(self, op_index: int) -> str:
         return self.schedules.applied.get(op_index, TVM_DEFAULT)
@@ -86,6 +89,9 @@ def fusion_passes(target: Any, report: ScheduleReport) -> list[Any]:
     return [
         *cpu_generic.library_dispatch_passes(target),
         note_heavy_ops(report),
+        # Before the layout pass, which then sees the dead fp32 chains still in place: every
+        # heavy op keeps its index.
+        fold_int8_convs(report.int8),
         blocked_layout(cpu_info(target), report.layout),
         # Drops the Clip-bound arithmetic the layout pass folded, before FoldConstant compiles it.
         relax.transform.DeadCodeElimination(),
@@ -261,6 +267,7 @@ def schedule_rules(extra: Sequence[Any] = ()) -> list[Any]:
 
     return [
         *user_rules(extra),
+        Int8ConvNCHW(),
         PointwiseNCHWc(),
         DepthwiseNCHWc(),
         GroupedNCHWc(),
@@ -415,6 +422,11 @@ def schedule_records(module: Any, report: ScheduleReport | None = None) -> list[
         }
         if op["index"] in kernels:
             record["kernel_name"] = kernels[op["index"]]
+        if report is not None and op["index"] in report.int8.folded:
+            if record["schedule"] == TVM_DEFAULT:  # our integer compute, no rule scheduled it
+                record["schedule"] = INT8_UNSCHEDULED
+        elif report is not None and op["index"] in report.int8.kept:
+            record["int8_fallback"] = report.int8.kept[op["index"]]
         if report is not None and op["index"] in report.schedules.failed:
             record["fallback"] = report.schedules.failed[op["index"]]
         elif report is not None and record["schedule"] == TVM_DEFAULT:

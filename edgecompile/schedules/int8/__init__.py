@@ -1,0 +1,29 @@
+"""int8: a QDQ model's ``dequantize → conv2d (+ bias) (+ ReLU/Clip) → quantize`` folded into
+integer convs (u8/s8 × s8 products, int32 accumulation, requantized like ONNX Runtime).
+
+TVM's ONNX frontend imports a QDQ model (``edgecompile quantize``) as ``R.quantize`` /
+``R.dequantize`` around fp32 ``conv2d``: the weights are dequantized at run time and every conv
+runs in fp32, slower than the fp32 model. :func:`fold_int8_convs` (a pass before the layout
+pass) replaces each foldable chain, ending at its ``quantize``, with one integer conv.
+
+- ``graph.py``: which chains fold, with what integers and scales, and why the others do not;
+  each output's quantization step (an int8 build is verified in those steps);
+- ``compute.py``: the integer conv as a TE compute (NCHW);
+- ``folding.py``: the Relax pass;
+- ``schedule.py``: the conv's schedule (a register tile of output channels × pixels).
+"""
+
+from edgecompile.schedules.int8.folding import KERNEL_NAME, fold_int8_convs
+from edgecompile.schedules.int8.graph import VERIFY_STEPS, Int8Log, output_steps
+from edgecompile.schedules.int8.schedule import INT8_SCHEDULE, INT8_UNSCHEDULED, Int8ConvNCHW
+
+__all__ = [
+    "INT8_SCHEDULE",
+    "INT8_UNSCHEDULED",
+    "KERNEL_NAME",
+    "VERIFY_STEPS",
+    "Int8ConvNCHW",
+    "Int8Log",
+    "fold_int8_convs",
+    "output_steps",
+]

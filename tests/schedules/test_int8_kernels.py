@@ -1,0 +1,303 @@
+"""The int8 folding pass: a QDQ conv becomes one integer kernel, exact against a numpy integer
+reference and within 2 output steps of ONNX Runtime's integer kernels on the same QDQ model."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from edgecompile.importer import import_onnx
+from edgecompile.schedules import compile_relax
+from edgecompile.schedules.int8 import INT8_SCHEDULE, KERNEL_NAME
+from edgecompile.schedules.pipeline import ScheduleReport
+
+SIZE = 9  # odd, so a stride-2 conv leaves a tail
+
+
+@dataclass(frozen=True)
+class Conv:
+    in_channels: int
+    out_channels: int
+    kernel: int
+    stride: int = 1
+    groups: int = 1
+    activation: str | None = None  # "Relu" or "Clip" (0..6), kept in the QDQ graph
+    unsigned_weights: bool = False  # uint8 weights with a zero point: not foldable
+
+
+CASES = {
+    "pointwise": Conv(5, 7, 1),
+    "3x3-relu": Conv(6, 10, 3, activation="Relu"),
+    "3x3-stride2-relu6": Conv(3, 17, 3, stride=2, activation="Clip"),
+    "3x3-stride2-relu-removed": Conv(6, 9, 3, stride=2),
+    "depthwise": Conv(12, 12, 3, groups=12, activation="Relu"),
+    "depthwise-stride2": Conv(12, 12, 3, stride=2, groups=12),
+}
+
+
+def qdq_conv_model(conv: Conv, folder: Path, seed: int = 0) -> Path:
+    """A one-conv fp32 model quantized as `edgecompile quantize` does (ORT, QDQ, per-channel
+    symmetric int8 weights, uint8 activations), the activation kept in the graph."""
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+
+    rng = np.random.default_rng(seed)
+    shape = (conv.out_channels, conv.in_channels // conv.groups, conv.kernel, conv.kernel)
+    weight = (rng.standard_normal(shape) * 0.4).astype(np.float32)
+    bias = (rng.standard_normal(conv.out_channels) * 0.2).astype(np.float32)
+    pad = conv.kernel // 2
+    nodes = [
+        helper.make_node(
+            "Conv",
+            ["x", "w", "b"],
+            ["conv" if conv.activation else "y"],
+            pads=[pad] * 4,
+            strides=[conv.stride] * 2,
+            group=conv.groups,
+        )
+    ]
+    inits = [numpy_helper.from_array(weight, "w"), numpy_helper.from_array(bias, "b")]
+    if conv.activation == "Relu":
+        nodes.append(helper.make_node("Relu", ["conv"], ["y"]))
+    elif conv.activation == "Clip":
+        inits += [numpy_helper.from_array(np.float32(v), n) for v, n in ((0, "lo"), (6, "hi"))]
+        nodes.append(helper.make_node("Clip", ["conv", "lo", "hi"], ["y"]))
+    graph = helper.make_graph(
+        nodes,
+        "conv",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, conv.in_channels, SIZE, SIZE])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    fp32, int8 = folder / "conv.onnx", folder / "conv.int8.onnx"
+    onnx.save(model, str(fp32))
+    batches = [
+        {"x": rng.standard_normal((1, conv.in_channels, SIZE, SIZE)).astype(np.float32) * 2}
+        for _ in range(4)
+    ]
+
+    class Reader(CalibrationDataReader):
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            return batches.pop() if batches else None
+
+    quantize_static(
+        str(fp32),
+        str(int8),
+        Reader(),
+        quant_format=QuantFormat.QDQ,
+        per_channel=True,
+        activation_type=QuantType.QUInt8,
+        weight_type=QuantType.QUInt8 if conv.unsigned_weights else QuantType.QInt8,
+        calibrate_method=CalibrationMethod.MinMax,
+        extra_options={
+            "WeightSymmetric": not conv.unsigned_weights,
+            "ActivationSymmetric": False,
+            # ORT drops a ReLU/Clip into the output's range by default; keep it, to test ours.
+            "QDQKeepRemovableActivations": conv.activation is not None,
+        },
+    )
+    if conv.activation is not None:
+        _fuse_activation(int8)
+    return int8
+
+
+def _fuse_activation(path: Path) -> None:
+    """Drop the Q/DQ ORT puts between the conv and its kept activation: conv → ReLU →
+    quantize, the chain a QDQ exporter that fuses activations (torch's) writes."""
+    model = onnx.load(str(path))
+    nodes = list(model.graph.node)
+    pair = [n for n in nodes if n.input[0] == "conv" or n.input[0].startswith("conv_Quantize")]
+    assert [n.op_type for n in pair] == ["QuantizeLinear", "DequantizeLinear"]
+    for node in nodes:
+        if node.op_type in ("Relu", "Clip"):
+            node.input[0] = "conv"
+    for node in pair:
+        model.graph.node.remove(node)
+    onnx.save(model, str(path))
+
+
+def parameters(path: Path) -> dict[str, np.ndarray]:
+    return {i.name: numpy_helper.to_array(i) for i in onnx.load(str(path)).graph.initializer}
+
+
+def reference(conv: Conv, params: dict[str, np.ndarray], x_q: np.ndarray) -> np.ndarray:
+    """The integer conv in numpy: int64 accumulation, then ORT's requantization."""
+    x_scale, x_zp = np.float32(params["x_scale"]), int(params["x_zero_point"])
+    w_q, w_scale = params["w_quantized"].astype(np.int64), params["w_scale"].astype(np.float32)
+    y_scale, y_zp = np.float32(params["y_scale"]), int(params["y_zero_point"])
+    pad = conv.kernel // 2
+    data = np.pad(x_q.astype(np.int64) - x_zp, [(0, 0), (0, 0), (pad, pad), (pad, pad)])
+    out = (SIZE + 2 * pad - conv.kernel) // conv.stride + 1
+    per_group_in = conv.in_channels // conv.groups
+    per_group_out = conv.out_channels // conv.groups
+    acc = np.zeros((1, conv.out_channels, out, out), np.int64)
+    for o in range(conv.out_channels):
+        first = o // per_group_out * per_group_in
+        for ky in range(conv.kernel):
+            for kx in range(conv.kernel):
+                window = data[
+                    0,
+                    first : first + per_group_in,
+                    ky : ky + conv.stride * out : conv.stride,
+                    kx : kx + conv.stride * out : conv.stride,
+                ]
+                acc[0, o] += np.tensordot(w_q[o, :, ky, kx], window, axes=1)
+    acc += params["b_quantized"].astype(np.int64)[None, :, None, None]
+    multiplier = (x_scale * w_scale) / y_scale
+    scaled = acc.astype(np.float32) * multiplier[None, :, None, None]
+    low, high = 0 - y_zp, 255 - y_zp
+    if conv.activation is not None:
+        low = max(low, 0)
+    if conv.activation == "Clip":
+        high = min(high, int(np.rint(np.float32(6) / y_scale)))
+    return np.rint(np.clip(scaled, low, high)).astype(np.int64) + y_zp
+
+
+def build_and_run(path: Path, target: Any, x: np.ndarray) -> tuple[np.ndarray, list[dict]]:
+    import tvm
+    from tvm import relax
+
+    model, _ = import_onnx(path, name="conv")
+    report = ScheduleReport()
+    executable, records = compile_relax(model.module, target, report=report)
+    machine = relax.VirtualMachine(executable, tvm.cpu())
+    return machine["main"](tvm.runtime.tensor(x)).numpy(), records
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_folded_conv_is_exact_and_within_two_steps_of_onnxruntime(
+    case: str, tmp_path: Path, host_target: Any
+) -> None:
+    import onnxruntime as ort
+
+    conv = CASES[case]
+    path = qdq_conv_model(conv, tmp_path)
+    params = parameters(path)
+    x_scale, x_zp = np.float32(params["x_scale"]), int(params["x_zero_point"])
+    y_scale, y_zp = np.float32(params["y_scale"]), int(params["y_zero_point"])
+    rng = np.random.default_rng(1)
+    x_q = rng.integers(0, 256, (1, conv.in_channels, SIZE, SIZE))
+    # Exactly representable steps: the model's own quantize gives back x_q.
+    x = ((x_q - x_zp) * x_scale).astype(np.float32)
+
+    actual, records = build_and_run(path, host_target, x)
+
+    assert [r["schedule"] for r in records] == [INT8_SCHEDULE]
+    assert "conv2d" in records[0]["kernel_name"] and KERNEL_NAME in records[0]["kernel_name"]
+    actual_q = np.rint(actual / y_scale).astype(np.int64) + y_zp
+    expected_q = reference(conv, params, x_q)
+    assert np.unique(expected_q).size > 10  # the test data spans the output range
+    np.testing.assert_array_equal(actual_q, expected_q)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    (ort_out,) = session.run(None, {"x": x})
+    assert np.abs(actual - ort_out).max() / y_scale <= 2
+
+
+def test_unsigned_weights_stay_fp32_and_say_why(tmp_path: Path, host_target: Any) -> None:
+    """A conv with uint8 weights is not folded: it keeps the imported fp32 path and its record
+    says why; the model still runs like ORT's."""
+    import onnxruntime as ort
+
+    conv = Conv(4, 6, 3, unsigned_weights=True)
+    path = qdq_conv_model(conv, tmp_path)
+    params = parameters(path)
+    assert params["w_quantized"].dtype == np.uint8
+    x = np.random.default_rng(2).standard_normal((1, 4, SIZE, SIZE)).astype(np.float32)
+
+    actual, records = build_and_run(path, host_target, x)
+
+    assert records[0]["schedule"] != INT8_SCHEDULE
+    assert records[0]["int8_fallback"] == "its weight is uint8, not int8"
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    (ort_out,) = session.run(None, {"x": x})
+    assert np.abs(actual - ort_out).max() / np.float32(params["y_scale"]) <= 2
+
+
+def test_fp32_model_is_untouched(tmp_path: Path, host_target: Any) -> None:
+    """No quantize in the graph: no conv is folded and no record talks about int8."""
+    qdq_conv_model(Conv(4, 6, 3), tmp_path)
+    model, _ = import_onnx(tmp_path / "conv.onnx", name="conv")
+    report = ScheduleReport()
+    _, records = compile_relax(model.module, host_target, report=report)
+    assert not report.int8.folded and not report.int8.kept
+    assert all("int8_fallback" not in r and r["schedule"] != INT8_SCHEDULE for r in records)
+
+
+def test_folds_for_rpi4(tmp_path: Path) -> None:
+    """Cross-compiles for the board (compile only): the conv is the integer kernel there too."""
+    from edgecompile.targets import resolve_target
+
+    path = qdq_conv_model(CASES["3x3-stride2-relu6"], tmp_path)
+    model, _ = import_onnx(path, name="conv")
+    report = ScheduleReport()
+    executable, records = compile_relax(
+        model.module, resolve_target("rpi4").tvm_target(), report=report
+    )
+    assert [r["schedule"] for r in records] == [INT8_SCHEDULE]
+    assert "aarch64" in executable.mod.imports[0].inspect_source("ll")[:2000]
+
+
+def test_int8_build_is_verified_in_output_steps(tmp_path: Path) -> None:
+    """`build` of a QDQ model checks it against ONNX Runtime in output quantization steps
+    (ORT's integer kernels are ~1e-2 off the fp32 reference: a relative check would refuse it)."""
+    from edgecompile.builder import build
+
+    path = qdq_conv_model(CASES["3x3-stride2-relu-removed"], tmp_path)
+    result = build(str(path), "host", output_dir=tmp_path / "build")
+
+    manifest = result.artifact.manifest
+    assert manifest.verification["status"] == "passed"
+    assert manifest.verification["max_output_steps"] <= 2
+    assert [s["schedule"] for s in manifest.schedules] == [INT8_SCHEDULE]
+
+
+def test_requantization_rounds_half_to_even_like_onnxruntime() -> None:
+    """Ties (x.5 after scaling) go to the even integer, as MLAS rounds: 0.5 → 0, 1.5 → 2, 2.5 → 2;
+    random data almost never hits a tie, so it is made here with a multiplier of exactly 0.5."""
+    import tvm
+    from tvm import te
+
+    from edgecompile.schedules.int8.compute import integer_conv2d
+    from edgecompile.schedules.int8.graph import QuantizedConv
+
+    values = np.arange(12, dtype=np.uint8).reshape(1, 1, 3, 4)
+    plan = QuantizedConv(
+        data=None,
+        data_zero_point=0,
+        weight=np.ones((1, 1, 1, 1), np.int8),
+        bias=np.zeros(1, np.int32),
+        multiplier=np.full(1, 0.5, np.float32),
+        out_zero_point=0,
+        out_dtype="uint8",
+        low=0,
+        high=255,
+        strides=(1, 1),
+        padding=(0, 0, 0, 0),
+        dilation=(1, 1),
+        groups=1,
+        op_index=0,
+    )
+    data = te.placeholder(values.shape, "uint8")
+    weight = te.placeholder((1, 1, 1, 1), "int8")
+    bias = te.placeholder((1,), "int32")
+    multiplier = te.placeholder((1,), "float32")
+    out = integer_conv2d(data, weight, bias, multiplier, plan)
+    kernel = tvm.compile(te.create_prim_func([data, weight, bias, multiplier, out]), "llvm")
+    args = [values, plan.weight, plan.bias, plan.multiplier, np.zeros(values.shape, np.uint8)]
+    tensors = [tvm.runtime.tensor(a) for a in args]
+    kernel(*tensors)
+    np.testing.assert_array_equal(tensors[-1].numpy(), np.rint(values * 0.5).astype(np.uint8))
+    assert tensors[-1].numpy().reshape(-1)[[1, 3, 5]].tolist() == [0, 2, 2]
