@@ -369,7 +369,9 @@ TUNED_SIZE = "32"  # the records apply only to the shapes they were tuned at
 ONE_WORKER_FOR_THE_TUNED_REPORT = pytest.mark.xdist_group("tuned-report")
 
 
-@pytest.fixture(scope="module")
+# Session scope: xdist interleaves other modules' tests between these on their worker, and a
+# module fixture would be torn down and rebuilt at each return (measured: built twice in CI).
+@pytest.fixture(scope="session")
 def records(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from edgecompile.records import CHOICES_FILE
     from edgecompile.tuning import tune
@@ -383,7 +385,7 @@ def records(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def tuned_zoo(records: Path, tmp_path_factory: pytest.TempPathFactory) -> ZooReport:
     return edgecompile.report(
         [TUNED_MODEL, UNTUNED_MODEL],

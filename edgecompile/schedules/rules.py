@@ -15,6 +15,11 @@ Row tails: a tile of output pixels need not divide its row (SqueezeNet's 55, 27 
 Xception's 37 and 19 would otherwise get 1-pixel or whole-row tiles). The last tile of such a
 row is guarded and peeled off by TVM's loop partitioning of that one tile loop
 (:func:`split_row`); partitioning every constant loop made whole models 1.3-2.3x slower.
+
+Design spaces: the pointwise, depthwise and pool rules ask for their tiles through
+:mod:`~edgecompile.schedules.knobs`, so with dlight's ``tunable`` (or :meth:`design_spaces`)
+the same schedule carries its choices as MetaSchedule sampling instructions at the analytic
+values; untuned, they are constants and the code is what it was.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from edgecompile.errors import last_line
 from edgecompile.schedules import compute
 from edgecompile.schedules.analysis import child_blocks, has_root_block
 from edgecompile.schedules.cpu import CpuInfo, cpu_info
+from edgecompile.schedules.knobs import FIXED, Knobs
 from edgecompile.schedules.tir import PARTITION_HINT
 
 SCHEDULED_ATTR = "edgecompile.schedule"
@@ -53,6 +59,8 @@ DEPTHWISE_SPATIAL_TARGET = 8
 WEIGHTS_STAY = "weights"
 INPUTS_STAY = "inputs"
 LOOP_ORDER_ATTR = "edgecompile.loop_order"
+#: The loop order's name as a knob (:attr:`~edgecompile.schedules.knobs.Knobs.forced`).
+LOOP_ORDER = "loop_order"
 #: A pointwise tile that leaves a tail must beat the best tile dividing the row by this much
 #: (fewer loads per FMA): the tail is a second, narrower copy of the tile's code.
 TAIL_GAIN = 1.1
@@ -270,7 +278,9 @@ def inline_epilogue_intermediates(sch: Any, conv: Any) -> None:
             break
 
 
-def inline_epilogue(sch: Any, writeback: Any, tile_loop: Any, lanes: int) -> None:
+def inline_epilogue(
+    sch: Any, writeback: Any, tile_loop: Any, lanes: int, *, keep_unit_loops: bool = False
+) -> None:
     """Inline the elementwise consumers of the conv into its register-tile write-back.
 
     A consumer that cannot be inlined (it also reads the conv output elsewhere) is computed at
@@ -293,7 +303,7 @@ def inline_epilogue(sch: Any, writeback: Any, tile_loop: Any, lanes: int) -> Non
         for consumer in consumers:
             if consumer in same_shape:
                 try:
-                    sch.reverse_compute_at(consumer, tile_loop)
+                    sch.reverse_compute_at(consumer, tile_loop, keep_unit_loops)
                     sch.vectorize(sch.get_loops(consumer)[-1])
                     continue
                 except s_tir.ScheduleError:
@@ -336,17 +346,20 @@ def register_tile(
     cpu: CpuInfo,
     *,
     inline_intermediates: bool = True,
+    keep_unit_loops: bool = False,
 ) -> Any:
     """Accumulate ``block`` in a register tile written back at ``tile_loop``, the epilogue
     inlined into the write-back (its intermediates first, unless ``inline_intermediates`` is
     off), ``vector_loop`` vectorized and the ``unrolled`` loops unrolled. Returns the
     write-back block: its lane loop is vectorized last (:func:`_vectorize_tile_loops`), once
-    the reduction is decomposed."""
+    the reduction is decomposed. ``keep_unit_loops`` keeps a tile loop of one iteration in the
+    write-back, for a design space: a trace replays ``get_loops`` only with as many loops as it
+    recorded, whatever tile a mutated decision gives."""
     if inline_intermediates:
         inline_epilogue_intermediates(sch, block)
     writeback = sch.cache_write(block, 0, "local")
-    sch.reverse_compute_at(writeback, tile_loop)
-    inline_epilogue(sch, writeback, tile_loop, cpu.lanes)
+    sch.reverse_compute_at(writeback, tile_loop, keep_unit_loops)
+    inline_epilogue(sch, writeback, tile_loop, cpu.lanes, keep_unit_loops=keep_unit_loops)
     sch.vectorize(vector_loop)
     for loop in unrolled:
         sch.unroll(loop)
@@ -378,16 +391,41 @@ class _ConvRule(TriesSchedule):
     mark it (a :class:`ScheduleFailed` when a primitive refuses)."""
 
     schedule_name = ""
+    #: Whether :meth:`schedule` takes :class:`~edgecompile.schedules.knobs.Knobs` (the rule is
+    #: a design space: dlight's ``tunable`` and :meth:`design_spaces`).
+    has_knobs = False
 
-    def try_schedule(self, func: Any, target: Any) -> Any:
+    def try_schedule(self, func: Any, target: Any, knobs: Knobs = FIXED) -> Any:
         if not isinstance(func, tirx.PrimFunc) or not has_root_block(func):
             return None
-        sch = s_tir.Schedule(func)
+        return self.schedule_here(s_tir.Schedule(func), target, knobs)
+
+    def apply(self, func: Any, target: Any, tunable: bool) -> Any | None:
+        knobs = Knobs(tunable=True) if tunable and self.has_knobs else FIXED
+        try:
+            return self.try_schedule(func, target, knobs)
+        except ScheduleFailed:
+            return None
+
+    def claims(self, sch: Any) -> bool:
+        """Whether ``sch`` holds this rule's block."""
+        return find_block(sch, self.schedule_name) is not None
+
+    def design_spaces(self, sch: Any, target: Any) -> list[Any]:
+        """The rule's design spaces on (copies of) the traced schedule ``sch``: its choices as
+        sampling instructions at their analytic values; a rule without knobs, its schedule."""
+        return [self.schedule_here(sch, target, Knobs(tunable=self.has_knobs))]
+
+    def schedule_here(self, sch: Any, target: Any, knobs: Knobs = FIXED) -> Any | None:
+        """Schedule this rule's block in ``sch`` (None if it holds none) and mark it."""
         block = find_block(sch, self.schedule_name)
         if block is None:
             return None
         try:
-            self.schedule(sch, block, target_cpu(target))
+            if knobs is FIXED:
+                self.schedule(sch, block, target_cpu(target))
+            else:
+                self.schedule(sch, block, target_cpu(target), knobs)
         except Exception as exc:  # a schedule primitive refused: keep TVM's default, say so
             raise ScheduleFailed(f"{type(exc).__name__}: {last_line(str(exc))}") from None
         sch.annotate(block, SCHEDULED_BY_ATTR, self.schedule_name)
@@ -409,33 +447,57 @@ class _TiledConvRule(_ConvRule):
             raise ValueError(f"order must be {WEIGHTS_STAY!r} or {INPUTS_STAY!r}, not {order!r}")
         self.order = order
 
-    def loop_order(self, sch: Any, block: Any, cpu: CpuInfo, **geometry: int) -> str:
-        """The order for this block (forced or from the caches), recorded on the block."""
-        order = self.order or choose_loop_order(cpu=cpu, **geometry)
+    def loop_order(
+        self, sch: Any, block: Any, cpu: CpuInfo, knobs: Knobs = FIXED, **geometry: int
+    ) -> str:
+        """The order for this block (forced, by the rule or the design space, or from the
+        caches), recorded on the block."""
+        order = knobs.choose(LOOP_ORDER, self.order or choose_loop_order(cpu=cpu, **geometry))
         sch.annotate(block, LOOP_ORDER_ATTR, order)
         return order
 
 
 class PointwiseNCHWc(_TiledConvRule):
-    """1×1 conv: ``oc × p`` tile of output blocks × pixels, weights as vectors, inputs broadcast."""
+    """1×1 conv: ``oc × p`` tile of output blocks × pixels, weights as vectors, inputs broadcast.
+
+    Its knobs: the output-block tile, the pixel tile (fixed where the analytic tile leaves a
+    row tail: only divisors of a row are sampled) and the reduction's unrolled split, each a
+    ``sample_perfect_tile``; the loop order, one design space per order."""
 
     schedule_name = compute.POINTWISE
+    has_knobs = True
 
-    def schedule(self, sch: Any, block: Any, cpu: CpuInfo) -> None:
+    def design_spaces(self, sch: Any, target: Any) -> list[Any]:
+        """One design space per loop order (a trace cannot branch between two nests)."""
+        default = sch.copy()
+        block = find_block(default, self.schedule_name)
+        spaces = [self.schedule_here(default, target, Knobs(tunable=True))]
+        order = str(default.get(block).annotations[LOOP_ORDER_ATTR])
+        for other in (WEIGHTS_STAY, INPUTS_STAY):
+            if other != order:
+                forced = Knobs(tunable=True, forced={LOOP_ORDER: other})
+                spaces.append(self.schedule_here(sch.copy(), target, forced))
+        return spaces
+
+    def schedule(self, sch: Any, block: Any, cpu: CpuInfo, knobs: Knobs = FIXED) -> None:
         n, cob, h, w, co, cib, ci = sch.get_loops(block)
         out_blocks, out_w = int(sch.get(cob).extent), int(sch.get(w).extent)
         oc_tile, pixel_tile = pointwise_row_tile(out_w, out_blocks, cpu)
-        cob_o, cob_i = sch.split(cob, [None, oc_tile])
-        pix_o, pix_i, tail = split_row(sch, w, pixel_tile)
+        cob_o, cob_i = knobs.split(sch, cob, oc_tile, MAX_POINTWISE_OUT_TILE)
+        if out_w % pixel_tile:
+            pix_o, pix_i, tail = split_row(sch, w, pixel_tile)
+        else:
+            (pix_o, pix_i), tail = knobs.split(sch, w, pixel_tile, MAX_SPATIAL_TILE), False
         lanes = int(sch.get(ci).extent)
         unroll = REDUCTION_UNROLL if lanes % REDUCTION_UNROLL == 0 else lanes
-        ci_o, ci_i = sch.split(ci, [None, unroll])
+        ci_o, ci_i = knobs.split(sch, ci, unroll, lanes)
         pixels, in_channels = int(sch.get(h).extent) * out_w, int(sch.get(cib).extent) * lanes
         out_channels = out_blocks * int(sch.get(co).extent)
         order = self.loop_order(
             sch,
             block,
             cpu,
+            knobs,
             input_bytes=in_channels * pixels * 4,
             weight_bytes=out_channels * in_channels * 4,
             output_bytes=out_channels * pixels * 4,
@@ -444,7 +506,9 @@ class PointwiseNCHWc(_TiledConvRule):
         )
         outer = (n, cob_o, h, pix_o) if order == WEIGHTS_STAY else (n, h, pix_o, cob_o)
         sch.reorder(*outer, cib, ci_o, ci_i, pix_i, cob_i, co)
-        writeback = register_tile(sch, block, outer[-1], co, (ci_i, pix_i, cob_i), cpu)
+        writeback = register_tile(
+            sch, block, outer[-1], co, (ci_i, pix_i, cob_i), cpu, keep_unit_loops=knobs.tunable
+        )
         parallel_tiles(sch, outer, pix_o if tail else None)
         # Decomposing last: vectorize/parallel refuse a reduction whose init was split off.
         sch.decompose_reduction(block, cib)
@@ -468,16 +532,20 @@ def parallel_tiles(sch: Any, tiles: tuple[Any, ...], tail_loop: Any | None) -> A
     return tiles[-1]
 
 
-def _row_tile(sch: Any, block: Any, cpu: CpuInfo) -> tuple[Any, ...]:
+def _row_tile(sch: Any, block: Any, cpu: CpuInfo, knobs: Knobs = FIXED) -> tuple[Any, ...]:
     """Depthwise and pooling windows: padding inlined, a tile of output columns of one row ×
     one channel block, the window loops outside the tile. Returns ``n, cb, h, w_o, w_i, c, kh,
-    kw``."""
+    kw``. The tile is a knob where it divides the row (a tail's split stays fixed)."""
     for producer in sch.get_producers(block):
         if sch.get(producer).name_hint.startswith("pad_nchwc"):
             sch.compute_inline(producer)
     n, cb, h, w, c, kh, kw = sch.get_loops(block)
-    width_tile = depthwise_row_tile(int(sch.get(w).extent), cpu)
-    w_o, w_i, _ = split_row(sch, w, width_tile)
+    width = int(sch.get(w).extent)
+    width_tile = depthwise_row_tile(width, cpu)
+    if width % width_tile:
+        w_o, w_i, _ = split_row(sch, w, width_tile)
+    else:
+        w_o, w_i = knobs.split(sch, w, width_tile, cpu.row_tile_limit)
     sch.reorder(n, cb, h, w_o, kh, kw, w_i, c)
     return n, cb, h, w_o, w_i, c, kh, kw
 
@@ -491,12 +559,20 @@ class _RowTileRule(_ConvRule):
     inline_intermediates = True
     #: Unroll the window's columns too, not only the tile's; the pool rule does not.
     unroll_window = True
+    has_knobs = True
 
-    def schedule(self, sch: Any, block: Any, cpu: CpuInfo) -> None:
-        n, cb, h, w_o, w_i, c, kh, kw = _row_tile(sch, block, cpu)
+    def schedule(self, sch: Any, block: Any, cpu: CpuInfo, knobs: Knobs = FIXED) -> None:
+        n, cb, h, w_o, w_i, c, kh, kw = _row_tile(sch, block, cpu, knobs)
         unrolled = (w_i, kw) if self.unroll_window else (w_i,)
         writeback = register_tile(
-            sch, block, w_o, c, unrolled, cpu, inline_intermediates=self.inline_intermediates
+            sch,
+            block,
+            w_o,
+            c,
+            unrolled,
+            cpu,
+            inline_intermediates=self.inline_intermediates,
+            keep_unit_loops=knobs.tunable,
         )
         sch.parallel(sch.fuse(n, cb, h))
         sch.decompose_reduction(block, kh)

@@ -23,16 +23,24 @@ def untuned_schedule(module: Any, target: Any, user_rules: Sequence[Any] = ()) -
     """What a build without records compiles for this kernel, as a schedule with a trace: a user
     rule's or our rule's schedule (tried as the build tries them), else TVM's default lowering
     (an empty trace). Each carries a ``SCHEDULED_BY_ATTR`` mark, so a record replaying it says
-    who made it."""
+    who made it.
+
+    A rule with knobs (:mod:`~edgecompile.schedules.knobs`) gives its design space's default
+    point: the same code, its choices as sampling instructions at their analytic values, so the
+    search's evolution, seeded from the best records, mutates our schedule's choices."""
     from tvm import s_tir
 
+    from edgecompile.schedules.knobs import Knobs
     from edgecompile.schedules.pipeline import TVM_DEFAULT, schedule_rules
     from edgecompile.schedules.rules import SCHEDULED_BY_ATTR, ScheduleFailed
     from edgecompile.schedules.user import UserRule
 
     for rule in schedule_rules(user_rules):
         try:
-            schedule = rule.try_schedule(module["main"], target)
+            if getattr(rule, "has_knobs", False):
+                schedule = rule.try_schedule(module["main"], target, Knobs(tunable=True))
+            else:
+                schedule = rule.try_schedule(module["main"], target)
         except ScheduleFailed:
             if isinstance(rule, UserRule):
                 continue  # a user rule that fails hands the kernel on, as in the build
