@@ -143,6 +143,18 @@ def static_int(expr: Any) -> int | None:
     return value if isinstance(value, int) else None
 
 
+def called_kernels(module: Any) -> list[str]:
+    """Names of the functions ``main`` calls (its kernels, after fusion), in call order."""
+    names: list[str] = []
+
+    def visit(expr: Any) -> None:
+        if isinstance(expr, relax.Call) and isinstance(expr.op, ir.GlobalVar):
+            names.append(expr.op.name_hint)
+
+    relax.analysis.post_order_visit(module["main"], visit)
+    return names
+
+
 def bindings_of(main: Any) -> dict[Any, Any]:
     """Binding var → bound value, over every block of ``main``."""
     return {binding.var: binding.value for block in main.body.blocks for binding in block.bindings}

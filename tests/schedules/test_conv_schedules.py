@@ -36,6 +36,7 @@ from edgecompile.schedules import (
     optimize,
     rules,
 )
+from edgecompile.schedules.analysis import called_kernels
 from edgecompile.schedules.channels import ChannelOrder, split_order, unshuffled
 from edgecompile.schedules.compute import GROUPED_PIXELS, AffineLanes, affine_lanes
 from edgecompile.schedules.tir import register_tir_pipeline
@@ -282,18 +283,6 @@ def run_module(module: Any, target: Any, data: np.ndarray) -> np.ndarray:
     return machine["main"](tvm.runtime.tensor(data)).numpy()
 
 
-def called_functions(module: Any) -> list[str]:
-    """Names of the PrimFuncs ``main`` calls, in call order."""
-    names: list[str] = []
-
-    def visit(expr: Any) -> None:
-        if isinstance(expr, relax.Call) and isinstance(expr.op, tvm.ir.GlobalVar):
-            names.append(expr.op.name_hint)
-
-    relax.analysis.post_order_visit(module["main"], visit)
-    return names
-
-
 def scheduled_functions(module: Any) -> dict[str, tirx.PrimFunc]:
     return {
         gv.name_hint: func
@@ -321,7 +310,7 @@ def test_schedule_matches_torch_on_host(case: str, tmp_path: Path, host_target: 
     assert 'scope="local"' in text  # the register tile
     # The epilogue is fused: besides the scheduled conv, main runs only the layout moves at the
     # network's edges (a pack that is a pure reshape, as for a 1×1 map, becomes a free view).
-    calls = called_functions(module)
+    calls = called_kernels(module)
     assert calls.count(name) == 1
     assert all(call == name or "pack_nchwc" in call for call in calls), calls
 
@@ -500,7 +489,7 @@ def test_blocked_layout_spans_the_whole_block(tmp_path: Path, host_target: Any) 
     network = inverted_residual()
     module, report = optimize(import_network(network, tmp_path).module, host_target)
     assert report.schedules.applied == {0: POINTWISE, 1: DEPTHWISE, 2: POINTWISE}
-    calls = called_functions(module)
+    calls = called_kernels(module)
     assert [c.split("_nchwc")[0] for c in calls if "pack_nchwc" in c] == ["pack", "unpack"]
     assert len(scheduled_functions(module)) == 3
     data = np.random.default_rng(2).standard_normal(network.input_shape).astype("float32")
@@ -531,7 +520,7 @@ def test_squeezenet_fire_module_stays_blocked(tmp_path: Path, host_target: Any) 
     )
     module, report = optimize(import_network(network, tmp_path).module, host_target)
     assert report.schedules.applied == {0: POINTWISE, 1: DENSE}
-    calls = called_functions(module)
+    calls = called_kernels(module)
     assert [c.split("_nchwc")[0] for c in calls if "pack_nchwc" in c] == ["pack", "unpack"]
     data = np.random.default_rng(10).standard_normal(network.input_shape).astype("float32")
     actual = run_module(module, host_target, data)
@@ -544,7 +533,7 @@ def test_stem_reads_the_image_in_nchw(tmp_path: Path, host_target: Any) -> None:
     network = Network([Conv(3, 16, kernel=3, stride=2, epilogue="relu"), Conv(16, 24)], 17, 17)
     module, report = optimize(import_network(network, tmp_path).module, host_target)
     assert report.schedules.applied == {0: DENSE, 1: POINTWISE}
-    calls = called_functions(module)
+    calls = called_kernels(module)
     assert not any(call.startswith("pack") for call in calls), calls
     (dense,) = [
         f for f in scheduled_functions(module).values() if f.attrs["edgecompile.schedule"] == DENSE
@@ -567,7 +556,7 @@ def test_shuffle_unit_stays_blocked(
     module, report = optimize(import_network(network, tmp_path).module, host_target)
     assert report.schedules.failed == {}
     assert report.schedules.applied == {0: GROUPED, 1: DEPTHWISE, 2: GROUPED}
-    calls = called_functions(module)
+    calls = called_kernels(module)
     scheduled = scheduled_functions(module)
     unscheduled = [call for call in calls if call not in scheduled]
     # The input is read in NCHW by the first grouped conv; the residual add packs it once.
@@ -631,7 +620,7 @@ def test_grouped_conv_with_tiny_groups_runs_over_pixels(tmp_path: Path, host_tar
     if cpu_info(host_target).lanes < 8:
         pytest.skip("narrow vectors fit 2-channel groups")
     assert report.schedules.applied == {0: GROUPED_PIXELS}
-    assert len(called_functions(module)) == 1  # the ReLU is the conv's epilogue
+    assert len(called_kernels(module)) == 1  # the ReLU is the conv's epilogue
     data = np.random.default_rng(9).standard_normal(network.input_shape).astype("float32")
     actual = run_module(module, host_target, data)
     assert relative_error(actual, network.reference(data)) <= TOLERANCE
@@ -686,7 +675,7 @@ def test_classifier_head_is_scheduled(classes: int, tmp_path: Path, host_target:
     module, report = optimize(import_onnx(path, name="head")[0].module, host_target)
     assert report.schedules.failed == {}
     assert report.schedules.applied == {0: POINTWISE, 1: MATMUL}
-    for name in called_functions(module):
+    for name in called_kernels(module):
         if name.startswith("unpack"):  # the pooled 1×1 map, not the 7×7 one
             assert [int(d) for d in module[name].params[0].shape][2:4] == [1, 1]
     data = rng.standard_normal((1, 16, 7, 7)).astype("float32")
@@ -732,7 +721,7 @@ def test_stride2_shuffle_unit_concat_and_pools_stay_blocked(
     module, report = optimize(import_onnx(path, name="unit")[0].module, host_target)
     assert report.schedules.failed == {}
     assert report.schedules.applied == {0: DENSE, 1: POOL, 2: POINTWISE, 3: POOL, 4: POINTWISE}
-    calls = called_functions(module)
+    calls = called_kernels(module)
     assert [call for call in calls if "pack" in call] == [calls[-1]]  # the final unpack only
     data = rng.standard_normal((1, 3, 32, 32)).astype("float32")
     t = {k: torch.from_numpy(v.astype("float64")) for k, v in weights.items()}
@@ -767,7 +756,7 @@ def test_concat_with_an_nchw_part_stays_in_nchw(tmp_path: Path, host_target: Any
     )
     module, report = optimize(import_onnx(path, name="dense")[0].module, host_target)
     assert report.schedules.applied == {0: POINTWISE}
-    calls = called_functions(module)
+    calls = called_kernels(module)
     assert not any(call.startswith("concat_nchwc") for call in calls), calls
     assert calls.count("pack_nchwc") == 1, calls  # the conv's input only, not the features
     data = rng.standard_normal((1, 20, 9, 9)).astype("float32")
@@ -1140,7 +1129,7 @@ def test_channel_split_stays_blocked(
     module, report = optimize(import_onnx(path, name="split")[0].module, host_target)
     assert report.schedules.failed == {}
     assert set(report.schedules.applied.values()) == {POINTWISE, DEPTHWISE}
-    calls = called_functions(module)
+    calls = called_kernels(module)
     moves = [call.split("_nchwc")[0] for call in calls if "pack_nchwc" in call]
     assert moves == ["pack", "unpack"], calls
     assert not any("strided_slice" in call or "transpose" in call for call in calls), calls
@@ -1197,7 +1186,7 @@ def test_rpi4_channel_split_compiles(tmp_path: Path) -> None:
     target = resolve_target("rpi4").tvm_target()
     module, report = optimize(relax_model.module, target)
     assert report.schedules.failed == {}
-    calls = called_functions(module)
+    calls = called_kernels(module)
     assert [call.split("_nchwc")[0] for call in calls if "pack_nchwc" in call] == [
         "pack",
         "unpack",

@@ -22,14 +22,13 @@ from onnx import helper
 from edgecompile.export import relative_error
 from edgecompile.importer import import_onnx
 from edgecompile.schedules import DENSE, POINTWISE, compile_relax, optimize, rules
-from edgecompile.schedules.analysis import sblocks
+from edgecompile.schedules.analysis import called_kernels, sblocks
 from edgecompile.schedules.coverage import assert_no_missed_schedules
 from edgecompile.schedules.packing import batch_norm_affine
 from edgecompile.targets import resolve_target
 
 from .test_conv_schedules import (
     TOLERANCE,
-    called_functions,
     run_module,
     save_graph,
     scheduled_functions,
@@ -123,7 +122,7 @@ def test_prelu_and_batch_norm_stay_blocked_and_match_torch(
     assert report.schedules.applied == EXPECTED
 
     # No layout glue: the stem reads the image in NCHW, and the one unpack is the output's.
-    calls = called_functions(module)
+    calls = called_kernels(module)
     glue = [call for call in calls if "pack" in call or "layout_transform" in call]
     assert glue == [calls[-1]], calls
     # Every PReLU and batch norm is the blocked one (TVM's would be named without _nchwc).
@@ -158,7 +157,7 @@ def test_rpi4_prelu_and_batch_norm_compile(tmp_path: Path) -> None:
     target = resolve_target("rpi4").tvm_target()
     module, report = optimize(relax_model.module, target)
     assert report.schedules.applied == EXPECTED
-    calls = called_functions(module)
+    calls = called_kernels(module)
     assert [call for call in calls if "pack" in call] == [calls[-1]], calls
     executable, records = compile_relax(relax_model.module, target)
     assert executable is not None
@@ -193,7 +192,7 @@ def test_espnet_v2_keeps_prelu_and_batch_norm_blocked(tmp_path: Path, host_targe
     assert_no_missed_schedules(result.artifact.manifest.schedules, "espnet_v2_x0_5")
     (onnx_path,) = tmp_path.rglob("*.onnx")
     module, _ = optimize(import_onnx(onnx_path, name="espnet_v2")[0].module, host_target)
-    calls = called_functions(module)
+    calls = called_kernels(module)
     assert [call for call in calls if GLUE_AROUND.search(call)] == []
     norms = [call for call in calls if "batch_norm" in call]
     assert norms

@@ -30,6 +30,7 @@ from edgecompile.schedules import (
     optimize,
     plan,
 )
+from edgecompile.schedules.analysis import called_kernels
 from edgecompile.schedules.compute import GROUPED_PIXELS
 from edgecompile.schedules.coverage import missed_schedules
 from edgecompile.schedules.tir import register_tir_pipeline
@@ -134,17 +135,6 @@ def run(module: Any, target: Any, data: np.ndarray) -> np.ndarray:
     return relax.VirtualMachine(executable, tvm.cpu())["main"](tvm.runtime.tensor(data)).numpy()
 
 
-def called_functions(module: Any) -> list[str]:
-    names: list[str] = []
-
-    def visit(expr: Any) -> None:
-        if isinstance(expr, relax.Call) and isinstance(expr.op, tvm.ir.GlobalVar):
-            names.append(expr.op.name_hint)
-
-    relax.analysis.post_order_visit(module["main"], visit)
-    return names
-
-
 # Output channels per group 1, 2 and 4; input channels per group 2 to 8; strides 1 and 2; odd
 # map sizes; with and without the BN → ReLU prologue.
 CASES = {
@@ -171,7 +161,7 @@ def test_few_channels_per_group_match_torch_on_host(
         assert schedule == GROUPED_PIXELS
     else:
         assert schedule in (GROUPED, GROUPED_PIXELS)
-    calls = called_functions(module)
+    calls = called_kernels(module)
     # The prologue is applied as the conv reads its input: no batch norm kernel of its own.
     assert not [call for call in calls if "batch_norm" in call or "relu" in call], calls
     data = np.random.default_rng(3).standard_normal((1, case.in_channels, case.size, case.size))
@@ -198,7 +188,7 @@ def test_prologue_before_a_blocked_grouped_conv(tmp_path: Path, host_target: Any
     case = GroupedCase(2, 8, 16, kernel=1, size=10, prologue=True)
     module, report = optimize(case.module(tmp_path), host_target)
     assert report.schedules.applied == {0: GROUPED}
-    assert not [call for call in called_functions(module) if "batch_norm" in call]
+    assert not [call for call in called_kernels(module) if "batch_norm" in call]
     data = np.random.default_rng(4).standard_normal((1, case.in_channels, 10, 10))
     actual = run(module, host_target, data.astype("float32"))
     assert relative_error(actual, case.reference(data)) <= TOLERANCE
@@ -235,7 +225,7 @@ def test_prologue_before_a_pointwise_conv_is_applied_by_its_pack(
     case = GroupedCase(1, 19, 24, kernel=1, size=7, prologue=True)
     module, report = optimize(case.module(tmp_path), host_target)
     assert report.schedules.applied == {0: POINTWISE}
-    calls = called_functions(module)
+    calls = called_kernels(module)
     assert not [call for call in calls if "batch_norm" in call or "relu" in call], calls
     data = np.random.default_rng(5).standard_normal((1, case.in_channels, 7, 7))
     actual = run(module, host_target, data.astype("float32"))
