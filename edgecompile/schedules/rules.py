@@ -35,7 +35,7 @@ from tvm.s_tir.dlight import ScheduleRule
 
 from edgecompile.errors import last_line
 from edgecompile.schedules import compute
-from edgecompile.schedules.analysis import child_blocks, has_root_block
+from edgecompile.schedules.analysis import child_blocks, has_root_block, root_children
 from edgecompile.schedules.cpu import CpuInfo, cpu_info
 from edgecompile.schedules.knobs import FIXED, Knobs
 from edgecompile.schedules.tir import PARTITION_HINT
@@ -899,10 +899,10 @@ class UnpackNCHWc(TriesSchedule):
     schedule_name = "edgecompile.unpack_nchwc"
 
     def try_schedule(self, func: Any, target: Any) -> Any | None:
-        if not isinstance(func, tirx.PrimFunc) or not has_root_block(func):
+        found = root_children(func)
+        if found is None:
             return None
-        sch = s_tir.Schedule(func)
-        blocks = child_blocks(sch)
+        sch, blocks = found
         if len(blocks) != 1 or not sch.get(blocks[0]).name_hint.startswith("unpack_nchwc"):
             return None
         loops = sch.get_loops(blocks[0])
@@ -947,10 +947,10 @@ class BlockedElementwise(TriesSchedule):
     schedule_name = "edgecompile.elementwise_nchwc"
 
     def try_schedule(self, func: Any, target: Any) -> Any | None:
-        if not isinstance(func, tirx.PrimFunc) or not has_root_block(func):
+        found = root_children(func)
+        if found is None:
             return None
-        sch = s_tir.Schedule(func)
-        blocks = child_blocks(sch)
+        sch, blocks = found
         if not {sch.get(b).name_hint for b in blocks} & BLOCKED_ELEMENTWISE_STAGES:
             return None
         lanes = target_cpu(target).lanes
