@@ -14,7 +14,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 from edgecompile.importer import import_onnx
 from edgecompile.schedules import compile_relax
-from edgecompile.schedules.int8 import INT8_SCHEDULE, KERNEL_NAME
+from edgecompile.schedules.int8 import INT8_SCHEDULE, INT8_VNNI_SCHEDULE, KERNEL_NAME
+from edgecompile.schedules.int8.schedule import has_blocked_kernel
 from edgecompile.schedules.pipeline import ScheduleReport
 
 SIZE = 9  # odd, so a stride-2 conv leaves a tail
@@ -33,6 +34,9 @@ class Conv:
 
 CASES = {
     "pointwise": Conv(5, 7, 1),
+    # Two output blocks of 16 (a tile of both) and an input block padded from 13 channels.
+    "pointwise-two-blocks": Conv(13, 32, 1, activation="Relu"),
+    "3x3-three-blocks": Conv(7, 33, 3, activation="Relu"),
     "3x3-relu": Conv(6, 10, 3, activation="Relu"),
     "3x3-stride2-relu6": Conv(3, 17, 3, stride=2, activation="Clip"),
     "3x3-stride2-relu-removed": Conv(6, 9, 3, stride=2),
@@ -166,6 +170,11 @@ def reference(conv: Conv, params: dict[str, np.ndarray], x_q: np.ndarray) -> np.
     return np.rint(np.clip(scaled, low, high)).astype(np.int64) + y_zp
 
 
+def expected_schedule(conv: Conv, target: Any) -> str:
+    """Channel-blocked on VNNI for a conv with a channel sum; NCHW otherwise."""
+    return INT8_VNNI_SCHEDULE if conv.groups == 1 and has_blocked_kernel(target) else INT8_SCHEDULE
+
+
 def build_and_run(path: Path, target: Any, x: np.ndarray) -> tuple[np.ndarray, list[dict]]:
     import tvm
     from tvm import relax
@@ -195,7 +204,7 @@ def test_folded_conv_is_exact_and_within_two_steps_of_onnxruntime(
 
     actual, records = build_and_run(path, host_target, x)
 
-    assert [r["schedule"] for r in records] == [INT8_SCHEDULE]
+    assert [r["schedule"] for r in records] == [expected_schedule(conv, host_target)]
     assert "conv2d" in records[0]["kernel_name"] and KERNEL_NAME in records[0]["kernel_name"]
     actual_q = np.rint(actual / y_scale).astype(np.int64) + y_zp
     expected_q = reference(conv, params, x_q)
@@ -219,7 +228,7 @@ def test_unsigned_weights_stay_fp32_and_say_why(tmp_path: Path, host_target: Any
 
     actual, records = build_and_run(path, host_target, x)
 
-    assert records[0]["schedule"] != INT8_SCHEDULE
+    assert records[0]["schedule"] not in (INT8_SCHEDULE, INT8_VNNI_SCHEDULE)
     assert records[0]["int8_fallback"] == "its weight is uint8, not int8"
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     (ort_out,) = session.run(None, {"x": x})
@@ -233,7 +242,7 @@ def test_fp32_model_is_untouched(tmp_path: Path, host_target: Any) -> None:
     report = ScheduleReport()
     _, records = compile_relax(model.module, host_target, report=report)
     assert not report.int8.folded and not report.int8.kept
-    assert all("int8_fallback" not in r and r["schedule"] != INT8_SCHEDULE for r in records)
+    assert all("int8_fallback" not in r and "int8" not in r["schedule"] for r in records)
 
 
 def test_folds_for_rpi4(tmp_path: Path) -> None:
@@ -254,6 +263,7 @@ def test_int8_build_is_verified_in_output_steps(tmp_path: Path) -> None:
     """`build` of a QDQ model checks it against ONNX Runtime in output quantization steps
     (ORT's integer kernels are ~1e-2 off the fp32 reference: a relative check would refuse it)."""
     from edgecompile.builder import build
+    from edgecompile.targets import resolve_target
 
     path = qdq_conv_model(CASES["3x3-stride2-relu-removed"], tmp_path)
     result = build(str(path), "host", output_dir=tmp_path / "build")
@@ -261,7 +271,9 @@ def test_int8_build_is_verified_in_output_steps(tmp_path: Path) -> None:
     manifest = result.artifact.manifest
     assert manifest.verification["status"] == "passed"
     assert manifest.verification["max_output_steps"] <= 2
-    assert [s["schedule"] for s in manifest.schedules] == [INT8_SCHEDULE]
+    assert [s["schedule"] for s in manifest.schedules] == [
+        expected_schedule(CASES["3x3-stride2-relu-removed"], resolve_target("host").tvm_target())
+    ]
 
 
 def test_requantization_rounds_half_to_even_like_onnxruntime() -> None:

@@ -8,20 +8,34 @@ pass) replaces each foldable chain, ending at its ``quantize``, with one integer
 
 - ``graph.py``: which chains fold, with what integers and scales, and why the others do not;
   each output's quantization step (an int8 build is verified in those steps);
-- ``compute.py``: the integer conv as a TE compute (NCHW);
+- ``compute.py``: the integer conv as a TE compute (NCHW; channel-blocked for VNNI, its
+  weights packed at fold time);
 - ``folding.py``: the Relax pass;
-- ``schedule.py``: the conv's schedule (a register tile of output channels × pixels).
+- ``schedule.py``: the conv's schedules (a register tile of output channels × pixels; on
+  AVX-512 VNNI, of output blocks × pixels on ``vpdpbusd``);
+- ``intrinsics.py``: the ``vpdpbusd`` tensor intrinsic (TVM's own passes an older LLVM's
+  operand types).
+
+The classifier's ``matmul`` (ONNX Gemm) folds too, as a 1×1 conv on ``[N, K, 1, 1]``.
 """
 
 from edgecompile.schedules.int8.folding import KERNEL_NAME, fold_int8_convs
 from edgecompile.schedules.int8.graph import VERIFY_STEPS, Int8Log, output_steps
-from edgecompile.schedules.int8.schedule import INT8_SCHEDULE, INT8_UNSCHEDULED, Int8ConvNCHW
+from edgecompile.schedules.int8.schedule import (
+    INT8_SCHEDULE,
+    INT8_UNSCHEDULED,
+    INT8_VNNI_SCHEDULE,
+    Int8ConvBlocked,
+    Int8ConvNCHW,
+)
 
 __all__ = [
     "INT8_SCHEDULE",
     "INT8_UNSCHEDULED",
+    "INT8_VNNI_SCHEDULE",
     "KERNEL_NAME",
     "VERIFY_STEPS",
+    "Int8ConvBlocked",
     "Int8ConvNCHW",
     "Int8Log",
     "fold_int8_convs",

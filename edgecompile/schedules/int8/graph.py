@@ -45,6 +45,9 @@ class QuantizedConv:
     dilation: tuple[int, int]
     groups: int
     op_index: int  # among main's heavy ops: the report's name for the layer
+    #: A classifier ``matmul(x [N, K], w.T)``: run as a 1×1 conv on ``x`` as ``[N, K, 1, 1]``
+    #: (``weight`` is then ``[O, K, 1, 1]``).
+    matmul: bool = False
 
 
 class NotFoldable(Exception):
@@ -54,13 +57,13 @@ class NotFoldable(Exception):
 def find_quantized_convs(module: Any, log: Int8Log) -> dict[Any, QuantizedConv]:
     """``quantize`` binding var in ``module``'s ``main`` → the conv it folds; ``log`` gets
     every conv's verdict (none for a model without ``quantize``: an fp32 model)."""
-    from edgecompile.schedules.analysis import bindings_of, conv_indices
+    from edgecompile.schedules.analysis import CONV2D, MATMUL, bindings_of, heavy_op_indices
 
     values = bindings_of(module["main"])
     plans: dict[Any, QuantizedConv] = {}
     if not any(_is_call(value, "relax.quantize") for value in values.values()):
         return plans
-    conv_index = conv_indices(module)
+    conv_index = heavy_op_indices(module, frozenset({CONV2D, MATMUL}))
     for var, value in values.items():
         if not _is_call(value, "relax.quantize"):
             continue
@@ -109,7 +112,7 @@ def _chain_behind(expr: Any, values: dict[Any, Any], module: Any) -> _Chain | No
         value = values.get(expr)
         if value is None:
             return None
-        if _is_call(value, "relax.nn.conv2d"):
+        if _is_call(value, "relax.nn.conv2d") or _is_call(value, "relax.matmul"):
             return _Chain(expr, bias, low, high)
         if _is_call(value, "relax.add") and bias is None:
             expr, bias = value.args[0], value.args[1]
@@ -166,11 +169,15 @@ def _match(quantize: Any, chain: _Chain, values: dict[Any, Any], op_index: int) 
     if low > high:
         raise NotFoldable("its activation's range is empty once quantized")
     bias_expr = chain.bias
-    expr = values[chain.conv]
-    conv = expr
-    attrs = conv.attrs
-    if (str(attrs.data_layout), str(attrs.kernel_layout)) != ("NCHW", "OIHW"):
-        raise NotFoldable(f"layout {attrs.data_layout}/{attrs.kernel_layout}, not NCHW/OIHW")
+    conv = values[chain.conv]
+    matmul = _is_call(conv, "relax.matmul")
+    if matmul:
+        weight_expr = _transposed_weight(conv, values)
+    else:
+        attrs = conv.attrs
+        if (str(attrs.data_layout), str(attrs.kernel_layout)) != ("NCHW", "OIHW"):
+            raise NotFoldable(f"layout {attrs.data_layout}/{attrs.kernel_layout}, not NCHW/OIHW")
+        weight_expr = conv.args[1]
 
     data = _producer(conv.args[0], values)
     if not _is_call(data, "relax.dequantize"):
@@ -179,7 +186,7 @@ def _match(quantize: Any, chain: _Chain, values: dict[Any, Any], op_index: int) 
         raise NotFoldable(f"its input is {dtype_of(data.args[0])}, not uint8/int8")
     data_scale, data_zp = _scalar(data.args[1]), int(_scalar(data.args[2]))
 
-    weight = _producer(conv.args[1], values)
+    weight = _producer(weight_expr, values)
     if not _is_call(weight, "relax.dequantize"):
         raise NotFoldable("its weight is not a dequantized constant")
     weight_q = _constant(weight.args[0], "its weight")
@@ -197,6 +204,24 @@ def _match(quantize: Any, chain: _Chain, values: dict[Any, Any], op_index: int) 
     if bias_expr is not None:
         bias = _quantized_bias(_producer(bias_expr, values), values, product_scale)
     multiplier = (product_scale / np.float32(out_scale)).astype(np.float32)
+    if matmul:
+        return QuantizedConv(
+            data=data.args[0],
+            data_zero_point=data_zp,
+            weight=weight_q.reshape(*weight_q.shape, 1, 1),
+            bias=bias,
+            multiplier=multiplier,
+            out_zero_point=out_zp,
+            out_dtype=out_dtype,
+            low=low,
+            high=high,
+            strides=(1, 1),
+            padding=(0, 0, 0, 0),
+            dilation=(1, 1),
+            groups=1,
+            op_index=op_index,
+            matmul=True,
+        )
     return QuantizedConv(
         data=data.args[0],
         data_zero_point=data_zp,
@@ -213,6 +238,22 @@ def _match(quantize: Any, chain: _Chain, values: dict[Any, Any], op_index: int) 
         groups=int(attrs.groups),
         op_index=op_index,
     )
+
+
+def _transposed_weight(matmul: Any, values: dict[Any, Any]) -> Any:
+    """The ``[O, K]`` weight of ``matmul(x [N, K], permute_dims(w))``, as ONNX Gemm (transB)
+    imports; anything else is not a classifier this kernel runs."""
+    from edgecompile.schedules.analysis import static_shape
+
+    data_shape = static_shape(matmul.args[0])
+    if data_shape is None or len(data_shape) != 2:
+        raise NotFoldable("its input is not a [batch, features] matrix")
+    transposed = _producer(matmul.args[1], values)
+    if not _is_call(transposed, "relax.permute_dims") or [
+        int(a) for a in (transposed.attrs.axes or [1, 0])
+    ] != [1, 0]:
+        raise NotFoldable("its weight is not a transposed [out, in] matrix")
+    return transposed.args[0]
 
 
 def _quantized_bias(expr: Any, values: dict[Any, Any], product_scale: np.ndarray) -> np.ndarray:
