@@ -3,12 +3,18 @@
     /work/venv/bin/python benchmarks/tuning.py                         # mobilenet_v2, shufflenet_v2
     /work/venv/bin/python benchmarks/tuning.py --models shufflenet_v1 --budget 30m --step 64
     /work/venv/bin/python benchmarks/tuning.py --threads 2 --plot tuning.png
+    /work/venv/bin/python benchmarks/tuning.py --models mobilenet_v2 --target x86-64-v2 \
+        --budget 5m --once                                             # one tune, one point
 
 A script, not a test. For each model: build untuned (our schedules, no records), then tune in
 steps of ``--step`` trials into a fresh records folder, and after each step build with the
 records and time tuned vs untuned vs ONNX Runtime in one process run (``bench_local``: same
 seeded input, same thread count, outputs checked first). Stops once the tuning time spent
-reaches ``--budget``. Prints one table per model and plots the curves.
+reaches ``--budget``. Prints one table per model and plots the curves. ``--once``: a single
+tune with ``--budget`` as its time budget (as ``edgecompile tune --time-budget``), then the
+same timing, and the knob values that won per kernel (as ``records show`` prints them).
+``--target``: a preset this machine runs natively, e.g. the stand-ins ``x86-64-v2`` (SSE4.2,
+4 lanes) and ``x86-64-v3`` (AVX2).
 """
 
 from __future__ import annotations
@@ -39,7 +45,15 @@ class Point:
 
 
 def curve(
-    model: str, *, budget_seconds: float, step: int, threads: int, repeat: int, work: Path
+    model: str,
+    *,
+    budget_seconds: float,
+    step: int,
+    threads: int,
+    repeat: int,
+    work: Path,
+    target: str = "host",
+    once: bool = False,
 ) -> list[Point]:
     from edgecompile.benchmarking import bench_local
     from edgecompile.builder import build
@@ -47,16 +61,19 @@ def curve(
     from edgecompile.tuning import TUNE_STAGES, tune
 
     records = work / "records"
-    untuned = build(model, "host", output_dir=work / "untuned", records=False).artifact
+    untuned = build(model, target, output_dir=work / "untuned", records=False).artifact
     points: list[Point] = []
     spent = 0.0
     trials = 0
     while True:
         if trials:
             result = tune(
-                model, "host", trials=trials, records=records, threads=threads,
-                progress=Progress(TUNE_STAGES),
+                model, target, trials=None if once else trials, records=records,
+                threads=threads, progress=Progress(TUNE_STAGES),
+                time_budget=budget_seconds if once else None,
             )  # fmt: skip
+            if once:
+                trials = result.trials_run
             chosen = sum(task.uses == "tuned" for task in result.tasks)
             print(
                 f"{model}: {chosen}/{len(result.tasks)} kernels use a tuned schedule after "
@@ -64,7 +81,8 @@ def curve(
                 flush=True,
             )
             spent += result.seconds
-            tuned_dir = build(model, "host", output_dir=work / f"tuned-{trials}", records=records)
+            tuned_dir = build(model, target, output_dir=work / f"tuned-{trials}", records=records)
+            print_knobs(target, records)
             tuned_path = str(tuned_dir.artifact.directory)
         else:
             tuned_path = str(untuned.directory)
@@ -84,9 +102,23 @@ def curve(
             f"{point.ort_ms:.2f} ms ({point.ratio_to_ort:.2f}x ORT)",
             flush=True,
         )
-        if spent >= budget_seconds:
+        if spent >= budget_seconds or (once and len(points) == 2):
             return points
-        trials += step
+        trials += step  # with --once, the tune's own count replaces it
+
+
+def print_knobs(target: str, records: Path) -> None:
+    """The kernels a build takes from the records: times and the knob values that won."""
+    from edgecompile.records import store_for, summarize
+    from edgecompile.targets import resolve_target
+
+    for kernel in summarize(store_for(resolve_target(target), records)):
+        if kernel.uses == "tuned":
+            print(
+                f"  {kernel.name}: {kernel.untuned_ms} → {kernel.tuned_ms} ms"
+                f" ({kernel.schedule}) {kernel.knobs}",
+                flush=True,
+            )
 
 
 def print_table(model: str, points: list[Point]) -> None:
@@ -144,6 +176,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=30)
     parser.add_argument("--plot", type=Path, default=Path("tuning.png"))
     parser.add_argument("--work", type=Path, help="Keep builds and records here.")
+    parser.add_argument("--target", default="host", help="Board preset (default: host).")
+    parser.add_argument(
+        "--once", action="store_true", help="One tune of --budget (its time budget), timed once."
+    )
     args = parser.parse_args(argv)
     budget = parse_duration(args.budget) or 0.0
     curves = {}
@@ -157,6 +193,8 @@ def main(argv: list[str] | None = None) -> int:
                 threads=args.threads,
                 repeat=args.repeat,
                 work=root / model,
+                target=args.target,
+                once=args.once,
             )
     for model, points in curves.items():
         print_table(model, points)

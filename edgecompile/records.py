@@ -783,6 +783,8 @@ class WorkloadSummary:
     tuned_ms: float | None = None
     #: Search records no re-measurement has judged yet (rerun the tune).
     pending: bool = False
+    #: The knob values of what a build uses (:func:`describe_knobs`); "" without knobs.
+    knobs: str = ""
 
     @property
     def uses_label(self) -> str:
@@ -817,6 +819,92 @@ def record_schedule(record_body: Any, baselines: dict[str, str]) -> str:
     return baselines.get(trace_digest(record_body), SEARCHED)
 
 
+#: The block annotations a design space's point carries in its trace (``schedules.knobs.
+#: KNOBS_ATTR``, ``schedules.rules.LOOP_ORDER_ATTR``), spelled here so reading them imports no
+#: TVM.
+_KNOBS_KEY = "edgecompile.knobs"
+_LOOP_ORDER_KEY = "edgecompile.loop_order"
+#: ``schedules.knobs.UNROLL_ATTR`` and ``UNROLL_KNOB``: the unroll depth, a categorical sample.
+_UNROLL_KEY = "meta_schedule.unroll_explicit"
+_UNROLL_KNOB = "unroll steps"
+#: The loop order's name among the knob values.
+LOOP_ORDER_KNOB = "order"
+
+
+def knob_values(record_body: Any) -> dict[str, int | str]:
+    """The knobs of one of our design spaces a record's trace holds: each sampled tile's inner
+    extent (its decision) by the knob's name, and the loop order. Empty for a trace without
+    them: TVM's default or generic space, records written before the knobs were named."""
+    trace = record_body[0] if isinstance(record_body, list) and record_body else None
+    if not isinstance(trace, list) or not trace or not isinstance(trace[0], list):
+        return {}
+    decided = trace[1] if len(trace) > 1 and isinstance(trace[1], list) else []
+    decisions = {
+        entry[0]: entry[1]
+        for entry in decided
+        if isinstance(entry, list) and len(entry) == 2 and isinstance(entry[0], int)
+    }
+    names: list[str] = []
+    tiles: list[Any] = []
+    order: str | None = None
+    unroll: int | None = None
+    categorical: dict[str, Any] = {}  # output variable: the chosen candidate
+    for index, inst in enumerate(trace[0]):
+        if not isinstance(inst, list) or len(inst) < 4:
+            continue
+        kind, inputs, attrs, outputs = inst[:4]
+        if not isinstance(inputs, list) or not isinstance(attrs, list):
+            continue
+        if kind == "SamplePerfectTile":
+            tiles.append(decisions.get(index))
+        elif kind == "SampleCategorical" and _names_variable(outputs) and _listed(attrs):
+            chosen = decisions.get(index)
+            if isinstance(chosen, int) and 0 <= chosen < len(attrs[0]):
+                categorical[outputs[0]] = attrs[0][chosen]
+        elif kind == "Annotate" and attrs == [_UNROLL_KEY] and _names_variable(inputs[1:]):
+            value = categorical.get(inputs[1])
+            unroll = int(value) if _is_number(value) else unroll
+        elif kind == "Annotate" and attrs and len(inputs) == 2 and isinstance(inputs[1], str):
+            try:
+                value = json.loads(inputs[1])  # the annotation's value, a JSON string
+            except ValueError:
+                continue
+            if attrs[0] == _KNOBS_KEY and isinstance(value, str):
+                names = value.split(",")
+            elif attrs[0] == _LOOP_ORDER_KEY and isinstance(value, str):
+                order = value
+    values: dict[str, int | str] = {}
+    if len(names) == len(tiles):
+        for name, tile in zip(names, tiles, strict=True):
+            if isinstance(tile, list) and tile and _is_number(tile[-1]):
+                values[name] = int(tile[-1])
+    if unroll is not None:
+        values[_UNROLL_KNOB] = unroll
+    if order is not None:
+        values[LOOP_ORDER_KNOB] = order
+    return values
+
+
+def _names_variable(values: Any) -> bool:
+    """Whether ``values`` (a trace instruction's inputs or outputs) starts with a variable."""
+    return isinstance(values, list) and bool(values) and isinstance(values[0], str)
+
+
+def _listed(attrs: Any) -> bool:
+    return isinstance(attrs, list) and bool(attrs) and isinstance(attrs[0], list)
+
+
+def describe_knobs(values: dict[str, int | str], defaults: dict[str, int | str]) -> str:
+    """Knob values as ``records show`` prints them, a changed one with the untuned schedule's
+    value first: ``oc tile 2 → 4, pixel tile 7, reduction unroll 4, order weights``."""
+    return ", ".join(
+        f"{name} {defaults[name]} → {value}"
+        if name in defaults and defaults[name] != value
+        else f"{name} {value}"
+        for name, value in values.items()
+    )
+
+
 def mean_seconds(run_secs: Any) -> float | None:
     """A record's measured time; None for a candidate that failed to build or run."""
     values = [float(v) for v in run_secs or []]
@@ -843,6 +931,15 @@ def summarize(store: RecordStore) -> list[WorkloadSummary]:
         timed = [(t, b) for b in bodies if (t := mean_seconds(b[1])) is not None]
         best_time, best = min(timed, key=lambda pair: pair[0], default=(None, None))
         decision = decisions[hashes[index]]
+        defaults = next(
+            (
+                knobs
+                for body in bodies
+                if trace_digest(body) in baselines and (knobs := knob_values(body))
+            ),
+            {},
+        )
+        used = next((body for body in bodies if trace_digest(body) == decision.record), None)
         summaries.append(
             WorkloadSummary(
                 name=names.get(hashes[index], f"workload {hashes[index][:10]}"),
@@ -853,6 +950,7 @@ def summarize(store: RecordStore) -> list[WorkloadSummary]:
                 untuned_ms=decision.untuned_ms,
                 tuned_ms=decision.tuned_ms,
                 pending=decision.pending,
+                knobs=describe_knobs(knob_values(used) if used else defaults, defaults),
             )
         )
     return sorted(summaries, key=lambda s: -(s.best_ms or 0.0))

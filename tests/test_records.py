@@ -25,8 +25,10 @@ from edgecompile.records import (
     WORKLOADS_FILE,
     Choice,
     RecordStore,
+    describe_knobs,
     export_records,
     import_records,
+    knob_values,
     list_stores,
     load_store,
     store_for,
@@ -157,6 +159,45 @@ BAD_RECORD_LINES = {
     "json-string": b'"a JSON string is no torn line"',
     "nested-too-deep": b"[" * 100_000,  # RecursionError in json.loads
 }
+
+
+#: Traces whose knobs ``records show`` cannot read: it shows none, never a traceback.
+BAD_KNOB_TRACES = [
+    [[["SamplePerfectTile", 1, 2, 3]], [[[0], [1, 2]]]],  # an unhashable decision index
+    [[["SampleCategorical", [], [[0, 16]], [[1]]]], [[0, 1]]],  # an unhashable output
+    [[["Annotate", ["b0", ["v1"]], ["meta_schedule.unroll_explicit"], []]], []],
+    [[["Annotate", 5, ["edgecompile.knobs"], []]], []],
+    [[["SampleCategorical", [], [[0, 16]], ["v1"]]], [[0, 7]]],  # a decision out of range
+    [
+        [
+            ["SamplePerfectTile", [], [], ["v1"]],
+            ["Annotate", ["b", '"a,b"'], ["edgecompile.knobs"], []],
+        ],
+        [[0, ["x"]]],
+    ],
+]
+
+
+@pytest.mark.parametrize("trace", BAD_KNOB_TRACES)
+def test_knobs_of_a_damaged_trace_are_none(trace: Any) -> None:
+    assert knob_values([trace, [1e-5], {}, []]) == {}
+
+
+def test_knobs_are_read_from_a_trace_alone() -> None:
+    trace = [
+        [
+            ["SamplePerfectTile", ["l1"], [2, 16], ["v2", "v3"]],
+            ["SampleCategorical", [], [[0, 16, 64], [0.3, 0.3, 0.4]], ["v4"]],
+            ["Annotate", ["b0", "v4"], ["meta_schedule.unroll_explicit"], []],
+            ["Annotate", ["b1", '"oc tile"'], ["edgecompile.knobs"], []],
+            ["Annotate", ["b1", '"inputs"'], ["edgecompile.loop_order"], []],
+        ],
+        [[0, [7, 4]], [1, 2]],
+    ]
+    values = knob_values([trace, [1e-5], {}, []])
+    assert values == {"oc tile": 4, "unroll steps": 64, "order": "inputs"}
+    defaults = {"oc tile": 2, "unroll steps": 0, "order": "inputs"}
+    assert describe_knobs(values, defaults) == "oc tile 2 → 4, unroll steps 0 → 64, order inputs"
 
 
 @pytest.mark.parametrize("bad", list(BAD_RECORD_LINES), ids=list(BAD_RECORD_LINES))

@@ -30,7 +30,7 @@ from edgecompile.tuning.budget import (
 from edgecompile.tuning.building import BuildGate
 from edgecompile.tuning.heartbeat import heartbeat
 from edgecompile.tuning.monitor import TIME_BUDGET_SPENT, SearchMonitor, TuneStatus
-from edgecompile.tuning.scheduler import next_task
+from edgecompile.tuning.scheduler import floored, next_task
 from edgecompile.tuning.tasks import TuningTask
 
 # --------------------------------------------------------------------------------------------
@@ -48,6 +48,33 @@ def test_the_heaviest_kernel_goes_first_and_rounds_follow_the_shares() -> None:
         rounds[task] += 1
     assert order[0] == 1  # the heaviest first
     assert rounds == [1, 4, 2]  # rounds in proportion to the shares
+
+
+def test_the_lightest_kernel_still_gets_a_round_and_the_heaviest_most() -> None:
+    shares = floored([100.0, 30.0, 0.1])  # e.g. a 112×112 conv, a 7×7 one, the classifier
+    rounds = [0, 0, 0]
+    for _ in range(60):
+        task = next_task(shares, rounds, [0, 1, 2])
+        assert task is not None
+        rounds[task] += 1
+    assert rounds[0] > rounds[1] > rounds[2] >= 1
+    # unfloored, the 0.1 would wait for the heaviest's thousandth round
+    assert next_task([100.0, 30.0, 0.1], [59, 17, 0], [0, 1, 2]) != 2
+
+
+def test_shares_follow_the_untuned_time_not_what_the_search_won() -> None:
+    pace = Pace(builds=[1.0], runs=[0.5])
+    untuned = {"w0": 1e-3, "w1": 2e-3}
+    monitor = SearchMonitor(
+        _tasks(2), untuned, 100, TimeBudget(None), pace, "here", searched_best={"w1": 0.5e-3}
+    )
+    assert monitor.best == [1e-3, 0.5e-3]
+    assert monitor.shares() == [1e-3, 2e-3]
+
+
+def test_the_heaviest_kernel_may_get_its_share_of_the_trials() -> None:
+    assert plan_search(1000, 10).per_task == 200  # twice an equal share
+    assert plan_search(1000, 10, heaviest=0.5).per_task == 500
 
 
 def test_no_live_task_ends_the_search() -> None:

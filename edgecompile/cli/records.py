@@ -96,7 +96,8 @@ def _warn_if_damaged(store: Any) -> None:
 @records_option
 @json_option
 def records_show(target: str, records: str | None, as_json: bool) -> None:
-    """Per tuned kernel of a target: records, best time, who made it, and what `build` uses.
+    """Per tuned kernel of a target: records, best time, who made it, what `build` uses, and
+    the knob values of our schedule in it (tiles, loop order; "a → b" where the search won).
 
     \b
     Examples:
@@ -115,16 +116,20 @@ def records_show(target: str, records: str | None, as_json: bool) -> None:
     rows = [
         [
             k.name, k.trials, format_ms(k.best_ms), k.schedule, k.uses_label,
-            format_ms(k.untuned_ms), format_ms(k.tuned_ms),
+            format_ms(k.untuned_ms), format_ms(k.tuned_ms), k.knobs or "-",
         ]
         for k in kernels
     ]  # fmt: skip
-    headers = ["kernel", "records", "best ms", "best by", "build uses", "untuned ms", "tuned ms"]
+    headers = [
+        "kernel", "records", "best ms", "best by", "build uses", "untuned ms", "tuned ms", "knobs",
+    ]  # fmt: skip
     click.echo(format_table(headers, rows))
     click.echo(
         "tuned ms: the best search records re-measured beside the untuned schedule (then both "
         "times are the re-measurement's); -: no search record beat it even once. "
-        "(not re-measured): decided by single measurements for now (rerun the tune)."
+        "(not re-measured): decided by single measurements for now (rerun the tune). "
+        "knobs: our schedule's choices in what the build uses, a → b where the search changed "
+        "the untuned a."
     )
 
 

@@ -18,6 +18,12 @@ from typing import Any, NamedTuple
 FLOAT32_BITS = 32
 KIB = 1024
 SYSFS_CACHES = Path("/sys/devices/system/cpu/cpu0/cache")
+#: Fewest output columns a depthwise tile keeps beside its window's weights: a window that
+#: leaves fewer is not held in registers at all (:attr:`CpuInfo.tailed_row_tile_limit`).
+MIN_HELD_WINDOW_TILE = 2
+#: The depthwise tile the rules aim for (``rules.DEPTHWISE_SPATIAL_TARGET``): a window's
+#: weights never raise :attr:`CpuInfo.row_tile_limit` past it.
+ROW_TILE_TARGET = 8
 
 
 class CacheLevel(NamedTuple):
@@ -150,17 +156,63 @@ class CpuInfo:
         operands = self.operand_steps * (weights + inputs)
         return accumulators + operands <= self.tile_registers
 
+    #: Weights (taps) and columns of a depthwise window (:meth:`holding_window`); 0 for a
+    #: pool, which has none.
+    window_weights: int = 0
+    window_columns: int = 0
+    #: Whether a product needs a register of its own before it is added: 32-bit ARM without
+    #: VFPv4 has no FMA (LLVM emits ``vmul`` + ``vadd``) and, unlike SSE, cannot read an
+    #: operand from memory.
+    separate_products: bool = False
+
     @property
     def row_tile_limit(self) -> int:
         """Most output columns of a depthwise or pooling tile: ``w`` accumulators, and its
         input columns and window weights for the taps LLVM unrolls (the window of 3 columns
         is unrolled, and pooling's loop of 3 by LLVM). Three fewer than the tile registers
         with AVX-512 (one weight, one input, one spare); elsewhere a quarter of the
-        registers, which read spill-free in the assembly of every depthwise and pooling kernel
-        of the zoo's default models (``benchmarks/spills.py``)."""
+        registers, which read spill-free in the assembly of every pooling kernel of the zoo's
+        default models (``benchmarks/spills.py``).
+
+        A depthwise window (:attr:`window_weights`) loads each tap's weight as its FMAs need
+        it, so its tile may hold every register but one per tap (and one for a product where
+        :attr:`separate_products`), up to :data:`ROW_TILE_TARGET`: 7 columns for 3×3 on 16
+        registers, where 4 left MobileNet v2's 14-wide rows a tail (below) and spilled. At 8 a
+        3×3 tile spilled 2 to 22 times per kernel on x86-64-v2 and armv7; at 7, none did.
+        """
         if self.folds_broadcasts:
             return self.tile_registers - 3
-        return max(self.registers // 4, 1)
+        limit = max(self.registers // 4, 1)
+        if not self.window_weights:
+            return limit
+        beside = self.registers - self.window_weights - int(self.separate_products)
+        return max(limit, min(beside, ROW_TILE_TARGET))
+
+    @property
+    def tailed_row_tile_limit(self) -> int:
+        """Most output columns of a depthwise tile when the row ends in a narrower tail.
+
+        Then nothing in the loop over the row's full tiles is conditional (the first tile's
+        padding and the tail are peeled off), and LLVM hoists every weight of the unrolled
+        window out of it: ``w`` accumulators, the ``w + kw - 1`` inputs of one window row and
+        all the weights must fit, with one temporary. 3×3 on 16 registers leaves 2 columns;
+        at 4 (14 = 4 + 4 + 4 + 2), MobileNet v2's 14-wide depthwise kernels spilled 7
+        (x86-64-v2), 9 (x86-64-v3) and 15 (armv7) times per tile. A window too large to leave
+        even :data:`MIN_HELD_WINDOW_TILE` columns is not kept whole (5×5 on 16 or 32
+        registers read spill-free at :attr:`row_tile_limit`): LLVM reloads its weights."""
+        limit = self.row_tile_limit
+        if self.folds_broadcasts or not self.window_weights:
+            return limit
+        inputs = self.window_columns - 1  # beside the w each column of the tile adds
+        held = (self.registers - self.window_weights - inputs - 1) // 2
+        return min(limit, held) if held >= MIN_HELD_WINDOW_TILE else limit
+
+    def holding_window(self, kernel_rows: int, kernel_columns: int) -> CpuInfo:
+        """This CPU for a depthwise tile over a ``kernel_rows × kernel_columns`` window with
+        weights (:attr:`row_tile_limit`, :attr:`tailed_row_tile_limit`)."""
+        return replace(
+            self, window_weights=kernel_rows * kernel_columns, window_columns=kernel_columns
+        )
 
     def across_window(self) -> CpuInfo:
         """This CPU for a tile whose reduction runs over a K×K window (:attr:`window_taps`)."""
@@ -181,7 +233,17 @@ def cpu_info(target: Any) -> CpuInfo:
         registers=_vector_registers(arch, lanes),
         cores=cores,
         caches=target_caches(target),
+        separate_products=_separate_products(target, arch),
     )
+
+
+def _separate_products(target: Any, arch: str) -> bool:
+    """32-bit ARM without VFPv4 (the generic ``armv7`` preset): no NEON FMA."""
+    import tvm
+
+    if not arch.startswith(("arm", "thumb")):
+        return False
+    return not bool(tvm.target.codegen.target_has_features("vfp4", target))
 
 
 def _vector_bits(target: Any, arch: str) -> int:

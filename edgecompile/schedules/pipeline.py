@@ -34,8 +34,15 @@ from edgecompile._interrupts import keep_interrupts_through_ffi, raise_if_interr
 from edgecompile.errors import EdgecompileError, last_line
 from edgecompile.schedules.analysis import has_main, prim_funcs, root_children, sblocks
 from edgecompile.schedules.compute import OP_INDEX_ATTR
+from edgecompile.schedules.concat_in_place import concat_in_place
 from edgecompile.schedules.cpu import cpu_info
-from edgecompile.schedules.int8 import INT8_UNSCHEDULED, Int8ConvNCHW, Int8Log, fold_int8_convs
+from edgecompile.schedules.int8 import (
+    INT8_UNSCHEDULED,
+    Int8ConvBlocked,
+    Int8ConvNCHW,
+    Int8Log,
+    fold_int8_convs,
+)
 from edgecompile.schedules.layout import blocked_layout
 from edgecompile.schedules.plan import LayoutLog
 from edgecompile.schedules.rules import (
@@ -91,7 +98,7 @@ def fusion_passes(target: Any, report: ScheduleReport) -> list[Any]:
         note_heavy_ops(report),
         # Before the layout pass, which then sees the dead fp32 chains still in place: every
         # heavy op keeps its index.
-        fold_int8_convs(report.int8),
+        fold_int8_convs(report.int8, target),
         blocked_layout(cpu_info(target), report.layout),
         # Drops the Clip-bound arithmetic the layout pass folded, before FoldConstant compiles it.
         relax.transform.DeadCodeElimination(),
@@ -267,6 +274,7 @@ def schedule_rules(extra: Sequence[Any] = ()) -> list[Any]:
 
     return [
         *user_rules(extra),
+        Int8ConvBlocked(),
         Int8ConvNCHW(),
         PointwiseNCHWc(),
         DepthwiseNCHWc(),
@@ -306,6 +314,8 @@ def relax_pipeline(
                 *([relax.transform.MetaScheduleApplyDatabase()] if database is not None else []),
                 apply_schedule_rules(report, extra_rules),
                 *cpu_generic.dataflow_lower_passes(target),
+                # Needs the explicit output tensors CallTIRRewrite makes; before memory planning.
+                concat_in_place(),
                 *cpu_generic.finalize_passes(target),
             ]
             return tvm.transform.Sequential(passes)(module)
@@ -423,6 +433,7 @@ def schedule_records(module: Any, report: ScheduleReport | None = None) -> list[
         if op["index"] in kernels:
             record["kernel_name"] = kernels[op["index"]]
         if report is not None and op["index"] in report.int8.folded:
+            record["int8"] = True  # `build --explain`'s int8 column, whatever schedule ran it
             if record["schedule"] == TVM_DEFAULT:  # our integer compute, no rule scheduled it
                 record["schedule"] = INT8_UNSCHEDULED
         elif report is not None and op["index"] in report.int8.kept:

@@ -16,10 +16,10 @@ Xception's 37 and 19 would otherwise get 1-pixel or whole-row tiles). The last t
 row is guarded and peeled off by TVM's loop partitioning of that one tile loop
 (:func:`split_row`); partitioning every constant loop made whole models 1.3-2.3x slower.
 
-Design spaces: the pointwise, depthwise and pool rules ask for their tiles through
-:mod:`~edgecompile.schedules.knobs`, so with dlight's ``tunable`` (or :meth:`design_spaces`)
-the same schedule carries its choices as MetaSchedule sampling instructions at the analytic
-values; untuned, they are constants and the code is what it was.
+Design spaces: every conv, pool and GEMV rule asks for its tiles (and the kernel's unroll
+depth) through :mod:`~edgecompile.schedules.knobs`, so with dlight's ``tunable`` (or
+:meth:`design_spaces`) the same schedule carries its choices as MetaSchedule sampling
+instructions at the analytic values; untuned, they are constants and the code is what it was.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from edgecompile.errors import last_line
 from edgecompile.schedules import compute
 from edgecompile.schedules.analysis import child_blocks, has_root_block, root_children
 from edgecompile.schedules.cpu import CpuInfo, cpu_info
-from edgecompile.schedules.knobs import FIXED, Knobs
+from edgecompile.schedules.knobs import FIXED, KNOBS_ATTR, Knobs
 from edgecompile.schedules.tir import PARTITION_HINT
 
 SCHEDULED_ATTR = "edgecompile.schedule"
@@ -47,11 +47,18 @@ SCHEDULED_BY_ATTR = "edgecompile.scheduled_by"
 # Split of the pointwise reduction over the lanes of one input block: unrolling by 4 gave LLVM
 # enough independent FMAs to hide latency without blowing up code size.
 REDUCTION_UNROLL = 4
+#: The largest unrolled reduction split a design space samples (K×K convs, the GEMV): past it
+#: the unrolled body outgrows the instruction cache's share of a tile.
+MAX_REDUCTION_UNROLL = 8
 MAX_POINTWISE_OUT_TILE = 8
 MAX_SPATIAL_TILE = 32
 # Output vectors a GEMV accumulates at once: enough independent FMA chains to cover the FMA
 # latency while the weight streams in.
 MAX_GEMV_ACCUMULATORS = 8
+#: Output channels of one group a :class:`GroupedPixels` tile may hold: they share its input.
+MAX_PIXELS_CHANNELS = 4
+#: Pixel vectors a :class:`GroupedPixels` tile may hold (× its channels accumulators).
+MAX_PIXELS_VECTORS = 8
 DEPTHWISE_SPATIAL_TARGET = 8
 # Loop orders of the register-tiled convs (their outermost tile loop): the output-block tile
 # outermost keeps its weights in L1 while every pixel streams past; the pixel tile outermost
@@ -209,9 +216,11 @@ def depthwise_row_tile(out_width: int, cpu: CpuInfo) -> int:
     """Output columns per depthwise or pool tile when the last tile of a row may be a tail: the
     count nearest 8, a tail costing :data:`DEPTHWISE_TAIL_COST` columns of distance (so 14
     keeps 7+7 and 10 one tile of 10, while 13, 37 and 55 get tiles of 8, not 13, 1 and 11), at
-    most :attr:`CpuInfo.row_tile_limit`."""
-    limit = cpu.row_tile_limit
-    candidates = [d for d in row_tiles(out_width) if d <= limit] or [1]
+    most :attr:`CpuInfo.row_tile_limit` (:attr:`CpuInfo.tailed_row_tile_limit` with a tail)."""
+    limit, tailed_limit = cpu.row_tile_limit, cpu.tailed_row_tile_limit
+    candidates = [
+        d for d in row_tiles(out_width) if d <= (tailed_limit if out_width % d else limit)
+    ] or [1]
 
     def cost(count: int) -> tuple[int, int]:
         tail = DEPTHWISE_TAIL_COST if out_width % count else 0
@@ -425,9 +434,13 @@ class _ConvRule(TriesSchedule):
             if knobs is FIXED:
                 self.schedule(sch, block, target_cpu(target))
             else:
+                knobs.names.clear()
                 self.schedule(sch, block, target_cpu(target), knobs)
         except Exception as exc:  # a schedule primitive refused: keep TVM's default, say so
             raise ScheduleFailed(f"{type(exc).__name__}: {last_line(str(exc))}") from None
+        if knobs.names:  # which sampled tile is which knob, for `records show`
+            sch.annotate(block, KNOBS_ATTR, ",".join(knobs.names))
+        knobs.unroll(sch, sch.get_sblock("root"))
         sch.annotate(block, SCHEDULED_BY_ATTR, self.schedule_name)
         sch.mod["main"] = sch.mod["main"].with_attr(SCHEDULED_ATTR, self.schedule_name)
         return sch
@@ -439,7 +452,10 @@ class _ConvRule(TriesSchedule):
 class _TiledConvRule(_ConvRule):
     """A conv with the ``oc × p`` register tile, whose two loop orders trade input re-reads for
     weight re-reads. ``order`` forces one (:data:`WEIGHTS_STAY` or :data:`INPUTS_STAY`); by
-    default :func:`choose_loop_order` picks it from the target's caches."""
+    default :func:`choose_loop_order` picks it from the target's caches. Its knobs: the tiles
+    (:mod:`~edgecompile.schedules.knobs`) and the loop order, one design space per order."""
+
+    has_knobs = True
 
     def __init__(self, order: str | None = None) -> None:
         super().__init__()
@@ -456,17 +472,6 @@ class _TiledConvRule(_ConvRule):
         sch.annotate(block, LOOP_ORDER_ATTR, order)
         return order
 
-
-class PointwiseNCHWc(_TiledConvRule):
-    """1×1 conv: ``oc × p`` tile of output blocks × pixels, weights as vectors, inputs broadcast.
-
-    Its knobs: the output-block tile, the pixel tile (fixed where the analytic tile leaves a
-    row tail: only divisors of a row are sampled) and the reduction's unrolled split, each a
-    ``sample_perfect_tile``; the loop order, one design space per order."""
-
-    schedule_name = compute.POINTWISE
-    has_knobs = True
-
     def design_spaces(self, sch: Any, target: Any) -> list[Any]:
         """One design space per loop order (a trace cannot branch between two nests)."""
         default = sch.copy()
@@ -479,18 +484,29 @@ class PointwiseNCHWc(_TiledConvRule):
                 spaces.append(self.schedule_here(sch.copy(), target, forced))
         return spaces
 
+
+class PointwiseNCHWc(_TiledConvRule):
+    """1×1 conv: ``oc × p`` tile of output blocks × pixels, weights as vectors, inputs broadcast.
+
+    Its knobs: the output-block tile, the pixel tile (fixed where the analytic tile leaves a
+    row tail: only divisors of a row are sampled) and the reduction's unrolled split, each a
+    ``sample_perfect_tile``; the loop order, one design space per order."""
+
+    schedule_name = compute.POINTWISE
+
     def schedule(self, sch: Any, block: Any, cpu: CpuInfo, knobs: Knobs = FIXED) -> None:
         n, cob, h, w, co, cib, ci = sch.get_loops(block)
         out_blocks, out_w = int(sch.get(cob).extent), int(sch.get(w).extent)
         oc_tile, pixel_tile = pointwise_row_tile(out_w, out_blocks, cpu)
-        cob_o, cob_i = knobs.split(sch, cob, oc_tile, MAX_POINTWISE_OUT_TILE)
+        cob_o, cob_i = knobs.split(sch, cob, oc_tile, MAX_POINTWISE_OUT_TILE, "oc tile")
         if out_w % pixel_tile:
             pix_o, pix_i, tail = split_row(sch, w, pixel_tile)
         else:
-            (pix_o, pix_i), tail = knobs.split(sch, w, pixel_tile, MAX_SPATIAL_TILE), False
+            pix_o, pix_i = knobs.split(sch, w, pixel_tile, MAX_SPATIAL_TILE, "pixel tile")
+            tail = False
         lanes = int(sch.get(ci).extent)
         unroll = REDUCTION_UNROLL if lanes % REDUCTION_UNROLL == 0 else lanes
-        ci_o, ci_i = knobs.split(sch, ci, unroll, lanes)
+        ci_o, ci_i = knobs.split(sch, ci, unroll, lanes, "reduction unroll")
         pixels, in_channels = int(sch.get(h).extent) * out_w, int(sch.get(cib).extent) * lanes
         out_channels = out_blocks * int(sch.get(co).extent)
         order = self.loop_order(
@@ -532,20 +548,26 @@ def parallel_tiles(sch: Any, tiles: tuple[Any, ...], tail_loop: Any | None) -> A
     return tiles[-1]
 
 
-def _row_tile(sch: Any, block: Any, cpu: CpuInfo, knobs: Knobs = FIXED) -> tuple[Any, ...]:
+def _row_tile(
+    sch: Any, block: Any, cpu: CpuInfo, knobs: Knobs = FIXED, *, weighted: bool = False
+) -> tuple[Any, ...]:
     """Depthwise and pooling windows: padding inlined, a tile of output columns of one row ×
     one channel block, the window loops outside the tile. Returns ``n, cb, h, w_o, w_i, c, kh,
-    kw``. The tile is a knob where it divides the row (a tail's split stays fixed)."""
+    kw``. The tile is a knob where it divides the row (a tail's split stays fixed). A
+    ``weighted`` window (depthwise) leaves registers for its weights
+    (:meth:`CpuInfo.holding_window`)."""
     for producer in sch.get_producers(block):
         if sch.get(producer).name_hint.startswith("pad_nchwc"):
             sch.compute_inline(producer)
     n, cb, h, w, c, kh, kw = sch.get_loops(block)
+    if weighted:
+        cpu = cpu.holding_window(int(sch.get(kh).extent), int(sch.get(kw).extent))
     width = int(sch.get(w).extent)
     width_tile = depthwise_row_tile(width, cpu)
     if width % width_tile:
         w_o, w_i, _ = split_row(sch, w, width_tile)
     else:
-        w_o, w_i = knobs.split(sch, w, width_tile, cpu.row_tile_limit)
+        w_o, w_i = knobs.split(sch, w, width_tile, cpu.row_tile_limit, "row tile")
     sch.reorder(n, cb, h, w_o, kh, kw, w_i, c)
     return n, cb, h, w_o, w_i, c, kh, kw
 
@@ -559,10 +581,12 @@ class _RowTileRule(_ConvRule):
     inline_intermediates = True
     #: Unroll the window's columns too, not only the tile's; the pool rule does not.
     unroll_window = True
+    #: Whether the window has weights that may stay in registers; a pool's has none.
+    weighted = True
     has_knobs = True
 
     def schedule(self, sch: Any, block: Any, cpu: CpuInfo, knobs: Knobs = FIXED) -> None:
-        n, cb, h, w_o, w_i, c, kh, kw = _row_tile(sch, block, cpu, knobs)
+        n, cb, h, w_o, w_i, c, kh, kw = _row_tile(sch, block, cpu, knobs, weighted=self.weighted)
         unrolled = (w_i, kw) if self.unroll_window else (w_i,)
         writeback = register_tile(
             sch,
@@ -612,12 +636,45 @@ def window_dilation(sch: Any, block: Any) -> int:
     return 1
 
 
+#: Accumulators a K×K tile needs to keep enough FMAs in flight to hide their latency (2 FMA
+#: pipes × 4 cycles on this project's AVX-512 host); a row's tail tile with fewer runs slower.
+LATENCY_ACCUMULATORS = 8
+#: How many more loads per FMA a K×K row tile may cost than the fewest, to keep its tail busy.
+WINDOW_LOAD_SLACK = 1.02
+
+
+def window_row_tile(width: int, out_blocks: int, cpu: CpuInfo) -> tuple[int, int]:
+    """:func:`pointwise_row_tile` for a K×K conv, but a row's last tile keeps at least
+    :data:`LATENCY_ACCUMULATORS` accumulators if a tile within :data:`WINDOW_LOAD_SLACK` of the
+    fewest loads per FMA can: a 1-pixel tail runs its whole window on too few to hide the FMA
+    latency (13 wide on AVX-512: 64→256 3×3 with 5+5+3 pixels 8% faster than 6+6+1, 48→192
+    with 4×5 tiles 8% faster than 6×4; 7 wide 4+3 13% faster than 6+1)."""
+    chosen = pointwise_row_tile(width, out_blocks, cpu)
+
+    def reuse(oc: int, count: int) -> float:
+        return oc * width / _row_loads(width, oc, count)
+
+    def busy(oc: int, count: int) -> int:  # accumulators of the row's narrowest tile
+        return min(oc * (width % count or count), LATENCY_ACCUMULATORS)
+
+    candidates = [
+        (oc, count)
+        for oc in divisors(out_blocks)
+        if oc <= MAX_POINTWISE_OUT_TILE
+        for count in row_tiles(width)
+        if cpu.tile_fits(oc * count, weights=oc, inputs=count)
+        and reuse(oc, count) * WINDOW_LOAD_SLACK >= reuse(*chosen)
+    ]
+    best = max(candidates, key=lambda tile: (busy(*tile), reuse(*tile), tile == chosen))
+    return best if busy(*best) > busy(*chosen) else chosen
+
+
 class _GatherConvRule(_TiledConvRule):
     """K×K conv as broadcast input scalar × weight vector (see :func:`compute._conv_nchwc`):
     the pointwise ``oc × p`` register tile, with the kernel window in the reduction and the
     padding inlined as predicated loads."""
 
-    def schedule(self, sch: Any, block: Any, cpu: CpuInfo) -> None:
+    def schedule(self, sch: Any, block: Any, cpu: CpuInfo, knobs: Knobs = FIXED) -> None:
         inline_prologues(sch, block)
         pads = [p for p in sch.get_producers(block) if sch.get(p).name_hint.startswith("pad_nchw")]
         blocks_per_row = int(sch.get(block).annotations[compute.BLOCKS_PER_ROW_ATTR])
@@ -625,19 +682,35 @@ class _GatherConvRule(_TiledConvRule):
         # Only output blocks reading the same table row share their broadcast inputs.
         # LLVM unrolls the window loops: its tile must leave room for the next tap's loads.
         width = int(sch.get(w).extent)
-        oc_tile, pixel_tile = pointwise_row_tile(width, blocks_per_row, cpu.across_window())
+        oc_tile, pixel_tile = window_row_tile(width, blocks_per_row, cpu.across_window())
         order = self.loop_order(
             sch,
             block,
             cpu,
+            knobs,
             **_gather_geometry(sch, block, blocks_per_row, oc_tile, pixel_tile),
         )
-        cob_o, cob_i = sch.split(cob, [None, oc_tile])
-        pix_o, pix_i, tail = split_row(sch, w, pixel_tile)
-        r_o, r_i = sch.split(r, [None, reduction_unroll(int(sch.get(r).extent))])
+        # A sampled output-block tile may straddle two table rows: still the same conv, only
+        # without the shared broadcasts, which the search then measures.
+        cob_o, cob_i = knobs.split(sch, cob, oc_tile, MAX_POINTWISE_OUT_TILE, "oc tile")
+        if width % pixel_tile:
+            pix_o, pix_i, tail = split_row(sch, w, pixel_tile)
+        else:
+            pix_o, pix_i = knobs.split(sch, w, pixel_tile, MAX_SPATIAL_TILE, "pixel tile")
+            tail = False
+        unroll = reduction_unroll(int(sch.get(r).extent))
+        r_o, r_i = knobs.split(sch, r, unroll, MAX_REDUCTION_UNROLL, "reduction unroll")
         tiles = (n, cob_o, h, pix_o) if order == WEIGHTS_STAY else (n, h, pix_o, cob_o)
         sch.reorder(*tiles, r_o, kh, kw, r_i, pix_i, cob_i, co)
-        writeback = register_tile(sch, block, tiles[-1], co, (r_i, pix_i, cob_i), cpu)
+        writeback = register_tile(
+            sch,
+            block,
+            tiles[-1],
+            co,
+            (r_i, pix_i, cob_i),
+            cpu,
+            keep_unit_loops=knobs.tunable,
+        )
         outer = parallel_tiles(sch, tiles, pix_o if tail else None)
         dilated = window_dilation(sch, block) > 1
         for pad in pads:
@@ -649,7 +722,7 @@ class _GatherConvRule(_TiledConvRule):
                 continue
             # The padded window of one tile, copied next to it: the tile's loads then need no
             # bounds test (inlined, every broadcast load was predicated: ~2x slower).
-            sch.compute_at(pad, outer)
+            sch.compute_at(pad, outer, knobs.tunable)
             _vectorize_tile_loops(sch, pad)
         sch.decompose_reduction(block, r_o)
         _vectorize_tile_loops(sch, writeback)
@@ -735,8 +808,10 @@ class GroupedPixels(_ConvRule):
     padded input window (with the pre-activation, if any) copied per row of tiles."""
 
     schedule_name = compute.GROUPED_PIXELS
+    #: Its knobs: the channels and the pixel vectors of the tile (the vector itself stays).
+    has_knobs = True
 
-    def schedule(self, sch: Any, block: Any, cpu: CpuInfo) -> None:
+    def schedule(self, sch: Any, block: Any, cpu: CpuInfo, knobs: Knobs = FIXED) -> None:
         inline_prologues(sch, block)
         pads = [p for p in sch.get_producers(block) if sch.get(p).name_hint.startswith("pad_nchw")]
         per_group = int(sch.get(block).annotations[compute.PER_GROUP_ATTR])
@@ -744,14 +819,20 @@ class GroupedPixels(_ConvRule):
         out_w = int(sch.get(w).extent)
         vector = pixel_vector(out_w, cpu.lanes)
         channels, vectors = pixels_tile(per_group, out_w // vector, cpu)
-        co_o, co_i = sch.split(co, [None, channels])
-        w_o, w_t, w_v = sch.split(w, [None, vectors, vector])
+        co_o, co_i = knobs.split(sch, co, channels, MAX_PIXELS_CHANNELS, "channels")
+        if knobs.tunable:  # the vector stays; how many of them a tile holds is the knob
+            w_vectors, w_v = sch.split(w, [None, vector])
+            w_o, w_t = knobs.split(sch, w_vectors, vectors, MAX_PIXELS_VECTORS, "pixel vectors")
+        else:
+            w_o, w_t, w_v = sch.split(w, [None, vectors, vector])
         sch.reorder(n, co_o, h, w_o, r, kh, kw, co_i, w_t, w_v)
-        writeback = register_tile(sch, block, w_o, w_v, (kw, co_i, w_t), cpu)
+        writeback = register_tile(
+            sch, block, w_o, w_v, (kw, co_i, w_t), cpu, keep_unit_loops=knobs.tunable
+        )
         outer = sch.fuse(n, co_o, h)
         sch.parallel(outer)
         for pad in pads:
-            sch.compute_at(pad, outer)
+            sch.compute_at(pad, outer, knobs.tunable)
             _vectorize_tile_loops(sch, pad)
         sch.decompose_reduction(block, r)
         _vectorize_tile_loops(sch, writeback)
@@ -794,15 +875,16 @@ def _unpacked_register_tile(
     vector_loop: Any,
     unrolled: tuple[Any, ...],
     cpu: CpuInfo,
+    keep_unit_loops: bool = False,
 ) -> Any:
     """:func:`register_tile` for a conv whose result is unpacked to NCHW in the same function:
     the tile is written back to a tile-sized blocked buffer and unpacked from there at once,
     channel by channel (contiguous stores along the row), so the blocked result never goes to
     memory. Elementwise ops after the unpack are inlined into it. Returns the write-back."""
     writeback = sch.cache_write(block, 0, "local")
-    sch.reverse_compute_at(writeback, tile_loop)
-    sch.reverse_compute_at(unpack, tile_loop)
-    inline_epilogue(sch, unpack, tile_loop, cpu.lanes)
+    sch.reverse_compute_at(writeback, tile_loop, keep_unit_loops)
+    sch.reverse_compute_at(unpack, tile_loop, keep_unit_loops)
+    inline_epilogue(sch, unpack, tile_loop, cpu.lanes, keep_unit_loops=keep_unit_loops)
     sch.vectorize(vector_loop)
     for loop in unrolled:
         sch.unroll(loop)
@@ -820,8 +902,10 @@ class TransposedConvNCHWc(_ConvRule):
     tiny next to its output."""
 
     schedule_name = compute.TRANSPOSED
+    #: Its knobs: the output-block and input-position tiles and the reduction split.
+    has_knobs = True
 
-    def schedule(self, sch: Any, block: Any, cpu: CpuInfo) -> None:
+    def schedule(self, sch: Any, block: Any, cpu: CpuInfo, knobs: Knobs = FIXED) -> None:
         pads = [p for p in sch.get_producers(block) if sch.get(p).name_hint.startswith("pad_nchw")]
         strides = [int(s) for s in sch.get(block).annotations[compute.STRIDES_ATTR]]
         n, cob, h, w, co, r, th, tw = sch.get_loops(block)
@@ -836,9 +920,10 @@ class TransposedConvNCHWc(_ConvRule):
         oc_tile, pixel_tile = transposed_tile(
             pixel_tiles(int(sch.get(w).extent)), int(sch.get(cob).extent), phases, cpu
         )
-        cob_o, cob_i = sch.split(cob, [None, oc_tile])
-        pix_o, pix_i = sch.split(w, [None, pixel_tile])
-        r_o, r_i = sch.split(r, [None, reduction_unroll(int(sch.get(r).extent))])
+        cob_o, cob_i = knobs.split(sch, cob, oc_tile, MAX_POINTWISE_OUT_TILE, "oc tile")
+        pix_o, pix_i = knobs.split(sch, w, pixel_tile, MAX_SPATIAL_TILE, "pixel tile")
+        unroll = reduction_unroll(int(sch.get(r).extent))
+        r_o, r_i = knobs.split(sch, r, unroll, MAX_REDUCTION_UNROLL, "reduction unroll")
         tiles = (n, cob_o, h, pix_o)
         tile = (*tiles, *([row_phase] if row_phase is not None else []))
         in_tile = (pix_i, *([column_phase] if column_phase is not None else []), cob_i)
@@ -847,16 +932,18 @@ class TransposedConvNCHWc(_ConvRule):
             (c for c in sch.get_consumers(block) if sch.get(c).name_hint == "unpack_nchwc"), None
         )
         if unpack is None:
-            writeback = register_tile(sch, block, tile[-1], co, (r_i, *in_tile), cpu)
+            writeback = register_tile(
+                sch, block, tile[-1], co, (r_i, *in_tile), cpu, keep_unit_loops=knobs.tunable
+            )
         else:
             writeback = _unpacked_register_tile(
-                sch, block, unpack, tile[-1], co, (r_i, *in_tile), cpu
+                sch, block, unpack, tile[-1], co, (r_i, *in_tile), cpu, knobs.tunable
             )
         outer = sch.fuse(*tiles)
         sch.parallel(outer)
         for pad in pads:
             # The padded input window of one tile (both its rows), copied next to it.
-            sch.compute_at(pad, outer)
+            sch.compute_at(pad, outer, knobs.tunable)
             _vectorize_tile_loops(sch, pad)
         sch.decompose_reduction(block, r_o)
         _vectorize_tile_loops(sch, writeback)
@@ -867,8 +954,10 @@ class PackedMatmul(_ConvRule):
     one contiguous stream per output vector."""
 
     schedule_name = compute.MATMUL
+    #: Its knobs: the accumulators and the reduction split.
+    has_knobs = True
 
-    def schedule(self, sch: Any, block: Any, cpu: CpuInfo) -> None:
+    def schedule(self, sch: Any, block: Any, cpu: CpuInfo, knobs: Knobs = FIXED) -> None:
         n, j, k = sch.get_loops(block)
         lanes = int(sch.get(block).annotations[compute.VECTOR_LANES_ATTR])
         j_o, j_i = sch.split(j, [None, lanes])
@@ -878,11 +967,19 @@ class PackedMatmul(_ConvRule):
             t for t in range(1, MAX_GEMV_ACCUMULATORS + 1) if cpu.tile_fits(t, weights=t, inputs=1)
         )
         accumulators = max(d for d in divisors(blocks) if d <= limit)
-        tile_o, tile_i = sch.split(j_o, [None, accumulators])
-        k_o, k_i = sch.split(k, [None, reduction_unroll(int(sch.get(k).extent))])
+        tile_o, tile_i = knobs.split(sch, j_o, accumulators, limit, "accumulators")
+        unroll = reduction_unroll(int(sch.get(k).extent))
+        k_o, k_i = knobs.split(sch, k, unroll, MAX_REDUCTION_UNROLL, "reduction unroll")
         sch.reorder(n, tile_o, k_o, k_i, tile_i, j_i)
         writeback = register_tile(
-            sch, block, tile_o, j_i, (k_i, tile_i), cpu, inline_intermediates=False
+            sch,
+            block,
+            tile_o,
+            j_i,
+            (k_i, tile_i),
+            cpu,
+            inline_intermediates=False,
+            keep_unit_loops=knobs.tunable,
         )
         sch.parallel(sch.fuse(n, tile_o))
         sch.decompose_reduction(block, k_o)
@@ -930,6 +1027,7 @@ class PoolNCHWc(_RowTileRule):
     schedule_name = compute.POOL
     inline_intermediates = False
     unroll_window = False
+    weighted = False
 
 
 #: The blocks of :func:`compute.prelu_nchwc` and :func:`compute.channel_affine_nchwc`.

@@ -81,11 +81,16 @@ class SearchPlan:
 
 
 def plan_search(
-    trials: int, task_count: int, budget: TimeBudget | None = None, pace: Pace | None = None
+    trials: int,
+    task_count: int,
+    budget: TimeBudget | None = None,
+    pace: Pace | None = None,
+    heaviest: float = 0.0,
 ) -> SearchPlan:
     """``trials`` over ``task_count`` tasks. With a time budget, the rounds and the population
     are sized for the trials its time left holds at the measured ``pace`` (a guess: it caps no
-    task, the deadline ends the search)."""
+    task, the deadline ends the search). ``heaviest``: the largest task's share of the model's
+    time (0 to 1), which its trials may follow."""
     per_candidate = pace.candidate_seconds() if pace is not None else 0.0
     left = budget.left() if budget is not None else math.inf
     timed = not math.isinf(left) and per_candidate > 0
@@ -99,9 +104,10 @@ def plan_search(
         # ...nor long: the search can stop between rounds, and a short budget is shared.
         fit = int(ROUND_SHARE_OF_SEARCH * left / per_candidate)
         per_round = max(min(MIN_TRIALS_PER_ROUND, expected), min(per_round, fit))
-    # Each task gets at most twice its share: the scheduler moves rounds to the kernels that
-    # dominate latency, but one task cannot eat the whole budget.
-    per_task = max(per_round, math.ceil(2 * trials / task_count))
+    # Each task gets at most twice an equal share, or the heaviest kernel's share of the time:
+    # the scheduler moves rounds to the kernels that dominate latency, in proportion, but one
+    # task cannot eat the whole budget.
+    per_task = max(per_round, math.ceil(max(2 / task_count, heaviest) * trials))
     population = min(MAX_POPULATION, max(MIN_POPULATION, 4 * math.ceil(2 * expected / task_count)))
     return SearchPlan(per_round, per_task, population)
 

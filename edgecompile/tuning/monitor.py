@@ -118,13 +118,18 @@ class SearchMonitor:
     # ---- the rounds -------------------------------------------------------------------------
 
     def shares(self) -> list[float]:
-        """Each task's share of the model's time: calls × its best time so far (a task never
-        measured counts as much as the largest, so it is not left out)."""
-        known = [t.weight * b for t, b in zip(self.tasks, self.best, strict=True) if b is not None]
+        """Each task's share of the model's untuned time: calls × the baseline's time (its best
+        time so far where the baseline has none; a task never measured counts as much as the
+        largest, so it is not left out). Untuned, not best: the rounds follow what each kernel
+        weighs in the model, not how much the search has already won on it."""
+        times = [
+            untuned if untuned is not None else best
+            for untuned, best in zip(self.untuned, self.best, strict=True)
+        ]
+        known = [t.weight * s for t, s in zip(self.tasks, times, strict=True) if s is not None]
         largest = max(known, default=1.0)
         return [
-            largest if b is None else t.weight * b
-            for t, b in zip(self.tasks, self.best, strict=True)
+            largest if s is None else t.weight * s for t, s in zip(self.tasks, times, strict=True)
         ]
 
     def starting(self, task_id: int) -> None:

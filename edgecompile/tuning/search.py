@@ -18,7 +18,7 @@ from edgecompile.tuning.budget import TimeBudget, plan_search
 from edgecompile.tuning.building import was_skipped
 from edgecompile.tuning.measure import Measurer, remove_artifacts
 from edgecompile.tuning.monitor import TIME_BUDGET_SPENT, SearchMonitor
-from edgecompile.tuning.scheduler import budget_scheduler
+from edgecompile.tuning.scheduler import budget_scheduler, floored
 from edgecompile.tuning.tasks import TuningTask
 
 #: MetaSchedule's preparation per task before the first round (design spaces, search state):
@@ -42,7 +42,8 @@ def run_search(
 
     if trials <= 0:
         return "no search trials left to run"
-    plan = plan_search(trials, len(tasks), budget, measurer.pace)
+    shares = floored(monitor.shares())
+    plan = plan_search(trials, len(tasks), budget, measurer.pace, max(shares) / sum(shares))
     # MetaSchedule first builds every task's search space and cost model: not worth it for
     # less time than that and a round take.
     if monitor.stop_reason_before_round(plan.per_round, 0, SETUP_SECONDS_PER_TASK * len(tasks)):

@@ -220,6 +220,76 @@ def test_a_stem_and_a_pointwise_conv_do_not_spill(preset: str, stem_and_pointwis
     assert {name: found.innermost for name, found in spills.items() if found.spills} == {}
 
 
+def _depthwise_onnx(path: Path, width: int) -> Path:
+    """MobileNet v2's 14-wide depthwise layer: 3×3, 192 channels, stride 1, ReLU6 (Clip)."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    weight = (rng.standard_normal((192, 1, 3, 3)) * 0.1).astype("float32")
+    shape = [1, 192, width, width]
+    nodes = [
+        helper.make_node("Conv", ["input", "w"], ["c"], pads=[1, 1, 1, 1], group=192),
+        helper.make_node("Clip", ["c", "low", "high"], ["output"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "depthwise",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, shape)],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, shape)],
+        initializer=[
+            numpy_helper.from_array(weight, "w"),
+            numpy_helper.from_array(np.array(0.0, dtype="float32"), "low"),
+            numpy_helper.from_array(np.array(6.0, dtype="float32"), "high"),
+        ],
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return path
+
+
+@pytest.fixture(scope="module")
+def depthwise_14(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    from edgecompile.importer import import_onnx
+
+    path = _depthwise_onnx(tmp_path_factory.mktemp("depthwise") / "depthwise.onnx", 14)
+    return import_onnx(path, name="depthwise")[0]
+
+
+@pytest.mark.parametrize("preset", ["x86-64-v2", "x86-64-v3", "armv7"])
+def test_a_depthwise_row_on_16_registers_does_not_spill(preset: str, depthwise_14: Any) -> None:
+    """With a quarter of the registers as its limit, the 14-wide row got tiles of 4 + 4 + 4 + 2:
+    LLVM then hoisted all 9 window weights out of the loop over the full tiles and spilled
+    them (7, 9 and 15 stack accesses per tile on these targets)."""
+    from edgecompile.schedules import compile_relax
+
+    target = resolve_target(preset).tvm_target()
+    executable, records = compile_relax(depthwise_14.module, target)
+    assert [record["schedule"] for record in records] == ["edgecompile.depthwise_nchwc"]
+    spills = module_spills(executable, target)
+    assert {name: found.innermost for name, found in spills.items() if found.spills} == {}
+
+
+def test_a_depthwise_window_bounds_its_tile_only_where_its_weights_crowd_the_registers() -> None:
+    """The window's weights bound a tile on 16 registers; the 32 of AArch64 and AVX-512 keep
+    their limits (so their code does not move), and a pool, without weights, keeps its own."""
+    from edgecompile.schedules.cpu import CpuInfo
+
+    sse = CpuInfo(arch="x86_64", lanes=4, registers=16, cores=1)
+    neon64 = CpuInfo(arch="aarch64", lanes=4, registers=32, cores=4)
+    avx512 = CpuInfo(arch="x86_64", lanes=16, registers=32, cores=1)
+    for cpu in (neon64, avx512):
+        window = cpu.holding_window(3, 3)
+        assert window.row_tile_limit == window.tailed_row_tile_limit == cpu.row_tile_limit
+    window = sse.holding_window(3, 3)
+    # Loading a weight per tap leaves room for more columns; hoisting all 9 (a row with a
+    # tail) for fewer; a 5×5 window is never held whole, so it keeps the pool's limit.
+    assert window.tailed_row_tile_limit < sse.row_tile_limit < window.row_tile_limit
+    assert sse.holding_window(5, 5).row_tile_limit == sse.row_tile_limit
+    no_fma = CpuInfo(arch="armv7l", lanes=4, registers=16, cores=4, separate_products=True)
+    assert no_fma.holding_window(3, 3).row_tile_limit < window.row_tile_limit
+
+
 @pytest.fixture(scope="module")
 def relax_models() -> dict[str, Any]:
     """Each model exported and imported once, compiled once per target."""
