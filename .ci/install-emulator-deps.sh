@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # Debian packages the emulated aarch64 board (edgecompile/device/emulator.py) needs:
-#   qemu-user-static  qemu-aarch64, registered in binfmt_misc by ensure_binfmt() (F flag)
-#   mmdebstrap        builds the arm64 Debian rootfs (debootstrap is used only as a fallback)
-#   arch-test         lets mmdebstrap confirm arm64 binaries run through qemu before it starts
+#   qemu-user-static  qemu-aarch64 and qemu-arm, registered in binfmt_misc by ensure_binfmt()
+#                     (F flag); qemu-arm runs the armhf board without Python (rpi3-armv7)
+#   mmdebstrap        builds the arm64 Debian rootfs (debootstrap is used only as a fallback),
+#                     the Python-less arm64/armhf ones (device/native_rootfs.py), and the glibc
+#                     sysroots of the native runner (native/sysroot.py)
+#   arch-test         lets mmdebstrap confirm arm64/armhf binaries run through qemu first
 # Installs only what is missing, so a second run costs no network. The rootfs itself is built
 # (once, then cached in ${EDGECOMPILE_CACHE:-~/.cache/edgecompile}) by the tests on first use.
 set -euo pipefail

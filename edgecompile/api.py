@@ -30,13 +30,15 @@ def run(
     access: BoardAccess | None = None,
     seed: int = 0,
     threads: int | None = None,
+    native: bool | None = None,
 ) -> Any:
     """``edgecompile run``: the artifact's outputs on ``inputs`` (seeded random ones if None),
-    here, or on the board ``access`` reaches (deployed first over SSH)."""
+    here, or on the board ``access`` reaches (deployed first over SSH; ``native``: through the
+    bundle's runner, by default when the board has no TVM Python or the artifact is a bundle)."""
     if _on_board(access):
         from edgecompile.device.remote import run_on_device
 
-        return run_on_device(artifact, access, inputs, threads=threads, seed=seed)
+        return run_on_device(artifact, access, inputs, threads=threads, seed=seed, native=native)
     from edgecompile.runner import run as run_here
 
     return run_here(artifact, inputs, seed=seed, threads=threads)
@@ -50,12 +52,13 @@ def bench(
     repeat: int = 20,
     warmup: int = 3,
     seed: int = 0,
+    native: bool | None = None,
     **here: Any,
 ) -> Any:
     """``edgecompile bench``: here, TVM against ONNX Runtime and torch (``source`` a model or
     a host artifact; ``here`` takes :func:`~edgecompile.benchmarking.local.bench_local`'s options:
     ``compare``, ``target``, ``input_size``, ...); on the board ``access`` reaches, the
-    artifact ``source`` timed there, one thread count."""
+    artifact ``source`` timed there, one thread count (``native`` as for :func:`run`)."""
     counts = [threads] if isinstance(threads, int) else list(threads)
     if _on_board(access):
         from edgecompile.device.remote import bench_on_device
@@ -69,7 +72,13 @@ def bench(
         if len(counts) != 1:
             raise EdgecompileError("on a board, threads is one count", "e.g. threads=4")
         return bench_on_device(
-            source, access, threads=counts[0], repeat=repeat, warmup=warmup, seed=seed
+            source,
+            access,
+            threads=counts[0],
+            repeat=repeat,
+            warmup=warmup,
+            seed=seed,
+            native=native,
         )
     from edgecompile.benchmarking.local import bench_local
 

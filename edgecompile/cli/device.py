@@ -46,6 +46,11 @@ def device_group() -> None:
     "--authorized-key", type=click.Path(dir_okay=False, exists=True),
     help="Public key allowed to log in [a new key pair DIR/id_ed25519].",
 )  # fmt: skip
+@click.option(
+    "--native", is_flag=True,
+    help="A board without Python (sshd only): run/bench use a bundle's native runner. "
+    "Always so for rpi3-armv7, rpi4-armv7 and armv7.",
+)  # fmt: skip
 @json_option
 def emulate_command(
     name: str,
@@ -55,6 +60,7 @@ def emulate_command(
     tracker: str | None,
     rpc_key: str | None,
     authorized_key: str | None,
+    native: bool,
     as_json: bool,
 ) -> None:
     """Start an emulated NAME board (qemu + arm64 Debian): sshd and a TVM RPC server.
@@ -63,16 +69,38 @@ def emulate_command(
     rootfs (~5 min, needs root and network); later starts take ~20 s. Latency measured on it
     says nothing about the real board.
 
+    With --native, and always for the 32-bit boards (rpi3-armv7, rpi4-armv7, armv7: an armhf
+    Debian under qemu-arm), the board has no Python at all and serves sshd only: deploy, run
+    and bench --device ship a bundle (`build --bundle`) and use its native runner.
+
     \b
     Examples:
       edgecompile device emulate
       edgecompile device emulate rpi4 --ssh-port 2200 --rpc-port 9000 --json
       edgecompile device emulate --tracker 127.0.0.1:9190 --rpc-key rpi4
+      edgecompile device emulate rpi3-armv7 --ssh-port 2223
+      edgecompile device emulate rpi4 --native --dir /tmp/rpi4-native --ssh-port 2224
     """
     from edgecompile.device import board, emulator
+    from edgecompile.device.native_rootfs import ensure_native_rootfs
 
-    directory = Path(state_dir) if state_dir else board.default_state_dir(name)
-    rootfs = emulator.ensure_rootfs(progress=lambda line: click.echo(f"[rootfs] {line}", err=True))
+    native = native or name in board.ARMV7_BOARDS
+    directory = (
+        Path(state_dir)
+        if state_dir
+        else board.default_state_dir(
+            f"{name}-native" if native and name not in board.ARMV7_BOARDS else name
+        )
+    )
+
+    def say(line: str) -> None:
+        click.echo(f"[rootfs] {line}", err=True)
+
+    if native:
+        arch = "arm" if name in board.ARMV7_BOARDS else "aarch64"
+        rootfs = ensure_native_rootfs(arch, progress=say)
+    else:
+        rootfs = emulator.ensure_rootfs(progress=say)
     identity: Path | None = None
     if authorized_key is None:
         identity = directory / "id_ed25519"
@@ -88,6 +116,7 @@ def emulate_command(
         tracker=tracker,
         rpc_key=rpc_key,
         rootfs=rootfs,
+        native=native,
     )
     if as_json:
         print_json({**state.to_dict(), "identity": str(identity) if identity else None})
@@ -95,7 +124,10 @@ def emulate_command(
     login = f" --identity {identity}" if identity else ""
     click.echo(f"emulated {name} ({state.cpu}) is running; state in {state.state_dir}")
     click.echo(f"  ssh      {state.device}  (host key {state.host_key_fingerprint})")
-    click.echo(f"  rpc      {state.rpc}")
+    if state.kind == board.NATIVE:
+        click.echo("  no Python on the board: run and bench --device use the native runner")
+    else:
+        click.echo(f"  rpc      {state.rpc}")
     if state.tracker:
         click.echo(
             f"  tracker  {state.tracker} key {state.rpc_key} (server on "
@@ -106,7 +138,12 @@ def emulate_command(
         f"  edgecompile run build/shufflenet_v1-{name} --device {state.device}{login} "
         "--accept-new-host-key"
     )
-    click.echo(f"  edgecompile bench build/shufflenet_v1-{name} --rpc {state.rpc}")
+    if state.kind == board.NATIVE:
+        click.echo(
+            f"  edgecompile bench build/shufflenet_v1-{name}-bundle --device {state.device}{login}"
+        )
+    else:
+        click.echo(f"  edgecompile bench build/shufflenet_v1-{name} --rpc {state.rpc}")
     click.echo(f"stop it with: edgecompile device stop --dir {state.state_dir}")
     click.echo(f"warning: {board.EMULATION_WARNING}", err=True)
 
@@ -134,7 +171,8 @@ def status_command(name: str, state_dir: str | None, as_json: bool) -> None:
         state = current.state
         word = "running" if current.running else "NOT running"
         click.echo(f"emulated {state.name} ({state.cpu}): {word} since {state.started_at}")
-        click.echo(f"  ssh {state.device}, rpc {state.rpc}, supervisor pid {state.init.pid}")
+        served = "no Python (native)" if state.kind == board.NATIVE else f"rpc {state.rpc}"
+        click.echo(f"  ssh {state.device}, {served}, supervisor pid {state.init.pid}")
         for address, roles in sorted(current.listening.items()):
             click.echo(f"  listening {address}: {', '.join(roles)}")
         for problem in current.problems:
@@ -160,7 +198,8 @@ def stop_command(name: str, state_dir: str | None) -> None:
 
     current = board.status(state_dir, name)
     if board.stop(state_dir, name):
-        click.echo(f"stopped the emulated {name} ({current.state_dir})")
+        stopped = current.state.name if current.state else name
+        click.echo(f"stopped the emulated {stopped} ({current.state_dir})")
     else:
         click.echo(f"no emulated board was running from {current.state_dir}")
 

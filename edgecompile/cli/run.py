@@ -37,6 +37,12 @@ from edgecompile.errors import EdgecompileError
 @click.option("--output", type=click.Path(dir_okay=False), help="Save the first output as .npy.")
 @threads_option
 @board_access()
+@click.option(
+    "--native", is_flag=True,
+    help="On a board over SSH: run through the bundle's native runner (no Python needed there; "
+    "ARTIFACT's bundle is written first if it is not one). The default when the board has no "
+    "TVM Python or ARTIFACT is a bundle.",
+)  # fmt: skip
 @json_option
 def run_command(
     artifact: str,
@@ -46,6 +52,7 @@ def run_command(
     output: str | None,
     threads: int | None,
     access: BoardAccess,
+    native: bool,
     as_json: bool,
 ) -> None:
     """Run a built library, here or on a board, through TVM's runtime loader.
@@ -59,11 +66,16 @@ def run_command(
     A float64 (or float16) --input is converted to the library's float32, with a note. The
     library must match its manifest's sha256; --threads is 1 to the cores the target has.
 
+    Over SSH, a board without TVM Python (or a bundle from `build --bundle`, or --native) runs
+    the library with the bundle's edgecompile-runner: no Python on the board. The output says
+    which ran ("runner" in --json: native, python-tvm or tvm-rpc).
+
     \b
     Examples:
       edgecompile run build/shufflenet_v1-host --output logits.npy
       edgecompile run build/shufflenet_v1-rpi4 --device pi@raspberrypi.local --input x.npy
       edgecompile run build/shufflenet_v1-rpi4 --rpc 127.0.0.1:9090 --json
+      edgecompile run build/shufflenet_v1-rpi3-armv7-bundle --device pi@raspberrypi.local
     """
     # Everything a mistake can be found in is checked first, before torch and TVM load.
     from edgecompile.artifact import load_artifact
@@ -79,6 +91,8 @@ def run_command(
         check_threads(threads, cores=board_cores(built.manifest.target), where="the board")
     else:
         refuse_board_options(access, "running", "run")
+        if native:
+            raise EdgecompileError("--native: an option for a board", "add --device user@host")
         check_threads(threads, cores=host_cores(), where="this machine")
         built = load_artifact(artifact)
     if output:
@@ -94,9 +108,20 @@ def run_command(
     if access.given:
         from edgecompile.device.remote import run_on_device
 
-        result = run_on_device(built, access, inputs, threads=threads, seed=seed)
-        extra = {"transport": result.transport, "target": result.target, "board": result.board}
-        where = f"on {result.target} via {result.transport}"
+        result = run_on_device(
+            built, access, inputs, threads=threads, seed=seed, native=native or None
+        )
+        extra = {
+            "transport": result.transport,
+            "target": result.target,
+            "runner": result.runner,
+            "board": result.board,
+        }
+        runner = {"native": "native runner (no Python)", "python-tvm": "TVM Python"}
+        where = (
+            f"on {result.target} via {result.transport}, "
+            f"{runner.get(result.runner, 'TVM RPC server')}"
+        )
     else:
         from edgecompile.runner import run
 

@@ -26,6 +26,10 @@ other users of the shared rootfs never see them, and killing that one process ma
 kill everything the board started and drop its mounts. The state file records PIDs (with their
 start times, so a recycled PID is never signalled), ports and mounts.
 
+A board without Python (``native=True``, and every armv7 board: an armhf rootfs under
+qemu-arm) runs sshd only, from :mod:`edgecompile.device.native_rootfs`: what runs there is a
+bundle's ``edgecompile-runner``.
+
 Emulated latency says nothing about the real board: qemu translates every instruction.
 """
 
@@ -74,11 +78,11 @@ LOG_FILE = "board.log"
 #: Where the state directory's ``sshd/`` folder appears inside the chroot (on the /run tmpfs).
 INSIDE = "/run/edgecompile-board"
 EMULATION_WARNING = (
-    "emulated board: qemu translates every arm64 instruction on this x86 host, so its latency "
+    "emulated board: qemu translates every ARM instruction on this x86 host, so its latency "
     "says nothing about the real board -- measure on hardware"
 )
 
-#: Board names this rootfs can emulate (aarch64 only) and qemu's name for their core.
+#: Board names the arm64 rootfs can emulate and qemu's name for their core.
 _BOARD_CPUS = {
     "rpi3": "cortex-a53",
     "rpi4": "cortex-a72",
@@ -86,6 +90,15 @@ _BOARD_CPUS = {
     "jetson-nano-cpu": "cortex-a57",
     "aarch64": "max",
 }
+#: 32-bit boards: an armhf rootfs without Python (no TVM wheel exists for armv7), always a
+#: native board. qemu-arm has no Cortex-A53/A72 model, and these presets' libraries use the
+#: ARMv8 AArch32 instructions those cores have, so "max".
+_ARMV7_BOARD_CPUS = {"rpi3-armv7": "max", "rpi4-armv7": "max", "armv7": "max"}
+#: The 32-bit boards' names (always without Python).
+ARMV7_BOARDS = tuple(_ARMV7_BOARD_CPUS)
+#: What :attr:`BoardState.kind` says: the board's Python has TVM, or it has no Python at all.
+PYTHON_TVM = "python-tvm"
+NATIVE = "native"
 
 _SSHD_CONFIG = """\
 # Written by edgecompile: an emulated {name} board, reachable from this machine only.
@@ -121,7 +134,8 @@ Subsystem sftp /usr/lib/openssh/sftp-server
 """
 
 # The namespace's first process (host bash). Positional args, never interpolated into code:
-#   $1 rootfs  $2 host dir bound at INSIDE  $3 qemu cpu  $4 venv python  $5 sshd port
+#   $1 rootfs  $2 host dir bound at INSIDE  $3 qemu cpu  $4 venv python ("" for a board without
+#   Python: no RPC servers)  $5 sshd port
 #   $6 rpc port  $7 tracker host:port or ""  $8 rpc key  $9 tracked server's port
 #   $10 uid of the board user (numeric: the host's chroot must not look the name up)
 #   $11 its name  $12 its home inside the rootfs
@@ -149,6 +163,8 @@ if [ ! -s "$conf/ssh_host_ed25519_key" ]; then
         -f "$inside/ssh_host_ed25519_key"
 fi
 chroot "$rootfs" /usr/sbin/sshd -D -e -f "$inside/sshd_config" &
+# A board without Python ($python empty) serves SSH only: what runs there comes in a bundle.
+if [ -n "$python" ]; then
 # The RPC servers (no authentication) run as the board user, never as root.
 HOME=$home USER=$user LOGNAME=$user chroot --userspec="$uid:$uid" --groups="$uid" "$rootfs" \
     "$python" -m tvm.exec.rpc_server --host 127.0.0.1 \
@@ -158,6 +174,7 @@ if [ -n "$tracker" ]; then
         "$python" -m tvm.exec.rpc_server --host 127.0.0.1 \
         --port "$tracked_port" --port-end "$((tracked_port + 1))" \
         --tracker "$tracker" --key "$rpc_key" &
+fi
 fi
 echo "edgecompile-board: started"
 status=0
@@ -212,6 +229,8 @@ class BoardState:
     mounts: list[str]
     host_key_fingerprint: str
     started_at: str
+    #: :data:`PYTHON_TVM` (TVM's Python and RPC servers) or :data:`NATIVE` (sshd only).
+    kind: str = PYTHON_TVM
 
     @property
     def device(self) -> str:
@@ -455,6 +474,7 @@ def start_emulated_board(
     tracked_rpc_port: int | None = None,
     rootfs: Path | None = None,
     timeout: float = 240.0,
+    native: bool = False,
 ) -> BoardState:
     """Start an emulated board (sshd + TVM RPC server) in the background; return its state.
 
@@ -463,7 +483,8 @@ def start_emulated_board(
 
     Args:
         name: An aarch64 preset (``rpi4``, ``rpi5``, ``rpi3``, ``jetson-nano-cpu``,
-            ``aarch64``); it picks the emulated core.
+            ``aarch64``), or an armv7 one (``rpi3-armv7``, ``rpi4-armv7``, ``armv7``: always
+            native); it picks the emulated core.
         ssh_port: sshd's port on 127.0.0.1 (log in as ``pi`` with ``authorized_key``).
         rpc_port: The direct TVM RPC server's port on 127.0.0.1.
         state_dir: Holds board.json, board.log, the host key and sshd's config; defaults to
@@ -471,18 +492,28 @@ def start_emulated_board(
         authorized_key: The public key (a line, or a ``.pub`` path) allowed to log in.
         tracker: ``host:port`` of a TVM RPC tracker: then a second RPC server registers there
             under ``rpc_key`` (default: the board name) on ``tracked_rpc_port`` (rpc_port + 1).
-        rootfs: An arm64 rootfs; defaults to :func:`emulator.ensure_rootfs` (built if missing).
+        rootfs: An arm64 rootfs; defaults to :func:`emulator.ensure_rootfs` (built if missing),
+            or for a native board :func:`native_rootfs.ensure_native_rootfs`.
         timeout: Seconds to wait for the daemons to listen.
+        native: A board without Python (sshd only; ``run``/``bench --device`` then use the
+            native runner of a bundle). Always so for the armv7 boards.
 
     Raises:
         EdgecompileError: not root, an unknown or 32-bit board, a port in use, the board is
             already running from this state directory, or a daemon failed to start (the message
             carries the end of board.log).
     """
-    if name not in _BOARD_CPUS:
+    if name not in _BOARD_CPUS and name not in _ARMV7_BOARD_CPUS:
         raise EdgecompileError(
-            f"cannot emulate {name!r}: the emulated rootfs is 64-bit ARM only",
-            f"use one of {', '.join(_BOARD_CPUS)} (32-bit boards need real hardware)",
+            f"cannot emulate {name!r}",
+            f"use one of {', '.join([*_BOARD_CPUS, *_ARMV7_BOARD_CPUS])}",
+        )
+    arch = "arm" if name in _ARMV7_BOARD_CPUS else "aarch64"
+    native = native or arch == "arm"
+    if native and tracker:
+        raise EdgecompileError(
+            f"the emulated {name} without Python runs no TVM RPC server to register",
+            "drop --tracker (or emulate a board with Python: no --native)",
         )
     if os.geteuid() != 0:
         raise EdgecompileError(
@@ -514,14 +545,24 @@ def start_emulated_board(
     if ssh_port == rpc_port:
         raise EdgecompileError(f"ssh and rpc ports are both {ssh_port}", "pick two ports")
     _check_port_free(ssh_port, "sshd", "--ssh-port")
-    _check_port_free(rpc_port, "TVM RPC server", "--rpc-port")
+    if native:
+        rpc_port = 0  # nothing listens for RPC on a board without Python
+    else:
+        _check_port_free(rpc_port, "TVM RPC server", "--rpc-port")
     if tracked_port is not None:
         _check_port_free(tracked_port, "tracked TVM RPC server", "--rpc-port")
 
-    root = Path(rootfs) if rootfs is not None else emulator.ensure_rootfs()
+    if rootfs is not None:
+        root = Path(rootfs)
+    elif native:
+        from edgecompile.device.native_rootfs import ensure_native_rootfs
+
+        root = ensure_native_rootfs(arch)
+    else:
+        root = emulator.ensure_rootfs()
     home = emulator.ensure_user(root, BOARD_USER, BOARD_UID)
-    emulator.ensure_binfmt()
-    cpu = _BOARD_CPUS[name]
+    emulator.ensure_binfmt(arch)
+    cpu = {**_BOARD_CPUS, **_ARMV7_BOARD_CPUS}[name]
 
     if not directory.exists():  # it will hold the client's private key: ours alone
         directory.mkdir(mode=0o700, parents=True)
@@ -547,7 +588,8 @@ def start_emulated_board(
             [
                 unshare, "--mount", "--pid", "--fork", "--propagation", "private",
                 "--kill-child", "bash", str(script),
-                str(root), str(sshd_dir), cpu, f"{emulator.VENV}/bin/python", str(ssh_port),
+                str(root), str(sshd_dir), cpu, "" if native else f"{emulator.VENV}/bin/python",
+                str(ssh_port),
                 str(rpc_port), tracker or "", key, str(tracked_port or 0),
                 str(BOARD_UID), BOARD_USER, home,
             ],
@@ -570,6 +612,7 @@ def start_emulated_board(
             rpc_key=key,
             tracked_port=tracked_port,
             timeout=timeout,
+            kind=NATIVE if native else PYTHON_TVM,
         )
     except BaseException:
         _kill_tree(supervisor.pid)
@@ -604,11 +647,14 @@ def _wait_until_ready(
     rpc_key: str,
     tracked_port: int | None,
     timeout: float,
+    kind: str = PYTHON_TVM,
 ) -> BoardState:
     """Poll until every daemon listens where it should, then write and return the state."""
     import psutil
 
-    wanted = {f"127.0.0.1:{ssh_port}": "sshd", f"127.0.0.1:{rpc_port}": "rpc-server"}
+    wanted = {f"127.0.0.1:{ssh_port}": "sshd"}
+    if kind == PYTHON_TVM:
+        wanted[f"127.0.0.1:{rpc_port}"] = "rpc-server"
     if tracked_port is not None:
         wanted[f"127.0.0.1:{tracked_port}"] = "rpc-server (tracker)"
     deadline = time.monotonic() + timeout
@@ -670,6 +716,7 @@ def _wait_until_ready(
         mounts=[str(rootfs / mount) for mount in _MOUNTS],
         host_key_fingerprint=_fingerprint(host_key),
         started_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        kind=kind,
     )
     _write_state(directory, state)
     return state

@@ -23,7 +23,13 @@ from typing import Any
 from edgecompile._names import check_plain_name
 from edgecompile.artifact import MANIFEST, Artifact, load_artifact, sha256_file
 from edgecompile.device.access import BoardAccess
-from edgecompile.device.probe import BoardInfo, check_compatible, probe
+from edgecompile.device.probe import (
+    NATIVE,
+    BoardInfo,
+    check_compatible,
+    check_native_compatible,
+    probe,
+)
 from edgecompile.device.ssh import BoardConnection, connect
 from edgecompile.errors import EdgecompileError
 
@@ -31,6 +37,7 @@ __all__ = [
     "DEFAULT_REMOTE_DIR",
     "Deployment",
     "ProgressCallback",
+    "artifact_for_board",
     "deploy",
     "deploy_on",
 ]
@@ -53,6 +60,8 @@ class Deployment:
     uploaded: bool
     seconds: float
     board: BoardInfo = field(repr=False)
+    #: ``edgecompile-runner`` on the board when a bundle was shipped, else None.
+    runner: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "board": self.board.to_dict()}
@@ -66,9 +75,13 @@ def deploy(
     access: BoardAccess,
     *,
     progress: ProgressCallback | None = None,
+    native: bool | None = None,
 ) -> Deployment:
     """Copy an artifact over SSH to ``access.device`` (``user@host[:port]``), under
     ``access.remote_dir`` (default ``~/edgecompile``), atomically.
+
+    A bundle ships with its native runtime and runner; so does a plain artifact when the board
+    has no TVM Python, or ``native`` is True (see :func:`artifact_for_board`).
 
     The board gets ``<remote_dir>/<artifact folder name>/<model>.so`` and ``manifest.json``.
     An identical library already there is not uploaded again. ``access.remote_python`` is
@@ -88,13 +101,35 @@ def deploy(
     if not isinstance(artifact, Artifact):
         artifact = load_artifact(artifact)
     with connect(device, **access.ssh_login()) as board:
+        info = probe(board, remote_python=access.remote_python)
         return deploy_on(
             board,
-            artifact,
+            artifact_for_board(artifact, info, native),
             remote_dir=access.remote_dir or DEFAULT_REMOTE_DIR,
             remote_python=access.remote_python,
             progress=progress,
+            info=info,
         )
+
+
+def artifact_for_board(artifact: Artifact, info: BoardInfo, native: bool | None) -> Artifact:
+    """What to ship: the artifact itself, or its bundle when the native runner is to run it --
+    asked for (``native``), or the board has no TVM Python (the bundle is then written beside
+    the artifact, ``<folder>-bundle/``, once). A bundle stays a bundle."""
+    from edgecompile.native.bundle import bundle, is_bundle
+
+    if is_bundle(artifact):
+        if native is False:
+            raise EdgecompileError(
+                f"{artifact.directory} is a bundle: its native runner runs it",
+                "pass the artifact folder (without -bundle) to run it through the board's Python",
+            )
+        return artifact
+    if native is None:
+        native = info.kind == NATIVE
+    if not native:
+        return artifact
+    return load_artifact(bundle(artifact))
 
 
 def deploy_on(
@@ -106,7 +141,13 @@ def deploy_on(
     progress: ProgressCallback | None = None,
     info: BoardInfo | None = None,
 ) -> Deployment:
-    """:func:`deploy` on an open connection (``run``/``bench`` reuse theirs)."""
+    """:func:`deploy` on an open connection (``run``/``bench`` reuse theirs).
+
+    A bundle (``build --bundle``) also ships its native runtime and ``edgecompile-runner``, and
+    is checked against the board's arch and glibc instead of its Python; every file is
+    sha256-checked on the board before any final name changes."""
+    from edgecompile.native.bundle import bundled_files, is_bundle
+
     started = time.perf_counter()
     manifest = artifact.manifest
     # Both become paths on the board. The library's name comes from the manifest (an Artifact
@@ -126,64 +167,87 @@ def deploy_on(
             f"{manifest.library_sha256[:12]}...)",
             "rebuild the artifact; never edit the .so by hand",
         )
+    native = is_bundle(artifact)
+    runtime = bundled_files(artifact) if native else {}
+    for name in runtime:
+        check_plain_name(name, "bundled file", str(artifact.directory / MANIFEST))
     where = board.settings.label
     info = info or probe(board, remote_python=remote_python)
-    check_compatible(manifest, info, where)
+    if native:
+        from edgecompile.native.glibc import check_glibc, required_glibc
+
+        check_native_compatible(manifest, info, where)
+        needed = required_glibc([artifact.library, *(artifact.directory / n for n in runtime)])
+        check_glibc(needed, info.glibc, where)
+    else:
+        check_compatible(manifest, info, where)
 
     directory = posixpath.join(_expand_home(remote_dir, info.home), folder)
-    library = posixpath.join(directory, manifest.library)
-    manifest_path = posixpath.join(directory, MANIFEST)
     local_manifest = artifact.directory / MANIFEST
-    manifest_sha = sha256_file(local_manifest)
-    size = artifact.library.stat().st_size + local_manifest.stat().st_size
-    q_dir, q_lib, q_manifest = (shlex.quote(p) for p in (directory, library, manifest_path))
+    # (local file, name on the board, sha256): the runtime first, the manifest last.
+    shipped = [(artifact.directory / name, name, digest) for name, digest in runtime.items()]
+    shipped += [
+        (artifact.library, manifest.library, manifest.library_sha256),
+        (local_manifest, MANIFEST, sha256_file(local_manifest)),
+    ]
+    finals = [posixpath.join(directory, name) for _, name, _ in shipped]
+    runner = posixpath.join(directory, next(reversed(runtime))) if native else None
+    size = sum(local.stat().st_size for local, _, _ in shipped)
+    q_dir = shlex.quote(directory)
 
     def deployment(uploaded: bool) -> Deployment:
         seconds = time.perf_counter() - started
-        return Deployment(where, directory, library, manifest_path, uploaded, seconds, info)
+        return Deployment(where, directory, finals[-2], finals[-1], uploaded, seconds, info, runner)
 
     # Create the folder, clear partial uploads a dropped connection left (our names only),
     # report free space and what is installed now.
+    partials = " ".join(shlex.quote(f".{name}{_PARTIAL}") + "*" for _, name, _ in shipped)
     state = board.check(
-        f"mkdir -p -- {q_dir} && cd -- {q_dir} && "
-        f"rm -f -- {shlex.quote('.' + manifest.library + _PARTIAL)}* "
-        f"{shlex.quote('.' + MANIFEST + _PARTIAL)}* && "
+        f"mkdir -p -- {q_dir} && cd -- {q_dir} && rm -f -- {partials} && "
         f"df -Pk . | tail -n 1 && "
-        f"(sha256sum -- {q_lib} {q_manifest} 2>/dev/null || true)",
+        f"(sha256sum -- {' '.join(map(shlex.quote, finals))} 2>/dev/null || true)",
         f"preparing {directory}",
         "check that the user may write there, or pass --remote-dir",
     )
     lines = state.strip().splitlines()
     free = _free_bytes(lines[0] if lines else "")
     installed = _sha256_lines("\n".join(lines[1:]))
-    if installed.get(library) == local_sha and installed.get(manifest_path) == manifest_sha:
+    wanted = [digest for _, _, digest in shipped]
+    if [installed.get(path) for path in finals] == wanted and _executable(board, runner):
         return deployment(uploaded=False)
     if free is not None and free < size + _SPACE_MARGIN:
         raise _disk_full(where, directory, free, size)
 
     token = secrets.token_hex(4)
-    tmp_lib = posixpath.join(directory, f".{manifest.library}{_PARTIAL}{token}")
-    tmp_manifest = posixpath.join(directory, f".{MANIFEST}{_PARTIAL}{token}")
-    q_tmp_lib, q_tmp_manifest = shlex.quote(tmp_lib), shlex.quote(tmp_manifest)
+    temporary = [posixpath.join(directory, f".{name}{_PARTIAL}{token}") for _, name, _ in shipped]
+    quoted = " ".join(map(shlex.quote, temporary))
     try:
-        _upload(board, artifact.library, tmp_lib, progress)
-        _upload(board, local_manifest, tmp_manifest, None)
+        for (local, name, _), remote in zip(shipped, temporary, strict=True):
+            _upload(board, local, remote, progress if name == manifest.library else None)
         sums = _sha256_lines(
             board.check(
-                f"sha256sum -- {q_tmp_lib} {q_tmp_manifest}",
+                f"sha256sum -- {quoted}",
                 "checking the upload's sha256",
                 "install coreutils on the board (sha256sum)",
             )
         )
-        received = [sums.get(tmp_lib, "missing"), sums.get(tmp_manifest, "missing")]
-        if received != [manifest.library_sha256, manifest_sha]:
-            raise EdgecompileError(
-                f"the upload arrived corrupted on {where} (library sha256 {received[0][:12]}... "
-                f"instead of {manifest.library_sha256[:12]}...)",
-                "run again; if it repeats, check the board's storage (SD card) for errors",
-            )
+        for (_, name, digest), remote in zip(shipped, temporary, strict=True):
+            received = sums.get(remote, "missing")
+            if received != digest:
+                raise EdgecompileError(
+                    f"the upload arrived corrupted on {where} ({name} sha256 {received[:12]}... "
+                    f"instead of {digest[:12]}...)",
+                    "run again; if it repeats, check the board's storage (SD card) for errors",
+                )
+        moves = " && ".join(
+            f"mv -f -- {shlex.quote(temp)} {shlex.quote(final)}"
+            for temp, final in zip(temporary, finals, strict=True)
+        )
+        executable = (
+            f"chmod 755 -- {shlex.quote(temporary[len(runtime) - 1])} && " if native else ""
+        )
         board.check(
-            f"mv -f -- {q_tmp_lib} {q_lib} && mv -f -- {q_tmp_manifest} {q_manifest}",
+            executable + moves,
             "moving the upload into place",
             f"check permissions in {directory}",
         )
@@ -194,12 +258,17 @@ def deploy_on(
         # full" if that is why: sftp-server reports ENOSPC only as a generic "Failure".
         free_now: int | None = None
         with contextlib.suppress(EdgecompileError):
-            board.run(f"rm -f -- {q_tmp_lib} {q_tmp_manifest}")
+            board.run(f"rm -f -- {quoted}")
             free_now = _free_bytes(board.run(f"df -Pk -- {q_dir} | tail -n 1").stdout)
         if free_now is not None and free_now < size + _SPACE_MARGIN:
             raise _disk_full(where, directory, free_now, size) from None
         raise
     return deployment(uploaded=True)
+
+
+def _executable(board: BoardConnection, path: str | None) -> bool:
+    """Whether the bundle's runner on the board may be run (True when there is none)."""
+    return path is None or board.run(f"test -x {shlex.quote(path)}").exit_status == 0
 
 
 def _sha256_lines(output: str) -> dict[str, str]:

@@ -24,6 +24,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -67,14 +68,42 @@ _WHEEL_PLATFORMS = ("manylinux2014_aarch64", *(f"manylinux_2_{m}_aarch64" for m 
 _WHEELS_INSIDE = "/tmp/edgecompile-wheels"
 
 _BINFMT_DIR = Path("/proc/sys/fs/binfmt_misc")
-_BINFMT_NAME = "qemu-aarch64"
-#: The registration line Debian's qemu-user-static ships; preferred as it matches that qemu.
-_BINFMT_CONF = Path("/usr/lib/binfmt.d/qemu-aarch64.conf")
-_QEMU_STATIC = "qemu-aarch64-static"
-# ELF header of an aarch64 executable or shared object, and the mask that ignores the fields
-# which vary (OS ABI, padding, ET_EXEC vs ET_DYN) -- the same values qemu's own scripts use.
-_AARCH64_MAGIC = r"\x7f\x45\x4c\x46\x02\x01\x01\x00\x00\x00\x00\x00\x00\x00\x00\x00\x02\x00\xb7\x00"
-_AARCH64_MASK = r"\xff\xff\xff\xff\xff\xff\xff\x00\xff\xff\xff\xff\xff\xff\xff\xff\xfe\xff\xff\xff"
+
+
+@dataclass(frozen=True)
+class _Qemu:
+    """One qemu-user binfmt registration: its name, Debian's line for it, the static qemu, and
+    the ELF header (with the mask that ignores the fields which vary: OS ABI, padding, ET_EXEC
+    vs ET_DYN) -- the same values qemu's own scripts use."""
+
+    name: str
+    static: str
+    magic: str
+    mask: str
+
+    @property
+    def conf(self) -> Path:
+        """The registration line Debian's qemu-user-static ships; preferred as it matches that
+        qemu."""
+        return Path(f"/usr/lib/binfmt.d/{self.name}.conf")
+
+
+_ELF_MASK = r"\xff\xff\xff\xff\xff\xff\xff\x00\xff\xff\xff\xff\xff\xff\xff\xff\xfe\xff\xff\xff"
+#: Per ``uname -m`` family (as :mod:`edgecompile.native.runtime` names them): 64-bit and 32-bit ARM.
+_QEMUS = {
+    "aarch64": _Qemu(
+        "qemu-aarch64",
+        "qemu-aarch64-static",
+        r"\x7f\x45\x4c\x46\x02\x01\x01\x00\x00\x00\x00\x00\x00\x00\x00\x00\x02\x00\xb7\x00",
+        _ELF_MASK,
+    ),
+    "arm": _Qemu(
+        "qemu-arm",
+        "qemu-arm-static",
+        r"\x7f\x45\x4c\x46\x01\x01\x01\x00\x00\x00\x00\x00\x00\x00\x00\x00\x02\x00\x28\x00",
+        _ELF_MASK,
+    ),
+}
 
 #: ELF e_machine values worth naming when someone feeds the wrong library to the board.
 _ELF_MACHINES = {3: "x86 (i386)", 8: "MIPS", 20: "PowerPC", 40: "32-bit ARM", 62: "x86-64"}
@@ -143,15 +172,15 @@ def _require_root(what: str) -> None:
         raise EdgecompileError(f"{what} needs root", "run as root (e.g. with sudo)")
 
 
-def _qemu_interpreter() -> str | None:
-    """The qemu-aarch64 path to register, or None when qemu-user-static is missing."""
-    return shutil.which(_QEMU_STATIC) or shutil.which(_QEMU_STATIC, path="/usr/bin")
+def _qemu_interpreter(qemu: _Qemu = _QEMUS["aarch64"]) -> str | None:
+    """The qemu-user path to register, or None when qemu-user-static is missing."""
+    return shutil.which(qemu.static) or shutil.which(qemu.static, path="/usr/bin")
 
 
-def _binfmt_entry() -> dict[str, str] | None:
+def _binfmt_entry(qemu: _Qemu = _QEMUS["aarch64"]) -> dict[str, str] | None:
     """The kernel's view of our binfmt entry (``enabled``, ``flags``, ...), None if absent."""
     try:
-        text = (_BINFMT_DIR / _BINFMT_NAME).read_text()
+        text = (_BINFMT_DIR / qemu.name).read_text()
     except (FileNotFoundError, PermissionError):
         return None
     entry: dict[str, str] = {}
@@ -172,22 +201,23 @@ def _binfmt_ok(entry: dict[str, str] | None) -> bool:
     return "F" in entry.get("flags:", "")
 
 
-def _registration_line(interpreter: str) -> str:
+def _registration_line(interpreter: str, qemu: _Qemu = _QEMUS["aarch64"]) -> str:
     """Debian's own line (flags OPF) when present, else an equivalent one; always with F."""
-    if _BINFMT_CONF.exists():
-        for raw in _BINFMT_CONF.read_text().splitlines():
+    if qemu.conf.exists():
+        for raw in qemu.conf.read_text().splitlines():
             line = raw.strip()
-            if line.startswith(f":{_BINFMT_NAME}:"):
+            if line.startswith(f":{qemu.name}:"):
                 fields = line.split(":")
                 if Path(fields[6]).exists():
                     if "F" not in fields[7]:
                         fields[7] += "F"
                     return ":".join(fields)
-    return f":{_BINFMT_NAME}:M::{_AARCH64_MAGIC}:{_AARCH64_MASK}:{interpreter}:F"
+    return f":{qemu.name}:M::{qemu.magic}:{qemu.mask}:{interpreter}:F"
 
 
-def ensure_binfmt() -> None:
-    """Make the kernel run aarch64 ELF files through qemu-user-static, with the F flag.
+def ensure_binfmt(arch: str = "aarch64") -> None:
+    """Make the kernel run ``arch`` (``aarch64`` or ``arm``) ELF files through qemu-user-static,
+    with the F flag.
 
     Idempotent and cheap when already set up (one read of a /proc file), so callers may invoke
     it before every run: registrations vanish on reboot and on a freshly started container.
@@ -197,15 +227,18 @@ def ensure_binfmt() -> None:
         EdgecompileError: not root (and no usable registration yet), qemu-user-static missing,
             or the kernel refused the mount or the registration.
     """
-    if _binfmt_ok(_binfmt_entry()):
+    qemu = _QEMUS[arch]
+    # The default entry is called without arguments, as tests replace these helpers.
+    args = () if arch == "aarch64" else (qemu,)
+    if _binfmt_ok(_binfmt_entry(*args)):
         return
-    interpreter = _qemu_interpreter()
+    interpreter = _qemu_interpreter(*args)
     if interpreter is None:
         raise EdgecompileError(
-            "qemu-aarch64-static is not installed, so aarch64 code cannot be emulated",
+            f"{qemu.static} is not installed, so {arch} code cannot be emulated",
             "apt-get install qemu-user-static",
         )
-    _require_root("registering qemu-aarch64 in binfmt_misc")
+    _require_root(f"registering {qemu.name} in binfmt_misc")
     if not (_BINFMT_DIR / "register").exists():
         mount = subprocess.run(
             ["mount", "-t", "binfmt_misc", "binfmt_misc", str(_BINFMT_DIR)],
@@ -221,24 +254,24 @@ def ensure_binfmt() -> None:
     status = _BINFMT_DIR / "status"
     if status.read_text().strip() != "enabled":
         status.write_text("1")
-    entry = _binfmt_entry()
+    entry = _binfmt_entry(*args)
     if entry is not None and not _binfmt_ok(entry):
         # Registered without F (or disabled): replace it, since flags cannot be edited.
-        (_BINFMT_DIR / _BINFMT_NAME).write_text("-1")
-    if _binfmt_entry() is None:
+        (_BINFMT_DIR / qemu.name).write_text("-1")
+    if _binfmt_entry(*args) is None:
         try:
-            (_BINFMT_DIR / "register").write_text(_registration_line(interpreter))
+            (_BINFMT_DIR / "register").write_text(_registration_line(interpreter, qemu))
         except OSError as error:
             # EEXIST: another process registered it between our check and our write.
-            if not _binfmt_ok(_binfmt_entry()):
+            if not _binfmt_ok(_binfmt_entry(*args)):
                 raise EdgecompileError(
-                    f"the kernel refused the qemu-aarch64 binfmt registration: {error}",
+                    f"the kernel refused the {qemu.name} binfmt registration: {error}",
                     "check that binfmt_misc is writable (privileged container or host)",
                 ) from error
-    if not _binfmt_ok(_binfmt_entry()):
+    if not _binfmt_ok(_binfmt_entry(*args)):
         raise EdgecompileError(
-            "qemu-aarch64 is registered in binfmt_misc but not enabled with the F flag",
-            f"echo -1 > {_BINFMT_DIR / _BINFMT_NAME} and run again",
+            f"{qemu.name} is registered in binfmt_misc but not enabled with the F flag",
+            f"echo -1 > {_BINFMT_DIR / qemu.name} and run again",
         )
 
 
@@ -605,6 +638,7 @@ def run_in_rootfs(
     timeout: float | None = None,
     env: Mapping[str, str] | None = None,
     mount_proc: bool = False,
+    arch: str = "aarch64",
 ) -> subprocess.CompletedProcess[str]:
     """Run ``argv`` inside ``rootfs`` via ``chroot``, emulating ``cpu``; capture its output.
 
@@ -620,6 +654,8 @@ def run_in_rootfs(
         env: Extra environment variables for the command.
         mount_proc: Mount /proc during the run. Plain Python and TVM work without it; tools
             that list processes (psutil, TVM's RPC server killing its workers) need it.
+        arch: The rootfs's architecture (``aarch64``, or ``arm`` for an armhf rootfs): which
+            qemu the kernel must know.
 
     Raises:
         EdgecompileError: the rootfs is missing, not root, binfmt cannot be set up, or the
@@ -630,8 +666,8 @@ def run_in_rootfs(
         raise EdgecompileError(
             f"{rootfs} is not a root filesystem", "build one with edgecompile's ensure_rootfs()"
         )
-    _require_root("running commands in the arm64 rootfs (chroot)")
-    ensure_binfmt()
+    _require_root("running commands in an emulated rootfs (chroot)")
+    ensure_binfmt(arch)
     chroot = shutil.which("chroot") or "/usr/sbin/chroot"
     environment = {
         "PATH": _ROOTFS_PATH,

@@ -18,12 +18,22 @@ from edgecompile.device.ssh import BoardConnection, remote_path, split_sections
 from edgecompile.errors import EdgecompileError
 
 __all__ = [
+    "NATIVE",
     "PYTHON_CANDIDATES",
+    "PYTHON_TVM",
     "BoardInfo",
     "arch_name",
+    "board_kind",
     "check_compatible",
+    "check_native_compatible",
     "probe",
 ]
+
+#: The two kinds of board :func:`board_kind` tells apart: one whose Python has TVM (runs a
+#: library through it, and TVM's own RPC server), and one that runs only what a bundle brings
+#: (``edgecompile-runner``, and the native RPC server).
+PYTHON_TVM = "python-tvm"
+NATIVE = "native"
 
 #: Where a board's TVM usually lives, tried in order when ``remote_python`` is not given:
 #: a venv of our own in the home directory, the emulated board's, then the system python3.
@@ -73,9 +83,17 @@ class BoardInfo:
     governor: str | None
     os: str | None
     emulated: bool
+    #: ``getconf GNU_LIBC_VERSION`` (``glibc 2.36``): what a native bundle is checked against.
+    glibc: str | None = None
+    #: ``getconf LONG_BIT``: 32 on a 32-bit userland under a 64-bit kernel, without Python.
+    userland_bits: int | None = None
+
+    @property
+    def kind(self) -> str:
+        return board_kind(self)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {**asdict(self), "kind": self.kind}
 
 
 def _cpu_fields(cpuinfo: str) -> tuple[str | None, bool]:
@@ -106,6 +124,8 @@ echo "@@machine"; uname -m
 echo "@@python3"; command -v python3 || true
 echo "@@cores"; nproc 2>/dev/null || getconf _NPROCESSORS_ONLN 2>/dev/null || true
 echo "@@governor"; cat /sys/devices/system/cpu/cpu0/cpufreq/scaling_governor 2>/dev/null || true
+echo "@@glibc"; getconf GNU_LIBC_VERSION 2>/dev/null || true
+echo "@@bits"; getconf LONG_BIT 2>/dev/null || true
 echo "@@os"; (. /etc/os-release 2>/dev/null && printf '%s\\n' "$PRETTY_NAME") || true
 echo "@@python"
 for candidate in {tries}; do
@@ -136,6 +156,7 @@ echo "@@cpuinfo"; cat /proc/cpuinfo 2>/dev/null || true
         with contextlib.suppress(ValueError):
             python_info = json.loads(raw)
     cores = first("cores")
+    bits = first("bits")
     model, emulated = _cpu_fields("\n".join(sections.get("cpuinfo", [])))
     return BoardInfo(
         machine=first("machine") or "unknown",
@@ -150,7 +171,15 @@ echo "@@cpuinfo"; cat /proc/cpuinfo 2>/dev/null || true
         governor=first("governor"),
         os=first("os"),
         emulated=emulated,
+        glibc=first("glibc"),
+        userland_bits=int(bits) if bits and bits.isdigit() else None,
     )
+
+
+def board_kind(info: BoardInfo) -> str:
+    """:data:`PYTHON_TVM` when the board's Python has TVM, else :data:`NATIVE`: what runs a
+    library there (and which RPC server can serve it)."""
+    return PYTHON_TVM if info.python and info.tvm_version else NATIVE
 
 
 # --------------------------------------------------------------------------------------------
@@ -173,18 +202,7 @@ def check_compatible(manifest: Any, info: BoardInfo, where: str) -> None:
     A 64-bit kernel may run a 32-bit userland (Raspberry Pi OS 32-bit does), so the pointer
     width of the board's Python decides between aarch64 and arm when ``uname -m`` says aarch64.
     """
-    arch = manifest.arch
-    wanted_bits = _BITS.get(arch)
-    machine_ok = info.machine in _MACHINES.get(arch, {arch})
-    bits_ok = info.python_bits is None or wanted_bits is None or info.python_bits == wanted_bits
-    if not machine_ok or not bits_ok:
-        board = info.machine + (f" ({info.python_bits}-bit userland)" if info.python_bits else "")
-        raise EdgecompileError(
-            f"{manifest.model}-{manifest.preset} is {arch_name(arch)} library but {where} is "
-            f"{board}",
-            f"rebuild for the board: edgecompile build {manifest.model} --target "
-            f"{_suggest_preset(info)}",
-        )
+    _check_arch(manifest, info, where, info.python_bits)
     if not info.python3:
         raise EdgecompileError(
             f"{where} has no python3", "install it on the board: sudo apt-get install python3"
@@ -211,15 +229,36 @@ def check_compatible(manifest: Any, info: BoardInfo, where: str) -> None:
         )
 
 
+def check_native_compatible(manifest: Any, info: BoardInfo, where: str) -> None:
+    """Refuse before uploading a bundle: wrong arch (kernel and userland, the latter from
+    ``getconf LONG_BIT`` as no Python is needed)."""
+    _check_arch(manifest, info, where, info.userland_bits)
+
+
+def _check_arch(manifest: Any, info: BoardInfo, where: str, bits: int | None) -> None:
+    arch = manifest.arch
+    wanted_bits = _BITS.get(arch)
+    machine_ok = info.machine in _MACHINES.get(arch, {arch})
+    bits_ok = bits is None or wanted_bits is None or bits == wanted_bits
+    if not machine_ok or not bits_ok:
+        board = info.machine + (f" ({bits}-bit userland)" if bits else "")
+        raise EdgecompileError(
+            f"{manifest.model}-{manifest.preset} is {arch_name(arch)} library but {where} is "
+            f"{board}",
+            f"rebuild for the board: edgecompile build {manifest.model} --target "
+            f"{_suggest_preset(info, bits)}",
+        )
+
+
 def arch_name(arch: str) -> str:
     """``aarch64`` -> ``a 64-bit ARM (aarch64)``: what the manifest's arch means to a person."""
     names = {"aarch64": "a 64-bit ARM (aarch64)", "arm": "a 32-bit ARM (armv7)"}
     return names.get(arch, f"an {arch}" if arch[:1] in "aeiou" else f"a {arch}")
 
 
-def _suggest_preset(info: BoardInfo) -> str:
-    if info.machine in ("aarch64", "arm64") and info.python_bits != 32:
+def _suggest_preset(info: BoardInfo, bits: int | None) -> str:
+    if info.machine in ("aarch64", "arm64") and bits != 32:
         return "rpi4 (or another 64-bit preset)"
-    if info.machine.startswith("arm") or info.python_bits == 32:
+    if info.machine.startswith("arm") or bits == 32:
         return "rpi4-armv7 (or another 32-bit preset)"
     return "<a preset for " + info.machine + ">"

@@ -117,6 +117,9 @@ class RemoteRunResult:
     transport: str
     target: str
     board: dict[str, Any]
+    #: What ran the library: "native" (the bundle's edgecompile-runner), "python-tvm" (TVM's
+    #: Python on the board) or "tvm-rpc" (the board's RPC server).
+    runner: str = "python-tvm"
 
 
 @dataclass(frozen=True)
@@ -146,6 +149,8 @@ class BenchResult:
     input_shapes: list[list[int]] = field(default_factory=list)
     host: HostComparison | None = None
     host_command: str = ""
+    #: What ran the library, as :attr:`RemoteRunResult.runner` says.
+    runner: str = "python-tvm"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -186,15 +191,20 @@ def run_on_device(
     *,
     threads: int | None = None,
     seed: int = 0,
+    native: bool | None = None,
 ) -> RemoteRunResult:
     """Run ``artifact`` on the board ``access`` reaches (exactly one of its ``device``,
     ``rpc``, ``tracker``).
 
     ``inputs`` default to the seeded random inputs ``edgecompile run`` uses locally, so the
     two are comparable. Over SSH the artifact is first deployed
-    (see :func:`edgecompile.device.deploy.deploy`).
+    (see :func:`edgecompile.device.deploy.deploy`) and run by the board's TVM Python, or by
+    the native runner of its bundle (``native=True``, a bundle, or a board without TVM Python:
+    the bundle is written beside the artifact first when it is not one).
     """
     transport = check_access(access)
+    if transport != "ssh":
+        _refuse_native_over_rpc(native)
     if threads is not None and (isinstance(threads, bool) or threads < 1):
         raise EdgecompileError(f"bad --threads {threads}", "use 1 or more")
     if not isinstance(artifact, Artifact):
@@ -202,11 +212,17 @@ def run_on_device(
     check_library(artifact)
     data = _inputs_for(artifact, inputs, seed)
     if transport == "ssh":
-        report, outputs, board = _ssh_job(artifact, data, access, mode="run", threads=threads)
-        return RemoteRunResult(outputs, report["seconds"], "ssh", str(access.device), board)
+        report, outputs, board = _ssh_job(
+            artifact, data, access, mode="run", threads=threads, native=native
+        )
+        return RemoteRunResult(
+            outputs, report["seconds"], "ssh", str(access.device), board, board["runner"]
+        )
     with _rpc_session(artifact, access) as session:
         outputs, seconds = _rpc_run(session, data, threads)
-        return RemoteRunResult(outputs, seconds, transport, session.target, session.board)
+        return RemoteRunResult(
+            outputs, seconds, transport, session.target, session.board, "tvm-rpc"
+        )
 
 
 def bench_on_device(
@@ -218,6 +234,7 @@ def bench_on_device(
     warmup: int = 3,
     seed: int = 0,
     history: History = True,
+    native: bool | None = None,
 ) -> BenchResult:
     """Time ``main`` on the board ``access`` reaches: ``warmup`` untimed runs, then ``repeat``
     timed ones.
@@ -233,6 +250,8 @@ def bench_on_device(
     if threads is not None and threads < 1:
         raise EdgecompileError(f"bad --threads {threads}", "use 1 or more")
     transport = check_access(access)
+    if transport != "ssh":
+        _refuse_native_over_rpc(native)
     if not isinstance(artifact, Artifact):
         artifact = load_artifact(artifact)
     check_library(artifact)
@@ -240,10 +259,19 @@ def bench_on_device(
     notes: list[str] = []
     if transport == "ssh":
         report, _, board = _ssh_job(
-            artifact, data, access, mode="bench", threads=threads, repeat=repeat, warmup=warmup
+            artifact,
+            data,
+            access,
+            mode="bench",
+            threads=threads,
+            repeat=repeat,
+            warmup=warmup,
+            native=native,
         )
         results, used_threads, target = report["results"], report.get("threads"), str(access.device)
+        runner = board["runner"]
     else:
+        runner = "tvm-rpc"
         with _rpc_session(artifact, access) as session:
             results = _rpc_bench(session, data, threads, repeat=repeat, warmup=warmup)
             used_threads, target, board = session.threads(), session.target, session.board
@@ -264,7 +292,16 @@ def bench_on_device(
         board=board,
         notes=notes,
         history=history,
+        runner=runner,
     )
+
+
+def _refuse_native_over_rpc(native: bool | None) -> None:
+    if native:
+        raise EdgecompileError(
+            "the native runner is reached over SSH, not TVM RPC",
+            "use --device user@host with --native",
+        )
 
 
 def _board_result(
@@ -279,6 +316,7 @@ def _board_result(
     board: dict[str, Any],
     notes: list[str],
     history: History,
+    runner: str = "python-tvm",
 ) -> BenchResult:
     """The measured times as a :class:`BenchResult`, read against the host's latest numbers and
     then recorded. A function of its own so the comparison is testable without a board."""
@@ -325,6 +363,7 @@ def _board_result(
         input_shapes=shapes,
         host=host,
         host_command=host_bench_command(artifact, threads),
+        runner=runner,
     )
 
 
@@ -347,74 +386,110 @@ def _ssh_job(
     threads: int | None,
     repeat: int = 0,
     warmup: int = 0,
+    native: bool | None = None,
 ) -> tuple[dict[str, Any], list[np.ndarray], dict[str, Any]]:
-    """Deploy, ship inputs and the script to a fresh temp dir, run, fetch outputs, clean up."""
+    """Deploy, ship inputs (and the script, on the Python path) to a fresh temp dir, run, fetch
+    outputs, clean up. The board dict says which runner ran (``"runner"``)."""
     from edgecompile.device import ssh
-    from edgecompile.device.deploy import DEFAULT_REMOTE_DIR, deploy_on
+    from edgecompile.device.deploy import DEFAULT_REMOTE_DIR, artifact_for_board, deploy_on
+    from edgecompile.device.probe import probe
 
     with ssh.connect(access.require_device(mode), **access.ssh_login()) as board:
+        info = probe(board, remote_python=access.remote_python)
+        shipped = artifact_for_board(artifact, info, native)
         deployment = deploy_on(
             board,
-            artifact,
+            shipped,
             remote_dir=access.remote_dir or DEFAULT_REMOTE_DIR,
             remote_python=access.remote_python,
+            info=info,
         )
-        info = deployment.board
-        assert info.python is not None  # check_compatible refused boards without one
-        work = board.check(
-            "mktemp -d /tmp/edgecompile-run.XXXXXX",
-            "creating a temporary folder",
-            "check /tmp on the board is writable and not full",
-        ).strip()
-        try:
-            with board.translate_errors("uploading the inputs"):
-                for index, array in enumerate(data):
-                    buffer = io.BytesIO()
-                    np.save(buffer, array, allow_pickle=False)
-                    buffer.seek(0)
-                    board.sftp.putfo(buffer, f"{work}/input{index}.npy")
-                board.sftp.putfo(io.BytesIO(_BOARD_SCRIPT.encode()), f"{work}/job.py")
-            job = {
-                "mode": mode,
-                "library": deployment.library,
-                "work": work,
-                "inputs": [f"input{i}.npy" for i in range(len(data))],
-                "repeat": repeat,
-                "warmup": warmup,
-            }
-            env = f"TVM_NUM_THREADS={int(threads)} " if threads else ""
-            command = (
-                f"cd {shlex.quote(work)} && {env}{shlex.quote(info.python)} job.py "
-                f"{shlex.quote(json.dumps(job))}"
+        if deployment.runner is not None:
+            from edgecompile.device.native_job import run_bundle_on
+
+            timed = (warmup, repeat) if mode == "bench" else (0, 1)
+            report, outputs = run_bundle_on(
+                board, deployment, data, threads=threads, warmup=timed[0], repeat=timed[1]
             )
-            result = board.run(command, timeout=REMOTE_TIMEOUT, what=f"running {mode} on TVM")
-            if result.exit_status != 0:
-                raise EdgecompileError(
-                    f"{artifact.manifest.model} failed on {board.settings.label}: "
-                    f"{result.last_error_line()}",
-                    "check the inputs' shapes; if the library fails to load, rebuild it for "
-                    f"this board with TVM {info.tvm_version}",
-                )
-            try:
-                report = json.loads(last_line(result.stdout))
-            except ValueError:
-                raise EdgecompileError(
-                    f"the board's runner printed no report: {result.last_error_line()}",
-                    "run again; report it if it repeats",
-                ) from None
-            outputs: list[np.ndarray] = []
-            with board.translate_errors("downloading the outputs"):
-                for index in range(int(report.get("outputs", 0))):
-                    buffer = io.BytesIO()
-                    board.sftp.getfo(f"{work}/output{index}.npy", buffer)
-                    buffer.seek(0)
-                    outputs.append(np.load(buffer, allow_pickle=False))
-        finally:
-            if board.alive:
-                board.run(f"rm -rf -- {shlex.quote(work)}")
+            seconds = [ms / 1e3 for ms in report.get("times_ms", [report["median_ms"]])]
+            report["seconds"], report["results"] = seconds[0], seconds
+            report["threads"] = report.get("threads") or threads  # 0: the runtime's default
+            runner = "native"
+        else:
+            report, outputs = _python_job(
+                board, deployment, artifact.manifest.model, data, mode, threads, repeat, warmup
+            )
+            runner = "python-tvm"
         board_dict = info.to_dict()
         board_dict["deployed_to"] = deployment.directory
+        board_dict["runner"] = runner
         return report, outputs, board_dict
+
+
+def _python_job(
+    board: Any,
+    deployment: Any,
+    model: str,
+    data: list[np.ndarray],
+    mode: str,
+    threads: int | None,
+    repeat: int,
+    warmup: int,
+) -> tuple[dict[str, Any], list[np.ndarray]]:
+    """The job script run by the board's TVM Python in a fresh temp dir, removed after."""
+    info = deployment.board
+    assert info.python is not None  # check_compatible refused boards without one
+    work = board.check(
+        "mktemp -d /tmp/edgecompile-run.XXXXXX",
+        "creating a temporary folder",
+        "check /tmp on the board is writable and not full",
+    ).strip()
+    try:
+        with board.translate_errors("uploading the inputs"):
+            for index, array in enumerate(data):
+                buffer = io.BytesIO()
+                np.save(buffer, array, allow_pickle=False)
+                buffer.seek(0)
+                board.sftp.putfo(buffer, f"{work}/input{index}.npy")
+            board.sftp.putfo(io.BytesIO(_BOARD_SCRIPT.encode()), f"{work}/job.py")
+        job = {
+            "mode": mode,
+            "library": deployment.library,
+            "work": work,
+            "inputs": [f"input{i}.npy" for i in range(len(data))],
+            "repeat": repeat,
+            "warmup": warmup,
+        }
+        env = f"TVM_NUM_THREADS={int(threads)} " if threads else ""
+        command = (
+            f"cd {shlex.quote(work)} && {env}{shlex.quote(info.python)} job.py "
+            f"{shlex.quote(json.dumps(job))}"
+        )
+        result = board.run(command, timeout=REMOTE_TIMEOUT, what=f"running {mode} on TVM")
+        if result.exit_status != 0:
+            raise EdgecompileError(
+                f"{model} failed on {board.settings.label}: {result.last_error_line()}",
+                "check the inputs' shapes; if the library fails to load, rebuild it for "
+                f"this board with TVM {info.tvm_version}",
+            )
+        try:
+            report = json.loads(last_line(result.stdout))
+        except ValueError:
+            raise EdgecompileError(
+                f"the board's runner printed no report: {result.last_error_line()}",
+                "run again; report it if it repeats",
+            ) from None
+        outputs: list[np.ndarray] = []
+        with board.translate_errors("downloading the outputs"):
+            for index in range(int(report.get("outputs", 0))):
+                buffer = io.BytesIO()
+                board.sftp.getfo(f"{work}/output{index}.npy", buffer)
+                buffer.seek(0)
+                outputs.append(np.load(buffer, allow_pickle=False))
+    finally:
+        if board.alive:
+            board.run(f"rm -rf -- {shlex.quote(work)}")
+    return report, outputs
 
 
 # --------------------------------------------------------------------------------------------

@@ -3,7 +3,9 @@
 TVM RPC has no authentication: anyone who reaches the port can run code on the board. So the
 server listens on the board's 127.0.0.1 only, and this machine reaches it through the SSH
 connection (host key verified, key login) as a local port on its own 127.0.0.1. If no server
-answers on the board, one is started over SSH with the board's TVM Python.
+answers on the board, one is started over SSH: TVM's Python server when the board's Python has
+TVM, else ``edgecompile-rpc-server`` (:mod:`edgecompile.native`), uploaded with the native runtime
+it runs on -- so a board without Python, a 32-bit one included, is tuned the same way.
 
 That local port is a way onto the board too, and 127.0.0.1 is shared by every user of this
 machine. TVM's client speaks TCP only (no Unix sockets, whose permissions would settle it), so
@@ -18,6 +20,8 @@ import contextlib
 import ipaddress
 import multiprocessing
 import os
+import posixpath
+import secrets
 import select
 import shlex
 import socket
@@ -28,15 +32,20 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from edgecompile.artifact import sha256_file
 from edgecompile.device import ssh
 from edgecompile.device.access import BoardAccess
-from edgecompile.device.probe import probe
+from edgecompile.device.probe import NATIVE, BoardInfo, board_kind, probe
 from edgecompile.errors import EdgecompileError, last_line
 
 DEFAULT_RPC_PORT = 9090
 #: TVM's import under qemu-user or on a Pi 3 takes tens of seconds before the server listens.
 SERVER_START_TIMEOUT = 240.0
 SERVER_LOG = "~/.edgecompile-rpc-server.log"
+#: On a board without TVM Python: where the native runtime and its RPC server are installed, one
+#: folder per build named as this machine's cache names it (arch, TVM, tvm-ffi, our sources), so
+#: a board never runs a server of another TVM than the libraries it is sent.
+NATIVE_SERVER_HOME = "~/.cache/edgecompile/native"
 
 
 @contextlib.contextmanager
@@ -131,22 +140,30 @@ def _listening(transport: Any, port: int) -> bool:
 
 def _start_server(board: ssh.BoardConnection, remote_python: str | None, port: int) -> None:
     info = probe(board, remote_python=remote_python)
-    if info.python is None or info.tvm_version is None:
-        raise EdgecompileError(
-            f"{board.settings.label} has no Python with TVM to start an RPC server",
-            f"run `edgecompile device setup {board.settings.label}` first "
-            "(or pass --remote-python)",
-        )
     log = ssh.remote_path(SERVER_LOG)
-    # Loopback only, and exactly this port (--port-end): the tunnel is the only way in.
-    command = (
-        f"nohup {shlex.quote(info.python)} -m tvm.exec.rpc_server --host 127.0.0.1 "
-        f"--port {int(port)} --port-end {int(port) + 1} > {log} 2>&1 < /dev/null &"
-    )
+    if board_kind(info) == NATIVE and remote_python is None:
+        server = install_native_server(board, info)
+        # Loopback only is the server's own rule; exactly this port: the tunnel is the way in.
+        program = f"{ssh.remote_path(server)} --port {int(port)}"
+        name, by_hand = "native RPC server", f"{server} --port {int(port)}"
+    elif board_kind(info) == NATIVE:
+        raise EdgecompileError(
+            f"{remote_python} on {board.settings.label} has no TVM to start an RPC server",
+            f"run `edgecompile device setup {board.settings.label}` first, or leave out "
+            "--remote-python: a board without TVM Python gets edgecompile's native server",
+        )
+    else:
+        assert info.python is not None
+        # Loopback only, and exactly this port (--port-end): the tunnel is the only way in.
+        program = (
+            f"{shlex.quote(info.python)} -m tvm.exec.rpc_server --host 127.0.0.1 "
+            f"--port {int(port)} --port-end {int(port) + 1}"
+        )
+        name, by_hand = "TVM RPC server", "python -m tvm.exec.rpc_server --host 127.0.0.1"
     board.check(
-        command,
-        "starting the TVM RPC server",
-        "start it yourself on the board: python -m tvm.exec.rpc_server --host 127.0.0.1",
+        f"nohup {program} > {log} 2>&1 < /dev/null &",
+        f"starting the {name}",
+        f"start it yourself on the board: {by_hand}",
     )
     transport = board.client.get_transport()
     deadline = time.monotonic() + SERVER_START_TIMEOUT
@@ -156,10 +173,119 @@ def _start_server(board: ssh.BoardConnection, remote_python: str | None, port: i
         time.sleep(2.0)
     tail = last_line(board.run(f"tail -n 3 {log}").stdout) or "no log"
     raise EdgecompileError(
-        f"the TVM RPC server on {board.settings.label} did not start listening on port {port} "
+        f"the {name} on {board.settings.label} did not start listening on port {port} "
         f"within {SERVER_START_TIMEOUT:.0f} s: {tail}",
         f"look at {SERVER_LOG} on the board, or pick another --remote-port",
     )
+
+
+def native_arch(info: BoardInfo) -> str:
+    """The native runtime a board runs: ``aarch64``, or ``arm`` for a 32-bit ARM userland
+    (under a 64-bit kernel too); anything else has none."""
+    machine = info.machine
+    if machine in ("aarch64", "arm64") and info.userland_bits != 32:
+        return "aarch64"
+    if machine.startswith("arm") or machine in ("aarch64", "arm64"):  # 32-bit userland
+        return "arm"
+    raise EdgecompileError(
+        f"the board has no TVM Python and edgecompile's native RPC server is built for ARM "
+        f"boards only, not {machine}",
+        "install TVM's Python on the board (edgecompile device setup) to tune on it",
+    )
+
+
+def install_native_server(board: ssh.BoardConnection, info: BoardInfo) -> str:
+    """The path of ``edgecompile-rpc-server`` on the board, with the native runtime beside it
+    (``bin/`` and ``lib/``, as the cache holds them): built here if need be, uploaded unless
+    the board already has this very build (sha256), checked after the upload and moved into
+    place only whole."""
+    from edgecompile.native.runtime import (
+        GLIBC_VERSION,
+        RPC_SERVER,
+        RUNTIME_LIBRARY,
+        ensure_runtime,
+        read_record,
+    )
+
+    arch = native_arch(info)
+    glibc = (info.glibc or "").rpartition(" ")[2]
+    if glibc and _version(glibc) < _version(GLIBC_VERSION):
+        raise EdgecompileError(
+            f"{board.settings.label} has glibc {glibc}; edgecompile's native RPC server needs "
+            f"{GLIBC_VERSION} or newer",
+            "upgrade the board's OS (Raspberry Pi OS bullseye or newer), or install TVM's "
+            "Python there (edgecompile device setup)",
+        )
+    local = ensure_runtime(arch)
+    record = read_record(local)
+    folder = posixpath.join(_home_path(NATIVE_SERVER_HOME, info.home), local.name)
+    files = [(local / name, posixpath.join(folder, name)) for name in (RUNTIME_LIBRARY, RPC_SERVER)]
+    wanted = {remote: record["files"][name]["sha256"] for name, (_, remote) in
+              zip((RUNTIME_LIBRARY, RPC_SERVER), files, strict=True)}  # fmt: skip
+    server = files[-1][1]
+    if _remote_sha256(board, list(wanted)) == wanted and _is_executable(board, server):
+        return server
+    token = secrets.token_hex(4)
+    staged = {remote: f"{remote}.partial-{token}" for _, remote in files}
+    folders = sorted({shlex.quote(posixpath.dirname(remote)) for _, remote in files})
+    board.check(  # and what an interrupted upload left
+        f"mkdir -p -- {' '.join(folders)} && "
+        f"rm -f -- {' '.join(f'{place}/*.partial-*' for place in folders)}",
+        f"creating {folder} for the native RPC server",
+        "check that the user may write in its home folder",
+    )
+    try:
+        for path, remote in files:
+            if sha256_file(path) != wanted[remote]:
+                raise EdgecompileError(
+                    f"the cached native runtime {str(path)!r} was changed since its build",
+                    f"delete {str(local)!r}; the next tune rebuilds it",
+                )
+            with board.translate_errors(f"uploading {path.name}"):
+                board.sftp.put(str(path), staged[remote], confirm=True)
+        received = _remote_sha256(board, list(staged.values()))
+        for remote, temporary in staged.items():
+            if received.get(temporary) != wanted[remote]:
+                raise EdgecompileError(
+                    f"the upload of {posixpath.basename(remote)} arrived corrupted on "
+                    f"{board.settings.label}",
+                    "run again; if it repeats, check the board's storage (SD card) for errors",
+                )
+        board.check(
+            f"chmod 755 -- {shlex.quote(staged[server])} && "
+            + " && ".join(f"mv -f -- {shlex.quote(t)} {shlex.quote(r)}" for r, t in staged.items()),
+            "moving the native RPC server into place",
+            f"check permissions in {folder}",
+        )
+    except EdgecompileError:
+        if board.alive:  # the final names were never touched; leave no partial files
+            board.run("rm -f -- " + " ".join(map(shlex.quote, staged.values())))
+        raise
+    return server
+
+
+def _version(text: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in text.split(".") if part.isdigit())
+
+
+def _home_path(path: str, home: str) -> str:
+    """``~/x`` on the board as an absolute path, from the home folder it reported."""
+    return posixpath.join(home, path[2:]) if path.startswith("~/") else path
+
+
+def _remote_sha256(board: ssh.BoardConnection, paths: list[str]) -> dict[str, str]:
+    """``{path: sha256}`` of those of ``paths`` that exist on the board."""
+    output = board.run("sha256sum -- " + " ".join(map(shlex.quote, paths)) + " 2>/dev/null").stdout
+    sums = {}
+    for line in output.splitlines():
+        digest, _, path = line.partition("  ")
+        if path:
+            sums[path] = digest.lstrip("\\")
+    return sums
+
+
+def _is_executable(board: ssh.BoardConnection, path: str) -> bool:
+    return board.run(f"test -x {shlex.quote(path)}").exit_status == 0
 
 
 #: The kernel's tables of TCP sockets (IPv4, and IPv6 with v4-mapped addresses).

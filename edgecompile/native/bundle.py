@@ -29,6 +29,39 @@ from edgecompile.progress import SILENT, Progress
 MANIFEST_KEY = "native_runtime"
 
 
+def is_bundle(artifact: Artifact) -> bool:
+    """Whether ``artifact`` is a bundle (its manifest describes a native runtime beside it)."""
+    return isinstance(artifact.manifest.extra.get(MANIFEST_KEY), dict)
+
+
+def bundled_files(artifact: Artifact) -> dict[str, str]:
+    """``{file name: sha256}`` of the runtime files a bundle holds beside its library (the
+    runner last), as its manifest records them; a file changed since is one line."""
+    described = artifact.manifest.extra[MANIFEST_KEY]
+    if described.get("tvm_version") != artifact.manifest.tvm_version:
+        raise EdgecompileError(
+            f"the bundle {str(artifact.directory)!r} holds the runtime of TVM "
+            f"{described.get('tvm_version')}, its library was built with TVM "
+            f"{artifact.manifest.tvm_version}",
+            "rebuild the bundle: edgecompile build ... --bundle",
+        )
+    files = {name: facts["sha256"] for name, facts in described.get("files", {}).items()}
+    if Path(RUNNER).name not in files:
+        raise EdgecompileError(
+            f"the bundle {str(artifact.directory)!r} names no {Path(RUNNER).name}",
+            "rebuild it: edgecompile build ... --bundle",
+        )
+    for name, digest in files.items():
+        path = artifact.directory / name
+        if not path.is_file() or sha256_file(path) != digest:
+            raise EdgecompileError(
+                f"{str(path)!r} is missing or differs from the bundle's manifest",
+                "rebuild the bundle: edgecompile build ... --bundle",
+            )
+    runner = files.pop(Path(RUNNER).name)
+    return {**files, Path(RUNNER).name: runner}
+
+
 def bundle_path(artifact: Artifact) -> Path:
     """``<model>-<preset>-bundle/`` beside the artifact's folder."""
     return artifact.directory.with_name(f"{artifact.directory.name}-bundle")

@@ -3,10 +3,10 @@ wheels ship, and our runner linked against it: what a board needs to run a libra
 Python.
 
 ``apache-tvm`` ships its runtime's C++ sources (``tvm/src/runtime``) and headers, and
-``apache-tvm-ffi`` ships its own (``tvm_ffi/src``); only what a CPU Relax VM needs is compiled
-(no LLVM, CUDA, RPC or compiler). The few headers the wheel leaves out are ours, in ``shim/``.
-libc++ is linked statically and hidden, so a board needs only glibc (no newer than
-:data:`GLIBC_VERSION`).
+``apache-tvm-ffi`` ships its own (``tvm_ffi/src``); only what a CPU Relax VM and TVM's RPC
+server need is compiled (no LLVM, CUDA or compiler). The few headers the wheel leaves out are
+ours, in ``shim/``. libc++ is linked statically and hidden, so a board needs only glibc (no
+newer than :data:`GLIBC_VERSION`).
 
 A build is cached per (arch, TVM version, tvm-ffi version, hash of our sources) under the cache
 root and published atomically: a killed build never leaves a half runtime behind.
@@ -39,11 +39,15 @@ JOBS = 2
 #: Inside a built runtime folder: the shared runtime, our runner, what was built.
 RUNTIME_LIBRARY = "lib/libtvm_runtime.so"
 RUNNER = "bin/edgecompile-runner"
+RPC_SERVER = "bin/edgecompile-rpc-server"
 RECORD = "runtime.json"
 
 _HERE = Path(__file__).resolve().parent
 _SHIM = _HERE / "shim"
 _RUNNER_SOURCE = _HERE / "runner.cpp"
+_RPC_SERVER_SOURCE = _HERE / "rpc_server.cpp"
+#: The programs linked against the runtime: what they are in a build, and their source.
+_PROGRAMS = ((RUNNER, _RUNNER_SOURCE), (RPC_SERVER, _RPC_SERVER_SOURCE))
 
 
 @dataclass(frozen=True)
@@ -103,6 +107,20 @@ TVM_SOURCES = (
     "vm/bytecode.cc",
     "vm/executable.cc",
     "vm/vm.cc",
+)
+#: TVM's RPC server side (the endpoint, the local session serving it, the remote module and
+#: time evaluator, upload/download/remove) for edgecompile-rpc-server, which tunes on a board
+#: without Python. Not rpc_pipe_impl.cc (a popen child) nor testing.cc.
+RPC_SOURCES = (
+    "rpc/rpc_channel.cc",
+    "rpc/rpc_device_api.cc",
+    "rpc/rpc_endpoint.cc",
+    "rpc/rpc_event_impl.cc",
+    "rpc/rpc_local_session.cc",
+    "rpc/rpc_module.cc",
+    "rpc/rpc_server_env.cc",
+    "rpc/rpc_session.cc",
+    "rpc/rpc_socket_impl.cc",
 )
 #: Ours: what a model library expects from the process beyond TVM (empty on aarch64).
 SHIM_SOURCES = ("arm_builtins.cc",)
@@ -189,13 +207,15 @@ def installed_sources() -> Sources:
 
 def source_hash() -> str:
     """Our part of the build: the recipe (sources, flags, targets), the shim headers and the
-    runner. Not this file's text: a comment edited here rebuilds nothing."""
+    programs. Not this file's text: a comment edited here rebuilds nothing."""
     recipe = [
-        FFI_SOURCES, TVM_SOURCES, SHIM_SOURCES, _DEFINES, _CXXFLAGS, _LIBRARY_LINK, _RUNNER_LINK,
+        FFI_SOURCES, TVM_SOURCES, RPC_SOURCES, SHIM_SOURCES, _DEFINES, _CXXFLAGS, _LIBRARY_LINK,
+        _RUNNER_LINK,
         [(a.name, a.zig_target, a.cpu_flags) for a in ARCHES.values()],
     ]  # fmt: skip
     digest = hashlib.sha256(json.dumps(recipe).encode())
-    for path in [_RUNNER_SOURCE, *sorted(p for p in _SHIM.rglob("*") if p.is_file())]:
+    shim = sorted(p for p in _SHIM.rglob("*") if p.is_file())
+    for path in [*(source for _, source in _PROGRAMS), *shim]:
         digest.update(str(path.relative_to(_HERE)).encode())
         digest.update(path.read_bytes())
     return digest.hexdigest()[:12]
@@ -214,8 +234,9 @@ def is_built(folder: Path) -> bool:
 
 
 def ensure_runtime(arch: str, *, progress: Progress = SILENT) -> Path:
-    """The folder holding ``lib/libtvm_runtime.so`` and ``bin/edgecompile-runner`` for
-    ``arch``, built now unless cached (a few minutes on 2 cores, once per TVM version)."""
+    """The folder holding ``lib/libtvm_runtime.so``, ``bin/edgecompile-runner`` and
+    ``bin/edgecompile-rpc-server`` for ``arch``, built now unless cached (a few minutes on 2
+    cores, once per TVM version)."""
     spec = canonical_arch(arch)
     sources = installed_sources()
     final = runtime_path(spec.name, sources)
@@ -232,7 +253,10 @@ def ensure_runtime(arch: str, *, progress: Progress = SILENT) -> Path:
                 "tvm_ffi_version": sources.ffi_version,
                 "source_hash": source_hash(),
                 "build_seconds": round(time.perf_counter() - start, 1),
-                "files": {name: _describe(staged / name) for name in (RUNTIME_LIBRARY, RUNNER)},
+                "files": {
+                    name: _describe(staged / name)
+                    for name in (RUNTIME_LIBRARY, *(program for program, _ in _PROGRAMS))
+                },
             }
             (staged / RECORD).write_text(json.dumps(record, indent=2) + "\n")
     return final
@@ -249,7 +273,10 @@ def read_record(folder: Path) -> dict:
 def _build(spec: Arch, sources: Sources, out: Path, work: Path, say: Callable[[str], None]) -> None:
     tree = _stage_tree(sources, work)
     units = [(f"tvm_ffi/{name}", sources.ffi / "src" / "ffi" / name) for name in FFI_SOURCES]
-    units += [(f"runtime/{name}", tree / "src" / "runtime" / name) for name in TVM_SOURCES]
+    units += [
+        (f"runtime/{name}", tree / "src" / "runtime" / name)
+        for name in (*TVM_SOURCES, *RPC_SOURCES)
+    ]
     units += [(f"shim/{name}", _SHIM / "src" / name) for name in SHIM_SOURCES]
     objects = _compile_all(spec, sources, units, work / "obj", say)
     (out / "lib").mkdir()
@@ -257,15 +284,16 @@ def _build(spec: Arch, sources: Sources, out: Path, work: Path, say: Callable[[s
     library = out / RUNTIME_LIBRARY
     say(f"linking {RUNTIME_LIBRARY}")
     _zig(spec, ["-o", str(library), *map(str, objects), *_LIBRARY_LINK], what=RUNTIME_LIBRARY)
-    say(f"compiling and linking {RUNNER}")
-    runner_object = work / "obj" / "runner.o"
     flags = [*_CXXFLAGS, *spec.cpu_flags, *sources.include_flags()]
-    _zig(spec, [*flags, "-c", str(_RUNNER_SOURCE), "-o", str(runner_object)], what="runner.cpp")
-    _zig(
-        spec,
-        ["-o", str(out / RUNNER), str(runner_object), str(library), *_RUNNER_LINK],
-        what=RUNNER,
-    )
+    for program, source in _PROGRAMS:
+        say(f"compiling and linking {program}")
+        program_object = work / "obj" / f"{source.stem}.o"
+        _zig(spec, [*flags, "-c", str(source), "-o", str(program_object)], what=source.name)
+        _zig(
+            spec,
+            ["-o", str(out / program), str(program_object), str(library), *_RUNNER_LINK],
+            what=program,
+        )
 
 
 def _stage_tree(sources: Sources, work: Path) -> Path:

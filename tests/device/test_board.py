@@ -24,9 +24,17 @@ def _host_mounts() -> list[str]:
         return [line.split()[4] for line in mountinfo]
 
 
-def test_32_bit_boards_cannot_be_emulated(tmp_path: Path) -> None:
-    with pytest.raises(EdgecompileError, match="64-bit ARM only"):
-        board.start_emulated_board("rpi4-armv7", state_dir=tmp_path, authorized_key="ssh-x y")
+def test_an_unknown_board_names_the_ones_emulated(tmp_path: Path) -> None:
+    with pytest.raises(EdgecompileError, match="cannot emulate 'pi-zero'") as raised:
+        board.start_emulated_board("pi-zero", state_dir=tmp_path, authorized_key="ssh-x y")
+    assert "rpi4" in raised.value.fix and "rpi3-armv7" in raised.value.fix
+
+
+def test_a_board_without_python_refuses_a_tracker(tmp_path: Path) -> None:
+    with pytest.raises(EdgecompileError, match="no TVM RPC server to register"):
+        board.start_emulated_board(
+            "rpi3-armv7", state_dir=tmp_path, authorized_key="ssh-x y", tracker="127.0.0.1:9190"
+        )
 
 
 def test_a_private_key_is_never_authorized(tmp_path: Path) -> None:

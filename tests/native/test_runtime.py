@@ -63,6 +63,7 @@ def test_a_zig_failure_is_one_line_naming_the_file_and_publishes_nothing(
     monkeypatch.setattr(runtime, "installed_sources", lambda: fake)
     monkeypatch.setattr(runtime, "FFI_SOURCES", ("broken.cc",))
     monkeypatch.setattr(runtime, "TVM_SOURCES", ())
+    monkeypatch.setattr(runtime, "RPC_SOURCES", ())
     monkeypatch.setattr(runtime, "SHIM_SOURCES", ())
 
     with pytest.raises(EdgecompileError) as caught:

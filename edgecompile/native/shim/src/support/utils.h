@@ -1,4 +1,5 @@
-// edgecompile: the one helper thread_pool.cc takes from TVM's src/support/utils.h.
+// edgecompile: the helpers thread_pool.cc and the RPC endpoint take from TVM's
+// src/support/utils.h.
 #ifndef TVM_SUPPORT_UTILS_H_
 #define TVM_SUPPORT_UTILS_H_
 
@@ -14,6 +15,10 @@ inline bool IsNumber(const std::string& text) {
     if (!std::isdigit(static_cast<unsigned char>(c))) return false;
   }
   return true;
+}
+
+inline bool StartsWith(const std::string& text, const std::string& prefix) {
+  return text.compare(0, prefix.size(), prefix) == 0;
 }
 
 }  // namespace support

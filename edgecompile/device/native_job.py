@@ -1,0 +1,99 @@
+"""Running a deployed bundle's ``edgecompile-runner`` on a board over SSH: no Python there.
+
+Why its own module: the board side is a plain program (``.npy`` in, ``.npy`` out, one JSON line
+with the latencies), so this is a shell command and file copies, where the Python path ships a
+script; both share the deployment (:func:`edgecompile.device.deploy.deploy_on`).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import posixpath
+import shlex
+from typing import Any
+
+import numpy as np
+
+from edgecompile.device.deploy import Deployment
+from edgecompile.device.ssh import BoardConnection
+from edgecompile.errors import EdgecompileError, last_line
+
+__all__ = ["RUNNER_TIMEOUT", "run_bundle_on"]
+
+#: Seconds for one runner call: loading is ~0.1 s natively, a model run ~1 s on a Pi, and the
+#: emulated boards are 10-50x slower.
+RUNNER_TIMEOUT = 900.0
+
+
+def run_bundle_on(
+    board: BoardConnection,
+    deployment: Deployment,
+    data: list[np.ndarray],
+    *,
+    threads: int | None,
+    warmup: int,
+    repeat: int,
+) -> tuple[dict[str, Any], list[np.ndarray]]:
+    """Run the runner of ``deployment`` (a bundle) on ``data`` in a fresh temporary folder on
+    the board; return its JSON report and the outputs. The folder is removed afterwards."""
+    assert deployment.runner is not None, "deploy a bundle first"
+    work = board.check(
+        "mktemp -d /tmp/edgecompile-run.XXXXXX",
+        "creating a temporary folder",
+        "check /tmp on the board is writable and not full",
+    ).strip()
+    try:
+        with board.translate_errors("uploading the inputs"):
+            for index, array in enumerate(data):
+                buffer = io.BytesIO()
+                np.save(buffer, array, allow_pickle=False)
+                buffer.seek(0)
+                board.sftp.putfo(buffer, f"{work}/input{index}.npy")
+        argv = [deployment.runner, deployment.directory, "--output-dir", work]
+        for index in range(len(data)):
+            argv += ["--input", f"{work}/input{index}.npy"]
+        argv += ["--warmup", str(warmup), "--repeat", str(repeat)]
+        if threads is not None:
+            argv += ["--threads", str(int(threads))]
+        result = board.run(
+            " ".join(map(shlex.quote, argv)),
+            timeout=RUNNER_TIMEOUT,
+            what="running the native runner",
+        )
+        if result.exit_status != 0:
+            raise EdgecompileError(
+                f"the native runner failed on {board.settings.label}: {_runner_error(result)}",
+                "check the inputs' shapes; if the library fails to load, rebuild the bundle",
+            )
+        try:
+            report = json.loads(last_line(result.stdout))
+        except ValueError:
+            raise EdgecompileError(
+                f"the board's native runner printed no report: {result.last_error_line()}",
+                "run again; report it if it repeats",
+            ) from None
+        outputs: list[np.ndarray] = []
+        with board.translate_errors("downloading the outputs"):
+            for path in report.get("outputs", []):
+                if posixpath.dirname(path) != work:  # only what the runner wrote where we said
+                    raise EdgecompileError(
+                        f"the board's runner reported an output outside {work}: {path!r}",
+                        "redeploy the bundle; report it if it repeats",
+                    )
+                buffer = io.BytesIO()
+                board.sftp.getfo(path, buffer)
+                buffer.seek(0)
+                outputs.append(np.load(buffer, allow_pickle=False))
+    finally:
+        if board.alive:
+            board.run(f"rm -rf -- {shlex.quote(work)}")
+    return report, outputs
+
+
+def _runner_error(result: Any) -> str:
+    """The runner's own error line, else the last line (the loader's or the kernel's)."""
+    for line in (result.stderr or "").splitlines():
+        if line.startswith("edgecompile-runner: "):
+            return line.removeprefix("edgecompile-runner: ").strip()
+    return result.last_error_line()
