@@ -33,6 +33,7 @@ from edgecompile.export import (
 )
 from edgecompile.importer import RelaxModel, import_onnx
 from edgecompile.progress import SILENT, Progress
+from edgecompile.quantization.checks import check_int8_build
 from edgecompile.records import RecordStore, store_for
 from edgecompile.schedules.int8 import VERIFY_STEPS, output_steps
 from edgecompile.schedules.user import UserSchedules, load_user_schedules
@@ -48,6 +49,18 @@ SCRATCH_PREFIX = "edgecompile-build-"
 class BuildResult:
     artifact: Artifact
     max_relative_error: float | None
+    #: ``build(int8=True)``: the quantization (a ``QuantizedModel``: its accuracy report)
+    quantization: Any = None
+
+
+#: The folder-name mark of an int8 build: ``<model>-int8-<preset>`` never replaces the fp32
+#: ``<model>-<preset>`` of the same model and board.
+INT8_MARK = "int8"
+
+
+def artifact_folder_name(name: str, preset: str, int8: bool = False) -> str:
+    """``<model>-<preset>``, or ``<model>-int8-<preset>`` for an int8 build."""
+    return f"{name}-{INT8_MARK}-{preset}" if int8 else f"{name}-{preset}"
 
 
 def artifact_name(source: str) -> str:
@@ -142,6 +155,8 @@ def build(
     records: str | Path | bool | None = None,
     keep_onnx: bool = False,
     schedules_dir: str | Path | None = None,
+    int8: bool = False,
+    calibration: str | Path | None = None,
 ) -> BuildResult:
     """Compile ``model`` for ``target`` into ``output_dir/<model>-<preset>/``.
 
@@ -154,14 +169,19 @@ def build(
     ``schedules_dir``: a directory of user schedules (:mod:`edgecompile.schedules.user`), tried
     before ours on every kernel no tuning record scheduled; the manifest's ``user_schedules``
     names its files and their sha256.
+    ``int8``: quantize the model first (:func:`edgecompile.quantization.quantize`, calibrated on
+    ``calibration``, a folder of images, else the default photographs), then compile that QDQ
+    model into integer kernels, in ``output_dir/<model>-int8-<preset>/``; the manifest's
+    ``extra["int8"]`` holds the accuracy report, the QDQ model goes beside the library.
     """
     started = time.perf_counter()
+    check_int8_build(model, int8, calibration)
     preset = target if isinstance(target, BoardPreset) else resolve_target(target)
     user = _user_schedules(schedules_dir, custom_schedules)
     toolchain = toolchain_for(preset, cc)
     store = _record_store(preset, records) if custom_schedules else None
     name = artifact_name(model)
-    final_dir = Path(output_dir) / f"{name}-{preset.name}"
+    final_dir = Path(output_dir) / artifact_folder_name(name, preset.name, int8)
     if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
         # Checked here, not only for torch models: an ONNX file's batch of 0 would become 1.
         raise EdgecompileError(f"bad batch size {batch!r}", "use --batch 1 or more")
@@ -172,16 +192,31 @@ def build(
     # Removed on every way out, Ctrl-C and SIGTERM included; a SIGKILLed build's is removed by
     # the next build.
     with scratch_directory(SCRATCH_PREFIX) as scratch_dir:
+        quantization = None
+        if int8:
+            from edgecompile.quantization.pipeline import quantize
+
+            quantization = quantize(
+                model,
+                calibration=calibration,
+                output=scratch_dir / f"{name}.int8.onnx",
+                input_size=size,
+                weights=weights,
+                seed=seed,
+                progress=progress,
+            )
         relax_model, static_onnx, origin = prepare_model(
-            model,
+            model if quantization is None else str(quantization.path),
             scratch_dir,
             batch=batch,
-            input_size=size,
-            weights=weights,
+            input_size=size if quantization is None else None,  # the QDQ model has its size
+            weights=weights if quantization is None else None,
             seed=seed,
             tolerance=tolerance,
             progress=progress,
         )
+        if quantization is not None:  # where the float model came from, not the scratch file
+            origin = quantization.origin
         with progress.stage(f"compile for {preset.name} ({preset.target.get('mcpu', 'generic')})"):
             executable, schedules, records_used, user_kernels = _compile(
                 relax_model, preset, custom_schedules, store, user
@@ -197,7 +232,9 @@ def build(
                 )
             elf = elf_info(library)
             extra: dict[str, Any] = {}
-            if keep_onnx:
+            if quantization is not None:
+                extra["int8"] = _int8_manifest(quantization, staging, name, static_onnx)
+            elif keep_onnx:
                 # Exactly what TVM compiled (pinned shapes, folded Shape chains): ``bench`` runs
                 # ONNX Runtime on it instead of exporting the model a second time.
                 import onnx
@@ -261,7 +298,20 @@ def build(
                 extra=extra,
             )
             write_manifest(staging, manifest)
-    return BuildResult(Artifact(final_dir, manifest), error)
+    return BuildResult(Artifact(final_dir, manifest), error, quantization)
+
+
+def _int8_manifest(quantization: Any, staging: Path, name: str, static_onnx: Any) -> dict[str, Any]:
+    """``extra["int8"]``: the quantization (scheme, calibration, accuracy against fp32) and the
+    QDQ model that was compiled, kept beside the library: ``bench`` runs ONNX Runtime on exactly
+    it (``ort-int8``), and ``edgecompile build`` of that file rebuilds without calibrating."""
+    import onnx
+
+    onnx.save(static_onnx, str(staging / f"{name}.int8.onnx"))
+    entry = quantization.to_dict()
+    for scratch_path in ("path", "report"):  # in the build's scratch folder, removed by now
+        entry.pop(scratch_path, None)
+    return {**entry, "onnx": f"{name}.int8.onnx"}
 
 
 def _spec_dict(spec: TensorSpec) -> dict[str, Any]:

@@ -3,7 +3,9 @@
 Reads only the manifest's per-op ``schedules`` records (see
 :func:`edgecompile.schedules.schedule_records`), so it explains a build from its artifact alone,
 long after the build, and ``--json`` holds the same data. Its ``layer`` and ``kernel`` columns
-are ``edgecompile profile``'s: a slow kernel there is found here by either.
+are ``edgecompile profile``'s: a slow kernel there is found here by either. An int8 build (a QDQ
+model, ``build --int8``) gets one more column: ``int8`` for an op folded into an integer kernel,
+else ``fp32: <why>``.
 """
 
 from __future__ import annotations
@@ -21,6 +23,30 @@ HEADERS = (
     "layer", "kernel", "op", "kind", "input", "weight", "groups", "ksize", "stride", "by",
     "schedule", "fallback",
 )  # fmt: skip
+#: The int8 column's header; it goes before ``fallback``, whose reasons are the longest.
+INT8_HEADER = "int8"
+#: The int8 column of an op the folding pass has no integer kernel for (pools, matmuls, ...).
+NO_INT8_KERNEL = "fp32: no int8 kernel for {op} yet"
+
+
+def is_int8_build(records: Sequence[Mapping[str, Any]]) -> bool:
+    """Built from a QDQ model: the folding pass gave some op a verdict, int8 or kept fp32."""
+    return any("int8" in r or "int8_fallback" in r for r in records)
+
+
+def int8_cell(record: Mapping[str, Any]) -> str:
+    """``int8``, or ``fp32: <why>`` (the folding pass's reason, our pipeline's failure, or that
+    no kernel exists)."""
+    from edgecompile.schedules.pipeline import PIPELINE_FAILED
+
+    if record.get("int8"):
+        return "int8"
+    if "int8_fallback" in record:
+        return f"fp32: {record['int8_fallback']}"
+    if str(record.get("fallback", "")).startswith(PIPELINE_FAILED):
+        # TVM's lowering built the whole QDQ model: dequantized weights, float convs.
+        return f"fp32: {PIPELINE_FAILED} (see fallback)"
+    return NO_INT8_KERNEL.format(op=_op(record))
 
 
 def schedule_source(schedule: str) -> str:
@@ -58,8 +84,19 @@ def _short(schedule: str) -> str:
     return schedule.replace("edgecompile.", "")
 
 
-def explain_rows(records: Sequence[Mapping[str, Any]]) -> list[tuple[str, ...]]:
-    """One row per heavy op, in the order of :data:`HEADERS`."""
+def headers_for(records: Sequence[Mapping[str, Any]], int8: bool | None = None) -> tuple[str, ...]:
+    """:data:`HEADERS`, with :data:`INT8_HEADER` before ``fallback`` for an int8 build (``int8``;
+    None: as the records say, :func:`is_int8_build`)."""
+    if not (is_int8_build(records) if int8 is None else int8):
+        return HEADERS
+    return (*HEADERS[:-1], INT8_HEADER, HEADERS[-1])
+
+
+def explain_rows(
+    records: Sequence[Mapping[str, Any]], int8: bool | None = None
+) -> list[tuple[str, ...]]:
+    """One row per heavy op, in the order of :func:`headers_for`."""
+    int8 = is_int8_build(records) if int8 is None else int8
     rows = []
     for record in records:
         shapes = record.get("shapes") or []
@@ -78,6 +115,7 @@ def explain_rows(records: Sequence[Mapping[str, Any]]) -> list[tuple[str, ...]]:
                 _dims(strides, ",") if strides else "-",
                 schedule_source(str(record["schedule"])),
                 _short(str(record["schedule"])),
+                *([int8_cell(record)] if int8 else []),
                 # Last, so a long reason widens no column but its own (format_table strips).
                 str(record.get("fallback", "")),
             )
@@ -85,17 +123,23 @@ def explain_rows(records: Sequence[Mapping[str, Any]]) -> list[tuple[str, ...]]:
     return rows
 
 
-def explain_summary(records: Sequence[Mapping[str, Any]]) -> str:
+def explain_summary(records: Sequence[Mapping[str, Any]], int8: bool | None = None) -> str:
     """``N ops: K by our schedules, U by user schedules, T by tuning records, D TVM default``."""
     counts = Counter(schedule_source(str(r["schedule"])) for r in records)
-    return (
+    summary = (
         f"{len(records)} ops: {counts[OURS]} by our schedules, {counts[USER]} by user "
         f"schedules, {counts[RECORDS]} by tuning records, {counts[DEFAULT]} TVM default"
     )
+    if is_int8_build(records) if int8 is None else int8:
+        folded = sum(1 for r in records if r.get("int8"))
+        summary += f"; {folded} in int8, {len(records) - folded} in fp32"
+    return summary
 
 
-def format_explain(records: Sequence[Mapping[str, Any]]) -> str:
-    """The table, a blank line, the summary."""
+def format_explain(records: Sequence[Mapping[str, Any]], int8: bool | None = None) -> str:
+    """The table, a blank line, the summary. ``int8``: built from a QDQ model (the manifest
+    knows; None: as the records say, which they cannot when our pipeline failed as a whole)."""
     if not records:
-        return explain_summary(records)
-    return f"{format_table(HEADERS, explain_rows(records))}\n\n{explain_summary(records)}"
+        return explain_summary(records, int8)
+    table = format_table(headers_for(records, int8), explain_rows(records, int8))
+    return f"{table}\n\n{explain_summary(records, int8)}"

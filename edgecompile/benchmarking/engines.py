@@ -16,11 +16,13 @@ import numpy as np
 from edgecompile.benchmarking.timing import Runner, latency_stats, time_interleaved
 from edgecompile.errors import EdgecompileError
 
-ENGINES = ("tvm", "ort", "ort-int8", "torch")
+#: ``tvm-int8``: our int8 build of the model (``build --int8``), beside ``ort-int8``: ONNX
+#: Runtime on the same QDQ model.
+ENGINES = ("tvm", "tvm-int8", "ort", "ort-int8", "torch")
 TOLERANCE = 1e-4
 #: Engines running an int8 model: checked against the fp32 reference by SQNR, since their
 #: outputs differ from fp32 by design (quantization steps, not 1e-4).
-INT8_ENGINES = frozenset({"ort-int8"})
+INT8_ENGINES = frozenset({"tvm-int8", "ort-int8"})
 #: The least SQNR (dB) an int8 engine's output keeps against the fp32 reference on the bench's
 #: random input; below it the int8 model is broken, not merely quantized (mobilenet_v2 keeps
 #: ~22 dB with random weights).
@@ -98,6 +100,8 @@ def make_runners(spec: dict[str, Any], threads: int) -> dict[str, Runner]:
             runners[engine] = tvm_runner(spec["libraries"][engine])
         elif engine == "ort" and onnx_path:
             runners[engine] = ort_runner(onnx_path, threads)
+        elif engine == "ort-int8" and spec.get("int8_onnx"):  # the QDQ model tvm-int8 built
+            runners[engine] = ort_runner(spec["int8_onnx"], threads)
         elif engine == "ort-int8" and onnx_path:
             runners[engine] = ort_runner(str(_int8_model(onnx_path, spec["scratch"])), threads)
         elif engine == "torch" and torch_model is not None:

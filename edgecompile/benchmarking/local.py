@@ -22,6 +22,7 @@ from edgecompile.benchmarking.history import History, history_entry, host_cpu_na
 from edgecompile.benchmarking.timing import EngineTiming, check_counts
 from edgecompile.benchmarking.workers import PinnedWorker, measure_in_subprocess
 from edgecompile.errors import EdgecompileError
+from edgecompile.quantization.images import DEFAULT_SOURCE
 from edgecompile.runner import check_library
 
 
@@ -177,16 +178,19 @@ def existing_build(
     input_size: str | None = None,
     seed: int = 0,
     build_dir: Path = BUILD_DIR,
+    int8: bool = False,
 ) -> Artifact | None:
     """``build_dir/<model>-<preset>``, when it is what :func:`resolve_host_artifact` would
     build for a zoo name: the same preset target, input size, batch 1 and seeded weights,
     untuned (no records, no user schedules, our schedules in place), by this edgecompile and
     TVM, its library intact (sha256). Anything else (an ONNX file, a factory) is None: its
-    source may have changed since, which a manifest cannot tell."""
+    source may have changed since, which a manifest cannot tell. ``int8``: the
+    ``<model>-int8-<preset>`` that ``build --int8`` makes without ``--calibration`` instead
+    (the ``tvm-int8`` engine's build)."""
     import tvm
 
     from edgecompile import __version__
-    from edgecompile.builder import artifact_name
+    from edgecompile.builder import artifact_folder_name, artifact_name
     from edgecompile.export import is_module_reference, parse_input_size
     from edgecompile.targets import resolve_target
     from edgecompile.zoo import model_info
@@ -195,7 +199,7 @@ def existing_build(
         return None
     name = artifact_name(source)
     preset = resolve_target(target)
-    directory = build_dir / f"{name}-{preset.name}"
+    directory = build_dir / artifact_folder_name(name, preset.name, int8)
     if not (directory / "manifest.json").is_file():
         return None
     try:
@@ -207,9 +211,20 @@ def existing_build(
     height, width = parse_input_size(input_size) or model_info(source).input_size
     # A --no-custom-schedules build has none of ours: not what a bench measures.
     schedules = [entry.get("schedule") for entry in manifest.schedules if isinstance(entry, dict)]
-    ours = any(str(schedule).startswith("edgecompile.") for schedule in schedules)
+    # ("edgecompile-int8 ...": our integer convs)
+    ours = any(str(schedule).startswith("edgecompile") for schedule in schedules)
+    quantization = manifest.extra.get("int8") or {}
+    same_precision = (
+        is_quantized(artifact)
+        and artifact_int8_onnx(artifact) is not None
+        # calibrated on the default photographs, as the tvm-int8 engine's build is
+        and quantization.get("accuracy", {}).get("images_from") == DEFAULT_SOURCE
+        if int8
+        else not is_quantized(artifact)
+    )
     same = (
-        manifest.model == name
+        same_precision
+        and manifest.model == name
         and manifest.preset == preset.name
         and manifest.target == dict(preset.target)
         and manifest.weights == f"seeded random weights (seed {seed})"
@@ -371,6 +386,68 @@ def bench_local(
         )
 
 
+#: The bench engine that is our int8 build of the benched model (``build --int8``).
+INT8_ENGINE = "tvm-int8"
+
+
+def artifact_int8_onnx(artifact: Artifact) -> Path | None:
+    """The QDQ model an int8 build (``build --int8``) compiled, kept beside its library."""
+    name = (artifact.manifest.extra.get("int8") or {}).get("onnx")
+    path = artifact.directory / name if name else None
+    return path if path is not None and path.is_file() else None
+
+
+def _int8_build(
+    artifact: Artifact,
+    references: Mapping[str, Any],
+    scratch: Path,
+    notes: list[str],
+    build_dir: Path = BUILD_DIR,
+) -> Artifact:
+    """The ``tvm-int8`` engine: the model ``artifact`` was built from, quantized on the default
+    photographs and compiled as ``build --int8`` does, in ``scratch`` (host, untuned, verified
+    against ONNX Runtime on the same QDQ model within 2 output steps)."""
+    from edgecompile.builder import build
+
+    manifest = artifact.manifest
+    if is_quantized(artifact):
+        raise EdgecompileError(
+            f"{artifact.directory} is an int8 build already: its tvm row is the int8 one",
+            f"bench the fp32 build or the model's name with --compare {INT8_ENGINE}, "
+            f"or drop {INT8_ENGINE}",
+        )
+    shape = manifest.inputs[0]["shape"]
+    torch_spec = references["torch"]
+    if torch_spec is not None:  # a zoo model with seeded weights: made again exactly
+        source, seed = torch_spec["name"], torch_spec["seed"]
+        size = f"{shape[2]}x{shape[3]}"
+        existing = None
+        if shape[0] == 1:
+            existing = existing_build(
+                source, input_size=size, seed=seed, build_dir=build_dir, int8=True
+            )
+        if existing is not None:
+            notes.append(
+                f"{INT8_ENGINE}: used the existing build {existing.directory} (same model, "
+                "input size, seed, default calibration, untuned)"
+            )
+            return existing
+    else:  # an ONNX file: the one the build read, else the static copy it kept
+        original = manifest.weights.removeprefix("ONNX file ")
+        source = original if Path(original).is_file() else references["onnx"]
+        seed = manifest.seed or 0
+    return build(
+        source,
+        "host",
+        output_dir=scratch,
+        batch=shape[0],
+        input_size=(shape[2], shape[3]) if torch_spec is not None else None,
+        seed=seed,
+        records=False,
+        int8=True,
+    ).artifact
+
+
 def is_quantized(artifact: Artifact) -> bool:
     """Built from a QDQ (int8) model: its outputs agree with float engines only as far as the
     quantization allows, so the bench checks it as it checks ``ort-int8`` (by SQNR)."""
@@ -404,12 +481,20 @@ def _bench_artifact(
         quantized += [engine] if is_quantized(other) else []
     references, reference_notes = _reference_sources(artifact, compare)
     notes.extend(reference_notes)
-    engines = [*libraries, *[e for e in dict.fromkeys(compare) if e != "tvm"]]
-    if references["torch"] is None:
-        engines = [e for e in engines if e != "torch"]
     inputs = [(spec["shape"], spec["dtype"]) for spec in artifact.manifest.inputs]
     results: dict[int, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory(prefix="edgecompile-bench-") as scratch:
+        # ort-int8 runs the QDQ model our int8 build compiled, when there is one: the same model.
+        int8_onnx = artifact_int8_onnx(artifact)
+        if INT8_ENGINE in compare:
+            int8_artifact = _int8_build(artifact, references, Path(scratch), notes)
+            libraries[INT8_ENGINE] = str(int8_artifact.library)
+            digests[INT8_ENGINE] = int8_artifact.manifest.library_sha256
+            quantized.append(INT8_ENGINE)
+            int8_onnx = artifact_int8_onnx(int8_artifact)
+        engines = [*libraries, *[e for e in dict.fromkeys(compare) if e not in libraries]]
+        if references["torch"] is None:
+            engines = [e for e in engines if e != "torch"]
         for count in threads:
             spec = {
                 **references,
@@ -423,6 +508,7 @@ def _bench_artifact(
                 "tolerance": tolerance,
                 "scratch": scratch,
                 "quantized": quantized,
+                "int8_onnx": None if int8_onnx is None else str(int8_onnx),
             }
             if workers is not None and count in workers:
                 results[count] = workers[count].measure(spec)

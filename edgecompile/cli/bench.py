@@ -39,13 +39,20 @@ from edgecompile.errors import EdgecompileError
 )  # fmt: skip
 @click.option(
     "--compare",
-    help="Here only: engines to time next to TVM, comma-separated: ort, ort-int8 (ORT running "
-    "the model quantized by `edgecompile quantize`), torch [ort,torch].",
+    help="Here only: engines to time next to TVM, comma-separated: ort, tvm-int8 (our int8 "
+    "build of the model, as `build --int8` makes it), ort-int8 (ORT running the same int8 "
+    "model), torch [ort,torch].",
 )
 @input_size_option
 @click.option(
     "-o", "--output-dir", type=click.Path(file_okay=False),
     help="Here only: keep the build of MODEL in this folder [a temporary one].",
+)  # fmt: skip
+@click.option(
+    "--native", is_flag=True,
+    help="On a board over SSH: run through the bundle's native runner (no Python needed there; "
+    "ARTIFACT's bundle is written first if it is not one). The default when the board has no "
+    "TVM Python or ARTIFACT is a bundle.",
 )  # fmt: skip
 @json_option
 def bench_command(
@@ -59,6 +66,7 @@ def bench_command(
     compare: str | None,
     input_size: str | None,
     output_dir: str | None,
+    native: bool,
     as_json: bool,
 ) -> None:
     """Measure one inference's latency: here against ONNX Runtime and torch, or on a board.
@@ -78,7 +86,9 @@ def bench_command(
     for it. Timing runs on the board (TVM's time_evaluator on the Relax VM), so network time
     is not counted: median, p90, mean, std, min. Under them: this machine's latest numbers
     for the same model and input size, and board/host. An RPC server or tracker that does not
-    answer in 60 s ($EDGECOMPILE_RPC_TIMEOUT) is an error.
+    answer in 60 s ($EDGECOMPILE_RPC_TIMEOUT) is an error. Over SSH, a board without TVM
+    Python (or a bundle, or --native) is timed by the bundle's edgecompile-runner; the first
+    line says which ran.
 
     \b
     Every bench appends its numbers to a history, $EDGECOMPILE_BENCH_HISTORY or
@@ -87,11 +97,14 @@ def bench_command(
     \b
     Examples:
       edgecompile bench squeezenet1_1 --threads 1,2
+      edgecompile bench mobilenet_v2 --compare tvm-int8,ort,ort-int8
       edgecompile bench build/mobilenet_v2-host --compare ort --json
       edgecompile bench build/shufflenet_v1-rpi4 --device pi@raspberrypi.local --threads 4
       edgecompile bench build/mobilenet_v2-rpi4 --tracker 10.0.0.5:9190 --rpc-key rpi4 --json
     """
     if not access.given:
+        if native:
+            raise EdgecompileError("--native: an option for a board", "add --device user@host")
         _bench_here(
             source,
             access=access,
@@ -137,6 +150,7 @@ def bench_command(
         repeat=repeat,
         warmup=warmup,
         seed=seed,
+        native=native or None,
     )
     if as_json:
         print_json(result.to_dict())
@@ -146,7 +160,8 @@ def bench_command(
     cores = f", {board['cores']} cores" if board.get("cores") else ""
     governor = f", governor {board['governor']}" if board.get("governor") else ""
     click.echo(
-        f"{result.model} ({result.preset}) on {result.target} via {result.transport}: "
+        f"{result.model} ({result.preset}) on {result.target} via {result.transport}, "
+        f"{_RUNNERS.get(result.runner, result.runner)}: "
         f"{cpu}{cores}{governor}, {result.threads or '?'} TVM threads"
     )
     click.echo(
@@ -157,6 +172,14 @@ def bench_command(
     click.echo(format_host_comparison(result))
     for note in result.notes:
         click.echo(f"note: {note}", err=True)
+
+
+#: How a board bench's first line names what ran the library.
+_RUNNERS = {
+    "native": "native runner (no Python)",
+    "python-tvm": "TVM Python",
+    "tvm-rpc": "TVM RPC server",
+}
 
 
 def _bench_here(

@@ -31,7 +31,8 @@ from edgecompile.cli.options import (
 @click.option(
     "--engines", default="tvm,tvm-tuned,ort,torch", show_default=True,
     help="Engines to time; tvm-tuned is skipped (with a note) when there are no tuning records "
-    "for this machine.",
+    "for this machine; tvm-int8 (our int8 build, `build --int8`) and ort-int8 (ONNX Runtime "
+    "on the same int8 model) when added.",
 )  # fmt: skip
 @records_option
 @input_size_option
@@ -93,6 +94,7 @@ def report_command(
       edgecompile report --models 'mobilenet_v2*' -o report
       edgecompile report --models squeezenet1_1,shufflenet_v2 --threads 1 --repeat 20
       edgecompile report --models shufflenet --input-size 128 --json
+      edgecompile report --models mobilenet_v2 --threads 1 --engines tvm,tvm-int8,ort,ort-int8
       edgecompile report --models squeezenet1_1 --records tuned/  # after tune --records tuned/
     """
     from edgecompile.benchmarking import parse_list

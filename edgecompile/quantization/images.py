@@ -48,6 +48,9 @@ DEFAULT_HELD_OUT = (
     "clock_motion.png",
 )
 
+#: Where the default images come from, as an accuracy report says (``images_from``).
+DEFAULT_SOURCE = "scikit-image's sample photographs"
+
 #: A user's folder holds out every HELD_OUT_EVERY-th image (by sorted name).
 HELD_OUT_EVERY = 5
 
@@ -104,7 +107,7 @@ def default_image_sets() -> ImageSets:
             f"scikit-image in {folder.parent} lacks its sample photographs ({', '.join(missing)})",
             "reinstall it (pip install --force-reinstall scikit-image), or pass --calibration DIR",
         )
-    return ImageSets(calibration, held_out, "scikit-image's sample photographs")
+    return ImageSets(calibration, held_out, DEFAULT_SOURCE)
 
 
 def folder_image_sets(folder: str | Path) -> ImageSets:

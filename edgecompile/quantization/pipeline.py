@@ -41,6 +41,7 @@ from edgecompile.export import (
 from edgecompile.input_size import parse_input_size
 from edgecompile.progress import SILENT, Progress
 from edgecompile.quantization.accuracy import AccuracyReport, Agreement, compare_outputs
+from edgecompile.quantization.checks import refuse_quantized_model
 from edgecompile.quantization.images import (
     Preprocessing,
     check_images,
@@ -110,6 +111,7 @@ def quantize(
     start = time.perf_counter()
     output = Path(output) if output is not None else default_output(model)
     size = parse_input_size(input_size)
+    refuse_quantized_model(model, "quantize")
     with progress.stage("read calibration images"):
         images = folder_image_sets(calibration) if calibration else default_image_sets()
         check_images((*images.calibration, *images.held_out))

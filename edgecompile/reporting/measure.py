@@ -17,7 +17,13 @@ from edgecompile.benchmarking.timing import EngineTiming
 from edgecompile.benchmarking.workers import PinnedWorker
 from edgecompile.errors import EdgecompileError
 from edgecompile.reporting.builds import PreparedModel
-from edgecompile.reporting.results import TUNED, ModelResult, StageFailure, Stages
+from edgecompile.reporting.results import (
+    INT8_ENGINES,
+    TUNED,
+    ModelResult,
+    StageFailure,
+    Stages,
+)
 
 # Op classes of the time-by-class table and bars, in stacking order.
 POINTWISE = "pointwise"
@@ -44,7 +50,8 @@ def _bench_model(
     """Every engine at every thread count, the tuned library (if any) in the same runs."""
     from edgecompile.benchmarking.local import bench_local
 
-    compare = [engine for engine in engines if engine in ("ort", "torch")]
+    # tvm-int8 too: bench_local quantizes and builds it beside the untuned library.
+    compare = [engine for engine in engines if engine in ("ort", "torch", *INT8_ENGINES)]
     bench = bench_local(
         artifact_dir,
         compare=compare,

@@ -67,7 +67,7 @@ def latency_figure(
     label = "multiply-adds" if cost == "multiply_adds" else "MAC (elements)"
     figure = Figure(figsize=(6.5 * len(threads), 5.5))
     axes_list = figure.subplots(1, len(threads), squeeze=False)[0]
-    markers = dict(zip(ENGINES, ("o", "D", "s", "^"), strict=True))
+    markers = dict(zip(ENGINES, ("o", "D", "P", "s", "X", "^"), strict=True))
     families = sorted({result.family for result in results})
     colours = {family: f"C{index % 10}" for index, family in enumerate(families)}
     for axes, count in zip(axes_list, threads, strict=True):

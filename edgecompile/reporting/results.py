@@ -16,10 +16,13 @@ from edgecompile.errors import EdgecompileError, last_line
 
 TARGET = "host"
 # "tvm" is TVM untuned with edgecompile's schedules; "tvm-tuned" the same model built with the
-# target's MetaSchedule tuning records applied (measured only when there are records).
-ENGINES = ("tvm", "tvm-tuned", "ort", "torch")
-DEFAULT_ENGINES = ENGINES
+# target's MetaSchedule tuning records applied (measured only when there are records);
+# "tvm-int8" the model quantized and built as `build --int8` does, "ort-int8" ONNX Runtime on
+# the same int8 model (only when asked: each model is quantized and built once more).
+ENGINES = ("tvm", "tvm-tuned", "tvm-int8", "ort", "ort-int8", "torch")
+DEFAULT_ENGINES = ("tvm", "tvm-tuned", "ort", "torch")
 TUNED = "tvm-tuned"
+INT8_ENGINES = ("tvm-int8", "ort-int8")
 BUILDS_DIR = "builds"
 
 

@@ -127,6 +127,17 @@ def write_index(path: Path, report: ZooReport) -> None:
             if TUNED in report.engines
             else ""
         )
+        + (
+            "`tvm-int8` = the model quantized to int8 on scikit-image's photographs and built "
+            "as `build --int8` does (outputs checked by SQNR against fp32); "
+            if "tvm-int8" in report.engines
+            else ""
+        )
+        + (
+            "`ort-int8` = ONNX Runtime on the same int8 (QDQ) model; "
+            if "ort-int8" in report.engines
+            else ""
+        )
         + "`ort` = ONNX Runtime (CPU provider) on the static ONNX model TVM compiled; `torch` = "
         "torch eager. vs ORT = engine median / ORT median at the same thread count.",
         *[f"Note: {note}" for note in report.notes],
