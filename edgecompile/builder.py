@@ -7,15 +7,18 @@ links with the board's toolchain, verifies host libraries against ONNX Runtime, 
 
 from __future__ import annotations
 
+import contextlib
+import json
+import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from edgecompile import __version__
-from edgecompile._atomic import atomic_directory, scratch_directory
+from edgecompile._atomic import atomic_directory, atomic_file, scratch_directory
 from edgecompile._interrupts import raise_if_interrupt
 from edgecompile._names import safe_name
 from edgecompile.artifact import Artifact, Manifest, elf_info, sha256_file, write_manifest
@@ -205,100 +208,134 @@ def build(
                 seed=seed,
                 progress=progress,
             )
-        relax_model, static_onnx, origin = prepare_model(
-            model if quantization is None else str(quantization.path),
-            scratch_dir,
-            batch=batch,
-            input_size=size if quantization is None else None,  # the QDQ model has its size
-            weights=weights if quantization is None else None,
-            seed=seed,
-            tolerance=tolerance,
-            progress=progress,
-        )
-        if quantization is not None:  # where the float model came from, not the scratch file
-            origin = quantization.origin
-        with progress.stage(f"compile for {preset.name} ({preset.target.get('mcpu', 'generic')})"):
-            executable, schedules, records_used, user_kernels = _compile(
-                relax_model, preset, custom_schedules, store, user
+        with _keeping_quantized(quantization, Path(output_dir)):
+            relax_model, static_onnx, origin = prepare_model(
+                model if quantization is None else str(quantization.path),
+                scratch_dir,
+                batch=batch,
+                input_size=size if quantization is None else None,  # the QDQ model has its size
+                weights=weights if quantization is None else None,
+                seed=seed,
+                tolerance=tolerance,
+                progress=progress,
             )
-        with atomic_directory(final_dir) as staging:
-            library = staging / f"{name}.so"
-            with progress.stage(f"link with {toolchain.description}"):
-                # TVM's own workspace would be a folder of its own in $TMPDIR: keep it in ours.
-                executable.export_library(
-                    str(library),
-                    fcompile=toolchain.fcompile(),
-                    workspace_dir=str(scratch_dir),
+            if quantization is not None:  # where the float model came from, not the scratch file
+                origin = quantization.origin
+            mcpu = preset.target.get("mcpu", "generic")
+            with progress.stage(f"compile for {preset.name} ({mcpu})"):
+                executable, schedules, records_used, user_kernels = _compile(
+                    relax_model, preset, custom_schedules, store, user
                 )
-            elf = elf_info(library)
-            extra: dict[str, Any] = {}
-            if quantization is not None:
-                extra["int8"] = _int8_manifest(quantization, staging, name, static_onnx)
-            elif keep_onnx:
-                # Exactly what TVM compiled (pinned shapes, folded Shape chains): ``bench`` runs
-                # ONNX Runtime on it instead of exporting the model a second time.
-                import onnx
-
-                onnx.save(static_onnx, str(staging / f"{name}.onnx"))
-                extra["onnx"] = f"{name}.onnx"
-            error = None
-            verification: dict[str, Any] = {"status": "skipped", "reason": "--no-verify"}
-            label = "verify against ONNX Runtime" if verify and preset.is_host else "verify: skip"
-            with progress.stage(label):
-                if verify and preset.is_host:
-                    static_path = scratch_dir / "static.onnx"
+            with atomic_directory(final_dir) as staging:
+                library = staging / f"{name}.so"
+                with progress.stage(f"link with {toolchain.description}"):
+                    # TVM's own workspace would be a folder of its own in $TMPDIR: keep it in ours.
+                    executable.export_library(
+                        str(library),
+                        fcompile=toolchain.fcompile(),
+                        workspace_dir=str(scratch_dir),
+                    )
+                elf = elf_info(library)
+                extra: dict[str, Any] = {}
+                if quantization is not None:
+                    extra["int8"] = _int8_manifest(quantization, staging, name, static_onnx)
+                elif keep_onnx:
+                    # Exactly what TVM compiled (pinned shapes, folded Shape chains): ``bench`` runs
+                    # ONNX Runtime on it instead of exporting the model a second time.
                     import onnx
 
-                    onnx.save(static_onnx, str(static_path))
-                    steps = output_steps(relax_model.module)
-                    verification = {}
-                    if steps is not None:  # a QDQ model: compared in its output's steps
-                        verification = _verify_int8(library, static_path, relax_model, steps, seed)
-                    error = verify_library(library, static_path, relax_model, seed=seed)
-                    if steps is None and not error <= tolerance:
-                        raise EdgecompileError(
-                            f"the compiled {name} differs from ONNX Runtime by {error:.2e} "
-                            f"(relative), above {tolerance:.0e}",
-                            _mismatch_fix(user_kernels),
-                        )
-                    # An int8 build's relative error is kept for the record: bench and report
-                    # read it, but only the steps decide.
-                    verification = {
-                        "status": "passed",
-                        "max_relative_error": error,
-                        **verification,
-                        "seed": seed,
-                    }
-                elif verify:
-                    verification = {
-                        "status": "skipped",
-                        "reason": f"{preset.arch} library: run it on the board or the emulator",
-                    }
-            manifest = Manifest(
-                model=name,
-                preset=preset.name,
-                target=dict(preset.target),
-                library=library.name,
-                library_sha256=sha256_file(library),
-                arch=elf.arch,
-                tvm_version=_tvm_version(),
-                edgecompile_version=__version__,
-                inputs=[_spec_dict(spec) for spec in relax_model.inputs],
-                outputs=[_spec_dict(spec) for spec in relax_model.outputs],
-                weights=origin,
-                records_digest=None if records_used is None else records_used["digest"],
-                records=records_used,
-                user_schedules=None if user is None else _user_manifest(user, user_kernels),
-                schedules=schedules,
-                build_seconds=round(time.perf_counter() - started, 2),
-                verification=verification,
-                built_at=datetime.now(UTC).isoformat(timespec="seconds"),
-                toolchain={"linker": toolchain.description, "version": toolchain.version()},
-                seed=seed,
-                extra=extra,
-            )
-            write_manifest(staging, manifest)
+                    onnx.save(static_onnx, str(staging / f"{name}.onnx"))
+                    extra["onnx"] = f"{name}.onnx"
+                error = None
+                verification: dict[str, Any] = {"status": "skipped", "reason": "--no-verify"}
+                verifying = verify and preset.is_host
+                label = "verify against ONNX Runtime" if verifying else "verify: skip"
+                with progress.stage(label):
+                    if verifying:
+                        static_path = scratch_dir / "static.onnx"
+                        import onnx
+
+                        onnx.save(static_onnx, str(static_path))
+                        steps = output_steps(relax_model.module)
+                        verification = {}
+                        if steps is not None:  # a QDQ model: compared in its output's steps
+                            verification = _verify_int8(
+                                library, static_path, relax_model, steps, seed
+                            )
+                        error = verify_library(library, static_path, relax_model, seed=seed)
+                        if steps is None and not error <= tolerance:
+                            raise EdgecompileError(
+                                f"the compiled {name} differs from ONNX Runtime by {error:.2e} "
+                                f"(relative), above {tolerance:.0e}",
+                                _mismatch_fix(user_kernels),
+                            )
+                        # An int8 build's relative error is kept for the record: bench and report
+                        # read it, but only the steps decide.
+                        verification = {
+                            "status": "passed",
+                            "max_relative_error": error,
+                            **verification,
+                            "seed": seed,
+                        }
+                    elif verify:
+                        verification = {
+                            "status": "skipped",
+                            "reason": f"{preset.arch} library: run it on the board or the emulator",
+                        }
+                manifest = Manifest(
+                    model=name,
+                    preset=preset.name,
+                    target=dict(preset.target),
+                    library=library.name,
+                    library_sha256=sha256_file(library),
+                    arch=elf.arch,
+                    tvm_version=_tvm_version(),
+                    edgecompile_version=__version__,
+                    inputs=[_spec_dict(spec) for spec in relax_model.inputs],
+                    outputs=[_spec_dict(spec) for spec in relax_model.outputs],
+                    weights=origin,
+                    records_digest=None if records_used is None else records_used["digest"],
+                    records=records_used,
+                    user_schedules=None if user is None else _user_manifest(user, user_kernels),
+                    schedules=schedules,
+                    build_seconds=round(time.perf_counter() - started, 2),
+                    verification=verification,
+                    built_at=datetime.now(UTC).isoformat(timespec="seconds"),
+                    toolchain={"linker": toolchain.description, "version": toolchain.version()},
+                    seed=seed,
+                    extra=extra,
+                )
+                write_manifest(staging, manifest)
     return BuildResult(Artifact(final_dir, manifest), error, quantization)
+
+
+@contextlib.contextmanager
+def _keeping_quantized(quantization: Any, output_dir: Path) -> Iterator[None]:
+    """On a failed int8 build, keep its QDQ model and accuracy report in ``output_dir``: the
+    calibration behind them took minutes, and ``edgecompile build`` of the kept file rebuilds
+    without calibrating again (the scratch folder that held them is removed on the way out)."""
+    if quantization is None:
+        yield
+        return
+    try:
+        yield
+    except BaseException as failure:  # Ctrl-C too: the calibration is not lost
+        kept = output_dir / quantization.path.name
+        with atomic_file(kept) as staged:
+            shutil.copyfile(quantization.path, staged)
+        report = {
+            **quantization.to_dict(),
+            "path": str(kept),
+            "report": str(output_dir / quantization.report_path.name),
+        }
+        with atomic_file(output_dir / quantization.report_path.name) as staged:
+            staged.write_text(json.dumps(report, indent=2) + "\n")
+        if not isinstance(failure, EdgecompileError):
+            raise
+        fix = f"{failure.fix}; " if failure.fix else ""
+        raise EdgecompileError(
+            failure.problem, f"{fix}the quantized model is kept: edgecompile build {kept}"
+        ) from failure
 
 
 def _int8_manifest(quantization: Any, staging: Path, name: str, static_onnx: Any) -> dict[str, Any]:

@@ -228,6 +228,28 @@ def test_int8_libraries_compile_for_the_boards(
     assert any(record.get("int8") for record in artifact.manifest.schedules)
 
 
+def test_a_failed_int8_build_keeps_the_quantized_model(
+    classifier: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Calibration is the slow part: a build that fails after it leaves the QDQ model and its
+    accuracy report in the output folder and says how to rebuild from them."""
+    import edgecompile.builder as builder
+    from edgecompile.errors import EdgecompileError
+
+    def failing_compile(*args: object, **kwargs: object) -> None:
+        raise EdgecompileError("the compile failed", "report it")
+
+    monkeypatch.setattr(builder, "_compile", failing_compile)
+    with pytest.raises(EdgecompileError) as failure:
+        builder.build(str(classifier), "host", output_dir=tmp_path, int8=True)
+    kept = tmp_path / "classifier.int8.onnx"
+    assert failure.value.fix == f"report it; the quantized model is kept: edgecompile build {kept}"
+    assert any(node.op_type == "QuantizeLinear" for node in onnx.load(str(kept)).graph.node)
+    report = json.loads((tmp_path / "classifier.int8.accuracy.json").read_text())
+    assert report["path"] == str(kept) and "held_out" in report["accuracy"]
+    assert not (tmp_path / "classifier-int8-host").exists()
+
+
 # --------------------------------------------------------------------------------------------
 # Mistakes: one line, exit 2, before torch or TVM load.
 
