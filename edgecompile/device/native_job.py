@@ -7,7 +7,6 @@ script; both share the deployment (:func:`edgecompile.device.deploy.deploy_on`).
 
 from __future__ import annotations
 
-import io
 import json
 import posixpath
 import shlex
@@ -38,21 +37,11 @@ def run_bundle_on(
     """Run the runner of ``deployment`` (a bundle) on ``data`` in a fresh temporary folder on
     the board; return its JSON report and the outputs. The folder is removed afterwards."""
     assert deployment.runner is not None, "deploy a bundle first"
-    work = board.check(
-        "mktemp -d /tmp/edgecompile-run.XXXXXX",
-        "creating a temporary folder",
-        "check /tmp on the board is writable and not full",
-    ).strip()
-    try:
-        with board.translate_errors("uploading the inputs"):
-            for index, array in enumerate(data):
-                buffer = io.BytesIO()
-                np.save(buffer, array, allow_pickle=False)
-                buffer.seek(0)
-                board.sftp.putfo(buffer, f"{work}/input{index}.npy")
+    with board.temporary_folder() as work:
+        inputs = board.put_arrays(work, data)
         argv = [deployment.runner, deployment.directory, "--output-dir", work]
-        for index in range(len(data)):
-            argv += ["--input", f"{work}/input{index}.npy"]
+        for path in inputs:
+            argv += ["--input", path]
         argv += ["--warmup", str(warmup), "--repeat", str(repeat)]
         if threads is not None:
             argv += ["--threads", str(int(threads))]
@@ -74,20 +63,13 @@ def run_bundle_on(
                 "run again; report it if it repeats",
             ) from None
         outputs: list[np.ndarray] = []
-        with board.translate_errors("downloading the outputs"):
-            for path in report.get("outputs", []):
-                if posixpath.dirname(path) != work:  # only what the runner wrote where we said
-                    raise EdgecompileError(
-                        f"the board's runner reported an output outside {work}: {path!r}",
-                        "redeploy the bundle; report it if it repeats",
-                    )
-                buffer = io.BytesIO()
-                board.sftp.getfo(path, buffer)
-                buffer.seek(0)
-                outputs.append(np.load(buffer, allow_pickle=False))
-    finally:
-        if board.alive:
-            board.run(f"rm -rf -- {shlex.quote(work)}")
+        for path in report.get("outputs", []):
+            if posixpath.dirname(path) != work:  # only what the runner wrote where we said
+                raise EdgecompileError(
+                    f"the board's runner reported an output outside {work}: {path!r}",
+                    "redeploy the bundle; report it if it repeats",
+                )
+            outputs.append(board.get_array(path))
     return report, outputs
 
 

@@ -19,6 +19,7 @@ import gc
 import io
 import json
 import os
+import posixpath
 import shlex
 import socket
 import threading
@@ -439,24 +440,15 @@ def _python_job(
     """The job script run by the board's TVM Python in a fresh temp dir, removed after."""
     info = deployment.board
     assert info.python is not None  # check_compatible refused boards without one
-    work = board.check(
-        "mktemp -d /tmp/edgecompile-run.XXXXXX",
-        "creating a temporary folder",
-        "check /tmp on the board is writable and not full",
-    ).strip()
-    try:
-        with board.translate_errors("uploading the inputs"):
-            for index, array in enumerate(data):
-                buffer = io.BytesIO()
-                np.save(buffer, array, allow_pickle=False)
-                buffer.seek(0)
-                board.sftp.putfo(buffer, f"{work}/input{index}.npy")
+    with board.temporary_folder() as work:
+        inputs = board.put_arrays(work, data)
+        with board.translate_errors("uploading the job"):
             board.sftp.putfo(io.BytesIO(_BOARD_SCRIPT.encode()), f"{work}/job.py")
         job = {
             "mode": mode,
             "library": deployment.library,
             "work": work,
-            "inputs": [f"input{i}.npy" for i in range(len(data))],
+            "inputs": [posixpath.basename(path) for path in inputs],
             "repeat": repeat,
             "warmup": warmup,
         }
@@ -479,16 +471,10 @@ def _python_job(
                 f"the board's runner printed no report: {result.last_error_line()}",
                 "run again; report it if it repeats",
             ) from None
-        outputs: list[np.ndarray] = []
-        with board.translate_errors("downloading the outputs"):
-            for index in range(int(report.get("outputs", 0))):
-                buffer = io.BytesIO()
-                board.sftp.getfo(f"{work}/output{index}.npy", buffer)
-                buffer.seek(0)
-                outputs.append(np.load(buffer, allow_pickle=False))
-    finally:
-        if board.alive:
-            board.run(f"rm -rf -- {shlex.quote(work)}")
+        outputs = [
+            board.get_array(f"{work}/output{index}.npy")
+            for index in range(int(report.get("outputs", 0)))
+        ]
     return report, outputs
 
 

@@ -21,10 +21,11 @@ from __future__ import annotations
 import contextlib
 import errno
 import getpass
+import io
 import shlex
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -350,6 +351,45 @@ class BoardConnection:
             status = channel.recv_exit_status()
             channel.close()
         return CommandResult(status, out.decode(errors="replace"), err.decode(errors="replace"))
+
+    @contextlib.contextmanager
+    def temporary_folder(self) -> Iterator[str]:
+        """A fresh folder under the board's /tmp for one job, removed afterwards (when the
+        connection still lives: a dropped one leaves it to the board's /tmp cleaning)."""
+        work = self.check(
+            "mktemp -d /tmp/edgecompile-run.XXXXXX",
+            "creating a temporary folder",
+            "check /tmp on the board is writable and not full",
+        ).strip()
+        try:
+            yield work
+        finally:
+            if self.alive:
+                self.run(f"rm -rf -- {shlex.quote(work)}")
+
+    def put_arrays(self, folder: str, arrays: Iterable[Any]) -> list[str]:
+        """Upload ``arrays`` as ``folder/input<i>.npy``; their board paths, in order."""
+        import numpy as np
+
+        paths = []
+        with self.translate_errors("uploading the inputs"):
+            for index, array in enumerate(arrays):
+                buffer = io.BytesIO()
+                np.save(buffer, array, allow_pickle=False)
+                buffer.seek(0)
+                paths.append(f"{folder}/input{index}.npy")
+                self.sftp.putfo(buffer, paths[-1])
+        return paths
+
+    def get_array(self, path: str) -> Any:
+        """The ``.npy`` file at ``path`` on the board, as a numpy array (no pickles)."""
+        import numpy as np
+
+        buffer = io.BytesIO()
+        with self.translate_errors("downloading the outputs"):
+            self.sftp.getfo(path, buffer)
+        buffer.seek(0)
+        return np.load(buffer, allow_pickle=False)
 
     def check(self, command: str, what: str, fix: str, *, timeout: float = 120.0) -> str:
         """Run and return stdout; a nonzero exit becomes an EdgecompileError naming ``what``."""
