@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -122,6 +123,72 @@ def emulated_board(
     board.stop(state_dir)
     # what the tests deployed into the (shared, cached) rootfs's home
     shutil.rmtree(state.host_path(state.home) / "edgecompile-tests", ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def python_less_board(
+    as_root: None,
+    client_key: Path,
+    free_ports: Callable[[], int],
+    tmp_path_factory: pytest.TempPathFactory,
+    no_emulator: Callable[[str], None],
+) -> Callable[..., contextlib.AbstractContextManager[tuple[Any, Any]]]:
+    """``with python_less_board(name, arch, remote_dir=None) as (state, access)``: an emulated
+    board with sshd only (its rootfs has no Python; ``arch`` "arm" or "aarch64") and a
+    ``BoardAccess`` to it with a fresh known_hosts that accepts its key."""
+    return functools.partial(
+        _python_less_board,
+        client_key=client_key,
+        ssh_port=free_ports,
+        tmp_path_factory=tmp_path_factory,
+        no_emulator=no_emulator,
+    )
+
+
+@contextlib.contextmanager
+def _python_less_board(
+    name: str,
+    arch: str,
+    *,
+    client_key: Path,
+    ssh_port: Callable[[], int],
+    tmp_path_factory: pytest.TempPathFactory,
+    no_emulator: Callable[[str], None],
+    remote_dir: str | None = None,
+) -> Iterator[tuple[Any, Any]]:
+    from edgecompile.device import board
+    from edgecompile.device.access import BoardAccess
+    from edgecompile.device.native_rootfs import ensure_native_rootfs
+    from edgecompile.errors import EdgecompileError
+
+    try:
+        rootfs = ensure_native_rootfs(arch, progress=lambda line: print(f"[rootfs] {line}"))
+    except EdgecompileError as error:
+        no_emulator(f"cannot build the Python-less {name} rootfs: {error}")
+    state_dir = tmp_path_factory.mktemp(f"{name}-native")
+    state = board.start_emulated_board(
+        name,
+        native=True,
+        ssh_port=ssh_port(),
+        state_dir=state_dir,
+        authorized_key=client_key.with_name(client_key.name + ".pub"),
+        rootfs=rootfs,
+    )
+    extra = {} if remote_dir is None else {"remote_dir": remote_dir}
+    access = BoardAccess(
+        device=state.device,
+        identity=client_key,
+        known_hosts=tmp_path_factory.mktemp("known") / "known_hosts",
+        accept_new_host_key=True,
+        **extra,
+    )
+    try:
+        yield state, access
+    finally:
+        board.stop(state_dir)
+        if remote_dir is not None:  # what the tests deployed into the cached rootfs's home
+            deployed = state.host_path(state.home) / remote_dir.removeprefix("~/")
+            shutil.rmtree(deployed, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -17,7 +17,6 @@ from typing import Any
 import pytest
 
 from edgecompile.device.access import BoardAccess
-from edgecompile.errors import EdgecompileError
 
 pytestmark = [pytest.mark.emulator, pytest.mark.slow]
 
@@ -28,43 +27,15 @@ MODELS = ("shufflenet_v1", "mobilenet_v2", "squeezenet1_1")
 
 @pytest.fixture(scope="module", params=list(BOARDS))
 def native_board(
-    request: pytest.FixtureRequest,
-    as_root: None,
-    client_key: Path,
-    free_ports: Callable[[], int],
-    tmp_path_factory: pytest.TempPathFactory,
-    no_emulator: Callable[[str], None],
+    request: pytest.FixtureRequest, python_less_board: Callable[..., Any]
 ) -> Iterator[tuple[Any, BoardAccess]]:
     """A running Python-less board, and how to reach it (a fresh known_hosts, key accepted)."""
-    from edgecompile.device import board
-    from edgecompile.device.native_rootfs import ensure_native_rootfs
-
-    name = request.param
-    try:
-        rootfs = ensure_native_rootfs(BOARDS[name], progress=lambda line: print(f"[rootfs] {line}"))
-    except EdgecompileError as error:
-        no_emulator(f"cannot build the Python-less {name} rootfs: {error}")
-    state_dir = tmp_path_factory.mktemp(f"{name}-native")
-    state = board.start_emulated_board(
-        name,
-        native=True,
-        ssh_port=free_ports(),
-        state_dir=state_dir,
-        authorized_key=client_key.with_name(client_key.name + ".pub"),
-        rootfs=rootfs,
-    )
-    access = BoardAccess(
-        device=state.device,
-        identity=client_key,
-        known_hosts=tmp_path_factory.mktemp("known") / "known_hosts",
-        accept_new_host_key=True,
+    with python_less_board(
+        request.param,
+        BOARDS[request.param],
         remote_dir="~/edgecompile-tests",
-    )
-    yield state, access
-    board.stop(state_dir)
-    import shutil
-
-    shutil.rmtree(state.host_path(state.home) / "edgecompile-tests", ignore_errors=True)
+    ) as running:
+        yield running
 
 
 @pytest.fixture(scope="module")

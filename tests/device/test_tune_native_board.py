@@ -18,44 +18,18 @@ import numpy as np
 import pytest
 
 from edgecompile.device.access import BoardAccess
-from edgecompile.errors import EdgecompileError
 
 pytestmark = [pytest.mark.emulator, pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")
-def armhf_board(
-    as_root: None,
-    client_key: Path,
-    free_ports: Callable[[], int],
-    tmp_path_factory: pytest.TempPathFactory,
-    no_emulator: Callable[[str], None],
-) -> Iterator[tuple[Any, BoardAccess]]:
+def armhf_board(python_less_board: Callable[..., Any]) -> Iterator[tuple[Any, BoardAccess]]:
     """The emulated rpi3-armv7 (sshd only, no Python) and how to reach it."""
-    from edgecompile.device import board
-    from edgecompile.device.native_rootfs import ensure_native_rootfs
-
-    try:
-        rootfs = ensure_native_rootfs("arm", progress=lambda line: print(f"[rootfs] {line}"))
-    except EdgecompileError as error:
-        no_emulator(f"cannot build the armhf rootfs: {error}")
-    state_dir = tmp_path_factory.mktemp("rpi3-armv7-native")
-    state = board.start_emulated_board(
+    with python_less_board(
         "rpi3-armv7",
-        native=True,
-        ssh_port=free_ports(),
-        state_dir=state_dir,
-        authorized_key=client_key.with_name(client_key.name + ".pub"),
-        rootfs=rootfs,
-    )
-    access = BoardAccess(
-        device=state.device,
-        identity=client_key,
-        known_hosts=tmp_path_factory.mktemp("known") / "known_hosts",
-        accept_new_host_key=True,
-    )
-    yield state, access
-    board.stop(state_dir)
+        "arm",
+    ) as running:
+        yield running
 
 
 def _pointwise_onnx(path: Path) -> Path:
