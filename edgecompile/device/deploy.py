@@ -104,7 +104,7 @@ def deploy(
         info = probe(board, remote_python=access.remote_python)
         return deploy_on(
             board,
-            artifact_for_board(artifact, info, native),
+            artifact_for_board(artifact, info, native, access.remote_python),
             remote_dir=access.remote_dir or DEFAULT_REMOTE_DIR,
             remote_python=access.remote_python,
             progress=progress,
@@ -112,10 +112,14 @@ def deploy(
         )
 
 
-def artifact_for_board(artifact: Artifact, info: BoardInfo, native: bool | None) -> Artifact:
+def artifact_for_board(
+    artifact: Artifact, info: BoardInfo, native: bool | None, remote_python: str | None = None
+) -> Artifact:
     """What to ship: the artifact itself, or its bundle when the native runner is to run it --
     asked for (``native``), or the board has no TVM Python (the bundle is then written beside
-    the artifact, ``<folder>-bundle/``, once). A bundle stays a bundle."""
+    the artifact, ``<folder>-bundle/``, once). A bundle stays a bundle. A ``remote_python`` the
+    user named is the one to use: without TVM in it the deploy is refused (as the tunnel does),
+    never silently switched to the native runner."""
     from edgecompile.native.bundle import bundle, is_bundle
 
     if is_bundle(artifact):
@@ -126,7 +130,7 @@ def artifact_for_board(artifact: Artifact, info: BoardInfo, native: bool | None)
             )
         return artifact
     if native is None:
-        native = info.kind == NATIVE
+        native = remote_python is None and info.kind == NATIVE
     if not native:
         return artifact
     return load_artifact(bundle(artifact))

@@ -217,7 +217,8 @@ def check_compatible(manifest: Any, info: BoardInfo, where: str) -> None:
             f"{where} has no Python with TVM ({searched})",
             f"run: edgecompile device setup {where} (or on the board: python3 -m venv "
             f"~/edgecompile-venv && ~/edgecompile-venv/bin/pip install "
-            f"apache-tvm=={manifest.tvm_version}; or pass --remote-python)",
+            f"apache-tvm=={manifest.tvm_version}; or pass --remote-python; or ship "
+            "`edgecompile build --bundle`'s folder, which needs no Python there)",
         )
     if info.tvm_version != manifest.tvm_version:
         raise EdgecompileError(

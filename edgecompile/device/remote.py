@@ -397,7 +397,7 @@ def _ssh_job(
 
     with ssh.connect(access.require_device(mode), **access.ssh_login()) as board:
         info = probe(board, remote_python=access.remote_python)
-        shipped = artifact_for_board(artifact, info, native)
+        shipped = artifact_for_board(artifact, info, native, access.remote_python)
         deployment = deploy_on(
             board,
             shipped,

@@ -19,6 +19,7 @@ from edgecompile.device.probe import (
     PYTHON_TVM,
     BoardInfo,
     board_kind,
+    check_compatible,
     check_native_compatible,
 )
 from edgecompile.errors import EdgecompileError
@@ -83,6 +84,19 @@ def test_a_board_without_tvm_python_gets_the_bundle_written_beside_the_artifact(
     assert shipped.directory == tmp_path / "tiny-rpi4-bundle"
     assert bundling.is_bundle(shipped)
     assert list(bundling.bundled_files(shipped)) == ["libtvm_runtime.so", "edgecompile-runner"]
+
+
+def test_a_named_python_without_tvm_is_refused_not_replaced_by_the_native_runner(
+    tmp_path: Path, cached_runtime: Path
+) -> None:
+    """--remote-python names the Python to use: without TVM the user hears so (as the tunnel
+    says), rather than getting another runner than the one asked for."""
+    artifact = load_artifact(_artifact(tmp_path / "tiny-rpi4"))
+    named = _board(python3="/usr/bin/python3", python="/usr/bin/python3", python_bits=64)
+    assert artifact_for_board(artifact, named, None, "/usr/bin/python3") is artifact
+    assert not (tmp_path / "tiny-rpi4-bundle").exists()
+    with pytest.raises(EdgecompileError, match=r"has no Python with TVM.*build --bundle"):
+        check_compatible(artifact.manifest, named, "pi@board")
 
 
 def test_a_tvm_board_keeps_the_python_path_unless_native_is_asked(
