@@ -14,6 +14,7 @@ from edgecompile.cli.options import (
     host_cores,
     input_size_option,
     json_option,
+    native_option,
     print_json,
     refuse_board_options,
     seed_option,
@@ -48,12 +49,7 @@ from edgecompile.errors import EdgecompileError
     "-o", "--output-dir", type=click.Path(file_okay=False),
     help="Here only: keep the build of MODEL in this folder [a temporary one].",
 )  # fmt: skip
-@click.option(
-    "--native", is_flag=True,
-    help="On a board over SSH: run through the bundle's native runner (no Python needed there; "
-    "ARTIFACT's bundle is written first if it is not one). The default when the board has no "
-    "TVM Python or ARTIFACT is a bundle.",
-)  # fmt: skip
+@native_option
 @json_option
 def bench_command(
     source: str,

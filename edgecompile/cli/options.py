@@ -38,6 +38,9 @@ HELP: dict[str, str] = {
     "schedules": "A folder of user schedules (.py files), tried before ours "
     "(docs/custom-schedules.md).",
     "cc": "Link with this system compiler (e.g. aarch64-linux-gnu-g++) instead of zig.",
+    "native": "On a board over SSH: run through the bundle's native runner (no Python needed "
+    "there; ARTIFACT's bundle is written first if it is not one). The default when the board has "
+    "no TVM Python or ARTIFACT is a bundle.",
     # how to reach a board: the fields of BoardAccess
     "device": "The board over SSH: user@host[:port] (honours ~/.ssh/config).",
     "rpc": "The board's TVM RPC server at host:port.",
@@ -84,6 +87,7 @@ class AliasedOption(click.Option):
 
 
 json_option = click.option("--json", "as_json", is_flag=True, help=HELP["json"])
+native_option = click.option("--native", is_flag=True, help=HELP["native"])
 
 
 def _checked_input_size(

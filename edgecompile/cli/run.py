@@ -14,6 +14,7 @@ from edgecompile.cli.options import (
     check_writable_file,
     host_cores,
     json_option,
+    native_option,
     print_json,
     refuse_board_options,
     seed_option,
@@ -37,12 +38,7 @@ from edgecompile.errors import EdgecompileError
 @click.option("--output", type=click.Path(dir_okay=False), help="Save the first output as .npy.")
 @threads_option
 @board_access()
-@click.option(
-    "--native", is_flag=True,
-    help="On a board over SSH: run through the bundle's native runner (no Python needed there; "
-    "ARTIFACT's bundle is written first if it is not one). The default when the board has no "
-    "TVM Python or ARTIFACT is a bundle.",
-)  # fmt: skip
+@native_option
 @json_option
 def run_command(
     artifact: str,
