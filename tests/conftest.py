@@ -6,6 +6,8 @@ built once per session through :func:`build_once` and shared by the modules that
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -193,3 +195,50 @@ def cli_error(capsys: pytest.CaptureFixture[str]) -> Callable[[list[str]], str]:
         return lines[0]
 
     return run
+
+
+@pytest.fixture()
+def stand_in_artifact() -> Callable[..., Path]:
+    """Writes an artifact folder whose library is a few stand-in bytes (for the checks a bundle
+    or a deploy makes before anything runs): ``stand_in_artifact(folder, arch="aarch64")``."""
+    from edgecompile.artifact import Manifest, write_manifest
+    from edgecompile.native import runtime
+
+    def write(folder: Path, arch: str = "aarch64") -> Path:
+        folder.mkdir(parents=True)
+        library = b"\x7fELF not really a model"
+        (folder / "tiny.so").write_bytes(library)
+        manifest = Manifest(
+            model="tiny", preset="rpi4", target={"kind": "llvm"}, library="tiny.so",
+            library_sha256=hashlib.sha256(library).hexdigest(), arch=arch,
+            tvm_version=runtime.installed_sources().tvm_version, edgecompile_version="0",
+            inputs=[{"name": "x", "shape": [1, 3, 8, 8], "dtype": "float32"}],
+            outputs=[{"name": "y", "shape": [1, 4], "dtype": "float32"}], weights="seeded",
+            records_digest=None, schedules=[], build_seconds=1.0,
+        )  # fmt: skip
+        write_manifest(folder, manifest)
+        return folder
+
+    return write
+
+
+@pytest.fixture()
+def cached_runtime(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A runtime folder as ``ensure_runtime`` leaves it (stand-in files with their real sha256,
+    the installed TVM's version, tvm-ffi version "f"), which ``bundle`` then uses."""
+    from edgecompile.native import bundle as bundling
+    from edgecompile.native import runtime
+
+    folder = tmp_path / "runtime"
+    files = {}
+    for name in (runtime.RUNTIME_LIBRARY, runtime.RUNNER):
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_bytes(name.encode())
+        files[name] = {"bytes": len(name), "sha256": hashlib.sha256(name.encode()).hexdigest()}
+    record = {
+        "arch": "aarch64", "tvm_version": runtime.installed_sources().tvm_version,
+        "tvm_ffi_version": "f", "source_hash": "h", "files": files,
+    }  # fmt: skip
+    (folder / runtime.RECORD).write_text(json.dumps(record))
+    monkeypatch.setattr(bundling, "ensure_runtime", lambda arch, progress=None: folder)
+    return folder

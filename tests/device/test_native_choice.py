@@ -3,15 +3,15 @@ bundle meets before it is shipped: no board needed."""
 
 from __future__ import annotations
 
-import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from edgecompile.artifact import Manifest, load_artifact, write_manifest
+from edgecompile.artifact import load_artifact
 from edgecompile.device import remote
 from edgecompile.device.deploy import artifact_for_board
 from edgecompile.device.probe import (
@@ -24,7 +24,6 @@ from edgecompile.device.probe import (
 )
 from edgecompile.errors import EdgecompileError
 from edgecompile.native import bundle as bundling
-from edgecompile.native import runtime
 
 
 def _board(**changes: Any) -> BoardInfo:
@@ -36,38 +35,6 @@ def _board(**changes: Any) -> BoardInfo:
     return replace(info, **changes)
 
 
-def _artifact(folder: Path, arch: str = "aarch64") -> Path:
-    folder.mkdir(parents=True)
-    library = b"\x7fELF not really a model"
-    (folder / "tiny.so").write_bytes(library)
-    manifest = Manifest(
-        model="tiny", preset="rpi4", target={"kind": "llvm"}, library="tiny.so",
-        library_sha256=hashlib.sha256(library).hexdigest(), arch=arch,
-        tvm_version=runtime.installed_sources().tvm_version, edgecompile_version="0",
-        inputs=[{"name": "x", "shape": [1, 3, 8, 8], "dtype": "float32"}],
-        outputs=[{"name": "y", "shape": [1, 4], "dtype": "float32"}], weights="seeded",
-        records_digest=None, schedules=[], build_seconds=1.0,
-    )  # fmt: skip
-    write_manifest(folder, manifest)
-    return folder
-
-
-@pytest.fixture()
-def cached_runtime(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A runtime folder as ensure_runtime leaves it (stand-in files, their real sha256)."""
-    folder = tmp_path / "runtime"
-    files = {}
-    for name in (runtime.RUNTIME_LIBRARY, runtime.RUNNER):
-        (folder / name).parent.mkdir(parents=True, exist_ok=True)
-        (folder / name).write_bytes(name.encode())
-        files[name] = {"bytes": len(name), "sha256": hashlib.sha256(name.encode()).hexdigest()}
-    version = runtime.installed_sources().tvm_version
-    record = {"arch": "aarch64", "tvm_version": version, "tvm_ffi_version": "f", "source_hash": "h"}
-    (folder / runtime.RECORD).write_text(json.dumps({**record, "files": files}))
-    monkeypatch.setattr(bundling, "ensure_runtime", lambda arch, progress=None: folder)
-    return folder
-
-
 def test_a_board_is_native_unless_its_python_has_tvm() -> None:
     assert board_kind(_board()) == NATIVE
     assert board_kind(_board(python3="/usr/bin/python3", python="/usr/bin/python3")) == NATIVE
@@ -77,9 +44,9 @@ def test_a_board_is_native_unless_its_python_has_tvm() -> None:
 
 
 def test_a_board_without_tvm_python_gets_the_bundle_written_beside_the_artifact(
-    tmp_path: Path, cached_runtime: Path
+    tmp_path: Path, cached_runtime: Path, stand_in_artifact: Callable[..., Path]
 ) -> None:
-    artifact = load_artifact(_artifact(tmp_path / "tiny-rpi4"))
+    artifact = load_artifact(stand_in_artifact(tmp_path / "tiny-rpi4"))
     shipped = artifact_for_board(artifact, _board(), native=None)
     assert shipped.directory == tmp_path / "tiny-rpi4-bundle"
     assert bundling.is_bundle(shipped)
@@ -87,11 +54,11 @@ def test_a_board_without_tvm_python_gets_the_bundle_written_beside_the_artifact(
 
 
 def test_a_named_python_without_tvm_is_refused_not_replaced_by_the_native_runner(
-    tmp_path: Path, cached_runtime: Path
+    tmp_path: Path, cached_runtime: Path, stand_in_artifact: Callable[..., Path]
 ) -> None:
     """--remote-python names the Python to use: without TVM the user hears so (as the tunnel
     says), rather than getting another runner than the one asked for."""
-    artifact = load_artifact(_artifact(tmp_path / "tiny-rpi4"))
+    artifact = load_artifact(stand_in_artifact(tmp_path / "tiny-rpi4"))
     named = _board(python3="/usr/bin/python3", python="/usr/bin/python3", python_bits=64)
     assert artifact_for_board(artifact, named, None, "/usr/bin/python3") is artifact
     assert not (tmp_path / "tiny-rpi4-bundle").exists()
@@ -100,35 +67,41 @@ def test_a_named_python_without_tvm_is_refused_not_replaced_by_the_native_runner
 
 
 def test_a_tvm_board_keeps_the_python_path_unless_native_is_asked(
-    tmp_path: Path, cached_runtime: Path
+    tmp_path: Path, cached_runtime: Path, stand_in_artifact: Callable[..., Path]
 ) -> None:
-    artifact = load_artifact(_artifact(tmp_path / "tiny-rpi4"))
+    artifact = load_artifact(stand_in_artifact(tmp_path / "tiny-rpi4"))
     tvm_board = _board(python="/opt/venv/bin/python", tvm_version="0.27.0.post1")
     assert artifact_for_board(artifact, tvm_board, native=None) is artifact
     assert not (tmp_path / "tiny-rpi4-bundle").exists()
     assert bundling.is_bundle(artifact_for_board(artifact, tvm_board, native=True))
 
 
-def test_a_bundle_cannot_be_forced_through_python(tmp_path: Path, cached_runtime: Path) -> None:
-    bundled = load_artifact(bundling.bundle(load_artifact(_artifact(tmp_path / "tiny-rpi4"))))
+def test_a_bundle_cannot_be_forced_through_python(
+    tmp_path: Path, cached_runtime: Path, stand_in_artifact: Callable[..., Path]
+) -> None:
+    bundled = load_artifact(
+        bundling.bundle(load_artifact(stand_in_artifact(tmp_path / "tiny-rpi4")))
+    )
     assert artifact_for_board(bundled, _board(), native=None) is bundled
     with pytest.raises(EdgecompileError, match="is a bundle"):
         artifact_for_board(bundled, _board(), native=False)
 
 
 def test_a_changed_runtime_file_in_a_bundle_is_refused_before_shipping(
-    tmp_path: Path, cached_runtime: Path
+    tmp_path: Path, cached_runtime: Path, stand_in_artifact: Callable[..., Path]
 ) -> None:
-    bundled = load_artifact(bundling.bundle(load_artifact(_artifact(tmp_path / "tiny-rpi4"))))
+    bundled = load_artifact(
+        bundling.bundle(load_artifact(stand_in_artifact(tmp_path / "tiny-rpi4")))
+    )
     (bundled.directory / "edgecompile-runner").write_bytes(b"tampered")
     with pytest.raises(EdgecompileError, match=r"edgecompile-runner.*differs from the bundle"):
         bundling.bundled_files(bundled)
 
 
 def test_a_bundle_whose_runtime_is_another_tvm_is_refused(
-    tmp_path: Path, cached_runtime: Path
+    tmp_path: Path, cached_runtime: Path, stand_in_artifact: Callable[..., Path]
 ) -> None:
-    folder = bundling.bundle(load_artifact(_artifact(tmp_path / "tiny-rpi4")))
+    folder = bundling.bundle(load_artifact(stand_in_artifact(tmp_path / "tiny-rpi4")))
     manifest = json.loads((folder / "manifest.json").read_text())
     manifest["extra"][bundling.MANIFEST_KEY]["tvm_version"] = "0.0.1"
     (folder / "manifest.json").write_text(json.dumps(manifest))

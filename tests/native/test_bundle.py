@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from edgecompile.artifact import Manifest, load_artifact, write_manifest
+from edgecompile.artifact import load_artifact
 from edgecompile.errors import EdgecompileError
 from edgecompile.native import bundle as bundling
 from edgecompile.native import runtime
@@ -19,57 +19,28 @@ def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _artifact(folder: Path, arch: str) -> Path:
-    folder.mkdir(parents=True)
-    library = b"\x7fELF not really a model"
-    (folder / "tiny.so").write_bytes(library)
-    manifest = Manifest(
-        model="tiny", preset="rpi4", target={"kind": "llvm"}, library="tiny.so",
-        library_sha256=_sha256(library), arch=arch,
-        tvm_version=runtime.installed_sources().tvm_version, edgecompile_version="0",
-        inputs=[{"name": "x", "shape": [1, 3, 8, 8], "dtype": "float32"}],
-        outputs=[{"name": "y", "shape": [1, 4], "dtype": "float32"}], weights="seeded",
-        records_digest=None, schedules=[], build_seconds=1.0,
-    )  # fmt: skip
-    write_manifest(folder, manifest)
-    return folder
-
-
-@pytest.fixture()
-def cached_runtime(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A runtime folder as ensure_runtime leaves it (stand-in files, their real sha256)."""
-    folder = tmp_path / "runtime"
-    files = {}
-    for name in (runtime.RUNTIME_LIBRARY, runtime.RUNNER):
-        (folder / name).parent.mkdir(parents=True, exist_ok=True)
-        (folder / name).write_bytes(name.encode())
-        files[name] = {"bytes": len(name), "sha256": _sha256(name.encode())}
-    record = {"arch": "aarch64", "tvm_version": "t", "tvm_ffi_version": "f", "source_hash": "h"}
-    (folder / runtime.RECORD).write_text(json.dumps({**record, "files": files}))
-    monkeypatch.setattr(bundling, "ensure_runtime", lambda arch, progress=None: folder)
-    return folder
-
-
 def test_a_bundle_holds_library_runtime_runner_and_records_them(
-    tmp_path: Path, cached_runtime: Path
+    tmp_path: Path, cached_runtime: Path, stand_in_artifact: Callable[..., Path]
 ) -> None:
-    artifact = load_artifact(_artifact(tmp_path / "tiny-rpi4", "aarch64"))
+    artifact = load_artifact(stand_in_artifact(tmp_path / "tiny-rpi4", "aarch64"))
     folder = bundling.bundle(artifact)
     assert folder == tmp_path / "tiny-rpi4-bundle"
     names = {"tiny.so", "libtvm_runtime.so", "edgecompile-runner", "manifest.json"}
     assert {p.name for p in folder.iterdir()} == names
     bundled = load_artifact(folder)  # still an artifact: run/deploy read it as one
     described = bundled.manifest.extra[bundling.MANIFEST_KEY]
-    assert described["tvm_version"] == "t" and described["tvm_ffi_version"] == "f"
+    record = json.loads((cached_runtime / runtime.RECORD).read_text())
+    assert described["tvm_version"] == record["tvm_version"]
+    assert described["tvm_ffi_version"] == "f"  # the record's, not the installed tvm-ffi's
     for name in ("libtvm_runtime.so", "edgecompile-runner"):
         assert described["files"][name]["sha256"] == _sha256((folder / name).read_bytes())
     assert bundled.manifest.library_sha256 == artifact.manifest.library_sha256
 
 
 def test_a_host_library_cannot_be_bundled_and_the_artifact_stays(
-    tmp_path: Path, cached_runtime: Path
+    tmp_path: Path, cached_runtime: Path, stand_in_artifact: Callable[..., Path]
 ) -> None:
-    artifact = load_artifact(_artifact(tmp_path / "tiny-host", "x86_64"))
+    artifact = load_artifact(stand_in_artifact(tmp_path / "tiny-host", "x86_64"))
     with pytest.raises(EdgecompileError) as caught:
         bundling.bundle(artifact)
     assert "x86_64" in str(caught.value) and "\n" not in str(caught.value)
@@ -77,9 +48,11 @@ def test_a_host_library_cannot_be_bundled_and_the_artifact_stays(
     assert artifact.library.is_file()
 
 
-def test_a_damaged_cached_runtime_is_refused(tmp_path: Path, cached_runtime: Path) -> None:
+def test_a_damaged_cached_runtime_is_refused(
+    tmp_path: Path, cached_runtime: Path, stand_in_artifact: Callable[..., Path]
+) -> None:
     (cached_runtime / runtime.RUNNER).write_bytes(b"changed")
-    artifact = load_artifact(_artifact(tmp_path / "tiny-rpi4", "aarch64"))
+    artifact = load_artifact(stand_in_artifact(tmp_path / "tiny-rpi4", "aarch64"))
     with pytest.raises(EdgecompileError) as caught:
         bundling.bundle(artifact)
     assert "changed since its build" in str(caught.value)
