@@ -5,6 +5,8 @@ from __future__ import annotations
 import click
 
 from edgecompile.cli.options import (
+    board_access,
+    board_cores,
     check_threads,
     check_writable_dir,
     host_cores,
@@ -14,6 +16,7 @@ from edgecompile.cli.options import (
     records_option,
     warmup_option,
 )
+from edgecompile.device.access import BoardAccess
 
 
 @click.command("report")
@@ -36,6 +39,12 @@ from edgecompile.cli.options import (
 )  # fmt: skip
 @records_option
 @input_size_option
+@click.option(
+    "-t", "--target", metavar="PRESET",
+    help="With --device: the board's preset (e.g. rpi4), the models are built for it and timed "
+    "there [this machine].",
+)  # fmt: skip
+@board_access("device", "identity", "accept_new_host_key", "remote_dir", "remote_python")
 @click.option("--rebuild", is_flag=True, help="Rebuild every model instead of reusing builds/.")
 @click.option(
     "--build-jobs", type=click.IntRange(min=1), metavar="N",
@@ -51,11 +60,13 @@ def report_command(
     engines: str,
     records: str | None,
     input_size: str | None,
+    target: str | None,
+    access: BoardAccess,
     rebuild: bool,
     build_jobs: int | None,
     as_json: bool,
 ) -> None:
-    """Benchmark and profile zoo models here, and say whether FLOPs or MAC predict latency.
+    """Benchmark zoo models here or on a board, and say whether FLOPs or MAC predict latency.
 
     \b
     For each model (default: all 72 at their own input size, or all at --input-size):
@@ -86,6 +97,17 @@ def report_command(
       time_by_op_class.png               stacked bars per model
 
     \b
+    On a board (--device USER@HOST with --target PRESET, e.g. rpi4): the models are built
+    for the preset, each deployed as a bundle (`build --bundle`) and timed there by its
+    native runner (no Python needed on the board), after its output is checked against
+    ONNX Runtime here on the same input. ONNX Runtime is timed on the board too when the
+    board's Python has onnxruntime (nothing is installed); torch never is. The native
+    runner has no per-kernel profiler, so there is no time-by-op-class part. The header
+    names the board (its uname and CPU) and the runner. A board that is not of the
+    preset's arch is refused before anything is built. Times on an emulated board
+    (`edgecompile device emulate`) say nothing about the real one.
+
+    \b
     The whole zoo takes tens of minutes on two cores; try a few models first.
     `benchmarks/zoo.py` runs the same thing as a script.
 
@@ -96,13 +118,20 @@ def report_command(
       edgecompile report --models shufflenet --input-size 128 --json
       edgecompile report --models mobilenet_v2 --threads 1 --engines tvm,tvm-int8,ort,ort-int8
       edgecompile report --models squeezenet1_1 --records tuned/  # after tune --records tuned/
+      edgecompile report --target rpi4 --device pi@raspberrypi.local --threads 1,4 -o report-pi
     """
     from edgecompile.benchmarking import parse_list
     from edgecompile.progress import Progress
     from edgecompile.reporting import format_summary, progress_stages, report, select_models
 
     counts = parse_list(threads, int)
-    check_threads(counts, cores=host_cores(), where="this machine")
+    if access.given and target:
+        from edgecompile.targets import resolve_target
+
+        cores = board_cores(resolve_target(target).target)
+        check_threads(counts, cores=cores, where=f"a {target} board")
+    elif not access.given:
+        check_threads(counts, cores=host_cores(), where="this machine")
     check_writable_dir(output_dir, "-o")  # before minutes of builds, not after them
     names = select_models(models)
     result = report(
@@ -117,6 +146,8 @@ def report_command(
         records=records,
         build_jobs=build_jobs,
         progress=Progress(progress_stages(len(names), build_jobs)),
+        target=target,
+        access=access,
     )
     if as_json:
         print_json(result.to_dict())

@@ -19,6 +19,8 @@ One job per module:
   with the records), several models at once;
 - :mod:`~edgecompile.reporting.measure` — second phase: each model benched and profiled alone,
   its kernels summed by op class;
+- :mod:`~edgecompile.reporting.board` — the second phase on a board (``--device``): each build
+  deployed as a bundle and timed by its native runner (and ORT, when the board's Python has it);
 - :mod:`~edgecompile.reporting.stats` — Spearman rank correlations of costs with latency;
 - :mod:`~edgecompile.reporting.tables` — ``results.csv``, ``index.md``, the terminal summary;
 - :mod:`~edgecompile.reporting.plots` — the PNG plots.

@@ -85,12 +85,14 @@ def build_host_artifact(
     seed: int,
     rebuild: bool,
     records: TuningRecords | None = None,
+    target: str = TARGET,
 ) -> tuple[Artifact, bool]:
-    """(host artifact of ``name`` under ``builds_dir``, whether an earlier build was reused).
+    """(artifact of ``name`` for ``target`` under ``builds_dir``, whether an earlier build was
+    reused): for this machine, or for the board a board report times it on.
 
     Untuned (``records`` None) with its static ONNX kept for ORT, or with ``records`` applied
     (under :func:`tuned_builds_dir`). A cached build is reused only if it is for this model,
-    input shape, seed, host target, TVM and edgecompile version, and the same records (or
+    input shape, seed, target, TVM and edgecompile version, and the same records (or
     none), and did not fail verification; else it is rebuilt.
     """
     from edgecompile import __version__
@@ -99,7 +101,7 @@ def build_host_artifact(
     from edgecompile.builder import artifact_name, build
     from edgecompile.targets import resolve_target
 
-    preset = resolve_target(TARGET)
+    preset = resolve_target(target)
     output_dir = builds_dir if records is None else tuned_builds_dir(builds_dir, records)
     directory = output_dir / f"{artifact_name(name)}-{preset.name}"
     if not rebuild and directory.is_dir():
@@ -172,8 +174,9 @@ def prepare_model(
     seed: int,
     rebuild: bool,
     records: TuningRecords | None = None,
+    target: str = TARGET,
 ) -> PreparedModel:
-    """Costs and host build of one model, and with ``records`` its tuned build too.
+    """Costs and build (for ``target``) of one model, and with ``records`` its tuned build too.
 
     Needs no quiet machine, so several models are prepared at once (:func:`prepare_models`)."""
     from edgecompile.zoo import model_info
@@ -195,7 +198,7 @@ def prepare_model(
 
     def build() -> None:
         artifact, reused = build_host_artifact(
-            name, builds_dir, input_size=size, seed=seed, rebuild=rebuild
+            name, builds_dir, input_size=size, seed=seed, rebuild=rebuild, target=target
         )
         fields.update(
             artifact=str(artifact.directory),
@@ -205,7 +208,13 @@ def prepare_model(
 
     def tuned_build() -> None:
         artifact, reused = build_host_artifact(
-            name, builds_dir, input_size=size, seed=seed, rebuild=rebuild, records=records
+            name,
+            builds_dir,
+            input_size=size,
+            seed=seed,
+            rebuild=rebuild,
+            records=records,
+            target=target,
         )
         applied = artifact.manifest.records or {}
         fields.update(
@@ -261,6 +270,13 @@ def prepare_models(
                         name = in_flight.pop(future)
                         try:
                             done[name] = future.result()
+                            # a long build phase (the zoo for a board) says where it is
+                            status = (
+                                done[name].failures[0].stage + " failed"
+                                if done[name].failures
+                                else "built"
+                            )
+                            progress.update(f"{len(done)}/{len(names)}: {name} {status}")
                         except BrokenProcessPool:
                             suspects.append(name)
                             broken = True

@@ -24,6 +24,12 @@ DEFAULT_ENGINES = ("tvm", "tvm-tuned", "ort", "torch")
 TUNED = "tvm-tuned"
 INT8_ENGINES = ("tvm-int8", "ort-int8")
 BUILDS_DIR = "builds"
+#: Why a board report (``report --device``) has no time-by-op-class table or plot.
+NO_PROFILE = (
+    "time by op class not measured: the native runner times whole inferences and has no "
+    "per-kernel profiler, so a board report has no op-class split (a report of this machine "
+    "has it)."
+)
 
 
 @dataclass(frozen=True)
@@ -106,6 +112,9 @@ class ZooReport:
     notes: list[str]
     wall_seconds: float
     records: TuningRecords | None = None
+    #: The board the models were timed on (``report --device``), as it described itself
+    #: (:meth:`edgecompile.reporting.board.Board.describe`); None for a report of this machine.
+    board: dict[str, Any] | None = None
 
     @property
     def failed(self) -> list[ModelResult]:

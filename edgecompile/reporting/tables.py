@@ -9,7 +9,7 @@ from pathlib import Path
 from edgecompile._atomic import atomic_file
 from edgecompile.reporting.measure import OP_CLASSES
 from edgecompile.reporting.plots import PLOT_MAC, PLOT_MULTIPLY_ADDS, PLOT_OP_CLASSES
-from edgecompile.reporting.results import TUNED, ModelResult, ZooReport
+from edgecompile.reporting.results import NO_PROFILE, TUNED, ModelResult, ZooReport
 from edgecompile.reporting.stats import correlation_sentences
 
 CSV_FIELDS = (
@@ -103,27 +103,30 @@ def _ratio(value: float | None) -> str:
 def write_index(path: Path, report: ZooReport) -> None:
     from edgecompile._table import human_count
 
-    machine = report.machine
-    versions = ", ".join(f"{name} {version}" for name, version in machine["versions"].items())
     ok = len(report.models) - len(report.failed)
     threads_text = ", ".join(map(str, report.threads))
+    board = report.board
     lines = [
-        "# edgecompile zoo report",
+        "# edgecompile zoo report" + (f" on a {board['preset']} board" if board else ""),
         "",
-        f"Measured {machine['date']} on {machine['cpu']} ({machine['cores']} cores, LLVM CPU "
-        f"`{machine['llvm_cpu']}`), target `{report.target}`; {versions}, Python "
-        f"{machine['python']}; load average at the end "
-        f"{' / '.join(map(str, machine['load_average']))} (1 / 5 / 15 min).",
+        *_where_measured(report),
         f"{len(report.models)} models ({ok} measured, {len(report.failed)} failed) in "
         f"{report.wall_seconds / 60:.1f} min. Batch 1; each latency is the median of "
         f"{report.repeat} timed runs after {report.warmup} warm-up runs, at {threads_text} "
         f"thread(s), every engine on the same seeded input (seed {report.seed}) with its output "
-        "checked against ONNX Runtime first.",
+        + (
+            "checked against ONNX Runtime on the building machine first (max relative error "
+            "≤ 1e-4). On the board each engine is timed in a process of its own, one after "
+            "the other."
+            if board
+            else "checked against ONNX Runtime first."
+        ),
         "",
         "Engines: `tvm` = TVM untuned, with edgecompile's schedules; "
         + (
-            f"`{TUNED}` = the same model built with this machine's MetaSchedule tuning records "
-            "applied, timed in the same runs; "
+            f"`{TUNED}` = the same model built with "
+            + ("the preset's" if board else "this machine's")
+            + " MetaSchedule tuning records applied, timed in the same runs; "
             if TUNED in report.engines
             else ""
         )
@@ -138,8 +141,20 @@ def write_index(path: Path, report: ZooReport) -> None:
             if "ort-int8" in report.engines
             else ""
         )
-        + "`ort` = ONNX Runtime (CPU provider) on the static ONNX model TVM compiled; `torch` = "
-        "torch eager. vs ORT = engine median / ORT median at the same thread count.",
+        + (
+            f"`ort` = ONNX Runtime {board['onnxruntime']} (CPU provider) in the board's Python "
+            "on the static ONNX model TVM compiled. "
+            if board and "ort" in report.engines
+            else ""
+            if board
+            else "`ort` = ONNX Runtime (CPU provider) on the static ONNX model TVM compiled; "
+            "`torch` = torch eager. "
+        )
+        + (
+            "vs ORT = engine median / ORT median at the same thread count."
+            if "ort" in report.engines
+            else ""
+        ),
         *[f"Note: {note}" for note in report.notes],
         "",
         "## What predicts latency here",
@@ -155,9 +170,11 @@ def write_index(path: Path, report: ZooReport) -> None:
         "## Latency",
         "",
     ]
+    # Without ORT (a board whose Python has none) there is no ratio to show.
+    with_ort = "ort" in report.engines
     headers = ["model", "engine"]
     for count in report.threads:
-        headers += [f"{count}T ms", f"{count}T vs ORT"]
+        headers += [f"{count}T ms", f"{count}T vs ORT"] if with_ort else [f"{count}T ms"]
     headers += ["multiply-adds", "params", "MAC"]
     rows = []
     for result in report.models:
@@ -165,10 +182,9 @@ def write_index(path: Path, report: ZooReport) -> None:
             row = [result.model if position == 0 else "", engine]
             for count in report.threads:
                 timing = result.timing(engine, count)
-                row += [
-                    _ms(timing.median_ms if timing else None),
-                    _ratio(timing.ratio_to_ort if timing else None),
-                ]
+                row.append(_ms(timing.median_ms if timing else None))
+                if with_ort:
+                    row.append(_ratio(timing.ratio_to_ort if timing else None))
             first = position == 0
             row += [
                 human_count(result.multiply_adds) if first and result.multiply_adds else "",
@@ -177,37 +193,11 @@ def write_index(path: Path, report: ZooReport) -> None:
             ]
             rows.append(row)
     lines += _markdown_table(headers, rows)
-    profile_threads = next((r.profile_threads for r in report.models if r.profile_threads), None)
+    if board:
+        lines += ["", "## Time by op class", "", NO_PROFILE[0].upper() + NO_PROFILE[1:]]
+    else:
+        lines += _op_class_section(report)
     lines += [
-        "",
-        f"## Time by op class (TVM profile, {profile_threads or report.threads[0]} thread)",
-        "",
-        "Per-kernel times from the instrumented Relax VM, summed by op class: ms (share). "
-        "`other` is pools, the classifier matmul and the VM's bookkeeping. The instrument adds "
-        "a little to every kernel and the sum and the end-to-end time are separate runs, so "
-        "they differ a little (more on a busy machine).",
-        "",
-    ]
-    rows = []
-    for result in report.models:
-        if not result.op_class_ms:
-            continue
-        total = sum(result.op_class_ms.values())
-        rows.append(
-            [
-                result.model,
-                _ms(total),
-                _ms(result.profile_end_to_end_ms),
-                *[
-                    f"{ms:.2f} ({100 * ms / total:.0f}%)" if total and ms else "-"
-                    for ms in (result.op_class_ms.get(name, 0.0) for name in OP_CLASSES)
-                ],
-            ]
-        )
-    lines += _markdown_table(["model", "sum ms", "end-to-end ms", *OP_CLASSES], rows)
-    lines += [
-        "",
-        f"![time by op class]({PLOT_OP_CLASSES})",
         "",
         "## ShuffleNet v2's guidelines (G1–G4)",
         "",
@@ -259,6 +249,72 @@ def write_index(path: Path, report: ZooReport) -> None:
         tmp.write_text("\n".join(lines))
 
 
+def _where_measured(report: ZooReport) -> list[str]:
+    """The header's first lines: the machine (or the board, and the machine that built for
+    it) the numbers come from."""
+    machine = report.machine
+    versions = ", ".join(f"{name} {version}" for name, version in machine["versions"].items())
+    load = " / ".join(map(str, machine["load_average"]))
+    board = report.board
+    if not board:
+        return [
+            f"Measured {machine['date']} on {machine['cpu']} ({machine['cores']} cores, LLVM CPU "
+            f"`{machine['llvm_cpu']}`), target `{report.target}`; {versions}, Python "
+            f"{machine['python']}; load average at the end {load} (1 / 5 / 15 min).",
+        ]
+    cores = f"{board['cores']} cores, " if board.get("cores") else ""
+    described = ", ".join(str(board[key]) for key in ("os", "glibc") if board.get(key))
+    lines = [
+        f"Measured {machine['date']} on the board `{board['device']}` (preset "
+        f"`{board['preset']}`, LLVM CPU `{machine['llvm_cpu']}`): {board['cpu'] or 'CPU unknown'} "
+        f"({cores}`{board['uname']}`{', ' + described if described else ''}), timed by the "
+        f"{board['runner']} at {', '.join(map(str, report.threads))} thread(s). Built on "
+        f"{machine['cpu']} ({machine['cores']} cores) with {versions}, Python "
+        f"{machine['python']}.",
+    ]
+    if board.get("emulated"):
+        lines.append(
+            "**Emulated board**: qemu translates every ARM instruction on an x86 host, so these "
+            "latencies say nothing about the real board; the report shows it works, not how "
+            "fast it is."
+        )
+    return lines
+
+
+def _op_class_section(report: ZooReport) -> list[str]:
+    """The time-by-op-class table (from each model's TVM profile) and its plot."""
+    profile_threads = next((r.profile_threads for r in report.models if r.profile_threads), None)
+    lines = [
+        "",
+        f"## Time by op class (TVM profile, {profile_threads or report.threads[0]} thread)",
+        "",
+        "Per-kernel times from the instrumented Relax VM, summed by op class: ms (share). "
+        "`other` is pools, the classifier matmul and the VM's bookkeeping. The instrument adds "
+        "a little to every kernel and the sum and the end-to-end time are separate runs, so "
+        "they differ a little (more on a busy machine).",
+        "",
+    ]
+    rows = []
+    for result in report.models:
+        if not result.op_class_ms:
+            continue
+        total = sum(result.op_class_ms.values())
+        rows.append(
+            [
+                result.model,
+                _ms(total),
+                _ms(result.profile_end_to_end_ms),
+                *[
+                    f"{ms:.2f} ({100 * ms / total:.0f}%)" if total and ms else "-"
+                    for ms in (result.op_class_ms.get(name, 0.0) for name in OP_CLASSES)
+                ],
+            ]
+        )
+    lines += _markdown_table(["model", "sum ms", "end-to-end ms", *OP_CLASSES], rows)
+    lines += ["", f"![time by op class]({PLOT_OP_CLASSES})"]
+    return lines
+
+
 def format_summary(zoo_report: ZooReport) -> str:
     """The terminal summary: latency per engine and thread count, vs ORT, and the ρ sentences."""
     from edgecompile._table import format_table, human_count
@@ -286,7 +342,20 @@ def format_summary(zoo_report: ZooReport) -> str:
                 timing = result.timing(engine, count)
                 row.append(_ratio(timing.ratio_to_ort if timing else None).replace("×", "x"))
         rows.append(row)
-    lines = [format_table(headers, rows), ""]
+    lines = []
+    board = zoo_report.board
+    if board:  # where the numbers come from, and what a board report leaves out
+        lines.append(
+            f"on the {board['preset']} board {board['device']} ({board['cpu'] or board['uname']}"
+            f"), timed by the {board['runner']}"
+            + (
+                " -- EMULATED: the times say nothing about the real board"
+                if board["emulated"]
+                else ""
+            )
+        )
+        lines += [f"note: {note}" for note in zoo_report.notes]
+    lines += [format_table(headers, rows), ""]
     for sentence in correlation_sentences(zoo_report.correlations):
         lines.append(sentence.replace("**", ""))
     for result in zoo_report.failed:
