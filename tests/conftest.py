@@ -128,6 +128,25 @@ def emulator_unavailable(reason: str) -> None:
     pytest.skip(reason)
 
 
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Where the emulated boards are required (CI), what they need is built before any test,
+    unless cached: cold, the three root filesystems and two native runtimes take most of an
+    hour on 2 cores, which inside the run would sit silent in one test's captured output and
+    against its time limit. Here each step is a line of the log with its time (seconds warm).
+    Only the controller builds (pytest-xdist's workers start after it)."""
+    if hasattr(session.config, "workerinput") or not emulator_required():
+        return
+    from edgecompile.device.prebuild import prebuild
+    from edgecompile.errors import EdgecompileError
+
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    say = reporter.write_line if reporter is not None else print
+    try:
+        prebuild(say)
+    except EdgecompileError as error:
+        pytest.exit(f"the emulated boards are required here but cannot be built: {error}", 3)
+
+
 @pytest.fixture(scope="session")
 def no_emulator() -> Callable[[str], None]:
     """:func:`emulator_unavailable` (test modules cannot import conftest under importlib mode)."""

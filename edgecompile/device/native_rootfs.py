@@ -121,7 +121,10 @@ def ensure_native_rootfs(
 def _build(target: Path, arch: str, say: Callable[[str], None]) -> None:
     debian = DEBIAN_ARCH[arch]
     start = time.monotonic()
-    say(f"bootstrapping Debian {emulator.SUITE} {debian} with openssh-server, no Python")
+    say(
+        f"building the {debian} rootfs without Python (once, ~5-15 min): bootstrapping Debian "
+        f"{emulator.SUITE} with openssh-server"
+    )
     argv = [
         "mmdebstrap", "--variant=minbase", f"--arch={debian}", f"--include={','.join(_DEBS)}",
         # no documentation or translations: a board's runtime needs none of them

@@ -37,6 +37,7 @@ from edgecompile.device import ssh
 from edgecompile.device.access import BoardAccess
 from edgecompile.device.probe import NATIVE, BoardInfo, board_kind, probe
 from edgecompile.errors import EdgecompileError, last_line
+from edgecompile.progress import SILENT, Progress
 
 DEFAULT_RPC_PORT = 9090
 #: TVM's import under qemu-user or on a Pi 3 takes tens of seconds before the server listens.
@@ -50,11 +51,12 @@ NATIVE_SERVER_HOME = "~/.cache/edgecompile/native"
 
 @contextlib.contextmanager
 def rpc_tunnel(
-    access: BoardAccess, *, remote_port: int = DEFAULT_RPC_PORT
+    access: BoardAccess, *, remote_port: int = DEFAULT_RPC_PORT, progress: Progress = SILENT
 ) -> Iterator[tuple[str, int]]:
     """``(host, port)`` on this machine's loopback that reaches the RPC server on port
     ``remote_port`` of the board's loopback, over SSH to ``access.device`` (started with
-    ``access.remote_python`` if none listens there).
+    ``access.remote_python`` if none listens there). ``progress`` shows the cross-build of
+    the native runtime a board without Python may need first (minutes, once per TVM version).
 
     The forwarding runs in a child process: TVM's RPC client keeps the GIL while it waits for
     a reply, so a forwarding thread in the caller's process would never pass the request on.
@@ -63,7 +65,7 @@ def rpc_tunnel(
     with ssh.connect(device, **access.ssh_login()) as board:
         transport = board.client.get_transport()
         if not _listening(transport, remote_port):
-            _start_server(board, access.remote_python, remote_port)
+            _start_server(board, access.remote_python, remote_port, progress)
     context = multiprocessing.get_context("spawn")
     ours, theirs = context.Pipe()
     child = context.Process(
@@ -138,11 +140,13 @@ def _listening(transport: Any, port: int) -> bool:
     return True
 
 
-def _start_server(board: ssh.BoardConnection, remote_python: str | None, port: int) -> None:
+def _start_server(
+    board: ssh.BoardConnection, remote_python: str | None, port: int, progress: Progress = SILENT
+) -> None:
     info = probe(board, remote_python=remote_python)
     log = ssh.remote_path(SERVER_LOG)
     if board_kind(info) == NATIVE and remote_python is None:
-        server = install_native_server(board, info)
+        server = install_native_server(board, info, progress)
         # Loopback only is the server's own rule; exactly this port: the tunnel is the way in.
         program = f"{ssh.remote_path(server)} --port {int(port)}"
         name, by_hand = "native RPC server", f"{server} --port {int(port)}"
@@ -194,7 +198,9 @@ def native_arch(info: BoardInfo) -> str:
     )
 
 
-def install_native_server(board: ssh.BoardConnection, info: BoardInfo) -> str:
+def install_native_server(
+    board: ssh.BoardConnection, info: BoardInfo, progress: Progress = SILENT
+) -> str:
     """The path of ``edgecompile-rpc-server`` on the board, with the native runtime beside it
     (``bin/`` and ``lib/``, as the cache holds them): built here if need be, uploaded unless
     the board already has this very build (sha256), checked after the upload and moved into
@@ -216,7 +222,7 @@ def install_native_server(board: ssh.BoardConnection, info: BoardInfo) -> str:
             "upgrade the board's OS (Raspberry Pi OS bullseye or newer), or install TVM's "
             "Python there (edgecompile device setup)",
         )
-    local = ensure_runtime(arch)
+    local = ensure_runtime(arch, progress=progress)  # a cold build: minutes, announced
     record = read_record(local)
     folder = posixpath.join(_home_path(NATIVE_SERVER_HOME, info.home), local.name)
     files = [(local / name, posixpath.join(folder, name)) for name in (RUNTIME_LIBRARY, RPC_SERVER)]

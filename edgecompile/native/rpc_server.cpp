@@ -55,6 +55,8 @@
 #include <utility>
 #include <vector>
 
+#include "program_main.h"
+
 namespace ffi = tvm::ffi;
 
 namespace {
@@ -80,9 +82,7 @@ constexpr int32_t kMaxKeyBytes = 4096;
 // stray connection cannot hold the (serial) server.
 constexpr int kHandshakeTimeoutMs = 10000;
 
-struct UsageError : std::runtime_error {
-  using std::runtime_error::runtime_error;
-};
+using edgecompile::UsageError;  // exit 2, where any other error exits 1
 
 struct Options {
   int port = 9090;
@@ -502,17 +502,6 @@ int Run(const Options& options) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  try {
-    return Run(ParseOptions(argc, argv));
-  } catch (const UsageError& error) {
-    std::fprintf(stderr, "edgecompile-rpc-server: %s\n", error.what());
-    return 2;
-  } catch (const ffi::Error& error) {
-    std::fprintf(stderr, "edgecompile-rpc-server: %s: %s\n", std::string(error.kind()).c_str(),
-                 std::string(error.message()).c_str());
-    return 1;
-  } catch (const std::exception& error) {
-    std::fprintf(stderr, "edgecompile-rpc-server: %s\n", error.what());
-    return 1;
-  }
+  return edgecompile::GuardedMain("edgecompile-rpc-server",
+                                  [&] { return Run(ParseOptions(argc, argv)); });
 }

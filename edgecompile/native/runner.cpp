@@ -40,14 +40,13 @@
 #include <utility>
 #include <vector>
 
+#include "program_main.h"
+
 namespace ffi = tvm::ffi;
 
 namespace {
 
-// A usage error (exit 2) as opposed to a failure while running (exit 1).
-struct UsageError : std::runtime_error {
-  using std::runtime_error::runtime_error;
-};
+using edgecompile::UsageError;  // exit 2, where any other error exits 1
 
 struct Options {
   std::string artifact;
@@ -454,17 +453,6 @@ int Run(const Options& options) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  try {
-    return Run(ParseOptions(argc, argv));
-  } catch (const UsageError& error) {
-    std::fprintf(stderr, "edgecompile-runner: %s\n", error.what());
-    return 2;
-  } catch (const ffi::Error& error) {
-    std::fprintf(stderr, "edgecompile-runner: %s: %s\n", std::string(error.kind()).c_str(),
-                 std::string(error.message()).c_str());
-    return 1;
-  } catch (const std::exception& error) {
-    std::fprintf(stderr, "edgecompile-runner: %s\n", error.what());
-    return 1;
-  }
+  return edgecompile::GuardedMain("edgecompile-runner",
+                                  [&] { return Run(ParseOptions(argc, argv)); });
 }

@@ -48,6 +48,8 @@ _RUNNER_SOURCE = _HERE / "runner.cpp"
 _RPC_SERVER_SOURCE = _HERE / "rpc_server.cpp"
 #: The programs linked against the runtime: what they are in a build, and their source.
 _PROGRAMS = ((RUNNER, _RUNNER_SOURCE), (RPC_SERVER, _RPC_SERVER_SOURCE))
+#: Headers of ours beside the programs, which they include: their shared main().
+_PROGRAM_HEADERS = ("program_main.h",)
 
 
 @dataclass(frozen=True)
@@ -65,6 +67,8 @@ ARCHES = {
     "arm": Arch("arm", f"arm-linux-gnueabihf.{GLIBC_VERSION}", ("-mcpu=cortex_a7",)),
 }
 _ALIASES = {"armv7": "arm", "armv7l": "arm", "armhf": "arm", "arm64": "aarch64"}
+#: How a progress line names each (a user knows their board as armv7, not as ELF's "arm").
+_BOARD_NAMES = {"aarch64": "aarch64", "arm": "armv7"}
 
 #: tvm-ffi: its core and the extras a runtime loading modules needs (module, library loading,
 #: environment), as its CMakeLists.txt lists them, plus the JSON parser; no reflection,
@@ -206,8 +210,9 @@ def installed_sources() -> Sources:
 
 
 def source_hash() -> str:
-    """Our part of the build: the recipe (sources, flags, targets), the shim headers and the
-    programs. Not this file's text: a comment edited here rebuilds nothing."""
+    """Our part of the build: the recipe (sources, flags, targets), the shim headers, the
+    programs and the header they share. Not this file's text: a comment edited here rebuilds
+    nothing."""
     recipe = [
         FFI_SOURCES, TVM_SOURCES, RPC_SOURCES, SHIM_SOURCES, _DEFINES, _CXXFLAGS, _LIBRARY_LINK,
         _RUNNER_LINK,
@@ -215,7 +220,8 @@ def source_hash() -> str:
     ]  # fmt: skip
     digest = hashlib.sha256(json.dumps(recipe).encode())
     shim = sorted(p for p in _SHIM.rglob("*") if p.is_file())
-    for path in [*(source for _, source in _PROGRAMS), *shim]:
+    headers = [_HERE / name for name in _PROGRAM_HEADERS]
+    for path in [*(source for _, source in _PROGRAMS), *headers, *shim]:
         digest.update(str(path.relative_to(_HERE)).encode())
         digest.update(path.read_bytes())
     return digest.hexdigest()[:12]
@@ -242,7 +248,10 @@ def ensure_runtime(arch: str, *, progress: Progress = SILENT) -> Path:
     final = runtime_path(spec.name, sources)
     if is_built(final):
         return final
-    with progress.stage(f"build the native TVM runtime for {spec.name} (once per TVM version)"):
+    with progress.stage(
+        f"cross-build the native TVM runtime for {_BOARD_NAMES[spec.name]} "
+        f"(once per TVM version, ~4-10 min on 2 cores)"
+    ):
         start = time.perf_counter()
         with atomic_directory(final) as staged, scratch_directory("edgecompile-native-") as work:
             _build(spec, sources, staged, work, progress.update)

@@ -20,6 +20,7 @@ from typing import Any
 
 from edgecompile.device.access import BoardAccess
 from edgecompile.errors import EdgecompileError
+from edgecompile.progress import SILENT, Progress
 from edgecompile.targets import BoardPreset
 from edgecompile.tuning.budget import Pace
 from edgecompile.tuning.building import BuildGate, candidate_builder, was_skipped
@@ -127,9 +128,11 @@ def measurement(
     access: BoardAccess,
     remote_port: int | None,
     scratch: str,
+    progress: Progress = SILENT,
 ) -> Iterator[Measurement]:
     """The builder and runners for ``transport``, open for as long as the ``with`` lasts; every
-    candidate is built under ``scratch`` (a folder the caller deletes)."""
+    candidate is built under ``scratch`` (a folder the caller deletes). ``progress`` shows what
+    reaching the board builds first (a board without Python: the native runtime, cold)."""
     from tvm.s_tir import meta_schedule as ms
 
     keep_workers_out_of_ctrl_c()
@@ -138,7 +141,9 @@ def measurement(
     builder.warm_up()  # its worker starts (imports TVM) while the runner's does
     starter = ThreadPoolExecutor(1, thread_name_prefix="edgecompile-runner")
     starting: Future[Any] | None = None
-    runners = _runners(preset, transport, threads, access=access, remote_port=remote_port)
+    runners = _runners(
+        preset, transport, threads, access=access, remote_port=remote_port, progress=progress
+    )
     try:
         with runners as (runner_for, where):
             evaluator = ms.runner.EvaluatorConfig(number=3, repeat=1, min_repeat_ms=40)
@@ -170,6 +175,7 @@ def _runners(
     *,
     access: BoardAccess,
     remote_port: int | None,
+    progress: Progress = SILENT,
 ) -> Iterator[tuple[Callable[[Any], Any], str]]:
     """A runner for an evaluator config on ``transport``, and where it measures."""
     from edgecompile import _tune_workers as workers
@@ -185,7 +191,8 @@ def _runners(
     if transport == "device":
         from edgecompile.device.tunnel import DEFAULT_RPC_PORT, rpc_tunnel
 
-        with rpc_tunnel(access, remote_port=remote_port or DEFAULT_RPC_PORT) as (host, port):
+        tunnel = rpc_tunnel(access, remote_port=remote_port or DEFAULT_RPC_PORT, progress=progress)
+        with tunnel as (host, port):
             check_rpc_target(preset, BoardAccess(rpc=f"{host}:{port}"))
             yield _direct_runner(host, port, threads), f"{access.device} (SSH tunnel)"
         return

@@ -95,6 +95,11 @@ def tune(
             access=access,
             remote_port=remote_port,
             scratch=str(scratch),
+            # A board without Python may need the native runtime cross-built first (minutes,
+            # once per TVM version): a numbered line of its own, before the tune's stages.
+            progress=Progress(
+                1, stream=progress.stream, enabled=progress.enabled, terminal=progress.terminal
+            ),
         ) as measuring,
         # From here on the status line moves every few seconds, whatever runs.
         heartbeat(progress, status),

@@ -45,6 +45,8 @@ def test_the_cache_key_covers_the_rpc_server_and_its_tvm_sources(
     copy.mkdir()
     for _, source in runtime._PROGRAMS:
         shutil.copy(source, copy / source.name)
+    for header in runtime._PROGRAM_HEADERS:
+        shutil.copy(runtime._HERE / header, copy / header)
     shutil.copytree(runtime._SHIM, copy / "shim")
     programs = tuple((name, copy / source.name) for name, source in runtime._PROGRAMS)
     monkeypatch.setattr(runtime, "_HERE", copy)
@@ -56,8 +58,14 @@ def test_the_cache_key_covers_the_rpc_server_and_its_tvm_sources(
     server.write_text(server.read_text() + "\n// edited\n")
     edited = runtime.source_hash()
     assert edited != before
+    # The main() both programs include from beside them is part of the key too.
+    shared = copy / "program_main.h"
+    assert '#include "program_main.h"' in server.read_text()
+    shared.write_text(shared.read_text() + "\n// edited\n")
+    header_edited = runtime.source_hash()
+    assert header_edited not in (before, edited)
     monkeypatch.setattr(runtime, "RPC_SOURCES", runtime.RPC_SOURCES[:-1])
-    assert runtime.source_hash() not in (before, edited)
+    assert runtime.source_hash() not in (before, edited, header_edited)
 
 
 def test_the_build_compiles_the_rpc_sources_into_the_runtime_and_links_the_server(
@@ -132,6 +140,9 @@ def _board_info(home: Path, **changes: Any) -> BoardInfo:
     return BoardInfo(**{**facts, **changes})
 
 
+_REAL_ENSURE_RUNTIME = runtime.ensure_runtime
+
+
 @pytest.fixture
 def shell_board(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[_ShellBoard]:
     """A Python-less armv7 board, and a cached "runtime" whose server is a script that writes
@@ -150,7 +161,9 @@ def shell_board(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[_Sh
     }
     (built / runtime.RECORD).write_text(json.dumps({"arch": "arm", "files": files}))
     asked: list[str] = []
-    monkeypatch.setattr(runtime, "ensure_runtime", lambda arch: asked.append(arch) or built)
+    monkeypatch.setattr(
+        runtime, "ensure_runtime", lambda arch, progress=None: asked.append(arch) or built
+    )
     board = _ShellBoard(home)
     monkeypatch.setattr(tunnel, "probe", lambda b, remote_python=None: _board_info(home))
     monkeypatch.setattr(
@@ -190,6 +203,35 @@ def test_a_board_without_tvm_python_gets_the_native_server_on_its_port(
     tunnel._start_server(shell_board, None, 9191)  # type: ignore[arg-type]
     assert len(shell_board.uploads) == 2
     _wait_for(shell_board.home / "server-arguments")
+
+
+def test_a_cold_runtime_the_board_needs_is_announced_on_the_tunnels_progress(
+    shell_board: _ShellBoard, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`tune --device` to a board without Python on a cold cache: the runtime's cross-build
+    (minutes) is a progress line of its own before the server is uploaded and started."""
+    import io
+
+    from edgecompile.progress import Progress
+
+    monkeypatch.setattr(runtime, "ensure_runtime", _REAL_ENSURE_RUNTIME)
+    monkeypatch.setenv("EDGECOMPILE_CACHE", str(tmp_path / "cold-cache"))
+
+    def stand_in_build(spec: Any, sources: Any, out: Path, work: Path, say: Any) -> None:
+        for name in (runtime.RUNTIME_LIBRARY, runtime.RUNNER, runtime.RPC_SERVER):
+            (out / name).parent.mkdir(parents=True, exist_ok=True)
+            (out / name).write_text('#!/bin/sh\necho "$@" > "$HOME/server-arguments"\n')
+        say("compiled 1/1 (stand-in)")
+
+    monkeypatch.setattr(runtime, "_build", stand_in_build)
+    shown = io.StringIO()
+    progress = Progress(1, stream=shown, enabled=True, terminal=False, pipe_seconds=0)
+    tunnel._start_server(shell_board, None, 9191, progress)  # type: ignore[arg-type]
+
+    lines = shown.getvalue().splitlines()
+    assert lines[0].startswith("[1/1] cross-build the native TVM runtime for armv7 "), lines
+    assert lines[-1].startswith("[1/1] done in ")
+    assert _wait_for(shell_board.home / "server-arguments").split() == ["--port", "9191"]
 
 
 def test_a_corrupted_upload_is_one_line_and_leaves_nothing_half_installed(

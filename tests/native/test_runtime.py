@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from edgecompile.errors import EdgecompileError
 from edgecompile.native import runtime
+from edgecompile.progress import Progress
 
 
 def test_board_architecture_names_resolve_to_the_two_runtimes() -> None:
@@ -72,3 +75,32 @@ def test_a_zig_failure_is_one_line_naming_the_file_and_publishes_nothing(
     assert "tvm_ffi/broken.cc" in message and "for arm" in message and "\n" not in message
     assert not runtime.is_built(runtime.runtime_path("arm", fake))
     assert [p.name for p in (tmp_path / "cache" / "native").iterdir()] == []
+
+
+def _fake_build(spec: Any, sources: Any, out: Path, work: Path, say: Any) -> None:
+    """Stands in for zig: the files a build leaves, and one compile line."""
+    for name in (runtime.RUNTIME_LIBRARY, runtime.RUNNER, runtime.RPC_SERVER):
+        (out / name).parent.mkdir(parents=True, exist_ok=True)
+        (out / name).write_text(f'#!/bin/sh\necho {Path(name).name} "$@" > "$HOME/started"\n')
+    say(f"compiled 1/1 (stand-in for {spec.name})")
+
+
+def test_a_cold_build_says_what_it_builds_once_and_how_long_it_takes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Minutes of cross-compiling, announced as such (CI's log and a tune's output show it);
+    the cached runtime afterwards says nothing."""
+    monkeypatch.setenv("EDGECOMPILE_CACHE", str(tmp_path))
+    monkeypatch.setattr(runtime, "_build", _fake_build)
+    shown = io.StringIO()
+    pipe = Progress(1, stream=shown, enabled=True, terminal=False, pipe_seconds=0)
+    runtime.ensure_runtime("armhf", progress=pipe)
+    lines = shown.getvalue().splitlines()
+    assert lines[0].startswith("[1/1] cross-build the native TVM runtime for armv7 ")
+    assert "once per TVM version" in lines[0] and "min" in lines[0]
+    assert "compiled 1/1 (stand-in for arm)" in lines[1]
+    assert lines[-1].startswith("[1/1] done in ")
+
+    again = io.StringIO()
+    runtime.ensure_runtime("arm", progress=Progress(1, stream=again, enabled=True, terminal=False))
+    assert again.getvalue() == ""
