@@ -91,3 +91,15 @@ def test_target_without_vnni_keeps_the_nchw_kernel(tmp_path: Path) -> None:
     y_scale, y_zp = np.float32(params["y_scale"]), int(params["y_zero_point"])
     actual_q = np.rint(actual / y_scale).astype(np.int64) + y_zp
     np.testing.assert_array_equal(actual_q, reference(conv, params, x_q))
+
+
+def test_register_tile_keeps_enough_accumulators() -> None:
+    """2 blocks × the largest dividing pixel count while that gives enough accumulators; a
+    prime row (13) takes the whole row of one block instead of 2 × 1 accumulators."""
+    from edgecompile.schedules.int8.schedule import vnni_register_tile
+
+    assert vnni_register_tile(4, 56) == (2, 8)
+    assert vnni_register_tile(3, 7) == (1, 7)
+    assert vnni_register_tile(2, 13) == (1, 13)
+    assert vnni_register_tile(63, 13) == (1, 13)
+    assert vnni_register_tile(4, 111) == (2, 3)  # 111 = 3 × 37: no better whole divisor

@@ -14,7 +14,12 @@ from onnx import TensorProto, helper, numpy_helper
 
 from edgecompile.importer import import_onnx
 from edgecompile.schedules import compile_relax
-from edgecompile.schedules.int8 import INT8_SCHEDULE, INT8_VNNI_SCHEDULE, KERNEL_NAME
+from edgecompile.schedules.int8 import (
+    INT8_DEPTHWISE_SCHEDULE,
+    INT8_SCHEDULE,
+    INT8_VNNI_SCHEDULE,
+    KERNEL_NAME,
+)
 from edgecompile.schedules.int8.schedule import has_blocked_kernel
 from edgecompile.schedules.pipeline import ScheduleReport
 
@@ -30,6 +35,7 @@ class Conv:
     groups: int = 1
     activation: str | None = None  # "Relu" or "Clip" (0..6), kept in the QDQ graph
     unsigned_weights: bool = False  # uint8 weights with a zero point: not foldable
+    size: int = SIZE  # the input's height and width
 
 
 CASES = {
@@ -42,6 +48,14 @@ CASES = {
     "3x3-stride2-relu-removed": Conv(6, 9, 3, stride=2),
     "depthwise": Conv(12, 12, 3, groups=12, activation="Relu"),
     "depthwise-stride2": Conv(12, 12, 3, stride=2, groups=12),
+    # A prime width: the tile is the whole row of one block, not 2 blocks × 1 pixel.
+    "pointwise-width13": Conv(20, 24, 1, activation="Relu", size=13),
+    # The depthwise shape classes: 3×3 and 5×5, stride 1 and 2, a prime width, channels that
+    # leave a part block (20, 33) or fill two (32).
+    "depthwise-width13-relu6": Conv(20, 20, 3, groups=20, activation="Clip", size=13),
+    "depthwise-stride2-width13": Conv(32, 32, 3, stride=2, groups=32, activation="Relu", size=13),
+    "depthwise-5x5-width13": Conv(20, 20, 5, groups=20, activation="Relu", size=13),
+    "depthwise-5x5-stride2-relu6": Conv(33, 33, 5, stride=2, groups=33, activation="Clip", size=14),
 }
 
 
@@ -60,7 +74,7 @@ def qdq_conv_model(conv: Conv, folder: Path, seed: int = 0) -> Path:
     shape = (conv.out_channels, conv.in_channels // conv.groups, conv.kernel, conv.kernel)
     weight = (rng.standard_normal(shape) * 0.4).astype(np.float32)
     bias = (rng.standard_normal(conv.out_channels) * 0.2).astype(np.float32)
-    pad = conv.kernel // 2
+    pad, size = conv.kernel // 2, (conv.size, conv.size)
     nodes = [
         helper.make_node(
             "Conv",
@@ -80,7 +94,7 @@ def qdq_conv_model(conv: Conv, folder: Path, seed: int = 0) -> Path:
     graph = helper.make_graph(
         nodes,
         "conv",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, conv.in_channels, SIZE, SIZE])],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, conv.in_channels, *size])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
         inits,
     )
@@ -89,7 +103,7 @@ def qdq_conv_model(conv: Conv, folder: Path, seed: int = 0) -> Path:
     fp32, int8 = folder / "conv.onnx", folder / "conv.int8.onnx"
     onnx.save(model, str(fp32))
     batches = [
-        {"x": rng.standard_normal((1, conv.in_channels, SIZE, SIZE)).astype(np.float32) * 2}
+        {"x": rng.standard_normal((1, conv.in_channels, *size)).astype(np.float32) * 2}
         for _ in range(4)
     ]
 
@@ -144,7 +158,7 @@ def reference(conv: Conv, params: dict[str, np.ndarray], x_q: np.ndarray) -> np.
     y_scale, y_zp = np.float32(params["y_scale"]), int(params["y_zero_point"])
     pad = conv.kernel // 2
     data = np.pad(x_q.astype(np.int64) - x_zp, [(0, 0), (0, 0), (pad, pad), (pad, pad)])
-    out = (SIZE + 2 * pad - conv.kernel) // conv.stride + 1
+    out = (conv.size + 2 * pad - conv.kernel) // conv.stride + 1
     per_group_in = conv.in_channels // conv.groups
     per_group_out = conv.out_channels // conv.groups
     acc = np.zeros((1, conv.out_channels, out, out), np.int64)
@@ -171,8 +185,13 @@ def reference(conv: Conv, params: dict[str, np.ndarray], x_q: np.ndarray) -> np.
 
 
 def expected_schedule(conv: Conv, target: Any) -> str:
-    """Channel-blocked on VNNI for a conv with a channel sum; NCHW otherwise."""
-    return INT8_VNNI_SCHEDULE if conv.groups == 1 and has_blocked_kernel(target) else INT8_SCHEDULE
+    """Channel-blocked on VNNI for a conv with a channel sum or a depthwise one; NCHW
+    otherwise."""
+    if not has_blocked_kernel(target):
+        return INT8_SCHEDULE
+    if conv.groups == 1:
+        return INT8_VNNI_SCHEDULE
+    return INT8_DEPTHWISE_SCHEDULE if conv.groups == conv.in_channels else INT8_SCHEDULE
 
 
 def build_and_run(path: Path, target: Any, x: np.ndarray) -> tuple[np.ndarray, list[dict]]:
@@ -198,7 +217,7 @@ def test_folded_conv_is_exact_and_within_two_steps_of_onnxruntime(
     x_scale, x_zp = np.float32(params["x_scale"]), int(params["x_zero_point"])
     y_scale, y_zp = np.float32(params["y_scale"]), int(params["y_zero_point"])
     rng = np.random.default_rng(1)
-    x_q = rng.integers(0, 256, (1, conv.in_channels, SIZE, SIZE))
+    x_q = rng.integers(0, 256, (1, conv.in_channels, conv.size, conv.size))
     # Exactly representable steps: the model's own quantize gives back x_q.
     x = ((x_q - x_zp) * x_scale).astype(np.float32)
 
@@ -246,7 +265,9 @@ def test_fp32_model_is_untouched(tmp_path: Path, host_target: Any) -> None:
 
 
 def test_folds_for_rpi4(tmp_path: Path) -> None:
-    """Cross-compiles for the board (compile only): the conv is the integer kernel there too."""
+    """Cross-compiles for the board (compile only): the conv is the integer kernel there too,
+    NEON's blocked one (test_int8_neon.py)."""
+    from edgecompile.schedules.int8 import INT8_SMULL_SCHEDULE
     from edgecompile.targets import resolve_target
 
     path = qdq_conv_model(CASES["3x3-stride2-relu6"], tmp_path)
@@ -255,7 +276,7 @@ def test_folds_for_rpi4(tmp_path: Path) -> None:
     executable, records = compile_relax(
         model.module, resolve_target("rpi4").tvm_target(), report=report
     )
-    assert [r["schedule"] for r in records] == [INT8_SCHEDULE]
+    assert [r["schedule"] for r in records] == [INT8_SMULL_SCHEDULE]
     assert "aarch64" in executable.mod.imports[0].inspect_source("ll")[:2000]
 
 

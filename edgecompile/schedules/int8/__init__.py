@@ -10,9 +10,14 @@ pass) replaces each foldable chain, ending at its ``quantize``, with one integer
   each output's quantization step (an int8 build is verified in those steps);
 - ``compute.py``: the integer conv as a TE compute (NCHW; channel-blocked for VNNI, its
   weights packed at fold time);
+- ``layouts.py``: which folded kernels hand each other the blocked uint8 activation
+  ``[N, C/16, H, W, 16]`` (no unpack/repack between them) instead of NCHW;
 - ``folding.py``: the Relax pass;
 - ``schedule.py``: the conv's schedules (a register tile of output channels × pixels; on
-  AVX-512 VNNI, of output blocks × pixels on ``vpdpbusd``);
+  AVX-512 VNNI, of output blocks × pixels on ``vpdpbusd``, and for a depthwise conv of one
+  16-channel block × pixels, widened to int32);
+- ``neon.py``: the blocked conv on ARM (``sdot`` with ``+dotprod``, else ``smull``/``vmull``), its
+  compute, weights and rules; ``neon_intrinsics.py``: their tensor intrinsics;
 - ``intrinsics.py``: the ``vpdpbusd`` tensor intrinsic (TVM's own passes an older LLVM's
   operand types).
 
@@ -21,22 +26,40 @@ The classifier's ``matmul`` (ONNX Gemm) folds too, as a 1×1 conv on ``[N, K, 1,
 
 from edgecompile.schedules.int8.folding import KERNEL_NAME, fold_int8_convs
 from edgecompile.schedules.int8.graph import VERIFY_STEPS, Int8Log, output_steps
+from edgecompile.schedules.int8.neon import (
+    INT8_SDOT_SCHEDULE,
+    INT8_SMULL_SCHEDULE,
+    INT8_VMULL_SCHEDULE,
+    Int8ConvSdot,
+    Int8ConvSmull,
+    Int8ConvVmull,
+)
 from edgecompile.schedules.int8.schedule import (
+    INT8_DEPTHWISE_SCHEDULE,
     INT8_SCHEDULE,
     INT8_UNSCHEDULED,
     INT8_VNNI_SCHEDULE,
     Int8ConvBlocked,
     Int8ConvNCHW,
+    Int8DepthwiseBlocked,
 )
 
 __all__ = [
+    "INT8_DEPTHWISE_SCHEDULE",
     "INT8_SCHEDULE",
+    "INT8_SDOT_SCHEDULE",
+    "INT8_SMULL_SCHEDULE",
     "INT8_UNSCHEDULED",
+    "INT8_VMULL_SCHEDULE",
     "INT8_VNNI_SCHEDULE",
     "KERNEL_NAME",
     "VERIFY_STEPS",
     "Int8ConvBlocked",
     "Int8ConvNCHW",
+    "Int8ConvSdot",
+    "Int8ConvSmull",
+    "Int8ConvVmull",
+    "Int8DepthwiseBlocked",
     "Int8Log",
     "fold_int8_convs",
     "output_steps",

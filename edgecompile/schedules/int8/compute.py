@@ -10,6 +10,7 @@ or Clip narrows the clamp (``lo``/``hi``). The padding holds the input's zero po
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -95,37 +96,71 @@ def pack_weight(plan: QuantizedConv) -> tuple[np.ndarray, np.ndarray]:
     return blocked, bias.astype(np.int32)
 
 
+@dataclass(frozen=True)
+class Layouts:
+    """How a blocked kernel's input and output are laid out: NCHW (its neighbours are fp32
+    glue or NCHW kernels), or the blocked uint8 activation ``[N, C/16, H, W, 16]`` that
+    consecutive blocked kernels hand each other (:mod:`.layouts` decides), with no unpack and
+    repack between them. Lanes past the real channels hold whatever the producer computed;
+    every consumer's weights for them are zero."""
+
+    blocked_input: bool = False
+    blocked_output: bool = False
+
+
+NCHW = Layouts()
+
+
 def blocked_integer_conv2d(
-    data: Any, weight: Any, bias: Any, multiplier: Any, plan: QuantizedConv
+    data: Any,
+    weight: Any,
+    bias: Any,
+    multiplier: Any,
+    plan: QuantizedConv,
+    layouts: Layouts = NCHW,
 ) -> Any:
     """The folded conv (groups 1, uint8 input) with blocked channels, VNNI's operand order:
-    the input packed to ``[N, C/4, H, W, 4]`` in the kernel, the weight pre-packed by
-    :func:`pack_weight`, int32 accumulators ``[N, O/16, OH, OW, 16]``, the output NCHW again
-    (its neighbours stay NCHW). Same integers as :func:`integer_conv2d`."""
+    the input read in 4-channel groups (an NCHW input packed to ``[N, C/4, H, W, 4]`` in the
+    kernel; a blocked one read in place, or with its padding added), the weight pre-packed by
+    :func:`pack_weight`, int32 accumulators ``[N, O/16, OH, OW, 16]``, the output NCHW or
+    blocked (``layouts``). Same integers as :func:`integer_conv2d`."""
     from tvm import te, topi
 
     from edgecompile.schedules.compute import OP_INDEX_ATTR
 
-    batch, in_channels, height, width = (int(d) for d in data.shape)
+    in_channels = plan.weight.shape[1]
+    batch, height, width = (int(data.shape[i]) for i in (0, 2, 3))
     out_blocks, in_blocks, kernel_h, kernel_w, _, _ = (int(d) for d in weight.shape)
-    out_channels = int(multiplier.shape[0])
     top, left, bottom, right = plan.padding
     stride_h, stride_w = plan.strides
     dilation_h, dilation_w = plan.dilation
     out_h = (height + top + bottom - dilation_h * (kernel_h - 1) - 1) // stride_h + 1
     out_w = (width + left + right - dilation_w * (kernel_w - 1) - 1) // stride_w + 1
-    padded = topi.nn.pad(
-        data,
-        [0, 0, top, left],
-        [0, in_blocks * IN_BLOCK - in_channels, bottom, right],
-        pad_value=plan.data_zero_point,  # a real zero; its products leave the bias (pack_weight)
-        name="int8_pad",
-    )
-    packed = te.compute(
-        (batch, in_blocks, height + top + bottom, width + left + right, IN_BLOCK),
-        lambda n, c, y, x, i: padded[n, c * IN_BLOCK + i, y, x],
-        name="int8_pack",
-    )
+    padded_shape = (batch, in_blocks, height + top + bottom, width + left + right, IN_BLOCK)
+    if not layouts.blocked_input:
+        padded = topi.nn.pad(
+            data,
+            [0, 0, top, left],
+            [0, in_blocks * IN_BLOCK - in_channels, bottom, right],
+            pad_value=plan.data_zero_point,  # a real zero; its products leave the bias
+            name="int8_pad",
+        )
+        source = te.compute(
+            padded_shape,
+            lambda n, c, y, x, i: padded[n, c * IN_BLOCK + i, y, x],
+            name="int8_pack",
+        )
+    elif any(plan.padding):
+        padded = topi.nn.pad(
+            data,
+            [0, 0, top, left, 0],
+            [0, 0, bottom, right, 0],
+            pad_value=plan.data_zero_point,
+            name="int8_pad",
+        )
+        source = te.compute(padded_shape, _groups_of_four(padded), name="int8_pack")
+    else:  # read in place: a group of 4 channels is 4 adjacent bytes of a 16-channel block
+        source = _GroupsOfFour(data)
     channel = te.reduce_axis((0, in_blocks), name="ic")
     ky = te.reduce_axis((0, kernel_h), name="ky")
     kx = te.reduce_axis((0, kernel_w), name="kx")
@@ -133,7 +168,7 @@ def blocked_integer_conv2d(
     acc = te.compute(
         (batch, out_blocks, out_h, out_w, OUT_BLOCK),
         lambda n, ob, y, x, o: te.sum(
-            packed[
+            source[
                 n, channel, y * stride_h + ky * dilation_h, x * stride_w + kx * dilation_w, lane
             ].astype("int32")
             * weight[ob, channel, ky, kx, o, lane].astype("int32"),
@@ -142,13 +177,163 @@ def blocked_integer_conv2d(
         name="int8_acc",
         attrs={OP_INDEX_ATTR: plan.op_index},  # as in integer_conv2d
     )
+    return _requantize_blocked(acc, bias, multiplier, plan, layouts)
+
+
+class _GroupsOfFour:
+    """A blocked ``[N, C/16, H, W, 16]`` tensor indexed as ``[N, C/4, H, W, 4]``."""
+
+    def __init__(self, blocked: Any) -> None:
+        self.blocked = blocked
+
+    def __getitem__(self, index: tuple[Any, ...]) -> Any:
+        return _groups_of_four(self.blocked)(*index)
+
+
+def _groups_of_four(blocked: Any) -> Any:
+    groups = OUT_BLOCK // IN_BLOCK
+    return lambda n, c, y, x, i: blocked[n, c // groups, y, x, c % groups * IN_BLOCK + i]
+
+
+def _requantize_blocked(
+    acc: Any, bias: Any, multiplier: Any, plan: QuantizedConv, layouts: Layouts
+) -> Any:
+    """The int32 accumulators ``[N, O/16, OH, OW, 16]`` requantized into the output: blocked
+    (``bias``/``multiplier`` then cover whole blocks), or NCHW (one per real channel)."""
+    from tvm import te
+
+    if layouts.blocked_output:
+        return te.compute(
+            acc.shape,
+            lambda n, b, y, x, c: _requantize(
+                acc[n, b, y, x, c] + bias[b * OUT_BLOCK + c], multiplier[b * OUT_BLOCK + c], plan
+            ),
+            name="int8_requantize",
+        )
+    batch, _, out_h, out_w, _ = acc.shape
     return te.compute(
-        (batch, out_channels, out_h, out_w),
+        (batch, int(multiplier.shape[0]), out_h, out_w),
         lambda n, o, y, x: _requantize(
             acc[n, o // OUT_BLOCK, y, x, o % OUT_BLOCK] + bias[o], multiplier[o], plan
         ),
         name="int8_requantize",
     )
+
+
+def unpack_blocked(data: Any, channels: int) -> Any:
+    """A blocked ``[N, C/16, H, W, 16]`` activation as NCHW: what the folding pass hands the
+    dead fp32 chains that read a blocked output (DeadCodeElimination removes it with them), so
+    they keep reading a folded kernel's NCHW output, as without the blocked layout."""
+    from tvm import te
+
+    batch, _, height, width, _ = (int(d) for d in data.shape)
+    return te.compute(
+        (batch, channels, height, width),
+        lambda n, c, y, x: data[n, c // OUT_BLOCK, y, x, c % OUT_BLOCK],
+        name="int8_unpack",
+    )
+
+
+def whole_blocks(values: np.ndarray) -> np.ndarray:
+    """A per-channel constant (bias, multiplier) padded with zeros to whole blocks, for a
+    kernel that writes the blocked layout: its part block's extra lanes requantize to the zero
+    point."""
+    padded = np.zeros(-(-values.size // OUT_BLOCK) * OUT_BLOCK, values.dtype)
+    padded[: values.size] = values
+    return padded
+
+
+def is_depthwise(plan: QuantizedConv) -> bool:
+    """One input channel per output channel (no channel multiplier): what
+    :func:`blocked_integer_depthwise` computes."""
+    out_channels, group_channels = plan.weight.shape[:2]
+    return group_channels == 1 and plan.groups == out_channels > 1
+
+
+def pack_depthwise_weight(plan: QuantizedConv) -> tuple[np.ndarray, np.ndarray]:
+    """The blocked depthwise conv's constants: the weight as int32 ``[C/16, KH, KW, 16]``
+    (zero-padded to whole blocks; int32 already, so each tap is one ``vpmulld`` with a memory
+    operand and no widening in the kernel) and the int32 bias with the input zero point folded
+    in, as :func:`pack_weight` folds it (the padding holds the zero point too)."""
+    channels, _, kernel_h, kernel_w = plan.weight.shape
+    blocks = -(-channels // OUT_BLOCK)
+    padded = np.zeros((blocks * OUT_BLOCK, kernel_h, kernel_w), np.int32)
+    padded[:channels] = plan.weight[:, 0]
+    blocked = padded.reshape(blocks, OUT_BLOCK, kernel_h, kernel_w).transpose(0, 2, 3, 1)
+    weight_sums = plan.weight.astype(np.int64).sum(axis=(1, 2, 3))
+    bias = plan.bias.astype(np.int64) - plan.data_zero_point * weight_sums
+    return np.ascontiguousarray(blocked), bias.astype(np.int32)
+
+
+#: The depthwise conv's accumulation block (named apart from the convs' ``int8_acc``: both
+#: have seven loops, and each rule must find only its own kernel).
+DEPTHWISE_ACC = "int8_depthwise_acc"
+
+
+def blocked_integer_depthwise(
+    data: Any,
+    weight: Any,
+    bias: Any,
+    multiplier: Any,
+    plan: QuantizedConv,
+    layouts: Layouts = NCHW,
+) -> Any:
+    """The folded depthwise conv (uint8 input) with 16 channels per block, one int32 vector
+    lane each: the input as ``[N, C/16, H, W, 16]`` with its padding (an NCHW input packed so
+    in the kernel), the weight pre-packed by :func:`pack_depthwise_weight`, int32 accumulators
+    ``[N, C/16, OH, OW, 16]`` (each tap a widened uint8 load times the tap's weights, exact in
+    int32), the output NCHW or blocked (``layouts``). Same integers as
+    :func:`integer_conv2d`."""
+    from tvm import te, topi
+
+    from edgecompile.schedules.compute import OP_INDEX_ATTR
+
+    channels = plan.weight.shape[0]
+    batch, height, width = (int(data.shape[i]) for i in (0, 2, 3))
+    blocks, kernel_h, kernel_w, _ = (int(d) for d in weight.shape)
+    top, left, bottom, right = plan.padding
+    stride_h, stride_w = plan.strides
+    dilation_h, dilation_w = plan.dilation
+    out_h = (height + top + bottom - dilation_h * (kernel_h - 1) - 1) // stride_h + 1
+    out_w = (width + left + right - dilation_w * (kernel_w - 1) - 1) // stride_w + 1
+    packed_shape = (batch, blocks, height + top + bottom, width + left + right, OUT_BLOCK)
+    if layouts.blocked_input:
+        padded = topi.nn.pad(
+            data,
+            [0, 0, top, left, 0],
+            [0, 0, bottom, right, 0],
+            pad_value=plan.data_zero_point,  # a real zero; its products leave the bias
+            name="int8_pad",
+        )
+        packed = te.compute(packed_shape, lambda *i: padded[i], name="int8_pack")
+    else:
+        padded = topi.nn.pad(
+            data,
+            [0, 0, top, left],
+            [0, blocks * OUT_BLOCK - channels, bottom, right],
+            pad_value=plan.data_zero_point,
+            name="int8_pad",
+        )
+        packed = te.compute(
+            packed_shape,
+            lambda n, b, y, x, c: padded[n, b * OUT_BLOCK + c, y, x],
+            name="int8_pack",
+        )
+    ky = te.reduce_axis((0, kernel_h), name="ky")
+    kx = te.reduce_axis((0, kernel_w), name="kx")
+    acc = te.compute(
+        (batch, blocks, out_h, out_w, OUT_BLOCK),
+        lambda n, b, y, x, c: te.sum(
+            packed[n, b, y * stride_h + ky * dilation_h, x * stride_w + kx * dilation_w, c].astype(
+                "int32"
+            )
+            * weight[b, ky, kx, c],
+            axis=[ky, kx],
+        ),
+        name=DEPTHWISE_ACC,
+        attrs={OP_INDEX_ATTR: plan.op_index},  # as in integer_conv2d
+    )
+    return _requantize_blocked(acc, bias, multiplier, plan, layouts)
 
 
 def _requantize(acc: Any, multiplier: Any, plan: QuantizedConv) -> Any:

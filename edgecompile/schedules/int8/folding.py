@@ -7,8 +7,19 @@ from typing import Any
 
 import numpy as np
 
-from edgecompile.schedules.int8.compute import blocked_integer_conv2d, integer_conv2d, pack_weight
+from edgecompile.schedules.int8.compute import (
+    Layouts,
+    blocked_integer_conv2d,
+    blocked_integer_depthwise,
+    integer_conv2d,
+    pack_depthwise_weight,
+    pack_weight,
+    unpack_blocked,
+    whole_blocks,
+)
 from edgecompile.schedules.int8.graph import Int8Log, QuantizedConv, find_quantized_convs
+from edgecompile.schedules.int8.layouts import blocked_kind, blocked_outputs
+from edgecompile.schedules.int8.neon import neon_instruction, neon_kernel
 
 #: The PrimFunc name hint of a folded conv (``conv2d`` in it: profiles name the layer by it).
 KERNEL_NAME = "int8_conv2d"
@@ -16,13 +27,17 @@ KERNEL_NAME = "int8_conv2d"
 
 def fold_int8_convs(log: Int8Log, target: Any = None) -> Any:
     """The Relax pass: every foldable chain in ``main`` becomes a call to an integer conv,
-    channel-blocked (:func:`.compute.blocked_integer_conv2d`) where ``target`` has a kernel for
-    that layout (:func:`.schedule.has_blocked_kernel`), else NCHW."""
+    channel-blocked (:func:`.compute.blocked_integer_conv2d`, :func:`.compute.
+    blocked_integer_depthwise`) where ``target`` has kernels for that layout
+    (:func:`.schedule.has_blocked_kernel`), else NCHW; consecutive blocked kernels hand each
+    other the blocked layout (:mod:`.layouts`)."""
     import tvm
 
     from edgecompile.schedules.int8.schedule import has_blocked_kernel
 
     blocked = target is not None and has_blocked_kernel(target)
+    # ARM: the NEON blocked conv (sdot, else smull; vmull on 32-bit ARM), see .neon.
+    neon = neon_instruction(target) if target is not None else None
 
     @tvm.transform.module_pass(opt_level=0, name="edgecompile.FoldInt8Convs")
     def transform(module: Any, _context: Any) -> Any:
@@ -33,22 +48,56 @@ def fold_int8_convs(log: Int8Log, target: Any = None) -> Any:
         plans = find_quantized_convs(module, log)
         if not plans:
             return module
-        return _rewrite(module, plans, blocked)
+        return _rewrite(module, plans, log, blocked, neon)
 
     return transform
 
 
-def _rewrite(module: Any, plans: dict[Any, QuantizedConv], blocked: bool) -> Any:
+def _rewrite(
+    module: Any,
+    plans: dict[Any, QuantizedConv],
+    log: Int8Log,
+    blocked: bool,
+    neon: str | None = None,
+) -> Any:
+    """``neon``: the NEON blocked conv's instruction (:func:`.neon.neon_instruction`), if the
+    target is ARM."""
     from tvm import relax
 
     from edgecompile.schedules.analysis import dtype_of, static_shape
 
-    def call_args(plan: QuantizedConv) -> tuple[Any, np.ndarray, np.ndarray]:
-        # The blocked kernel multiplies u8 × s8 as the hardware does: an int8 input, or a
-        # depthwise/grouped conv (no channel sum to block), keeps the NCHW kernel.
-        if blocked and plan.groups == 1 and dtype_of(plan.data) == "uint8":
-            return blocked_integer_conv2d, *pack_weight(plan)
-        return integer_conv2d, plan.weight, plan.bias
+    kinds = {var: blocked_kind(plan, dtype_of(plan.data), blocked) for var, plan in plans.items()}
+    written_blocked = blocked_outputs(module["main"], plans, kinds)
+    log.blocked_outputs = {plans[var].op_index for var in written_blocked}
+
+    def kernel(var: Any, plan: QuantizedConv) -> tuple[Any, np.ndarray, np.ndarray, np.ndarray]:
+        """The compute (data, weight, bias, multiplier) → output, and its three constants."""
+        kind = kinds[var]
+        if kind is None and neon and plan.groups == 1 and dtype_of(plan.data) == "uint8":
+            compute, weight, bias = neon_kernel(neon, plan)
+            return compute, weight, bias, plan.multiplier
+        if kind is None:
+            return (
+                (lambda *args: integer_conv2d(*args, plan)),
+                plan.weight,
+                plan.bias,
+                plan.multiplier,
+            )
+        layouts = Layouts(
+            blocked_input=plan.data in written_blocked, blocked_output=var in written_blocked
+        )
+        if kind == "conv":
+            compute, (weight, bias) = blocked_integer_conv2d, pack_weight(plan)
+        else:
+            compute, (weight, bias) = blocked_integer_depthwise, pack_depthwise_weight(plan)
+        multiplier = plan.multiplier
+        if layouts.blocked_output:
+            bias, multiplier = whole_blocks(bias), whole_blocks(multiplier)
+        return (lambda *args: compute(*args, plan, layouts)), weight, bias, multiplier
+
+    # A blocked output's var, by the original ``quantize`` var it replaces for its (folded,
+    # blocked) readers; the original stays for the dead fp32 chains reading it until DCE.
+    blocked_vars: dict[Any, Any] = {}
 
     @relax.expr_functor.mutator
     class Folder(relax.PyExprMutator):
@@ -57,20 +106,36 @@ def _rewrite(module: Any, plans: dict[Any, QuantizedConv], blocked: bool) -> Any
             if plan is None:
                 super().visit_var_binding_(binding)
                 return
-            compute, weight, bias = call_args(plan)
-            data = self.visit_expr(plan.data)
+            compute, weight, bias, multiplier = kernel(binding.var, plan)
+            if plan.data in written_blocked:
+                data = blocked_vars[plan.data]
+            else:
+                data = self.visit_expr(plan.data)
             if plan.matmul:  # [N, K] → [N, K, 1, 1]: a 1×1 conv
                 batch, features = static_shape(plan.data)
                 data = self.builder_.emit(relax.op.reshape(data, (batch, features, 1, 1)))
             call = self.builder_.call_te(
-                lambda d, w, b, m: compute(d, w, b, m, plan),
+                compute,
                 data,
-                relax.const(weight, "int8"),
+                relax.const(weight, str(weight.dtype)),  # int8; int32 for the depthwise
                 relax.const(bias, "int32"),
-                relax.const(plan.multiplier, "float32"),
+                relax.const(multiplier, "float32"),
                 primfunc_name_hint=KERNEL_NAME,
             )
             new_var = self.builder_.emit(call)
+            if binding.var in written_blocked:
+                blocked_vars[binding.var] = new_var
+                # The fp32 chains still reading it (dead) read it unpacked, as they read an
+                # NCHW output: reviving the original quantize would hand the layout pass a
+                # dead fp32 chain joined up again, and it lays out the live glue around it.
+                channels = plan.weight.shape[0]
+                new_var = self.builder_.emit(
+                    self.builder_.call_te(
+                        lambda d: unpack_blocked(d, channels),
+                        new_var,
+                        primfunc_name_hint="int8_unpack",
+                    )
+                )
             if plan.matmul:
                 shape = (batch, plan.weight.shape[0])
                 new_var = self.builder_.emit(relax.op.reshape(new_var, shape))

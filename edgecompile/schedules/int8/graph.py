@@ -25,6 +25,9 @@ class Int8Log:
 
     folded: set[int] = field(default_factory=set)
     kept: dict[int, str] = field(default_factory=dict)
+    #: Folded convs whose output stays in the blocked uint8 layout for the folded kernels
+    #: that read it (:mod:`.layouts`); the others write NCHW.
+    blocked_outputs: set[int] = field(default_factory=set)
 
 
 @dataclass(frozen=True)
@@ -48,6 +51,9 @@ class QuantizedConv:
     #: A classifier ``matmul(x [N, K], w.T)``: run as a 1×1 conv on ``x`` as ``[N, K, 1, 1]``
     #: (``weight`` is then ``[O, K, 1, 1]``).
     matmul: bool = False
+    #: The fp32 conv's (or matmul's) binding var, dead once folded: how a producer's
+    #: consumers are recognized as folded convs (:mod:`.layouts`).
+    conv: Any = None
 
 
 class NotFoldable(Exception):
@@ -221,6 +227,7 @@ def _match(quantize: Any, chain: _Chain, values: dict[Any, Any], op_index: int) 
             groups=1,
             op_index=op_index,
             matmul=True,
+            conv=chain.conv,
         )
     return QuantizedConv(
         data=data.args[0],
@@ -237,6 +244,7 @@ def _match(quantize: Any, chain: _Chain, values: dict[Any, Any], op_index: int) 
         dilation=tuple(int(d) for d in attrs.dilation),
         groups=int(attrs.groups),
         op_index=op_index,
+        conv=chain.conv,
     )
 
 

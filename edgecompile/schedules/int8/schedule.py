@@ -5,15 +5,23 @@ from __future__ import annotations
 
 from typing import Any
 
+from edgecompile.schedules.int8.compute import DEPTHWISE_ACC
+
 #: The ``schedule`` of a folded conv :class:`Int8ConvNCHW` scheduled (manifest, ``--explain``).
 INT8_SCHEDULE = "edgecompile-int8 (NCHW)"
 #: The ``schedule`` of a channel-blocked folded conv, on AVX-512 VNNI's ``vpdpbusd``.
 INT8_VNNI_SCHEDULE = "edgecompile-int8 (blocked, VNNI)"
+#: The ``schedule`` of a channel-blocked folded depthwise conv (AVX-512: 16 int32 lanes).
+INT8_DEPTHWISE_SCHEDULE = "edgecompile-int8 (blocked depthwise)"
 #: The ``schedule`` of a folded conv left to TVM's default lowering (the rule failed).
 INT8_UNSCHEDULED = "edgecompile-int8 (NCHW, TVM lowering)"
 #: Accumulator registers of the blocked conv's tile (of AVX-512's 32): the rest hold the
 #: weight vector and the broadcast input.
 _VNNI_TILE_REGISTERS = 24
+#: Pixels of one row accumulated together by the blocked depthwise conv (of AVX-512's 32
+#: registers; the rest hold a tap's weights and a widened input): 14 divides the widths
+#: 224-input models have (112, 56, 28, 14, 7), and a prime width up to 13 is one tile.
+_DEPTHWISE_TILE_PIXELS = 14
 
 
 def has_blocked_kernel(target: Any) -> bool:
@@ -23,8 +31,56 @@ def has_blocked_kernel(target: Any) -> bool:
     return bool(target_has_features("avx512vnni", target))
 
 
+def _inline_padding(sch: Any) -> None:
+    """Inline the kernel's ``int8_pad`` block into its reader, if the compute made one."""
+    try:
+        pad = sch.get_sblock("int8_pad")
+    except Exception:  # none: TVM raises its own error type for a missing block
+        return
+    sch.compute_inline(pad)
+
+
+def _reads_blocked(sch: Any, block: Any) -> bool:
+    """Whether ``block`` reads a 5-D (blocked ``[N, C/16, H, W, 16]``) buffer."""
+    return all(len(region.source.shape) == 5 for region in sch.get(block).reads)
+
+
 def _largest_divisor(extent: int, limit: int) -> int:
     return max(d for d in range(1, min(extent, limit) + 1) if extent % d == 0)
+
+
+#: Fewer accumulators than this leave ``vpdpbusd``'s latency exposed (each step's products
+#: wait on the last step's): the tile then takes more output blocks or a whole prime row.
+_VNNI_MIN_ACCUMULATORS = 8
+
+
+def vnni_register_tile(out_blocks: int, out_w: int) -> tuple[int, int]:
+    """Output blocks × pixels of one row the VNNI conv accumulates in registers: 2 blocks
+    (when they divide) × the largest pixel divisor that fits; a row that leaves that tile
+    with too few accumulators (a prime width such as 13: 2 × 1) takes the tile of whole
+    divisors with the most accumulators instead (1 × 13), 2 blocks first."""
+    ob_tile = 2 if out_blocks % 2 == 0 and out_w >= 4 else 1
+    x_tile = _largest_divisor(out_w, _VNNI_TILE_REGISTERS // ob_tile)
+    if ob_tile * x_tile >= _VNNI_MIN_ACCUMULATORS:
+        return ob_tile, x_tile
+    return max(
+        (
+            (blocks, pixels)
+            for blocks in (1, 2)  # 4 × 3 ran the stem (111 wide) 1.3× slower than 2 × 3
+            if out_blocks % blocks == 0
+            for pixels in range(1, out_w + 1)
+            if out_w % pixels == 0 and blocks * pixels <= _VNNI_TILE_REGISTERS
+        ),
+        key=lambda tile: (tile[0] * tile[1], tile[0]),
+    )
+
+
+def depthwise_row_tile(out_w: int) -> int:
+    """Pixels of a row the depthwise conv accumulates together: the largest divisor of the
+    row up to :data:`_DEPTHWISE_TILE_PIXELS`, or a whole row of up to 24 pixels (of 32
+    registers) whose divisors are all too small (17, 19, 23)."""
+    tile = _largest_divisor(out_w, _DEPTHWISE_TILE_PIXELS)
+    return out_w if tile < 4 and out_w <= _VNNI_TILE_REGISTERS else tile
 
 
 class Int8ConvNCHW:  # a dlight-style rule, tried like ours (pipeline.schedule_rules)
@@ -34,7 +90,12 @@ class Int8ConvNCHW:  # a dlight-style rule, tried like ours (pipeline.schedule_r
 
     schedule_name = INT8_SCHEDULE
     blocked = False
+    acc_block = "int8_acc"
     loops = ("n", "o", "y", "x", "ic", "ky", "kx")  # the acc block's, as the compute makes it
+
+    def has_kernel(self, target: Any) -> bool:
+        """Whether ``target`` has the instructions this rule's blocked kernel is written for."""
+        return has_blocked_kernel(target)
 
     def try_schedule(self, func: Any, target: Any) -> Any | None:
         from tvm import s_tir, tirx
@@ -54,13 +115,13 @@ class Int8ConvNCHW:  # a dlight-style rule, tried like ours (pipeline.schedule_r
             func = tirx.transform.ForceNarrowIndexToInt32()(tvm.IRModule({"main": func}))["main"]
         sch = s_tir.Schedule(func)
         try:
-            acc = sch.get_sblock("int8_acc")
+            acc = sch.get_sblock(self.acc_block)
             requantize = sch.get_sblock("int8_requantize")
         except Exception:  # not one of ours: TVM raises its own error type for a missing block
             return None
         if len(sch.get_loops(acc)) != len(self.loops):
             return None  # the other layout's kernel
-        if self.blocked and not has_blocked_kernel(target):
+        if self.blocked and not self.has_kernel(target):
             return None  # compiled for another target than folded for: TVM lowers it
         try:
             return self._schedule(sch, acc, requantize, cpu_info(target).lanes)
@@ -105,11 +166,11 @@ class Int8ConvBlocked(Int8ConvNCHW):
         from edgecompile.schedules.int8.intrinsics import vnni_intrinsic
         from edgecompile.schedules.rules import SCHEDULED_BY_ATTR
 
-        sch.compute_inline(sch.get_sblock("int8_pad"))
+        # A blocked input without padding is read in place: no pad, no pack.
+        _inline_padding(sch)
         n, ob, y, x, o, ic, ky, kx, ii = sch.get_loops(acc)
         out_blocks, out_w = int(sch.get(ob).extent), int(sch.get(x).extent)
-        ob_tile = 2 if out_blocks % 2 == 0 and out_w >= 4 else 1
-        x_tile = _largest_divisor(out_w, _VNNI_TILE_REGISTERS // ob_tile)
+        ob_tile, x_tile = vnni_register_tile(out_blocks, out_w)
         ob_outer, ob_inner = sch.split(ob, [None, ob_tile])
         x_outer, x_inner = sch.split(x, [None, x_tile])
         sch.reorder(n, ob_outer, y, x_outer, ic, ky, kx, ob_inner, x_inner, o, ii)
@@ -129,4 +190,49 @@ class Int8ConvBlocked(Int8ConvNCHW):
         init = sch.decompose_reduction(acc, ic)
         sch.vectorize(sch.get_loops(init)[-1])
         sch.tensorize(o, vnni_intrinsic())
+        return sch
+
+
+class Int8DepthwiseBlocked(Int8ConvNCHW):
+    """The channel-blocked folded depthwise conv (:func:`.compute.blocked_integer_depthwise`):
+    a register tile of one block's 16 channels (the vector) × up to 14 pixels of a row,
+    accumulated over the window's taps in int32 (a widened uint8 load, a multiply by the tap's
+    16 weights, an add), then requantized straight from the registers into the NCHW output. The
+    input is packed per channel block, just before the block's rows are computed, while it is
+    still in cache."""
+
+    schedule_name = INT8_DEPTHWISE_SCHEDULE
+    blocked = True
+    acc_block = DEPTHWISE_ACC
+    loops = ("n", "b", "y", "x", "c", "ky", "kx")
+
+    def _schedule(self, sch: Any, acc: Any, requantize: Any, lanes: int) -> Any:
+        from edgecompile.schedules.rules import SCHEDULED_BY_ATTR
+
+        _inline_padding(sch)
+        pack = sch.get_sblock("int8_pack")
+        # A blocked input's pack copies 16 contiguous channels (one vector); an NCHW input's
+        # gathers them a plane apart, byte by byte.
+        contiguous_pack = _reads_blocked(sch, pack)
+        n, b, y, x, c, ky, kx = sch.get_loops(acc)
+        x_tile = depthwise_row_tile(int(sch.get(x).extent))
+        x_outer, x_inner = sch.split(x, [None, x_tile])
+        sch.reorder(n, b, y, x_outer, ky, kx, x_inner, c)
+        # As in Int8ConvBlocked: the tile's accumulators stay in registers.
+        tile = sch.cache_write(acc, 0, "local")
+        sch.compute_inline(tile)
+        sch.reverse_compute_at(requantize, x_outer)
+        sch.vectorize(sch.get_loops(requantize)[-1])
+        sch.compute_at(pack, b)
+        if contiguous_pack:
+            sch.vectorize(sch.get_loops(pack)[-1])
+        sch.unroll(ky)
+        sch.unroll(kx)
+        sch.unroll(x_inner)
+        sch.vectorize(c)
+        sch.parallel(sch.fuse(n, b))
+        sch.annotate(acc, SCHEDULED_BY_ATTR, INT8_DEPTHWISE_SCHEDULE)
+        # Last, as in Int8ConvBlocked.
+        init = sch.decompose_reduction(acc, ky)
+        sch.vectorize(sch.get_loops(init)[-1])
         return sch

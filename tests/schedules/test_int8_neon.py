@@ -1,0 +1,311 @@
+"""The NEON blocked integer conv of ARM boards: ``sdot`` on rpi5 (``+dotprod``), the widening
+``smull``/``sadalp`` sequence on rpi4 (``vmull``/``vpadal`` on 32-bit ARM); its packed constants
+and shifted input (exact on this host), its instructions (the boards' assembly), and its
+integers on the emulated cores."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from edgecompile.importer import import_onnx
+from edgecompile.schedules import compile_relax
+from edgecompile.schedules.int8 import (
+    INT8_SCHEDULE,
+    INT8_SDOT_SCHEDULE,
+    INT8_SMULL_SCHEDULE,
+    INT8_VMULL_SCHEDULE,
+)
+from edgecompile.schedules.int8.graph import QuantizedConv
+from edgecompile.schedules.int8.neon import (
+    IN_BLOCK,
+    OUT_BLOCK,
+    SMULL_PAIRS,
+    neon_instruction,
+    neon_integer_conv2d,
+    pack_neon_weight,
+    register_tile,
+)
+from edgecompile.schedules.pipeline import ScheduleReport
+from edgecompile.schedules.spills import module_spills
+from edgecompile.targets import resolve_target
+
+from .test_int8_kernels import CASES, SIZE, parameters, qdq_conv_model, reference
+
+#: The board, its instruction, the conv's schedule, and the core qemu emulates for it.
+BOARDS = {
+    "rpi5": ("sdot", INT8_SDOT_SCHEDULE, "cortex-a76"),
+    "rpi4": ("smull", INT8_SMULL_SCHEDULE, "cortex-a72"),
+    "armv7": ("vmull", INT8_VMULL_SCHEDULE, "max"),
+}
+#: The widening instructions' names on each architecture: multiply, pairwise accumulate.
+WIDENING = {"smull": ("smull", "sadalp"), "vmull": ("vmull.s8", "vpadal.s16")}
+
+
+def random_plan(rng: np.random.Generator, **conv: Any) -> QuantizedConv:
+    """A folded conv with random integers: uint8 input with a zero point, int8 weights."""
+    out_channels, in_channels, kernel = conv["out_channels"], conv["in_channels"], conv["kernel"]
+    pad = kernel // 2
+    return QuantizedConv(
+        data=None,
+        data_zero_point=int(rng.integers(0, 256)),
+        weight=rng.integers(-128, 128, (out_channels, in_channels, kernel, kernel)).astype(np.int8),
+        bias=rng.integers(-20000, 20000, out_channels).astype(np.int32),
+        multiplier=rng.uniform(1e-4, 4e-3, out_channels).astype(np.float32),
+        out_zero_point=int(rng.integers(0, 256)),
+        out_dtype="uint8",
+        low=0,
+        high=255,
+        strides=(conv.get("stride", 1),) * 2,
+        padding=(pad, pad, pad, pad),
+        dilation=(1, 1),
+        groups=1,
+        op_index=0,
+    )
+
+
+def numpy_conv(plan: QuantizedConv, x_q: np.ndarray) -> np.ndarray:
+    """The folded conv in numpy: Σ (x - zp)·w in int64 (the padding a real 0), + bias, then
+    the kernel's requantization (float32 multiply, clamp, round half to even)."""
+    top, left, bottom, right = plan.padding
+    stride = plan.strides[0]
+    data = np.pad(
+        x_q.astype(np.int64) - plan.data_zero_point, [(0, 0), (0, 0), (top, bottom), (left, right)]
+    )
+    _, _, kernel_h, kernel_w = plan.weight.shape
+    out_h = (data.shape[2] - kernel_h) // stride + 1
+    out_w = (data.shape[3] - kernel_w) // stride + 1
+    acc = np.zeros((x_q.shape[0], plan.weight.shape[0], out_h, out_w), np.int64)
+    for ky in range(kernel_h):
+        for kx in range(kernel_w):
+            window = data[
+                :, :, ky : ky + stride * out_h : stride, kx : kx + stride * out_w : stride
+            ]
+            acc += np.einsum("oc,nchw->nohw", plan.weight[:, :, ky, kx].astype(np.int64), window)
+    acc += plan.bias.astype(np.int64)[None, :, None, None]
+    scaled = acc.astype(np.float32) * plan.multiplier[None, :, None, None]
+    low, high = plan.low - plan.out_zero_point, plan.high - plan.out_zero_point
+    return (np.rint(np.clip(scaled, low, high)) + plan.out_zero_point).astype(plan.out_dtype)
+
+
+@pytest.mark.parametrize(
+    "conv",
+    [
+        # An input block padded from 6 channels, three output blocks, one padded from 10.
+        {"in_channels": 6, "out_channels": 10, "kernel": 3},
+        {"in_channels": 13, "out_channels": 32, "kernel": 1},
+        {"in_channels": 5, "out_channels": 9, "kernel": 3, "stride": 2},
+    ],
+)
+@pytest.mark.parametrize("pairs", [1, SMULL_PAIRS], ids=["sdot", "smull"])
+def test_shifted_input_and_packed_constants_give_the_same_integers(
+    conv: dict[str, int], pairs: int
+) -> None:
+    """The NEON compute (input shifted to int8, zero point and shift in the bias, blocked
+    weights; for smull two accumulators per channel) run on this host without its intrinsic:
+    exactly the NCHW integers."""
+    import tvm
+    from tvm import te
+
+    rng = np.random.default_rng(conv["in_channels"])
+    plan = random_plan(rng, **conv)
+    # Inputs at both ends of uint8: the shift must neither wrap nor saturate.
+    x_q = rng.integers(0, 256, (1, conv["in_channels"], SIZE, SIZE)).astype(np.uint8)
+    x_q[0, 0, 0, :2] = (0, 255)
+    weight, bias = pack_neon_weight(plan, pairs)
+    assert weight.shape[4:] == ((OUT_BLOCK, IN_BLOCK) if pairs == 1 else (OUT_BLOCK, 2, 2))
+
+    data = te.placeholder(x_q.shape, "uint8")
+    weight_in = te.placeholder(weight.shape, "int8")
+    bias_in = te.placeholder(bias.shape, "int32")
+    multiplier = te.placeholder(plan.multiplier.shape, "float32")
+    out = neon_integer_conv2d(data, weight_in, bias_in, multiplier, plan)
+    kernel = tvm.compile(te.create_prim_func([data, weight_in, bias_in, multiplier, out]), "llvm")
+    expected = numpy_conv(plan, x_q)
+    args = [x_q, weight, bias, plan.multiplier, np.zeros(expected.shape, np.uint8)]
+    tensors = [tvm.runtime.tensor(a) for a in args]
+    kernel(*tensors)
+
+    assert np.unique(expected).size > 10  # the data spans the output range
+    np.testing.assert_array_equal(tensors[-1].numpy(), expected)
+
+
+def test_each_board_gets_its_instruction() -> None:
+    """sdot where the core has the dot-product extension (the rpi5 preset says so), the
+    widening sequence on the other ARM boards (32-bit ARM's names for it), none on x86."""
+    assert "+dotprod" in resolve_target("rpi5").target["mattr"]
+    expected = {
+        "rpi5": "sdot",
+        "rpi4": "smull",
+        "rpi3": "smull",
+        "jetson-nano-cpu": "smull",
+        "aarch64": "smull",
+        "armv7": "vmull",
+        "rpi4-armv7": "vmull",
+        "x86-64-v3": None,
+    }
+    actual = {board: neon_instruction(resolve_target(board).tvm_target()) for board in expected}
+    assert actual == expected
+
+
+@pytest.mark.parametrize(
+    ("out_blocks", "out_w", "registers", "per_accumulator", "temporaries", "pixels_first", "tile"),
+    [
+        (8, 56, 30, 1, 0, False, (4, 4)),  # ties go to more output blocks
+        (6, 56, 30, 1, 0, False, (2, 8)),  # 3 × 8 = 24 accumulators fit, not their 11 operands
+        (9, 7, 30, 1, 0, False, (1, 7)),
+        (4, 1, 30, 2, 2, False, (4, 1)),  # the classifier: one pixel
+        (4, 56, 30, 2, 2, False, (4, 2)),
+        (9, 9, 14, 2, 2, True, (1, 3)),  # 32-bit ARM: ties go to more pixels
+    ],
+)
+def test_register_tile_fits_accumulators_and_operands(
+    out_blocks: int,
+    out_w: int,
+    registers: int,
+    per_accumulator: int,
+    temporaries: int,
+    pixels_first: bool,
+    tile: tuple[int, int],
+) -> None:
+    blocks, pixels = register_tile(
+        out_blocks, out_w, registers, per_accumulator, temporaries, pixels_first
+    )
+    assert (blocks, pixels) == tile
+    assert out_blocks % blocks == 0 and out_w % pixels == 0
+    assert blocks * pixels * per_accumulator + blocks + pixels + temporaries <= registers
+
+
+def _kernel_instructions(asm: str) -> list[str]:
+    """The mnemonics of the integer conv's vector instructions (AArch64: a ``v<n>.`` operand, as
+    its scalar ``smull`` computes addresses; 32-bit ARM: a ``v`` mnemonic) in a module's
+    assembly."""
+    mnemonics, inside = [], False
+    for line in asm.splitlines():
+        if re.match(r"^[\w.$]+:", line) and not line.startswith(".L"):
+            inside = "int8_conv2d" in line
+        elif inside and re.match(r"^\t(v|[a-z].*\bv\d+\.)", line):
+            mnemonics.append(line.split()[0])
+    return mnemonics
+
+
+@pytest.mark.parametrize("board", BOARDS)
+def test_board_library_multiplies_with_its_instruction(board: str, tmp_path: Path) -> None:
+    """The board's integer conv is tensorized: sdot on rpi5; on rpi4 smull with each product
+    vector pairwise-accumulated by sadalp, and never sdot (an A72 cannot run it); armv7 the
+    same as vmull.s8/vpadal.s16. No int32 vector multiply (a kernel widened to int32 first),
+    and no vector register spilled."""
+    instruction, schedule, _ = BOARDS[board]
+    target = resolve_target(board).tvm_target()
+    model, _ = import_onnx(qdq_conv_model(CASES["3x3-three-blocks"], tmp_path), name="conv")
+    executable, records = compile_relax(model.module, target, report=ScheduleReport())
+
+    assert [r["schedule"] for r in records] == [schedule]
+    mnemonics = _kernel_instructions(str(executable.mod.imports[0].inspect_source("asm")))
+    assert not {"mul", "mla", "vmul.i32", "vmla.i32"} & set(mnemonics)
+    if instruction == "sdot":
+        assert mnemonics.count("sdot") >= 4
+        assert "smull" not in mnemonics
+    else:
+        multiply, accumulate = WIDENING[instruction]
+        assert "sdot" not in mnemonics
+        assert mnemonics.count(multiply) >= 4
+        assert mnemonics.count(accumulate) == mnemonics.count(multiply)
+    spills = module_spills(executable, target)
+    assert not [s for name, s in spills.items() if "int8_conv2d" in name and s.spills]
+
+
+def test_32_bit_libraries_pass_floats_to_libm_in_vfp_registers(tmp_path: Path) -> None:
+    """On ARMv7 (no vrintn) the requantization rounds with a call to libm's nearbyintf, which
+    on an armhf board reads its argument from s0: passed in r0 (LLVM's soft-float default),
+    int8 outputs came out wrong under qemu-arm. Every 32-bit preset says hard float (the
+    ARMv8 cores of rpi3/rpi4-armv7 round inline, but call libm for other functions)."""
+    for board in ("armv7", "rpi3-armv7", "rpi4-armv7"):
+        assert resolve_target(board).target["mfloat-abi"] == "hard"
+    target = resolve_target("armv7").tvm_target()
+    model, _ = import_onnx(qdq_conv_model(CASES["pointwise"], tmp_path), name="conv")
+    executable, _ = compile_relax(model.module, target, report=ScheduleReport())
+    lines = str(executable.mod.imports[0].inspect_source("asm")).splitlines()
+    calls = [i for i, line in enumerate(lines) if re.match(r"^\s*bl\s+nearbyintf\b", line)]
+    assert calls
+    for call in calls:
+        assert not re.match(r"^\s*vmov\s+r0,\s*s\d+", lines[call - 1]), lines[call - 1]
+
+
+def test_depthwise_keeps_the_nchw_kernel_on_the_boards(tmp_path: Path) -> None:
+    """The NEON blocked conv sums channels: a depthwise conv keeps the NCHW integer kernel."""
+    target = resolve_target("rpi5").tvm_target()
+    model, _ = import_onnx(qdq_conv_model(CASES["depthwise"], tmp_path), name="conv")
+    _, records = compile_relax(model.module, target, report=ScheduleReport())
+    assert [r["schedule"] for r in records] == [INT8_SCHEDULE]
+
+
+@pytest.mark.emulator
+@pytest.mark.parametrize(
+    ("board", "case"),
+    [
+        ("rpi5", "3x3-three-blocks"),
+        # ~30 s each (TVM's Python under qemu): the widening kernel's run is in the slow set,
+        # its arithmetic checked on this host above and its instructions on rpi4's assembly.
+        pytest.param("rpi4", "3x3-stride2-relu6", marks=pytest.mark.slow),
+    ],
+)
+def test_board_kernel_is_exact_on_the_emulated_core(
+    board: str, case: str, rootfs: Path, tmp_path: Path
+) -> None:
+    """The board's library, run on qemu's model of its core, gives the numpy integers."""
+    from edgecompile.device.emulator import run_library_in_rootfs
+    from edgecompile.toolchain import toolchain_for
+
+    _, schedule, cpu = BOARDS[board]
+    preset = resolve_target(board)
+    conv = CASES[case]
+    path = qdq_conv_model(conv, tmp_path)
+    params = parameters(path)
+    x_scale, x_zp = np.float32(params["x_scale"]), int(params["x_zero_point"])
+    y_scale, y_zp = np.float32(params["y_scale"]), int(params["y_zero_point"])
+    x_q = np.random.default_rng(1).integers(0, 256, (1, conv.in_channels, SIZE, SIZE))
+    x = ((x_q - x_zp) * x_scale).astype(np.float32)  # steps the model's quantize gives back
+    model, _ = import_onnx(path, name="conv")
+    executable, records = compile_relax(model.module, preset.tvm_target())
+    assert [r["schedule"] for r in records] == [schedule]
+    library = tmp_path / f"conv_{board}.so"
+    executable.export_library(str(library), fcompile=toolchain_for(preset).fcompile())
+
+    (actual,) = run_library_in_rootfs(rootfs, library, {"x": x}, cpu=cpu)
+
+    expected = reference(conv, params, x_q)
+    assert np.unique(expected).size > 10
+    np.testing.assert_array_equal(np.rint(actual / y_scale).astype(np.int64) + y_zp, expected)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+def test_armv7_kernel_is_exact_under_qemu_arm(tmp_path: Path) -> None:
+    """The 32-bit library (vmull/vpadal) through the native runner under qemu-arm: the numpy
+    integers. Slow: a cold cache builds the armhf runtime (minutes)."""
+    import shutil
+
+    from edgecompile.builder import build
+    from edgecompile.native.execute import QEMU, run_native
+
+    if shutil.which(QEMU["arm"][0]) is None:
+        pytest.skip(f"needs {QEMU['arm'][0]}")
+    conv = CASES["3x3-stride2-relu6"]
+    path = qdq_conv_model(conv, tmp_path)
+    params = parameters(path)
+    x_scale, x_zp = np.float32(params["x_scale"]), int(params["x_zero_point"])
+    y_scale, y_zp = np.float32(params["y_scale"]), int(params["y_zero_point"])
+    x_q = np.random.default_rng(1).integers(0, 256, (1, conv.in_channels, SIZE, SIZE))
+    x = ((x_q - x_zp) * x_scale).astype(np.float32)
+    artifact = build(str(path), "armv7", output_dir=tmp_path / "build", verify=False).artifact
+    assert [s["schedule"] for s in artifact.manifest.schedules] == [INT8_VMULL_SCHEDULE]
+
+    (actual,) = run_native(artifact, [x]).outputs
+
+    expected = reference(conv, params, x_q)
+    np.testing.assert_array_equal(np.rint(actual / y_scale).astype(np.int64) + y_zp, expected)
