@@ -3,6 +3,7 @@
     python benchmarks/spills.py                                   # default models × boards
     python benchmarks/spills.py --models squeezenet1_1 --targets rpi4 --kernels
     python benchmarks/spills.py --json spills.json
+    python benchmarks/spills.py --targets armv7 --asm spills/   # each spilling kernel's listing
 
 A script, not a timing: it compiles each model for each target (no board needed) and reads the
 assembly (:func:`edgecompile.schedules.spills.module_spills`). Each model is exported and
@@ -22,10 +23,12 @@ MODELS = ("mobilenet_v2", "shufflenet_v2", "squeezenet1_1", "mnasnet_a1")
 TARGETS = ("rpi4", "rpi5", "rpi3", "armv7", "x86-64-v2", "x86-64-v3")
 
 
-def measure(models: list[str], targets: list[str], show_kernels: bool) -> list[dict[str, object]]:
+def measure(
+    models: list[str], targets: list[str], show_kernels: bool, asm_dir: Path | None = None
+) -> list[dict[str, object]]:
     from edgecompile.builder import prepare_model
     from edgecompile.schedules import compile_relax
-    from edgecompile.schedules.spills import module_spills
+    from edgecompile.schedules.spills import kernel_assembly, module_assembly, module_spills
     from edgecompile.targets import resolve_target
 
     rows = []
@@ -49,6 +52,11 @@ def measure(models: list[str], targets: list[str], show_kernels: bool) -> list[d
             }
             if show_kernels:
                 row["spilling_kernels"] = {k: spills[k].innermost for k in spilling}
+            if asm_dir is not None and spilling:
+                asm_dir.mkdir(parents=True, exist_ok=True)
+                listings = kernel_assembly(module_assembly(executable))
+                for kernel in spilling:
+                    (asm_dir / f"{model}-{name}-{kernel}.s").write_text(listings[kernel])
             rows.append(row)
             print(
                 f"{model:16} {name:10} {row['spilling']:3}/{row['kernels']:<3} kernels spill, "
@@ -68,8 +76,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--targets", nargs="+", default=list(TARGETS))
     parser.add_argument("--kernels", action="store_true", help="List the spilling kernels.")
     parser.add_argument("--json", type=Path, help="Also write the rows to this file.")
+    parser.add_argument(
+        "--asm", type=Path, help="Write each spilling kernel's assembly into this folder."
+    )
     args = parser.parse_args(argv)
-    rows = measure(args.models, args.targets, args.kernels)
+    rows = measure(args.models, args.targets, args.kernels, args.asm)
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))
     return 0

@@ -147,6 +147,22 @@ class CpuInfo:
             return 4 + self.window_taps
         return 2 + self.window_taps
 
+    @property
+    def reads_weights_from_memory(self) -> bool:
+        """Whether a weight vector used by one product only needs no register: x86 below
+        AVX-512 reads an arithmetic operand straight from memory (SSE's ``mulps``, AVX2's
+        ``vfmadd231ps``), so a tile of one pixel holds its accumulators, the broadcast input
+        and a product only (:meth:`single_pixel_tile_fits`). ARM's arithmetic reads registers
+        only; AVX-512 folds the broadcast instead (:attr:`folds_broadcasts`)."""
+        return self.arch.startswith(("x86", "i686")) and not self.folds_broadcasts
+
+    def single_pixel_tile_fits(self, accumulators: int) -> bool:
+        """Whether a tile of one pixel and ``accumulators`` output vectors fits where
+        :attr:`reads_weights_from_memory`: the accumulators, the input broadcast of each live
+        reduction step, and one product (SSE has no FMA: ``mulps`` writes a register the
+        ``addps`` reads)."""
+        return accumulators + self.operand_steps + 1 <= self.tile_registers
+
     def tile_fits(self, accumulators: int, weights: int, inputs: int) -> bool:
         """Whether a register tile of ``accumulators`` vectors fits, with ``weights`` vectors
         and ``inputs`` broadcast values read per reduction step, without LLVM spilling any of
@@ -164,6 +180,10 @@ class CpuInfo:
     #: VFPv4 has no FMA (LLVM emits ``vmul`` + ``vadd``) and, unlike SSE, cannot read an
     #: operand from memory.
     separate_products: bool = False
+    #: Whether the target has a fused multiply-add: not SSE (``x86-64-v2``), nor 32-bit ARM
+    #: without VFPv4 (:attr:`separate_products`). Without it each reduction step is a multiply
+    #: and a dependent add, so a tile needs more accumulator chains to hide their latency.
+    fma: bool = True
 
     @property
     def row_tile_limit(self) -> int:
@@ -234,6 +254,7 @@ def cpu_info(target: Any) -> CpuInfo:
         cores=cores,
         caches=target_caches(target),
         separate_products=_separate_products(target, arch),
+        fma=_has_fma(target, arch),
     )
 
 
@@ -244,6 +265,15 @@ def _separate_products(target: Any, arch: str) -> bool:
     if not arch.startswith(("arm", "thumb")):
         return False
     return not bool(tvm.target.codegen.target_has_features("vfp4", target))
+
+
+def _has_fma(target: Any, arch: str) -> bool:
+    """x86: the target's ``fma`` feature (AVX2 and up); ARM: NEON with VFPv4, and AArch64."""
+    import tvm
+
+    if arch in ("x86_64", "i386", "i686"):
+        return bool(tvm.target.codegen.target_has_features("fma", target))
+    return not _separate_products(target, arch)
 
 
 def _vector_bits(target: Any, arch: str) -> int:

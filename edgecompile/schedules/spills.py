@@ -131,6 +131,22 @@ def module_spills(executable: Any, target: Any) -> dict[str, KernelSpills]:
     return result
 
 
+def module_assembly(executable: Any) -> str:
+    """The assembly of every LLVM module of a built module (as :func:`module_spills` reads)."""
+    import tvm
+
+    module = executable if isinstance(executable, tvm.runtime.Module) else executable.mod
+    return "\n".join(str(llvm.inspect_source("asm")) for llvm in _llvm_modules(module))
+
+
+def kernel_assembly(asm: str) -> dict[str, str]:
+    """Each kernel's assembly (its parallel lambdas included), by kernel name."""
+    found: dict[str, list[str]] = defaultdict(list)
+    for kernel, lines in _functions(asm.splitlines()):
+        found[kernel].extend(lines)
+    return {kernel: "\n".join(lines) for kernel, lines in found.items()}
+
+
 def _llvm_modules(module: Any) -> list[Any]:
     found = [module] if str(module.kind) == "llvm" else []
     for imported in module.imports:

@@ -143,3 +143,51 @@ def test_a_big_cache_keeps_the_weights_staying() -> None:
         cpu=big,
     )
     assert order == WEIGHTS_STAY
+
+
+SSE = CpuInfo("x86_64", lanes=4, registers=16, cores=1, fma=False)
+AVX2 = CpuInfo("x86_64", lanes=8, registers=16, cores=1)
+AVX512 = CpuInfo("x86_64", lanes=16, registers=32, cores=1)
+NEON = CpuInfo("aarch64", lanes=4, registers=32, cores=4)
+
+
+@pytest.mark.parametrize(
+    ("preset", "fma"),
+    [("x86-64-v2", False), ("x86-64-v3", True), ("rpi4", True), ("armv7", False)],
+)
+def test_fma_from_the_target(preset: str, fma: bool) -> None:
+    from edgecompile.targets import resolve_target
+
+    assert cpu_info(resolve_target(preset).tvm_target()).fma is fma
+
+
+def test_only_x86_below_avx512_reads_single_use_weights_from_memory() -> None:
+    assert SSE.reads_weights_from_memory and AVX2.reads_weights_from_memory
+    assert not AVX512.reads_weights_from_memory and not NEON.reads_weights_from_memory
+    # 8 accumulators + the broadcasts of 2 live steps + 1 product fit SSE's 15; 13 do not.
+    assert SSE.single_pixel_tile_fits(8) and not SSE.single_pixel_tile_fits(13)
+
+
+@pytest.mark.parametrize(
+    ("out_blocks", "expected"),
+    [(24, (8, 1)), (36, (6, 1)), (6, (6, 1)), (4, (2, 2)), (5, (5, 1)), (1, (2, 2))],
+)
+def test_sse_pointwise_tiles_hold_more_chains_in_one_pixel(
+    out_blocks: int, expected: tuple[int, int]
+) -> None:
+    """The analytic 2 × 2 tile has 4 accumulator chains; a one-pixel tile of up to 8 output
+    blocks that divide the layer's replaces it where it holds more (not where it ties)."""
+    from edgecompile.schedules.rules import single_pixel_tile
+
+    assert single_pixel_tile((2, 2), out_blocks, SSE) == expected
+
+
+def test_targets_with_fma_keep_the_analytic_pointwise_tile() -> None:
+    """AVX-512 and NEON hold their weights in registers; AVX2 reads them from memory too, but
+    with FMA its 1-pixel tiles gained little and spilled SqueezeNet's hoisted weights."""
+    from edgecompile.schedules.rules import pointwise_row_tile, single_pixel_tile
+
+    for cpu in (AVX512, NEON, AVX2):
+        for width, out_blocks in ((56, 6), (28, 24), (7, 36), (14, 40)):
+            chosen = pointwise_row_tile(width, out_blocks, cpu)
+            assert single_pixel_tile(chosen, out_blocks, cpu) == chosen

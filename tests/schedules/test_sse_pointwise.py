@@ -1,0 +1,117 @@
+"""The SSE (x86-64-v2) pointwise default: a one-pixel tile of up to 8 output blocks, built
+spill-free, and right: this machine runs SSE code, so the kernels are checked against torch here."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from edgecompile.schedules.spills import module_spills
+from edgecompile.targets import resolve_target
+
+
+def _pointwise_onnx(path: Path, in_channels: int, out_channels: int, size: int) -> Path:
+    """A 1×1 conv with ReLU at ``size``²."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    weight = np.random.default_rng(0).standard_normal((out_channels, in_channels, 1, 1)) * 0.2
+    graph = helper.make_graph(
+        [
+            helper.make_node("Conv", ["input", "w"], ["c"]),
+            helper.make_node("Relu", ["c"], ["output"]),
+        ],
+        "pointwise",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, in_channels, size, size])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, out_channels, size, size])],
+        initializer=[numpy_helper.from_array(weight.astype("float32"), "w")],
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return path
+
+
+def _import(folder: Path, in_channels: int, out_channels: int, size: int) -> tuple[Any, Path]:
+    from edgecompile.importer import import_onnx
+
+    path = _pointwise_onnx(folder / "pointwise.onnx", in_channels, out_channels, size)
+    return import_onnx(path, name="pointwise")[0], path
+
+
+@pytest.fixture(scope="module")
+def expand_28(tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, Path]:
+    """MobileNet v2's expand at 28²: 32 → 96 channels (24 blocks of 4)."""
+    return _import(tmp_path_factory.mktemp("expand"), 32, 96, 28)
+
+
+@pytest.fixture(scope="module")
+def expand_55(tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, Path]:
+    """SqueezeNet 1.1's first expand 1×1 at 55² (16 → 64): a row no small tile divides."""
+    return _import(tmp_path_factory.mktemp("squeeze"), 16, 64, 55)
+
+
+def _check_against_torch(executable: Any, onnx_path: Path) -> None:
+    import onnx
+    import torch
+    import tvm
+    from onnx import numpy_helper
+    from tvm import relax
+
+    model = onnx.load(str(onnx_path))
+    weight = numpy_helper.to_array(model.graph.initializer[0])
+    shape = [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim]
+    data = np.random.default_rng(1).standard_normal(shape).astype("float32")
+    actual = relax.VirtualMachine(executable, tvm.cpu())["main"](tvm.runtime.tensor(data)).numpy()
+    expected = torch.relu(torch.nn.functional.conv2d(torch.from_numpy(data), torch.tensor(weight)))
+    np.testing.assert_allclose(actual, expected.numpy(), rtol=1e-5, atol=1e-5)
+
+
+def _spilling(executable: Any, target: Any) -> dict[str, int]:
+    spills = module_spills(executable, target)
+    return {name: found.innermost for name, found in spills.items() if found.spills}
+
+
+def _tile(module: Any) -> tuple[int, int]:
+    """``(output blocks, pixels)`` of the pointwise kernel's register tile, from its loops."""
+    from tvm import s_tir
+
+    from edgecompile.schedules.compute import POINTWISE
+    from edgecompile.schedules.rules import SCHEDULED_ATTR
+
+    (func,) = [
+        f
+        for _, f in module.functions_items()
+        if getattr(f, "attrs", None) and str(f.attrs.get(SCHEDULED_ATTR, "")) == POINTWISE
+    ]
+    sch = s_tir.Schedule(func)
+    extents = {
+        sch.get(loop).loop_var.name: int(sch.get(loop).extent)
+        for loop in sch.get_loops(sch.get_sblock("pointwise_nchwc_update"))
+    }
+    return extents["cob_1"], extents["w_1"]
+
+
+def test_sse_builds_the_one_pixel_tile_spill_free_and_right(expand_28: tuple[Any, Path]) -> None:
+    """The analytic tile was 2 output blocks × 2 pixels (4 accumulator chains)."""
+    from edgecompile.schedules import compile_relax, optimize
+
+    module, onnx_path = expand_28
+    target = resolve_target("x86-64-v2").tvm_target()
+    assert _tile(optimize(module.module, target)[0]) == (8, 1)
+    executable, _ = compile_relax(module.module, target)
+    assert _spilling(executable, target) == {}
+    _check_against_torch(executable, onnx_path)
+
+
+def test_a_row_with_a_tail_does_not_spill(expand_55: tuple[Any, Path]) -> None:
+    """55 wide, the analytic 2 × 2 tile left a tail, and LLVM hoisted its unrolled loads: 27
+    stack accesses per tile in SqueezeNet's expands."""
+    from edgecompile.schedules import compile_relax
+
+    module, onnx_path = expand_55
+    target = resolve_target("x86-64-v2").tvm_target()
+    executable, _ = compile_relax(module.module, target)
+    assert _spilling(executable, target) == {}
+    _check_against_torch(executable, onnx_path)
