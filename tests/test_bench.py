@@ -103,6 +103,33 @@ def test_cli_mismatch_prints_one_error_line_and_no_timing(
     assert len(lines) == 1 and lines[0].startswith("Error: tvm disagrees with ort"), lines
 
 
+def test_tvm_runner_copies_each_call_into_one_kept_input_tensor(
+    squeezenet: BuildResult, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import tvm
+    from tvm import relax
+
+    library = str(squeezenet.artifact.library)
+    machine = relax.VirtualMachine(tvm.runtime.load_module(library), tvm.cpu())
+    rng = np.random.default_rng(0)
+    images = [rng.standard_normal((1, 3, 64, 64)).astype("float32") for _ in range(2)]
+    expected = [machine["main"](tvm.runtime.tensor(image)).numpy() for image in images]
+    allocations = []
+    for name in ("tensor", "empty"):
+        real_allocate = getattr(tvm.runtime, name)
+
+        def counted(*args: object, _real: Callable = real_allocate, **kwargs: object) -> object:
+            allocations.append(args)
+            return _real(*args, **kwargs)
+
+        monkeypatch.setattr(tvm.runtime, name, counted)
+    run = engines.tvm_runner(library)
+    for index in (0, 1, 0):  # a stale kept input would repeat the previous output
+        (actual,) = run([images[index]])
+        np.testing.assert_array_equal(actual, expected[index])
+    assert len(allocations) == 1, allocations
+
+
 def test_check_agreement_picks_ort_then_torch_as_reference() -> None:
     out = [np.arange(4, dtype=np.float32)]
     reference, errors = engines.check_agreement({"tvm": out, "torch": out})

@@ -18,7 +18,8 @@ NCHW[x]c rewrite of ``main``), ``plan`` (what the rewrite decides per op), ``pat
 idioms it recognises), ``channels`` (lane orders), ``packing`` (weights packed in numpy),
 ``compute`` (the blocked TE computes), ``rules`` (their TIR schedules), ``user`` (user rules),
 ``analysis`` (read-only IR queries shared by all of them), ``coverage`` (the fallback check),
-``cpu`` (what the target's CPU offers), ``tir`` (the TIR lowering).
+``cpu`` (what the target's CPU offers), ``tir`` (the TIR lowering), ``vector_sigmoid`` (sigmoid
+without libm calls).
 """
 
 from __future__ import annotations

@@ -85,7 +85,15 @@ class GroupedLayout:
     waste: float
 
 
-def grouped_layout(out_channels: int, groups: int, in_per_group: int, block: int) -> GroupedLayout:
+def grouped_layout(
+    out_channels: int,
+    groups: int,
+    in_per_group: int,
+    block: int,
+    *,
+    plain_order: bool = False,
+    taps: int = 1,
+) -> GroupedLayout:
     """The cheaper of two ways to give every output block one set of broadcast inputs.
 
     Output lanes must share their input channels (one broadcast feeds a whole vector of output
@@ -94,6 +102,14 @@ def grouped_layout(out_channels: int, groups: int, in_per_group: int, block: int
     straddles (zero weights for the other groups' lanes), or (b) pad every group to whole
     blocks, so the output carries padding lanes in the middle. Cost = output blocks × table
     width; ties keep the plain order, which every consumer reads without help.
+
+    ``plain_order``: the output meets another tensor lane by lane (a residual add, a concat;
+    :func:`~edgecompile.schedules.grouped_uses.grouped_output_uses`), where (b)'s order costs a
+    pass of glue, about one step per channel and pixel (the other operand permuted into (b)'s
+    lanes, or a concat gathering lanes instead of running in place). Then (a) is kept unless
+    its extra vector multiply-adds per pixel (over the window's ``taps``) outnumber the
+    channels: ShuffleNet v1 g8 ×0.25's 24 → 96 convs (12 extra) and g4 ×0.5's 68 → 272 (238)
+    keep the plain order; g4 ×1.5's 104 → 416 (624) pads, 3% faster for the model.
     """
     per_group = out_channels // groups
     group_inputs = np.arange(groups * in_per_group).reshape(groups, in_per_group)
@@ -112,6 +128,7 @@ def grouped_layout(out_channels: int, groups: int, in_per_group: int, block: int
     for index, window in enumerate(windows):
         rows[index, : len(window)] = window
     in_order = GroupedLayout(ChannelOrder.identity(out_channels, block), rows, 1, 0.0)
+    useful = out_channels * in_per_group
     blocks_per_group = ceil_div(per_group, block)
     lanes = (np.arange(out_channels) // per_group) * blocks_per_group * block + np.arange(
         out_channels
@@ -119,8 +136,12 @@ def grouped_layout(out_channels: int, groups: int, in_per_group: int, block: int
     padded = GroupedLayout(
         ChannelOrder(lanes, groups * blocks_per_group * block), group_inputs, blocks_per_group, 0.0
     )
-    useful = out_channels * in_per_group
-    best = min((in_order, padded), key=lambda layout: layout.out_order.total * layout.rows.shape[1])
+
+    def cost(layout: GroupedLayout) -> int:  # vector multiply-adds per output pixel and tap
+        return layout.out_order.total // block * layout.rows.shape[1]
+
+    keep_plain = plain_order and (cost(in_order) - cost(padded)) * taps <= out_channels
+    best = in_order if keep_plain else min((in_order, padded), key=cost)
     return GroupedLayout(
         best.out_order,
         best.rows,

@@ -40,6 +40,10 @@ from edgecompile.schedules.int8 import (
     INT8_UNSCHEDULED,
     Int8ConvBlocked,
     Int8ConvNCHW,
+    Int8ConvSdot,
+    Int8ConvSmull,
+    Int8ConvVmull,
+    Int8DepthwiseBlocked,
     Int8Log,
     fold_int8_convs,
 )
@@ -53,6 +57,7 @@ from edgecompile.schedules.rules import (
     ScheduleLog,
 )
 from edgecompile.schedules.tir import register_tir_pipeline
+from edgecompile.schedules.vector_sigmoid import vector_sigmoid
 
 TVM_DEFAULT = "tvm-default"
 #: The ``fallback`` of every op when our pipeline itself failed and TVM's default built the model.
@@ -102,6 +107,8 @@ def fusion_passes(target: Any, report: ScheduleReport) -> list[Any]:
         blocked_layout(cpu_info(target), report.layout),
         # Drops the Clip-bound arithmetic the layout pass folded, before FoldConstant compiles it.
         relax.transform.DeadCodeElimination(),
+        # Before TVM's legalization, whose sigmoid calls libm's expf once per vector lane.
+        vector_sigmoid(),
         *cpu_generic.legalize_passes(target),
         relax.transform.DeadCodeElimination(),
         detach_op_indices(report),
@@ -275,6 +282,10 @@ def schedule_rules(extra: Sequence[Any] = ()) -> list[Any]:
     return [
         *user_rules(extra),
         Int8ConvBlocked(),
+        Int8ConvSdot(),
+        Int8ConvSmull(),
+        Int8ConvVmull(),
+        Int8DepthwiseBlocked(),
         Int8ConvNCHW(),
         PointwiseNCHWc(),
         DepthwiseNCHWc(),

@@ -21,6 +21,7 @@ from edgecompile.schedules.analysis import (
     uses,
 )
 from edgecompile.schedules.channels import ChannelOrder, grouped_layout, split_order, unshuffled
+from edgecompile.schedules.grouped_uses import ANY_ORDER, GroupedOutputUse
 from edgecompile.schedules.patterns import channel_slice, shuffle_chain
 
 # A grouped conv computing more than this many lane multiply-adds per useful one (tiny groups
@@ -34,6 +35,12 @@ MAX_GROUPED_WASTE = 3.0
 #: convs of 4 output channels per group) ran 1.26 ms with 4 vs 1.65 ms with 3 (1 thread, AVX-512);
 #: CondenseNet-74 c4_g4 (3×3) kept 3: 28.5 ms vs 32.5 ms with 4.
 MAX_POINTWISE_GROUPED_WASTE = 4.0
+#: The bound for a 1×1 grouped conv a channel shuffle reads (ShuffleNet v1's first conv of a
+#: unit): over pixels it writes NCHW, so the shuffle becomes a transpose kernel and the depthwise
+#: conv after it needs a pack (and the conv's blocked input an unpack first): four kernels of
+#: glue for a conv of a few microseconds. shufflenet_v1_g8_x0_25's 96→24 convs (5.3x blocked):
+#: the model in 0.89x the time with them blocked (1 thread, AVX-512, thread CPU time).
+MAX_SHUFFLED_POINTWISE_WASTE = 8.0
 #: What a value a :data:`~edgecompile.schedules.compute.GROUPED_PIXELS` conv computes is, for
 #: an op after it that reads NCHW (the coverage check lists it as a known gap).
 PIXELS_OUTPUT = "a grouped conv vectorized over pixels writes NCHW"
@@ -121,14 +128,25 @@ def classify_transposed_conv(call: Any) -> tuple[str | None, str]:
     return compute.TRANSPOSED, ""
 
 
-def grouped_schedule(call: Any, block: int) -> str:
+def grouped_schedule(call: Any, block: int, use: GroupedOutputUse = ANY_ORDER) -> str:
     """Which schedule runs a grouped conv for this block width: the blocked one, or, where
     blocks would compute more than :data:`MAX_GROUPED_WASTE` times its multiply-adds (few
-    output channels per group: CondenseNet's 3×3 convs), the one vectorized over pixels."""
+    output channels per group: CondenseNet's 3×3 convs), the one vectorized over pixels.
+    ``use``: what reads its output (the lane order it must keep, a shuffle after it)."""
     out_channels, in_per_group, *window = static_shape(call.args[1])  # type: ignore[misc]
     groups = int(call.attrs.groups)
-    layout = grouped_layout(out_channels, groups, in_per_group, block)
-    bound = MAX_POINTWISE_GROUPED_WASTE if window == [1, 1] else MAX_GROUPED_WASTE
+    layout = grouped_layout(
+        out_channels,
+        groups,
+        in_per_group,
+        block,
+        plain_order=use.plain_order,
+        taps=window[0] * window[1],
+    )
+    if window != [1, 1]:
+        bound = MAX_GROUPED_WASTE
+    else:
+        bound = MAX_SHUFFLED_POINTWISE_WASTE if use.shuffled else MAX_POINTWISE_GROUPED_WASTE
     return compute.GROUPED_PIXELS if layout.waste > bound else compute.GROUPED
 
 

@@ -34,7 +34,7 @@ from tvm import s_tir, tirx
 from tvm.s_tir.dlight import ScheduleRule
 
 from edgecompile.errors import last_line
-from edgecompile.schedules import compute
+from edgecompile.schedules import compute, vector_sigmoid
 from edgecompile.schedules.analysis import child_blocks, has_root_block, root_children
 from edgecompile.schedules.cpu import CpuInfo, cpu_info
 from edgecompile.schedules.knobs import FIXED, KNOBS_ATTR, Knobs
@@ -212,6 +212,28 @@ def pointwise_row_tile(width: int, out_blocks: int, cpu: CpuInfo) -> tuple[int, 
     return tailed if reuse(*tailed) > TAIL_GAIN * reuse(*dividing) else dividing
 
 
+def single_pixel_tile(chosen: tuple[int, int], out_blocks: int, cpu: CpuInfo) -> tuple[int, int]:
+    """A pointwise tile of one pixel × up to :data:`LATENCY_ACCUMULATORS` output blocks instead
+    of ``chosen`` where the target has no FMA but reads single-use weights from memory (SSE:
+    :attr:`CpuInfo.reads_weights_from_memory`) and ``chosen`` holds fewer accumulators: each
+    step is a multiply and a dependent add, so the chains, not the loads, bound such a tile.
+    On SSE ``chosen`` is mostly 2 × 2 (4 chains); 8 × 1 fits without a spill and removed
+    SqueezeNet's (``benchmarks/spills.py``), and, untuned against the 2 × 2 build in one
+    process, MobileNet v2 ran 0.86× and ShuffleNet v2 0.94× built for ``x86-64-v2`` (the tuning
+    search had kept moving this knob the same way). With AVX2's FMA (``x86-64-v3``) MobileNet v2
+    gained only 4% and a 1-pixel tile over SqueezeNet's 16 input channels spilled the weights
+    LLVM hoisted out of the pixel loop: ``chosen`` there, and everywhere else."""
+    if cpu.fma or not cpu.reads_weights_from_memory:
+        return chosen
+    fitting = [
+        d
+        for d in divisors(out_blocks)
+        if d <= min(LATENCY_ACCUMULATORS, MAX_POINTWISE_OUT_TILE) and cpu.single_pixel_tile_fits(d)
+    ]
+    widest = max(fitting, default=1)
+    return (widest, 1) if widest > chosen[0] * chosen[1] else chosen
+
+
 def depthwise_row_tile(out_width: int, cpu: CpuInfo) -> int:
     """Output columns per depthwise or pool tile when the last tile of a row may be a tail: the
     count nearest 8, a tail costing :data:`DEPTHWISE_TAIL_COST` columns of distance (so 14
@@ -302,7 +324,10 @@ def inline_epilogue(
         consumers = sch.get_consumers(writeback)
         if not consumers:
             return
-        same_shape = [c for c in consumers if _written_shape(sch, c) == out_shape]
+        gates = [c for c in consumers if _gate_of_one_pixel(sch, c, out_shape)]
+        same_shape = [
+            c for c in consumers if _written_shape(sch, c) == out_shape and c not in gates
+        ]
         if len(consumers) == 1 and same_shape:
             try:
                 sch.reverse_compute_inline(consumers[0])
@@ -318,7 +343,20 @@ def inline_epilogue(
                 except s_tir.ScheduleError:
                     pass
             schedule_elementwise(sch, consumer, lanes)
+        for gate in gates:  # what reads the gate (the ``x * gate``) follows it
+            for reader in sch.get_consumers(gate):
+                schedule_elementwise(sch, reader, lanes)
         return
+
+
+def _gate_of_one_pixel(sch: Any, block: Any, out_shape: list[int]) -> bool:
+    """Whether ``block`` is our sigmoid (:mod:`~edgecompile.schedules.vector_sigmoid`) of a
+    conv of one pixel, a squeeze-excite gate. Inlined into the write-back, its dozen polynomial
+    constants, which LLVM hoists out of the loop over output tiles, crowd the tile's registers
+    (MnasNet's gates spilled so on rpi4, rpi5 and the stand-ins); a loop of its own over the
+    gate's few vectors costs next to nothing."""
+    one_pixel = math.prod(out_shape[2:4]) == 1
+    return one_pixel and sch.get(block).name_hint.startswith(vector_sigmoid.BLOCK_NAMES)
 
 
 def schedule_elementwise(sch: Any, block: Any, lanes: int) -> None:
@@ -497,7 +535,9 @@ class PointwiseNCHWc(_TiledConvRule):
     def schedule(self, sch: Any, block: Any, cpu: CpuInfo, knobs: Knobs = FIXED) -> None:
         n, cob, h, w, co, cib, ci = sch.get_loops(block)
         out_blocks, out_w = int(sch.get(cob).extent), int(sch.get(w).extent)
-        oc_tile, pixel_tile = pointwise_row_tile(out_w, out_blocks, cpu)
+        oc_tile, pixel_tile = single_pixel_tile(
+            pointwise_row_tile(out_w, out_blocks, cpu), out_blocks, cpu
+        )
         cob_o, cob_i = knobs.split(sch, cob, oc_tile, MAX_POINTWISE_OUT_TILE, "oc tile")
         if out_w % pixel_tile:
             pix_o, pix_i, tail = split_row(sch, w, pixel_tile)
