@@ -159,6 +159,10 @@ def _preset_from_table(name: str, table: Mapping[str, Any], source: str) -> Boar
             f"preset {name!r} in {source}: {problem}",
             'e.g. mtriple = "aarch64-linux-gnu" or "armv7l-linux-gnueabihf"',
         )
+    if str(target.get("mtriple", "")).endswith("gnueabihf") and "mfloat-abi" not in target:
+        # A hard-float userland's libm takes floats in VFP registers; without this LLVM passes
+        # them to its calls (nearbyintf, expf...) in integer registers and they read garbage.
+        target = {**target, "mfloat-abi": "hard"}
     for key in ("description", "rpc_key", "toolchain", "tvm_tag"):
         if key in table and not isinstance(table[key], str):
             raise EdgecompileError(
@@ -315,7 +319,9 @@ def _tvm_tag(name: str) -> BoardPreset | None:
         return None
     # str(Target) is its JSON; it carries derived "feature.*" keys we leave to TVM to recompute.
     target = json.loads(str(tvm.target.Target(name)))
-    keep = {"kind", "mtriple", "mcpu", "mattr", "num-cores", "keys", "device", "model"}
+    keep = {
+        "kind", "mtriple", "mcpu", "mattr", "mfloat-abi", "num-cores", "keys", "device", "model",
+    }  # fmt: skip
     table = {key: value for key, value in target.items() if key in keep}
     preset = _preset_from_table(
         safe_name(name.replace("/", "-")), {"target": table}, f"TVM tag {name}"
