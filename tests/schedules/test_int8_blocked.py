@@ -4,6 +4,7 @@ test_int8_kernels.py."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,6 @@ from edgecompile.importer import import_onnx
 from edgecompile.schedules import compile_relax
 from edgecompile.schedules.int8 import INT8_SCHEDULE, INT8_VNNI_SCHEDULE
 from edgecompile.schedules.int8.compute import IN_BLOCK, OUT_BLOCK, pack_weight
-from edgecompile.schedules.int8.graph import QuantizedConv
 from edgecompile.schedules.int8.schedule import has_blocked_kernel
 from edgecompile.schedules.pipeline import ScheduleReport
 from edgecompile.targets import resolve_target
@@ -22,29 +22,14 @@ from edgecompile.targets import resolve_target
 from .test_int8_kernels import CASES, SIZE, build_and_run, parameters, qdq_conv_model, reference
 
 
-def test_packed_weight_and_bias_give_the_same_integers() -> None:
+def test_packed_weight_and_bias_give_the_same_integers(folded_conv: Callable[..., Any]) -> None:
     """Raw uint8 inputs × the packed weight + the packed bias equal Σ (x - zp)·w + bias: the
     zero point's products left the bias, the padded channels add nothing."""
     rng = np.random.default_rng(0)
     out_channels, in_channels, kernel = 19, 6, 3
     weight = rng.integers(-128, 128, (out_channels, in_channels, kernel, kernel)).astype(np.int8)
     bias = rng.integers(-5000, 5000, out_channels).astype(np.int32)
-    plan = QuantizedConv(
-        data=None,
-        data_zero_point=117,
-        weight=weight,
-        bias=bias,
-        multiplier=np.ones(out_channels, np.float32),
-        out_zero_point=0,
-        out_dtype="uint8",
-        low=0,
-        high=255,
-        strides=(1, 1),
-        padding=(0, 0, 0, 0),
-        dilation=(1, 1),
-        groups=1,
-        op_index=0,
-    )
+    plan = folded_conv(weight, bias=bias, data_zero_point=117)
     window = rng.integers(0, 256, (in_channels, kernel, kernel))
 
     packed, packed_bias = pack_weight(plan)
@@ -65,9 +50,11 @@ def test_packed_weight_and_bias_give_the_same_integers() -> None:
 @pytest.mark.skipif(
     not has_blocked_kernel(resolve_target("host").tvm_target()), reason="this host has no VNNI"
 )
-def test_blocked_conv_runs_on_vpdpbusd(tmp_path: Path, host_target: Any) -> None:
+def test_blocked_conv_runs_on_vpdpbusd(
+    tmp_path: Path, host_target: Any, write_qdq_model: Callable[..., Path]
+) -> None:
     """The host's blocked kernel multiplies with VNNI's instruction, not widened scalar code."""
-    path = qdq_conv_model(CASES["pointwise-two-blocks"], tmp_path)
+    path = qdq_conv_model(CASES["pointwise-two-blocks"], tmp_path, write_qdq_model)
     model, _ = import_onnx(path, name="conv")
     executable, records = compile_relax(model.module, host_target, report=ScheduleReport())
 
@@ -75,12 +62,14 @@ def test_blocked_conv_runs_on_vpdpbusd(tmp_path: Path, host_target: Any) -> None
     assert "vpdpbusd" in executable.mod.imports[0].inspect_source("asm")
 
 
-def test_target_without_vnni_keeps_the_nchw_kernel(tmp_path: Path) -> None:
+def test_target_without_vnni_keeps_the_nchw_kernel(
+    tmp_path: Path, write_qdq_model: Callable[..., Path]
+) -> None:
     """x86-64-v3 (AVX2, no VNNI): the conv is folded to the NCHW kernel, still exact."""
     target = resolve_target("x86-64-v3").tvm_target()
     assert not has_blocked_kernel(target)
     conv = CASES["pointwise-two-blocks"]
-    path = qdq_conv_model(conv, tmp_path)
+    path = qdq_conv_model(conv, tmp_path, write_qdq_model)
     params = parameters(path)
     x_q = np.random.default_rng(1).integers(0, 256, (1, conv.in_channels, SIZE, SIZE))
     x = ((x_q - int(params["x_zero_point"])) * np.float32(params["x_scale"])).astype(np.float32)

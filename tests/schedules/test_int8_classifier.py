@@ -4,11 +4,11 @@ reference, within 2 output steps of ONNX Runtime."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from .test_int8_kernels import build_and_run, parameters
@@ -16,15 +16,7 @@ from .test_int8_kernels import build_and_run, parameters
 FEATURES, CLASSES = 37, 21  # neither a whole number of blocks
 
 
-def qdq_classifier(folder: Path) -> Path:
-    from onnxruntime.quantization import (
-        CalibrationDataReader,
-        CalibrationMethod,
-        QuantFormat,
-        QuantType,
-        quantize_static,
-    )
-
+def qdq_classifier(folder: Path, write_qdq_model: Callable[..., Path]) -> Path:
     rng = np.random.default_rng(0)
     weight = (rng.standard_normal((CLASSES, FEATURES)) * 0.3).astype(np.float32)
     bias = (rng.standard_normal(CLASSES) * 0.2).astype(np.float32)
@@ -35,34 +27,21 @@ def qdq_classifier(folder: Path) -> Path:
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
         [numpy_helper.from_array(weight, "w"), numpy_helper.from_array(bias, "b")],
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    fp32, int8 = folder / "classifier.onnx", folder / "classifier.int8.onnx"
-    onnx.save(model, str(fp32))
-    batches = [{"x": rng.standard_normal((1, FEATURES)).astype(np.float32)} for _ in range(4)]
-
-    class Reader(CalibrationDataReader):
-        def get_next(self) -> dict[str, np.ndarray] | None:
-            return batches.pop() if batches else None
-
-    quantize_static(
-        str(fp32),
-        str(int8),
-        Reader(),
-        quant_format=QuantFormat.QDQ,
-        per_channel=True,
-        activation_type=QuantType.QUInt8,
-        weight_type=QuantType.QInt8,
-        calibrate_method=CalibrationMethod.MinMax,
+    calibration = [{"x": rng.standard_normal((1, FEATURES)).astype(np.float32)} for _ in range(4)]
+    return write_qdq_model(
+        graph,
+        folder / "classifier.onnx",
+        calibration,
         extra_options={"WeightSymmetric": True, "ActivationSymmetric": False},
     )
-    return int8
 
 
-def test_classifier_folds_and_is_exact(tmp_path: Path, host_target: Any) -> None:
+def test_classifier_folds_and_is_exact(
+    tmp_path: Path, host_target: Any, write_qdq_model: Callable[..., Path]
+) -> None:
     import onnxruntime as ort
 
-    path = qdq_classifier(tmp_path)
+    path = qdq_classifier(tmp_path, write_qdq_model)
     params = parameters(path)
     x_scale, x_zp = np.float32(params["x_scale"]), int(params["x_zero_point"])
     y_scale, y_zp = np.float32(params["y_scale"]), int(params["y_zero_point"])

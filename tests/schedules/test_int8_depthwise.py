@@ -5,6 +5,7 @@ prime width, part blocks) are CASES in test_int8_kernels.py, exact against numpy
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,6 @@ from edgecompile.importer import import_onnx
 from edgecompile.schedules import compile_relax
 from edgecompile.schedules.int8 import INT8_DEPTHWISE_SCHEDULE
 from edgecompile.schedules.int8.compute import OUT_BLOCK, is_depthwise, pack_depthwise_weight
-from edgecompile.schedules.int8.graph import QuantizedConv
 from edgecompile.schedules.int8.schedule import has_blocked_kernel
 from edgecompile.schedules.pipeline import ScheduleReport
 from edgecompile.targets import resolve_target
@@ -23,34 +23,16 @@ from edgecompile.targets import resolve_target
 from .test_int8_kernels import CASES, qdq_conv_model
 
 
-def _plan(weight: np.ndarray, groups: int, zero_point: int = 0) -> QuantizedConv:
-    out_channels = weight.shape[0]
-    rng = np.random.default_rng(3)
-    return QuantizedConv(
-        data=None,
-        data_zero_point=zero_point,
-        weight=weight,
-        bias=rng.integers(-5000, 5000, out_channels).astype(np.int32),
-        multiplier=np.ones(out_channels, np.float32),
-        out_zero_point=0,
-        out_dtype="uint8",
-        low=0,
-        high=255,
-        strides=(1, 1),
-        padding=(0, 0, 0, 0),
-        dilation=(1, 1),
-        groups=groups,
-        op_index=0,
-    )
-
-
-def test_packed_depthwise_weight_and_bias_give_the_same_integers() -> None:
+def test_packed_depthwise_weight_and_bias_give_the_same_integers(
+    folded_conv: Callable[..., Any],
+) -> None:
     """Raw uint8 inputs × the packed weight + the packed bias equal Σ (x - zp)·w + bias per
     channel: the zero point's products left the bias, the part block's padding is zeros."""
     rng = np.random.default_rng(0)
     channels, kernel = 19, 5
     weight = rng.integers(-128, 128, (channels, 1, kernel, kernel)).astype(np.int8)
-    plan = _plan(weight, groups=channels, zero_point=131)
+    bias = np.random.default_rng(3).integers(-5000, 5000, channels).astype(np.int32)
+    plan = folded_conv(weight, bias=bias, groups=channels, data_zero_point=131)
     window = rng.integers(0, 256, (channels, kernel, kernel))
 
     packed, packed_bias = pack_depthwise_weight(plan)
@@ -63,25 +45,27 @@ def test_packed_depthwise_weight_and_bias_give_the_same_integers() -> None:
     np.testing.assert_array_equal(actual, expected)
 
 
-def test_only_one_channel_per_group_is_depthwise() -> None:
+def test_only_one_channel_per_group_is_depthwise(folded_conv: Callable[..., Any]) -> None:
     """A channel multiplier (two outputs per input channel) or a grouped conv with several
     channels per group keeps the NCHW kernel."""
     weight = np.ones((8, 1, 3, 3), np.int8)
-    assert is_depthwise(_plan(weight, groups=8))
-    assert not is_depthwise(_plan(weight, groups=4))  # 2 outputs per input channel
-    assert not is_depthwise(_plan(np.ones((8, 2, 3, 3), np.int8), groups=4))
-    assert not is_depthwise(_plan(np.ones((1, 1, 3, 3), np.int8), groups=1))
+    assert is_depthwise(folded_conv(weight, groups=8))
+    assert not is_depthwise(folded_conv(weight, groups=4))  # 2 outputs per input channel
+    assert not is_depthwise(folded_conv(np.ones((8, 2, 3, 3), np.int8), groups=4))
+    assert not is_depthwise(folded_conv(np.ones((1, 1, 3, 3), np.int8), groups=1))
 
 
 @pytest.mark.skipif(
     not has_blocked_kernel(resolve_target("host").tvm_target()), reason="this host has no VNNI"
 )
-def test_blocked_depthwise_multiplies_whole_vectors(tmp_path: Path, host_target: Any) -> None:
+def test_blocked_depthwise_multiplies_whole_vectors(
+    tmp_path: Path, host_target: Any, write_qdq_model: Callable[..., Path]
+) -> None:
     """On the host the depthwise conv is the blocked kernel: 16 channels' products in one
     vector multiply of widened uint8 inputs, not the NCHW kernel's per-pixel code."""
     conv = dataclasses.replace(CASES["depthwise-width13-relu6"], in_channels=32, out_channels=32)
     conv = dataclasses.replace(conv, groups=32)
-    path = qdq_conv_model(conv, tmp_path)
+    path = qdq_conv_model(conv, tmp_path, write_qdq_model)
     model, _ = import_onnx(path, name="conv")
     executable, records = compile_relax(model.module, host_target, report=ScheduleReport())
 

@@ -3,6 +3,7 @@ reference and within 2 output steps of ONNX Runtime's integer kernels on the sam
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -59,17 +60,11 @@ CASES = {
 }
 
 
-def qdq_conv_model(conv: Conv, folder: Path, seed: int = 0) -> Path:
-    """A one-conv fp32 model quantized as `edgecompile quantize` does (ORT, QDQ, per-channel
-    symmetric int8 weights, uint8 activations), the activation kept in the graph."""
-    from onnxruntime.quantization import (
-        CalibrationDataReader,
-        CalibrationMethod,
-        QuantFormat,
-        QuantType,
-        quantize_static,
-    )
-
+def qdq_conv_model(
+    conv: Conv, folder: Path, write_qdq_model: Callable[..., Path], seed: int = 0
+) -> Path:
+    """A one-conv fp32 model quantized as `edgecompile quantize` does (the conftest's
+    ``write_qdq_model``: symmetric int8 weights here), the activation kept in the graph."""
     rng = np.random.default_rng(seed)
     shape = (conv.out_channels, conv.in_channels // conv.groups, conv.kernel, conv.kernel)
     weight = (rng.standard_normal(shape) * 0.4).astype(np.float32)
@@ -98,28 +93,15 @@ def qdq_conv_model(conv: Conv, folder: Path, seed: int = 0) -> Path:
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
         inits,
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    fp32, int8 = folder / "conv.onnx", folder / "conv.int8.onnx"
-    onnx.save(model, str(fp32))
-    batches = [
+    calibration = [
         {"x": rng.standard_normal((1, conv.in_channels, *size)).astype(np.float32) * 2}
         for _ in range(4)
     ]
-
-    class Reader(CalibrationDataReader):
-        def get_next(self) -> dict[str, np.ndarray] | None:
-            return batches.pop() if batches else None
-
-    quantize_static(
-        str(fp32),
-        str(int8),
-        Reader(),
-        quant_format=QuantFormat.QDQ,
-        per_channel=True,
-        activation_type=QuantType.QUInt8,
-        weight_type=QuantType.QUInt8 if conv.unsigned_weights else QuantType.QInt8,
-        calibrate_method=CalibrationMethod.MinMax,
+    int8 = write_qdq_model(
+        graph,
+        folder / "conv.onnx",
+        calibration,
+        unsigned_weights=conv.unsigned_weights,
         extra_options={
             "WeightSymmetric": not conv.unsigned_weights,
             "ActivationSymmetric": False,
@@ -207,12 +189,12 @@ def build_and_run(path: Path, target: Any, x: np.ndarray) -> tuple[np.ndarray, l
 
 @pytest.mark.parametrize("case", CASES)
 def test_folded_conv_is_exact_and_within_two_steps_of_onnxruntime(
-    case: str, tmp_path: Path, host_target: Any
+    case: str, tmp_path: Path, host_target: Any, write_qdq_model: Callable[..., Path]
 ) -> None:
     import onnxruntime as ort
 
     conv = CASES[case]
-    path = qdq_conv_model(conv, tmp_path)
+    path = qdq_conv_model(conv, tmp_path, write_qdq_model)
     params = parameters(path)
     x_scale, x_zp = np.float32(params["x_scale"]), int(params["x_zero_point"])
     y_scale, y_zp = np.float32(params["y_scale"]), int(params["y_zero_point"])
@@ -234,13 +216,15 @@ def test_folded_conv_is_exact_and_within_two_steps_of_onnxruntime(
     assert np.abs(actual - ort_out).max() / y_scale <= 2
 
 
-def test_unsigned_weights_stay_fp32_and_say_why(tmp_path: Path, host_target: Any) -> None:
+def test_unsigned_weights_stay_fp32_and_say_why(
+    tmp_path: Path, host_target: Any, write_qdq_model: Callable[..., Path]
+) -> None:
     """A conv with uint8 weights is not folded: it keeps the imported fp32 path and its record
     says why; the model still runs like ORT's."""
     import onnxruntime as ort
 
     conv = Conv(4, 6, 3, unsigned_weights=True)
-    path = qdq_conv_model(conv, tmp_path)
+    path = qdq_conv_model(conv, tmp_path, write_qdq_model)
     params = parameters(path)
     assert params["w_quantized"].dtype == np.uint8
     x = np.random.default_rng(2).standard_normal((1, 4, SIZE, SIZE)).astype(np.float32)
@@ -254,9 +238,11 @@ def test_unsigned_weights_stay_fp32_and_say_why(tmp_path: Path, host_target: Any
     assert np.abs(actual - ort_out).max() / np.float32(params["y_scale"]) <= 2
 
 
-def test_fp32_model_is_untouched(tmp_path: Path, host_target: Any) -> None:
+def test_fp32_model_is_untouched(
+    tmp_path: Path, host_target: Any, write_qdq_model: Callable[..., Path]
+) -> None:
     """No quantize in the graph: no conv is folded and no record talks about int8."""
-    qdq_conv_model(Conv(4, 6, 3), tmp_path)
+    qdq_conv_model(Conv(4, 6, 3), tmp_path, write_qdq_model)
     model, _ = import_onnx(tmp_path / "conv.onnx", name="conv")
     report = ScheduleReport()
     _, records = compile_relax(model.module, host_target, report=report)
@@ -264,13 +250,13 @@ def test_fp32_model_is_untouched(tmp_path: Path, host_target: Any) -> None:
     assert all("int8_fallback" not in r and "int8" not in r["schedule"] for r in records)
 
 
-def test_folds_for_rpi4(tmp_path: Path) -> None:
+def test_folds_for_rpi4(tmp_path: Path, write_qdq_model: Callable[..., Path]) -> None:
     """Cross-compiles for the board (compile only): the conv is the integer kernel there too,
     NEON's blocked one (test_int8_neon.py)."""
     from edgecompile.schedules.int8 import INT8_SMULL_SCHEDULE
     from edgecompile.targets import resolve_target
 
-    path = qdq_conv_model(CASES["3x3-stride2-relu6"], tmp_path)
+    path = qdq_conv_model(CASES["3x3-stride2-relu6"], tmp_path, write_qdq_model)
     model, _ = import_onnx(path, name="conv")
     report = ScheduleReport()
     executable, records = compile_relax(
@@ -280,13 +266,15 @@ def test_folds_for_rpi4(tmp_path: Path) -> None:
     assert "aarch64" in executable.mod.imports[0].inspect_source("ll")[:2000]
 
 
-def test_int8_build_is_verified_in_output_steps(tmp_path: Path) -> None:
+def test_int8_build_is_verified_in_output_steps(
+    tmp_path: Path, write_qdq_model: Callable[..., Path]
+) -> None:
     """`build` of a QDQ model checks it against ONNX Runtime in output quantization steps
     (ORT's integer kernels are ~1e-2 off the fp32 reference: a relative check would refuse it)."""
     from edgecompile.builder import build
     from edgecompile.targets import resolve_target
 
-    path = qdq_conv_model(CASES["3x3-stride2-relu-removed"], tmp_path)
+    path = qdq_conv_model(CASES["3x3-stride2-relu-removed"], tmp_path, write_qdq_model)
     result = build(str(path), "host", output_dir=tmp_path / "build")
 
     manifest = result.artifact.manifest
@@ -297,32 +285,18 @@ def test_int8_build_is_verified_in_output_steps(tmp_path: Path) -> None:
     ]
 
 
-def test_requantization_rounds_half_to_even_like_onnxruntime() -> None:
+def test_requantization_rounds_half_to_even_like_onnxruntime(
+    folded_conv: Callable[..., Any],
+) -> None:
     """Ties (x.5 after scaling) go to the even integer, as MLAS rounds: 0.5 → 0, 1.5 → 2, 2.5 → 2;
     random data almost never hits a tie, so it is made here with a multiplier of exactly 0.5."""
     import tvm
     from tvm import te
 
     from edgecompile.schedules.int8.compute import integer_conv2d
-    from edgecompile.schedules.int8.graph import QuantizedConv
 
     values = np.arange(12, dtype=np.uint8).reshape(1, 1, 3, 4)
-    plan = QuantizedConv(
-        data=None,
-        data_zero_point=0,
-        weight=np.ones((1, 1, 1, 1), np.int8),
-        bias=np.zeros(1, np.int32),
-        multiplier=np.full(1, 0.5, np.float32),
-        out_zero_point=0,
-        out_dtype="uint8",
-        low=0,
-        high=255,
-        strides=(1, 1),
-        padding=(0, 0, 0, 0),
-        dilation=(1, 1),
-        groups=1,
-        op_index=0,
-    )
+    plan = folded_conv(np.ones((1, 1, 1, 1), np.int8), multiplier=np.full(1, 0.5, np.float32))
     data = te.placeholder(values.shape, "uint8")
     weight = te.placeholder((1, 1, 1, 1), "int8")
     bias = te.placeholder((1,), "int32")

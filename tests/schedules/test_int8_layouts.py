@@ -5,6 +5,7 @@ test_int8_kernels.py)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -33,18 +34,11 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def inverted_residual(folder: Path, residual: bool, stride: int = 1) -> Path:
+def inverted_residual(
+    folder: Path, write_qdq_model: Callable[..., Path], residual: bool, stride: int = 1
+) -> Path:
     """expand 1×1 → depthwise 3×3 → project 1×1 (+ the block's input when ``residual``),
-    quantized as ``edgecompile quantize`` does (QDQ, per-channel int8 weights, uint8
-    activations)."""
-    from onnxruntime.quantization import (
-        CalibrationDataReader,
-        CalibrationMethod,
-        QuantFormat,
-        QuantType,
-        quantize_static,
-    )
-
+    quantized as ``edgecompile quantize`` does (the conftest's ``write_qdq_model``)."""
     rng = np.random.default_rng(0)
     projected = CHANNELS if residual else PROJECTED
     shapes = {
@@ -81,30 +75,11 @@ def inverted_residual(folder: Path, residual: bool, stride: int = 1) -> Path:
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
         inits,
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    fp32, int8 = folder / "block.onnx", folder / "block.int8.onnx"
-    onnx.save(model, str(fp32))
-    batches = [
+    calibration = [
         {"x": rng.standard_normal((1, CHANNELS, SIZE, SIZE)).astype(np.float32) * 2}
         for _ in range(4)
     ]
-
-    class Reader(CalibrationDataReader):
-        def get_next(self) -> dict[str, np.ndarray] | None:
-            return batches.pop() if batches else None
-
-    quantize_static(
-        str(fp32),
-        str(int8),
-        Reader(),
-        quant_format=QuantFormat.QDQ,
-        per_channel=True,
-        activation_type=QuantType.QUInt8,
-        weight_type=QuantType.QInt8,
-        calibrate_method=CalibrationMethod.MinMax,
-    )
-    return int8
+    return write_qdq_model(graph, folder / "block.onnx", calibration)
 
 
 def build_and_run(
@@ -136,14 +111,14 @@ def _input(path: Path) -> np.ndarray:
 
 @pytest.mark.parametrize("stride", [1, 2])
 def test_chain_stays_blocked_and_keeps_the_nchw_kernels_integers(
-    stride: int, tmp_path: Path, host_target: Any
+    stride: int, tmp_path: Path, host_target: Any, write_qdq_model: Callable[..., Path]
 ) -> None:
     """expand → depthwise → project: the expand's and the depthwise's outputs stay blocked
     (each is read only by the next folded kernel), the project's is NCHW (the model's output).
     The result is the NCHW integer kernels' (x86-64-v3, no VNNI) bit for bit."""
     import onnxruntime as ort
 
-    path = inverted_residual(tmp_path, residual=False, stride=stride)
+    path = inverted_residual(tmp_path, write_qdq_model, residual=False, stride=stride)
     x = _input(path)
 
     actual, report, records = build_and_run(path, host_target, x)
@@ -167,12 +142,14 @@ def test_chain_stays_blocked_and_keeps_the_nchw_kernels_integers(
     assert np.abs(actual - ort_out).max() <= 2 * _output_step(path)
 
 
-def test_output_read_by_fp32_glue_stays_nchw(tmp_path: Path, host_target: Any) -> None:
+def test_output_read_by_fp32_glue_stays_nchw(
+    tmp_path: Path, host_target: Any, write_qdq_model: Callable[..., Path]
+) -> None:
     """With the residual add (fp32 between dequantize/quantize) reading the project's output,
     that output is NCHW; the expand's and the depthwise's still stay blocked."""
     import onnxruntime as ort
 
-    path = inverted_residual(tmp_path, residual=True)
+    path = inverted_residual(tmp_path, write_qdq_model, residual=True)
     x = _input(path)
 
     actual, report, _ = build_and_run(path, host_target, x)
@@ -184,7 +161,9 @@ def test_output_read_by_fp32_glue_stays_nchw(tmp_path: Path, host_target: Any) -
     assert np.abs(actual - ort_out).max() <= 2 * _output_step(path)
 
 
-def test_no_unpack_between_blocked_kernels(tmp_path: Path, host_target: Any) -> None:
+def test_no_unpack_between_blocked_kernels(
+    tmp_path: Path, host_target: Any, write_qdq_model: Callable[..., Path]
+) -> None:
     """In the fused module the chain's kernels pass 5-D uint8 tensors: no unpack kernel is
     left (the one the fold emits for the dead fp32 chains goes with them), no fp32 conv."""
     from tvm import tirx
@@ -192,7 +171,7 @@ def test_no_unpack_between_blocked_kernels(tmp_path: Path, host_target: Any) -> 
     from edgecompile.schedules.analysis import bindings_of, dtype_of, static_shape
     from edgecompile.schedules.pipeline import fused_module
 
-    path = inverted_residual(tmp_path, residual=False)
+    path = inverted_residual(tmp_path, write_qdq_model, residual=False)
     model, _ = import_onnx(path, name="block")
 
     fused, _ = fused_module(model.module, host_target)

@@ -6,6 +6,7 @@ integers on the emulated cores."""
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -194,14 +195,18 @@ def _kernel_instructions(asm: str) -> list[str]:
 
 
 @pytest.mark.parametrize("board", BOARDS)
-def test_board_library_multiplies_with_its_instruction(board: str, tmp_path: Path) -> None:
+def test_board_library_multiplies_with_its_instruction(
+    board: str, tmp_path: Path, write_qdq_model: Callable[..., Path]
+) -> None:
     """The board's integer conv is tensorized: sdot on rpi5; on rpi4 smull with each product
     vector pairwise-accumulated by sadalp, and never sdot (an A72 cannot run it); armv7 the
     same as vmull.s8/vpadal.s16. No int32 vector multiply (a kernel widened to int32 first),
     and no vector register spilled."""
     instruction, schedule, _ = BOARDS[board]
     target = resolve_target(board).tvm_target()
-    model, _ = import_onnx(qdq_conv_model(CASES["3x3-three-blocks"], tmp_path), name="conv")
+    model, _ = import_onnx(
+        qdq_conv_model(CASES["3x3-three-blocks"], tmp_path, write_qdq_model), name="conv"
+    )
     executable, records = compile_relax(model.module, target, report=ScheduleReport())
 
     assert [r["schedule"] for r in records] == [schedule]
@@ -219,7 +224,9 @@ def test_board_library_multiplies_with_its_instruction(board: str, tmp_path: Pat
     assert not [s for name, s in spills.items() if "int8_conv2d" in name and s.spills]
 
 
-def test_32_bit_libraries_pass_floats_to_libm_in_vfp_registers(tmp_path: Path) -> None:
+def test_32_bit_libraries_pass_floats_to_libm_in_vfp_registers(
+    tmp_path: Path, write_qdq_model: Callable[..., Path]
+) -> None:
     """On ARMv7 (no vrintn) the requantization rounds with a call to libm's nearbyintf, which
     on an armhf board reads its argument from s0: passed in r0 (LLVM's soft-float default),
     int8 outputs came out wrong under qemu-arm. Every 32-bit preset says hard float (the
@@ -227,7 +234,9 @@ def test_32_bit_libraries_pass_floats_to_libm_in_vfp_registers(tmp_path: Path) -
     for board in ("armv7", "rpi3-armv7", "rpi4-armv7"):
         assert resolve_target(board).target["mfloat-abi"] == "hard"
     target = resolve_target("armv7").tvm_target()
-    model, _ = import_onnx(qdq_conv_model(CASES["pointwise"], tmp_path), name="conv")
+    model, _ = import_onnx(
+        qdq_conv_model(CASES["pointwise"], tmp_path, write_qdq_model), name="conv"
+    )
     executable, _ = compile_relax(model.module, target, report=ScheduleReport())
     lines = str(executable.mod.imports[0].inspect_source("asm")).splitlines()
     calls = [i for i, line in enumerate(lines) if re.match(r"^\s*bl\s+nearbyintf\b", line)]
@@ -236,10 +245,14 @@ def test_32_bit_libraries_pass_floats_to_libm_in_vfp_registers(tmp_path: Path) -
         assert not re.match(r"^\s*vmov\s+r0,\s*s\d+", lines[call - 1]), lines[call - 1]
 
 
-def test_depthwise_keeps_the_nchw_kernel_on_the_boards(tmp_path: Path) -> None:
+def test_depthwise_keeps_the_nchw_kernel_on_the_boards(
+    tmp_path: Path, write_qdq_model: Callable[..., Path]
+) -> None:
     """The NEON blocked conv sums channels: a depthwise conv keeps the NCHW integer kernel."""
     target = resolve_target("rpi5").tvm_target()
-    model, _ = import_onnx(qdq_conv_model(CASES["depthwise"], tmp_path), name="conv")
+    model, _ = import_onnx(
+        qdq_conv_model(CASES["depthwise"], tmp_path, write_qdq_model), name="conv"
+    )
     _, records = compile_relax(model.module, target, report=ScheduleReport())
     assert [r["schedule"] for r in records] == [INT8_SCHEDULE]
 
@@ -255,7 +268,7 @@ def test_depthwise_keeps_the_nchw_kernel_on_the_boards(tmp_path: Path) -> None:
     ],
 )
 def test_board_kernel_is_exact_on_the_emulated_core(
-    board: str, case: str, rootfs: Path, tmp_path: Path
+    board: str, case: str, rootfs: Path, tmp_path: Path, write_qdq_model: Callable[..., Path]
 ) -> None:
     """The board's library, run on qemu's model of its core, gives the numpy integers."""
     from edgecompile.device.emulator import run_library_in_rootfs
@@ -264,7 +277,7 @@ def test_board_kernel_is_exact_on_the_emulated_core(
     _, schedule, cpu = BOARDS[board]
     preset = resolve_target(board)
     conv = CASES[case]
-    path = qdq_conv_model(conv, tmp_path)
+    path = qdq_conv_model(conv, tmp_path, write_qdq_model)
     params = parameters(path)
     x_scale, x_zp = np.float32(params["x_scale"]), int(params["x_zero_point"])
     y_scale, y_zp = np.float32(params["y_scale"]), int(params["y_zero_point"])
@@ -285,7 +298,9 @@ def test_board_kernel_is_exact_on_the_emulated_core(
 
 @pytest.mark.slow
 @pytest.mark.timeout(1800)
-def test_armv7_kernel_is_exact_under_qemu_arm(tmp_path: Path) -> None:
+def test_armv7_kernel_is_exact_under_qemu_arm(
+    tmp_path: Path, write_qdq_model: Callable[..., Path]
+) -> None:
     """The 32-bit library (vmull/vpadal) through the native runner under qemu-arm: the numpy
     integers. Slow: a cold cache builds the armhf runtime (minutes)."""
     import shutil
@@ -296,7 +311,7 @@ def test_armv7_kernel_is_exact_under_qemu_arm(tmp_path: Path) -> None:
     if shutil.which(QEMU["arm"][0]) is None:
         pytest.skip(f"needs {QEMU['arm'][0]}")
     conv = CASES["3x3-stride2-relu6"]
-    path = qdq_conv_model(conv, tmp_path)
+    path = qdq_conv_model(conv, tmp_path, write_qdq_model)
     params = parameters(path)
     x_scale, x_zp = np.float32(params["x_scale"]), int(params["x_zero_point"])
     y_scale, y_zp = np.float32(params["y_scale"]), int(params["y_zero_point"])

@@ -20,25 +20,17 @@ from edgecompile.schedules.int8.graph import QuantizedConv
 
 def integer_conv2d(data: Any, weight: Any, bias: Any, multiplier: Any, plan: QuantizedConv) -> Any:
     """The TE compute of a folded conv (see the module docstring for the arithmetic)."""
-    from tvm import te, tirx, topi
+    from tvm import te, tirx
 
     from edgecompile.schedules.compute import OP_INDEX_ATTR
 
     batch, _, height, width = (int(d) for d in data.shape)
     out_channels, group_channels, kernel_h, kernel_w = (int(d) for d in weight.shape)
-    top, left, bottom, right = plan.padding
     stride_h, stride_w = plan.strides
     dilation_h, dilation_w = plan.dilation
-    out_h = (height + top + bottom - dilation_h * (kernel_h - 1) - 1) // stride_h + 1
-    out_w = (width + left + right - dilation_w * (kernel_w - 1) - 1) // stride_w + 1
+    out_h, out_w = output_size(plan, height, width, kernel_h, kernel_w)
     per_group = out_channels // plan.groups
-    padded = topi.nn.pad(
-        data,
-        [0, 0, top, left],
-        [0, 0, bottom, right],
-        pad_value=plan.data_zero_point,  # a real zero
-        name="int8_pad",
-    )
+    padded = pad_with_zero_point(data, plan)
     channel = te.reduce_axis((0, group_channels), name="ic")
     ky = te.reduce_axis((0, kernel_h), name="ky")
     kx = te.reduce_axis((0, kernel_w), name="kx")
@@ -70,6 +62,53 @@ def integer_conv2d(data: Any, weight: Any, bias: Any, multiplier: Any, plan: Qua
     )
 
 
+def output_size(
+    plan: QuantizedConv, height: int, width: int, kernel_h: int, kernel_w: int
+) -> tuple[int, int]:
+    """The conv's output height and width, from its input's and its kernel's."""
+    top, left, bottom, right = plan.padding
+    stride_h, stride_w = plan.strides
+    dilation_h, dilation_w = plan.dilation
+    out_h = (height + top + bottom - dilation_h * (kernel_h - 1) - 1) // stride_h + 1
+    out_w = (width + left + right - dilation_w * (kernel_w - 1) - 1) // stride_w + 1
+    return out_h, out_w
+
+
+def pad_with_zero_point(data: Any, plan: QuantizedConv, extra_channels: int = 0) -> Any:
+    """``data`` (NCHW, or blocked ``[N, C/b, H, W, b]``) with the conv's padding around its
+    rows and columns, and an NCHW input's ``extra_channels`` (up to whole blocks) after its
+    channels, all holding the input's zero point: a real zero, whose products a blocked
+    kernel's bias has taken off."""
+    from tvm import topi
+
+    top, left, bottom, right = plan.padding
+    if len(data.shape) == 5:
+        before, after = [0, 0, top, left, 0], [0, 0, bottom, right, 0]
+    else:
+        before, after = [0, 0, top, left], [0, extra_channels, bottom, right]
+    return topi.nn.pad(data, before, after, pad_value=plan.data_zero_point, name="int8_pad")
+
+
+def blocked_weight(weight: np.ndarray, out_block: int, in_block: int) -> np.ndarray:
+    """An int8 ``[O, C, KH, KW]`` weight as ``[O/ob, C/ib, KH, KW, ob, ib]``, zero-padded to
+    whole blocks: the operand order of a dot product of ``ib`` inputs into ``ob`` lanes."""
+    out_channels, in_channels, kernel_h, kernel_w = weight.shape
+    out_blocks, in_blocks = -(-out_channels // out_block), -(-in_channels // in_block)
+    padded = np.zeros((out_blocks * out_block, in_blocks * in_block, kernel_h, kernel_w), np.int8)
+    padded[:out_channels, :in_channels] = weight
+    blocked = padded.reshape(out_blocks, out_block, in_blocks, in_block, kernel_h, kernel_w)
+    return np.ascontiguousarray(blocked.transpose(0, 2, 4, 5, 1, 3))
+
+
+def bias_less_input_offset(plan: QuantizedConv, offset: int) -> np.ndarray:
+    """The int32 bias of a kernel that multiplies its raw inputs, each ``offset`` above
+    ``x - zp``: ``Σ (x - zp)·w = Σ x·w - offset·Σ w``, and as the padding holds the zero point
+    too, every output sees the whole window, so ``offset·Σ w[o]`` is one constant per output
+    channel, taken off the bias once here."""
+    weight_sums = plan.weight.astype(np.int64).sum(axis=(1, 2, 3))
+    return (plan.bias.astype(np.int64) - offset * weight_sums).astype(np.int32)
+
+
 #: Output channels per block of the blocked conv: the int32 lanes of one 512-bit register, the
 #: width of AVX-512 VNNI's ``vpdpbusd`` (u8 × s8, 4 products summed into each int32 lane).
 OUT_BLOCK = 16
@@ -85,15 +124,8 @@ def pack_weight(plan: QuantizedConv) -> tuple[np.ndarray, np.ndarray]:
     padding holds ``zp`` too, so every output sees the whole window and ``zp·Σ w[o]`` is one
     constant per output channel, taken off the bias once here.
     """
-    out_channels, in_channels, kernel_h, kernel_w = plan.weight.shape
-    out_blocks, in_blocks = -(-out_channels // OUT_BLOCK), -(-in_channels // IN_BLOCK)
-    padded = np.zeros((out_blocks * OUT_BLOCK, in_blocks * IN_BLOCK, kernel_h, kernel_w), np.int8)
-    padded[:out_channels, :in_channels] = plan.weight
-    blocked = padded.reshape(out_blocks, OUT_BLOCK, in_blocks, IN_BLOCK, kernel_h, kernel_w)
-    blocked = np.ascontiguousarray(blocked.transpose(0, 2, 4, 5, 1, 3))
-    weight_sums = plan.weight.astype(np.int64).sum(axis=(1, 2, 3))
-    bias = plan.bias.astype(np.int64) - plan.data_zero_point * weight_sums
-    return blocked, bias.astype(np.int32)
+    blocked = blocked_weight(plan.weight, OUT_BLOCK, IN_BLOCK)
+    return blocked, bias_less_input_offset(plan, plan.data_zero_point)
 
 
 @dataclass(frozen=True)
@@ -124,7 +156,7 @@ def blocked_integer_conv2d(
     kernel; a blocked one read in place, or with its padding added), the weight pre-packed by
     :func:`pack_weight`, int32 accumulators ``[N, O/16, OH, OW, 16]``, the output NCHW or
     blocked (``layouts``). Same integers as :func:`integer_conv2d`."""
-    from tvm import te, topi
+    from tvm import te
 
     from edgecompile.schedules.compute import OP_INDEX_ATTR
 
@@ -134,30 +166,17 @@ def blocked_integer_conv2d(
     top, left, bottom, right = plan.padding
     stride_h, stride_w = plan.strides
     dilation_h, dilation_w = plan.dilation
-    out_h = (height + top + bottom - dilation_h * (kernel_h - 1) - 1) // stride_h + 1
-    out_w = (width + left + right - dilation_w * (kernel_w - 1) - 1) // stride_w + 1
+    out_h, out_w = output_size(plan, height, width, kernel_h, kernel_w)
     padded_shape = (batch, in_blocks, height + top + bottom, width + left + right, IN_BLOCK)
     if not layouts.blocked_input:
-        padded = topi.nn.pad(
-            data,
-            [0, 0, top, left],
-            [0, in_blocks * IN_BLOCK - in_channels, bottom, right],
-            pad_value=plan.data_zero_point,  # a real zero; its products leave the bias
-            name="int8_pad",
-        )
+        padded = pad_with_zero_point(data, plan, in_blocks * IN_BLOCK - in_channels)
         source = te.compute(
             padded_shape,
             lambda n, c, y, x, i: padded[n, c * IN_BLOCK + i, y, x],
             name="int8_pack",
         )
     elif any(plan.padding):
-        padded = topi.nn.pad(
-            data,
-            [0, 0, top, left, 0],
-            [0, 0, bottom, right, 0],
-            pad_value=plan.data_zero_point,
-            name="int8_pad",
-        )
+        padded = pad_with_zero_point(data, plan)
         source = te.compute(padded_shape, _groups_of_four(padded), name="int8_pack")
     else:  # read in place: a group of 4 channels is 4 adjacent bytes of a 16-channel block
         source = _GroupsOfFour(data)
@@ -260,9 +279,7 @@ def pack_depthwise_weight(plan: QuantizedConv) -> tuple[np.ndarray, np.ndarray]:
     padded = np.zeros((blocks * OUT_BLOCK, kernel_h, kernel_w), np.int32)
     padded[:channels] = plan.weight[:, 0]
     blocked = padded.reshape(blocks, OUT_BLOCK, kernel_h, kernel_w).transpose(0, 2, 3, 1)
-    weight_sums = plan.weight.astype(np.int64).sum(axis=(1, 2, 3))
-    bias = plan.bias.astype(np.int64) - plan.data_zero_point * weight_sums
-    return np.ascontiguousarray(blocked), bias.astype(np.int32)
+    return np.ascontiguousarray(blocked), bias_less_input_offset(plan, plan.data_zero_point)
 
 
 #: The depthwise conv's accumulation block (named apart from the convs' ``int8_acc``: both
@@ -284,7 +301,7 @@ def blocked_integer_depthwise(
     ``[N, C/16, OH, OW, 16]`` (each tap a widened uint8 load times the tap's weights, exact in
     int32), the output NCHW or blocked (``layouts``). Same integers as
     :func:`integer_conv2d`."""
-    from tvm import te, topi
+    from tvm import te
 
     from edgecompile.schedules.compute import OP_INDEX_ATTR
 
@@ -294,26 +311,13 @@ def blocked_integer_depthwise(
     top, left, bottom, right = plan.padding
     stride_h, stride_w = plan.strides
     dilation_h, dilation_w = plan.dilation
-    out_h = (height + top + bottom - dilation_h * (kernel_h - 1) - 1) // stride_h + 1
-    out_w = (width + left + right - dilation_w * (kernel_w - 1) - 1) // stride_w + 1
+    out_h, out_w = output_size(plan, height, width, kernel_h, kernel_w)
     packed_shape = (batch, blocks, height + top + bottom, width + left + right, OUT_BLOCK)
     if layouts.blocked_input:
-        padded = topi.nn.pad(
-            data,
-            [0, 0, top, left, 0],
-            [0, 0, bottom, right, 0],
-            pad_value=plan.data_zero_point,  # a real zero; its products leave the bias
-            name="int8_pad",
-        )
+        padded = pad_with_zero_point(data, plan)
         packed = te.compute(packed_shape, lambda *i: padded[i], name="int8_pack")
     else:
-        padded = topi.nn.pad(
-            data,
-            [0, 0, top, left],
-            [0, blocks * OUT_BLOCK - channels, bottom, right],
-            pad_value=plan.data_zero_point,
-            name="int8_pad",
-        )
+        padded = pad_with_zero_point(data, plan, blocks * OUT_BLOCK - channels)
         packed = te.compute(
             packed_shape,
             lambda n, b, y, x, c: padded[n, b * OUT_BLOCK + c, y, x],

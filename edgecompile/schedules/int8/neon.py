@@ -24,7 +24,13 @@ from typing import Any
 
 import numpy as np
 
-from edgecompile.schedules.int8.compute import _requantize
+from edgecompile.schedules.int8.compute import (
+    _requantize,
+    bias_less_input_offset,
+    blocked_weight,
+    output_size,
+    pad_with_zero_point,
+)
 from edgecompile.schedules.int8.graph import QuantizedConv
 from edgecompile.schedules.int8.schedule import Int8ConvNCHW
 
@@ -67,17 +73,10 @@ def pack_neon_weight(plan: QuantizedConv, pairs: int = 1) -> tuple[np.ndarray, n
     whole blocks; each 16 bytes one ``sdot`` operand, output-major), the last axis split as
     ``[pairs, 4/pairs]`` for the widening kernel (the same bytes), and the int32 bias with the
     input zero point and the shift folded in (the module docstring's identity)."""
-    out_channels, in_channels, kernel_h, kernel_w = plan.weight.shape
-    out_blocks, in_blocks = -(-out_channels // OUT_BLOCK), -(-in_channels // IN_BLOCK)
-    padded = np.zeros((out_blocks * OUT_BLOCK, in_blocks * IN_BLOCK, kernel_h, kernel_w), np.int8)
-    padded[:out_channels, :in_channels] = plan.weight
-    blocked = padded.reshape(out_blocks, OUT_BLOCK, in_blocks, IN_BLOCK, kernel_h, kernel_w)
-    blocked = np.ascontiguousarray(blocked.transpose(0, 2, 4, 5, 1, 3))
+    blocked = blocked_weight(plan.weight, OUT_BLOCK, IN_BLOCK)
     if pairs > 1:
         blocked = blocked.reshape(*blocked.shape[:-1], pairs, IN_BLOCK // pairs)
-    weight_sums = plan.weight.astype(np.int64).sum(axis=(1, 2, 3))
-    bias = plan.bias.astype(np.int64) - (plan.data_zero_point - INPUT_SHIFT) * weight_sums
-    return blocked, bias.astype(np.int32)
+    return blocked, bias_less_input_offset(plan, plan.data_zero_point - INPUT_SHIFT)
 
 
 def neon_kernel(instruction: str, plan: QuantizedConv) -> tuple[Any, np.ndarray, np.ndarray]:
@@ -100,7 +99,7 @@ def neon_integer_conv2d(
     A weight packed in pairs (``[..., 4, 2, 2]``) gives the widening kernel's layout: the
     input ``[N, C/4, H, W, 2, 2]``, accumulators ``[N, O/4, OH, OW, 4, 2]``, one per pair of
     input lanes. Same integers as :func:`.compute.integer_conv2d`."""
-    from tvm import te, topi
+    from tvm import te
 
     from edgecompile.schedules.compute import OP_INDEX_ATTR
 
@@ -111,15 +110,8 @@ def neon_integer_conv2d(
     top, left, bottom, right = plan.padding
     stride_h, stride_w = plan.strides
     dilation_h, dilation_w = plan.dilation
-    out_h = (height + top + bottom - dilation_h * (kernel_h - 1) - 1) // stride_h + 1
-    out_w = (width + left + right - dilation_w * (kernel_w - 1) - 1) // stride_w + 1
-    padded = topi.nn.pad(
-        data,
-        [0, 0, top, left],
-        [0, in_blocks * IN_BLOCK - in_channels, bottom, right],
-        pad_value=plan.data_zero_point,  # a real zero; its products left the bias
-        name="int8_pad",
-    )
+    out_h, out_w = output_size(plan, height, width, kernel_h, kernel_w)
+    padded = pad_with_zero_point(data, plan, in_blocks * IN_BLOCK - in_channels)
 
     def channel_of(block: Any, lanes: tuple[Any, ...]) -> Any:
         return block * IN_BLOCK + (

@@ -16,6 +16,8 @@ rpi3-armv7, rpi4-armv7) widens the same way under its own names, ``vmull.s8``/``
 
 from __future__ import annotations
 
+from edgecompile.schedules.int8.intrinsics import dot_product_intrinsic, registered_intrinsic
+
 #: The names ours are registered under (once per process, on first use).
 SDOT_4x4_LOCAL = "edgecompile_dot_4x4_i8i8s32_sdot_local"
 SMULL_4x4_LOCAL = "edgecompile_dot_4x4_i8i8s32_smull_local"
@@ -30,59 +32,15 @@ _WIDENING = {
 def neon_intrinsic(instruction: str) -> str:
     """Register the intrinsic for ``instruction`` ("sdot", "smull", or "vmull": 32-bit ARM's
     smull) on first use and return its name, for ``sch.tensorize``."""
-    from tvm.s_tir import TensorIntrin
-
     name = {"sdot": SDOT_4x4_LOCAL, "smull": SMULL_4x4_LOCAL, "vmull": VMULL_4x4_LOCAL}[instruction]
-    try:
-        TensorIntrin.get(name)
-        return name
-    except Exception:  # not registered yet: TVM raises its own error type
-        pass
-    description, implementation = _sdot() if instruction == "sdot" else _widening(instruction)
-    TensorIntrin.register(name, description, implementation)
-    return name
+    return registered_intrinsic(
+        name, _sdot if instruction == "sdot" else lambda: _widening(instruction)
+    )
 
 
 def _sdot() -> tuple[object, object]:
     """One ``sdot``: each int32 lane += its output channel's 4 weights · the 4 inputs."""
-    from tvm.script import tirx as T
-
-    @T.prim_func(s_tir=True)
-    def description(
-        A: T.Buffer((4,), "int8", offset_factor=1),
-        B: T.Buffer((4, 4), "int8", offset_factor=1),
-        C: T.Buffer((4,), "int32", offset_factor=1, scope="local"),
-    ) -> None:
-        with T.sblock("root"):
-            T.reads(C[0:4], A[0:4], B[0:4, 0:4])
-            T.writes(C[0:4])
-            for i in T.serial(0, 4):
-                for k in T.serial(0, 4):
-                    with T.sblock("update"):
-                        vi, vk = T.axis.remap("SR", [i, k])
-                        C[vi] = C[vi] + T.cast(A[vk], "int32") * T.cast(B[vi, vk], "int32")
-
-    @T.prim_func(s_tir=True)
-    def implementation(
-        A: T.Buffer((4,), "int8", offset_factor=1),
-        B: T.Buffer((4, 4), "int8", offset_factor=1),
-        C: T.Buffer((4,), "int32", offset_factor=1, scope="local"),
-    ) -> None:
-        with T.sblock("root"):
-            T.reads(C[0:4], A[0:4], B[0:4, 0:4])
-            T.writes(C[0:4])
-            # The 4 inputs as one 32-bit lane, broadcast: LLVM loads it with one ld1r.
-            four_inputs = T.reinterpret(A.vload([0], "int8x4"), dtype="int32")
-            broadcast = T.reinterpret(T.broadcast(four_inputs, 4), dtype="int8x16")
-            C[T.ramp(T.int32(0), 1, 4)] = T.call_llvm_pure_intrin(
-                T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.sdot.v4i32.v16i8"),
-                C.vload([0], dtype="int32x4"),
-                broadcast,
-                B.vload([0, 0], dtype="int8x16"),
-                dtype="int32x4",
-            )
-
-    return description, implementation
+    return dot_product_intrinsic(4, "int8", "llvm.aarch64.neon.sdot.v4i32.v16i8")
 
 
 def _widening(instruction: str) -> tuple[object, object]:
