@@ -109,53 +109,53 @@ def fake_board(monkeypatch: pytest.MonkeyPatch) -> Callable[[BoardInfo], list[st
     return use
 
 
+@pytest.fixture()
+def refused_report(cli_error: Callable[[list[str]], str], tmp_path: Path) -> Callable[..., str]:
+    """``refused_report(*options)``: the error line of ``report --models squeezenet1_1`` with
+    ``options``, written to ``tmp_path`` (the refusals below happen before one model)."""
+
+    def run(*options: str) -> str:
+        return cli_error(["report", *options, "--models", "squeezenet1_1", "-o", str(tmp_path)])
+
+    return run
+
+
 def test_a_device_without_a_target_is_refused_before_anything_runs(
-    cli_error: Callable[[list[str]], str],
+    refused_report: Callable[..., str],
     fake_board: Callable[[BoardInfo], list[str]],
     tmp_path: Path,
 ) -> None:
     connected = fake_board(_info())
-    line = cli_error(
-        ["report", "--device", DEVICE, "--models", "squeezenet1_1", "-o", str(tmp_path)]
-    )
+    line = refused_report("--device", DEVICE)
     assert "needs the board's preset" in line and "--target" in line
     assert connected == [] and not any(tmp_path.iterdir())
 
 
 def test_a_board_target_without_a_device_is_refused(
-    cli_error: Callable[[list[str]], str], tmp_path: Path
+    refused_report: Callable[..., str], tmp_path: Path
 ) -> None:
-    line = cli_error(
-        ["report", "--target", "rpi4", "--models", "squeezenet1_1", "-o", str(tmp_path)]
-    )
+    line = refused_report("--target", "rpi4")
     assert "--target rpi4" in line and "--device" in line
     assert not any(tmp_path.iterdir())
 
 
 def test_a_board_of_another_arch_is_refused_after_the_probe_before_building(
-    cli_error: Callable[[list[str]], str],
-    fake_board: Callable[[BoardInfo], list[str]],
-    tmp_path: Path,
+    refused_report: Callable[..., str], fake_board: Callable[[BoardInfo], list[str]]
 ) -> None:
     connected = fake_board(_info(machine="armv7l", bits=32))
-    argv = ["report", "--target", "rpi4", "--device", DEVICE, "--models", "squeezenet1_1"]
-    line = cli_error([*argv, "-o", str(tmp_path)])
+    line = refused_report("--target", "rpi4", "--device", DEVICE)
     assert connected == [DEVICE]
     assert "--target rpi4 is for a 64-bit ARM (aarch64) board" in line
     assert "armv7l (32-bit userland)" in line and "--target rpi4-armv7" in line
 
 
 def test_engines_and_threads_a_board_cannot_take_are_refused_before_connecting(
-    cli_error: Callable[[list[str]], str],
-    fake_board: Callable[[BoardInfo], list[str]],
-    tmp_path: Path,
+    refused_report: Callable[..., str], fake_board: Callable[[BoardInfo], list[str]]
 ) -> None:
     connected = fake_board(_info())
-    argv = ["report", "--target", "rpi4", "--device", DEVICE, "--models", "squeezenet1_1"]
-    argv += ["-o", str(tmp_path)]
-    line = cli_error([*argv, "--engines", "tvm,tvm-int8,ort"])
+    line = refused_report("--target", "rpi4", "--device", DEVICE, "--engines", "tvm,tvm-int8,ort")
     assert "tvm-int8" in line and "on a board" in line
-    line = cli_error([*argv, "--threads", "1,8"])
+    line = refused_report("--target", "rpi4", "--device", DEVICE, "--threads", "1,8")
     assert "bad --threads 8" in line and "4 cores" in line
     assert connected == []
 

@@ -522,18 +522,9 @@ def _bench_artifact(
         reference = result["reference"]
         ort_median = result["stats"].get("ort", {}).get("median_ms")
         for engine in engines:
-            stats = result["stats"][engine]
+            error = result["errors"].get(engine)
             timings.append(
-                EngineTiming(
-                    engine=engine,
-                    threads=count,
-                    median_ms=stats["median_ms"],
-                    p90_ms=stats["p90_ms"],
-                    min_ms=stats["min_ms"],
-                    mean_ms=stats["mean_ms"],
-                    max_relative_error=result["errors"].get(engine),
-                    ratio_to_ort=stats["median_ms"] / ort_median if ort_median else None,
-                )
+                EngineTiming.from_stats(engine, count, result["stats"][engine], error, ort_median)
             )
     input_shapes = [list(shape) for shape, _ in inputs]
     if history is not False:

@@ -32,6 +32,28 @@ class EngineTiming:
     max_relative_error: float | None
     ratio_to_ort: float | None
 
+    @classmethod
+    def from_stats(
+        cls,
+        engine: str,
+        threads: int,
+        stats: Mapping[str, float],
+        max_relative_error: float | None,
+        ort_median_ms: float | None,
+    ) -> EngineTiming:
+        """The timing from :func:`latency_stats`' ``stats``; no ratio without ORT's median
+        (ORT not timed at this thread count, or a zero median that would divide by zero)."""
+        return cls(
+            engine=engine,
+            threads=threads,
+            median_ms=stats["median_ms"],
+            p90_ms=stats["p90_ms"],
+            min_ms=stats["min_ms"],
+            mean_ms=stats["mean_ms"],
+            max_relative_error=max_relative_error,
+            ratio_to_ort=stats["median_ms"] / ort_median_ms if ort_median_ms else None,
+        )
+
 
 def latency_stats(seconds: Sequence[float]) -> dict[str, float]:
     """median, p90 (linear interpolation), mean, population std, min, max -- in ms."""

@@ -7,8 +7,6 @@ script; both share the deployment (:func:`edgecompile.device.deploy.deploy_on`).
 
 from __future__ import annotations
 
-import json
-import posixpath
 import shlex
 from typing import Any
 
@@ -16,7 +14,7 @@ import numpy as np
 
 from edgecompile.device.deploy import Deployment
 from edgecompile.device.ssh import BoardConnection
-from edgecompile.errors import EdgecompileError, last_line
+from edgecompile.errors import EdgecompileError
 
 __all__ = ["RUNNER_TIMEOUT", "run_bundle_on"]
 
@@ -55,21 +53,13 @@ def run_bundle_on(
                 f"the native runner failed on {board.settings.label}: {_runner_error(result)}",
                 "check the inputs' shapes; if the library fails to load, rebuild the bundle",
             )
-        try:
-            report = json.loads(last_line(result.stdout))
-        except ValueError:
-            raise EdgecompileError(
-                f"the board's native runner printed no report: {result.last_error_line()}",
-                "run again; report it if it repeats",
-            ) from None
-        outputs: list[np.ndarray] = []
-        for path in report.get("outputs", []):
-            if posixpath.dirname(path) != work:  # only what the runner wrote where we said
-                raise EdgecompileError(
-                    f"the board's runner reported an output outside {work}: {path!r}",
-                    "redeploy the bundle; report it if it repeats",
-                )
-            outputs.append(board.get_array(path))
+        report = result.json_report("the board's native runner")
+        outputs = board.get_outputs(
+            report.get("outputs", []),
+            work,
+            job="the board's runner",
+            fix="redeploy the bundle; report it if it repeats",
+        )
     return report, outputs
 
 

@@ -11,10 +11,8 @@ from __future__ import annotations
 
 import io
 import json
-import posixpath
 import shlex
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -103,20 +101,12 @@ def run_ort_on(
                     "check the board's onnxruntime (python -c 'import onnxruntime'), or leave "
                     "ort out of --engines",
                 )
-            try:
-                report: dict[str, Any] = json.loads(last_line(result.stdout))
-            except ValueError:
-                raise EdgecompileError(
-                    f"ONNX Runtime on the board printed no report: {result.last_error_line()}",
-                    "run again; report it if it repeats",
-                ) from None
-            outputs = []
-            for path in report.get("outputs", []):
-                if posixpath.dirname(path) != work:  # only what the job wrote where we said
-                    raise EdgecompileError(
-                        f"the board's ORT job reported an output outside {work}: {path!r}",
-                        "run again; report it if it repeats",
-                    )
-                outputs.append(board.get_array(path))
+            report = result.json_report("ONNX Runtime on the board")
+            outputs = board.get_outputs(
+                report.get("outputs", []),
+                work,
+                job="the board's ORT job",
+                fix="run again; report it if it repeats",
+            )
             measured[int(count)] = ([float(ms) for ms in report["times_ms"]], outputs)
     return measured

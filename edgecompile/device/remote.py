@@ -329,16 +329,7 @@ def _board_result(
         host = compare_with_host(
             model, shapes, stats["median_ms"], threads=threads, history=history
         )
-        timing = EngineTiming(
-            engine="tvm",
-            threads=threads or 0,
-            median_ms=stats["median_ms"],
-            p90_ms=stats["p90_ms"],
-            min_ms=stats["min_ms"],
-            mean_ms=stats["mean_ms"],
-            max_relative_error=None,
-            ratio_to_ort=None,
-        )
+        timing = EngineTiming.from_stats("tvm", threads or 0, stats, None, None)
         where = {
             "kind": "board",
             "cpu": board.get("cpu_model") or board.get("triple") or board.get("machine"),
@@ -464,13 +455,7 @@ def _python_job(
                 "check the inputs' shapes; if the library fails to load, rebuild it for "
                 f"this board with TVM {info.tvm_version}",
             )
-        try:
-            report = json.loads(last_line(result.stdout))
-        except ValueError:
-            raise EdgecompileError(
-                f"the board's runner printed no report: {result.last_error_line()}",
-                "run again; report it if it repeats",
-            ) from None
+        report = result.json_report("the board's runner")
         outputs = [
             board.get_array(f"{work}/output{index}.npy")
             for index in range(int(report.get("outputs", 0)))

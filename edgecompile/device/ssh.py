@@ -22,6 +22,8 @@ import contextlib
 import errno
 import getpass
 import io
+import json
+import posixpath
 import shlex
 import socket
 import time
@@ -249,6 +251,17 @@ class CommandResult:
         """Where the reason of a failed command is: the last line of stderr, else stdout's."""
         return last_line(self.stderr) or last_line(self.stdout) or f"exit status {self.exit_status}"
 
+    def json_report(self, job: str) -> dict[str, Any]:
+        """The JSON object a board job prints as its last line of stdout; one line naming
+        ``job`` (e.g. "the board's runner") when it printed none (killed, or crashed late)."""
+        try:
+            return json.loads(last_line(self.stdout))
+        except ValueError:
+            raise EdgecompileError(
+                f"{job} printed no report: {self.last_error_line()}",
+                "run again; report it if it repeats",
+            ) from None
+
 
 class BoardConnection:
     """An open SSH connection to a board: commands, SFTP, and the settings it came from."""
@@ -390,6 +403,17 @@ class BoardConnection:
             self.sftp.getfo(path, buffer)
         buffer.seek(0)
         return np.load(buffer, allow_pickle=False)
+
+    def get_outputs(self, paths: Iterable[str], work: str, *, job: str, fix: str) -> list[Any]:
+        """The ``.npy`` outputs a job in ``work`` reported writing, in order. Each path must be
+        directly in ``work``: the report is the board's word, not to be trusted to fetch any
+        other file; else one line naming ``job``, with ``fix``."""
+        outputs = []
+        for path in paths:
+            if posixpath.dirname(path) != work:
+                raise EdgecompileError(f"{job} reported an output outside {work}: {path!r}", fix)
+            outputs.append(self.get_array(path))
+        return outputs
 
     def check(self, command: str, what: str, fix: str, *, timeout: float = 120.0) -> str:
         """Run and return stdout; a nonzero exit becomes an EdgecompileError naming ``what``."""

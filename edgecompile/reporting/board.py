@@ -208,15 +208,7 @@ def measure_on_board(
 
     if prepared.built and stages.run("deploy", deploy):
         stages.run("bench", bench)
-    return ModelResult(
-        model=prepared.model,
-        family=prepared.family,
-        input_size=prepared.input_size,
-        failures=[*prepared.failures, *stages.failures],
-        stage_seconds={**prepared.stage_seconds, **stages.seconds},
-        wall_seconds=round(prepared.seconds + time.perf_counter() - started, 2),
-        **fields,
-    )
+    return prepared.measured(fields, stages, started)
 
 
 def _bench_on_board(
@@ -279,18 +271,7 @@ def _bench_on_board(
         stats = latency_stats([ms / 1e3 for ms in times_ms])  # the host bench's statistics
         ort = measured.get(("ort", count))
         ort_median = latency_stats([ms / 1e3 for ms in ort[0]])["median_ms"] if ort else None
-        timings.append(
-            EngineTiming(
-                engine=engine,
-                threads=count,
-                median_ms=stats["median_ms"],
-                p90_ms=stats["p90_ms"],
-                min_ms=stats["min_ms"],
-                mean_ms=stats["mean_ms"],
-                max_relative_error=error,
-                ratio_to_ort=stats["median_ms"] / ort_median if ort_median else None,
-            )
-        )
+        timings.append(EngineTiming.from_stats(engine, count, stats, error, ort_median))
     return timings
 
 

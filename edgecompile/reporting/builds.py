@@ -20,7 +20,13 @@ from typing import TYPE_CHECKING, Any
 
 from edgecompile.errors import EdgecompileError
 from edgecompile.progress import SILENT, Progress
-from edgecompile.reporting.results import TARGET, StageFailure, Stages, TuningRecords
+from edgecompile.reporting.results import (
+    TARGET,
+    ModelResult,
+    StageFailure,
+    Stages,
+    TuningRecords,
+)
 
 if TYPE_CHECKING:
     from edgecompile.artifact import Artifact
@@ -164,6 +170,20 @@ class PreparedModel:
     @property
     def built(self) -> bool:
         return "artifact" in self.fields
+
+    def measured(self, fields: dict[str, Any], stages: Stages, started: float) -> ModelResult:
+        """The model's row once the second phase (here or on a board) ran ``stages`` from
+        ``started`` (:func:`time.perf_counter`), ``fields`` holding all it knows: both phases'
+        failures and stage times, and the wall time of both."""
+        return ModelResult(
+            model=self.model,
+            family=self.family,
+            input_size=self.input_size,
+            failures=[*self.failures, *stages.failures],
+            stage_seconds={**self.stage_seconds, **stages.seconds},
+            wall_seconds=round(self.seconds + time.perf_counter() - started, 2),
+            **fields,
+        )
 
 
 def prepare_model(

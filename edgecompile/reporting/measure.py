@@ -163,12 +163,4 @@ def measure_model(
     if prepared.built:
         stages.run("bench", bench)
         stages.run("profile", profile)
-    return ModelResult(
-        model=prepared.model,
-        family=prepared.family,
-        input_size=prepared.input_size,
-        failures=[*prepared.failures, *stages.failures],
-        stage_seconds={**prepared.stage_seconds, **stages.seconds},
-        wall_seconds=round(prepared.seconds + time.perf_counter() - started, 2),
-        **fields,
-    )
+    return prepared.measured(fields, stages, started)

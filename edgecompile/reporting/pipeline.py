@@ -15,7 +15,7 @@ import os
 import platform
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -171,19 +171,21 @@ def _measure_here(
     **options: Any,
 ) -> list[ModelResult]:
     """Each model benched and profiled alone on this machine (the second phase)."""
-    results: list[ModelResult] = []
     workers = {count: PinnedWorker(count) for count in options["threads"]}
     try:
-        for model in prepared:
-            with progress.stage(f"measure {model.model}"):
-                results.append(
-                    measure_model(model, profile_runs=profile_runs, workers=workers, **options)
-                )
-            _after_model(results, results_csv, progress, options)
+        return _measure_each(
+            prepared,
+            lambda model: f"measure {model.model}",
+            lambda model: measure_model(
+                model, profile_runs=profile_runs, workers=workers, **options
+            ),
+            results_csv,
+            progress,
+            options,
+        )
     finally:
         for worker in workers.values():
             worker.close()
-    return results
 
 
 def _measure_on_board(
@@ -196,12 +198,31 @@ def _measure_on_board(
     """Each model deployed to the board and timed there, one after the other."""
     from edgecompile.reporting.board import board_session, measure_on_board
 
-    results: list[ModelResult] = []
     with board_session(board) as session:
-        for model in prepared:
-            with progress.stage(f"deploy and time {model.model} on {board.access.device}"):
-                results.append(measure_on_board(session, model, progress=progress, **options))
-            _after_model(results, results_csv, progress, options)
+        return _measure_each(
+            prepared,
+            lambda model: f"deploy and time {model.model} on {board.access.device}",
+            lambda model: measure_on_board(session, model, progress=progress, **options),
+            results_csv,
+            progress,
+            options,
+        )
+
+
+def _measure_each(
+    prepared: Sequence[PreparedModel],
+    stage_line: Callable[[PreparedModel], str],
+    measure: Callable[[PreparedModel], ModelResult],
+    results_csv: Path,
+    progress: Progress,
+    options: dict[str, Any],
+) -> list[ModelResult]:
+    """``measure`` each model in turn under its own stage line, the CSV rewritten after each."""
+    results: list[ModelResult] = []
+    for model in prepared:
+        with progress.stage(stage_line(model)):
+            results.append(measure(model))
+        _after_model(results, results_csv, progress, options)
     return results
 
 
