@@ -184,6 +184,10 @@ EMULATOR_GROUP = "emulator"
 EMULATOR_TIMEOUT_S = 900
 
 
+# tryfirst: pytest-xdist's worker reads the xdist_group marks in its own hook of this name
+# (appending the group to each node id); called after it, the marks were ignored and the board
+# tests ran on both workers, two boards deploying into the one rootfs's home at once.
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
         needs_board = item.get_closest_marker("emulator") is not None or any(

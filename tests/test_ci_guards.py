@@ -79,3 +79,13 @@ def test_tests_never_see_the_users_records_or_history(
     private = tmp_path_factory.getbasetemp()
     assert default_records_root().is_relative_to(private)
     assert Path(os.environ["EDGECOMPILE_BENCH_HISTORY"]).is_relative_to(private)
+
+
+@pytest.mark.emulator  # needs no board: only the mark the emulated boards' tests carry
+def test_the_emulated_boards_tests_share_one_worker(request: pytest.FixtureRequest) -> None:
+    """Under `--dist loadgroup` pytest-xdist sends tests to workers by a group suffix on their
+    node id; without it two workers start two boards on the one rootfs and their deploys into
+    its home collide (as they did with pytest 9.2, which xdist 3.8 cannot suffix)."""
+    if not os.environ.get("PYTEST_XDIST_WORKER") or not request.config.getvalue("loadgroup"):
+        pytest.skip("only under pytest-xdist's loadgroup (the default run)")
+    assert request.node.nodeid.endswith("@emulator"), request.node.nodeid
