@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 import json
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -299,12 +301,36 @@ def _recording_runners(calls: list[str], names: list[str]) -> dict[str, Runner]:
     return {name: runner(name) for name in names}
 
 
-def test_engines_are_timed_interleaved_after_each_ones_warmup() -> None:
+def test_engines_are_timed_in_interleaved_rows_after_each_ones_warmup() -> None:
     calls: list[str] = []
     runners = _recording_runners(calls, ["a", "b", "c"])
-    seconds = time_interleaved(runners, [np.zeros(2, np.float32)], repeat=3, warmup=2)
-    assert "".join(calls) == "aabbcc" + "abc" * 3
+    seconds = time_interleaved(
+        runners, [np.zeros(2, np.float32)], repeat=3, warmup=2, block=2, settle_seconds=0
+    )
+    # warm-up; then per round a row of each: one untimed settling call, then up to `block` timed
+    assert "".join(calls) == "aabbcc" + "aaabbbccc" + "aabbcc"
     assert {name: len(times) for name, times in seconds.items()} == {"a": 3, "b": 3, "c": 3}
+
+
+def test_each_row_starts_with_untimed_calls_until_the_other_engines_threads_settle() -> None:
+    calls: list[str] = []
+
+    def slow(name: str) -> Runner:
+        def run(inputs: list[np.ndarray]) -> list[np.ndarray]:
+            calls.append(name)
+            time.sleep(0.005)
+            return inputs
+
+        return run
+
+    seconds = time_interleaved(
+        {"a": slow("a"), "b": slow("b")}, [], repeat=1, warmup=0, block=1, settle_seconds=0.05
+    )
+    rows = [(name, len(list(group))) for name, group in itertools.groupby(calls)]
+    assert [name for name, _ in rows] == ["a", "b"]
+    # 50 ms of 5 ms calls settle before the one timed call (at least 2 even on a loaded machine)
+    assert all(count >= 3 for _, count in rows), rows
+    assert all(times[0] < 0.05 for times in seconds.values())
 
 
 def test_a_measurement_checks_outputs_then_times_the_engines_interleaved(
@@ -320,7 +346,8 @@ def test_a_measurement_checks_outputs_then_times_the_engines_interleaved(
     checked, warmup, timed = calls[:4], calls[4:12], calls[12:]
     assert checked == names  # outputs compared before anything is timed
     assert warmup == [name for name in names for _ in range(2)]
-    assert timed == names * 3  # round after round, every engine once per round
+    # 3 timings fit one row per engine: each engine's calls in a row, in order
+    assert [name for name, _ in itertools.groupby(timed)] == names
     assert result["reference"] == "ort" and list(result["stats"]) == names
 
 

@@ -340,9 +340,9 @@ def bench_local(
 ) -> BenchReport:
     """Latency of the host library of ``source`` and of ORT/torch, per thread count.
 
-    The engines are timed interleaved, one call each per round after each one's warm-up runs
-    (:func:`~edgecompile.benchmarking.timing.time_interleaved`), so load from elsewhere hits all
-    alike.
+    The engines are timed interleaved, a row of calls each per round after each one's warm-up
+    runs and a settling time (:func:`~edgecompile.benchmarking.timing.time_interleaved`), so load
+    from elsewhere hits all alike and no engine's spinning threads slow the next one.
     ``isolate=True`` measures each thread count in its own subprocess (see
     :func:`~edgecompile.benchmarking.workers.measure_in_subprocess`); ``False`` measures in this
     process, for tests and for a single thread count in a fresh process. ``workers`` (thread

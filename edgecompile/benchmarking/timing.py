@@ -70,25 +70,49 @@ def latency_stats(seconds: Sequence[float]) -> dict[str, float]:
     }
 
 
-def time_interleaved(
-    runners: Mapping[str, Runner], inputs: list[np.ndarray], repeat: int, warmup: int
-) -> dict[str, list[float]]:
-    """Seconds per call of every runner: ``warmup`` untimed calls each, then ``repeat`` rounds
-    that call every runner once, in order (A, B, C, A, B, C, ...).
+#: Timed calls of one engine in a row, and the least time each engine runs untimed before its row.
+#: Per-call interleaving cannot time several threads: after one engine's call its pool's threads
+#: keep spinning (ONNX Runtime's and TVM's both do) and the next engine's first call, or first
+#: few, shares the two cores with them. Measured (mobilenet_v1, 2 threads, this host): TVM's call
+#: right after ORT's took 40-45 ms against 6 ms alone; ORT after TVM up to 23 ms for ~70 ms.
+BLOCK_CALLS = 5
+SETTLE_SECONDS = 0.1
 
-    Interleaved, as ``benchmarks/layers.py`` samples, so that a burst of load from another
-    process on a shared machine hits every engine of the same round, not just whichever one
-    happened to be timed during it.
+
+def time_interleaved(
+    runners: Mapping[str, Runner],
+    inputs: list[np.ndarray],
+    repeat: int,
+    warmup: int,
+    block: int = BLOCK_CALLS,
+    settle_seconds: float = SETTLE_SECONDS,
+) -> dict[str, list[float]]:
+    """Seconds per call of every runner: ``warmup`` untimed calls each, then rounds in which
+    every runner in turn is called untimed until ``settle_seconds`` have passed (at least once)
+    and then timed ``block`` times in a row, until each has ``repeat`` timings.
+
+    Interleaved by rows, so that a burst of load from another process on a shared machine hits
+    every engine of the same round, not just whichever one happened to be timed during it; not
+    call by call, since an engine's threads still spin when the next engine starts
+    (:data:`BLOCK_CALLS`).
     """
     for run in runners.values():
         for _ in range(warmup):
             run(inputs)
     seconds: dict[str, list[float]] = {engine: [] for engine in runners}
-    for _ in range(repeat):
+    while any(len(times) < repeat for times in seconds.values()):
         for engine, run in runners.items():
-            start = time.perf_counter()
+            timed = min(block, repeat - len(seconds[engine]))
+            if timed <= 0:
+                continue
+            settle_until = time.perf_counter() + settle_seconds
             run(inputs)
-            seconds[engine].append(time.perf_counter() - start)
+            while time.perf_counter() < settle_until:
+                run(inputs)
+            for _ in range(timed):
+                start = time.perf_counter()
+                run(inputs)
+                seconds[engine].append(time.perf_counter() - start)
     return seconds
 
 
