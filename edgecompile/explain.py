@@ -4,8 +4,10 @@ Reads only the manifest's per-op ``schedules`` records (see
 :func:`edgecompile.schedules.schedule_records`), so it explains a build from its artifact alone,
 long after the build, and ``--json`` holds the same data. Its ``layer`` and ``kernel`` columns
 are ``edgecompile profile``'s: a slow kernel there is found here by either. An int8 build (a QDQ
-model, ``build --int8``) gets one more column: ``int8`` for an op folded into an integer kernel,
-else ``fp32: <why>``.
+model, ``build --int8``) gets one more column: ``int8`` for an op folded into an integer kernel
+(a max pool moved onto the integers too), else ``fp32: <why>``; and a row, below the layer it
+follows, for each concat and residual add the integer passes judged (``int8_glue``: no heavy
+op, so no layer of its own: its layer reads ``<layer>+``).
 """
 
 from __future__ import annotations
@@ -25,13 +27,15 @@ HEADERS = (
 )  # fmt: skip
 #: The int8 column's header; it goes before ``fallback``, whose reasons are the longest.
 INT8_HEADER = "int8"
-#: The int8 column of an op the folding pass has no integer kernel for (pools, matmuls, ...).
+#: The int8 column of an op the folding pass has no integer kernel for (avg pools, ...).
 NO_INT8_KERNEL = "fp32: no int8 kernel for {op} yet"
+#: The ``kind`` of a concat's or add's row: glue between the layers' kernels.
+GLUE_KIND = "glue"
 
 
 def is_int8_build(records: Sequence[Mapping[str, Any]]) -> bool:
     """Built from a QDQ model: the folding pass gave some op a verdict, int8 or kept fp32."""
-    return any("int8" in r or "int8_fallback" in r for r in records)
+    return any("int8" in r or "int8_fallback" in r or "int8_glue" in r for r in records)
 
 
 def int8_cell(record: Mapping[str, Any]) -> str:
@@ -120,7 +124,31 @@ def explain_rows(
                 str(record.get("fallback", "")),
             )
         )
+        if int8:
+            rows.extend(_glue_row(record["index"], glue) for glue in record.get("int8_glue", []))
     return rows
+
+
+def _glue_row(layer: int, glue: Mapping[str, Any]) -> tuple[str, ...]:
+    """A concat's or add's row: no kernel or schedule of its own (TVM fuses it, or it runs in
+    place), only its verdict. ``<layer>+``: it follows that layer (before the first: under it)."""
+    shapes = glue.get("shapes") or []
+    after = int(glue.get("after", layer))
+    return (
+        f"{layer}+" if after >= 0 else f"<{layer}",
+        "-",
+        str(glue["op"]),
+        GLUE_KIND,
+        _dims(shapes[0] if shapes else None),
+        _dims(shapes[1] if len(shapes) > 1 else None),
+        *("-",) * 5,
+        int8_cell(glue),
+        "",
+    )
+
+
+def _glue(records: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    return [glue for record in records for glue in record.get("int8_glue", [])]
 
 
 def explain_summary(records: Sequence[Mapping[str, Any]], int8: bool | None = None) -> str:
@@ -133,6 +161,10 @@ def explain_summary(records: Sequence[Mapping[str, Any]], int8: bool | None = No
     if is_int8_build(records) if int8 is None else int8:
         folded = sum(1 for r in records if r.get("int8"))
         summary += f"; {folded} in int8, {len(records) - folded} in fp32"
+        glue = _glue(records)
+        if glue:
+            on_integers = sum(1 for g in glue if g.get("int8"))
+            summary += f"; concats/adds: {on_integers} in int8, {len(glue) - on_integers} in fp32"
     return summary
 
 

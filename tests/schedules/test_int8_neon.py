@@ -1,7 +1,8 @@
 """The NEON blocked integer conv of ARM boards: ``sdot`` on rpi5 (``+dotprod``), the widening
 ``smull``/``sadalp`` sequence on rpi4 (``vmull``/``vpadal`` on 32-bit ARM); its packed constants
 and shifted input (exact on this host), its instructions (the boards' assembly), and its
-integers on the emulated cores."""
+integers on the emulated cores. The same for the blocked depthwise conv on ARM (``smlal``;
+``vmlal.s16`` on 32-bit ARM)."""
 
 from __future__ import annotations
 
@@ -16,9 +17,10 @@ import pytest
 from edgecompile.importer import import_onnx
 from edgecompile.schedules import compile_relax
 from edgecompile.schedules.int8 import (
-    INT8_SCHEDULE,
+    INT8_NEON_DEPTHWISE_SCHEDULE,
     INT8_SDOT_SCHEDULE,
     INT8_SMULL_SCHEDULE,
+    INT8_VMLAL_DEPTHWISE_SCHEDULE,
     INT8_VMULL_SCHEDULE,
 )
 from edgecompile.schedules.int8.graph import QuantizedConv
@@ -26,8 +28,12 @@ from edgecompile.schedules.int8.neon import (
     IN_BLOCK,
     OUT_BLOCK,
     SMULL_PAIRS,
+    Int8DepthwiseNeon,
+    Int8DepthwiseVmlal,
+    depthwise_pixels,
     neon_instruction,
     neon_integer_conv2d,
+    pack_neon_depthwise_weight,
     pack_neon_weight,
     register_tile,
 )
@@ -35,7 +41,7 @@ from edgecompile.schedules.pipeline import ScheduleReport
 from edgecompile.schedules.spills import module_spills
 from edgecompile.targets import resolve_target
 
-from .test_int8_kernels import CASES, SIZE, parameters, qdq_conv_model, reference
+from .test_int8_kernels import CASES, SIZE, Conv, parameters, qdq_conv_model, reference
 
 #: The board, its instruction, the conv's schedule, and the core qemu emulates for it.
 BOARDS = {
@@ -43,12 +49,21 @@ BOARDS = {
     "rpi4": ("smull", INT8_SMULL_SCHEDULE, "cortex-a72"),
     "armv7": ("vmull", INT8_VMULL_SCHEDULE, "max"),
 }
+#: The depthwise conv's schedule on each board, and its multiply-accumulate.
+DEPTHWISE_BOARDS = {
+    "rpi5": (INT8_NEON_DEPTHWISE_SCHEDULE, "smlal"),
+    "rpi4": (INT8_NEON_DEPTHWISE_SCHEDULE, "smlal"),
+    "armv7": (INT8_VMLAL_DEPTHWISE_SCHEDULE, "vmlal.s16"),
+}
 #: The widening instructions' names on each architecture: multiply, pairwise accumulate.
 WIDENING = {"smull": ("smull", "sadalp"), "vmull": ("vmull.s8", "vpadal.s16")}
+#: Shapes only the NEON kernels' tiles need, beside test_int8_kernels.CASES.
+NEON_CASES = {"3x3-width16": Conv(7, 33, 3, activation="Relu", size=16)}
 
 
 def random_plan(rng: np.random.Generator, **conv: Any) -> QuantizedConv:
-    """A folded conv with random integers: uint8 input with a zero point, int8 weights."""
+    """A folded conv with random integers: uint8 input with a zero point, int8 weights
+    (``groups``: a depthwise conv when it equals ``out_channels`` and ``in_channels`` is 1)."""
     out_channels, in_channels, kernel = conv["out_channels"], conv["in_channels"], conv["kernel"]
     pad = kernel // 2
     return QuantizedConv(
@@ -64,14 +79,15 @@ def random_plan(rng: np.random.Generator, **conv: Any) -> QuantizedConv:
         strides=(conv.get("stride", 1),) * 2,
         padding=(pad, pad, pad, pad),
         dilation=(1, 1),
-        groups=1,
+        groups=conv.get("groups", 1),
         op_index=0,
     )
 
 
 def numpy_conv(plan: QuantizedConv, x_q: np.ndarray) -> np.ndarray:
     """The folded conv in numpy: Σ (x - zp)·w in int64 (the padding a real 0), + bias, then
-    the kernel's requantization (float32 multiply, clamp, round half to even)."""
+    the kernel's requantization (float32 multiply, clamp, round half to even). A depthwise
+    conv (``plan.groups`` channels, one weight each) multiplies channel by channel."""
     top, left, bottom, right = plan.padding
     stride = plan.strides[0]
     data = np.pad(
@@ -86,7 +102,11 @@ def numpy_conv(plan: QuantizedConv, x_q: np.ndarray) -> np.ndarray:
             window = data[
                 :, :, ky : ky + stride * out_h : stride, kx : kx + stride * out_w : stride
             ]
-            acc += np.einsum("oc,nchw->nohw", plan.weight[:, :, ky, kx].astype(np.int64), window)
+            taps = plan.weight[:, :, ky, kx].astype(np.int64)
+            if plan.groups > 1:
+                acc += taps[:, 0][None, :, None, None] * window
+            else:
+                acc += np.einsum("oc,nchw->nohw", taps, window)
     acc += plan.bias.astype(np.int64)[None, :, None, None]
     scaled = acc.astype(np.float32) * plan.multiplier[None, :, None, None]
     low, high = plan.low - plan.out_zero_point, plan.high - plan.out_zero_point
@@ -181,6 +201,16 @@ def test_register_tile_fits_accumulators_and_operands(
     assert blocks * pixels * per_accumulator + blocks + pixels + temporaries <= registers
 
 
+def test_indexed_sdot_tile_counts_one_input_per_four_pixels() -> None:
+    """With 4 pixels per input load the operands shrink: 3 blocks × 8 pixels (24 + 3 + 2
+    registers) fits where the broadcast one (24 + 3 + 8) did not; only whole loads, and no
+    tile at all for a row of 7."""
+    assert register_tile(6, 56, 30) == (2, 8)
+    assert register_tile(6, 56, 30, pixels_per_load=4) == (3, 8)
+    assert register_tile(8, 16, 30, pixels_per_load=4) == (4, 4)
+    assert register_tile(8, 7, 30, pixels_per_load=4) is None
+
+
 def _kernel_instructions(asm: str) -> list[str]:
     """The mnemonics of the integer conv's vector instructions (AArch64: a ``v<n>.`` operand, as
     its scalar ``smull`` computes addresses; 32-bit ARM: a ``v`` mnemonic) in a module's
@@ -224,6 +254,36 @@ def test_board_library_multiplies_with_its_instruction(
     assert not [s for name, s in spills.items() if "int8_conv2d" in name and s.spills]
 
 
+@pytest.mark.parametrize(
+    ("conv", "indexed"),
+    [
+        (Conv(16, 32, 1, activation="Relu", size=16), True),
+        (Conv(7, 16, 3, size=16), True),
+        # Stride 2: 4 pixels' inputs are not 16 adjacent bytes.
+        (Conv(8, 16, 3, stride=2, size=16), False),
+    ],
+    ids=["pointwise", "3x3", "3x3-stride2"],
+)
+def test_rpi5_sdot_reads_four_pixels_per_load(
+    conv: Conv, indexed: bool, tmp_path: Path, write_qdq_model: Callable[..., Path]
+) -> None:
+    """On rpi5 a tile of 4 adjacent pixels (stride 1) loads their inputs once, 16 bytes, and
+    multiplies each pixel's 4 with the indexed sdot (``v.4b[i]``) instead of a broadcast load
+    per pixel; a stride-2 conv keeps the broadcast. No vector register spilled."""
+    target = resolve_target("rpi5").tvm_target()
+    model, _ = import_onnx(qdq_conv_model(conv, tmp_path, write_qdq_model), name="conv")
+    executable, records = compile_relax(model.module, target, report=ScheduleReport())
+
+    assert [r["schedule"] for r in records] == [INT8_SDOT_SCHEDULE]
+    asm = str(executable.mod.imports[0].inspect_source("asm"))
+    sdots = [line for line in asm.splitlines() if re.match(r"^\tsdot\t", line)]
+    indexed_sdots = [line for line in sdots if re.search(r"\.4b\[[0-3]\]", line)]
+    assert sdots
+    assert len(indexed_sdots) == (len(sdots) if indexed else 0)
+    spills = module_spills(executable, target)
+    assert not [s for name, s in spills.items() if "int8_conv2d" in name and s.spills]
+
+
 def test_32_bit_libraries_pass_floats_to_libm_in_vfp_registers(
     tmp_path: Path, write_qdq_model: Callable[..., Path]
 ) -> None:
@@ -245,23 +305,113 @@ def test_32_bit_libraries_pass_floats_to_libm_in_vfp_registers(
         assert not re.match(r"^\s*vmov\s+r0,\s*s\d+", lines[call - 1]), lines[call - 1]
 
 
-def test_depthwise_keeps_the_nchw_kernel_on_the_boards(
-    tmp_path: Path, write_qdq_model: Callable[..., Path]
+@pytest.mark.parametrize(
+    "conv",
+    [
+        # A part block (20 of 32 lanes) and a prime width: 1-pixel tiles.
+        {"channels": 20, "kernel": 3, "stride": 1, "size": 13},
+        {"channels": 33, "kernel": 5, "stride": 2, "size": 14},  # 7 wide: one 7-pixel tile
+        {"channels": 16, "kernel": 3, "stride": 1, "size": 16},  # two 8-pixel tiles (4 on ARMv7)
+    ],
+    ids=["3x3-part-block-prime", "5x5-stride2", "3x3-whole-tiles"],
+)
+@pytest.mark.parametrize("rule", [Int8DepthwiseNeon, Int8DepthwiseVmlal], ids=["a64", "armv7"])
+def test_neon_depthwise_gives_the_numpy_integers_on_this_host(
+    conv: dict[str, int], rule: type[Int8DepthwiseNeon]
 ) -> None:
-    """The NEON blocked conv sums channels: a depthwise conv keeps the NCHW integer kernel."""
-    target = resolve_target("rpi5").tvm_target()
-    model, _ = import_onnx(
-        qdq_conv_model(CASES["depthwise"], tmp_path, write_qdq_model), name="conv"
+    """The NEON depthwise conv's compute (int16 weights, the input widened to int16 as it is
+    packed, the zero point in the bias) under its schedule (4 channels × a row of pixels),
+    compiled for this host: exactly the numpy integers (the boards run it below)."""
+    import tvm
+    from tvm import s_tir, te
+
+    from edgecompile.schedules.int8.compute import DEPTHWISE_ACC, NCHW, blocked_integer_depthwise
+
+    channels, size = conv["channels"], conv["size"]
+    rng = np.random.default_rng(channels)
+    plan = random_plan(
+        rng,
+        out_channels=channels,
+        in_channels=1,
+        kernel=conv["kernel"],
+        stride=conv["stride"],
+        groups=channels,
     )
-    _, records = compile_relax(model.module, target, report=ScheduleReport())
-    assert [r["schedule"] for r in records] == [INT8_SCHEDULE]
+    x_q = rng.integers(0, 256, (1, channels, size, size)).astype(np.uint8)
+    x_q[0, 0, 0, :2] = (0, 255)
+    weight, bias = pack_neon_depthwise_weight(plan)
+    assert weight.dtype == np.int16 and weight.shape[-1] == 16
+
+    data = te.placeholder(x_q.shape, "uint8")
+    weight_in = te.placeholder(weight.shape, "int16")
+    bias_in = te.placeholder(bias.shape, "int32")
+    multiplier = te.placeholder(plan.multiplier.shape, "float32")
+    out = blocked_integer_depthwise(data, weight_in, bias_in, multiplier, plan, NCHW)
+    func = te.create_prim_func([data, weight_in, bias_in, multiplier, out])
+    sch = s_tir.Schedule(func)
+    sch = rule()._schedule(
+        sch, sch.get_sblock(DEPTHWISE_ACC), sch.get_sblock("int8_requantize"), lanes=4
+    )
+    kernel = tvm.compile(sch.mod, "llvm")
+    expected = numpy_conv(plan, x_q)
+    args = [x_q, weight, bias, plan.multiplier, np.zeros(expected.shape, np.uint8)]
+    tensors = [tvm.runtime.tensor(a) for a in args]
+    kernel(*tensors)
+
+    assert np.unique(expected).size > 10  # the data spans the output range
+    np.testing.assert_array_equal(tensors[-1].numpy(), expected)
+
+
+def test_depthwise_row_tile_divides_the_row_within_the_registers() -> None:
+    """Up to 8 pixels on AArch64 (4 on 32-bit ARM): the largest that divides the row."""
+    assert [depthwise_pixels(w, Int8DepthwiseNeon.max_pixels) for w in (112, 56, 28, 14, 7)] == [
+        8,
+        8,
+        7,
+        7,
+        7,
+    ]
+    assert [depthwise_pixels(w, Int8DepthwiseVmlal.max_pixels) for w in (112, 28, 7, 13)] == [
+        4,
+        4,
+        1,
+        1,
+    ]
+
+
+@pytest.mark.parametrize("board", DEPTHWISE_BOARDS)
+def test_board_depthwise_multiplies_int16_lanes(
+    board: str, tmp_path: Path, write_qdq_model: Callable[..., Path]
+) -> None:
+    """The board's depthwise conv is the blocked kernel: each tap one widening multiply-
+    accumulate of int16 lanes into int32 (smlal; vmlal.s16 on 32-bit ARM), never an int32
+    vector multiply (an input widened to int32 first), and no vector register spilled."""
+    schedule, multiply_accumulate = DEPTHWISE_BOARDS[board]
+    target = resolve_target(board).tvm_target()
+    conv = CASES["depthwise-5x5-stride2-relu6"]
+    model, _ = import_onnx(qdq_conv_model(conv, tmp_path, write_qdq_model), name="conv")
+    executable, records = compile_relax(model.module, target, report=ScheduleReport())
+
+    assert [r["schedule"] for r in records] == [schedule]
+    mnemonics = _kernel_instructions(str(executable.mod.imports[0].inspect_source("asm")))
+    assert not {"mul", "mla", "vmul.i32", "vmla.i32"} & set(mnemonics)
+    # 25 taps into each pixel's accumulator: the first may be a plain widening multiply.
+    assert mnemonics.count(multiply_accumulate) >= conv.kernel**2 - 1
+    spills = module_spills(executable, target)
+    assert not [s for name, s in spills.items() if "int8_conv2d" in name and s.spills]
 
 
 @pytest.mark.emulator
 @pytest.mark.parametrize(
     ("board", "case"),
     [
-        ("rpi5", "3x3-three-blocks"),
+        # 16 wide: tiles of 4 adjacent pixels, the indexed sdot.
+        ("rpi5", "3x3-width16"),
+        pytest.param("rpi5", "3x3-three-blocks", marks=pytest.mark.slow),  # 9 wide: broadcast
+        # The depthwise kernel (smlal on both boards), ~30-60 s each: slow, as its arithmetic
+        # is checked on this host above under the same schedule, and its instructions.
+        pytest.param("rpi4", "depthwise-5x5-stride2-relu6", marks=pytest.mark.slow),
+        pytest.param("rpi5", "depthwise-width13-relu6", marks=pytest.mark.slow),
         # ~30 s each (TVM's Python under qemu): the widening kernel's run is in the slow set,
         # its arithmetic checked on this host above and its instructions on rpi4's assembly.
         pytest.param("rpi4", "3x3-stride2-relu6", marks=pytest.mark.slow),
@@ -276,12 +426,14 @@ def test_board_kernel_is_exact_on_the_emulated_core(
 
     _, schedule, cpu = BOARDS[board]
     preset = resolve_target(board)
-    conv = CASES[case]
+    conv = {**CASES, **NEON_CASES}[case]
+    if conv.groups > 1:
+        schedule = DEPTHWISE_BOARDS[board][0]
     path = qdq_conv_model(conv, tmp_path, write_qdq_model)
     params = parameters(path)
     x_scale, x_zp = np.float32(params["x_scale"]), int(params["x_zero_point"])
     y_scale, y_zp = np.float32(params["y_scale"]), int(params["y_zero_point"])
-    x_q = np.random.default_rng(1).integers(0, 256, (1, conv.in_channels, SIZE, SIZE))
+    x_q = np.random.default_rng(1).integers(0, 256, (1, conv.in_channels, conv.size, conv.size))
     x = ((x_q - x_zp) * x_scale).astype(np.float32)  # steps the model's quantize gives back
     model, _ = import_onnx(path, name="conv")
     executable, records = compile_relax(model.module, preset.tvm_target())
@@ -298,11 +450,19 @@ def test_board_kernel_is_exact_on_the_emulated_core(
 
 @pytest.mark.slow
 @pytest.mark.timeout(1800)
+@pytest.mark.parametrize(
+    ("case", "schedule"),
+    [
+        ("3x3-stride2-relu6", INT8_VMULL_SCHEDULE),
+        ("depthwise-5x5-stride2-relu6", INT8_VMLAL_DEPTHWISE_SCHEDULE),
+    ],
+)
 def test_armv7_kernel_is_exact_under_qemu_arm(
-    tmp_path: Path, write_qdq_model: Callable[..., Path]
+    case: str, schedule: str, tmp_path: Path, write_qdq_model: Callable[..., Path]
 ) -> None:
-    """The 32-bit library (vmull/vpadal) through the native runner under qemu-arm: the numpy
-    integers. Slow: a cold cache builds the armhf runtime (minutes)."""
+    """The 32-bit library (vmull/vpadal; the depthwise conv's vmlal.s16) through the native
+    runner under qemu-arm: the numpy integers. Slow: a cold cache builds the armhf runtime
+    (minutes)."""
     import shutil
 
     from edgecompile.builder import build
@@ -310,15 +470,15 @@ def test_armv7_kernel_is_exact_under_qemu_arm(
 
     if shutil.which(QEMU["arm"][0]) is None:
         pytest.skip(f"needs {QEMU['arm'][0]}")
-    conv = CASES["3x3-stride2-relu6"]
+    conv = CASES[case]
     path = qdq_conv_model(conv, tmp_path, write_qdq_model)
     params = parameters(path)
     x_scale, x_zp = np.float32(params["x_scale"]), int(params["x_zero_point"])
     y_scale, y_zp = np.float32(params["y_scale"]), int(params["y_zero_point"])
-    x_q = np.random.default_rng(1).integers(0, 256, (1, conv.in_channels, SIZE, SIZE))
+    x_q = np.random.default_rng(1).integers(0, 256, (1, conv.in_channels, conv.size, conv.size))
     x = ((x_q - x_zp) * x_scale).astype(np.float32)
     artifact = build(str(path), "armv7", output_dir=tmp_path / "build", verify=False).artifact
-    assert [s["schedule"] for s in artifact.manifest.schedules] == [INT8_VMULL_SCHEDULE]
+    assert [s["schedule"] for s in artifact.manifest.schedules] == [schedule]
 
     (actual,) = run_native(artifact, [x]).outputs
 

@@ -6,18 +6,22 @@ TVM's ONNX frontend imports a QDQ model (``edgecompile quantize``) as ``R.quanti
 runs in fp32, slower than the fp32 model. :func:`fold_int8_convs` (a pass before the layout
 pass) replaces each foldable chain, ending at its ``quantize``, with one integer conv.
 
+- ``glue.py`` (a pass before the folding one): reshapes, transposes, slices, concats and max
+  pools moved from fp32 between ``dequantize``/``quantize`` onto the integers;
 - ``graph.py``: which chains fold, with what integers and scales, and why the others do not;
   each output's quantization step (an int8 build is verified in those steps);
 - ``compute.py``: the integer conv as a TE compute (NCHW; channel-blocked for VNNI, its
   weights packed at fold time);
-- ``layouts.py``: which folded kernels hand each other the blocked uint8 activation
-  ``[N, C/16, H, W, 16]`` (no unpack/repack between them) instead of NCHW;
+- ``layouts.py``: which folded kernels (and the integer concats and max pools between them)
+  hand each other the blocked uint8 activation ``[N, C/16, H, W, 16]`` (no unpack/repack
+  between them) instead of NCHW;
 - ``folding.py``: the Relax pass;
 - ``schedule.py``: the conv's schedules (a register tile of output channels × pixels; on
   AVX-512 VNNI, of output blocks × pixels on ``vpdpbusd``, and for a depthwise conv of one
   16-channel block × pixels, widened to int32);
 - ``neon.py``: the blocked conv on ARM (``sdot`` with ``+dotprod``, else ``smull``/``vmull``), its
-  compute, weights and rules; ``neon_intrinsics.py``: their tensor intrinsics;
+  compute, weights and rules, and the rules of the blocked depthwise conv on ARM (``smlal``,
+  ``vmlal.s16``); ``neon_intrinsics.py``: their tensor intrinsics;
 - ``intrinsics.py``: the ``vpdpbusd`` tensor intrinsic (TVM's own passes an older LLVM's
   operand types).
 
@@ -27,12 +31,16 @@ The classifier's ``matmul`` (ONNX Gemm) folds too, as a 1×1 conv on ``[N, K, 1,
 from edgecompile.schedules.int8.folding import KERNEL_NAME, fold_int8_convs
 from edgecompile.schedules.int8.graph import VERIFY_STEPS, Int8Log, output_steps
 from edgecompile.schedules.int8.neon import (
+    INT8_NEON_DEPTHWISE_SCHEDULE,
     INT8_SDOT_SCHEDULE,
     INT8_SMULL_SCHEDULE,
+    INT8_VMLAL_DEPTHWISE_SCHEDULE,
     INT8_VMULL_SCHEDULE,
     Int8ConvSdot,
     Int8ConvSmull,
     Int8ConvVmull,
+    Int8DepthwiseNeon,
+    Int8DepthwiseVmlal,
 )
 from edgecompile.schedules.int8.schedule import (
     INT8_DEPTHWISE_SCHEDULE,
@@ -46,10 +54,12 @@ from edgecompile.schedules.int8.schedule import (
 
 __all__ = [
     "INT8_DEPTHWISE_SCHEDULE",
+    "INT8_NEON_DEPTHWISE_SCHEDULE",
     "INT8_SCHEDULE",
     "INT8_SDOT_SCHEDULE",
     "INT8_SMULL_SCHEDULE",
     "INT8_UNSCHEDULED",
+    "INT8_VMLAL_DEPTHWISE_SCHEDULE",
     "INT8_VMULL_SCHEDULE",
     "INT8_VNNI_SCHEDULE",
     "KERNEL_NAME",
@@ -60,6 +70,8 @@ __all__ = [
     "Int8ConvSmull",
     "Int8ConvVmull",
     "Int8DepthwiseBlocked",
+    "Int8DepthwiseNeon",
+    "Int8DepthwiseVmlal",
     "Int8Log",
     "fold_int8_convs",
     "output_steps",

@@ -313,14 +313,20 @@ def blocked_integer_depthwise(
     dilation_h, dilation_w = plan.dilation
     out_h, out_w = output_size(plan, height, width, kernel_h, kernel_w)
     packed_shape = (batch, blocks, height + top + bottom, width + left + right, OUT_BLOCK)
+    # NEON's int16 weights (.neon): the input widened once, as it is packed, so each tap is
+    # one int16 multiply-accumulate (smlal, vmlal.s16): from uint8, AArch64 widened every load
+    # in the hot loop and 32-bit ARM widened to int32 and multiplied there (vmla.i32).
+    packed_dtype = "int16" if weight.dtype == "int16" else data.dtype
     if layouts.blocked_input:
         padded = pad_with_zero_point(data, plan)
-        packed = te.compute(packed_shape, lambda *i: padded[i], name="int8_pack")
+        packed = te.compute(
+            packed_shape, lambda *i: padded[i].astype(packed_dtype), name="int8_pack"
+        )
     else:
         padded = pad_with_zero_point(data, plan, blocks * OUT_BLOCK - channels)
         packed = te.compute(
             packed_shape,
-            lambda n, b, y, x, c: padded[n, b * OUT_BLOCK + c, y, x],
+            lambda n, b, y, x, c: padded[n, b * OUT_BLOCK + c, y, x].astype(packed_dtype),
             name="int8_pack",
         )
     ky = te.reduce_axis((0, kernel_h), name="ky")
@@ -331,7 +337,7 @@ def blocked_integer_depthwise(
             packed[n, b, y * stride_h + ky * dilation_h, x * stride_w + kx * dilation_w, c].astype(
                 "int32"
             )
-            * weight[b, ky, kx, c],
+            * weight[b, ky, kx, c].astype("int32"),  # int16 on NEON, int32 on x86
             axis=[ky, kx],
         ),
         name=DEPTHWISE_ACC,

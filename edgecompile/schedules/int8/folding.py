@@ -18,8 +18,13 @@ from edgecompile.schedules.int8.compute import (
     whole_blocks,
 )
 from edgecompile.schedules.int8.graph import Int8Log, QuantizedConv, find_quantized_convs
-from edgecompile.schedules.int8.layouts import blocked_kind, blocked_outputs
-from edgecompile.schedules.int8.neon import neon_instruction, neon_kernel
+from edgecompile.schedules.int8.layouts import GlueOp, blocked_kind, blocked_outputs, glue_ops
+from edgecompile.schedules.int8.neon import (
+    neon_blocked_kind,
+    neon_instruction,
+    neon_kernel,
+    pack_neon_depthwise_weight,
+)
 
 #: The PrimFunc name hint of a folded conv (``conv2d`` in it: profiles name the layer by it).
 KERNEL_NAME = "int8_conv2d"
@@ -64,11 +69,22 @@ def _rewrite(
     target is ARM."""
     from tvm import relax
 
-    from edgecompile.schedules.analysis import dtype_of, static_shape
+    from edgecompile.schedules.analysis import (
+        bindings_of,
+        dtype_of,
+        heavy_op_indices,
+        static_shape,
+    )
+    from edgecompile.schedules.compute import pool_nchwc
 
     kinds = {var: blocked_kind(plan, dtype_of(plan.data), blocked) for var, plan in plans.items()}
-    written_blocked = blocked_outputs(module["main"], plans, kinds)
-    log.blocked_outputs = {plans[var].op_index for var in written_blocked}
+    if neon:  # ARM: the blocked depthwise conv; a channel sum is NEON's own conv (below)
+        kinds = {var: neon_blocked_kind(plan, dtype_of(plan.data)) for var, plan in plans.items()}
+    # Glue on the blocked layout: x86 (VNNI) only, where the pool rule's vector is 16 bytes.
+    glue = glue_ops(module["main"]) if blocked and not neon else {}
+    written_blocked = blocked_outputs(module["main"], plans, kinds, glue)
+    log.blocked_outputs = {plans[var].op_index for var in written_blocked if var in plans}
+    pool_index = heavy_op_indices(module, frozenset({"relax.nn.max_pool2d"}))
 
     def kernel(var: Any, plan: QuantizedConv) -> tuple[Any, np.ndarray, np.ndarray, np.ndarray]:
         """The compute (data, weight, bias, multiplier) → output, and its three constants."""
@@ -89,7 +105,8 @@ def _rewrite(
         if kind == "conv":
             compute, (weight, bias) = blocked_integer_conv2d, pack_weight(plan)
         else:
-            compute, (weight, bias) = blocked_integer_depthwise, pack_depthwise_weight(plan)
+            pack = pack_neon_depthwise_weight if neon else pack_depthwise_weight
+            compute, (weight, bias) = blocked_integer_depthwise, pack(plan)
         multiplier = plan.multiplier
         if layouts.blocked_output:
             bias, multiplier = whole_blocks(bias), whole_blocks(multiplier)
@@ -99,9 +116,14 @@ def _rewrite(
     # blocked) readers; the original stays for the dead fp32 chains reading it until DCE.
     blocked_vars: dict[Any, Any] = {}
 
+    values = bindings_of(module["main"])
+
     @relax.expr_functor.mutator
     class Folder(relax.PyExprMutator):
         def visit_var_binding_(self, binding: Any) -> None:
+            if binding.var in glue and binding.var in written_blocked:
+                self._blocked_glue(binding, glue[binding.var])
+                return
             plan = plans.get(binding.var)
             if plan is None:
                 super().visit_var_binding_(binding)
@@ -117,7 +139,7 @@ def _rewrite(
             call = self.builder_.call_te(
                 compute,
                 data,
-                relax.const(weight, str(weight.dtype)),  # int8; int32 for the depthwise
+                relax.const(weight, str(weight.dtype)),  # int8; the depthwise's int32/int16
                 relax.const(bias, "int32"),
                 relax.const(multiplier, "float32"),
                 primfunc_name_hint=KERNEL_NAME,
@@ -140,6 +162,51 @@ def _rewrite(
                 shape = (batch, plan.weight.shape[0])
                 new_var = self.builder_.emit(relax.op.reshape(new_var, shape))
             self.set_var_remap(binding.var, new_var)
+
+        def _blocked_glue(self, binding: Any, op: GlueOp) -> None:
+            """The glue op on the blocked inputs (:mod:`.layouts`), its NCHW self left for the
+            dead fp32 chains (a max pool's binding stays in place: the heavy ops keep their
+            indices for the layout pass, as a folded conv's fp32 conv does)."""
+            sources = [blocked_vars[source] for source in op.inputs]
+            value = binding.value
+            if op.kind == "concat":
+                result = relax.op.concat(sources, axis=1)
+            elif op.kind == "max_pool":
+                attrs = value.attrs
+                result = self.builder_.call_te(
+                    pool_nchwc,
+                    sources[0],
+                    "max",
+                    [int(k) for k in attrs.pool_size],
+                    [int(k) for k in attrs.strides],
+                    [int(p) for p in attrs.padding],
+                    False,
+                    pool_index[binding.var],
+                    bool(attrs.ceil_mode),
+                    primfunc_name_hint="int8_max_pool2d",
+                )
+            else:  # quantize(dequantize(x)): both elementwise, on the blocked x
+                source = values[value.args[0]]
+                real = self.builder_.emit(
+                    relax.op.dequantize(sources[0], *source.args[1:3], axis=-1)
+                )
+                result = relax.op.quantize(
+                    real, *value.args[1:3], axis=-1, out_dtype=str(value.attrs.out_dtype)
+                )
+            new_var = self.builder_.emit(result)
+            blocked_vars[binding.var] = new_var
+            if op.kind == "max_pool":
+                super().visit_var_binding_(binding)
+            else:
+                channels = static_shape(binding.var)[1]
+                unpacked_var = self.builder_.emit(
+                    self.builder_.call_te(
+                        lambda data: unpack_blocked(data, channels),
+                        new_var,
+                        primfunc_name_hint="int8_unpack",
+                    )
+                )
+                self.set_var_remap(binding.var, unpacked_var)
 
     folder = Folder(module)
     for gvar, func in module.functions_items():

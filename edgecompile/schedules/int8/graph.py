@@ -21,13 +21,31 @@ _SCALE_RTOL = 1e-5
 
 @dataclass
 class Int8Log:
-    """Per conv (heavy-op index of ``main``): folded, or kept in fp32 and why."""
+    """Per conv (heavy-op index of ``main``): folded, or kept in fp32 and why; the glue's and
+    residual adds' verdicts too (:mod:`.glue`, :mod:`.add`), for ``build --explain``."""
 
     folded: set[int] = field(default_factory=set)
     kept: dict[int, str] = field(default_factory=dict)
     #: Folded convs whose output stays in the blocked uint8 layout for the folded kernels
     #: that read it (:mod:`.layouts`); the others write NCHW.
     blocked_outputs: set[int] = field(default_factory=set)
+    #: Max pools the glue pass (:mod:`.glue`) moved onto the integers (a pool it could not
+    #: move has its reason in ``kept``).
+    moved: set[int] = field(default_factory=set)
+    #: The verdicts of the integer passes' ops that are no heavy op (concats, residual adds),
+    #: by binding name: :func:`glue_verdict`'s entries (a pass run twice overwrites its own).
+    glue: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+def glue_verdict(
+    op: str, after: int, shapes: list[list[int]], reason: str | None = None
+) -> dict[str, Any]:
+    """One concat's or add's entry in :attr:`Int8Log.glue`, as ``build --explain`` reads it from
+    the manifest: ``after``, the heavy op it follows (-1: none); ``int8``, or ``int8_fallback``
+    with the reason it stays fp32."""
+    verdict: dict[str, Any] = {"op": op, "after": after, "shapes": shapes}
+    verdict.update({"int8": True} if reason is None else {"int8_fallback": reason})
+    return verdict
 
 
 @dataclass(frozen=True)

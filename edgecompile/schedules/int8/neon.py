@@ -16,10 +16,16 @@ A core without the dot-product extension (Cortex-A53/A72: rpi3, rpi4; and 32-bit
 ``smull`` (int8 × int8 → int16) and ``sadalp`` (adjacent int16 pairs added into int32 lanes), so
 each output channel keeps two int32 accumulators, for input lanes 0-1 and 2-3 of every block,
 summed once when requantized (:data:`SMULL_PAIRS`; the intrinsics in :mod:`.neon_intrinsics`).
+
+A depthwise conv sums no channels: it runs as the channel-blocked depthwise conv of
+:mod:`.compute` (16 channels per block, as on x86) with int16 weights and its input widened to
+int16 as it is packed, each tap one widening multiply-accumulate of 4 channels (``smlal``;
+``vmlal.s16`` on 32-bit ARM) per pixel of a row (:class:`Int8DepthwiseNeon`).
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import numpy as np
@@ -28,11 +34,18 @@ from edgecompile.schedules.int8.compute import (
     _requantize,
     bias_less_input_offset,
     blocked_weight,
+    is_depthwise,
     output_size,
+    pack_depthwise_weight,
     pad_with_zero_point,
 )
 from edgecompile.schedules.int8.graph import QuantizedConv
-from edgecompile.schedules.int8.schedule import Int8ConvNCHW
+from edgecompile.schedules.int8.schedule import (
+    Int8ConvNCHW,
+    Int8DepthwiseBlocked,
+    _inline_padding,
+)
+from edgecompile.schedules.knobs import FIXED, Knobs
 
 #: Output channels per block: the int32 lanes of one 128-bit NEON register.
 OUT_BLOCK = 4
@@ -50,6 +63,13 @@ PAIR_SUMS = "int8_pair_sums"
 INT8_SDOT_SCHEDULE = "edgecompile-int8 (blocked, NEON sdot)"
 INT8_SMULL_SCHEDULE = "edgecompile-int8 (blocked, NEON smull)"
 INT8_VMULL_SCHEDULE = "edgecompile-int8 (blocked, NEON vmull)"
+#: The ``schedule`` of the NEON blocked depthwise conv: ``smlal``, ``vmlal.s16`` on 32-bit ARM.
+INT8_NEON_DEPTHWISE_SCHEDULE = "edgecompile-int8 (blocked depthwise, NEON smlal)"
+INT8_VMLAL_DEPTHWISE_SCHEDULE = "edgecompile-int8 (blocked depthwise, NEON vmlal)"
+#: Channels of the depthwise conv's register tile: the int32 lanes of one 128-bit register, so
+#: each pixel is one accumulator and one ``smlal`` per tap (8 channels, two accumulators per
+#: pixel, gave fewer pixels per tile and no fewer instructions per product).
+DEPTHWISE_TILE_CHANNELS = 4
 
 
 def neon_instruction(target: Any) -> str | None:
@@ -184,10 +204,13 @@ def register_tile(
     per_accumulator: int = 1,
     temporaries: int = 0,
     prefer_pixels: bool = False,
-) -> tuple[int, int]:
+    pixels_per_load: int = 1,
+) -> tuple[int, int] | None:
     """Output blocks × pixels of one row held as accumulators: the most accumulators whose
-    registers (``per_accumulator`` each), with one weight vector per block, one broadcast
-    input per pixel and the step's ``temporaries``, fit in ``registers``; of equal tiles the
+    registers (``per_accumulator`` each), with one weight vector per block, one input vector
+    per ``pixels_per_load`` pixels (a broadcast each, or the indexed sdot's 4 pixels: then
+    whole loads only, None if no such tile fits) and the step's ``temporaries``, fit in
+    ``registers``; of equal tiles the
     one with more output blocks (each pixel's input then feeds more of them), or with
     ``prefer_pixels`` more pixels (each weight feeds more); whole divisors only (a tail would
     put the tensorized loop under a condition). LLVM loads every operand of a step before
@@ -198,11 +221,29 @@ def register_tile(
             (blocks, pixels)
             for blocks in range(1, 5)
             if out_blocks % blocks == 0
-            for pixels in range(1, out_w + 1)
+            for pixels in range(pixels_per_load, out_w + 1, pixels_per_load)
             if out_w % pixels == 0
-            and blocks * pixels * per_accumulator + blocks + pixels + temporaries <= registers
+            and blocks * pixels * per_accumulator + blocks + pixels // pixels_per_load + temporaries
+            <= registers
         ),
+        default=None,
         key=lambda tile: (tile[0] * tile[1], tile[1] if prefer_pixels else tile[0]),
+    )
+
+
+def _reads_adjacent_columns(sch: Any, acc: Any) -> bool:
+    """Whether the conv ``acc`` reads the packed input's column ``x + kx`` for output pixel
+    ``x`` and tap ``kx`` (stride and dilation 1 along the row): 4 adjacent pixels' 4 channels
+    are then 16 adjacent bytes."""
+    from tvm import sym, tirx
+
+    block = sch.get(acc)
+    x, kx = block.iter_vars[3].var, block.iter_vars[-2].var
+    (packed,) = [r for r in block.reads if len(r.region) == 5]
+    # [x's coefficient, kx's, the rest]; none when the column is not linear in them.
+    coefficients = sym.detect_linear_equation(packed.region[3].min, [x, kx])
+    return len(coefficients) == 3 and all(
+        isinstance(c, tirx.IntImm) and c.value == 1 for c in coefficients[:2]
     )
 
 
@@ -212,6 +253,7 @@ class Int8ConvSdot(Int8ConvNCHW):
     schedule_name = INT8_SDOT_SCHEDULE
     instruction = "sdot"
     blocked = True
+    has_knobs = False  # its tiles are fixed still (the x86 rules' and depthwise's are knobs)
     loops = ("n", "ob", "y", "x", "o", "ic", "ky", "kx", "ii")
     #: Vector registers a tile may fill (of AArch64's 32; two are left to LLVM, as
     #: cpu.CpuInfo.tile_registers leaves them on ARM).
@@ -228,9 +270,14 @@ class Int8ConvSdot(Int8ConvNCHW):
 
     def _schedule(self, sch: Any, acc: Any, requantize: Any, lanes: int) -> Any:
         """A register tile of output blocks × pixels of one row, accumulated over the input
-        blocks and the window with one intrinsic per (block, pixel), then requantized
+        blocks and the window with one intrinsic per (block, pixel) (sdot at stride 1: per
+        block and 4 pixels, :func:`.neon_intrinsics.sdot_indexed_intrinsic`), then requantized
         straight from the registers into the NCHW output (as the VNNI kernel)."""
-        from edgecompile.schedules.int8.neon_intrinsics import neon_intrinsic
+        from edgecompile.schedules.int8.neon_intrinsics import (
+            SDOT_PIXELS,
+            neon_intrinsic,
+            sdot_indexed_intrinsic,
+        )
         from edgecompile.schedules.rules import SCHEDULED_BY_ATTR
 
         sch.compute_inline(sch.get_sblock("int8_pad"))
@@ -238,12 +285,33 @@ class Int8ConvSdot(Int8ConvNCHW):
         loops = sch.get_loops(acc)
         (n, ob, y, x), block_lanes, (ic, ky, kx, ii) = loops[:4], loops[4:-4], loops[-4:]
         out_blocks, out_w = int(sch.get(ob).extent), int(sch.get(x).extent)
-        ob_tile, x_tile = register_tile(
-            out_blocks, out_w, self.tile_registers, self.pairs, self.temporaries, self.prefer_pixels
+        tile = functools.partial(
+            register_tile,
+            out_blocks,
+            out_w,
+            self.tile_registers,
+            self.pairs,
+            self.temporaries,
+            self.prefer_pixels,
         )
+        # sdot on 4 pixels whose inputs are 16 adjacent bytes: one load, the indexed form,
+        # where a row has such tiles.
+        quad_tile = (
+            tile(pixels_per_load=SDOT_PIXELS)
+            if self.instruction == "sdot" and _reads_adjacent_columns(sch, acc)
+            else None
+        )
+        quads = quad_tile is not None
+        ob_tile, x_tile = quad_tile or tile()
         ob_outer, ob_inner = sch.split(ob, [None, ob_tile])
         x_outer, x_inner = sch.split(x, [None, x_tile])
-        sch.reorder(n, ob_outer, y, x_outer, ic, ky, kx, ob_inner, x_inner, *block_lanes, ii)
+        if quads:
+            x_inner, pixels = sch.split(x_inner, [None, SDOT_PIXELS])
+            sch.reorder(
+                n, ob_outer, y, x_outer, ic, ky, kx, ob_inner, x_inner, pixels, *block_lanes, ii
+            )
+        else:
+            sch.reorder(n, ob_outer, y, x_outer, ic, ky, kx, ob_inner, x_inner, *block_lanes, ii)
         # The accumulators in a local buffer: registers across the whole reduction once
         # unrolled; requantized where the tile ends.
         tile = sch.cache_write(acc, 0, "local")
@@ -267,7 +335,10 @@ class Int8ConvSdot(Int8ConvNCHW):
         init = sch.decompose_reduction(acc, ic)
         init_lanes = sch.get_loops(init)[-len(block_lanes) :]
         sch.vectorize(sch.fuse(*init_lanes) if len(init_lanes) > 1 else init_lanes[0])
-        sch.tensorize(block_lanes[0], neon_intrinsic(self.instruction))
+        if quads:
+            sch.tensorize(pixels, sdot_indexed_intrinsic())
+        else:
+            sch.tensorize(block_lanes[0], neon_intrinsic(self.instruction))
         return sch
 
 
@@ -293,3 +364,85 @@ class Int8ConvVmull(Int8ConvSmull):
     # 3 blocks × 1 pixel of a 3×3 conv spilled the window's weights LLVM loads ahead (each
     # used once); 1 block × 3 pixels reuses each weight 3 times and did not.
     prefer_pixels = True
+
+
+def neon_blocked_kind(plan: QuantizedConv, input_dtype: str) -> str | None:
+    """Which of the channel-blocked kernels of :mod:`.compute` ``plan`` runs as on ARM:
+    "depthwise" for a depthwise conv of a uint8 input (:class:`Int8DepthwiseNeon`), else None
+    (a conv with a channel sum is NEON's own :func:`neon_integer_conv2d`)."""
+    return "depthwise" if input_dtype == "uint8" and is_depthwise(plan) else None
+
+
+def pack_neon_depthwise_weight(plan: QuantizedConv) -> tuple[np.ndarray, np.ndarray]:
+    """The NEON depthwise conv's constants: :func:`.compute.pack_depthwise_weight`'s, its
+    weight as int16 (``smlal`` multiplies int16 lanes: the weight widened once, here, and the
+    input as :func:`.compute.blocked_integer_depthwise` packs it)."""
+    weight, bias = pack_depthwise_weight(plan)
+    return weight.astype(np.int16), bias
+
+
+def depthwise_pixels(out_w: int, limit: int) -> int:
+    """Pixels of a row the NEON depthwise conv accumulates together: the largest divisor of
+    the row up to ``limit``."""
+    return max(d for d in range(1, min(out_w, limit) + 1) if out_w % d == 0)
+
+
+class Int8DepthwiseNeon(Int8DepthwiseBlocked):
+    """The channel-blocked folded depthwise conv (:func:`.compute.blocked_integer_depthwise`)
+    on 64-bit ARM NEON, its input packed as int16 and its weights int16
+    (:func:`pack_neon_depthwise_weight`): a register tile of 4 channels (one int32x4
+    accumulator per pixel) × a row of pixels, each tap one ``smlal`` per pixel, exact in
+    int32; requantized from the registers into the output by the epilogue the x86 kernel
+    uses."""
+
+    schedule_name = INT8_NEON_DEPTHWISE_SCHEDULE
+    #: The instructions (:func:`neon_instruction`) of the targets this rule is for.
+    instructions = ("sdot", "smull")
+    #: Pixels per tile, at most: a quarter of AArch64's 32 vector registers, the rest left to
+    #: the taps' weights and inputs LLVM loads ahead (14 pixels spilled in the hot loop).
+    max_pixels = 8
+
+    def has_kernel(self, target: Any) -> bool:
+        return neon_instruction(target) in self.instructions
+
+    def _schedule(
+        self, sch: Any, acc: Any, requantize: Any, lanes: int, knobs: Knobs = FIXED
+    ) -> Any:
+        from edgecompile.schedules.rules import SCHEDULED_BY_ATTR
+
+        _inline_padding(sch)
+        pack = sch.get_sblock("int8_pack")
+        n, b, y, x, c, ky, kx = sch.get_loops(acc)
+        x_tile = depthwise_pixels(int(sch.get(x).extent), self.max_pixels)
+        # Pixels only: the 4 channels of an int32x4 accumulator are the instruction's.
+        x_outer, x_inner = knobs.split(sch, x, x_tile, self.max_pixels, "pixel tile")
+        c_outer, c_inner = sch.split(c, [None, DEPTHWISE_TILE_CHANNELS])
+        sch.reorder(n, b, y, x_outer, c_outer, ky, kx, x_inner, c_inner)
+        # As on x86: the tile's accumulators stay in registers, requantized where it ends.
+        tile = sch.cache_write(acc, 0, "local")
+        sch.compute_inline(tile)
+        # A design space keeps a sampled tile's unit loops: a point of 1 pixel replays the
+        # trace's loops one for one.
+        sch.reverse_compute_at(requantize, c_outer, preserve_unit_loops=knobs.tunable)
+        sch.vectorize(sch.get_loops(requantize)[-1])
+        # The block's input packed (and widened) just before its rows are computed.
+        sch.compute_at(pack, b)
+        sch.unroll(ky)
+        sch.unroll(kx)
+        sch.unroll(x_inner)
+        sch.vectorize(c_inner)
+        sch.parallel(sch.fuse(n, b))
+        sch.annotate(acc, SCHEDULED_BY_ATTR, self.schedule_name)
+        # Last, as in Int8ConvSdot.
+        init = sch.decompose_reduction(acc, ky)
+        sch.vectorize(sch.get_loops(init)[-1])
+        return sch
+
+
+class Int8DepthwiseVmlal(Int8DepthwiseNeon):
+    """The same depthwise conv on 32-bit ARM: ``vmlal.s16``, on its 16 vector registers."""
+
+    schedule_name = INT8_VMLAL_DEPTHWISE_SCHEDULE
+    instructions = ("vmull",)
+    # Of 16 registers: 7 or 8 pixels spilled in the tile's loop (around the hot one), 4 did not.
+    max_pixels = 4

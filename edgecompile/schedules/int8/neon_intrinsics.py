@@ -2,7 +2,9 @@
 step of 4 output channels × 4 int8 weights · 4 broadcast int8 inputs, into int32 accumulators.
 
 - ``sdot`` (the dot-product extension, ``+dotprod``: Cortex-A55/A76, the rpi5): one instruction,
-  one accumulator lane per output channel.
+  one accumulator lane per output channel; where 4 adjacent pixels' inputs are 16 adjacent
+  bytes (stride 1), one load for the 4 and the indexed form per pixel
+  (:func:`sdot_indexed_intrinsic`).
 - Without it (Cortex-A53/A72/A57: rpi3, rpi4): ``smull`` (8 int8 × int8 → int16, exact:
   |−128 · −128| fits) and ``sadalp`` (adjacent int16 pairs added into int32 lanes, exact), two
   accumulators per output channel (input lanes 0-1 and 2-3), summed once at requantization:
@@ -20,6 +22,9 @@ from edgecompile.schedules.int8.intrinsics import dot_product_intrinsic, registe
 
 #: The names ours are registered under (once per process, on first use).
 SDOT_4x4_LOCAL = "edgecompile_dot_4x4_i8i8s32_sdot_local"
+SDOT_INDEXED_4x4x4_LOCAL = "edgecompile_dot_4x4x4_i8i8s32_sdot_indexed_local"
+#: Pixels one indexed ``sdot`` step reads with one 16-byte load (4 channels each).
+SDOT_PIXELS = 4
 SMULL_4x4_LOCAL = "edgecompile_dot_4x4_i8i8s32_smull_local"
 VMULL_4x4_LOCAL = "edgecompile_dot_4x4_i8i8s32_vmull_local"
 #: The widening multiply and the pairwise widening add (ARM's accumulating), LLVM's names.
@@ -36,6 +41,72 @@ def neon_intrinsic(instruction: str) -> str:
     return registered_intrinsic(
         name, _sdot if instruction == "sdot" else lambda: _widening(instruction)
     )
+
+
+def sdot_indexed_intrinsic() -> str:
+    """Register (first call) and return the 4-pixel ``sdot`` step: 4 pixels × 4 output channels
+    of int32 accumulators += the 4 channels' weights · each pixel's 4 inputs, the 4 pixels'
+    16 input bytes one load, each pixel's 4 picked by the indexed form
+    ``sdot v.4s, v.16b, v.4b[i]`` (where the plain step loads and broadcasts each pixel)."""
+    return registered_intrinsic(SDOT_INDEXED_4x4x4_LOCAL, _sdot_indexed)
+
+
+def _sdot_indexed() -> tuple[object, object]:
+    from tvm import tirx
+    from tvm.script import tirx as T
+
+    def pixel(accumulators: object, inputs: object, weights: object, index: int) -> object:
+        """One pixel's sdot: its 4 input bytes (lane ``index`` of the int32 view) broadcast, a
+        shuffle LLVM folds into the indexed form, which indexes the last operand only (as the
+        second, each pixel cost a ``dup``)."""
+        lane = tirx.Shuffle([inputs], [tirx.const(index, "int32")] * 4)
+        return tirx.call_llvm_pure_intrin(
+            "int32x4",
+            "llvm.aarch64.neon.sdot.v4i32.v16i8",
+            accumulators,
+            weights,
+            tirx.reinterpret("int8x16", lane),
+        )
+
+    @T.prim_func(s_tir=True)
+    def description(
+        A: T.Buffer((4, 4), "int8", offset_factor=1),
+        B: T.Buffer((4, 4), "int8", offset_factor=1),
+        C: T.Buffer((4, 4), "int32", offset_factor=1, scope="local"),
+    ) -> None:
+        with T.sblock("root"):
+            T.reads(C[0:4, 0:4], A[0:4, 0:4], B[0:4, 0:4])
+            T.writes(C[0:4, 0:4])
+            for p, i, k in T.grid(4, 4, 4):
+                with T.sblock("update"):
+                    vp, vi, vk = T.axis.remap("SSR", [p, i, k])
+                    C[vp, vi] = C[vp, vi] + T.cast(A[vp, vk], "int32") * T.cast(B[vi, vk], "int32")
+
+    @T.prim_func(s_tir=True)
+    def implementation(
+        A: T.Buffer((4, 4), "int8", offset_factor=1),
+        B: T.Buffer((4, 4), "int8", offset_factor=1),
+        C: T.Buffer((4, 4), "int32", offset_factor=1, scope="local"),
+    ) -> None:
+        with T.sblock("root"):
+            T.reads(C[0:4, 0:4], A[0:4, 0:4], B[0:4, 0:4])
+            T.writes(C[0:4, 0:4])
+            inputs = T.reinterpret(A.vload([0, 0], "int8x16"), dtype="int32x4")
+            weights = B.vload([0, 0], "int8x16")
+            C[0, T.ramp(T.int32(0), 1, 4)] = pixel(
+                C.vload([0, 0], dtype="int32x4"), inputs, weights, 0
+            )
+            C[1, T.ramp(T.int32(0), 1, 4)] = pixel(
+                C.vload([1, 0], dtype="int32x4"), inputs, weights, 1
+            )
+            C[2, T.ramp(T.int32(0), 1, 4)] = pixel(
+                C.vload([2, 0], dtype="int32x4"), inputs, weights, 2
+            )
+            C[3, T.ramp(T.int32(0), 1, 4)] = pixel(
+                C.vload([3, 0], dtype="int32x4"), inputs, weights, 3
+            )
+
+    return description, implementation
 
 
 def _sdot() -> tuple[object, object]:

@@ -1,11 +1,19 @@
 """The schedule of a folded conv (a dlight-style rule, tried with ours in
-:func:`edgecompile.schedules.pipeline.schedule_rules`)."""
+:func:`edgecompile.schedules.pipeline.schedule_rules`).
+
+The x86 rules ask for their tiles through :mod:`~edgecompile.schedules.knobs`, as the fp32
+rules do: constants in a build, ``sample_perfect_tile`` at the analytic value in a design space
+(:meth:`Int8ConvNCHW.design_spaces`). Only the loops outside the instruction are tiles: the
+VNNI intrinsic's 16 output lanes × 4 input bytes and the depthwise kernel's 16 channels are the
+blocked layout's, never split, so every sampled point still tensorizes and computes the same
+integers."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from edgecompile.schedules.int8.compute import DEPTHWISE_ACC
+from edgecompile.schedules.knobs import FIXED, KNOBS_ATTR, Knobs
 
 #: The ``schedule`` of a folded conv :class:`Int8ConvNCHW` scheduled (manifest, ``--explain``).
 INT8_SCHEDULE = "edgecompile-int8 (NCHW)"
@@ -22,6 +30,12 @@ _VNNI_TILE_REGISTERS = 24
 #: registers; the rest hold a tap's weights and a widened input): 14 divides the widths
 #: 224-input models have (112, 56, 28, 14, 7), and a prime width up to 13 is one tile.
 _DEPTHWISE_TILE_PIXELS = 14
+#: The largest output-channel tile the search may sample for the NCHW kernel (its analytic
+#: tile is up to 8 channels, each an unrolled vector of pixels).
+_NCHW_MAX_CHANNEL_TILE = 16
+#: The most output blocks the search may sample for the VNNI tile (16 channels each; the
+#: analytic tile takes 1 or 2).
+_VNNI_MAX_BLOCK_TILE = 4
 
 
 def has_blocked_kernel(target: Any) -> bool:
@@ -43,6 +57,32 @@ def _inline_padding(sch: Any) -> None:
 def _reads_blocked(sch: Any, block: Any) -> bool:
     """Whether ``block`` reads a 5-D (blocked ``[N, C/16, H, W, 16]``) buffer."""
     return all(len(region.source.shape) == 5 for region in sch.get(block).reads)
+
+
+def _inline_requantized_readers(sch: Any, requantize: Any) -> None:
+    """Inline the elementwise kernels FuseOps put after the requantization into it: the
+    ``dequantize → quantize`` that moves a conv's output to a concat's quantization
+    (:mod:`.glue`) then runs on the tile's registers, not as a second pass over memory in
+    float32. One that cannot be inlined (it reads more than this element) stays as it was."""
+    from tvm import s_tir
+
+    while True:
+        consumers = sch.get_consumers(requantize)
+        if len(consumers) != 1:
+            return
+        try:
+            sch.reverse_compute_inline(consumers[0])
+        except s_tir.ScheduleError:
+            return
+
+
+def narrowed(func: Any) -> Any:
+    """``func`` with int32 indices, as TVM's tensor intrinsics are written (Relax gives int64
+    ones): what a blocked rule schedules, and so what its design space must start from."""
+    import tvm
+    from tvm import tirx
+
+    return tirx.transform.ForceNarrowIndexToInt32()(tvm.IRModule({"main": func}))["main"]
 
 
 def _largest_divisor(extent: int, limit: int) -> int:
@@ -92,15 +132,16 @@ class Int8ConvNCHW:  # a dlight-style rule, tried like ours (pipeline.schedule_r
     blocked = False
     acc_block = "int8_acc"
     loops = ("n", "o", "y", "x", "ic", "ky", "kx")  # the acc block's, as the compute makes it
+    #: Whether :meth:`_schedule` takes :class:`~edgecompile.schedules.knobs.Knobs` (the rule is
+    #: a design space for ``tune``); the NEON convs' (sdot, smull, vmull) tiles are fixed still.
+    has_knobs = True
 
     def has_kernel(self, target: Any) -> bool:
         """Whether ``target`` has the instructions this rule's blocked kernel is written for."""
         return has_blocked_kernel(target)
 
-    def try_schedule(self, func: Any, target: Any) -> Any | None:
+    def try_schedule(self, func: Any, target: Any, knobs: Knobs = FIXED) -> Any | None:
         from tvm import s_tir, tirx
-
-        from edgecompile.schedules.cpu import cpu_info
 
         if not isinstance(func, tirx.PrimFunc):
             return None
@@ -110,10 +151,23 @@ class Int8ConvNCHW:  # a dlight-style rule, tried like ours (pipeline.schedule_r
             # ours, and it must not fail the whole pipeline.
             if any(str(param.dtype) in ("int64", "uint64") for param in func.params):
                 return None
-            import tvm
+            func = narrowed(func)
+        return self.schedule_here(s_tir.Schedule(func), target, knobs)
 
-            func = tirx.transform.ForceNarrowIndexToInt32()(tvm.IRModule({"main": func}))["main"]
-        sch = s_tir.Schedule(func)
+    def claims(self, sch: Any) -> bool:
+        """Whether ``sch`` holds this rule's kernel (its blocks, its layout's loops)."""
+        return self._blocks(sch) is not None
+
+    def design_spaces(self, sch: Any, target: Any) -> list[Any]:
+        """The rule's design space on the traced schedule ``sch``: its tiles as sampling
+        instructions at their analytic values; none where the rule does not schedule it (another
+        target's kernel). ``tune`` gives it the fused kernel as is (Relax's int64 indices),
+        the tests the kernel a build schedules (:func:`narrowed`): both schedule alike."""
+        space = self.schedule_here(sch, target, Knobs(tunable=self.has_knobs))
+        return [] if space is None else [space]
+
+    def _blocks(self, sch: Any) -> tuple[Any, Any] | None:
+        """The kernel's accumulation and requantization blocks, if ``sch`` holds this rule's."""
         try:
             acc = sch.get_sblock(self.acc_block)
             requantize = sch.get_sblock("int8_requantize")
@@ -121,26 +175,55 @@ class Int8ConvNCHW:  # a dlight-style rule, tried like ours (pipeline.schedule_r
             return None
         if len(sch.get_loops(acc)) != len(self.loops):
             return None  # the other layout's kernel
+        return acc, requantize
+
+    def schedule_here(self, sch: Any, target: Any, knobs: Knobs = FIXED) -> Any | None:
+        """Schedule this rule's kernel in ``sch`` (None if it holds none, or the target lacks
+        the blocked kernel's instructions)."""
+        from edgecompile.schedules.cpu import cpu_info
+
+        blocks = self._blocks(sch)
+        if blocks is None:
+            return None
+        acc, requantize = blocks
         if self.blocked and not self.has_kernel(target):
             return None  # compiled for another target than folded for: TVM lowers it
+        lanes = cpu_info(target).lanes
         try:
-            return self._schedule(sch, acc, requantize, cpu_info(target).lanes)
+            if knobs is FIXED or not self.has_knobs:
+                # exactly the schedule the rule wrote before it had knobs
+                return self._schedule(sch, acc, requantize, lanes)
+            knobs.names.clear()
+            self._schedule(sch, acc, requantize, lanes, knobs)
+            # which sampled tile is which knob, for `records show`: on the root block, as
+            # the intrinsic replaced the accumulation's
+            root = sch.get_sblock("root")
+            sch.annotate(root, KNOBS_ATTR, ",".join(knobs.names))
+            knobs.unroll(sch, root)
+            return sch
         except Exception as error:  # a primitive refused: this kernel keeps TVM's lowering
             from edgecompile.errors import last_line
             from edgecompile.schedules.rules import ScheduleFailed
 
             raise ScheduleFailed(f"{self.schedule_name}: {last_line(error)}") from None
 
-    def _schedule(self, sch: Any, acc: Any, requantize: Any, lanes: int) -> Any:
+    def _schedule(
+        self, sch: Any, acc: Any, requantize: Any, lanes: int, knobs: Knobs = FIXED
+    ) -> Any:
         from edgecompile.schedules.rules import SCHEDULED_BY_ATTR
 
         # lanes: the target's float32 lanes, as many int32 accumulators.
         n, o, y, x, ic, ky, kx = sch.get_loops(acc)
         extents = [int(sch.get(loop).extent) for loop in (o, x)]
-        o_outer, o_inner = sch.split(o, [None, _largest_divisor(extents[0], 8)])
-        x_outer, x_inner = sch.split(x, [None, _largest_divisor(extents[1], lanes)])
+        o_tile = _largest_divisor(extents[0], 8)
+        o_outer, o_inner = knobs.split(sch, o, o_tile, _NCHW_MAX_CHANNEL_TILE, "oc tile")
+        x_tile = _largest_divisor(extents[1], lanes)
+        x_outer, x_inner = knobs.split(sch, x, x_tile, lanes, "pixel tile")
         sch.reorder(n, o_outer, y, x_outer, ic, ky, kx, o_inner, x_inner)
-        sch.reverse_compute_at(requantize, y)
+        _inline_requantized_readers(sch, requantize)
+        # A design space keeps a sampled tile's unit loops: a point of 1 channel replays the
+        # trace's loops one for one.
+        sch.reverse_compute_at(requantize, y, preserve_unit_loops=knobs.tunable)
         sch.unroll(o_inner)
         sch.vectorize(x_inner)
         sch.vectorize(sch.get_loops(requantize)[-1])
@@ -159,7 +242,9 @@ class Int8ConvBlocked(Int8ConvNCHW):
     blocked = True
     loops = ("n", "ob", "y", "x", "o", "ic", "ky", "kx", "ii")
 
-    def _schedule(self, sch: Any, acc: Any, requantize: Any, lanes: int) -> Any:
+    def _schedule(
+        self, sch: Any, acc: Any, requantize: Any, lanes: int, knobs: Knobs = FIXED
+    ) -> Any:
         """A register tile of output blocks × pixels of one row, accumulated over the input
         blocks and the window with one ``vpdpbusd`` per (block, pixel), then requantized
         straight from the registers into the NCHW output."""
@@ -171,14 +256,18 @@ class Int8ConvBlocked(Int8ConvNCHW):
         n, ob, y, x, o, ic, ky, kx, ii = sch.get_loops(acc)
         out_blocks, out_w = int(sch.get(ob).extent), int(sch.get(x).extent)
         ob_tile, x_tile = vnni_register_tile(out_blocks, out_w)
-        ob_outer, ob_inner = sch.split(ob, [None, ob_tile])
-        x_outer, x_inner = sch.split(x, [None, x_tile])
+        # Blocks × pixels only: the instruction's own loops (o, ii) stay whole.
+        ob_outer, ob_inner = knobs.split(sch, ob, ob_tile, _VNNI_MAX_BLOCK_TILE, "block tile")
+        x_outer, x_inner = knobs.split(sch, x, x_tile, _VNNI_TILE_REGISTERS, "pixel tile")
         sch.reorder(n, ob_outer, y, x_outer, ic, ky, kx, ob_inner, x_inner, o, ii)
         # The tile's accumulators in a local buffer (registers once unrolled), requantized
         # where the tile ends: the int32 accumulators never reach memory.
         tile = sch.cache_write(acc, 0, "local")
         sch.compute_inline(tile)
-        sch.reverse_compute_at(requantize, x_outer)
+        _inline_requantized_readers(sch, requantize)
+        # A design space keeps a sampled tile's unit loops: a point of 1 block or 1 pixel
+        # replays the trace's loops one for one.
+        sch.reverse_compute_at(requantize, x_outer, preserve_unit_loops=knobs.tunable)
         # Each output channel's pixels are contiguous in NCHW: one vector store per channel.
         sch.vectorize(sch.get_loops(requantize)[-1])
         sch.unroll(ob_inner)
@@ -206,7 +295,9 @@ class Int8DepthwiseBlocked(Int8ConvNCHW):
     acc_block = DEPTHWISE_ACC
     loops = ("n", "b", "y", "x", "c", "ky", "kx")
 
-    def _schedule(self, sch: Any, acc: Any, requantize: Any, lanes: int) -> Any:
+    def _schedule(
+        self, sch: Any, acc: Any, requantize: Any, lanes: int, knobs: Knobs = FIXED
+    ) -> Any:
         from edgecompile.schedules.rules import SCHEDULED_BY_ATTR
 
         _inline_padding(sch)
@@ -216,12 +307,16 @@ class Int8DepthwiseBlocked(Int8ConvNCHW):
         contiguous_pack = _reads_blocked(sch, pack)
         n, b, y, x, c, ky, kx = sch.get_loops(acc)
         x_tile = depthwise_row_tile(int(sch.get(x).extent))
-        x_outer, x_inner = sch.split(x, [None, x_tile])
+        # Pixels only: the block's 16 channels are the vector.
+        x_outer, x_inner = knobs.split(sch, x, x_tile, _VNNI_TILE_REGISTERS, "pixel tile")
         sch.reorder(n, b, y, x_outer, ky, kx, x_inner, c)
         # As in Int8ConvBlocked: the tile's accumulators stay in registers.
         tile = sch.cache_write(acc, 0, "local")
         sch.compute_inline(tile)
-        sch.reverse_compute_at(requantize, x_outer)
+        _inline_requantized_readers(sch, requantize)
+        # A design space keeps a sampled tile's unit loops: a point of 1 pixel replays the
+        # trace's loops one for one.
+        sch.reverse_compute_at(requantize, x_outer, preserve_unit_loops=knobs.tunable)
         sch.vectorize(sch.get_loops(requantize)[-1])
         sch.compute_at(pack, b)
         if contiguous_pack:
