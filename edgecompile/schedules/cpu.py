@@ -172,6 +172,31 @@ class CpuInfo:
         operands = self.operand_steps * (weights + inputs)
         return accumulators + operands <= self.tile_registers
 
+    @property
+    def max_is_a_select(self) -> bool:
+        """Whether LLVM emits a float max as a compare and a select, each holding a mask
+        register beside its operands: 32-bit NEON (``vcgt`` + ``vbsl`` in the pool listings,
+        not ``vmax``, whose NaN handling differs)."""
+        return self.arch.startswith(("arm", "thumb"))
+
+    @property
+    def loads_whole_block_first(self) -> bool:
+        """Whether LLVM's scheduler issues every load of an unrolled block before its
+        arithmetic: 32-bit ARM with 16 q registers (the generic armv7 core). A K×K conv's
+        window loops, unrolled by LLVM (3 × 3 taps × the reduction split), then kept all 27
+        to 36 steps' operands live and spilled 52 to 82 times per tile even at a 1 × 1 tile:
+        no tile fits, so the window runs as one loop instead (:meth:`streamed_tile_fits`)."""
+        return self.arch.startswith(("arm", "thumb")) and self.registers <= 16
+
+    def streamed_tile_fits(self, accumulators: int, weights: int, inputs: int, steps: int) -> bool:
+        """Whether a register tile fits where :attr:`loads_whole_block_first`, its reduction one
+        loop of ``steps`` unrolled steps per iteration: every step's operands are live at once,
+        beside a spare (two without FMA, where products need registers before their adds). On
+        armv7, 3 × 3 SqueezeNet expands and stems read spill-free at 2 × 2 pixels × blocks ×
+        2 steps (14 registers) and 2 × 3 × 1 (13); 4 × 2 × 1 and 2 × 4 × 1 (16) spilled."""
+        spare = 2 if self.separate_products else 1
+        return accumulators + steps * (weights + inputs) + spare <= self.tile_registers
+
     #: Weights (taps) and columns of a depthwise window (:meth:`holding_window`); 0 for a
     #: pool, which has none.
     window_weights: int = 0
@@ -192,7 +217,8 @@ class CpuInfo:
         is unrolled, and pooling's loop of 3 by LLVM). Three fewer than the tile registers
         with AVX-512 (one weight, one input, one spare); elsewhere a quarter of the
         registers, which read spill-free in the assembly of every pooling kernel of the zoo's
-        default models (``benchmarks/spills.py``).
+        default models (``benchmarks/spills.py``), less one where a max takes a mask register
+        too (:attr:`max_is_a_select`): at 4, SqueezeNet's max pools spilled on armv7.
 
         A depthwise window (:attr:`window_weights`) loads each tap's weight as its FMAs need
         it, so its tile may hold every register but one per tap (and one for a product where
@@ -204,7 +230,7 @@ class CpuInfo:
             return self.tile_registers - 3
         limit = max(self.registers // 4, 1)
         if not self.window_weights:
-            return limit
+            return max(limit - int(self.max_is_a_select), 1)
         beside = self.registers - self.window_weights - int(self.separate_products)
         return max(limit, min(beside, ROW_TILE_TARGET))
 

@@ -1,7 +1,8 @@
 """Relax pass: run convolutions (pointwise, depthwise, grouped, dense K×K), the elementwise ops
-(PReLU and inference batch norms too, their per-channel constants packed by lane), pools, channel
-concats and ShuffleNet's channel shuffles between them in the channel-blocked NCHW[x]c layout;
-and the classifier's matmul on a pre-packed weight.
+(PReLU and inference batch norms too, their per-channel constants packed by lane; a batch norm
+left in NCHW becomes a multiply-add with its constants folded), pools, resizes (ESPNet v2's
+decoder), channel concats and ShuffleNet's channel shuffles between them in the channel-blocked
+NCHW[x]c layout; and the classifier's matmul on a pre-packed weight.
 
 Why our own pass and not ``relax.transform.ConvertLayout``: in TVM 0.27 ConvertLayout skips every
 conv whose channel count is not a multiple of the block (MobileNetV2's 24, ShuffleNetV2's 58 on
@@ -36,7 +37,7 @@ from typing import Any
 
 import numpy as np
 import tvm
-from tvm import relax, s_tir
+from tvm import relax, s_tir, topi
 
 from edgecompile.schedules import compute
 from edgecompile.schedules.analysis import (
@@ -114,6 +115,9 @@ _POOLS = frozenset({"relax.nn.max_pool2d", "relax.nn.avg_pool2d"})
 # blocked with their parameters packed by lane, zero in padding lanes.
 _PRELU = "relax.nn.prelu"
 _BATCH_NORM = "relax.nn.batch_norm"
+# ESPNet v2's decoder upsampling: resampled lane by lane in NCHW[x]c, as unpacking around TVM's
+# NCHW resize was 42% of espnet_v2_seg's time.
+_RESIZE = "relax.image.resize2d"
 #: Ops the pass blocks when their input is blocked: a value one of them computes is in NCHW
 #: because its input is (see :meth:`BlockedLayoutMutator._why_plain`).
 _FOLLOW_INPUT = (
@@ -124,6 +128,7 @@ _FOLLOW_INPUT = (
         _DIVIDE,
         _PRELU,
         _BATCH_NORM,
+        _RESIZE,
         "relax.call_tir",
         "relax.concat",
         "relax.mean",
@@ -187,6 +192,8 @@ class BlockedLayoutMutator(relax.PyExprMutator):
         # Blocked batch norms: the tuple var → (its normalized output, blocked, and the call);
         # the tuple itself is never emitted, its fields are (see :meth:`_batch_norm_field`).
         self.batch_norms: dict[Any, tuple[_Blocked, Any]] = {}
+        # The same for batch norms of NCHW values: the tuple var → (its NCHW output, the call).
+        self.plain_norms: dict[Any, tuple[Any, Any]] = {}
         # Ops the rewrite emitted in NCHW itself (a grouped conv vectorized over pixels).
         self.plain_results: set[Any] = set()
 
@@ -227,7 +234,9 @@ class BlockedLayoutMutator(relax.PyExprMutator):
             entry = self.blocked[source]
             self._register(binding.var, entry.var, entry.order.shuffled(groups))
             return
-        if isinstance(value, relax.TupleGetItem) and value.tuple_value in self.batch_norms:
+        if isinstance(value, relax.TupleGetItem) and (
+            value.tuple_value in self.batch_norms or value.tuple_value in self.plain_norms
+        ):
             self._batch_norm_field(binding.var, value)
             return
         if isinstance(value, relax.Call) and self.builder_.current_block_is_dataflow():
@@ -380,6 +389,8 @@ class BlockedLayoutMutator(relax.PyExprMutator):
             return self._pool(var, call)
         if name == _PRELU:
             return self._prelu(call)
+        if name == _RESIZE:
+            return self._resize(var, call)
         return None
 
     def _global_mean(self, call: Any) -> tuple[Any, ChannelOrder] | None:
@@ -619,7 +630,10 @@ class BlockedLayoutMutator(relax.PyExprMutator):
             return expr, entry.order
         data, in_order = self._conv_input(call.args[0])
         if schedule == compute.DENSE:
-            packed = relax.const(pack_dense_weight(weight, self.block, in_order))
+            blocked = self.blocked.get(call.args[0]) is not None  # as _conv_input decided
+            packed = relax.const(
+                pack_dense_weight(weight, self.block, in_order, taps_outer=blocked)
+            )
             expr = self.builder_.call_te(
                 compute.dense_conv_nchwc,
                 data,
@@ -700,10 +714,19 @@ class BlockedLayoutMutator(relax.PyExprMutator):
         index: int,
     ) -> None:
         """A grouped conv with few output channels per group, in NCHW, vectorized over pixels
-        (:func:`compute.grouped_conv_pixels`): its input is read in NCHW and so is its output."""
+        (:func:`compute.grouped_conv_pixels`): its output is NCHW. A blocked input with no NCHW
+        copy yet is unpacked through its lane order inside the conv's own kernel
+        (:func:`compute.unpacked_window`), not by a kernel of its own; else its input is read
+        in NCHW."""
+        entry = self.blocked.get(source) if prologue is None else None
+        if entry is not None and source not in self.materialized:
+            data = entry.var
+            blocked = {"lane_of_channel": relax.const(entry.order.lanes.astype("int32"))}
+        else:
+            data, blocked = self.visit_expr(source), {}
         expr = self.builder_.call_te(
             compute.grouped_conv_pixels,
-            self.visit_expr(source),
+            data,
             relax.const(weight),
             strides,
             pads,
@@ -711,6 +734,7 @@ class BlockedLayoutMutator(relax.PyExprMutator):
             index,
             prologue=prologue,
             primfunc_name_hint="grouped_pixels",
+            **blocked,
         )
         if isinstance(var, relax.DataflowVar):
             self.set_var_remap(var, self.builder_.emit(expr, var.name))
@@ -799,36 +823,49 @@ class BlockedLayoutMutator(relax.PyExprMutator):
         )
         return expr, entry.order
 
+    def _resize(self, var: Any, call: Any) -> tuple[Any, ChannelOrder] | None:
+        """A resize of a blocked value in NCHW[x]c (TVM's ``topi.image.resize2d`` takes the
+        layout): each lane is resampled on its own, so the channel order holds and padding
+        lanes stay zero -- except where ``tf_crop_and_resize`` extrapolates, kept in NCHW."""
+        entry = self.blocked.get(call.args[0])
+        attrs = call.attrs
+        if entry is None or attrs.layout != "NCHW":
+            return None
+        if attrs.coordinate_transformation_mode == "tf_crop_and_resize":
+            return None
+        dtype = dtype_of(call.args[0])
+        if attrs.out_dtype is not None and str(attrs.out_dtype) not in ("", "void", dtype):
+            return None
+        expr = self.builder_.call_te(
+            topi.image.resize2d,
+            entry.var,
+            roi=attrs.roi,
+            size=list(static_shape(var)[2:]),
+            layout=f"NCHW{self.block}c",
+            method=attrs.method,
+            coordinate_transformation_mode=attrs.coordinate_transformation_mode,
+            rounding_method=attrs.rounding_method,
+            bicubic_alpha=attrs.cubic_alpha,
+            bicubic_exclude=attrs.cubic_exclude,
+            extrapolation_value=attrs.extrapolation_value,
+            primfunc_name_hint="resize2d_nchwc",
+        )
+        return expr, entry.order
+
     def _batch_norm(self, var: Any, call: Any) -> bool:
         """An inference batch norm the exporter could not fold into a conv (it follows a concat
         or a sum), on a blocked value: one per-channel multiply-add
         (:func:`compute.channel_affine_nchwc`), fused into the producer like any epilogue. The
         result tuple is not emitted: its fields are, as they are read
-        (:meth:`_batch_norm_field`). False to keep the NCHW op."""
+        (:meth:`_batch_norm_field`). On an NCHW value, :meth:`_plain_batch_norm`. False to
+        keep the NCHW op."""
         entry = self.blocked.get(call.args[0])
-        attrs = call.attrs
-        if entry is None or attrs.training or not self._channel_axis(call):
+        affine = self._batch_norm_affine(var, call)
+        if affine is None:
             return False
-        getters = [
-            value
-            for value in self.bindings.values()
-            if isinstance(value, relax.TupleGetItem) and value.tuple_value.same_as(var)
-        ]
-        if len(getters) != self.use_counts.get(var, 0):  # the tuple itself is read
-            return False
-        parameters = [reshaped_constant(arg, self.bindings) for arg in call.args[1:5]]
-        if any(p is None or p.shape != (entry.channels,) for p in parameters):
-            return False
-        gamma, beta, mean, variance = parameters
-        factor, shift = batch_norm_affine(
-            gamma,  # type: ignore[arg-type]
-            beta,  # type: ignore[arg-type]
-            mean,  # type: ignore[arg-type]
-            variance,  # type: ignore[arg-type]
-            float(attrs.epsilon),
-            scale=bool(attrs.scale),
-            center=bool(attrs.center),
-        )
+        factor, shift = affine
+        if entry is None:
+            return self._plain_batch_norm(var, call, factor, shift)
         packed = [
             pack_channel_constant(p.reshape(-1, 1, 1), entry.channels, self.block, entry.order)
             for p in (factor, shift)
@@ -843,14 +880,69 @@ class BlockedLayoutMutator(relax.PyExprMutator):
         self.batch_norms[var] = (_Blocked(normalized, entry.shape, entry.order), call)
         return True
 
+    def _batch_norm_affine(self, var: Any, call: Any) -> tuple[np.ndarray, np.ndarray] | None:
+        """An inference batch norm over channels with constant parameters, whose tuple is read
+        only through its fields, as ``(scale, shift)`` per channel; else None."""
+        shape = static_shape(call.args[0])
+        attrs = call.attrs
+        if shape is None or len(shape) != 4 or attrs.training or not self._channel_axis(call):
+            return None
+        getters = [
+            value
+            for value in self.bindings.values()
+            if isinstance(value, relax.TupleGetItem) and value.tuple_value.same_as(var)
+        ]
+        if len(getters) != self.use_counts.get(var, 0):  # the tuple itself is read
+            return None
+        parameters = [reshaped_constant(arg, self.bindings) for arg in call.args[1:5]]
+        if any(p is None or p.shape != (shape[1],) for p in parameters):
+            return None
+        gamma, beta, mean, variance = parameters
+        return batch_norm_affine(
+            gamma,  # type: ignore[arg-type]
+            beta,  # type: ignore[arg-type]
+            mean,  # type: ignore[arg-type]
+            variance,  # type: ignore[arg-type]
+            float(attrs.epsilon),
+            scale=bool(attrs.scale),
+            center=bool(attrs.center),
+        )
+
+    def _plain_batch_norm(self, var: Any, call: Any, factor: np.ndarray, shift: np.ndarray) -> bool:
+        """A batch norm of an NCHW value (CondenseNet's last one, after the concat its features
+        stay in NCHW for) as ``x * scale + shift`` with constants folded here: TVM's lowering
+        computed ``(x - mean) / sqrt(var + eps)`` per element, in the same kernel as the
+        concat and the unpack of its blocked part (2.4% of condensenet74_c4_g4)."""
+        data = self.visit_expr(call.args[0])
+        per_channel = (1, -1, 1, 1)
+        scaled = self.builder_.emit(
+            relax.op.multiply(data, relax.const(factor.reshape(per_channel))), "scaled"
+        )
+        normalized = self.builder_.emit(
+            relax.op.add(scaled, relax.const(shift.reshape(per_channel))), var.name + "_affine"
+        )
+        self.plain_norms[var] = (normalized, call)
+        return True
+
     def _batch_norm_field(self, var: Any, item: Any) -> None:
-        """A field of a blocked batch norm's tuple: the output (blocked), or the moving mean or
-        variance, which inference returns unchanged."""
-        entry, call = self.batch_norms[item.tuple_value]
-        if int(item.index) == 0:
-            self._register(var, entry.var, entry.order)
+        """A field of a batch norm's tuple we rewrote: the output (blocked, or NCHW for a
+        :meth:`_plain_batch_norm`), or the moving mean or variance, which inference returns
+        unchanged."""
+        plain = self.plain_norms.get(item.tuple_value)
+        if plain is not None:
+            output, call = plain
+            value = (
+                output if int(item.index) == 0 else self.visit_expr(call.args[2 + int(item.index)])
+            )
+        else:
+            entry, call = self.batch_norms[item.tuple_value]
+            if int(item.index) == 0:
+                self._register(var, entry.var, entry.order)
+                return
+            value = self.visit_expr(call.args[2 + int(item.index)])
+        if isinstance(var, relax.DataflowVar) and isinstance(value, relax.Var):
+            self.set_var_remap(var, value)
             return
-        value = self.visit_expr(call.args[2 + int(item.index)])
         if isinstance(var, relax.DataflowVar):
             self.set_var_remap(var, self.builder_.emit(value, var.name))
         else:

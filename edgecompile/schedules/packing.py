@@ -50,13 +50,17 @@ def _blocked_output(weight: np.ndarray, out_order: ChannelOrder, block: int) -> 
     )
 
 
-def pack_dense_weight(weight: np.ndarray, block: int, in_order: ChannelOrder) -> np.ndarray:
+def pack_dense_weight(
+    weight: np.ndarray, block: int, in_order: ChannelOrder, *, taps_outer: bool = False
+) -> np.ndarray:
     """OIHW → ``(CO/x, CI_lanes, KH, KW, x)``: one reduction step per input lane (zero weights
-    in padding lanes), output channels in order."""
+    in padding lanes), output channels in order; ``(CO/x, KH, KW, CI_lanes, x)`` if
+    ``taps_outer`` (a blocked input: :func:`~edgecompile.schedules.compute.dense_conv_nchwc`)."""
     out_c, _, kernel_h, kernel_w = weight.shape
     steps = np.zeros((out_c, in_order.total, kernel_h, kernel_w), dtype=weight.dtype)
     steps[:, in_order.lanes] = weight
-    return _blocked_output(steps, ChannelOrder.identity(out_c, block), block)
+    packed = _blocked_output(steps, ChannelOrder.identity(out_c, block), block)
+    return np.ascontiguousarray(packed.transpose(0, 2, 3, 1, 4)) if taps_outer else packed
 
 
 def pack_transposed_weight(

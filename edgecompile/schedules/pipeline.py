@@ -44,9 +44,13 @@ from edgecompile.schedules.int8 import (
     Int8ConvSmull,
     Int8ConvVmull,
     Int8DepthwiseBlocked,
+    Int8DepthwiseNeon,
+    Int8DepthwiseVmlal,
     Int8Log,
     fold_int8_convs,
 )
+from edgecompile.schedules.int8.add import integer_adds
+from edgecompile.schedules.int8.glue import integer_glue
 from edgecompile.schedules.layout import blocked_layout
 from edgecompile.schedules.plan import LayoutLog
 from edgecompile.schedules.rules import (
@@ -103,6 +107,10 @@ def fusion_passes(target: Any, report: ScheduleReport) -> list[Any]:
         note_heavy_ops(report),
         # Before the layout pass, which then sees the dead fp32 chains still in place: every
         # heavy op keeps its index.
+        # A residual add ORT fuses into QLinearAdd, rounded as it rounds (int8/add.py).
+        integer_adds(report.int8),
+        # Moves, concats and max pools on the integers, not in fp32 (int8/glue.py).
+        integer_glue(report.int8),
         fold_int8_convs(report.int8, target),
         blocked_layout(cpu_info(target), report.layout),
         # Drops the Clip-bound arithmetic the layout pass folded, before FoldConstant compiles it.
@@ -286,6 +294,8 @@ def schedule_rules(extra: Sequence[Any] = ()) -> list[Any]:
         Int8ConvSmull(),
         Int8ConvVmull(),
         Int8DepthwiseBlocked(),
+        Int8DepthwiseNeon(),
+        Int8DepthwiseVmlal(),
         Int8ConvNCHW(),
         PointwiseNCHWc(),
         DepthwiseNCHWc(),
@@ -447,6 +457,8 @@ def schedule_records(module: Any, report: ScheduleReport | None = None) -> list[
             record["int8"] = True  # `build --explain`'s int8 column, whatever schedule ran it
             if record["schedule"] == TVM_DEFAULT:  # our integer compute, no rule scheduled it
                 record["schedule"] = INT8_UNSCHEDULED
+        elif report is not None and op["index"] in report.int8.moved:
+            record["int8"] = True  # a max pool on the integers (int8/glue.py)
         elif report is not None and op["index"] in report.int8.kept:
             record["int8_fallback"] = report.int8.kept[op["index"]]
         if report is not None and op["index"] in report.schedules.failed:
@@ -456,4 +468,9 @@ def schedule_records(module: Any, report: ScheduleReport | None = None) -> list[
             if plan is not None and plan.reason:
                 record["fallback"] = plan.reason
         records.append(record)
+    if report is not None and records:
+        # The concats and adds the integer passes judged (no heavy ops): under the heavy op
+        # each follows, for `build --explain` (one before every heavy op: under the first).
+        for verdict in report.int8.glue.values():
+            records[max(verdict["after"], 0)].setdefault("int8_glue", []).append(verdict)
     return records

@@ -1,9 +1,12 @@
 """No kernel of the default models spills vector registers in its innermost loop, on the boards
-and on the x86 stand-ins; and the spill detector itself, on listings and on small kernels."""
+and on the x86 stand-ins, but those :data:`REMAINING_SPILLS` names (each with its reason); and the
+spill detector itself, on listings and on small kernels."""
 
 from __future__ import annotations
 
+import re
 import tempfile
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -195,16 +198,10 @@ def stem_and_pointwise(tmp_path_factory: pytest.TempPathFactory) -> Any:
     return import_onnx(path, name="layers")[0]
 
 
-# Where the stem still spills (rpi3: 3, armv7: ~70, x86-64-v3: ~80 accesses): its 27-step
-# window (3 channels × 3×3, unrolled) is hoisted whole by LLVM even for a 1×1 tile, which no
-# tile size fixes. Known, not yet fixed: those run with the slow matrix.
-STEM_SPILLS = {"rpi3", "armv7", "x86-64-v3"}
-
-
-@pytest.mark.parametrize(
-    "preset",
-    [pytest.param(p, marks=pytest.mark.slow if p in STEM_SPILLS else ()) for p in TARGETS],
-)
+# The stem spilled on rpi3 and x86-64-v3 (3 and ~85 accesses) before it got its own tile
+# (`rules.stem_tile`), and on armv7 (~70: its 27-step window, unrolled, was loaded whole even
+# for a 1×1 tile) before its window ran as one loop (`rules.streamed_tile`).
+@pytest.mark.parametrize("preset", TARGETS)
 def test_a_stem_and_a_pointwise_conv_do_not_spill(preset: str, stem_and_pointwise: Any) -> None:
     """Before the budget counted every input and the steps LLVM keeps live, both spilled on
     rpi4 (16 and 3 stack accesses in the hot loop) and on the stand-ins (hundreds)."""
@@ -218,6 +215,151 @@ def test_a_stem_and_a_pointwise_conv_do_not_spill(preset: str, stem_and_pointwis
     ]
     spills = module_spills(executable, target)
     assert {name: found.innermost for name, found in spills.items() if found.spills} == {}
+
+
+def _stem_onnx(path: Path, out_channels: int) -> Path:
+    """A stem on a 224² image: 3 → ``out_channels``, 3×3, stride 2, padding 1, bias, ReLU."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    weight = (rng.standard_normal((out_channels, 3, 3, 3)) * 0.2).astype("float32")
+    bias = (rng.standard_normal(out_channels) * 0.1).astype("float32")
+    nodes = [
+        helper.make_node("Conv", ["input", "w", "b"], ["c"], pads=[1, 1, 1, 1], strides=[2, 2]),
+        helper.make_node("Relu", ["c"], ["output"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "stem",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 224, 224])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, out_channels, 112, 112])],
+        initializer=[numpy_helper.from_array(weight, "w"), numpy_helper.from_array(bias, "b")],
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return path
+
+
+@pytest.fixture(scope="module")
+def stem_24(tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, Path]:
+    from edgecompile.importer import import_onnx
+
+    path = _stem_onnx(tmp_path_factory.mktemp("stem") / "stem.onnx", 24)
+    return import_onnx(path, name="stem")[0], path
+
+
+@pytest.mark.parametrize("preset", ["x86-64-v2", "x86-64-v3"])
+def test_a_stem_on_the_image_does_not_spill_and_matches_torch(
+    preset: str, stem_24: tuple[Any, Path]
+) -> None:
+    """ShuffleNet v2's stem (3 → 24): with the K×K tile, 3 output blocks × 1 pixel spilled on
+    x86-64-v2 (14 stack accesses per tile) and 1 × 3 on x86-64-v3 (its window held in registers
+    and broadcast by ``vpermps``). The stem's own tile (2 pixels × the output blocks that fit)
+    reads spill-free. These targets run on this machine, so the kernel is checked here too."""
+    import numpy as np
+    import onnx
+    import torch
+    import tvm
+    from onnx import numpy_helper
+    from tvm import relax
+
+    from edgecompile.schedules import compile_relax
+
+    relax_model, path = stem_24
+    target = resolve_target(preset).tvm_target()
+    executable, records = compile_relax(relax_model.module, target)
+    assert [record["schedule"] for record in records] == ["edgecompile.conv_nchwc"]
+    spills = module_spills(executable, target)
+    assert {name: found.innermost for name, found in spills.items() if found.spills} == {}
+
+    weights = {i.name: numpy_helper.to_array(i) for i in onnx.load(str(path)).graph.initializer}
+    data = np.random.default_rng(1).standard_normal((1, 3, 224, 224)).astype("float32")
+    actual = relax.VirtualMachine(executable, tvm.cpu())["main"](tvm.runtime.tensor(data)).numpy()
+    expected = torch.relu(
+        torch.nn.functional.conv2d(
+            torch.from_numpy(data),
+            torch.tensor(weights["w"]),
+            torch.tensor(weights["b"]),
+            stride=2,
+            padding=1,
+        )
+    ).numpy()
+    np.testing.assert_allclose(actual, expected, rtol=1e-5, atol=1e-5)
+
+
+def _expand_onnx(path: Path) -> Path:
+    """SqueezeNet 1.1's first expand 1×1 at 55² (16 → 64, ReLU): a row no small tile divides."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    weight = (np.random.default_rng(0).standard_normal((64, 16, 1, 1)) * 0.2).astype("float32")
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["input", "w"], ["c"]), helper.make_node("Relu", ["c"], ["y"])],
+        "expand",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 16, 55, 55])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 64, 55, 55])],
+        initializer=[numpy_helper.from_array(weight, "w")],
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return path
+
+
+def test_a_short_pointwise_reduction_over_a_tailed_row_does_not_spill_on_avx2(
+    tmp_path: Path,
+) -> None:
+    """On x86-64-v3 the 2 × 2 tile left 55 a tail, and in the serial loop over the full tiles
+    LLVM hoisted all 32 weight vectors of the unrolled 16-step reduction (24 stack accesses per
+    tile). The dividing tile (:func:`rules.short_reduction_tile`) reads spill-free, and matches
+    torch (this machine runs AVX2 code)."""
+    import numpy as np
+    import onnx
+    import torch
+    import tvm
+    from onnx import numpy_helper
+    from tvm import relax
+
+    from edgecompile.importer import import_onnx
+    from edgecompile.schedules import compile_relax
+
+    path = _expand_onnx(tmp_path / "expand.onnx")
+    target = resolve_target("x86-64-v3").tvm_target()
+    executable, records = compile_relax(import_onnx(path, name="expand")[0].module, target)
+    assert [record["schedule"] for record in records] == ["edgecompile.pointwise_nchwc"]
+    spills = module_spills(executable, target)
+    # The conv only: this one-layer model's input pack is no kernel of a network.
+    conv = {name: found.innermost for name, found in spills.items() if "pointwise" in name}
+    assert len(conv) == 1 and set(conv.values()) == {0}
+
+    weight = numpy_helper.to_array(onnx.load(str(path)).graph.initializer[0])
+    data = np.random.default_rng(1).standard_normal((1, 16, 55, 55)).astype("float32")
+    actual = relax.VirtualMachine(executable, tvm.cpu())["main"](tvm.runtime.tensor(data)).numpy()
+    expected = torch.relu(torch.nn.functional.conv2d(torch.tensor(data), torch.tensor(weight)))
+    np.testing.assert_allclose(actual, expected.numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_a_stem_tile_holds_two_pixels_and_the_output_blocks_that_fit() -> None:
+    """Where the stem has its own tile (64-bit ARM, x86 below AVX-512): 2 pixels × the most
+    output blocks within the target's budget; AVX-512 and 32-bit ARM keep the K×K tile."""
+    from edgecompile.schedules.cpu import CpuInfo
+    from edgecompile.schedules.rules import stem_tile
+
+    neon64 = CpuInfo(arch="aarch64", lanes=4, registers=32, cores=4)
+    avx2 = CpuInfo(arch="x86_64", lanes=8, registers=16, cores=1)
+    sse = CpuInfo(arch="x86_64", lanes=4, registers=16, cores=1, fma=False)
+    # MobileNet v2's stem (32 channels) and ShuffleNet v2's (24), in each target's blocks.
+    assert stem_tile(112, 8, neon64) == (4, 2)  # 8 blocks: 8 of 16 would not fit
+    assert stem_tile(112, 6, neon64) == (3, 2)
+    assert stem_tile(112, 4, avx2) == (4, 2)
+    assert stem_tile(112, 3, avx2) == (3, 2)
+    assert stem_tile(112, 8, sse) == stem_tile(112, 6, sse) == (2, 2)  # no FMA: fewer fit
+    # More blocks per tile than fit: a tile of 8 blocks is never taken where 4 fit.
+    assert not neon64.across_window().tile_fits(16, weights=8, inputs=2)
+    avx512 = CpuInfo(arch="x86_64", lanes=16, registers=32, cores=1)
+    neon32 = CpuInfo(arch="armv7l", lanes=4, registers=16, cores=4)
+    assert stem_tile(112, 2, avx512) is None and stem_tile(112, 8, neon32) is None
+    assert stem_tile(111, 16, neon64) is None  # a tail: see stem_tile
 
 
 def _depthwise_onnx(path: Path, width: int) -> Path:
@@ -290,6 +432,26 @@ def test_a_depthwise_window_bounds_its_tile_only_where_its_weights_crowd_the_reg
     assert no_fma.holding_window(3, 3).row_tile_limit < window.row_tile_limit
 
 
+# What still spills in the matrix, by kernel kind (its name without the fusion's numbering and
+# epilogue) and how many kernels of it, per (model, preset); every other pair spills nowhere.
+# An entry says why; a fix removes it (the test fails on a kernel fixed as on one broken).
+# armv7's entries are its own work (its stems, pointwise_nchwc1, SE expands, SqueezeNet).
+REMAINING_SPILLS: dict[tuple[str, str], dict[str, int]] = {
+    # x86-64-v2: a stride-2 depthwise into 7-wide rows (14² → 7²). Its 7-column tile reads 15
+    # input columns per window row, which LLVM keeps across the unrolled taps, and SSE's
+    # mul + add needs a product register: 2 values reloaded per row (4 and 2 accesses). The
+    # spill-free tiles (1 column, 2 with a tail) ran 1.04-1.09x slower (MobileNet v2's layer).
+    ("mobilenet_v2", "x86-64-v2"): {"depthwise_nchwc": 1},
+    ("shufflenet_v2", "x86-64-v2"): {"depthwise_nchwc": 2},
+}
+
+
+def _kernel_kind(kernel: str) -> str:
+    """``fused_depthwise_nchwc13_maximum9_minimum9`` → ``depthwise_nchwc``."""
+    found = re.match(r"(?:fused_)?([a-z]+(?:_[a-z]+)*?_nchwc)", kernel)
+    return found.group(1) if found else kernel
+
+
 @pytest.fixture(scope="module")
 def relax_models() -> dict[str, Any]:
     """Each model exported and imported once, compiled once per target."""
@@ -329,4 +491,221 @@ def test_no_kernel_spills_in_its_innermost_loop(
     spills = module_spills(executable, target)
     assert len(spills) >= 20  # every kernel was read, not an empty listing
     spilling = {name: found.innermost for name, found in spills.items() if found.spills}
-    assert spilling == {}, f"{len(spilling)} of {len(spills)} kernels spill on {preset}"
+    kinds = Counter(_kernel_kind(name) for name in spilling)
+    assert kinds == Counter(REMAINING_SPILLS.get((model, preset), {})), (
+        f"{len(spilling)} of {len(spills)} kernels spill on {preset}: {spilling}"
+    )
+
+
+def _window_onnx(
+    path: Path, in_channels: int, out_channels: int, size: int, stride: int, kernel: int
+) -> Path:
+    """A ``kernel``² conv (padding ``kernel // 2``) with ReLU."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    shape = (out_channels, in_channels, kernel, kernel)
+    weight = np.random.default_rng(0).standard_normal(shape) * 0.1
+    pad, out = kernel // 2, (size - 1) // stride + 1
+    graph = helper.make_graph(
+        [
+            helper.make_node("Conv", ["input", "w"], ["c"], pads=[pad] * 4, strides=[stride] * 2),
+            helper.make_node("Relu", ["c"], ["output"]),
+        ],
+        "window",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, in_channels, size, size])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, out_channels, out, out])],
+        initializer=[numpy_helper.from_array(weight.astype("float32"), "w")],
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return path
+
+
+# (in channels, out channels, size, stride, kernel) of the convs armv7 spilled most in:
+# SqueezeNet 1.1's 3×3 and 1×1 expands (a 16-input reduction at 55²), a stem (the image) and a
+# squeeze-excite expand (MnasNet's: one pixel, 20 inputs).
+STREAMED = {
+    "squeezenet_expand3x3": (16, 64, 55, 1, 3),
+    "squeezenet_expand1x1": (16, 64, 55, 1, 1),
+    "stem": (3, 32, 56, 2, 3),
+    "squeeze_excite_expand": (20, 480, 1, 1, 1),
+}
+
+
+@pytest.fixture(scope="module")
+def streamed_layers(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Any, Path]]:
+    from edgecompile.importer import import_onnx
+
+    folder = tmp_path_factory.mktemp("streamed")
+    found = {}
+    for name, shape in STREAMED.items():
+        path = _window_onnx(folder / f"{name}.onnx", *shape)
+        found[name] = (import_onnx(path, name=name)[0], path)
+    return found
+
+
+def _schedule_of(case: str) -> str:
+    from edgecompile.schedules import compute
+
+    return compute.DENSE if STREAMED[case][4] > 1 else compute.POINTWISE
+
+
+@pytest.mark.parametrize("case", list(STREAMED))
+def test_a_reduction_on_16_q_registers_does_not_spill(
+    case: str, streamed_layers: dict[str, Any]
+) -> None:
+    """armv7's scheduler loaded a whole unrolled reduction before its arithmetic: SqueezeNet's
+    3×3 expands (3×3 taps × 4 steps) spilled 82 times per tile, the stems (27 steps) ~70, at
+    any tile, the 16-input 1×1 expands 34 and this one-pixel expand 62 (its input hoisted out
+    of the output tiles). Each reduction now runs as one loop of a few unrolled steps
+    (`rules.streamed_tile`)."""
+    from edgecompile.schedules import compile_relax
+
+    target = resolve_target("armv7").tvm_target()
+    executable, records = compile_relax(streamed_layers[case][0].module, target)
+    assert [record["schedule"] for record in records] == [_schedule_of(case)]
+    spills = module_spills(executable, target)
+    assert {name: found.innermost for name, found in spills.items() if found.spills} == {}
+
+
+def _streamed_loops(func: Any) -> list[int]:
+    """Extents of the loops that run a conv's reduction steps (and window taps) as one."""
+    import tvm_ffi
+    from tvm import tirx
+
+    extents: list[int] = []
+
+    def visit(loop: Any) -> Any:
+        name = loop.loop_var.name
+        if name.endswith("fused") and ("kh_kw" in name or name.startswith("cib_ci")):
+            extents.append(int(loop.extent))
+        return loop
+
+    tvm_ffi.structural_map(func.body, [(tirx.For, visit)])
+    return extents
+
+
+@pytest.mark.parametrize("case", list(STREAMED))
+def test_a_streamed_reduction_matches_torch_on_host(
+    case: str, streamed_layers: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """armv7's schedule (its CPU: 16 registers, no FMA), built for x86-64-v2 (4 lanes like
+    NEON, runs here): the reduction is one loop, and the result is torch's within 1e-5."""
+    import numpy as np
+    import onnx
+    import torch
+    import tvm
+    from onnx import numpy_helper
+    from tvm import relax
+
+    from edgecompile.schedules import optimize, rules
+    from edgecompile.schedules.tir import register_tir_pipeline
+
+    armv7 = rules.target_cpu(resolve_target("armv7").tvm_target())
+    assert armv7.loads_whole_block_first
+    monkeypatch.setattr(rules, "target_cpu", lambda target: armv7)
+    relax_model, path = streamed_layers[case]
+    in_channels, out_channels, size, stride, kernel = STREAMED[case]
+    target = resolve_target("x86-64-v2").tvm_target()
+    module, _ = optimize(relax_model.module, target)
+    [conv] = [
+        func
+        for func in module.functions.values()
+        if (func.attrs or {}).get(rules.SCHEDULED_ATTR) == _schedule_of(case)
+    ]
+    out_width, out_blocks = (size - 1) // stride + 1, out_channels // armv7.lanes
+    max_unroll = rules.MAX_REDUCTION_UNROLL if kernel > 1 else 1
+    _, _, unroll = rules.streamed_tile(out_width, out_blocks, in_channels, armv7, max_unroll)
+    assert _streamed_loops(conv) == [in_channels * kernel * kernel // unroll]
+
+    executable = tvm.compile(
+        module, target=target, relax_pipeline=None, tir_pipeline=register_tir_pipeline()
+    )
+    weight = torch.tensor(numpy_helper.to_array(onnx.load(str(path)).graph.initializer[0]))
+    data = np.random.default_rng(1).standard_normal((1, in_channels, size, size)).astype("float32")
+    actual = relax.VirtualMachine(executable, tvm.cpu())["main"](tvm.runtime.tensor(data)).numpy()
+    expected = torch.nn.functional.conv2d(
+        torch.from_numpy(data), weight, padding=kernel // 2, stride=stride
+    )
+    np.testing.assert_allclose(actual, torch.relu(expected).numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_only_32_bit_arm_streams_its_reductions() -> None:
+    """The streamed reduction answers armv7's scheduler (16 q registers, every load of a block
+    first), the narrower pool tile its compare-and-select max: the 64-bit boards' and x86's
+    schedules, timed on their own, do not move."""
+    from edgecompile.schedules import rules
+
+    presets = (*TARGETS, "rpi3-armv7", "rpi4-armv7", "host")
+    streams = {p: rules.target_cpu(resolve_target(p).tvm_target()) for p in presets}
+    thirty_two_bit = {p: p in ("armv7", "rpi3-armv7", "rpi4-armv7") for p in presets}
+    assert {p: cpu.loads_whole_block_first for p, cpu in streams.items()} == thirty_two_bit
+    # and only there a max pool's tile gives a column to the max's mask
+    assert {p: cpu.max_is_a_select for p, cpu in streams.items()} == thirty_two_bit
+
+
+def _max_pool_onnx(path: Path) -> Path:
+    """SqueezeNet 1.1's first max pool (3×3, stride 2, 64 channels at 111² → 55²) after a 1×1
+    conv, so it reads a blocked input."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    weight = np.random.default_rng(0).standard_normal((64, 16, 1, 1)) * 0.1
+    graph = helper.make_graph(
+        [
+            helper.make_node("Conv", ["input", "w"], ["c"]),
+            helper.make_node("MaxPool", ["c"], ["output"], kernel_shape=[3, 3], strides=[2, 2]),
+        ],
+        "max_pool",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 16, 111, 111])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, 64, 55, 55])],
+        initializer=[numpy_helper.from_array(weight.astype("float32"), "w")],
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return path
+
+
+def test_a_max_pool_on_32_bit_neon_does_not_spill(tmp_path: Path) -> None:
+    """32-bit NEON's max is a compare and a select: a 4-column pool tile (a quarter of the
+    registers, spill-free elsewhere) spilled 10 and 12 times per tile in SqueezeNet's pools."""
+    from edgecompile.importer import import_onnx
+    from edgecompile.schedules import compile_relax
+
+    target = resolve_target("armv7").tvm_target()
+    relax_model = import_onnx(_max_pool_onnx(tmp_path / "max_pool.onnx"), name="max_pool")[0]
+    executable, records = compile_relax(relax_model.module, target)
+    assert "edgecompile.pool_nchwc" in [record["schedule"] for record in records]
+    spills = module_spills(executable, target)
+    assert {name: found.innermost for name, found in spills.items() if found.spills} == {}
+
+
+def test_armv7s_max_pool_tile_matches_torch_on_host(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The pool with armv7's tile (3 columns, a row of 55 ends in a tail), built for x86-64-v2
+    (4 lanes like NEON, runs here): torch's result within 1e-5."""
+    import numpy as np
+    import onnx
+    import torch
+    import tvm
+    from onnx import numpy_helper
+    from tvm import relax
+
+    from edgecompile.importer import import_onnx
+    from edgecompile.schedules import compile_relax, rules
+
+    armv7 = rules.target_cpu(resolve_target("armv7").tvm_target())
+    assert rules.depthwise_row_tile(55, armv7) == 3
+    monkeypatch.setattr(rules, "target_cpu", lambda target: armv7)
+    path = _max_pool_onnx(tmp_path / "max_pool.onnx")
+    relax_model = import_onnx(path, name="max_pool")[0]
+    executable, _ = compile_relax(relax_model.module, resolve_target("x86-64-v2").tvm_target())
+    weight = torch.tensor(numpy_helper.to_array(onnx.load(str(path)).graph.initializer[0]))
+    data = np.random.default_rng(1).standard_normal((1, 16, 111, 111)).astype("float32")
+    actual = relax.VirtualMachine(executable, tvm.cpu())["main"](tvm.runtime.tensor(data)).numpy()
+    expected = torch.nn.functional.max_pool2d(
+        torch.nn.functional.conv2d(torch.from_numpy(data), weight), 3, 2
+    )
+    np.testing.assert_allclose(actual, expected.numpy(), rtol=1e-5, atol=1e-5)

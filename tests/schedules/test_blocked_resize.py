@@ -1,0 +1,117 @@
+"""ESPNet v2's decoder upsampling: a bilinear resize (scale 2, align_corners) of a blocked conv
+output stays in NCHW[x]c -- not an unpack fused with TVM's NCHW resize (42% of
+espnet_v2_seg's time as glue). Numerics against torch on the host; compile for rpi4.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from onnx import helper
+
+from edgecompile.export import relative_error
+from edgecompile.importer import import_onnx
+from edgecompile.schedules import compile_relax, optimize
+from edgecompile.schedules.analysis import called_kernels
+from edgecompile.schedules.rules import SCHEDULED_BY_ATTR, UnpackNCHWc
+from edgecompile.targets import resolve_target
+
+from .test_conv_schedules import TOLERANCE, run_module, save_graph
+
+IMAGE = (1, 3, 11, 13)  # odd sizes: the align_corners weights are not all halves
+MIDDLE, OUT = 21, 5  # 21 channels: padding lanes on 4, 8 and 16 lanes
+
+
+def conv_resize_conv(directory: Path, last_conv: bool = True) -> tuple[Path, dict[str, np.ndarray]]:
+    """3×3 conv → bilinear ×2 resize with aligned corners (as ``nn.Upsample`` in
+    zoo/espnet_v2.py exports) → 1×1 conv; without ``last_conv`` the resize is the output, as
+    ESPNet v2's logits are."""
+    rng = np.random.default_rng(41)
+    weights = {
+        "w0": rng.standard_normal((MIDDLE, IMAGE[1], 3, 3)).astype("float32") / 4,
+        "w1": rng.standard_normal((OUT, MIDDLE, 1, 1)).astype("float32") / 4,
+        "scales": np.array([1.0, 1.0, 2.0, 2.0], dtype="float32"),
+    }
+    nodes = [
+        helper.make_node("Conv", ["input", "w0"], ["c0"], pads=[1, 1, 1, 1]),
+        helper.make_node(
+            "Resize",
+            ["c0", "", "scales"],
+            ["up"],
+            mode="linear",
+            coordinate_transformation_mode="align_corners",
+        ),
+        helper.make_node("Conv", ["up", "w1"], ["output"]),
+    ]
+    double = [IMAGE[2] * 2, IMAGE[3] * 2]
+    output = {"output": [1, OUT, *double]}
+    if not last_conv:
+        nodes[-1:] = []
+        nodes[-1].output[0] = "output"
+        del weights["w1"]
+        output = {"output": [1, MIDDLE, *double]}
+    path = save_graph(directory / "upsample.onnx", nodes, weights, {"input": list(IMAGE)}, output)
+    return path, weights
+
+
+def reference(data: np.ndarray, weights: dict[str, np.ndarray]) -> np.ndarray:
+    t = {k: torch.from_numpy(v.astype("float64")) for k, v in weights.items()}
+    x = F.conv2d(torch.from_numpy(data.astype("float64")), t["w0"], padding=1)
+    up = F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=True)
+    return F.conv2d(up, t["w1"]).numpy() if "w1" in t else up.numpy()
+
+
+def unpacks_and_resizes(calls: list[str]) -> tuple[list[str], list[str]]:
+    return [c for c in calls if "unpack" in c], [c for c in calls if "resize" in c]
+
+
+def test_resize_of_blocked_value_stays_blocked_and_matches_torch(
+    tmp_path: Path, host_target: Any
+) -> None:
+    path, weights = conv_resize_conv(tmp_path)
+    module, report = optimize(import_onnx(path, name="upsample")[0].module, host_target)
+    assert report.schedules.failed == {}
+    calls = called_kernels(module)
+    unpacks, resizes = unpacks_and_resizes(calls)
+    # The only unpack is the model's output; the resize reads and writes the blocked layout.
+    assert unpacks == [calls[-1]], calls
+    assert len(resizes) == 1 and "nchwc" in resizes[0], calls
+
+    data = np.random.default_rng(42).standard_normal(IMAGE).astype("float32")
+    actual = run_module(module, host_target, data)
+    assert relative_error(actual, reference(data, weights)) <= TOLERANCE
+
+
+def test_rpi4_blocked_resize_compiles(tmp_path: Path) -> None:
+    path, _ = conv_resize_conv(tmp_path)
+    relax_model = import_onnx(path, name="upsample")[0]
+    target = resolve_target("rpi4").tvm_target()
+    module, _ = optimize(relax_model.module, target)
+    calls = called_kernels(module)
+    unpacks, resizes = unpacks_and_resizes(calls)
+    assert unpacks == [calls[-1]] and len(resizes) == 1, calls
+    executable, _ = compile_relax(relax_model.module, target)
+    assert executable is not None
+
+
+def test_resized_output_is_resampled_row_by_row_in_its_unpack(
+    tmp_path: Path, host_target: Any
+) -> None:
+    """The resize as the model's output: one kernel, which our unpack schedule takes, the
+    blocked resize computed a row at a time inside its row loop."""
+    path, weights = conv_resize_conv(tmp_path, last_conv=False)
+    module, report = optimize(import_onnx(path, name="upsample")[0].module, host_target)
+    assert report.schedules.failed == {}
+    calls = called_kernels(module)
+    assert len(calls) == 2 and "resize2d_nchwc" in calls[-1] and "unpack" in calls[-1], calls
+    scheduled = module[calls[-1]].script()
+    assert f'"{SCHEDULED_BY_ATTR}": "{UnpackNCHWc.schedule_name}"' in scheduled
+    assert "T.parallel" in scheduled and "T.vectorized" in scheduled
+
+    data = np.random.default_rng(43).standard_normal(IMAGE).astype("float32")
+    actual = run_module(module, host_target, data)
+    assert relative_error(actual, reference(data, weights)) <= TOLERANCE
