@@ -7,13 +7,19 @@ the machine's load): ``benchmarks/profile_overhead.py`` prints that.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
-from edgecompile.benchmarking.profile import BUILTIN_ROW, join_schedules, profile_local
+from edgecompile.benchmarking.profile import (
+    BUILTIN_ROW,
+    join_schedules,
+    precision_of,
+    profile_local,
+)
 from edgecompile.builder import BuildResult
 from edgecompile.cli import cli
 
@@ -92,3 +98,70 @@ def test_a_transposed_conv_does_not_take_a_conv_entry() -> None:
 def test_a_model_is_built_then_profiled(tiny_onnx: Path, tmp_path: Path) -> None:
     report = profile_local(str(tiny_onnx), runs=2, output_dir=tmp_path)
     assert report.model == "tiny" and any(layer.matched for layer in report.layers)
+
+
+def test_precision_of_tells_integer_kernels_from_fp32_glue_and_conversions() -> None:
+    # An integer conv: uint8 data and int8 weights in (its 1-D bias and float multipliers are
+    # left out by the caller), uint8 out.
+    assert precision_of(["uint8", "int8"], "uint8") == "int8"
+    assert precision_of(["float32"], "float32") == "fp32"
+    assert precision_of(["float32"], "uint8") == "fp32->int8"  # a quantize
+    assert precision_of(["uint8", "int8"], "float32") == "int8->fp32"  # a dequantize fused in
+    assert precision_of(["uint8", "float32"], "float32") == "mixed"
+    assert precision_of([], "uint8") == "int8"  # nothing but constants read
+
+
+def test_the_int8_build_of_a_model_is_profiled_with_its_integer_kernels_marked(
+    tmp_path: Path,
+) -> None:
+    """``profile MODEL --int8``: quantized and built as ``build --int8`` does, then profiled;
+    the folded convs are integer rows, the input's quantize a conversion."""
+    from .test_quantize import write_classifier
+
+    model = write_classifier(tmp_path / "classifier.onnx")
+    result = CliRunner().invoke(
+        cli,
+        ["profile", str(model), "--int8", "--runs", "2", "-o", str(tmp_path / "out"), "--json"],
+    )
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert report["artifact"].endswith("classifier-int8-host")
+    rows = {row["name"]: row for row in report["layers"]}
+    integer = [row for row in rows.values() if row["schedule"] and "int8" in row["schedule"]]
+    # Both convs and the classifier's matmul folded; each reads integers (its output, or a
+    # dequantize fused after it, as the next op reads it).
+    assert len(integer) == 3
+    assert all(row["precision"] in ("int8", "int8->fp32") for row in integer)
+    assert any(row["precision"] == "int8" for row in integer)
+    assert any(row["precision"] == "fp32->int8" for row in rows.values())  # the input
+    assert rows[BUILTIN_ROW]["precision"] is None
+
+    table = CliRunner().invoke(
+        cli, ["profile", report["artifact"], "--runs", "1"], env={"COLUMNS": "200"}
+    )
+    assert table.exit_code == 0, table.output
+    assert "precision" in table.output.splitlines()[1]
+    shares = re.search(r"kernel time by precision .*: (.*)", table.output)
+    assert shares is not None
+    percents = [float(p) for p in re.findall(r"([\d.]+)%", shares.group(1))]
+    assert sum(percents) == pytest.approx(100, abs=0.5)
+
+
+def test_an_fp32_profile_has_no_precision_column(squeezenet: BuildResult) -> None:
+    result = CliRunner().invoke(
+        cli, ["profile", str(squeezenet.artifact.directory), "--runs", "1"], env={"COLUMNS": "200"}
+    )
+    assert result.exit_code == 0, result.output
+    assert "precision" not in result.output
+
+
+def test_profile_int8_mistakes_are_one_line(
+    squeezenet: BuildResult, tmp_path: Path, cli_error: Callable[[list[str]], str]
+) -> None:
+    artifact = str(squeezenet.artifact.directory)
+    assert "is a build already" in cli_error(["profile", artifact, "--int8"])
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    assert "--calibration is for int8" in cli_error(
+        ["profile", "squeezenet1_1", "--calibration", str(photos)]
+    )

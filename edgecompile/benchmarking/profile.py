@@ -1,13 +1,18 @@
 """``profile``: which kernels of the host library cost the time.
 
 :func:`profile_local` instruments the Relax VM around each packed call and joins the kernels to
-the manifest's schedules (:func:`join_schedules`), so each row says who scheduled it.
+the manifest's schedules (:func:`join_schedules`), so each row says who scheduled it, and what
+it computes on (:func:`precision_of`: integers, fp32, or a conversion between them), which in
+an int8 build tells the integer kernels from the fp32 glue left between them.
 """
 
 from __future__ import annotations
 
+import contextlib
+import shutil
+import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -15,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from edgecompile.artifact import Artifact
-from edgecompile.benchmarking.local import host_artifact
+from edgecompile.benchmarking.local import existing_build, host_artifact, resolve_host_artifact
 from edgecompile.benchmarking.timing import latency_stats
 from edgecompile.errors import EdgecompileError
 
@@ -33,6 +38,8 @@ class LayerTime:
     matched: bool
     #: The numbers ``build --explain`` gives the ops this kernel computes ([] for glue).
     layers: list[int] = field(default_factory=list)
+    #: What it computes on (:func:`precision_of`); None for the VM's bookkeeping.
+    precision: str | None = None
 
 
 @dataclass(frozen=True)
@@ -51,6 +58,33 @@ class ProfileReport:
 
 
 BUILTIN_ROW = "vm.builtin.* (VM bookkeeping)"
+
+#: :func:`precision_of`'s answers.
+INT8 = "int8"
+FP32 = "fp32"
+QUANTIZE = "fp32->int8"
+DEQUANTIZE = "int8->fp32"
+MIXED = "mixed"
+
+
+def precision_of(inputs: Sequence[str], output: str) -> str:
+    """What a kernel computes on, from the dtypes of its tensor inputs and of its output
+    (the last argument of a TIR call): :data:`INT8` integers only (an integer conv, add,
+    pool), :data:`FP32` floats only, :data:`QUANTIZE` / :data:`DEQUANTIZE` floats to integers
+    and back (an integer conv with a dequantize fused is the latter), :data:`MIXED` both kinds
+    read. ``inputs`` leaves out 1-D tensors: per-channel constants (an integer conv's float
+    requantization multipliers, its int32 bias) say nothing of the data it reads."""
+    kinds = {"float" if dtype.startswith(("float", "bfloat")) else "int" for dtype in inputs}
+    out = "float" if output.startswith(("float", "bfloat")) else "int"
+    if len(kinds) > 1:
+        return MIXED
+    read = kinds.pop() if kinds else out
+    return {
+        ("int", "int"): INT8,
+        ("float", "float"): FP32,
+        ("float", "int"): QUANTIZE,
+        ("int", "float"): DEQUANTIZE,
+    }[(read, out)]
 
 
 def _kernel_category(name: str) -> str | None:
@@ -110,28 +144,143 @@ def profile_local(
     seed: int = 0,
     input_size: str | None = None,
     output_dir: str | Path | None = None,
+    int8: bool = False,
+    calibration: str | Path | None = None,
 ) -> ProfileReport:
     """Per-kernel time of the host library, from ``vm.set_instrument`` around each call.
 
     The instrument costs a Python call per VM instruction, so per-layer times are a little
     high; the end-to-end median is measured without it and printed next to their sum so the
     reader sees how much the instrumentation added.
+
+    ``int8``: profile the model's int8 build instead, as ``build --int8`` makes it (quantized
+    on ``calibration``, else the default photographs; :func:`int8_host_artifact`).
     """
     if runs < 1 or warmup < 0:
         raise EdgecompileError("bad --runs/--warmup", "use --runs 1 or more, --warmup 0+")
     if threads is not None and (isinstance(threads, bool) or threads < 1):
         raise EdgecompileError(f"bad --threads {threads}", "use 1 or more")
     notes: list[str] = []
-    with host_artifact(
-        source,
-        target=target,
-        input_size=input_size,
-        seed=seed,
-        output_dir=output_dir,
-        notes=notes,
-    ) as artifact:
+    if int8:
+        built = int8_host_artifact(
+            source,
+            target=target,
+            input_size=input_size,
+            seed=seed,
+            output_dir=output_dir,
+            calibration=calibration,
+            notes=notes,
+        )
+    else:
+        if calibration is not None:
+            raise EdgecompileError(
+                "--calibration is for int8 builds: its images calibrate the quantization",
+                "add --int8, or drop --calibration",
+            )
+        built = host_artifact(
+            source,
+            target=target,
+            input_size=input_size,
+            seed=seed,
+            output_dir=output_dir,
+            notes=notes,
+        )
+    with built as artifact:
         report = _profile_artifact(artifact, runs=runs, warmup=warmup, threads=threads, seed=seed)
     return replace(report, notes=[*notes, *report.notes])
+
+
+def precision_shares(layers: Sequence[LayerTime]) -> dict[str, float]:
+    """Each :attr:`LayerTime.precision`'s share (%) of the kernels' time, largest first; the
+    VM's bookkeeping (no precision) is left out of the whole."""
+    times: dict[str, float] = {}
+    for layer in layers:
+        if layer.precision is not None:
+            times[layer.precision] = times.get(layer.precision, 0.0) + layer.time_ms
+    total = sum(times.values())
+    shares = {kind: 100.0 * ms / total if total else 0.0 for kind, ms in times.items()}
+    return dict(sorted(shares.items(), key=lambda item: -item[1]))
+
+
+@contextlib.contextmanager
+def int8_host_artifact(
+    source: str,
+    *,
+    target: str = "host",
+    input_size: str | None = None,
+    seed: int = 0,
+    output_dir: str | Path | None = None,
+    calibration: str | Path | None = None,
+    notes: list[str] | None = None,
+) -> Iterator[Artifact]:
+    """The int8 host build of the model ``source`` (a zoo name or a float ONNX file), as
+    ``build --int8`` makes it, for the length of a ``with`` block: an existing
+    ``build/<model>-int8-<preset>`` that is exactly that build (default calibration, untuned)
+    is used as it is; otherwise it is built in ``output_dir``, else in a temporary folder
+    removed when the block ends."""
+    from edgecompile.benchmarking.local import _is_artifact
+    from edgecompile.quantization.checks import check_int8_build
+
+    if _is_artifact(source):
+        raise EdgecompileError(
+            f"{source} is a build already; --int8 quantizes and builds a model",
+            "profile the artifact without --int8 (an int8 build's rows say int8 anyway), or "
+            "give the model's name or float ONNX file",
+        )
+    check_int8_build(source, True, calibration)  # before the slow quantize
+    if output_dir is None and calibration is None:
+        existing = existing_build(
+            source, target=target, input_size=input_size, seed=seed, int8=True
+        )
+        if existing is not None:
+            if notes is not None:
+                notes.append(
+                    f"used the existing build {existing.directory} (same model, target, input "
+                    "size, seed, default calibration, untuned); give -o DIR to build afresh"
+                )
+            yield existing
+            return
+    from edgecompile.builder import build
+
+    scratch = None
+    if output_dir is None:
+        scratch = tempfile.mkdtemp(prefix="edgecompile-profile-")
+    try:
+        artifact = build(
+            source,
+            target,
+            output_dir=output_dir or scratch,  # type: ignore[arg-type]
+            input_size=input_size,
+            seed=seed,
+            records=False,
+            int8=True,
+            calibration=calibration,
+        ).artifact
+        # Checked as any artifact profiled here is: its library intact, this machine's arch.
+        yield resolve_host_artifact(str(artifact.directory))
+    finally:
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _precisions(machine: Any, main: Any, inputs: Sequence[Any]) -> dict[str, str]:
+    """Each kernel's :func:`precision_of`, from the tensors one instrumented run hands it."""
+    found: dict[str, str] = {}
+
+    def instrument(_func: Any, name: str, before_run: bool, _ret: Any, *args: Any) -> int:
+        if before_run and not name.startswith("vm.builtin") and name not in found:
+            tensors = [arg for arg in args if hasattr(arg, "dtype") and hasattr(arg, "shape")]
+            if tensors:
+                data = [str(t.dtype) for t in tensors[:-1] if len(t.shape) > 1]
+                found[name] = precision_of(data, str(tensors[-1].dtype))
+        return 0
+
+    machine.set_instrument(instrument)
+    try:
+        main(*inputs)
+    finally:
+        machine.set_instrument(None)
+    return found
 
 
 def _profile_artifact(
@@ -149,6 +298,7 @@ def _profile_artifact(
     inputs = [tvm.runtime.tensor(x) for x in random_inputs(artifact, seed=seed)]
     for _ in range(warmup):
         main(*inputs)
+    precisions = _precisions(machine, main, inputs)
 
     calls: list[tuple[str, float]] = []
     started: list[int] = []
@@ -216,6 +366,7 @@ def _profile_artifact(
                 layers=[
                     e["index"] for e in artifact.manifest.schedules if e.get("kernel_name") == name
                 ],
+                precision=precisions.get(name),
             )
         )
     notes = [

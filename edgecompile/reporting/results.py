@@ -23,6 +23,8 @@ ENGINES = ("tvm", "tvm-tuned", "tvm-int8", "ort", "ort-int8", "torch")
 DEFAULT_ENGINES = ("tvm", "tvm-tuned", "ort", "torch")
 TUNED = "tvm-tuned"
 INT8_ENGINES = ("tvm-int8", "ort-int8")
+#: Each int8 engine's fp32 counterpart: the same engine on the float model.
+FP32_OF = {"tvm-int8": "tvm", "ort-int8": "ort"}
 BUILDS_DIR = "builds"
 #: Why a board report (``report --device``) has no time-by-op-class table or plot.
 NO_PROFILE = (

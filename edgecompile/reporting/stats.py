@@ -1,4 +1,5 @@
-"""What predicts latency over the zoo: Spearman rank correlations of costs with latency."""
+"""What predicts latency over the zoo (Spearman rank correlations of costs with latency), and
+the ratios of one engine's latency to another's (an int8 build's to ORT's int8 and to fp32)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from edgecompile.reporting.results import Correlation, ModelResult
+from edgecompile.reporting.results import FP32_OF, Correlation, ModelResult
 
 # Below this many models a rank correlation says nothing (two points always give ±1).
 MIN_MODELS_FOR_CORRELATION = 3
@@ -107,3 +108,33 @@ def correlation_sentences(found: Sequence[Correlation]) -> list[str]:
                 text += f" {better} predicts the latency ranking better here."
         sentences.append(text)
     return sentences
+
+
+#: The int8 ratios a report shows when it timed both engines of one: (label, engine, over).
+#: The issue's bars: our int8 build at most ORT's on the same QDQ model, and half our fp32.
+INT8_RATIOS = (
+    ("int8 vs ORT int8", "tvm-int8", "ort-int8"),
+    ("int8 vs fp32", "tvm-int8", FP32_OF["tvm-int8"]),
+)
+
+
+def int8_ratios(engines: Sequence[str]) -> list[tuple[str, str, str]]:
+    """The :data:`INT8_RATIOS` whose two engines were both timed."""
+    return [item for item in INT8_RATIOS if item[1] in engines and item[2] in engines]
+
+
+def engine_ratio(result: ModelResult, engine: str, over: str, threads: int) -> float | None:
+    """``engine``'s median latency over ``over``'s, at the same thread count (same runs); None
+    when either was not timed (or ``over``'s median is 0)."""
+    timing, other = result.timing(engine, threads), result.timing(over, threads)
+    if timing is None or other is None or not other.median_ms:
+        return None
+    return timing.median_ms / other.median_ms
+
+
+def geomean(values: Sequence[float | None]) -> float | None:
+    """The geometric mean of the ratios there are (None entries skipped); None without any."""
+    present = [value for value in values if value is not None and value > 0]
+    if not present:
+        return None
+    return math.exp(sum(math.log(value) for value in present) / len(present))

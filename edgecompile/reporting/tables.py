@@ -9,8 +9,8 @@ from pathlib import Path
 from edgecompile._atomic import atomic_file
 from edgecompile.reporting.measure import OP_CLASSES
 from edgecompile.reporting.plots import PLOT_MAC, PLOT_MULTIPLY_ADDS, PLOT_OP_CLASSES
-from edgecompile.reporting.results import NO_PROFILE, TUNED, ModelResult, ZooReport
-from edgecompile.reporting.stats import correlation_sentences
+from edgecompile.reporting.results import FP32_OF, NO_PROFILE, TUNED, ModelResult, ZooReport
+from edgecompile.reporting.stats import correlation_sentences, engine_ratio, geomean, int8_ratios
 
 CSV_FIELDS = (
     "model",
@@ -23,6 +23,10 @@ CSV_FIELDS = (
     "min_ms",
     "mean_ms",
     "ratio_to_ort",
+    # An int8 engine's median over its fp32 counterpart's (tvm-int8 / tvm, ort-int8 / ort), and
+    # tvm-int8's over ort-int8's: the int8 build against ORT on the same QDQ model.
+    "ratio_to_fp32",
+    "ratio_to_ort_int8",
     "max_relative_error",
     "params",
     "multiply_adds",
@@ -71,6 +75,12 @@ def write_csv(
                             ratio_to_ort=_number(timing.ratio_to_ort, 6),
                             max_relative_error=_number(timing.max_relative_error, 3),
                         )
+                        if engine in FP32_OF:
+                            ratio = engine_ratio(result, engine, FP32_OF[engine], count)
+                            row["ratio_to_fp32"] = _number(ratio, 6)
+                        if engine == "tvm-int8":
+                            ratio = engine_ratio(result, engine, "ort-int8", count)
+                            row["ratio_to_ort_int8"] = _number(ratio, 6)
                     writer.writerow(row)
 
 
@@ -193,6 +203,7 @@ def write_index(path: Path, report: ZooReport) -> None:
             ]
             rows.append(row)
     lines += _markdown_table(headers, rows)
+    lines += _int8_section(report)
     if board:
         lines += ["", "## Time by op class", "", NO_PROFILE[0].upper() + NO_PROFILE[1:]]
     else:
@@ -247,6 +258,41 @@ def write_index(path: Path, report: ZooReport) -> None:
     ]
     with atomic_file(path) as tmp:
         tmp.write_text("\n".join(lines))
+
+
+def _int8_section(report: ZooReport) -> list[str]:
+    """The int8 build against ORT's int8 and against fp32, per model and as a geomean, when
+    the report timed both engines of a ratio (``--engines ...,tvm-int8,ort-int8``)."""
+    ratios = int8_ratios(report.engines)
+    if not ratios or not report.models:
+        return []
+    lines = [
+        "",
+        "## int8",
+        "",
+        "Latency ratios from the same runs at each thread count: "
+        + "; ".join(
+            f"{label} = `{engine}` median / `{over}` median" for label, engine, over in ratios
+        )
+        + ". The geomean is over the models with both times.",
+        "",
+    ]
+    headers = ["model"]
+    for count in report.threads:
+        headers += [f"{count}T {label}" for label, _, _ in ratios]
+    rows, columns = [], []
+    for result in report.models:
+        row = [result.model]
+        values = []
+        for count in report.threads:
+            for _, engine, over in ratios:
+                values.append(engine_ratio(result, engine, over, count))
+        row += [_ratio(value) for value in values]
+        columns.append(values)
+        rows.append(row)
+    by_column = list(zip(*columns, strict=True)) if columns else []
+    rows.append(["geomean", *[_ratio(geomean(column)) for column in by_column]])
+    return lines + _markdown_table(headers, rows)
 
 
 def _where_measured(report: ZooReport) -> list[str]:
@@ -324,9 +370,11 @@ def format_summary(zoo_report: ZooReport) -> str:
     versus_ort = [
         e for e in ("tvm", TUNED) if e in zoo_report.engines and "ort" in zoo_report.engines
     ]
+    ratios = int8_ratios(zoo_report.engines)
     for count in zoo_report.threads:
         headers += [f"{engine}@{count} ms" for engine in zoo_report.engines]
         headers += [f"{engine}/ort@{count}" for engine in versus_ort]
+        headers += [f"{engine}/{over}@{count}" for _, engine, over in ratios]
     rows = []
     for result in zoo_report.models:
         row = [
@@ -341,6 +389,9 @@ def format_summary(zoo_report: ZooReport) -> str:
             for engine in versus_ort:
                 timing = result.timing(engine, count)
                 row.append(_ratio(timing.ratio_to_ort if timing else None).replace("×", "x"))
+            for _, engine, over in ratios:
+                ratio = engine_ratio(result, engine, over, count)
+                row.append(_ratio(ratio).replace("×", "x"))
         rows.append(row)
     lines = []
     board = zoo_report.board
@@ -356,6 +407,13 @@ def format_summary(zoo_report: ZooReport) -> str:
         )
         lines += [f"note: {note}" for note in zoo_report.notes]
     lines += [format_table(headers, rows), ""]
+    for count in zoo_report.threads if ratios else []:  # the issue's bars are geomeans
+        means = [
+            f"{engine}/{over} {_ratio(geomean(values)).replace('×', 'x')}"
+            for _, engine, over in ratios
+            for values in [[engine_ratio(r, engine, over, count) for r in zoo_report.models]]
+        ]
+        lines.append(f"geomean at {count} thread(s): " + ", ".join(means))
     for sentence in correlation_sentences(zoo_report.correlations):
         lines.append(sentence.replace("**", ""))
     for result in zoo_report.failed:
