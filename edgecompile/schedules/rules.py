@@ -1241,9 +1241,9 @@ class UnpackNCHWc(TriesSchedule):
         if found is None:
             return None
         sch, blocks = found
+        if not blocks or not sch.get(blocks[-1]).name_hint.startswith("unpack_nchwc"):
+            return None  # no blocks (a function of loops only) or not an unpack last
         unpack = blocks[-1]
-        if not sch.get(unpack).name_hint.startswith("unpack_nchwc"):
-            return None
         # Blocked elementwise stages in front of it (ESPNet v2's output: the logits resized to
         # the image in NCHW[x]c) are computed row by row inside the unpack's row loop.
         producers = blocks[:-1]
