@@ -94,3 +94,32 @@ def folded_conv() -> Callable[..., Any]:
         return QuantizedConv(**{**plainest, **fields})
 
     return plan
+
+
+@pytest.fixture
+def concat_of_two_scales() -> Any:
+    """A Relax module concatenating two uint8 tensors dequantized with scales 0.1 and 0.2
+    twice: once returned in fp32 (no quantize reads it), once quantized at 0.2."""
+    from tvm import relax
+    from tvm.script import relax as R
+
+    def scalar(value: float, dtype: str) -> Any:
+        return relax.const(np.array(value, dtype), dtype)
+
+    builder = relax.BlockBuilder()
+    inputs = [relax.Var(name, R.Tensor((1, 16, 4, 4), "uint8").asobject()) for name in "ab"]
+    with builder.function("main", inputs):
+        with builder.dataflow():
+            real = [
+                builder.emit(relax.op.dequantize(x, scalar(scale, "float32"), scalar(0, "uint8")))
+                for x, scale in zip(inputs, (0.1, 0.2), strict=True)
+            ]
+            returned = builder.emit_output(relax.op.concat(real, axis=1))
+            joined = builder.emit(relax.op.concat(real, axis=1))
+            quantized = builder.emit_output(
+                relax.op.quantize(
+                    joined, scalar(0.2, "float32"), scalar(0, "uint8"), out_dtype="uint8"
+                )
+            )
+        builder.emit_func_output(relax.Tuple([returned, quantized]))
+    return builder.get()

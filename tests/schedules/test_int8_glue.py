@@ -254,7 +254,7 @@ def _identity_pass() -> Any:
     return tvm.transform.module_pass(lambda module, _context: module, opt_level=0, name="Off")
 
 
-def test_concat_without_one_quantization_stays_fp32() -> None:
+def test_concat_without_one_quantization_stays_fp32(concat_of_two_scales: Any) -> None:
     """Two differently quantized tensors concatenated twice: the concat the model returns in
     fp32 (no quantize reads it, so there is no one scale to assemble it in) stays fp32; the
     one read by a quantize runs on the integers, the input of the other scale requantized."""
@@ -263,29 +263,7 @@ def test_concat_without_one_quantization_stays_fp32() -> None:
     from edgecompile.schedules.analysis import bindings_of, dtype_of, op_name
     from edgecompile.schedules.int8.glue import integer_glue
 
-    def scalar(value: float, dtype: str) -> Any:
-        return relax.const(np.array(value, dtype), dtype)
-
-    from tvm.script import relax as R
-
-    builder = relax.BlockBuilder()
-    inputs = [relax.Var(name, R.Tensor((1, 16, 4, 4), "uint8").asobject()) for name in "ab"]
-    with builder.function("main", inputs):
-        with builder.dataflow():
-            real = [
-                builder.emit(relax.op.dequantize(x, scalar(scale, "float32"), scalar(0, "uint8")))
-                for x, scale in zip(inputs, (0.1, 0.2), strict=True)
-            ]
-            returned = builder.emit_output(relax.op.concat(real, axis=1))
-            joined = builder.emit(relax.op.concat(real, axis=1))
-            quantized = builder.emit_output(
-                relax.op.quantize(
-                    joined, scalar(0.2, "float32"), scalar(0, "uint8"), out_dtype="uint8"
-                )
-            )
-        builder.emit_func_output(relax.Tuple([returned, quantized]))
-
-    module = relax.transform.DeadCodeElimination()(integer_glue()(builder.get()))
+    module = relax.transform.DeadCodeElimination()(integer_glue()(concat_of_two_scales))
 
     values = bindings_of(module["main"]).values()
     concats = [v for v in values if isinstance(v, relax.Call) and op_name(v) == "relax.concat"]

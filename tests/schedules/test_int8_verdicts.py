@@ -99,32 +99,12 @@ def test_fire_module_max_pool_and_concat_are_int8(
     assert lines[-1].endswith("; 4 in int8, 0 in fp32; concats/adds: 1 in int8, 0 in fp32")
 
 
-def test_concat_of_other_scales_no_one_quantize_reads_stays_fp32() -> None:
+def test_concat_of_other_scales_no_one_quantize_reads_stays_fp32(concat_of_two_scales: Any) -> None:
     """Two differently quantized tensors concatenated twice: the concat returned in fp32 (no
     one scale to assemble it in) says why; the one a quantize reads is int8."""
-    from tvm import relax
-    from tvm.script import relax as R
-
-    def scalar(value: float, dtype: str) -> Any:
-        return relax.const(np.array(value, dtype), dtype)
-
-    builder = relax.BlockBuilder()
-    inputs = [relax.Var(name, R.Tensor((1, 16, 4, 4), "uint8").asobject()) for name in "ab"]
-    with builder.function("main", inputs):
-        with builder.dataflow():
-            real = [
-                builder.emit(relax.op.dequantize(x, scalar(scale, "float32"), scalar(0, "uint8")))
-                for x, scale in zip(inputs, (0.1, 0.2), strict=True)
-            ]
-            returned = builder.emit_output(relax.op.concat(real, axis=1))
-            joined = builder.emit(relax.op.concat(real, axis=1))
-            quantized = builder.emit_output(
-                relax.op.quantize(joined, scalar(0.2, "float32"), scalar(0, "uint8"))
-            )
-        builder.emit_func_output(relax.Tuple([returned, quantized]))
     log = Int8Log()
 
-    integer_glue(log)(builder.get())
+    integer_glue(log)(concat_of_two_scales)
 
     verdicts = [(v["op"], v.get("int8"), v.get("int8_fallback")) for v in log.glue.values()]
     assert verdicts == [("concat", None, CONCAT_SCALES_DIFFER), ("concat", True, None)]
