@@ -73,9 +73,13 @@ def resolve_host_artifact(
     input_size: str | None = None,
     seed: int = 0,
     output_dir: str | Path | None = None,
+    int8: bool = False,
+    calibration: str | Path | None = None,
 ) -> Artifact:
     """A given artifact (checked to run here), or a fresh untuned host build of a zoo name / ONNX
     file: no tuning records, so its numbers are the untuned ones whatever the cache holds.
+    ``int8``: the model's int8 build instead, as ``build --int8`` makes it (quantized on
+    ``calibration``, else the default photographs).
 
     Without ``output_dir`` the build goes to a temporary folder that lives for the process:
     benchmarking should not leave build/ entries behind unless asked to
@@ -105,6 +109,8 @@ def resolve_host_artifact(
             seed=seed,
             records=False,
             keep_onnx=True,
+            int8=int8,
+            calibration=calibration,
         ).artifact
     arch = elf_info(artifact.library).arch
     if arch != host_arch():
@@ -132,27 +138,44 @@ def host_artifact(
     output_dir: str | Path | None = None,
     notes: list[str] | None = None,
     build_dir: Path = BUILD_DIR,
+    int8: bool = False,
+    calibration: str | Path | None = None,
 ) -> Iterator[Artifact]:
     """:func:`resolve_host_artifact` for the length of a ``with`` block.
 
     Without ``output_dir``, a model already built in ``build_dir`` exactly as a bench would
-    build it (:func:`existing_build`) is used as it is, with a note; otherwise the model is
-    built in a temporary folder that is removed when the block ends, however it ends (an
-    error, Ctrl-C): a bench leaves no build behind unless asked to with ``output_dir``.
+    build it (:func:`existing_build`; an int8 one only with the default calibration) is used
+    as it is, with a note; otherwise the model is built in a temporary folder that is removed
+    when the block ends, however it ends (an error, Ctrl-C): a bench leaves no build behind
+    unless asked to with ``output_dir``.
     """
+    build = {"target": target, "input_size": input_size, "seed": seed}
+    if int8:
+        from edgecompile.quantization.checks import check_int8_build
+
+        if _is_artifact(source):
+            raise EdgecompileError(
+                f"{source} is a build already; --int8 quantizes and builds a model",
+                "profile the artifact without --int8 (an int8 build's rows say int8 anyway), "
+                "or give the model's name or float ONNX file",
+            )
+        check_int8_build(source, True, calibration)  # before the slow quantize
     if _is_artifact(source) or output_dir is not None:
         yield resolve_host_artifact(
-            source, target=target, input_size=input_size, seed=seed, output_dir=output_dir
+            source, **build, output_dir=output_dir, int8=int8, calibration=calibration
         )
         return
-    existing = existing_build(
-        source, target=target, input_size=input_size, seed=seed, build_dir=build_dir
+    existing = (
+        existing_build(source, **build, build_dir=build_dir, int8=int8)
+        if calibration is None
+        else None
     )
     if existing is not None:
         if notes is not None:
+            calibrated = "default calibration, " if int8 else ""
             notes.append(
                 f"used the existing build {existing.directory} (same model, target, input size, "
-                "seed, untuned); give -o DIR to build afresh"
+                f"seed, {calibrated}untuned); give -o DIR to build afresh"
             )
         yield existing
         return
@@ -165,7 +188,7 @@ def host_artifact(
         ) from None
     try:
         yield resolve_host_artifact(
-            source, target=target, input_size=input_size, seed=seed, output_dir=scratch
+            source, **build, output_dir=scratch, int8=int8, calibration=calibration
         )
     finally:
         shutil.rmtree(scratch, ignore_errors=True)

@@ -8,11 +8,8 @@ an int8 build tells the integer kernels from the fp32 glue left between them.
 
 from __future__ import annotations
 
-import contextlib
-import shutil
-import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -20,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from edgecompile.artifact import Artifact
-from edgecompile.benchmarking.local import existing_build, host_artifact, resolve_host_artifact
+from edgecompile.benchmarking.local import host_artifact
 from edgecompile.benchmarking.timing import latency_stats
 from edgecompile.errors import EdgecompileError
 
@@ -154,37 +151,28 @@ def profile_local(
     reader sees how much the instrumentation added.
 
     ``int8``: profile the model's int8 build instead, as ``build --int8`` makes it (quantized
-    on ``calibration``, else the default photographs; :func:`int8_host_artifact`).
+    on ``calibration``, else the default photographs: :func:`.local.host_artifact`).
     """
     if runs < 1 or warmup < 0:
         raise EdgecompileError("bad --runs/--warmup", "use --runs 1 or more, --warmup 0+")
     if threads is not None and (isinstance(threads, bool) or threads < 1):
         raise EdgecompileError(f"bad --threads {threads}", "use 1 or more")
     notes: list[str] = []
-    if int8:
-        built = int8_host_artifact(
-            source,
-            target=target,
-            input_size=input_size,
-            seed=seed,
-            output_dir=output_dir,
-            calibration=calibration,
-            notes=notes,
+    if calibration is not None and not int8:
+        raise EdgecompileError(
+            "--calibration is for int8 builds: its images calibrate the quantization",
+            "add --int8, or drop --calibration",
         )
-    else:
-        if calibration is not None:
-            raise EdgecompileError(
-                "--calibration is for int8 builds: its images calibrate the quantization",
-                "add --int8, or drop --calibration",
-            )
-        built = host_artifact(
-            source,
-            target=target,
-            input_size=input_size,
-            seed=seed,
-            output_dir=output_dir,
-            notes=notes,
-        )
+    built = host_artifact(
+        source,
+        target=target,
+        input_size=input_size,
+        seed=seed,
+        output_dir=output_dir,
+        notes=notes,
+        int8=int8,
+        calibration=calibration,
+    )
     with built as artifact:
         report = _profile_artifact(artifact, runs=runs, warmup=warmup, threads=threads, seed=seed)
     return replace(report, notes=[*notes, *report.notes])
@@ -200,67 +188,6 @@ def precision_shares(layers: Sequence[LayerTime]) -> dict[str, float]:
     total = sum(times.values())
     shares = {kind: 100.0 * ms / total if total else 0.0 for kind, ms in times.items()}
     return dict(sorted(shares.items(), key=lambda item: -item[1]))
-
-
-@contextlib.contextmanager
-def int8_host_artifact(
-    source: str,
-    *,
-    target: str = "host",
-    input_size: str | None = None,
-    seed: int = 0,
-    output_dir: str | Path | None = None,
-    calibration: str | Path | None = None,
-    notes: list[str] | None = None,
-) -> Iterator[Artifact]:
-    """The int8 host build of the model ``source`` (a zoo name or a float ONNX file), as
-    ``build --int8`` makes it, for the length of a ``with`` block: an existing
-    ``build/<model>-int8-<preset>`` that is exactly that build (default calibration, untuned)
-    is used as it is; otherwise it is built in ``output_dir``, else in a temporary folder
-    removed when the block ends."""
-    from edgecompile.benchmarking.local import _is_artifact
-    from edgecompile.quantization.checks import check_int8_build
-
-    if _is_artifact(source):
-        raise EdgecompileError(
-            f"{source} is a build already; --int8 quantizes and builds a model",
-            "profile the artifact without --int8 (an int8 build's rows say int8 anyway), or "
-            "give the model's name or float ONNX file",
-        )
-    check_int8_build(source, True, calibration)  # before the slow quantize
-    if output_dir is None and calibration is None:
-        existing = existing_build(
-            source, target=target, input_size=input_size, seed=seed, int8=True
-        )
-        if existing is not None:
-            if notes is not None:
-                notes.append(
-                    f"used the existing build {existing.directory} (same model, target, input "
-                    "size, seed, default calibration, untuned); give -o DIR to build afresh"
-                )
-            yield existing
-            return
-    from edgecompile.builder import build
-
-    scratch = None
-    if output_dir is None:
-        scratch = tempfile.mkdtemp(prefix="edgecompile-profile-")
-    try:
-        artifact = build(
-            source,
-            target,
-            output_dir=output_dir or scratch,  # type: ignore[arg-type]
-            input_size=input_size,
-            seed=seed,
-            records=False,
-            int8=True,
-            calibration=calibration,
-        ).artifact
-        # Checked as any artifact profiled here is: its library intact, this machine's arch.
-        yield resolve_host_artifact(str(artifact.directory))
-    finally:
-        if scratch is not None:
-            shutil.rmtree(scratch, ignore_errors=True)
 
 
 def _precisions(machine: Any, main: Any, inputs: Sequence[Any]) -> dict[str, str]:

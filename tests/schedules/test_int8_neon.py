@@ -113,6 +113,22 @@ def numpy_conv(plan: QuantizedConv, x_q: np.ndarray) -> np.ndarray:
     return (np.rint(np.clip(scaled, low, high)) + plan.out_zero_point).astype(plan.out_dtype)
 
 
+def assert_gives_numpy_integers(
+    kernel: Any, plan: QuantizedConv, x_q: np.ndarray, weight: np.ndarray, bias: np.ndarray
+) -> None:
+    """``kernel(x_q, weight, bias, multiplier, out)`` writes exactly :func:`numpy_conv`'s
+    integers, over data that spans the output range."""
+    import tvm
+
+    expected = numpy_conv(plan, x_q)
+    args = [x_q, weight, bias, plan.multiplier, np.zeros(expected.shape, np.uint8)]
+    tensors = [tvm.runtime.tensor(a) for a in args]
+    kernel(*tensors)
+
+    assert np.unique(expected).size > 10  # the data spans the output range
+    np.testing.assert_array_equal(tensors[-1].numpy(), expected)
+
+
 @pytest.mark.parametrize(
     "conv",
     [
@@ -146,13 +162,7 @@ def test_shifted_input_and_packed_constants_give_the_same_integers(
     multiplier = te.placeholder(plan.multiplier.shape, "float32")
     out = neon_integer_conv2d(data, weight_in, bias_in, multiplier, plan)
     kernel = tvm.compile(te.create_prim_func([data, weight_in, bias_in, multiplier, out]), "llvm")
-    expected = numpy_conv(plan, x_q)
-    args = [x_q, weight, bias, plan.multiplier, np.zeros(expected.shape, np.uint8)]
-    tensors = [tvm.runtime.tensor(a) for a in args]
-    kernel(*tensors)
-
-    assert np.unique(expected).size > 10  # the data spans the output range
-    np.testing.assert_array_equal(tensors[-1].numpy(), expected)
+    assert_gives_numpy_integers(kernel, plan, x_q, weight, bias)
 
 
 def test_each_board_gets_its_instruction() -> None:
@@ -353,13 +363,7 @@ def test_neon_depthwise_gives_the_numpy_integers_on_this_host(
         sch, sch.get_sblock(DEPTHWISE_ACC), sch.get_sblock("int8_requantize"), lanes=4
     )
     kernel = tvm.compile(sch.mod, "llvm")
-    expected = numpy_conv(plan, x_q)
-    args = [x_q, weight, bias, plan.multiplier, np.zeros(expected.shape, np.uint8)]
-    tensors = [tvm.runtime.tensor(a) for a in args]
-    kernel(*tensors)
-
-    assert np.unique(expected).size > 10  # the data spans the output range
-    np.testing.assert_array_equal(tensors[-1].numpy(), expected)
+    assert_gives_numpy_integers(kernel, plan, x_q, weight, bias)
 
 
 def test_depthwise_row_tile_divides_the_row_within_the_registers() -> None:
