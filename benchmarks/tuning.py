@@ -59,7 +59,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -188,16 +188,21 @@ def step_budgets(budget_seconds: float, step_seconds: float) -> list[float]:
     return [min(step_seconds, budget_seconds - i * step_seconds) for i in range(count)]
 
 
+def won(kernel: dict[str, Any]) -> bool:
+    """A build uses a search record that won a re-measurement: judged now (not pending), or
+    by an earlier step's verdict that stays in use while a later step's records wait."""
+    return kernel["uses"] == "tuned" and (not kernel.get("pending") or kernel.get("confirmed"))
+
+
 def won_share(tasks: Sequence[dict[str, Any]]) -> float | None:
     """The share of the model's kernel time (calls × the time of what a build uses) in kernels
-    whose search record won the re-measurement (``uses == "tuned"``, not pending). Kernels of
-    unknown time (never measured) are left out; None if every one is."""
+    whose search record won the re-measurement (:func:`won`). Kernels of unknown time (never
+    measured) are left out; None if every one is."""
     times = [(task["weight"] * task["uses_ms"], task) for task in tasks if task.get("uses_ms")]
     total = sum(t for t, _ in times)
     if not times or total <= 0:
         return None
-    won = sum(t for t, task in times if task["uses"] == "tuned" and not task.get("pending"))
-    return won / total
+    return sum(t for t, task in times if won(task)) / total
 
 
 class PairWork(Protocol):
@@ -342,7 +347,7 @@ def record_point(
         "ort_ms": timed["ort"],
         "won_share": won_share(tasks) if tasks else 0.0,
         "kernels": len(tasks),
-        "kernels_won": sum(t["uses"] == "tuned" and not t.get("pending") for t in tasks),
+        "kernels_won": sum(won(t) for t in tasks),
         "kernels_pending": sum(bool(t.get("pending")) for t in tasks),
         "winners": [{**w, "calls": calls.get(w["name"])} for w in winners],
         "tune": tune_facts,
@@ -435,7 +440,7 @@ class TvmWork:
                 "knobs": kernel.knobs,
             }
             for kernel in summarize(store_for(resolve_target(target), records))
-            if kernel.uses == "tuned" and not kernel.pending
+            if won(asdict(kernel))
         ]
 
 

@@ -731,6 +731,9 @@ class Decision:
     pending: bool
     untuned_ms: float | None = None
     tuned_ms: float | None = None
+    #: The record a build applies won a re-measurement (a later tune's new records may still
+    #: be ``pending``: until they are judged, the confirmed winner stays in use).
+    confirmed: bool = False
 
     @property
     def uses(self) -> str:
@@ -756,7 +759,7 @@ def decide(bodies: list[Any], choice: Choice | None, baselines: dict[str, str]) 
     if choice is not None and (not choice.uses_tuned or choice.record in digests):
         pending = choice.records != len(bodies) and bool(searched)
         record = choice.record if choice.uses_tuned else None
-        return Decision(record, pending, choice.untuned_ms, choice.tuned_ms)
+        return Decision(record, pending, choice.untuned_ms, choice.tuned_ms, choice.uses_tuned)
     timed = [(t, body) for body in bodies if (t := mean_seconds(body[1])) is not None]
     untuned = [t for t, body in timed if trace_digest(body) in baselines]
     untuned_ms = round(min(untuned) * 1e3, 6) if untuned else None
@@ -783,6 +786,8 @@ class WorkloadSummary:
     tuned_ms: float | None = None
     #: Search records no re-measurement has judged yet (rerun the tune).
     pending: bool = False
+    #: What a build uses won a re-measurement (see :attr:`Decision.confirmed`).
+    confirmed: bool = False
     #: The knob values of what a build uses (:func:`describe_knobs`); "" without knobs.
     knobs: str = ""
 
@@ -950,6 +955,7 @@ def summarize(store: RecordStore) -> list[WorkloadSummary]:
                 untuned_ms=decision.untuned_ms,
                 tuned_ms=decision.tuned_ms,
                 pending=decision.pending,
+                confirmed=decision.confirmed,
                 knobs=describe_knobs(knob_values(used) if used else defaults, defaults),
             )
         )

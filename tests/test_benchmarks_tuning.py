@@ -96,6 +96,9 @@ def test_won_share_weights_calls_and_leaves_out_unconfirmed(tuning):
     ]
     assert tuning.won_share(tasks) == pytest.approx(2 / (2 + 2 + 4))
     assert tuning.won_share([tasks[3]]) is None
+    # An earlier step's confirmed winner stays in use while this step's records wait: it counts.
+    tasks[2]["confirmed"] = True
+    assert tuning.won_share(tasks) == pytest.approx((2 + 4) / (2 + 2 + 4))
 
 
 def test_step_budgets_split_the_budget(tuning):

@@ -27,12 +27,14 @@ from edgecompile.errors import EdgecompileError
 from edgecompile.records import (
     SEARCHED,
     UNTUNED,
+    Choice,
     RecordStore,
     export_records,
     import_records,
     list_stores,
     store_for,
     summarize,
+    trace_digest,
 )
 from edgecompile.targets import resolve_target
 from edgecompile.tuning import (
@@ -42,7 +44,7 @@ from edgecompile.tuning import (
     parse_duration,
     tune,
 )
-from edgecompile.tuning.verdict import choice_from_medians
+from edgecompile.tuning.verdict import choice_from_medians, earlier_winner
 
 TRIALS = 6
 
@@ -352,6 +354,19 @@ def test_verdict_margin(medians: list[float | None], uses_tuned: bool) -> None:
     choice = choice_from_medians(medians, bodies, records=len(bodies))
     assert choice.uses_tuned is uses_tuned
     assert choice.records == len(bodies)
+
+
+def test_a_confirmed_winner_is_re_measured_with_a_later_tunes_records() -> None:
+    """A later tune's records can push the confirmed winner out of the top contenders by one
+    lucky measurement; it is re-measured with them, so losing contenders cannot drop it."""
+    bodies = [[f"trace{i}", [1e-3 * (i + 1)]] for i in range(4)]
+    searched = [(1e-3 * (i + 1), body) for i, body in enumerate(bodies)]
+    contenders = bodies[:2]
+    winner = Choice(trace_digest(bodies[3]), 5.0, 4.0, records=2)
+    assert earlier_winner(winner, searched, contenders) == [bodies[3]]
+    assert earlier_winner(Choice(trace_digest(bodies[1]), 5.0, 4.0, 2), searched, contenders) == []
+    assert earlier_winner(Choice(UNTUNED, 5.0, None, 2), searched, contenders) == []
+    assert earlier_winner(None, searched, contenders) == []
 
 
 def test_rerun_with_the_same_trials_measures_nothing_new(

@@ -29,6 +29,8 @@ class TaskOutcome:
     uses_ms: float | None = None
     #: Search records no re-measurement has judged yet (a rerun of the tune does).
     pending: bool = False
+    #: What a build uses won a re-measurement (pending or not).
+    confirmed: bool = False
 
     @property
     def uses_label(self) -> str:
@@ -107,6 +109,7 @@ def task_outcomes(
         )
         untuned_ms = milliseconds(untuned.get(task.workload_hash))
         decision = decisions.get(task.workload_hash)
+        confirmed = decision is not None and decision.confirmed
         if decision is None:  # no records at all: the build compiles it untuned
             uses, uses_ms, pending = UNTUNED, untuned_ms, False
         else:
@@ -123,6 +126,7 @@ def task_outcomes(
                 uses=uses,
                 uses_ms=uses_ms,
                 pending=pending,
+                confirmed=confirmed,
             )
         )
     return outcomes

@@ -66,6 +66,7 @@ def confirm_choices(
             continue  # nothing to compare: see RecordStore.decisions
         untuned_seconds, untuned_body = min(untuned, key=lambda pair: pair[0])
         contenders = [b for t, b in searched[:CONFIRM_CANDIDATES] if t < untuned_seconds]
+        contenders += earlier_winner(previous, searched, contenders)
         pending.append((task, untuned_seconds, untuned_body, contenders, len(bodies)))
     pending.sort(key=lambda entry: -entry[0].weight * entry[1])
     undecided = 0
@@ -89,6 +90,20 @@ def confirm_choices(
             choice = choice_from_medians(medians, [untuned_body, *contenders], records)
         store.add_choices({task.workload_hash: choice})
     return undecided
+
+
+def earlier_winner(
+    previous: Choice | None, searched: list[Any], contenders: list[Any]
+) -> list[Any]:
+    """The record an earlier verdict chose, if the new records pushed it out of ``contenders``:
+    it is re-measured with them. Why: a later tune's search times its candidates once each, so
+    a new record can look faster by luck; without the earlier winner in the comparison, that
+    record losing to the untuned schedule would drop a win already confirmed."""
+    if previous is None or not previous.uses_tuned:
+        return []
+    if any(trace_digest(body) == previous.record for body in contenders):
+        return []
+    return [body for _, body in searched if trace_digest(body) == previous.record][:1]
 
 
 def choice_from_medians(medians: list[float | None], bodies: list[Any], records: int) -> Choice:
