@@ -39,6 +39,7 @@ from edgecompile.progress import SILENT, Progress
 from edgecompile.quantization.checks import check_int8_build
 from edgecompile.records import RecordStore, store_for
 from edgecompile.schedules.int8 import VERIFY_STEPS, output_steps
+from edgecompile.schedules.pipeline import RULE_ERRORS_KEY
 from edgecompile.schedules.user import UserSchedules, load_user_schedules
 from edgecompile.targets import BoardPreset, resolve_target
 from edgecompile.toolchain import toolchain_for
@@ -223,7 +224,7 @@ def build(
                 origin = quantization.origin
             mcpu = preset.target.get("mcpu", "generic")
             with progress.stage(f"compile for {preset.name} ({mcpu})"):
-                executable, schedules, records_used, user_kernels = _compile(
+                executable, schedules, records_used, user_kernels, rule_errors = _compile(
                     relax_model, preset, custom_schedules, store, user
                 )
             with atomic_directory(final_dir) as staging:
@@ -237,6 +238,8 @@ def build(
                     )
                 elf = elf_info(library)
                 extra: dict[str, Any] = {}
+                if rule_errors:  # kernels a rule of ours raised on (glue kernels too): --explain
+                    extra[RULE_ERRORS_KEY] = [error.to_dict() for error in rule_errors]
                 if quantization is not None:
                     extra["int8"] = _int8_manifest(quantization, staging, name, static_onnx)
                 elif keep_onnx:
@@ -418,11 +421,12 @@ def _compile(
     custom_schedules: bool = True,
     store: RecordStore | None = None,
     user: UserSchedules | None = None,
-) -> tuple[Any, list[dict[str, Any]], dict[str, Any] | None, dict[str, str]]:
+) -> tuple[Any, list[dict[str, Any]], dict[str, Any] | None, dict[str, str], list[Any]]:
     """The VM executable; per heavy op of ``main`` the schedule it got (for the manifest);
-    which records were applied, if any; and the kernels user schedules scheduled."""
+    which records were applied, if any; the kernels user schedules scheduled; and the kernels
+    a rule of ours raised on (:class:`~edgecompile.schedules.pipeline.RuleError`)."""
     from edgecompile.schedules import compile_relax
-    from edgecompile.schedules.pipeline import ScheduleReport
+    from edgecompile.schedules.pipeline import RuleCrashed, ScheduleReport
 
     database = store.snapshot() if store is not None else None
     report = ScheduleReport()
@@ -437,6 +441,8 @@ def _compile(
         )
     except EdgecompileError:  # a user schedule's bug: already one line naming its file
         raise
+    except RuleCrashed:  # strict mode (the tests): a rule's bug, raised with its traceback
+        raise
     except Exception as exc:  # TVMError and friends: the last line names the failing pass
         raise_if_interrupt(exc)  # Ctrl-C wrapped by TVM's FFI is no compile failure
         lines = str(exc).strip().splitlines()
@@ -446,7 +452,7 @@ def _compile(
             "report it with the model name and target",
         ) from None
     if store is None:
-        return executable, schedules, None, report.user_kernels
+        return executable, schedules, None, report.user_kernels, report.rule_errors
     clean = store.lines()
     used = {
         "store": str(store.path),
@@ -456,7 +462,7 @@ def _compile(
         # One line when the store has damaged lines the build left out (None: it has none).
         "damaged": store.damage_note(),
     }
-    return executable, schedules, used, report.user_kernels
+    return executable, schedules, used, report.user_kernels, report.rule_errors
 
 
 def _verify_int8(

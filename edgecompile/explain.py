@@ -168,10 +168,26 @@ def explain_summary(records: Sequence[Mapping[str, Any]], int8: bool | None = No
     return summary
 
 
-def format_explain(records: Sequence[Mapping[str, Any]], int8: bool | None = None) -> str:
+def format_explain(
+    records: Sequence[Mapping[str, Any]],
+    int8: bool | None = None,
+    rule_errors: Sequence[Mapping[str, Any]] = (),
+) -> str:
     """The table, a blank line, the summary. ``int8``: built from a QDQ model (the manifest
-    knows; None: as the records say, which they cannot when our pipeline failed as a whole)."""
-    if not records:
-        return explain_summary(records, int8)
-    table = format_table(headers_for(records, int8), explain_rows(records, int8))
-    return f"{table}\n\n{explain_summary(records, int8)}"
+    knows; None: as the records say, which they cannot when our pipeline failed as a whole).
+    ``rule_errors`` (the manifest's, see :func:`edgecompile.schedules.coverage.rule_errors`):
+    the kernels a rule of ours raised on, listed after the summary -- glue kernels have no
+    row of their own, and a layer's row shows only the start of its reason."""
+    text = explain_summary(records, int8)
+    if records:
+        table = format_table(headers_for(records, int8), explain_rows(records, int8))
+        text = f"{table}\n\n{text}"
+    if rule_errors:
+        from edgecompile.schedules.coverage import format_rule_error
+
+        text += (
+            f"\n{len(rule_errors)} kernel(s) fell back after a schedule rule raised "
+            "(a bug in the rule: please report it):\n"
+            + "\n".join(f"  {format_rule_error(error)}" for error in rule_errors)
+        )
+    return text

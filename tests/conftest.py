@@ -92,6 +92,10 @@ def private_user_state(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Non
         "EDGECOMPILE_RECORDS": str(private / "records"),
         "EDGECOMPILE_BENCH_HISTORY": str(private / "bench-history.jsonl"),
         "EDGECOMPILE_PROGRESS": "off",
+        # A schedule rule's unexpected exception fails the test that meets it (with the rule's
+        # traceback) instead of costing a kernel its schedule quietly, as a user's build does:
+        # accuracy checks pass on TVM's default lowering, so a fallback would go unseen.
+        "EDGECOMPILE_STRICT_RULES": "1",
     }
     previous = {name: os.environ.get(name) for name in [*wanted, "COLUMNS"]}
     os.environ.update(wanted)

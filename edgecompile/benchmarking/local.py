@@ -413,6 +413,19 @@ def bench_local(
 INT8_ENGINE = "tvm-int8"
 
 
+def note_fallback(notes: list[str], engine: str, artifact: Artifact) -> None:
+    """A note when ``artifact``'s build lost schedules to a failure (our pipeline failed, or a
+    rule raised on some kernels): its time is then partly TVM's default lowering's."""
+    from edgecompile.schedules.coverage import build_fallback
+
+    fallback = build_fallback(artifact.manifest.schedules, artifact.manifest.extra)
+    if fallback is not None:
+        notes.append(
+            f"{engine}: its build lost schedules to a failure, so part or all of its time is "
+            f"TVM's default lowering's ({fallback}; `build --explain` names the kernels)"
+        )
+
+
 def artifact_int8_onnx(artifact: Artifact) -> Path | None:
     """The QDQ model an int8 build (``build --int8``) compiled, kept beside its library."""
     name = (artifact.manifest.extra.get("int8") or {}).get("onnx")
@@ -496,9 +509,11 @@ def _bench_artifact(
     libraries = {"tvm": str(artifact.library)}
     digests = {"tvm": artifact.manifest.library_sha256}
     quantized = ["tvm"] if is_quantized(artifact) else []
+    note_fallback(notes, "tvm", artifact)
     for engine, extra in (extra_artifacts or {}).items():
         other = _same_model_as(artifact, engine, load_artifact(extra))
         check_library(other)
+        note_fallback(notes, engine, other)
         libraries[engine] = str(other.library)
         digests[engine] = other.manifest.library_sha256
         quantized += [engine] if is_quantized(other) else []
@@ -511,6 +526,7 @@ def _bench_artifact(
         int8_onnx = artifact_int8_onnx(artifact)
         if INT8_ENGINE in compare:
             int8_artifact = _int8_build(artifact, references, Path(scratch), notes)
+            note_fallback(notes, INT8_ENGINE, int8_artifact)
             libraries[INT8_ENGINE] = str(int8_artifact.library)
             digests[INT8_ENGINE] = int8_artifact.manifest.library_sha256
             quantized.append(INT8_ENGINE)

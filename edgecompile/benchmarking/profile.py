@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from edgecompile.artifact import Artifact
-from edgecompile.benchmarking.local import host_artifact
+from edgecompile.benchmarking.local import host_artifact, note_fallback
 from edgecompile.benchmarking.timing import latency_stats
 from edgecompile.errors import EdgecompileError
 
@@ -302,6 +302,7 @@ def _profile_artifact(
     ]
     if any("kernel_name" in entry for entry in artifact.manifest.schedules):
         notes = []  # joined exactly, by the kernel names the build recorded
+    note_fallback(notes, "tvm", artifact)
     return ProfileReport(
         model=artifact.manifest.model,
         artifact=str(artifact.directory),

@@ -191,7 +191,8 @@ def build_command(
     if damaged:  # on stderr, so --json stays one JSON document
         click.echo(f"warning: {damaged}", err=True)
     # --no-custom-schedules asked for TVM's default: nothing fell back.
-    for line in [] if no_custom_schedules else fallback_warnings(artifact.manifest.schedules):
+    warnings = fallback_warnings(artifact.manifest.schedules, artifact.manifest.extra)
+    for line in [] if no_custom_schedules else warnings:
         click.echo(line, err=True)
     archive = pack_artifact(artifact) if pack else None
     bundled = None
@@ -238,21 +239,36 @@ def build_command(
         click.echo(f"bundled {bundled} (on the board: ./edgecompile-runner . --repeat 10)")
     if explain:
         from edgecompile.explain import format_explain
+        from edgecompile.schedules.coverage import rule_errors
 
         click.echo("")
         # An int8 build whose pipeline failed as a whole has no per-op int8 verdicts: say so.
         int8_build = "int8" in manifest.extra or "max_output_steps" in verification
-        click.echo(format_explain(manifest.schedules, int8=True if int8_build else None))
+        click.echo(
+            format_explain(
+                manifest.schedules,
+                int8=True if int8_build else None,
+                rule_errors=rule_errors(manifest.extra),
+            )
+        )
 
 
-def fallback_warnings(records: list[dict[str, Any]]) -> list[str]:
+def fallback_warnings(
+    records: list[dict[str, Any]], extra: dict[str, Any] | None = None
+) -> list[str]:
     """One ``warning:`` line per op that did not get the schedule it should have (the manifest
     keeps the same under ``fallback``): one for all when our pipeline itself failed (TVM's
-    default lowering built the model: many times slower), else each op a rule of ours claims
-    that went to TVM's default for no reason the design accepts, and each op a user rule gave
-    up on."""
-    from edgecompile.schedules.coverage import NO_REASON, missed_schedules, op_class
-    from edgecompile.schedules.pipeline import PIPELINE_FAILED
+    default lowering built the model: many times slower); one for all the kernels a rule of
+    ours raised on (``extra``'s ``rule_errors``: a bug, each kernel listed by ``--explain``);
+    else each op a rule of ours claims that went to TVM's default for no reason the design
+    accepts, and each op a user rule gave up on."""
+    from edgecompile.schedules.coverage import (
+        NO_REASON,
+        missed_schedules,
+        op_class,
+        rule_errors,
+    )
+    from edgecompile.schedules.pipeline import PIPELINE_FAILED, RULE_ERROR
     from edgecompile.schedules.user import USER_PREFIX
 
     failed = [r for r in records if str(r.get("fallback", "")).startswith(PIPELINE_FAILED)]
@@ -261,10 +277,21 @@ def fallback_warnings(records: list[dict[str, Any]]) -> list[str]:
             f"warning: all {len(records)} heavy ops fell back to TVM's default lowering "
             f"(slower): {failed[0]['fallback']}"
         ]
+    errors = rule_errors(extra)
+    lines = []
+    if errors:  # one line: the kernels are --explain's, the bug is ours to report
+        first = errors[0]
+        plural = "" if len(errors) == 1 else "s"
+        lines.append(
+            f"warning: a schedule rule raised on {len(errors)} kernel{plural}, which fell back "
+            f"to TVM's default lowering (slower; first: {first['rule']} on {first['kernel']}: "
+            f"{first['error']}); --explain lists them, please report it"
+        )
     missed = {fallback.index for fallback in missed_schedules(records)}
-    return [
+    return lines + [
         f"warning: op #{r['index']} ({op_class(r)}) fell back to {r['schedule']}: "
         f"{r.get('fallback', NO_REASON)}"
         for r in records
-        if r["index"] in missed or USER_PREFIX in str(r.get("fallback", ""))
+        if (r["index"] in missed or USER_PREFIX in str(r.get("fallback", "")))
+        and f"{RULE_ERROR} in " not in str(r.get("fallback", ""))
     ]

@@ -22,6 +22,7 @@ from edgecompile.errors import EdgecompileError
 from edgecompile.progress import SILENT, Progress
 from edgecompile.reporting.results import (
     TARGET,
+    TUNED,
     ModelResult,
     StageFailure,
     Stages,
@@ -99,12 +100,14 @@ def build_host_artifact(
     Untuned (``records`` None) with its static ONNX kept for ORT, or with ``records`` applied
     (under :func:`tuned_builds_dir`). A cached build is reused only if it is for this model,
     input shape, seed, target, TVM and edgecompile version, and the same records (or
-    none), and did not fail verification; else it is rebuilt.
+    none), and did not fail verification nor fall back (:func:`build_fallback`); else it is
+    rebuilt.
     """
     from edgecompile import __version__
     from edgecompile.artifact import load_artifact
     from edgecompile.benchmarking.local import artifact_onnx
     from edgecompile.builder import artifact_name, build
+    from edgecompile.schedules.coverage import build_fallback
     from edgecompile.targets import resolve_target
 
     preset = resolve_target(target)
@@ -131,6 +134,9 @@ def build_host_artifact(
                 and _records_match(manifest.records, records)
                 # The untuned build's ONNX is ORT's model: without it bench would export again.
                 and (records is not None or artifact_onnx(artifact) is not None)
+                # A build that lost schedules to a failure is redone: the bug may be fixed by
+                # now, and a reused one would keep reporting TVM's default lowering's times.
+                and build_fallback(manifest.schedules, manifest.extra) is None
             ):
                 return artifact, True
     # No verification here: bench checks TVM against ONNX Runtime and torch (same tolerance,
@@ -206,6 +212,15 @@ def prepare_model(
     size = input_size or info.input_size
     fields: dict[str, Any] = {}
     stages = Stages()
+    fallbacks: dict[str, str] = {}
+
+    def note_fallback(engine: str, artifact: Artifact) -> None:
+        from edgecompile.schedules.coverage import build_fallback
+
+        fallback = build_fallback(artifact.manifest.schedules, artifact.manifest.extra)
+        if fallback is not None:
+            fallbacks[engine] = fallback
+            fields["schedule_fallbacks"] = dict(fallbacks)
 
     def costs() -> None:
         cost, findings = model_costs(name, size)
@@ -225,6 +240,7 @@ def prepare_model(
             build_reused=reused,
             build_seconds=artifact.manifest.build_seconds,
         )
+        note_fallback("tvm", artifact)
 
     def tuned_build() -> None:
         artifact, reused = build_host_artifact(
@@ -243,6 +259,7 @@ def prepare_model(
             tuned_build_seconds=artifact.manifest.build_seconds,
             tuned_kernels=len(applied.get("kernels_from_records", [])),
         )
+        note_fallback(TUNED, artifact)
 
     stages.run("cost", costs)
     if stages.run("build", build) and records is not None:

@@ -69,6 +69,10 @@ class ModelResult:
     #: Kernels of the tuned build whose schedule came from the records (0: the records had
     #: nothing for this model, so its tuned build is the untuned one and is not timed).
     tuned_kernels: int | None = None
+    #: Engine ("tvm", "tvm-tuned") → what its build lost to a failure, not a decision: our
+    #: pipeline failed as a whole, or a rule raised on some kernels (its times are then partly
+    #: TVM's default lowering's; see :func:`edgecompile.schedules.coverage.build_fallback`).
+    schedule_fallbacks: dict[str, str] = field(default_factory=dict)
     timings: list[EngineTiming] = field(default_factory=list)
     op_class_ms: dict[str, float] = field(default_factory=dict)
     profile_threads: int | None = None

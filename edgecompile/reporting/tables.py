@@ -33,6 +33,9 @@ CSV_FIELDS = (
     "memory_access",
     "status",
     "error",
+    # What this engine's build lost to a failure (our pipeline, or a rule that raised): its
+    # times are then partly TVM's default lowering's, not our schedules'.
+    "schedule_fallback",
 )
 
 
@@ -65,6 +68,7 @@ def write_csv(
                         "memory_access": _number(result.memory_access),
                         "status": result.status,
                         "error": error,
+                        "schedule_fallback": result.schedule_fallbacks.get(engine, ""),
                     }
                     if timing is not None:
                         row.update(
@@ -110,6 +114,33 @@ def _ratio(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}×"
 
 
+def fallback_lines(report: ZooReport) -> list[str]:
+    """One line per model whose build lost schedules to a failure (our pipeline failed, or a
+    rule raised): ``<model> (<engine>): <what>``. Its times are partly TVM's default lowering's."""
+    return [
+        f"{result.model} ({engine}): {fallback}"
+        for result in report.models
+        for engine, fallback in result.schedule_fallbacks.items()
+    ]
+
+
+def _fallback_warning(report: ZooReport) -> list[str]:
+    """index.md's first paragraph when some build fell back: loud, above every number."""
+    lines = fallback_lines(report)
+    if not lines:
+        return []
+    models = len({r.model for r in report.models if r.schedule_fallbacks})
+    return [
+        f"**Warning: {models} model(s) built with schedule fallbacks** (a failure, not a "
+        "decision: our pipeline failed or a schedule rule raised, so TVM's default lowering "
+        "built part or all of the model, and its `tvm` times are not our schedules'; "
+        "`build --explain` names the kernels):",
+        "",
+        *[f"- {line}" for line in lines],
+        "",
+    ]
+
+
 def write_index(path: Path, report: ZooReport) -> None:
     from edgecompile._table import human_count
 
@@ -119,6 +150,7 @@ def write_index(path: Path, report: ZooReport) -> None:
     lines = [
         "# edgecompile zoo report" + (f" on a {board['preset']} board" if board else ""),
         "",
+        *_fallback_warning(report),
         *_where_measured(report),
         f"{len(report.models)} models ({ok} measured, {len(report.failed)} failed) in "
         f"{report.wall_seconds / 60:.1f} min. Batch 1; each latency is the median of "
@@ -241,13 +273,15 @@ def write_index(path: Path, report: ZooReport) -> None:
         row += [
             _seconds(result.stage_seconds.get("bench")),
             f"{result.wall_seconds:.1f}",
+            "; ".join(f"{engine}: {text}" for engine, text in result.schedule_fallbacks.items())
+            or "-",
             "; ".join(f"{f.stage}: {f.problem}" for f in result.failures) or "-",
         ]
         rows.append(row)
     headers = ["model", "status", "input", "build s"]
     if tuned:
         headers += ["tuned build s", "kernels from records"]
-    headers += ["bench s", "wall s", "problem"]
+    headers += ["bench s", "wall s", "schedule fallback", "problem"]
     lines += _markdown_table(headers, rows)
     lines += [
         "",
@@ -419,6 +453,8 @@ def format_summary(zoo_report: ZooReport) -> str:
     for result in zoo_report.failed:
         failure = result.failures[0]
         lines.append(f"{result.model}: {failure.stage} failed: {failure.problem}")
+    for line in fallback_lines(zoo_report):  # times partly TVM's default's: never unnoticed
+        lines.append(f"SCHEDULE FALLBACK {line}")
     lines.append(
         f"wrote {zoo_report.index}, {Path(zoo_report.results_csv).name} and "
         f"{len(zoo_report.plots)} plots in {zoo_report.wall_seconds / 60:.1f} min"

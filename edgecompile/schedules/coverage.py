@@ -14,6 +14,11 @@ conv2d_transpose, the classifier's matmul and max/average pools. An op of those 
 ``tvm-default`` is *missed* unless its recorded reason is one the design accepts
 (:data:`BY_DESIGN`) or a gap we know of and keep (:data:`KNOWN_GAPS`). Not claimed at all, so
 never missed: adaptive average pools (no rule of ours for them).
+
+Worse than a missed op: a build whose pipeline failed as a whole (every op on TVM's default),
+or kernels a rule of ours raised on (the manifest's ``extra["rule_errors"]``, glue kernels
+too). :func:`build_fallback` says which, in one line, for the build's warning, ``bench``'s
+note and the zoo report's flag.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from edgecompile.schedules.pipeline import TVM_DEFAULT
+from edgecompile.schedules.pipeline import PIPELINE_FAILED, RULE_ERRORS_KEY, TVM_DEFAULT
 from edgecompile.schedules.plan import (
     MODEL_INPUT,
     PIXELS_OUTPUT,
@@ -125,3 +130,43 @@ def assert_no_missed_schedules(records: Iterable[Mapping[str, Any]], what: str =
             f"{len(missed)} op(s){where} went to TVM's default lowering where a rule of ours "
             f"should have applied:\n{lines}"
         )
+
+
+def pipeline_failure(records: Iterable[Mapping[str, Any]]) -> str | None:
+    """The reason our pipeline failed as a whole (TVM's default built every op), if it did."""
+    for record in records:
+        reason = str(record.get("fallback", ""))
+        if reason.startswith(PIPELINE_FAILED):
+            return reason
+    return None
+
+
+def rule_errors(extra: Mapping[str, Any] | None) -> list[Mapping[str, Any]]:
+    """The kernels a rule of ours raised on, from a manifest's ``extra`` (``kernel``, ``rule``,
+    ``error``, ``layer``: see :class:`~edgecompile.schedules.pipeline.RuleError`)."""
+    return list((extra or {}).get(RULE_ERRORS_KEY) or [])
+
+
+def format_rule_error(error: Mapping[str, Any]) -> str:
+    """``<kernel> (layer N): <rule> raised <Type>: <message>``."""
+    layer = error.get("layer")
+    where = f" (layer {layer})" if layer is not None else ""
+    return f"{error['kernel']}{where}: {error['rule']} raised {error['error']}"
+
+
+def build_fallback(
+    records: Iterable[Mapping[str, Any]], extra: Mapping[str, Any] | None
+) -> str | None:
+    """One line when a build lost schedules to a failure rather than a decision: our pipeline
+    failed as a whole, or rules of ours raised on some kernels (a bug either way); else None."""
+    failure = pipeline_failure(records)
+    if failure is not None:
+        return failure
+    errors = rule_errors(extra)
+    if not errors:
+        return None
+    plural = "" if len(errors) == 1 else "s"
+    return (
+        f"{len(errors)} kernel{plural} fell back after a schedule rule raised "
+        f"(first: {format_rule_error(errors[0])})"
+    )

@@ -20,11 +20,21 @@ Trap: ``tvm.compile`` keeps CPU targets on the unfused pipeline on purpose (see
 ``relax/vm_build.py``): FuseOps can drop a ``call_pure_packed`` whose result is unused but whose
 side effect matters. The imported CNN graphs have no such calls; should a model's graph make our
 pipeline fail, :func:`compile_relax` falls back to ``tvm.compile``'s default and says so.
+
+A rule of ours that raises anything but :class:`~edgecompile.schedules.rules.ScheduleFailed` (a
+bug: an index out of range on a kernel shape it never met) costs only that kernel: it goes to
+the next rule, else TVM's default, and :attr:`ScheduleReport.rule_errors` keeps the rule and the
+exception (the manifest's ``rule_errors``, ``build --explain``, one warning line). Before, it
+failed the whole pipeline: ShuffleNet v1's misaligned concat cost 10 zoo models every schedule
+(up to 29x ORT), and only a full zoo run noticed. With ``EDGECOMPILE_STRICT_RULES=1`` (the test
+suite sets it) the exception is raised instead, as :class:`RuleCrashed`, so a test meeting a rule
+bug fails on it with its traceback rather than passing on a slower kernel.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -38,6 +48,7 @@ from edgecompile.schedules.concat_in_place import concat_in_place
 from edgecompile.schedules.cpu import cpu_info
 from edgecompile.schedules.int8 import (
     INT8_UNSCHEDULED,
+    Int8ConvAvx2,
     Int8ConvBlocked,
     Int8ConvNCHW,
     Int8ConvSdot,
@@ -68,6 +79,48 @@ TVM_DEFAULT = "tvm-default"
 PIPELINE_FAILED = "edgecompile pipeline failed"
 #: A PrimFunc scheduled by a MetaSchedule tuning record (the best measured for this target).
 TUNED = "metaschedule"
+#: How a ``fallback`` reason from a rule's unexpected exception starts (see :class:`RuleError`).
+RULE_ERROR = "rule error"
+#: The manifest's ``extra`` key listing every :class:`RuleError` of a build (glue kernels too).
+RULE_ERRORS_KEY = "rule_errors"
+#: Set to 1 (the test suite does) to raise a rule's unexpected exception instead of falling back.
+STRICT_RULES_ENV = "EDGECOMPILE_STRICT_RULES"
+
+
+def strict_rules() -> bool:
+    """Whether a rule's unexpected exception is raised (:data:`STRICT_RULES_ENV`)."""
+    return os.environ.get(STRICT_RULES_ENV, "").strip().lower() in ("1", "true", "yes")
+
+
+@dataclass(frozen=True)
+class RuleError:
+    """A rule of ours that raised something other than "not mine" / "mine but it failed" on one
+    kernel: a bug in the rule. The kernel went on to the next rule, else TVM's default."""
+
+    kernel: str
+    rule: str
+    #: ``<ExceptionType>: <last line of its message>``.
+    error: str
+    #: The heavy op (index into ``main``'s heavy ops) the kernel computes; None for glue kernels.
+    layer: int | None = None
+
+    def __str__(self) -> str:
+        return f"{RULE_ERROR} in {self.rule}: {self.error}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kernel": self.kernel, "rule": self.rule, "error": self.error, "layer": self.layer}
+
+
+class RuleCrashed(RuntimeError):
+    """Strict mode (:data:`STRICT_RULES_ENV`): a rule's unexpected exception, raised out of the
+    build; its ``__cause__`` is the exception itself, with the rule's traceback."""
+
+    def __init__(self, error: RuleError) -> None:
+        super().__init__(
+            f"{error} (kernel {error.kernel}; {STRICT_RULES_ENV}=1 raises it instead of "
+            "falling back to TVM's default)"
+        )
+        self.error = error
 
 
 @dataclass
@@ -88,6 +141,10 @@ class ScheduleReport:
     user_error: EdgecompileError | None = None
     #: A QDQ model's convs folded into integer kernels, and those kept in fp32 with the reason.
     int8: Int8Log = field(default_factory=Int8Log)
+    #: Kernels a rule of ours raised on (a bug in the rule): each fell back on its own.
+    rule_errors: list[RuleError] = field(default_factory=list)
+    #: Strict mode's exception, kept here because TVM's FFI may re-wrap it on the way out.
+    rule_crash: RuleCrashed | None = None
 
     def schedule_of(self, op_index: int) -> str:
         return self.schedules.applied.get(op_index, TVM_DEFAULT)
@@ -210,7 +267,9 @@ def apply_schedule_rules(report: ScheduleReport, extra_rules: Sequence[Any] = ()
     dlight's ``ApplyDefaultSchedule`` with logging: it cannot tell which PrimFunc is which
     layer, nor a rule that declined from one that failed. A user rule that fails hands the
     PrimFunc on to the next rule (the user overrides ours, but a broken override must not cost
-    the layer our schedule); one of ours that fails leaves TVM's default, as before.
+    the layer our schedule); one of ours that fails leaves TVM's default, as before. One of
+    ours that raises anything else (a bug) hands this PrimFunc on to the next rule and is kept
+    in ``report.rule_errors``: it costs that kernel, not the model (strict mode raises it).
     """
     import tvm
 
@@ -242,6 +301,20 @@ def apply_schedule_rules(report: ScheduleReport, extra_rules: Sequence[Any] = ()
                 except EdgecompileError as error:  # a user rule's bug, named by UserRule
                     report.user_error = error
                     raise
+                except Exception as exc:  # a bug in one of our rules: this kernel pays, not all
+                    raise_if_interrupt(exc)
+                    error = RuleError(
+                        gvar.name_hint,
+                        getattr(rule, "schedule_name", "") or type(rule).__name__,
+                        f"{type(exc).__name__}: {last_line(str(exc)) or '(no message)'}",
+                        index,
+                    )
+                    if strict_rules():
+                        report.rule_crash = RuleCrashed(error)
+                        raise report.rule_crash from exc
+                    report.rule_errors.append(error)
+                    failures.append(str(error))
+                    continue
                 if sch is not None:
                     module[gvar] = sch.mod["main"].with_attr("tirx.is_scheduled", True)
                     if user:
@@ -290,6 +363,7 @@ def schedule_rules(extra: Sequence[Any] = ()) -> list[Any]:
     return [
         *user_rules(extra),
         Int8ConvBlocked(),
+        Int8ConvAvx2(),
         Int8ConvSdot(),
         Int8ConvSmull(),
         Int8ConvVmull(),
@@ -384,10 +458,12 @@ def compile_relax(
     Returns the VM executable and, per heavy op of ``main``, which schedule it got. Should our
     pipeline itself fail on some graph, the model still builds with TVM's default lowering and
     every record says why under ``fallback``: a new model must not stop building because of a
-    schedule. Not so with user rules: a user rule's bug, or a failure once user rules scheduled
-    kernels, is an :class:`~edgecompile.errors.EdgecompileError` -- the user asked for those
-    schedules, and a build quietly without them would be measured as if it had them. Nor with
-    an interrupt (Ctrl-C, SIGTERM), however TVM's FFI wrapped it: it is re-raised as one.
+    schedule (a rule's exception costs only its kernel: ``report.rule_errors``; strict mode,
+    :func:`strict_rules`, raises :class:`RuleCrashed` instead). Not so with user rules: a user
+    rule's bug, or a failure once user rules scheduled kernels, is an
+    :class:`~edgecompile.errors.EdgecompileError` -- the user asked for those schedules, and a
+    build quietly without them would be measured as if it had them. Nor with an interrupt
+    (Ctrl-C, SIGTERM), however TVM's FFI wrapped it: it is re-raised as one.
     """
     import tvm
 
@@ -405,6 +481,8 @@ def compile_relax(
             )
         except Exception as exc:  # TVMError, ScheduleError, ...: anything in our passes
             raise_if_interrupt(exc)
+            if report.rule_crash is not None:  # strict mode: a rule's bug, with its traceback
+                raise report.rule_crash from report.rule_crash.__cause__
             if report.user_error is not None:
                 raise report.user_error from None
             if report.user_kernels:
