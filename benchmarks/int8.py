@@ -5,11 +5,14 @@ all at 1 thread, timed interleaved in this one process.
     /work/main/.venv/bin/python benchmarks/int8.py                    # the issue's five models
     /work/main/.venv/bin/python benchmarks/int8.py --models mobilenet_v2 --rounds 3
     /work/main/.venv/bin/python benchmarks/int8.py --quantized /tmp/q  # reuse <model>.int8.onnx
+    /work/main/.venv/bin/python benchmarks/int8.py --target x86-64-v3  # AVX2, no VNNI
 
-A script, not a test: numbers depend on the machine and its load. Each round runs every engine
-``--repeat`` times in turn, so load from other processes hits all of them; the table shows the
+A script, not a test: numbers depend on the machine and its load. Each round times every
+engine in rows of 5 calls after 0.1 s of settling (``benchmarking.timing.time_interleaved``),
+``--repeat`` calls each, so load from other processes hits all of them; the table shows the
 median over rounds and the two ratios the issue sets bars for (int8 ≤ 0.5× our fp32, ≤ 1.0×
-ORT int8, geomean).
+ORT int8, geomean). ``--target``: a preset this machine runs (``x86-64-v3``: our kernels for
+AVX2 without VNNI); ORT picks its kernels from the machine whatever the target.
 """
 
 from __future__ import annotations
@@ -20,7 +23,6 @@ import os
 import statistics
 import sys
 import tempfile
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -41,10 +43,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--repeat", type=int, default=20, help="timed runs per engine and round")
     parser.add_argument("--quantized", help="folder of <model>.int8.onnx to reuse (else made)")
     parser.add_argument("--build-dir", help="keep the builds here (default: temporary)")
+    parser.add_argument("--target", default="host", help="the preset both builds are for")
     return parser.parse_args(argv)
 
 
-def engines_for(name: str, folder: Path, quantized: Path) -> tuple[dict[str, Callable], Any]:
+def engines_for(
+    name: str, folder: Path, quantized: Path, target: str = "host"
+) -> tuple[dict[str, Callable], Any]:
     """Build both variants of ``name``; one zero-argument runner per engine on one input."""
     import onnxruntime as ort
     import tvm
@@ -55,10 +60,10 @@ def engines_for(name: str, folder: Path, quantized: Path) -> tuple[dict[str, Cal
     int8_onnx = quantized / f"{name}.int8.onnx"
     if not int8_onnx.exists():
         quantize(name, output=int8_onnx)
-    fp32 = build(name, "host", output_dir=folder, keep_onnx=True)
+    fp32 = build(name, target, output_dir=folder, keep_onnx=True)
     # Verified below, on the same input as the timing: a model whose fp32 glue puts it past
     # the build's 2-step check still gets its row, with its steps.
-    int8 = build(str(int8_onnx), "host", output_dir=folder, verify=False)
+    int8 = build(str(int8_onnx), target, output_dir=folder, verify=False)
     fp32_onnx = next(fp32.artifact.directory.glob("*.onnx"))
     shape = [int(d.dim_value) for d in _onnx_input(fp32_onnx).type.tensor_type.shape.dim]
     x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
@@ -105,18 +110,15 @@ def _onnx_input(path: Path) -> Any:  # an onnx ValueInfoProto
 
 
 def measure(runners: dict[str, Callable], rounds: int, repeat: int) -> dict[str, float]:
-    """Median ms per engine: each round times every engine's ``repeat`` runs in turn."""
-    for run in runners.values():  # warm-up
-        for _ in range(3):
-            run()
+    """Median ms per engine: each round times every engine's ``repeat`` runs, interleaved in
+    rows after settling (:func:`~edgecompile.benchmarking.timing.time_interleaved`)."""
+    from edgecompile.benchmarking.timing import time_interleaved
+
+    calls = {engine: (lambda _inputs, run=run: run()) for engine, run in runners.items()}
     samples: dict[str, list[float]] = {engine: [] for engine in runners}
-    for _ in range(rounds):
-        for engine, run in runners.items():
-            times = []
-            for _ in range(repeat):
-                start = time.perf_counter()
-                run()
-                times.append(time.perf_counter() - start)
+    for round_ in range(rounds):
+        seconds = time_interleaved(calls, [], repeat, warmup=3 if round_ == 0 else 0)
+        for engine, times in seconds.items():
             samples[engine].append(statistics.median(times) * 1e3)
     return {engine: statistics.median(values) for engine, values in samples.items()}
 
@@ -130,7 +132,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         quantized.mkdir(parents=True, exist_ok=True)
         rows = []
         for name in names:
-            runners, steps = engines_for(name, folder, quantized)
+            runners, steps = engines_for(name, folder, quantized, args.target)
             ms = measure(runners, args.rounds, args.repeat)
             rows.append((name, ms, steps))
             print(_row(name, ms, steps), flush=True)

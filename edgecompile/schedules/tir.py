@@ -1,5 +1,7 @@
 """The TIR lowering our kernels are built with: TVM's own, plus tile buffers kept on the stack
-and the partition hints of row tails kept alive (:func:`keep_partition_hints`).
+and the partition hints of row tails kept alive (:func:`keep_partition_hints`); on 32-bit ARM
+before ARMv8, ``round`` as float arithmetic, not a libm call per element
+(:func:`.rounding.round_without_libm`).
 
 Trap (TVM 0.27, ``LowerTVMBuiltin``): a CPU buffer of 1 KiB or more -- and a ``local`` one of
 any size -- is not a stack array but a ``TVMBackendAllocWorkspace`` / ``FreeWorkspace`` call
@@ -120,11 +122,15 @@ def _pipeline() -> tuple[Any, Any, Any]:
     import tvm
     from tvm.s_tir import pipeline as s_tir_pipeline
 
+    from edgecompile.schedules.rounding import round_without_libm
+
     default_lower, finalize_host, finalize_device = s_tir_pipeline.default_s_tir_pipeline()
     lower = tvm.transform.Sequential([keep_partition_hints(), default_lower])
 
     def host_passes() -> Any:
-        return tvm.transform.Sequential([keep_tiles_on_stack(), finalize_host()])
+        return tvm.transform.Sequential(
+            [round_without_libm(), keep_tiles_on_stack(), finalize_host()]
+        )
 
     return lower, host_passes, finalize_device
 

@@ -223,6 +223,10 @@ def design_space(task: TuningTask) -> Any:
             defaults = rule.design_spaces(s_tir.Schedule(task.module), target)
         except ScheduleFailed:
             break
+        if not defaults:
+            # the rule's kernel for another target (VNNI's and rpi5's sdot conv share a
+            # layout): the next rule's may be this target's
+            continue
         if not any(_samples(space.trace) for space in defaults):
             break  # every choice fixed here (a row tail): nothing for the search to vary
 

@@ -1,6 +1,6 @@
 """The channel-blocked integer conv (AVX-512 VNNI): its packed constants, its instruction, and
-the NCHW kernel kept for targets without VNNI. Numerics of every conv kind on the host are in
-test_int8_kernels.py."""
+the NCHW kernel kept for targets without VNNI or AVX2. Numerics of every conv kind on the host
+are in test_int8_kernels.py."""
 
 from __future__ import annotations
 
@@ -62,11 +62,12 @@ def test_blocked_conv_runs_on_vpdpbusd(
     assert "vpdpbusd" in executable.mod.imports[0].inspect_source("asm")
 
 
-def test_target_without_vnni_keeps_the_nchw_kernel(
+def test_target_without_avx2_keeps_the_nchw_kernel(
     tmp_path: Path, write_qdq_model: Callable[..., Path]
 ) -> None:
-    """x86-64-v3 (AVX2, no VNNI): the conv is folded to the NCHW kernel, still exact."""
-    target = resolve_target("x86-64-v3").tvm_target()
+    """x86-64-v2 (SSE4.2: no VNNI, no AVX2): the conv is folded to the NCHW kernel, still
+    exact. AVX2's blocked kernels: test_int8_avx2.py."""
+    target = resolve_target("x86-64-v2").tvm_target()
     assert not has_blocked_kernel(target)
     conv = CASES["pointwise-two-blocks"]
     path = qdq_conv_model(conv, tmp_path, write_qdq_model)

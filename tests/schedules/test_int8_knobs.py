@@ -26,13 +26,13 @@ from edgecompile.schedules.int8.neon import (
     depthwise_pixels,
 )
 from edgecompile.schedules.int8.schedule import (
+    Int8ConvAvx2,
     Int8ConvBlocked,
     Int8ConvNCHW,
     Int8DepthwiseBlocked,
     depthwise_row_tile,
     has_blocked_kernel,
     narrowed,
-    vnni_register_tile,
 )
 from edgecompile.schedules.knobs import KNOBS_ATTR, UNROLL_KNOB, Knobs
 from edgecompile.schedules.pipeline import fused_module
@@ -44,11 +44,13 @@ VNNI = has_blocked_kernel(resolve_target("host").tvm_target())
 needs_vnni = pytest.mark.skipif(not VNNI, reason="this host has no VNNI")
 
 #: (rule, case, preset): each x86 rule with knobs on a conv of its kind. x86-64-v3 (AVX2, no
-#: VNNI) keeps the NCHW kernel, which this host runs too.
+#: VNNI) has the blocked conv on vpmaddwd, x86-64-v2 (no AVX2) keeps the NCHW kernel; this host
+#: runs both.
 RULES = {
     "vnni": (Int8ConvBlocked, "3x3-three-blocks", "host"),
+    "avx2": (Int8ConvAvx2, "3x3-three-blocks", "x86-64-v3"),
     "depthwise": (Int8DepthwiseBlocked, "depthwise-width13-relu6", "host"),
-    "nchw": (Int8ConvNCHW, "3x3-relu", "x86-64-v3"),
+    "nchw": (Int8ConvNCHW, "3x3-relu", "x86-64-v2"),
 }
 
 
@@ -113,7 +115,7 @@ def _analytic_tiles(rule: Any, func: tirx.PrimFunc, target: Any) -> list[int]:
     if isinstance(rule, Int8DepthwiseBlocked):
         return [depthwise_row_tile(extents[3])]
     if isinstance(rule, Int8ConvBlocked):
-        return list(vnni_register_tile(extents[1], extents[3]))
+        return list(rule.register_tile(extents[1], extents[3]))
     lanes = cpu_info(target).lanes
     return [
         max(d for d in range(1, limit + 1) if extent % d == 0)
@@ -219,9 +221,9 @@ def test_records_show_reads_the_int8_knobs(
     assert values == {"block tile": 1, "pixel tile": 9, UNROLL_KNOB: 0}
 
 
-#: (preset, case, schedule, knobs) of the tiny tunes: the NCHW kernel (AVX2), the VNNI one.
+#: (preset, case, schedule, knobs) of the tiny tunes: the NCHW kernel (SSE4.2), the VNNI one.
 TUNES = {
-    "nchw": ("x86-64-v3", "3x3-relu", INT8_SCHEDULE, {"oc tile", "pixel tile"}),
+    "nchw": ("x86-64-v2", "3x3-relu", INT8_SCHEDULE, {"oc tile", "pixel tile"}),
     "vnni": ("host", "3x3-three-blocks", INT8_VNNI_SCHEDULE, {"block tile", "pixel tile"}),
 }
 

@@ -28,6 +28,9 @@ from edgecompile.schedules.int8.neon import (
     IN_BLOCK,
     OUT_BLOCK,
     SMULL_PAIRS,
+    Int8ConvSdot,
+    Int8ConvSmull,
+    Int8ConvVmull,
     Int8DepthwiseNeon,
     Int8DepthwiseVmlal,
     depthwise_pixels,
@@ -294,27 +297,6 @@ def test_rpi5_sdot_reads_four_pixels_per_load(
     assert not [s for name, s in spills.items() if "int8_conv2d" in name and s.spills]
 
 
-def test_32_bit_libraries_pass_floats_to_libm_in_vfp_registers(
-    tmp_path: Path, write_qdq_model: Callable[..., Path]
-) -> None:
-    """On ARMv7 (no vrintn) the requantization rounds with a call to libm's nearbyintf, which
-    on an armhf board reads its argument from s0: passed in r0 (LLVM's soft-float default),
-    int8 outputs came out wrong under qemu-arm. Every 32-bit preset says hard float (the
-    ARMv8 cores of rpi3/rpi4-armv7 round inline, but call libm for other functions)."""
-    for board in ("armv7", "rpi3-armv7", "rpi4-armv7"):
-        assert resolve_target(board).target["mfloat-abi"] == "hard"
-    target = resolve_target("armv7").tvm_target()
-    model, _ = import_onnx(
-        qdq_conv_model(CASES["pointwise"], tmp_path, write_qdq_model), name="conv"
-    )
-    executable, _ = compile_relax(model.module, target, report=ScheduleReport())
-    lines = str(executable.mod.imports[0].inspect_source("asm")).splitlines()
-    calls = [i for i, line in enumerate(lines) if re.match(r"^\s*bl\s+nearbyintf\b", line)]
-    assert calls
-    for call in calls:
-        assert not re.match(r"^\s*vmov\s+r0,\s*s\d+", lines[call - 1]), lines[call - 1]
-
-
 @pytest.mark.parametrize(
     "conv",
     [
@@ -488,3 +470,64 @@ def test_armv7_kernel_is_exact_under_qemu_arm(
 
     expected = reference(conv, params, x_q)
     np.testing.assert_array_equal(np.rint(actual / y_scale).astype(np.int64) + y_zp, expected)
+
+
+def _residual_model(folder: Path, write_qdq_model: Callable[..., Path], width: int) -> Path:
+    """x → 1×1 conv (16 → 16) → + x: the QDQ residual block whose add FuseOps puts into the
+    conv's kernel (mobilenet_v2's projections), ``width`` pixels a row."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(3)
+    shape = [1, 16, width, width]
+    graph = helper.make_graph(
+        [
+            helper.make_node("Conv", ["x", "w", "b"], ["conv"]),
+            helper.make_node("Add", ["conv", "x"], ["y"]),
+        ],
+        "residual",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [
+            numpy_helper.from_array(
+                (rng.standard_normal((16, 16, 1, 1)) * 0.3).astype(np.float32), "w"
+            ),
+            numpy_helper.from_array((rng.standard_normal(16) * 0.1).astype(np.float32), "b"),
+        ],
+    )
+    calibration = [{"x": rng.standard_normal(shape).astype(np.float32)} for _ in range(2)]
+    return write_qdq_model(graph, folder / "residual.onnx", calibration)
+
+
+@pytest.mark.parametrize("board", BOARDS)
+def test_residual_add_is_computed_on_the_conv_tile(
+    board: str, tmp_path: Path, write_qdq_model: Callable[..., Path]
+) -> None:
+    """The integer residual add fused into a NEON conv's kernel runs on the tile's requantized
+    values, in the tile's loop: as a loop of its own over a row of 56, LLVM unrolled it whole
+    and spilled on rpi5 (mobilenet_v2's fused_int8_conv2d8_int8_add, 9 stack accesses)."""
+    from tvm import tirx
+
+    from edgecompile.schedules.int8.add import ADD_KERNEL_NAME
+    from edgecompile.schedules.int8.schedule import narrowed
+    from edgecompile.schedules.pipeline import fused_module
+
+    instruction, schedule, _ = BOARDS[board]
+    target = resolve_target(board).tvm_target()
+    path = _residual_model(tmp_path, write_qdq_model, 56)
+    module = import_onnx(path, name="residual")[0].module
+    rule = {"sdot": Int8ConvSdot, "smull": Int8ConvSmull, "vmull": Int8ConvVmull}[instruction]()
+    fused, _ = fused_module(module, target)
+    (func,) = [
+        narrowed(f.with_attr("global_symbol", "main"))
+        for gv, f in fused.functions_items()
+        if isinstance(f, tirx.PrimFunc) and ADD_KERNEL_NAME in gv.name_hint
+    ]
+    scheduled = rule.try_schedule(func, target)
+    blocks = re.findall(r'T\.sblock\("(\w+)"', scheduled.mod.script())
+    assert "int8_requantize" in blocks and not [b for b in blocks if ADD_KERNEL_NAME in b]
+
+    executable, records = compile_relax(module, target, report=ScheduleReport())
+    assert schedule in [r["schedule"] for r in records]
+    spills = module_spills(executable, target)
+    assert [name for name in spills if ADD_KERNEL_NAME in name]
+    assert not [s for name, s in spills.items() if s.spills]

@@ -10,8 +10,8 @@ pass) replaces each foldable chain, ending at its ``quantize``, with one integer
   pools moved from fp32 between ``dequantize``/``quantize`` onto the integers;
 - ``graph.py``: which chains fold, with what integers and scales, and why the others do not;
   each output's quantization step (an int8 build is verified in those steps);
-- ``compute.py``: the integer conv as a TE compute (NCHW; channel-blocked for VNNI, its
-  weights packed at fold time);
+- ``compute.py``: the integer conv as a TE compute (NCHW; channel-blocked for VNNI and
+  AVX2, its weights packed at fold time);
 - ``layouts.py``: which folded kernels (and the integer concats and max pools between them)
   hand each other the blocked uint8 activation ``[N, C/16, H, W, 16]`` (no unpack/repack
   between them) instead of NCHW;
@@ -23,7 +23,7 @@ pass) replaces each foldable chain, ending at its ``quantize``, with one integer
   compute, weights and rules, and the rules of the blocked depthwise conv on ARM (``smlal``,
   ``vmlal.s16``); ``neon_intrinsics.py``: their tensor intrinsics;
 - ``intrinsics.py``: the ``vpdpbusd`` tensor intrinsic (TVM's own passes an older LLVM's
-  operand types).
+  operand types); ``avx2_intrinsics.py``: AVX2's exact one (``vpmaddwd`` on int16 pairs).
 
 The classifier's ``matmul`` (ONNX Gemm) folds too, as a 1×1 conv on ``[N, K, 1, 1]``.
 """
@@ -43,16 +43,19 @@ from edgecompile.schedules.int8.neon import (
     Int8DepthwiseVmlal,
 )
 from edgecompile.schedules.int8.schedule import (
+    INT8_AVX2_SCHEDULE,
     INT8_DEPTHWISE_SCHEDULE,
     INT8_SCHEDULE,
     INT8_UNSCHEDULED,
     INT8_VNNI_SCHEDULE,
+    Int8ConvAvx2,
     Int8ConvBlocked,
     Int8ConvNCHW,
     Int8DepthwiseBlocked,
 )
 
 __all__ = [
+    "INT8_AVX2_SCHEDULE",
     "INT8_DEPTHWISE_SCHEDULE",
     "INT8_NEON_DEPTHWISE_SCHEDULE",
     "INT8_SCHEDULE",
@@ -64,6 +67,7 @@ __all__ = [
     "INT8_VNNI_SCHEDULE",
     "KERNEL_NAME",
     "VERIFY_STEPS",
+    "Int8ConvAvx2",
     "Int8ConvBlocked",
     "Int8ConvNCHW",
     "Int8ConvSdot",

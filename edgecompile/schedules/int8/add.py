@@ -32,6 +32,9 @@ from edgecompile.schedules.int8.graph import Int8Log, glue_verdict
 
 #: The PrimFunc name hint of an integer add (``add`` in it: a profile names it by it).
 ADD_KERNEL_NAME = "int8_add"
+#: The PrimFunc attribute holding an integer add's constants (:meth:`QuantizedAdd.of_func`):
+#: how the folding pass computes the same add on the blocked layout (:mod:`.layouts`).
+ADD_ATTR = "edgecompile.int8_add"
 
 
 @dataclass(frozen=True)
@@ -61,6 +64,16 @@ class QuantizedAdd:
         product_b = np.float32(np.float64(ratio_b) * zero_b)
         offset = np.float32(np.float64(ratio_a) * zero_a + np.float64(product_b))
         return cls(ratio_a, ratio_b, np.float32(np.float32(zero_c) - offset), out_dtype)
+
+    @classmethod
+    def of_func(cls, func: Any) -> QuantizedAdd | None:
+        """The constants :func:`integer_adds` put on an integer add's PrimFunc, if it is one."""
+        attrs = getattr(func, "attrs", None)
+        if attrs is None or ADD_ATTR not in attrs:
+            return None
+        ratio_a, ratio_b, fixed, out_dtype = attrs[ADD_ATTR]
+        values = (np.float32(float(v)) for v in (ratio_a, ratio_b, fixed))
+        return cls(*values, str(out_dtype))
 
     def reference(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         """The same arithmetic in numpy, each fma done in float64 and rounded once to float32
@@ -228,15 +241,21 @@ def _rewrite(module: Any, found: dict[Any, tuple[Any, Any, QuantizedAdd]]) -> An
                 self.visit_expr(b),
                 primfunc_name_hint=ADD_KERNEL_NAME,
             )
+            constants[call.args[0]] = add
             if isinstance(binding.var, relax.DataflowVar):
                 new_var = self.builder_.emit(call)
             else:
                 new_var = self.builder_.emit_output(call)
             self.set_var_remap(binding.var, new_var)
 
+    constants: dict[Any, QuantizedAdd] = {}
     adds = Adds(module)
     for gvar, func in module.functions_items():
         if isinstance(func, relax.Function):
             adds.builder_.update_func(gvar, adds.visit_expr(func))
     # The fp32 add and its dequantizes are left dead: DeadCodeElimination removes them.
-    return adds.builder_.get()
+    result = adds.builder_.get()
+    for gvar, add in constants.items():
+        values = [float(add.ratio_a), float(add.ratio_b), float(add.fixed), add.out_dtype]
+        result[gvar] = result[gvar].with_attr(ADD_ATTR, values)
+    return result

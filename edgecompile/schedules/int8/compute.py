@@ -114,17 +114,26 @@ def bias_less_input_offset(plan: QuantizedConv, offset: int) -> np.ndarray:
 OUT_BLOCK = 16
 #: Input channels summed per int32 lane by one ``vpdpbusd``.
 IN_BLOCK = 4
+#: Input channels summed per int32 lane by AVX2's ``vpmaddwd`` (s16 × s16 pairs into s32,
+#: exact): the blocked conv on AVX2 without VNNI, its weights int16 (:func:`pack_weight`).
+AVX2_IN_BLOCK = 2
 
 
-def pack_weight(plan: QuantizedConv) -> tuple[np.ndarray, np.ndarray]:
-    """The blocked conv's constants: the weight as ``[O/16, C/4, KH, KW, 16, 4]`` (zero-padded
-    to whole blocks) and the int32 bias with the input zero point folded in.
+def pack_weight(plan: QuantizedConv, in_block: int = IN_BLOCK) -> tuple[np.ndarray, np.ndarray]:
+    """The blocked conv's constants: the weight as ``[O/16, C/in_block, KH, KW, 16, in_block]``
+    (zero-padded to whole blocks) and the int32 bias with the input zero point folded in.
 
-    ``vpdpbusd`` multiplies the raw uint8 input, so ``Σ (x - zp)·w = Σ x·w - zp·Σ w``: the
-    padding holds ``zp`` too, so every output sees the whole window and ``zp·Σ w[o]`` is one
-    constant per output channel, taken off the bias once here.
+    ``in_block`` 4: int8, VNNI's ``vpdpbusd`` operand; 2 (:data:`AVX2_IN_BLOCK`): int16, two
+    output channels' pairs one after the other as ``vpmaddwd`` multiplies them (AVX2's
+    ``vpmaddubsw`` would take int8 but saturates its int16 pair sums: 255·127·2 > 32767).
+
+    Both multiply the raw uint8 input, so ``Σ (x - zp)·w = Σ x·w - zp·Σ w``: the padding holds
+    ``zp`` too, so every output sees the whole window and ``zp·Σ w[o]`` is one constant per
+    output channel, taken off the bias once here.
     """
-    blocked = blocked_weight(plan.weight, OUT_BLOCK, IN_BLOCK)
+    blocked = blocked_weight(plan.weight, OUT_BLOCK, in_block)
+    if in_block == AVX2_IN_BLOCK:
+        blocked = blocked.astype(np.int16)
     return blocked, bias_less_input_offset(plan, plan.data_zero_point)
 
 
@@ -151,39 +160,46 @@ def blocked_integer_conv2d(
     plan: QuantizedConv,
     layouts: Layouts = NCHW,
 ) -> Any:
-    """The folded conv (groups 1, uint8 input) with blocked channels, VNNI's operand order:
-    the input read in 4-channel groups (an NCHW input packed to ``[N, C/4, H, W, 4]`` in the
-    kernel; a blocked one read in place, or with its padding added), the weight pre-packed by
-    :func:`pack_weight`, int32 accumulators ``[N, O/16, OH, OW, 16]``, the output NCHW or
-    blocked (``layouts``). Same integers as :func:`integer_conv2d`."""
+    """The folded conv (groups 1, uint8 input) with blocked channels, the dot product's
+    operand order: the input read in groups of the weight's last axis (4 channels for VNNI, 2
+    for AVX2; an NCHW input packed to ``[N, C/g, H, W, g]`` in the kernel; a blocked one read
+    in place, or with its padding added), the weight pre-packed by :func:`pack_weight`, int32
+    accumulators ``[N, O/16, OH, OW, 16]``, the output NCHW or blocked (``layouts``). Same
+    integers as :func:`integer_conv2d`."""
     from tvm import te
 
     from edgecompile.schedules.compute import OP_INDEX_ATTR
 
     in_channels = plan.weight.shape[1]
     batch, height, width = (int(data.shape[i]) for i in (0, 2, 3))
-    out_blocks, in_blocks, kernel_h, kernel_w, _, _ = (int(d) for d in weight.shape)
+    out_blocks, in_blocks, kernel_h, kernel_w, _, in_block = (int(d) for d in weight.shape)
     top, left, bottom, right = plan.padding
     stride_h, stride_w = plan.strides
     dilation_h, dilation_w = plan.dilation
     out_h, out_w = output_size(plan, height, width, kernel_h, kernel_w)
-    padded_shape = (batch, in_blocks, height + top + bottom, width + left + right, IN_BLOCK)
+    padded_shape = (batch, in_blocks, height + top + bottom, width + left + right, in_block)
+    # AVX2's vpmaddwd multiplies int16: the input widened once, as it is packed, so each
+    # pair of inputs is one broadcast load in the hot loop, not a load, widen and broadcast.
+    packed_dtype = "int16" if weight.dtype == "int16" else data.dtype
     if not layouts.blocked_input:
-        padded = pad_with_zero_point(data, plan, in_blocks * IN_BLOCK - in_channels)
+        padded = pad_with_zero_point(data, plan, in_blocks * in_block - in_channels)
         source = te.compute(
             padded_shape,
-            lambda n, c, y, x, i: padded[n, c * IN_BLOCK + i, y, x],
+            lambda n, c, y, x, i: padded[n, c * in_block + i, y, x].astype(packed_dtype),
             name="int8_pack",
         )
-    elif any(plan.padding):
+    elif any(plan.padding) or packed_dtype != data.dtype:
         padded = pad_with_zero_point(data, plan)
-        source = te.compute(padded_shape, _groups_of_four(padded), name="int8_pack")
-    else:  # read in place: a group of 4 channels is 4 adjacent bytes of a 16-channel block
-        source = _GroupsOfFour(data)
+        groups = _channel_groups(padded, in_block)
+        source = te.compute(
+            padded_shape, lambda *i: groups(*i).astype(packed_dtype), name="int8_pack"
+        )
+    else:  # read in place: a group of channels is adjacent bytes of a 16-channel block
+        source = _ChannelGroups(data, in_block)
     channel = te.reduce_axis((0, in_blocks), name="ic")
     ky = te.reduce_axis((0, kernel_h), name="ky")
     kx = te.reduce_axis((0, kernel_w), name="kx")
-    lane = te.reduce_axis((0, IN_BLOCK), name="ii")
+    lane = te.reduce_axis((0, in_block), name="ii")
     acc = te.compute(
         (batch, out_blocks, out_h, out_w, OUT_BLOCK),
         lambda n, ob, y, x, o: te.sum(
@@ -199,19 +215,19 @@ def blocked_integer_conv2d(
     return _requantize_blocked(acc, bias, multiplier, plan, layouts)
 
 
-class _GroupsOfFour:
-    """A blocked ``[N, C/16, H, W, 16]`` tensor indexed as ``[N, C/4, H, W, 4]``."""
+class _ChannelGroups:
+    """A blocked ``[N, C/16, H, W, 16]`` tensor indexed as ``[N, C/g, H, W, g]``."""
 
-    def __init__(self, blocked: Any) -> None:
-        self.blocked = blocked
+    def __init__(self, blocked: Any, group: int) -> None:
+        self.blocked, self.group = blocked, group
 
     def __getitem__(self, index: tuple[Any, ...]) -> Any:
-        return _groups_of_four(self.blocked)(*index)
+        return _channel_groups(self.blocked, self.group)(*index)
 
 
-def _groups_of_four(blocked: Any) -> Any:
-    groups = OUT_BLOCK // IN_BLOCK
-    return lambda n, c, y, x, i: blocked[n, c // groups, y, x, c % groups * IN_BLOCK + i]
+def _channel_groups(blocked: Any, group: int) -> Any:
+    groups = OUT_BLOCK // group
+    return lambda n, c, y, x, i: blocked[n, c // groups, y, x, c % groups * group + i]
 
 
 def _requantize_blocked(

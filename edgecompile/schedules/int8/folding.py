@@ -7,7 +7,10 @@ from typing import Any
 
 import numpy as np
 
+from edgecompile.schedules.int8.add import ADD_KERNEL_NAME, integer_add
 from edgecompile.schedules.int8.compute import (
+    AVX2_IN_BLOCK,
+    IN_BLOCK,
     Layouts,
     blocked_integer_conv2d,
     blocked_integer_depthwise,
@@ -34,13 +37,16 @@ def fold_int8_convs(log: Int8Log, target: Any = None) -> Any:
     """The Relax pass: every foldable chain in ``main`` becomes a call to an integer conv,
     channel-blocked (:func:`.compute.blocked_integer_conv2d`, :func:`.compute.
     blocked_integer_depthwise`) where ``target`` has kernels for that layout
-    (:func:`.schedule.has_blocked_kernel`), else NCHW; consecutive blocked kernels hand each
-    other the blocked layout (:mod:`.layouts`)."""
+    (:func:`.schedule.has_blocked_kernel`: AVX-512 VNNI, or AVX2, whose conv takes its input
+    channels in pairs), else NCHW; consecutive blocked kernels hand each other the blocked
+    layout (:mod:`.layouts`)."""
     import tvm
 
-    from edgecompile.schedules.int8.schedule import has_blocked_kernel
+    from edgecompile.schedules.int8.schedule import blocked_instruction
 
-    blocked = target is not None and has_blocked_kernel(target)
+    instruction = blocked_instruction(target) if target is not None else None
+    blocked = instruction is not None
+    in_block = AVX2_IN_BLOCK if instruction == "avx2" else IN_BLOCK
     # ARM: the NEON blocked conv (sdot, else smull; vmull on 32-bit ARM), see .neon.
     neon = neon_instruction(target) if target is not None else None
 
@@ -53,7 +59,7 @@ def fold_int8_convs(log: Int8Log, target: Any = None) -> Any:
         plans = find_quantized_convs(module, log)
         if not plans:
             return module
-        return _rewrite(module, plans, log, blocked, neon)
+        return _rewrite(module, plans, log, blocked, neon, in_block)
 
     return transform
 
@@ -64,9 +70,11 @@ def _rewrite(
     log: Int8Log,
     blocked: bool,
     neon: str | None = None,
+    in_block: int = IN_BLOCK,
 ) -> Any:
     """``neon``: the NEON blocked conv's instruction (:func:`.neon.neon_instruction`), if the
-    target is ARM."""
+    target is ARM; ``in_block``: the x86 blocked conv's input channels per dot product (4 on
+    VNNI, 2 on AVX2: :func:`.compute.pack_weight`)."""
     from tvm import relax
 
     from edgecompile.schedules.analysis import (
@@ -80,8 +88,9 @@ def _rewrite(
     kinds = {var: blocked_kind(plan, dtype_of(plan.data), blocked) for var, plan in plans.items()}
     if neon:  # ARM: the blocked depthwise conv; a channel sum is NEON's own conv (below)
         kinds = {var: neon_blocked_kind(plan, dtype_of(plan.data)) for var, plan in plans.items()}
-    # Glue on the blocked layout: x86 (VNNI) only, where the pool rule's vector is 16 bytes.
-    glue = glue_ops(module["main"]) if blocked and not neon else {}
+    # Glue on the blocked layout: x86 (VNNI or AVX2) only, where the pool rule's vector is 16
+    # bytes (one xmm register of uint8 lanes on either).
+    glue = glue_ops(module["main"], module) if blocked and not neon else {}
     written_blocked = blocked_outputs(module["main"], plans, kinds, glue)
     log.blocked_outputs = {plans[var].op_index for var in written_blocked if var in plans}
     pool_index = heavy_op_indices(module, frozenset({"relax.nn.max_pool2d"}))
@@ -103,7 +112,7 @@ def _rewrite(
             blocked_input=plan.data in written_blocked, blocked_output=var in written_blocked
         )
         if kind == "conv":
-            compute, (weight, bias) = blocked_integer_conv2d, pack_weight(plan)
+            compute, (weight, bias) = blocked_integer_conv2d, pack_weight(plan, in_block)
         else:
             pack = pack_neon_depthwise_weight if neon else pack_depthwise_weight
             compute, (weight, bias) = blocked_integer_depthwise, pack(plan)
@@ -139,7 +148,8 @@ def _rewrite(
             call = self.builder_.call_te(
                 compute,
                 data,
-                relax.const(weight, str(weight.dtype)),  # int8; the depthwise's int32/int16
+                # int8; AVX2's conv and NEON's depthwise int16, x86's depthwise int32
+                relax.const(weight, str(weight.dtype)),
                 relax.const(bias, "int32"),
                 relax.const(multiplier, "float32"),
                 primfunc_name_hint=KERNEL_NAME,
@@ -171,6 +181,12 @@ def _rewrite(
             value = binding.value
             if op.kind == "concat":
                 result = relax.op.concat(sources, axis=1)
+            elif op.kind == "add":  # elementwise: the same integers on the blocked layout
+                result = self.builder_.call_te(
+                    lambda a, b: integer_add(a, b, op.add),
+                    *sources,
+                    primfunc_name_hint=ADD_KERNEL_NAME,
+                )
             elif op.kind == "max_pool":
                 attrs = value.attrs
                 result = self.builder_.call_te(

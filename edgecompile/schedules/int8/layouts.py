@@ -6,11 +6,12 @@ that reads that layout: in the QDQ graph, each use of its ``quantize`` is a ``de
 whose every use is the input of a folded blocked conv (dense or depthwise, uint8, on a target
 with the blocked kernels), or integer glue (:mod:`.glue`) that runs blocked as well: a channel
 concat of whole blocks (one block axis laid end to end), a max pool (uint8 lanes, one vector
-per window element), a requantization. A tensor anything else reads (fp32 glue such as a
-residual add, the model's output, an NCHW kernel) stays NCHW, so no unpack is ever needed.
-In MobileNet v2's blocks that is expand 1×1 → depthwise → project 1×1: two of the three
-boundaries, and the depthwise conv's input and output, need no repacking; in SqueezeNet every
-tensor from the stem to the classifier's conv (convs, concats, max pools) is blocked.
+per window element), a requantization, an integer residual add (:mod:`.add`: elementwise,
+both its inputs blocked). A tensor anything else reads (fp32 glue, the model's output, an
+NCHW kernel) stays NCHW, so no unpack is ever needed. In MobileNet v2 that is every tensor
+from the stem to the last 1×1 conv: expand 1×1 → depthwise → project 1×1, the residual add
+and the next block's expand; in SqueezeNet every tensor from the stem to the classifier's
+conv (convs, concats, max pools) is blocked.
 """
 
 from __future__ import annotations
@@ -41,16 +42,21 @@ class GlueOp:
     runs on NCHW: a channel concat of whole blocks, a max pool (the lanes are channels, each
     pooled on its own), or a requantization ``quantize(dequantize(x))`` (elementwise)."""
 
-    kind: str  # "concat", "max_pool" or "requantize"
+    kind: str  # "concat", "max_pool", "requantize" or "add"
     inputs: tuple[Any, ...]  # the integer tensors it reads
+    #: An integer residual add's constants (:class:`.add.QuantizedAdd`; elementwise, so it
+    #: runs on the blocked layout as on NCHW).
+    add: Any = None
 
 
-def glue_ops(main: Any) -> dict[Any, GlueOp]:
+def glue_ops(main: Any, module: Any = None) -> dict[Any, GlueOp]:
     """The bindings of ``main`` that are integer glue the blocked layout can run (see
-    :class:`GlueOp`), by their var."""
+    :class:`GlueOp`), by their var; the residual adds (:mod:`.add`) too, given the
+    ``module`` that holds their PrimFuncs."""
     from tvm import relax
 
     from edgecompile.schedules.analysis import bindings_of, dtype_of, op_name, static_shape
+    from edgecompile.schedules.int8.add import QuantizedAdd
 
     values = bindings_of(main)
 
@@ -63,7 +69,12 @@ def glue_ops(main: Any) -> dict[Any, GlueOp]:
         if not isinstance(value, relax.Call) or not integer_nchw(var):
             continue
         name = op_name(value)
-        if name == "relax.concat" and isinstance(value.args[0], relax.Tuple):
+        if name == "relax.call_tir" and module is not None:
+            add = QuantizedAdd.of_func(module[value.args[0]])
+            parts = tuple(value.args[1].fields) if add is not None else ()
+            if add is not None and all(integer_nchw(part) for part in parts):
+                found[var] = GlueOp("add", parts, add)
+        elif name == "relax.concat" and isinstance(value.args[0], relax.Tuple):
             parts = tuple(value.args[0].fields)
             whole_blocks = all(
                 integer_nchw(part) and static_shape(part)[1] % OUT_BLOCK == 0 for part in parts

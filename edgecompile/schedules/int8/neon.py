@@ -44,6 +44,7 @@ from edgecompile.schedules.int8.schedule import (
     Int8ConvNCHW,
     Int8DepthwiseBlocked,
     _inline_padding,
+    _inline_requantized_readers,
 )
 from edgecompile.schedules.knobs import FIXED, Knobs
 
@@ -53,6 +54,9 @@ OUT_BLOCK = 4
 IN_BLOCK = 4
 #: What the kernel takes off each uint8 input to make it int8 for the signed multiply.
 INPUT_SHIFT = 128
+#: The most output blocks the search may sample for the conv's register tile (the analytic
+#: tile's range, :func:`register_tile`).
+OUT_BLOCKS_MAX_TILE = 4
 #: Accumulators per output channel of the widening kernel: ``sadalp`` adds the products of
 #: input lanes 0-1 into one, of lanes 2-3 into the other.
 SMULL_PAIRS = 2
@@ -219,7 +223,7 @@ def register_tile(
     return max(
         (
             (blocks, pixels)
-            for blocks in range(1, 5)
+            for blocks in range(1, OUT_BLOCKS_MAX_TILE + 1)
             if out_blocks % blocks == 0
             for pixels in range(pixels_per_load, out_w + 1, pixels_per_load)
             if out_w % pixels == 0
@@ -253,7 +257,6 @@ class Int8ConvSdot(Int8ConvNCHW):
     schedule_name = INT8_SDOT_SCHEDULE
     instruction = "sdot"
     blocked = True
-    has_knobs = False  # its tiles are fixed still (the x86 rules' and depthwise's are knobs)
     loops = ("n", "ob", "y", "x", "o", "ic", "ky", "kx", "ii")
     #: Vector registers a tile may fill (of AArch64's 32; two are left to LLVM, as
     #: cpu.CpuInfo.tile_registers leaves them on ARM).
@@ -264,20 +267,34 @@ class Int8ConvSdot(Int8ConvNCHW):
     pairs = 1
     #: Of equal tiles, the one with more pixels (see :func:`register_tile`).
     prefer_pixels = False
+    #: The most pixels the search may sample for a tile: about what the analytic tile fits in
+    #: the registers at one output block (a larger tile spills, which only a measurement can
+    #: weigh against its fewer weight loads).
+    max_pixel_tile = 16
 
     def has_kernel(self, target: Any) -> bool:
         return neon_instruction(target) == self.instruction
 
-    def _schedule(self, sch: Any, acc: Any, requantize: Any, lanes: int) -> Any:
-        """A register tile of output blocks × pixels of one row, accumulated over the input
-        blocks and the window with one intrinsic per (block, pixel) (sdot at stride 1: per
-        block and 4 pixels, :func:`.neon_intrinsics.sdot_indexed_intrinsic`), then requantized
-        straight from the registers into the NCHW output (as the VNNI kernel)."""
+    def _tensor_intrinsic(self, quads: bool) -> str:
+        """The registered intrinsic the tile's step is tensorized with: the indexed sdot on 4
+        adjacent pixels (``quads``), else the instruction's one-pixel step."""
         from edgecompile.schedules.int8.neon_intrinsics import (
-            SDOT_PIXELS,
             neon_intrinsic,
             sdot_indexed_intrinsic,
         )
+
+        return sdot_indexed_intrinsic() if quads else neon_intrinsic(self.instruction)
+
+    def _schedule(
+        self, sch: Any, acc: Any, requantize: Any, lanes: int, knobs: Knobs = FIXED
+    ) -> Any:
+        """A register tile of output blocks × pixels of one row, accumulated over the input
+        blocks and the window with one intrinsic per (block, pixel) (sdot at stride 1: per
+        block and 4 pixels, :func:`.neon_intrinsics.sdot_indexed_intrinsic`), then requantized
+        straight from the registers into the NCHW output (as the VNNI kernel). The tile's
+        blocks and pixels are knobs; the instruction's own lanes (4 channels × 4 inputs, and
+        the indexed sdot's 4 pixels) never split, so every point tensorizes alike."""
+        from edgecompile.schedules.int8.neon_intrinsics import SDOT_PIXELS
         from edgecompile.schedules.rules import SCHEDULED_BY_ATTR
 
         sch.compute_inline(sch.get_sblock("int8_pad"))
@@ -303,24 +320,38 @@ class Int8ConvSdot(Int8ConvNCHW):
         )
         quads = quad_tile is not None
         ob_tile, x_tile = quad_tile or tile()
-        ob_outer, ob_inner = sch.split(ob, [None, ob_tile])
-        x_outer, x_inner = sch.split(x, [None, x_tile])
+        ob_outer, ob_inner = knobs.split(sch, ob, ob_tile, OUT_BLOCKS_MAX_TILE, "block tile")
         if quads:
-            x_inner, pixels = sch.split(x_inner, [None, SDOT_PIXELS])
+            # The indexed sdot's 4 pixels first, then the tile in whole quads of them.
+            x_quads, pixels = sch.split(x, [None, SDOT_PIXELS])
+            x_outer, x_inner = knobs.split(
+                sch,
+                x_quads,
+                x_tile // SDOT_PIXELS,
+                self.max_pixel_tile // SDOT_PIXELS,
+                "pixel quad tile",
+            )
             sch.reorder(
                 n, ob_outer, y, x_outer, ic, ky, kx, ob_inner, x_inner, pixels, *block_lanes, ii
             )
         else:
+            x_outer, x_inner = knobs.split(sch, x, x_tile, self.max_pixel_tile, "pixel tile")
             sch.reorder(n, ob_outer, y, x_outer, ic, ky, kx, ob_inner, x_inner, *block_lanes, ii)
         # The accumulators in a local buffer: registers across the whole reduction once
         # unrolled; requantized where the tile ends.
         tile = sch.cache_write(acc, 0, "local")
         sch.compute_inline(tile)
+        # A residual add FuseOps put after the conv (:mod:`.add`) computed on the tile's
+        # requantized values, as the VNNI kernel does: left as a loop of its own, LLVM
+        # unrolled a whole row of it (56 pixels on rpi5) and spilled.
+        _inline_requantized_readers(sch, requantize)
+        # A design space keeps a sampled tile's unit loops: a point of 1 block or 1 pixel
+        # replays the trace's loops one for one.
         if self.pairs > 1:  # in registers too, right after the tile
             sums = sch.get_sblock(PAIR_SUMS)
-            sch.reverse_compute_at(sums, x_outer)
+            sch.reverse_compute_at(sums, x_outer, preserve_unit_loops=knobs.tunable)
             sch.set_scope(sums, 0, "local")
-        sch.reverse_compute_at(requantize, x_outer)
+        sch.reverse_compute_at(requantize, x_outer, preserve_unit_loops=knobs.tunable)
         sch.vectorize(sch.get_loops(requantize)[-1])
         sch.unroll(ob_inner)
         sch.unroll(x_inner)
@@ -335,10 +366,7 @@ class Int8ConvSdot(Int8ConvNCHW):
         init = sch.decompose_reduction(acc, ic)
         init_lanes = sch.get_loops(init)[-len(block_lanes) :]
         sch.vectorize(sch.fuse(*init_lanes) if len(init_lanes) > 1 else init_lanes[0])
-        if quads:
-            sch.tensorize(pixels, sdot_indexed_intrinsic())
-        else:
-            sch.tensorize(block_lanes[0], neon_intrinsic(self.instruction))
+        sch.tensorize(pixels if quads else block_lanes[0], self._tensor_intrinsic(quads))
         return sch
 
 
@@ -361,6 +389,7 @@ class Int8ConvVmull(Int8ConvSmull):
     schedule_name = INT8_VMULL_SCHEDULE
     instruction = "vmull"
     tile_registers = 14  # of 16, as on AArch64 two left to LLVM
+    max_pixel_tile = 8
     # 3 blocks × 1 pixel of a 3×3 conv spilled the window's weights LLVM loads ahead (each
     # used once); 1 block × 3 pixels reuses each weight 3 times and did not.
     prefer_pixels = True

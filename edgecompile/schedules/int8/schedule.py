@@ -4,22 +4,25 @@
 The x86 rules ask for their tiles through :mod:`~edgecompile.schedules.knobs`, as the fp32
 rules do: constants in a build, ``sample_perfect_tile`` at the analytic value in a design space
 (:meth:`Int8ConvNCHW.design_spaces`). Only the loops outside the instruction are tiles: the
-VNNI intrinsic's 16 output lanes × 4 input bytes and the depthwise kernel's 16 channels are the
-blocked layout's, never split, so every sampled point still tensorizes and computes the same
-integers."""
+VNNI intrinsic's 16 output lanes × 4 input bytes (AVX2's: × 2 int16 inputs) and the depthwise
+kernel's 16 channels are the blocked layout's, never split, so every sampled point still
+tensorizes and computes the same integers."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from edgecompile.schedules.int8.compute import DEPTHWISE_ACC
+from edgecompile.schedules.int8.compute import DEPTHWISE_ACC, OUT_BLOCK
 from edgecompile.schedules.knobs import FIXED, KNOBS_ATTR, Knobs
 
 #: The ``schedule`` of a folded conv :class:`Int8ConvNCHW` scheduled (manifest, ``--explain``).
 INT8_SCHEDULE = "edgecompile-int8 (NCHW)"
 #: The ``schedule`` of a channel-blocked folded conv, on AVX-512 VNNI's ``vpdpbusd``.
 INT8_VNNI_SCHEDULE = "edgecompile-int8 (blocked, VNNI)"
-#: The ``schedule`` of a channel-blocked folded depthwise conv (AVX-512: 16 int32 lanes).
+#: The ``schedule`` of a channel-blocked folded conv on AVX2 without VNNI (``vpmaddwd``).
+INT8_AVX2_SCHEDULE = "edgecompile-int8 (blocked, AVX2)"
+#: The ``schedule`` of a channel-blocked folded depthwise conv (AVX-512: 16 int32 lanes; AVX2:
+#: two registers of 8).
 INT8_DEPTHWISE_SCHEDULE = "edgecompile-int8 (blocked depthwise)"
 #: The ``schedule`` of a folded conv left to TVM's default lowering (the rule failed).
 INT8_UNSCHEDULED = "edgecompile-int8 (NCHW, TVM lowering)"
@@ -36,13 +39,33 @@ _NCHW_MAX_CHANNEL_TILE = 16
 #: The most output blocks the search may sample for the VNNI tile (16 channels each; the
 #: analytic tile takes 1 or 2).
 _VNNI_MAX_BLOCK_TILE = 4
+#: (block, pixel) pairs of the AVX2 conv's register tile: each pair is 16 int32 accumulators,
+#: two of AVX2's 16 registers, so 6 pairs leave 4 for the broadcast input and the products.
+_AVX2_TILE_PAIRS = 6
+#: Fewer pairs than this leave ``vpmaddwd``'s latency exposed (as ``_VNNI_MIN_ACCUMULATORS``).
+_AVX2_MIN_PAIRS = 4
+#: Pixels of a row the depthwise conv accumulates together on AVX2 (two accumulators each, of
+#: 16 registers), and the widest prime row taken whole (7: MobileNet's last blocks).
+_AVX2_DEPTHWISE_TILE_PIXELS = 6
+_AVX2_DEPTHWISE_WHOLE_ROW = 7
+
+
+def blocked_instruction(target: Any) -> str | None:
+    """The x86 instruction the channel-blocked integer conv multiplies with on ``target``:
+    "vnni" (AVX-512 VNNI's ``vpdpbusd``), "avx2" (``vpmaddwd``), None (no blocked kernels:
+    the NCHW one). Only ever x86: an ARM target's LLVM features carry no such names."""
+    from tvm.target.codegen import target_has_features
+
+    if target_has_features("avx512vnni", target):
+        return "vnni"
+    return "avx2" if target_has_features("avx2", target) else None
 
 
 def has_blocked_kernel(target: Any) -> bool:
-    """Whether ``target`` has a kernel for the channel-blocked integer conv (AVX-512 VNNI)."""
-    from tvm.target.codegen import target_has_features
-
-    return bool(target_has_features("avx512vnni", target))
+    """Whether ``target`` has kernels for the channel-blocked integer convs and glue (AVX-512
+    VNNI, or AVX2): the blocked depthwise conv, concat and max pool need neither's dot
+    product."""
+    return blocked_instruction(target) is not None
 
 
 def _inline_padding(sch: Any) -> None:
@@ -94,14 +117,21 @@ def _largest_divisor(extent: int, limit: int) -> int:
 _VNNI_MIN_ACCUMULATORS = 8
 
 
-def vnni_register_tile(out_blocks: int, out_w: int) -> tuple[int, int]:
+def vnni_register_tile(
+    out_blocks: int,
+    out_w: int,
+    pairs: int = _VNNI_TILE_REGISTERS,
+    min_pairs: int = _VNNI_MIN_ACCUMULATORS,
+) -> tuple[int, int]:
     """Output blocks × pixels of one row the VNNI conv accumulates in registers: 2 blocks
     (when they divide) × the largest pixel divisor that fits; a row that leaves that tile
     with too few accumulators (a prime width such as 13: 2 × 1) takes the tile of whole
-    divisors with the most accumulators instead (1 × 13), 2 blocks first."""
+    divisors with the most accumulators instead (1 × 13), 2 blocks first. ``pairs``: the
+    (block, pixel) pairs that fit the registers, ``min_pairs`` the fewest worth taking (the
+    AVX2 conv's are two registers each: :func:`avx2_register_tile`)."""
     ob_tile = 2 if out_blocks % 2 == 0 and out_w >= 4 else 1
-    x_tile = _largest_divisor(out_w, _VNNI_TILE_REGISTERS // ob_tile)
-    if ob_tile * x_tile >= _VNNI_MIN_ACCUMULATORS:
+    x_tile = _largest_divisor(out_w, pairs // ob_tile)
+    if ob_tile * x_tile >= min_pairs:
         return ob_tile, x_tile
     return max(
         (
@@ -109,18 +139,27 @@ def vnni_register_tile(out_blocks: int, out_w: int) -> tuple[int, int]:
             for blocks in (1, 2)  # 4 × 3 ran the stem (111 wide) 1.3× slower than 2 × 3
             if out_blocks % blocks == 0
             for pixels in range(1, out_w + 1)
-            if out_w % pixels == 0 and blocks * pixels <= _VNNI_TILE_REGISTERS
+            if out_w % pixels == 0 and blocks * pixels <= pairs
         ),
         key=lambda tile: (tile[0] * tile[1], tile[0]),
     )
 
 
-def depthwise_row_tile(out_w: int) -> int:
+def avx2_register_tile(out_blocks: int, out_w: int) -> tuple[int, int]:
+    """Output blocks × pixels the AVX2 conv accumulates in registers: as
+    :func:`vnni_register_tile`, within AVX2's 16 registers, two per (block, pixel)."""
+    return vnni_register_tile(out_blocks, out_w, _AVX2_TILE_PAIRS, _AVX2_MIN_PAIRS)
+
+
+def depthwise_row_tile(
+    out_w: int, pixels: int = _DEPTHWISE_TILE_PIXELS, whole_row: int = _VNNI_TILE_REGISTERS
+) -> int:
     """Pixels of a row the depthwise conv accumulates together: the largest divisor of the
-    row up to :data:`_DEPTHWISE_TILE_PIXELS`, or a whole row of up to 24 pixels (of 32
-    registers) whose divisors are all too small (17, 19, 23)."""
-    tile = _largest_divisor(out_w, _DEPTHWISE_TILE_PIXELS)
-    return out_w if tile < 4 and out_w <= _VNNI_TILE_REGISTERS else tile
+    row up to ``pixels`` (:data:`_DEPTHWISE_TILE_PIXELS` on AVX-512), or a whole row of up to
+    ``whole_row`` pixels (24 of AVX-512's 32 registers) whose divisors are all too small
+    (17, 19, 23)."""
+    tile = _largest_divisor(out_w, pixels)
+    return out_w if tile < 4 and out_w <= whole_row else tile
 
 
 class Int8ConvNCHW:  # a dlight-style rule, tried like ours (pipeline.schedule_rules)
@@ -133,7 +172,7 @@ class Int8ConvNCHW:  # a dlight-style rule, tried like ours (pipeline.schedule_r
     acc_block = "int8_acc"
     loops = ("n", "o", "y", "x", "ic", "ky", "kx")  # the acc block's, as the compute makes it
     #: Whether :meth:`_schedule` takes :class:`~edgecompile.schedules.knobs.Knobs` (the rule is
-    #: a design space for ``tune``); the NEON convs' (sdot, smull, vmull) tiles are fixed still.
+    #: a design space for ``tune``); every int8 conv rule's does, the NEON ones' included.
     has_knobs = True
 
     def has_kernel(self, target: Any) -> bool:
@@ -241,6 +280,29 @@ class Int8ConvBlocked(Int8ConvNCHW):
     schedule_name = INT8_VNNI_SCHEDULE
     blocked = True
     loops = ("n", "ob", "y", "x", "o", "ic", "ky", "kx", "ii")
+    #: :func:`blocked_instruction`'s name of the instruction this rule's kernel is written for.
+    instruction = "vnni"
+    #: Input channels per dot product (the ``ii`` loop): the packed weight's last axis.
+    in_block = 4
+    #: The most (block, pixel) pairs the search may sample as the pixel tile.
+    max_pixel_tile = _VNNI_TILE_REGISTERS
+
+    def has_kernel(self, target: Any) -> bool:
+        return blocked_instruction(target) == self.instruction
+
+    def _blocks(self, sch: Any) -> tuple[Any, Any] | None:
+        blocks = super()._blocks(sch)
+        if blocks is None or int(sch.get(sch.get_loops(blocks[0])[-1]).extent) != self.in_block:
+            return None  # the other instruction's kernel
+        return blocks
+
+    def register_tile(self, out_blocks: int, out_w: int) -> tuple[int, int]:
+        return vnni_register_tile(out_blocks, out_w)
+
+    def intrinsic(self) -> str:
+        from edgecompile.schedules.int8.intrinsics import vnni_intrinsic
+
+        return vnni_intrinsic()
 
     def _schedule(
         self, sch: Any, acc: Any, requantize: Any, lanes: int, knobs: Knobs = FIXED
@@ -248,17 +310,16 @@ class Int8ConvBlocked(Int8ConvNCHW):
         """A register tile of output blocks × pixels of one row, accumulated over the input
         blocks and the window with one ``vpdpbusd`` per (block, pixel), then requantized
         straight from the registers into the NCHW output."""
-        from edgecompile.schedules.int8.intrinsics import vnni_intrinsic
         from edgecompile.schedules.rules import SCHEDULED_BY_ATTR
 
         # A blocked input without padding is read in place: no pad, no pack.
         _inline_padding(sch)
         n, ob, y, x, o, ic, ky, kx, ii = sch.get_loops(acc)
         out_blocks, out_w = int(sch.get(ob).extent), int(sch.get(x).extent)
-        ob_tile, x_tile = vnni_register_tile(out_blocks, out_w)
+        ob_tile, x_tile = self.register_tile(out_blocks, out_w)
         # Blocks × pixels only: the instruction's own loops (o, ii) stay whole.
         ob_outer, ob_inner = knobs.split(sch, ob, ob_tile, _VNNI_MAX_BLOCK_TILE, "block tile")
-        x_outer, x_inner = knobs.split(sch, x, x_tile, _VNNI_TILE_REGISTERS, "pixel tile")
+        x_outer, x_inner = knobs.split(sch, x, x_tile, self.max_pixel_tile, "pixel tile")
         sch.reorder(n, ob_outer, y, x_outer, ic, ky, kx, ob_inner, x_inner, o, ii)
         # The tile's accumulators in a local buffer (registers once unrolled), requantized
         # where the tile ends: the int32 accumulators never reach memory.
@@ -273,13 +334,33 @@ class Int8ConvBlocked(Int8ConvNCHW):
         sch.unroll(ob_inner)
         sch.unroll(x_inner)
         sch.parallel(sch.fuse(n, ob_outer, y))
-        sch.annotate(acc, SCHEDULED_BY_ATTR, INT8_VNNI_SCHEDULE)
+        sch.annotate(acc, SCHEDULED_BY_ATTR, self.schedule_name)
         # Last: parallel refuses a reduction whose init was split off, and the intrinsic
         # matches only the update block.
         init = sch.decompose_reduction(acc, ic)
         sch.vectorize(sch.get_loops(init)[-1])
-        sch.tensorize(o, vnni_intrinsic())
+        sch.tensorize(o, self.intrinsic())
         return sch
+
+
+class Int8ConvAvx2(Int8ConvBlocked):
+    """The same channel-blocked conv on AVX2 without VNNI: its weights int16 in pairs of input
+    channels (:func:`.compute.pack_weight` with :data:`.compute.AVX2_IN_BLOCK`), each (block,
+    pixel, pair of input channels) two exact ``vpmaddwd`` (:mod:`.avx2_intrinsics`), in a
+    register tile sized for AVX2's 16 registers."""
+
+    schedule_name = INT8_AVX2_SCHEDULE
+    instruction = "avx2"
+    in_block = 2
+    max_pixel_tile = 2 * _AVX2_TILE_PAIRS
+
+    def register_tile(self, out_blocks: int, out_w: int) -> tuple[int, int]:
+        return avx2_register_tile(out_blocks, out_w)
+
+    def intrinsic(self) -> str:
+        from edgecompile.schedules.int8.avx2_intrinsics import avx2_intrinsic
+
+        return avx2_intrinsic()
 
 
 class Int8DepthwiseBlocked(Int8ConvNCHW):
@@ -306,9 +387,15 @@ class Int8DepthwiseBlocked(Int8ConvNCHW):
         # gathers them a plane apart, byte by byte.
         contiguous_pack = _reads_blocked(sch, pack)
         n, b, y, x, c, ky, kx = sch.get_loops(acc)
-        x_tile = depthwise_row_tile(int(sch.get(x).extent))
+        if lanes >= OUT_BLOCK:  # AVX-512: a pixel's 16 channels are one register
+            x_tile, most = depthwise_row_tile(int(sch.get(x).extent)), _VNNI_TILE_REGISTERS
+        else:  # AVX2: two registers per pixel, of 16
+            x_tile = depthwise_row_tile(
+                int(sch.get(x).extent), _AVX2_DEPTHWISE_TILE_PIXELS, _AVX2_DEPTHWISE_WHOLE_ROW
+            )
+            most = 2 * _AVX2_DEPTHWISE_TILE_PIXELS
         # Pixels only: the block's 16 channels are the vector.
-        x_outer, x_inner = knobs.split(sch, x, x_tile, _VNNI_TILE_REGISTERS, "pixel tile")
+        x_outer, x_inner = knobs.split(sch, x, x_tile, most, "pixel tile")
         sch.reorder(n, b, y, x_outer, ky, kx, x_inner, c)
         # As in Int8ConvBlocked: the tile's accumulators stay in registers.
         tile = sch.cache_write(acc, 0, "local")
