@@ -165,7 +165,7 @@ def fusion_passes(target: Any, report: ScheduleReport) -> list[Any]:
         # Before the layout pass, which then sees the dead fp32 chains still in place: every
         # heavy op keeps its index.
         # A residual add ORT fuses into QLinearAdd, rounded as it rounds (int8/add.py).
-        integer_adds(report.int8),
+        integer_adds(report.int8, target),
         # Moves, concats and max pools on the integers, not in fp32 (int8/glue.py).
         integer_glue(report.int8),
         fold_int8_convs(report.int8, target),

@@ -17,13 +17,23 @@ output steps. Computed ORT's way, with ``llvm.fma`` so no target's contraction c
 the rounding, the adds match ORT's exactly. (MLAS on ARM uses a fixed-point variant of the
 same sum; the host's ORT is what builds are verified against.)
 
+A target without FMA (32-bit ARM before VFPv4, the ``armv7`` preset; x86-64-v2) has no
+instruction for ``llvm.fma``: LLVM calls libm's ``fmaf`` for each element (64 call sites in
+mobilenet_v2's armv7 int8 build, and the calls' saved registers made 6 of its fused conv + add
+kernels spill). There each product-sum is computed in float64 and rounded once to float32
+instead: an 8-bit integer times a float32 ratio is exact in float64, and where the sum with the
+float32 addend is exact too, rounding it once to float32 is exactly the fma's result. Whether
+every sum is exact depends only on the add's constants and the 384 input values (uint8 and
+int8), so it is checked for all of them when the add is folded
+(:meth:`QuantizedAdd.exact_in_float64`); an add where some sum is not keeps ``llvm.fma``.
+
 Only a same-shape add of two per-tensor quantized uint8/int8 tensors whose result nothing but
 one ``quantize`` reads (the chain ORT fuses) becomes integer; any other add stays fp32.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -45,6 +55,9 @@ class QuantizedAdd:
     ratio_b: np.float32
     fixed: np.float32
     out_dtype: str
+    #: Each product-sum in float64, rounded once to float32, instead of ``llvm.fma`` (a target
+    #: without FMA, where :meth:`exact_in_float64`): the same results without libm's ``fmaf``.
+    in_float64: bool = False
 
     @classmethod
     def of(
@@ -71,9 +84,27 @@ class QuantizedAdd:
         attrs = getattr(func, "attrs", None)
         if attrs is None or ADD_ATTR not in attrs:
             return None
-        ratio_a, ratio_b, fixed, out_dtype = attrs[ADD_ATTR]
+        ratio_a, ratio_b, fixed, out_dtype, in_float64 = attrs[ADD_ATTR]
         values = (np.float32(float(v)) for v in (ratio_a, ratio_b, fixed))
-        return cls(*values, str(out_dtype))
+        return cls(*values, str(out_dtype), bool(in_float64))
+
+    def for_target(self, fma: bool) -> QuantizedAdd:
+        """The add as a target computes it: with ``llvm.fma`` where it has FMA (``fma``) or a
+        sum is inexact in float64, else in float64 (the module docstring)."""
+        return replace(self, in_float64=not fma and self.exact_in_float64())
+
+    def exact_in_float64(self) -> bool:
+        """Whether both product-sums are exact in float64 for every pair of uint8/int8 inputs,
+        so rounding each once to float32 gives the fma's result. The products are (8-bit
+        integer × 24-bit significand); a sum is inexact only where its addend and product lie
+        some 2^20 apart in magnitude."""
+        values = np.arange(-128, 256, dtype=np.float64)  # every uint8 and every int8
+        products_b = values * np.float64(self.ratio_b)
+        if not _sums_exact(products_b, np.full_like(products_b, self.fixed)):
+            return False
+        inner = (products_b + np.float64(self.fixed)).astype(np.float32).astype(np.float64)
+        products_a = values[:, None] * np.float64(self.ratio_a)
+        return _sums_exact(*np.broadcast_arrays(products_a, inner[None, :]))
 
     def reference(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         """The same arithmetic in numpy, each fma done in float64 and rounded once to float32
@@ -82,6 +113,15 @@ class QuantizedAdd:
         total = (a.astype(np.float64) * self.ratio_a + inner).astype(np.float32)
         info = np.iinfo(self.out_dtype)
         return np.clip(np.rint(total), info.min, info.max).astype(self.out_dtype)
+
+
+def _sums_exact(x: np.ndarray, y: np.ndarray) -> bool:
+    """Whether every ``x + y`` is exact in float64: Knuth's two-sum recovers each sum's
+    rounding error exactly (round to nearest, no overflow), and it must be 0."""
+    total = x + y
+    y_part = total - x
+    error = (x - (total - y_part)) + (y - y_part)
+    return bool(np.all(np.isfinite(total)) and np.all(error == 0))
 
 
 def integer_add(a: Any, b: Any, add: QuantizedAdd) -> Any:
@@ -96,23 +136,31 @@ def integer_add(a: Any, b: Any, add: QuantizedAdd) -> Any:
     high = tirx.const(float(info.max), "float32")
 
     def fma(x: Any, y: Any, z: Any) -> Any:
-        return tirx.call_llvm_pure_intrin("float32", "llvm.fma.f32", x, y, z)
+        """``x · y + z`` (``x`` an integer) rounded once to float32."""
+        if add.in_float64:  # exact in float64 (QuantizedAdd.exact_in_float64): one rounding
+            wide = x.astype("float64") * y.astype("float64") + z.astype("float64")
+            return wide.astype("float32")
+        return tirx.call_llvm_pure_intrin("float32", "llvm.fma.f32", x.astype("float32"), y, z)
 
     def element(*index: Any) -> Any:
-        total = fma(
-            a(*index).astype("float32"), ratio_a, fma(b(*index).astype("float32"), ratio_b, fixed)
-        )
+        total = fma(a(*index), ratio_a, fma(b(*index), ratio_b, fixed))
         clamped = tirx.max(tirx.min(tirx.round(total), high), low)
         return clamped.astype("int32").astype(add.out_dtype)
 
     return te.compute(a.shape, element, name="int8_add")
 
 
-def integer_adds(log: Int8Log | None = None) -> Any:
+def integer_adds(log: Int8Log | None = None, target: Any = None) -> Any:
     """The Relax pass: each ``quantize(add(dequantize(a), dequantize(b)))`` ORT would fuse
     becomes a call to :func:`integer_add`; a model without ``quantize`` is left as is.
-    ``log``: gets each add of a dequantized tensor's verdict (int8, or why it stays fp32)."""
+    ``log``: gets each add of a dequantized tensor's verdict (int8, or why it stays fp32).
+    ``target``: without FMA, the adds computed in float64 (:meth:`QuantizedAdd.for_target`);
+    None: with ``llvm.fma``."""
     import tvm
+
+    from edgecompile.schedules.cpu import cpu_info
+
+    fma = target is None or cpu_info(target).fma
 
     @tvm.transform.module_pass(opt_level=0, name="edgecompile.Int8Adds")
     def transform(module: Any, _context: Any) -> Any:
@@ -120,7 +168,10 @@ def integer_adds(log: Int8Log | None = None) -> Any:
 
         if not has_main(module):
             return module
-        found = _quantized_adds(module["main"], log)
+        found = {
+            var: (a, b, add.for_target(fma))
+            for var, (a, b, add) in _quantized_adds(module["main"], log).items()
+        }
         return _rewrite(module, found) if found else module
 
     return transform
@@ -256,6 +307,12 @@ def _rewrite(module: Any, found: dict[Any, tuple[Any, Any, QuantizedAdd]]) -> An
     # The fp32 add and its dequantizes are left dead: DeadCodeElimination removes them.
     result = adds.builder_.get()
     for gvar, add in constants.items():
-        values = [float(add.ratio_a), float(add.ratio_b), float(add.fixed), add.out_dtype]
+        values = [
+            float(add.ratio_a),
+            float(add.ratio_b),
+            float(add.fixed),
+            add.out_dtype,
+            add.in_float64,
+        ]
         result[gvar] = result[gvar].with_attr(ADD_ATTR, values)
     return result
