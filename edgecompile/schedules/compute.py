@@ -147,6 +147,50 @@ def prelu_nchwc(data: Any, slope: Any) -> Any:
     return te.compute(data.shape, element, name="prelu_nchwc")
 
 
+def window_mean_nchwc(data: Any, rows: Any, cols: Any) -> Any:
+    """An average over windows picked by tables on ``(N, C/x, H, W, x)``: output pixel
+    ``(i, j)`` is the mean of the input at rows ``rows[i, :]`` × columns ``cols[j, :]``
+    (``rows`` ``(OH, KH)``, ``cols`` ``(OW, KW)``, int32): torch's ``adaptive_avg_pool2d`` where
+    the output size does not divide the input's (ESPNet v2's pyramid at scale 1.5). The window
+    is a few terms, summed as separate loads, so the block stays elementwise: the blocked
+    elementwise rule vectorizes it over the lanes, which share every table lookup."""
+    from tvm import te, tirx
+
+    batch, blocks, _, _, block = (int(d) for d in data.shape)
+    out_h, k_h = (int(d) for d in rows.shape)
+    out_w, k_w = (int(d) for d in cols.shape)
+
+    def element(n: Any, cb: Any, i: Any, j: Any, c: Any) -> Any:
+        total = None
+        for a in range(k_h):
+            for b in range(k_w):
+                value = data[n, cb, rows[i, a], cols[j, b], c]
+                total = value if total is None else total + value
+        return total / tirx.const(k_h * k_w, data.dtype)
+
+    return te.compute((batch, blocks, out_h, out_w, block), element, name="window_mean_nchwc")
+
+
+def window_gather(data: Any, rows: Any, cols: Any, lane_of_channel: Any) -> Any:
+    """The windows of :func:`window_mean_nchwc` gathered, not averaged, from
+    ``(N, C/x, H, W, x)`` (channel ``c`` in lane ``lane_of_channel[c]``, as
+    :func:`unpack_gather` reads) into NCHW-like ``(N, C, OH, KH, OW, KW)``: torch's
+    ``adaptive_avg_pool2d`` with windows of several sizes (ESPNet v2's pyramid at scale 0.1),
+    whose masked sums then run in NCHW. Read straight from the blocked tensor: the export's
+    transpose to ``(H, W, N, C)`` first was an unpack of the whole input."""
+    from tvm import te
+
+    batch, _, _, _, block = (int(d) for d in data.shape)
+    channels = int(lane_of_channel.shape[0])
+    shape = (batch, channels, *(int(d) for d in rows.shape), *(int(d) for d in cols.shape))
+
+    def element(n: Any, c: Any, i: Any, a: Any, j: Any, b: Any) -> Any:
+        lane = lane_of_channel[c]
+        return data[n, lane // block, rows[i, a], cols[j, b], lane % block]
+
+    return te.compute(shape, element, name="window_gather")
+
+
 def channel_affine_nchwc(data: Any, scale: Any, shift: Any) -> Any:
     """``data * scale + shift`` per channel on ``(N, C/x, H, W, x)``, the constants
     ``(1, C/x, 1, 1, x)``: an inference batch norm that could not be folded into a conv's

@@ -253,6 +253,38 @@ class CpuInfo:
         held = (self.registers - self.window_weights - inputs - 1) // 2
         return min(limit, held) if held >= MIN_HELD_WINDOW_TILE else limit
 
+    def taps_outside_tile_fit(self, tile: int, stride: int, width: int) -> bool:
+        """Whether a depthwise tile of ``tile`` output columns in a row of ``width``, its
+        window's taps looped outside its columns (``kw`` outer, the columns inner), fits beside
+        the input columns it holds between taps at column ``stride``
+        (:func:`held_window_columns`; where :attr:`loads_whole_block_first`, every column read
+        twice, all loaded up front): its accumulators, those columns, one input and one weight,
+        and a product's register without FMA (two with :attr:`separate_products`, as
+        :meth:`streamed_tile_fits`).
+
+        At stride 2 output column ``j``'s last tap reads the column of ``j + 1``'s first, so
+        that order holds ``tile - 1`` columns loaded at tap 0 until tap 2: a 3×3 row of 7 on
+        x86-64-v2 (SSE: 7 + 6 + 2 + 1 > 15) spilled two of them per window row (MobileNet v2's
+        and ShuffleNet v2's 14² → 7² layers). Where it does not fit, the taps run inside each
+        column instead (``rules._row_tile``): a shared column is read by the next column's tap
+        right after, one held at a time. So did MnasNet's 5×5 stride-2 tile of 4 on armv7
+        (4 + 7 + 2 + 2 > 14: 2 stack accesses per window row; 6.9 → 6.2 instructions per
+        vector multiply with the taps inside).
+
+        The rest keep the taps outside: stride 1, which reads spill-free on every target of the
+        matrix; 32-bit ARM with FMA (``rpi4-armv7``), whose 3×3 stride-2 tile of 7 spilled 33
+        times inside, 6 outside; and, except where LLVM loads whole blocks first, a row of
+        several tiles: on x86-64-v2 those read spill-free with the taps outside (only the row
+        that is one tile spilled), and with the taps inside MobileNet v2 ran 1.04× slower."""
+        whole_block = self.loads_whole_block_first
+        if self.folds_broadcasts or stride < 2 or not self.window_columns:
+            return True
+        if (whole_block and not self.separate_products) or (not whole_block and tile < width):
+            return True
+        held = held_window_columns(tile, self.window_columns, stride, whole_block=whole_block)
+        spare = 2 if self.separate_products else int(not self.fma)
+        return tile + held + 2 + spare <= self.tile_registers
+
     def holding_window(self, kernel_rows: int, kernel_columns: int) -> CpuInfo:
         """This CPU for a depthwise tile over a ``kernel_rows × kernel_columns`` window with
         weights (:attr:`row_tile_limit`, :attr:`tailed_row_tile_limit`)."""
@@ -263,6 +295,29 @@ class CpuInfo:
     def across_window(self) -> CpuInfo:
         """This CPU for a tile whose reduction runs over a K×K window (:attr:`window_taps`)."""
         return replace(self, window_taps=1)
+
+
+def held_window_columns(
+    tile: int, window_columns: int, stride: int, *, whole_block: bool = False
+) -> int:
+    """Most input columns a depthwise tile of ``tile`` output columns keeps in registers at
+    once when its window's ``window_columns`` taps loop outside its columns: tap ``t`` of
+    output column ``j`` reads input column ``stride * j + t``, and a column read by several
+    taps stays loaded from the first of them to the last. With ``whole_block`` (a scheduler
+    that loads a whole unrolled block first), every column read by more than one tap."""
+    taps: dict[int, list[int]] = {}
+    for tap in range(window_columns):
+        for column in range(tile):
+            taps.setdefault(stride * column + tap, []).append(tap)
+    if whole_block:
+        return sum(1 for readers in taps.values() if len(readers) > 1)
+    return max(
+        (
+            sum(1 for readers in taps.values() if readers[0] < tap <= readers[-1])
+            for tap in range(window_columns)
+        ),
+        default=0,
+    )
 
 
 def cpu_info(target: Any) -> CpuInfo:

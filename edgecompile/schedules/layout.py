@@ -1,8 +1,9 @@
 """Relax pass: run convolutions (pointwise, depthwise, grouped, dense K×K), the elementwise ops
 (PReLU and inference batch norms too, their per-channel constants packed by lane; a batch norm
 left in NCHW becomes a multiply-add with its constants folded), pools, resizes (ESPNet v2's
-decoder), channel concats and ShuffleNet's channel shuffles between them in the channel-blocked
-NCHW[x]c layout; and the classifier's matmul on a pre-packed weight.
+decoder), torch's adaptive average pools as exported (its pyramid), channel concats and
+ShuffleNet's channel shuffles between them in the channel-blocked NCHW[x]c layout; and the
+classifier's matmul on a pre-packed weight.
 
 Why our own pass and not ``relax.transform.ConvertLayout``: in TVM 0.27 ConvertLayout skips every
 conv whose channel count is not a multiple of the block (MobileNetV2's 24, ShuffleNetV2's 58 on
@@ -44,6 +45,7 @@ from edgecompile.schedules.analysis import (
     CONV2D,
     CONV2D_TRANSPOSE,
     MATMUL,
+    all_readers,
     bindings_of,
     broadcasts,
     const_value,
@@ -72,12 +74,14 @@ from edgecompile.schedules.packing import (
     pack_transposed_weight,
 )
 from edgecompile.schedules.patterns import (
+    WindowGather,
     channel_slice,
     fold_scalar,
     pre_activation,
     reshaped_constant,
     scalar_clip_op,
     shuffle_chain,
+    window_chains,
 )
 from edgecompile.schedules.plan import (
     CEIL_MODE_AVERAGE,
@@ -187,6 +191,16 @@ class BlockedLayoutMutator(relax.PyExprMutator):
         # inside one are dropped, its result maps to (source var, groups).
         self.shuffle_inner: set[Any] = set()
         self.shuffles: dict[Any, tuple[Any, int]] = {}
+        # Adaptive average pools as torch exports them (transpose → gather → transpose → mean)
+        # of a blocked value: the chain's vars are dropped, its mean becomes one blocked kernel
+        # (:meth:`_window_mean`). Its first transpose alone was an unpack to H, W, N, C, 9.8%
+        # of espnet_v2_seg's time.
+        self.all_readers = all_readers(mod["main"])
+        self.window_inner: set[Any] = set()
+        self.window_means: dict[Any, WindowGather] = {}
+        # The same chain without the mean (windows of several sizes, masked and summed in
+        # NCHW after it): its gather reads the blocked value (:meth:`_window_gather`).
+        self.window_gathers: dict[Any, WindowGather] = {}
         self.concat_orders = planned_concat_orders(mod["main"], self.block)
         self.grouped_uses = grouped_output_uses(mod["main"], self.block)
         # Blocked batch norms: the tuple var → (its normalized output, blocked, and the call);
@@ -225,10 +239,18 @@ class BlockedLayoutMutator(relax.PyExprMutator):
 
     # -- bindings -------------------------------------------------------------------------
     def visit_var_binding_(self, binding: Any) -> None:
-        if binding.var in self.shuffle_inner:
+        if binding.var in self.shuffle_inner or binding.var in self.window_inner:
             return
         value = binding.value
         result = None
+        if binding.var in self.window_means:
+            self._window_mean(binding.var)
+            return
+        if binding.var in self.window_gathers:
+            self._window_gather(binding.var)
+            return
+        if self._shape_of_dropped(binding.var, value):
+            return
         if binding.var in self.shuffles:
             source, groups = self.shuffles[binding.var]
             entry = self.blocked[source]
@@ -245,7 +267,8 @@ class BlockedLayoutMutator(relax.PyExprMutator):
             if op_name(value) == _BATCH_NORM and self._batch_norm(binding.var, value):
                 return
             self._find_shuffle(binding.var, value)
-            if binding.var in self.shuffle_inner:
+            self._find_window_mean(binding.var, value)
+            if binding.var in self.shuffle_inner or binding.var in self.window_inner:
                 return
             if self._slice(binding.var, value):
                 return
@@ -366,6 +389,61 @@ class BlockedLayoutMutator(relax.PyExprMutator):
         groups, (split, permuted, merged) = chain
         self.shuffle_inner.update((split, permuted))
         self.shuffles[merged] = (call.args[0], groups)
+
+    def _find_window_mean(self, var: Any, call: Any) -> None:
+        """Spot torch's adaptive average pools (:func:`window_chains`) of a blocked value."""
+        if op_name(call) != "relax.permute_dims" or call.args[0] not in self.blocked:
+            return
+        chains = window_chains(var, call, self.bindings, self.all_readers)
+        for chain in chains or []:
+            self.window_inner.update(chain.inner)
+            found = self.window_means if chain.averaged else self.window_gathers
+            found[chain.result] = chain
+
+    def _window_mean(self, var: Any) -> None:
+        """The mean that ends an averaged :func:`window_chains` chain:
+        :func:`compute.window_mean_nchwc` of the blocked source, in its lane order (each lane is
+        averaged on its own)."""
+        chain = self.window_means[var]
+        entry = self.blocked[chain.source]
+        expr = self.builder_.call_te(
+            compute.window_mean_nchwc,
+            entry.var,
+            relax.const(chain.rows),
+            relax.const(chain.cols),
+            primfunc_name_hint="window_mean_nchwc",
+        )
+        self._register(var, self.builder_.emit(expr, var.name + "_nchwc"), entry.order)
+
+    def _window_gather(self, var: Any) -> None:
+        """The last transpose of a :func:`window_chains` chain without its mean: the windows
+        gathered from the blocked source into NCHW-like ``(N, C, OH, KH, OW, KW)``
+        (:func:`compute.window_gather`, through its lane order)."""
+        chain = self.window_gathers[var]
+        entry = self.blocked[chain.source]
+        expr = self.builder_.call_te(
+            compute.window_gather,
+            entry.var,
+            relax.const(chain.rows),
+            relax.const(chain.cols),
+            relax.const(entry.order.lanes.astype("int32")),
+            primfunc_name_hint="window_gather",
+        )
+        if isinstance(var, relax.DataflowVar):
+            self.set_var_remap(var, self.builder_.emit(expr, var.name))
+        else:
+            self.set_var_remap(var, self.builder_.emit_output(expr, var.name))
+
+    def _shape_of_dropped(self, var: Any, value: Any) -> bool:
+        """``shape_of`` a var of a dropped chain (the frontend's index normalization reads
+        it): its static shape instead."""
+        if not isinstance(value, relax.Call) or op_name(value) != "relax.shape_of":
+            return False
+        if value.args[0] not in self.window_inner:
+            return False
+        shape = relax.ShapeExpr([int(d) for d in static_shape(value.args[0])])
+        self.set_var_remap(var, self.builder_.emit(shape, var.name))
+        return True
 
     def _rewrite(self, var: Any, call: Any) -> tuple[Any, ChannelOrder] | None:
         """The blocked replacement of ``var = call`` and its channel order, or None to

@@ -581,7 +581,8 @@ class PointwiseNCHWc(_TiledConvRule):
         # Where LLVM would load a reduction's every step ahead, it is one loop of single steps.
         short = in_channels == STREAMED_POINTWISE_STEPS
         one_pixel = int(sch.get(h).extent) * out_w == 1
-        gate = one_pixel and STREAMED_POINTWISE_STEPS < in_channels <= STREAMED_GATE_STEPS
+        fewest = STREAMED_GATE_MIN_STEPS if cpu.separate_products else STREAMED_POINTWISE_STEPS
+        gate = one_pixel and fewest < in_channels <= STREAMED_GATE_STEPS
         streamed = cpu.loads_whole_block_first and (short or gate)
         if streamed:
             oc_tile, pixel_tile, _ = streamed_tile(out_w, out_blocks, in_channels, cpu, 1)
@@ -642,7 +643,10 @@ def _row_tile(
     one channel block, the window loops outside the tile. Returns ``n, cb, h, w_o, w_i, c, kh,
     kw``. The tile is a knob where it divides the row (a tail's split stays fixed). A
     ``weighted`` window (depthwise) leaves registers for its weights
-    (:meth:`CpuInfo.holding_window`)."""
+    (:meth:`CpuInfo.holding_window`); where the strided window's taps would hold more shared
+    input columns than fit beside the tile, they run inside each column instead
+    (:meth:`CpuInfo.taps_outside_tile_fit`)."""
+    stride = window_column_stride(sch, block) if weighted else 1
     for producer in sch.get_producers(block):
         if sch.get(producer).name_hint.startswith("pad_nchwc"):
             sch.compute_inline(producer)
@@ -655,8 +659,26 @@ def _row_tile(
         w_o, w_i, _ = split_row(sch, w, width_tile)
     else:
         w_o, w_i = knobs.split(sch, w, width_tile, cpu.row_tile_limit, "row tile")
-    sch.reorder(n, cb, h, w_o, kh, kw, w_i, c)
+    if cpu.taps_outside_tile_fit(width_tile, stride, width):
+        sch.reorder(n, cb, h, w_o, kh, kw, w_i, c)
+    else:
+        sch.reorder(n, cb, h, w_o, kh, w_i, kw, c)
     return n, cb, h, w_o, w_i, c, kh, kw
+
+
+def window_column_stride(sch: Any, block: Any) -> int:
+    """The column stride of a depthwise block (``n, cb, h, w, c`` × its taps): the step of
+    its (padded) input's column index per output column; 1 if no read says."""
+    from tvm.sym.pattern import detect_linear_equation
+
+    stmt = sch.get(block)
+    column = stmt.iter_vars[3].var
+    for region in stmt.reads:
+        if len(region.region) == 5:  # the blocked input; the weights are 4-d
+            coefficients = detect_linear_equation(region.region[3].min, [column])
+            if coefficients and isinstance(coefficients[0], tirx.IntImm):
+                return int(coefficients[0])
+    return 1
 
 
 class _RowTileRule(_ConvRule):
@@ -819,6 +841,15 @@ STREAMED_POINTWISE_STEPS = 16
 #: so LLVM hoisted all of its broadcasts out of them (MnasNet's 20- to 40-input expands
 #: spilled 40 to 64 times per tile on armv7; streamed, none did).
 STREAMED_GATE_STEPS = 64
+#: Without FMA (:attr:`CpuInfo.separate_products`: a step is a multiply and an add), a
+#: one-pixel pointwise reduction of more inputs than this (not this many) streams too: its loop
+#: of single steps stays a loop on armv7. MnasNet's 10-input expands (12 with the padding to
+#: whole blocks) in blocks of 4 steps, unrolled whole, spilled 14 times per tile; as one loop of
+#: 12 steps none did. A loop of 8 LLVM unrolls whole again, its input broadcasts hoisted out of
+#: the tiles (the 6-input expand: 16 accesses; in blocks of 4 it reads spill-free). With FMA
+#: the smaller body is unrolled whole at 12 steps too (rpi4-armv7: 118 accesses; unstreamed
+#: none): there only reductions longer than :data:`STREAMED_POINTWISE_STEPS` stream.
+STREAMED_GATE_MIN_STEPS = 8
 
 
 def streamed_tile(
@@ -1230,9 +1261,10 @@ class UnpackNCHWc(TriesSchedule):
     row: for one row, every channel reads the same ``W × x`` block rows, which then stay in
     cache. TVM's lowering loops channel-outermost, so each of ``C`` channels streamed the whole
     blocked tensor from memory, one float per cache line: ESPNet's 19 full-size output channels
-    took 170 ms so. An unpack fused behind blocked elementwise stages (ESPNet v2's logits
-    resized to the image size) computes them a row at a time in its row loop; other fused
-    unpacks (with an epilogue or a concat) are left as they are."""
+    took 170 ms so. Within a row, a tile of ``x`` columns at a time, all channels. An unpack
+    fused behind blocked elementwise stages (ESPNet v2's logits resized to the image size)
+    computes them a tile at a time in its loops; other fused unpacks (with an epilogue or a
+    concat) are left as they are."""
 
     schedule_name = "edgecompile.unpack_nchwc"
 
@@ -1260,22 +1292,30 @@ class UnpackNCHWc(TriesSchedule):
             sch.reorder(n, h, c, w)
             row = sch.fuse(n, h)
             sch.parallel(row)
+            at = row
+            if int(sch.get(w).extent) % lanes == 0:
+                # Every channel of a tile of `lanes` columns, then the next tile: the channels
+                # read the same few blocked pixels, in L1. Channel by channel along the whole
+                # row, each read strided through a row of blocks too large for L1 (ESPNet v2's
+                # output: 2 blocks × 1024 pixels, 128 KiB): a 3×3 conv with this resize +
+                # unpack behind it (19 × 64 × 1024 output) took 1.6× as long so (AVX-512).
+                w_o, w = sch.split(w, [None, lanes])
+                sch.reorder(w_o, c, w)
+                sch.vectorize(w)
+                at = w_o
             if producers:
                 for block in producers[:-1]:
                     sch.compute_inline(block)
-                _row_of_blocked_stage(sch, producers[-1], row, lanes)
-            if int(sch.get(w).extent) % lanes == 0:
-                _, w = sch.split(w, [None, lanes])
-                sch.vectorize(w)
+                _row_of_blocked_stage(sch, producers[-1], at, lanes)
         except Exception as exc:  # a schedule primitive refused: keep TVM's default, say so
             raise ScheduleFailed(f"{type(exc).__name__}: {last_line(str(exc))}") from None
         return sch
 
 
 def _row_of_blocked_stage(sch: Any, block: Any, row: Any, lanes: int) -> None:
-    """``block`` (NCHW[x]c) computed one output row at a time under the unpack's ``row`` loop,
-    its lane loop vectorized: the row's blocks are transposed while still in cache, and the
-    full blocked tensor is never written."""
+    """``block`` (NCHW[x]c) computed one output row (or one tile of a row) at a time under the
+    unpack's ``row`` loop, its lane loop vectorized: the row's blocks are transposed while
+    still in cache, and the full blocked tensor is never written."""
     sch.compute_at(block, row)
     inner = sch.get_loops(block)[-1]
     if int(sch.get(inner).extent) == lanes:
@@ -1294,8 +1334,11 @@ class PoolNCHWc(_RowTileRule):
 
 #: The blocks of :func:`compute.prelu_nchwc` and :func:`compute.channel_affine_nchwc`, and
 #: ``topi.image.resize2d``'s, which the layout pass emits in NCHW[x]c (ESPNet v2's decoder:
-#: its per-pixel source indices and weights are shared by the lanes a vector computes).
-BLOCKED_ELEMENTWISE_STAGES = frozenset({"prelu_nchwc", "batch_norm_nchwc", "resize"})
+#: its per-pixel source indices and weights are shared by the lanes a vector computes), and
+#: :func:`compute.window_mean_nchwc` (its pyramid's adaptive pools, windows read by table).
+BLOCKED_ELEMENTWISE_STAGES = frozenset(
+    {"prelu_nchwc", "batch_norm_nchwc", "resize", "window_mean_nchwc"}
+)
 
 
 class BlockedElementwise(TriesSchedule):

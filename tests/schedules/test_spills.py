@@ -362,24 +362,35 @@ def test_a_stem_tile_holds_two_pixels_and_the_output_blocks_that_fit() -> None:
     assert stem_tile(111, 16, neon64) is None  # a tail: see stem_tile
 
 
-def _depthwise_onnx(path: Path, width: int) -> Path:
-    """MobileNet v2's 14-wide depthwise layer: 3×3, 192 channels, stride 1, ReLU6 (Clip)."""
+def _depthwise_onnx(
+    path: Path, width: int, stride: int = 1, channels: int = 192, kernel: int = 3
+) -> Path:
+    """MobileNet v2's depthwise layers at ``width``: 3×3, 192 channels, stride 1 (unless
+    told), ReLU6 (Clip)."""
     import numpy as np
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(0)
-    weight = (rng.standard_normal((192, 1, 3, 3)) * 0.1).astype("float32")
-    shape = [1, 192, width, width]
+    weight = (rng.standard_normal((channels, 1, kernel, kernel)) * 0.1).astype("float32")
+    shape = [1, channels, width, width]
+    out = (width - 1) // stride + 1
     nodes = [
-        helper.make_node("Conv", ["input", "w"], ["c"], pads=[1, 1, 1, 1], group=192),
+        helper.make_node(
+            "Conv",
+            ["input", "w"],
+            ["c"],
+            pads=[kernel // 2] * 4,
+            strides=[stride] * 2,
+            group=channels,
+        ),
         helper.make_node("Clip", ["c", "low", "high"], ["output"]),
     ]
     graph = helper.make_graph(
         nodes,
         "depthwise",
         [helper.make_tensor_value_info("input", TensorProto.FLOAT, shape)],
-        [helper.make_tensor_value_info("output", TensorProto.FLOAT, shape)],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, channels, out, out])],
         initializer=[
             numpy_helper.from_array(weight, "w"),
             numpy_helper.from_array(np.array(0.0, dtype="float32"), "low"),
@@ -412,6 +423,91 @@ def test_a_depthwise_row_on_16_registers_does_not_spill(preset: str, depthwise_1
     assert {name: found.innermost for name, found in spills.items() if found.spills} == {}
 
 
+def test_a_stride_2_depthwise_into_7_wide_rows_does_not_spill_and_matches_torch(
+    tmp_path: Path,
+) -> None:
+    """MobileNet v2's 14² → 7² depthwise (stride 2, one tile of 7 per row): with the window's
+    taps outside the tile's columns, x86-64-v2 held the 6 input columns two neighbouring outputs
+    share beside the 7 accumulators and spilled 2 of them per window row (4 stack accesses).
+    With the taps inside each column (:meth:`CpuInfo.taps_outside_tile_fit`) it reads
+    spill-free. The target runs on this machine, so the result is checked against torch too."""
+    import numpy as np
+    import onnx
+    import torch
+    import tvm
+    from onnx import numpy_helper
+    from tvm import relax
+
+    from edgecompile.importer import import_onnx
+    from edgecompile.schedules import compile_relax
+
+    path = _depthwise_onnx(tmp_path / "depthwise.onnx", 14, stride=2, channels=96)
+    target = resolve_target("x86-64-v2").tvm_target()
+    executable, records = compile_relax(import_onnx(path, name="depthwise")[0].module, target)
+    assert [record["schedule"] for record in records] == ["edgecompile.depthwise_nchwc"]
+    spills = module_spills(executable, target)
+    assert {name: found.innermost for name, found in spills.items() if found.spills} == {}
+
+    weight = numpy_helper.to_array(onnx.load(str(path)).graph.initializer[0])
+    data = np.random.default_rng(1).standard_normal((1, 96, 14, 14)).astype("float32")
+    actual = relax.VirtualMachine(executable, tvm.cpu())["main"](tvm.runtime.tensor(data)).numpy()
+    expected = torch.nn.functional.conv2d(
+        torch.from_numpy(data), torch.tensor(weight), stride=2, padding=1, groups=96
+    )
+    np.testing.assert_allclose(actual, expected.clamp(0, 6).numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_a_5x5_stride_2_depthwise_on_armv7_does_not_spill(tmp_path: Path) -> None:
+    """MnasNet's 5×5 stride-2 depthwise (72 channels, 56² → 28²) on armv7, whose scheduler
+    loads a whole unrolled block first: with the taps outside its 4 columns the 7 columns
+    that two taps share spilled (2 stack accesses per window row); with the taps inside each
+    column it reads spill-free."""
+    from edgecompile.importer import import_onnx
+    from edgecompile.schedules import compile_relax
+
+    path = _depthwise_onnx(tmp_path / "depthwise.onnx", 56, stride=2, channels=72, kernel=5)
+    target = resolve_target("armv7").tvm_target()
+    executable, records = compile_relax(import_onnx(path, name="depthwise")[0].module, target)
+    assert [record["schedule"] for record in records] == ["edgecompile.depthwise_nchwc"]
+    spills = module_spills(executable, target)
+    assert {name: found.innermost for name, found in spills.items() if found.spills} == {}
+
+
+def test_only_a_strided_window_too_wide_for_its_shared_columns_runs_its_taps_inside() -> None:
+    """The taps stay outside the tile's columns (today's order, and AVX-512's code) unless a
+    strided window's shared columns crowd the registers: x86-64-v2's 3×3 row of 7 that is one
+    tile at stride 2 (not at stride 1, nor in a row of several tiles, nor with AVX2's FMA,
+    AArch64's 32 registers or AVX-512), and armv7's 5×5 tile of 4."""
+    from edgecompile.schedules.cpu import CpuInfo, held_window_columns
+
+    # Stride 2, 3 taps: columns 2j + 2 = 2(j + 1) are read at tap 2 and again at tap 0.
+    assert held_window_columns(7, 3, stride=2) == 6
+    assert held_window_columns(1, 3, stride=2) == 0  # one column shares nothing
+    assert held_window_columns(4, 5, stride=2) == 6
+    sse = CpuInfo(arch="x86_64", lanes=4, registers=16, cores=1, fma=False).holding_window(3, 3)
+    avx2 = CpuInfo(arch="x86_64", lanes=8, registers=16, cores=1).holding_window(3, 3)
+    neon64 = CpuInfo(arch="aarch64", lanes=4, registers=32, cores=4).holding_window(3, 3)
+    avx512 = CpuInfo(arch="x86_64", lanes=16, registers=32, cores=1).holding_window(3, 3)
+    assert not sse.taps_outside_tile_fit(7, stride=2, width=7)
+    assert sse.taps_outside_tile_fit(7, stride=1, width=7)
+    assert sse.taps_outside_tile_fit(7, stride=2, width=28)  # several tiles: spill-free
+    assert sse.taps_outside_tile_fit(3, stride=2, width=3)
+    for cpu in (avx2, neon64, avx512):
+        assert cpu.taps_outside_tile_fit(7, stride=2, width=7)
+    # 32-bit ARM loads a block's every re-read column up front: armv7 (no FMA) takes the taps
+    # inside its 5×5 tile of 4 (in any row), not its 3×3 one; with FMA (rpi4-armv7) inside
+    # spilled more.
+    assert held_window_columns(4, 5, stride=2, whole_block=True) == 7
+    armv7 = CpuInfo(arch="armv7l", lanes=4, registers=16, cores=4, separate_products=True)
+    assert not armv7.holding_window(5, 5).taps_outside_tile_fit(4, stride=2, width=28)
+    assert armv7.holding_window(3, 3).taps_outside_tile_fit(4, stride=2, width=28)
+    armv7_fma = CpuInfo(arch="armv7l", lanes=4, registers=16, cores=4).holding_window(3, 3)
+    assert armv7_fma.taps_outside_tile_fit(7, stride=2, width=7)
+    # A pool has no weights to hold: it keeps its order.
+    pool = CpuInfo(arch="x86_64", lanes=4, registers=16, cores=1, fma=False)
+    assert pool.taps_outside_tile_fit(7, stride=2, width=7)
+
+
 def test_a_depthwise_window_bounds_its_tile_only_where_its_weights_crowd_the_registers() -> None:
     """The window's weights bound a tile on 16 registers; the 32 of AArch64 and AVX-512 keep
     their limits (so their code does not move), and a pool, without weights, keeps its own."""
@@ -436,19 +532,11 @@ def test_a_depthwise_window_bounds_its_tile_only_where_its_weights_crowd_the_reg
 # epilogue) and how many kernels of it, per (model, preset); every other pair spills nowhere.
 # An entry says why; a fix removes it (the test fails on a kernel fixed as on one broken).
 # armv7's entries are its own work (its stems, pointwise_nchwc1, SE expands, SqueezeNet).
-REMAINING_SPILLS: dict[tuple[str, str], dict[str, int]] = {
-    # x86-64-v2: a stride-2 depthwise into 7-wide rows (14² → 7²). Its 7-column tile reads 15
-    # input columns per window row, which LLVM keeps across the unrolled taps, and SSE's
-    # mul + add needs a product register: 2 values reloaded per row (4 and 2 accesses). The
-    # spill-free tiles (1 column, 2 with a tail) ran 1.04-1.09x slower (MobileNet v2's layer).
-    ("mobilenet_v2", "x86-64-v2"): {"depthwise_nchwc": 1},
-    ("shufflenet_v2", "x86-64-v2"): {"depthwise_nchwc": 2},
-    # armv7: MnasNet's squeeze-excite expands of 8 inputs (one pixel): LLVM unrolls the whole
-    # 8-step reduction inside the output-tile loop even as single steps of one loop, and
-    # streaming them fixed these two but broke a third kernel (14 accesses each); one depthwise
-    # reloads 2 values (not analysed).
-    ("mnasnet_a1", "armv7"): {"pointwise_nchwc": 2, "depthwise_nchwc": 1},
-}
+# Fixed: x86-64-v2's stride-2 depthwise into 7-wide rows (MobileNet v2 1, ShuffleNet v2 2) and
+# MnasNet's 5×5 stride-2 depthwise on armv7, their taps now inside each column
+# (:meth:`CpuInfo.taps_outside_tile_fit`); MnasNet's 10-input squeeze-excite expands on armv7,
+# their 12 steps one loop (`rules.STREAMED_GATE_MIN_STEPS`).
+REMAINING_SPILLS: dict[tuple[str, str], dict[str, int]] = {}
 
 
 def _kernel_kind(kernel: str) -> str:
@@ -529,12 +617,14 @@ def _window_onnx(
 
 # (in channels, out channels, size, stride, kernel) of the convs armv7 spilled most in:
 # SqueezeNet 1.1's 3×3 and 1×1 expands (a 16-input reduction at 55²), a stem (the image) and a
-# squeeze-excite expand (MnasNet's: one pixel, 20 inputs).
+# squeeze-excite expand (MnasNet's: one pixel, 20 inputs) and a short one (MnasNet's 10 inputs,
+# 12 in whole blocks: 22 accesses in blocks of 4 steps).
 STREAMED = {
     "squeezenet_expand3x3": (16, 64, 55, 1, 3),
     "squeezenet_expand1x1": (16, 64, 55, 1, 1),
     "stem": (3, 32, 56, 2, 3),
     "squeeze_excite_expand": (20, 480, 1, 1, 1),
+    "short_squeeze_excite_expand": (12, 120, 1, 1, 1),
 }
 
 
@@ -634,6 +724,87 @@ def test_a_streamed_reduction_matches_torch_on_host(
         torch.from_numpy(data), weight, padding=kernel // 2, stride=stride
     )
     np.testing.assert_allclose(actual, torch.relu(expected).numpy(), rtol=1e-5, atol=1e-5)
+
+
+def _squeeze_excite_onnx(path: Path, channels: int, reduced: int, size: int) -> Path:
+    """``x * sigmoid(expand(relu(reduce(mean(x)))))``, MnasNet's squeeze-excite as exported."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    arrays = {
+        "w_reduce": rng.standard_normal((reduced, channels, 1, 1)) * 0.1,
+        "b_reduce": rng.standard_normal(reduced) * 0.1,
+        "w_expand": rng.standard_normal((channels, reduced, 1, 1)) * 0.1,
+        "b_expand": rng.standard_normal(channels) * 0.1,
+    }
+    shape = [1, channels, size, size]
+    graph = helper.make_graph(
+        [
+            helper.make_node("GlobalAveragePool", ["input"], ["pooled"]),
+            helper.make_node("Conv", ["pooled", "w_reduce", "b_reduce"], ["reduced"]),
+            helper.make_node("Relu", ["reduced"], ["act"]),
+            helper.make_node("Conv", ["act", "w_expand", "b_expand"], ["expanded"]),
+            helper.make_node("Sigmoid", ["expanded"], ["gate"]),
+            helper.make_node("Mul", ["input", "gate"], ["output"]),
+        ],
+        "squeeze_excite",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, shape)],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, shape)],
+        initializer=[numpy_helper.from_array(a.astype("float32"), n) for n, a in arrays.items()],
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return path
+
+
+def test_mnasnets_short_squeeze_excite_does_not_spill_on_armv7_and_matches_torch_on_host(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """MnasNet's 40-channel blocks' squeeze-excite (120 channels reduced to 10, padded to 12 in
+    whole blocks): its expand, fused with the gate and the scaling, spilled 14 times per tile on
+    armv7 in blocks of 4 unrolled steps; its 12 steps are one loop now. The same schedule (armv7's
+    CPU) built for x86-64-v2 runs here: torch's result within 1e-5."""
+    import numpy as np
+    import onnx
+    import torch
+    import tvm
+    from onnx import numpy_helper
+    from tvm import relax
+
+    from edgecompile.importer import import_onnx
+    from edgecompile.schedules import compile_relax, optimize, rules
+    from edgecompile.schedules.tir import register_tir_pipeline
+
+    channels, size = 120, 14
+    path = _squeeze_excite_onnx(tmp_path / "se.onnx", channels, 10, size)
+    module = import_onnx(path, name="se")[0].module
+    target = resolve_target("armv7").tvm_target()
+    executable, _ = compile_relax(module, target)
+    spills = module_spills(executable, target)
+    assert {name: found.innermost for name, found in spills.items() if found.spills} == {}
+
+    armv7 = rules.target_cpu(target)
+    monkeypatch.setattr(rules, "target_cpu", lambda target: armv7)
+    host = resolve_target("x86-64-v2").tvm_target()
+    scheduled, _ = optimize(module, host)
+    loops = [_streamed_loops(func) for func in scheduled.functions.values()]
+    assert [12] in loops  # the expand's reduction, one loop of single steps
+    executable = tvm.compile(
+        scheduled, target=host, relax_pipeline=None, tir_pipeline=register_tir_pipeline()
+    )
+    weights = {
+        tensor.name: torch.tensor(numpy_helper.to_array(tensor))
+        for tensor in onnx.load(str(path)).graph.initializer
+    }
+    data = np.random.default_rng(1).standard_normal((1, channels, size, size)).astype("float32")
+    actual = relax.VirtualMachine(executable, tvm.cpu())["main"](tvm.runtime.tensor(data)).numpy()
+    x = torch.from_numpy(data)
+    reduced = torch.nn.functional.conv2d(
+        x.mean((2, 3), keepdim=True), weights["w_reduce"], weights["b_reduce"]
+    )
+    gate = torch.nn.functional.conv2d(reduced.relu(), weights["w_expand"], weights["b_expand"])
+    np.testing.assert_allclose(actual, (x * gate.sigmoid()).numpy(), rtol=1e-5, atol=1e-5)
 
 
 def test_only_32_bit_arm_streams_its_reductions() -> None:
