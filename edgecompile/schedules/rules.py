@@ -222,7 +222,8 @@ def single_pixel_tile(chosen: tuple[int, int], out_blocks: int, cpu: CpuInfo) ->
     process, MobileNet v2 ran 0.86× and ShuffleNet v2 0.94× built for ``x86-64-v2`` (the tuning
     search had kept moving this knob the same way). With AVX2's FMA (``x86-64-v3``) MobileNet v2
     gained only 4% and a 1-pixel tile over SqueezeNet's 16 input channels spilled the weights
-    LLVM hoisted out of the pixel loop: ``chosen`` there, and everywhere else."""
+    LLVM hoisted out of the pixel loop: ``chosen`` there, and everywhere else. A dense K×K
+    conv on a blocked input takes it too on SSE (:class:`DenseConvNCHWc`)."""
     if cpu.fma or not cpu.reads_weights_from_memory:
         return chosen
     fitting = [
@@ -890,6 +891,10 @@ class _GatherConvRule(_TiledConvRule):
     the pointwise ``oc × p`` register tile, with the kernel window in the reduction and the
     padding inlined as predicated loads."""
 
+    #: Whether a tile over a blocked input becomes one pixel × up to 8 output blocks on SSE
+    #: (:func:`single_pixel_tile`): dense convs only, where the tuning search found it.
+    one_pixel_without_fma = False
+
     def schedule(self, sch: Any, block: Any, cpu: CpuInfo, knobs: Knobs = FIXED) -> None:
         inline_prologues(sch, block)
         pads = [p for p in sch.get_producers(block) if sch.get(p).name_hint.startswith("pad_nchw")]
@@ -905,10 +910,15 @@ class _GatherConvRule(_TiledConvRule):
         if streamed:
             oc_tile, pixel_tile, unroll = streamed_tile(width, blocks_per_row, steps, cpu)
         else:
-            stem = stem_tile(width, blocks_per_row, cpu) if reads_the_image(sch, block) else None
+            image = reads_the_image(sch, block)
+            stem = stem_tile(width, blocks_per_row, cpu) if image else None
             oc_tile, pixel_tile = stem or window_row_tile(
                 width, blocks_per_row, cpu.across_window()
             )
+            if self.one_pixel_without_fma and not image:
+                oc_tile, pixel_tile = single_pixel_tile(
+                    (oc_tile, pixel_tile), blocks_per_row, cpu.across_window()
+                )
         order = self.loop_order(
             sch,
             block,
@@ -1110,9 +1120,17 @@ class GroupedPixels(_ConvRule):
 
 class DenseConvNCHWc(_GatherConvRule):
     """Dense K×K conv (the stem, SqueezeNet's 3×3 expand): every output block reads every
-    input lane."""
+    input lane.
+
+    On SSE (``x86-64-v2``: no FMA) a conv on a blocked input takes one pixel × up to 8 output
+    blocks, as a pointwise conv there: untuned, SqueezeNet 1.1's 3×3 expands took 1 to 3
+    blocks × 1 to 3 pixels, too few accumulator chains for each step's multiply and dependent
+    add, and the tuning search moved them to 8 × 1 (2.6 → 1.3 and 1.0 → 0.7 ms,
+    ``benchmarks/tuning.py``). Not the stems (:func:`stem_tile`): the search moved them to 8 × 1
+    too, but MobileNet v2's and ShuffleNet v2's then spilled 4 and 2 times per tile."""
 
     schedule_name = compute.DENSE
+    one_pixel_without_fma = True
 
 
 def transposed_tile(
