@@ -28,14 +28,19 @@ IMAGE = (1, 3, 11, 13)  # odd sizes: the align_corners weights are not all halve
 MIDDLE, OUT = 21, 5  # 21 channels: padding lanes on 4, 8 and 16 lanes
 
 
-def conv_resize_conv(directory: Path, last_conv: bool = True) -> tuple[Path, dict[str, np.ndarray]]:
-    """3×3 conv → bilinear ×2 resize with aligned corners (as ``nn.Upsample`` in
-    zoo/espnet_v2.py exports) → 1×1 conv; without ``last_conv`` the resize is the output, as
-    ESPNet v2's logits are."""
+def conv_resize_conv(
+    directory: Path,
+    last_conv: bool = True,
+    image: tuple[int, int, int, int] = IMAGE,
+    middle: int = MIDDLE,
+) -> tuple[Path, dict[str, np.ndarray]]:
+    """3×3 conv to ``middle`` channels → bilinear ×2 resize with aligned corners (as
+    ``nn.Upsample`` in zoo/espnet_v2.py exports) → 1×1 conv; without ``last_conv`` the resize
+    is the output, as ESPNet v2's logits are."""
     rng = np.random.default_rng(41)
     weights = {
-        "w0": rng.standard_normal((MIDDLE, IMAGE[1], 3, 3)).astype("float32") / 4,
-        "w1": rng.standard_normal((OUT, MIDDLE, 1, 1)).astype("float32") / 4,
+        "w0": rng.standard_normal((middle, image[1], 3, 3)).astype("float32") / 4,
+        "w1": rng.standard_normal((OUT, middle, 1, 1)).astype("float32") / 4,
         "scales": np.array([1.0, 1.0, 2.0, 2.0], dtype="float32"),
     }
     nodes = [
@@ -49,14 +54,14 @@ def conv_resize_conv(directory: Path, last_conv: bool = True) -> tuple[Path, dic
         ),
         helper.make_node("Conv", ["up", "w1"], ["output"]),
     ]
-    double = [IMAGE[2] * 2, IMAGE[3] * 2]
+    double = [image[2] * 2, image[3] * 2]
     output = {"output": [1, OUT, *double]}
     if not last_conv:
         nodes[-1:] = []
         nodes[-1].output[0] = "output"
         del weights["w1"]
-        output = {"output": [1, MIDDLE, *double]}
-    path = save_graph(directory / "upsample.onnx", nodes, weights, {"input": list(IMAGE)}, output)
+        output = {"output": [1, middle, *double]}
+    path = save_graph(directory / "upsample.onnx", nodes, weights, {"input": list(image)}, output)
     return path, weights
 
 

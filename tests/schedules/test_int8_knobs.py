@@ -156,6 +156,18 @@ def _another_tile(decision: list[int], max_inner: int) -> list[int]:
     return [extent // min(others), min(others)]
 
 
+def _every_tile_changed(space: Any) -> dict[Any, Any]:
+    """A design space's decisions with every tile decision moved to another tile."""
+    return {
+        inst: (
+            _another_tile([int(v) for v in decision], int(inst.attrs[1]))
+            if inst.kind.name == "SamplePerfectTile"
+            else decision
+        )
+        for inst, decision in space.trace.decisions.items()
+    }
+
+
 @pytest.mark.parametrize("name", PARAMS)
 def test_a_mutated_tile_replays_and_stays_exact(
     name: str, tmp_path: Path, write_qdq_model: Callable[..., Path]
@@ -167,14 +179,7 @@ def test_a_mutated_tile_replays_and_stays_exact(
     conv = CASES[case]
     path = qdq_conv_model(conv, tmp_path, write_qdq_model)
     (space,) = rule.design_spaces(s_tir.Schedule(_kernel(rule, path, target)), target)
-    decisions = {
-        inst: (
-            _another_tile([int(v) for v in decision], int(inst.attrs[1]))
-            if inst.kind.name == "SamplePerfectTile"
-            else decision
-        )
-        for inst, decision in space.trace.decisions.items()
-    }
+    decisions = _every_tile_changed(space)
     replayed: list[Any] = []
 
     def mutated_point(func: tirx.PrimFunc, target: Any) -> Any:

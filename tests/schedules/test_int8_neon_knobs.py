@@ -29,7 +29,15 @@ from edgecompile.schedules.knobs import KNOBS_ATTR, Knobs
 from edgecompile.targets import resolve_target
 
 from .test_int8_kernels import CASES, Conv, parameters, qdq_conv_model, reference
-from .test_int8_knobs import _another_tile, _assembly, _kernel, _postprocessed, _sampling, _tiles
+from .test_int8_knobs import (
+    _another_tile,
+    _assembly,
+    _every_tile_changed,
+    _kernel,
+    _postprocessed,
+    _sampling,
+    _tiles,
+)
 from .test_int8_neon import assert_gives_numpy_integers, random_plan
 
 #: The board's rule, and the knobs its design space samples, by (board, case): rpi5 on a row
@@ -206,14 +214,7 @@ def test_mutated_neon_conv_is_exact_on_the_emulated_core(
     target = preset.tvm_target()
     path = qdq_conv_model(conv, tmp_path, write_qdq_model)
     (space,) = rule.design_spaces(s_tir.Schedule(_kernel(rule, path, target)), target)
-    decisions = {
-        inst: (
-            _another_tile([int(v) for v in decision], int(inst.attrs[1]))
-            if inst.kind.name == "SamplePerfectTile"
-            else decision
-        )
-        for inst, decision in space.trace.decisions.items()
-    }
+    decisions = _every_tile_changed(space)
     replayed: list[Any] = []
 
     def mutated_point(func: tirx.PrimFunc, target: Any) -> Any:

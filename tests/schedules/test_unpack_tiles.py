@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from onnx import helper
 from tvm import s_tir, tirx
 
 from edgecompile.export import relative_error
@@ -21,8 +20,8 @@ from edgecompile.schedules.analysis import called_kernels
 from edgecompile.schedules.cpu import cpu_info
 from edgecompile.targets import resolve_target
 
-from .test_blocked_resize import reference
-from .test_conv_schedules import TOLERANCE, run_module, save_graph
+from .test_blocked_resize import conv_resize_conv, reference
+from .test_conv_schedules import TOLERANCE, run_module
 
 # The ×2 output is 32 columns wide: whole tiles of 4, 8 and 16 lanes, more than one of each.
 IMAGE = (1, 3, 5, 16)
@@ -31,25 +30,7 @@ CHANNELS = 19  # two blocks on 16 lanes, the second mostly padding, as ESPNet v2
 
 def conv_resize(directory: Path) -> tuple[Path, dict[str, np.ndarray]]:
     """3×3 conv → bilinear ×2 resize with aligned corners, the model's output."""
-    rng = np.random.default_rng(7)
-    weights = {
-        "w0": rng.standard_normal((CHANNELS, IMAGE[1], 3, 3)).astype("float32") / 4,
-        "scales": np.array([1.0, 1.0, 2.0, 2.0], dtype="float32"),
-    }
-    nodes = [
-        helper.make_node("Conv", ["input", "w0"], ["c0"], pads=[1, 1, 1, 1]),
-        helper.make_node(
-            "Resize",
-            ["c0", "", "scales"],
-            ["output"],
-            mode="linear",
-            coordinate_transformation_mode="align_corners",
-        ),
-    ]
-    output = {"output": [1, CHANNELS, IMAGE[2] * 2, IMAGE[3] * 2]}
-    return save_graph(directory / "resize.onnx", nodes, weights, {"input": list(IMAGE)}, output), (
-        weights
-    )
+    return conv_resize_conv(directory, last_conv=False, image=IMAGE, middle=CHANNELS)
 
 
 def unpack_loops(module: Any) -> tuple[list[Any], list[Any]]:
