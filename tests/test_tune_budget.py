@@ -123,6 +123,21 @@ def test_no_round_starts_that_cannot_end_before_the_deadline() -> None:
     assert spent.stop_reason == TIME_BUDGET_SPENT
 
 
+def test_a_round_starts_only_if_its_search_fits_at_the_longest_seen() -> None:
+    """Candidate generation cannot be stopped half-way: a round is started only if the
+    longest generation so far fits, not the average (which let a 25 s search eat the
+    re-measurement's time)."""
+    pace = Pace(builds=[1.0], runs=[0.5], searches=[2.0, 2.0, 30.0])
+    untuned = {"w0": 1e-3, "w1": 1e-3}
+    # 25 s before the search deadline: the average round (11 s + 2 candidates) fits, the
+    # longest (30 s) does not.
+    budget = TimeBudget(60.0, started=time.monotonic() - 30.0)
+    monitor = SearchMonitor(_tasks(2), untuned, 100, budget, pace, "here")
+    left = monitor.search_deadline() - time.monotonic()
+    assert pace.search_seconds() + 2 * pace.candidate_seconds() < left < 30.0
+    assert monitor.stop_reason_before_round(4, 0) == TIME_BUDGET_SPENT
+
+
 def test_kernels_the_search_improved_keep_time_for_their_re_measurement() -> None:
     pace = Pace(builds=[1.0], runs=[0.5])
     untuned = {"w0": 1e-3, "w1": 1e-3}

@@ -177,6 +177,11 @@ class Pace:
         """Generating a round's candidates; before any was timed, a second."""
         return _average(self.searches) or UNTIMED_SEARCH_SECONDS
 
+    def longest_search_seconds(self) -> float:
+        """The longest a round's candidate generation has taken so far (it cannot be stopped
+        half-way: a large conv's evolutionary search took 25 s where the average was 8)."""
+        return max(self.searches, default=UNTIMED_SEARCH_SECONDS)
+
     def candidate_seconds(self) -> float:
         """One search candidate built and timed once."""
         return self.build_seconds() + self.run_seconds()
