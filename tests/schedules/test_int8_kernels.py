@@ -57,6 +57,9 @@ CASES = {
     "depthwise-stride2-width13": Conv(32, 32, 3, stride=2, groups=32, activation="Relu", size=13),
     "depthwise-5x5-width13": Conv(20, 20, 5, groups=20, activation="Relu", size=13),
     "depthwise-5x5-stride2-relu6": Conv(33, 33, 5, stride=2, groups=33, activation="Clip", size=14),
+    # Grouped, not depthwise (ShuffleNet v1's 1×1 convs of 3 groups; a 3×3 of 2 groups).
+    "grouped-pointwise-g3": Conv(12, 24, 1, groups=3, activation="Relu"),
+    "grouped-3x3-g2": Conv(8, 6, 3, groups=2),
 }
 
 
