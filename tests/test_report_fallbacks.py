@@ -18,6 +18,8 @@ from edgecompile.reporting.tables import format_summary, write_csv, write_index
 from edgecompile.schedules.coverage import build_fallback
 from edgecompile.schedules.pipeline import PIPELINE_FAILED, RULE_ERRORS_KEY
 
+from .test_report_int8 import zoo
+
 RULE_ERRORS = [
     {"kernel": "fused_pointwise_nchwc_relu1", "rule": "edgecompile.pointwise_nchwc",
      "error": "IndexError: boom", "layer": 2},
@@ -98,27 +100,7 @@ def test_a_cached_build_that_fell_back_is_rebuilt(
 
 
 def _report(folder: Path, models: list[ModelResult]) -> ZooReport:
-    machine = {
-        "date": "today", "cpu": "a CPU", "cores": 2, "llvm_cpu": "znver4",
-        "versions": {"tvm": "0"}, "python": "3", "load_average": [1.0, 1.0, 1.0],
-    }  # fmt: skip
-    return ZooReport(
-        output_dir=str(folder),
-        index=str(folder / "index.md"),
-        results_csv=str(folder / "results.csv"),
-        plots=[],
-        target="host",
-        threads=[1],
-        engines=["tvm", "ort"],
-        repeat=3,
-        warmup=1,
-        seed=0,
-        machine=machine,
-        models=models,
-        correlations=[],
-        notes=[],
-        wall_seconds=60.0,
-    )
+    return zoo(folder, models, engines=("tvm", "ort"), threads=(1,))
 
 
 def test_the_report_flags_a_fallen_back_build_at_the_top_and_in_its_row(tmp_path: Path) -> None:

@@ -45,7 +45,12 @@ def result(model: str, engines: tuple[str, ...] = ENGINES) -> ModelResult:
     return ModelResult(model=model, family="f", input_size=(32, 32), timings=timings)
 
 
-def zoo(folder: Path, models: list[ModelResult], engines: tuple[str, ...] = ENGINES) -> ZooReport:
+def zoo(
+    folder: Path,
+    models: list[ModelResult],
+    engines: tuple[str, ...] = ENGINES,
+    threads: tuple[int, ...] = THREADS,
+) -> ZooReport:
     machine = {
         "date": "today",
         "cpu": "a CPU",
@@ -61,7 +66,7 @@ def zoo(folder: Path, models: list[ModelResult], engines: tuple[str, ...] = ENGI
         results_csv=str(folder / "results.csv"),
         plots=[],
         target="host",
-        threads=list(THREADS),
+        threads=list(threads),
         engines=list(engines),
         repeat=3,
         warmup=1,

@@ -23,7 +23,16 @@ from edgecompile.schedules.int8.compute import AVX2_IN_BLOCK, OUT_BLOCK, pack_we
 from edgecompile.schedules.int8.schedule import avx2_register_tile
 from edgecompile.targets import resolve_target
 
-from .test_int8_kernels import CASES, Conv, build_and_run, parameters, qdq_conv_model, reference
+from .test_int8_kernels import (
+    CASES,
+    Conv,
+    build_and_run,
+    conv_input,
+    output_codes,
+    parameters,
+    qdq_conv_model,
+    reference,
+)
 
 
 @pytest.fixture(scope="module")
@@ -66,15 +75,12 @@ def test_avx2_kernels_are_exact(
     conv = AVX2_CASES[case]
     path = qdq_conv_model(conv, tmp_path, write_qdq_model)
     params = parameters(path)
-    x_scale, x_zp = np.float32(params["x_scale"]), int(params["x_zero_point"])
-    y_scale, y_zp = np.float32(params["y_scale"]), int(params["y_zero_point"])
-    x_q = np.random.default_rng(1).integers(0, 256, (1, conv.in_channels, conv.size, conv.size))
-    x = ((x_q - x_zp) * x_scale).astype(np.float32)
+    x_q, x = conv_input(conv, params)
 
     actual, records = build_and_run(path, avx2_target, x)
 
     assert [r["schedule"] for r in records] == [_expected_schedule(conv)]
-    actual_q = np.rint(actual / y_scale).astype(np.int64) + y_zp
+    actual_q = output_codes(actual, params)
     expected_q = reference(conv, params, x_q)
     assert np.unique(expected_q).size > 10  # the test data spans the output range
     np.testing.assert_array_equal(actual_q, expected_q)

@@ -136,6 +136,20 @@ def parameters(path: Path) -> dict[str, np.ndarray]:
     return {i.name: numpy_helper.to_array(i) for i in onnx.load(str(path)).graph.initializer}
 
 
+def conv_input(conv: Conv, params: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Random uint8 codes over the whole range, and the float input the model's own quantize
+    maps back to exactly those codes (whole steps of its scale)."""
+    x_scale, x_zp = np.float32(params["x_scale"]), int(params["x_zero_point"])
+    x_q = np.random.default_rng(1).integers(0, 256, (1, conv.in_channels, conv.size, conv.size))
+    return x_q, ((x_q - x_zp) * x_scale).astype(np.float32)
+
+
+def output_codes(actual: np.ndarray, params: dict[str, np.ndarray]) -> np.ndarray:
+    """A float output as the model's output quantization codes (ORT's rounding to even)."""
+    y_scale, y_zp = np.float32(params["y_scale"]), int(params["y_zero_point"])
+    return np.rint(actual / y_scale).astype(np.int64) + y_zp
+
+
 def reference(conv: Conv, params: dict[str, np.ndarray], x_q: np.ndarray) -> np.ndarray:
     """The integer conv in numpy: int64 accumulation, then ORT's requantization."""
     x_scale, x_zp = np.float32(params["x_scale"]), int(params["x_zero_point"])

@@ -38,7 +38,7 @@ from edgecompile.schedules.knobs import KNOBS_ATTR, UNROLL_KNOB, Knobs
 from edgecompile.schedules.pipeline import fused_module
 from edgecompile.targets import resolve_target
 
-from .test_int8_kernels import CASES, parameters, qdq_conv_model, reference
+from .test_int8_kernels import CASES, output_codes, parameters, qdq_conv_model, reference
 
 VNNI = has_blocked_kernel(resolve_target("host").tvm_target())
 needs_vnni = pytest.mark.skipif(not VNNI, reason="this host has no VNNI")
@@ -204,8 +204,7 @@ def test_a_mutated_tile_replays_and_stays_exact(
     mutated = [d for i, d in decisions.items() if i.kind.name == "SamplePerfectTile"]
     assert _tiles(point.trace) == mutated
     assert all(a != b for a, b in zip(_tiles(point.trace), _tiles(space.trace), strict=True))
-    y_scale, y_zp = np.float32(params["y_scale"]), int(params["y_zero_point"])
-    actual_q = np.rint(actual / y_scale).astype(np.int64) + y_zp
+    actual_q = output_codes(actual, params)
     np.testing.assert_array_equal(actual_q, reference(conv, params, x_q))
 
 

@@ -44,7 +44,16 @@ from edgecompile.schedules.pipeline import ScheduleReport
 from edgecompile.schedules.spills import module_spills
 from edgecompile.targets import resolve_target
 
-from .test_int8_kernels import CASES, SIZE, Conv, parameters, qdq_conv_model, reference
+from .test_int8_kernels import (
+    CASES,
+    SIZE,
+    Conv,
+    conv_input,
+    output_codes,
+    parameters,
+    qdq_conv_model,
+    reference,
+)
 
 #: The board, its instruction, the conv's schedule, and the core qemu emulates for it.
 BOARDS = {
@@ -417,10 +426,7 @@ def test_board_kernel_is_exact_on_the_emulated_core(
         schedule = DEPTHWISE_BOARDS[board][0]
     path = qdq_conv_model(conv, tmp_path, write_qdq_model)
     params = parameters(path)
-    x_scale, x_zp = np.float32(params["x_scale"]), int(params["x_zero_point"])
-    y_scale, y_zp = np.float32(params["y_scale"]), int(params["y_zero_point"])
-    x_q = np.random.default_rng(1).integers(0, 256, (1, conv.in_channels, conv.size, conv.size))
-    x = ((x_q - x_zp) * x_scale).astype(np.float32)  # steps the model's quantize gives back
+    x_q, x = conv_input(conv, params)  # steps the model's quantize gives back
     model, _ = import_onnx(path, name="conv")
     executable, records = compile_relax(model.module, preset.tvm_target())
     assert [r["schedule"] for r in records] == [schedule]
@@ -431,7 +437,7 @@ def test_board_kernel_is_exact_on_the_emulated_core(
 
     expected = reference(conv, params, x_q)
     assert np.unique(expected).size > 10
-    np.testing.assert_array_equal(np.rint(actual / y_scale).astype(np.int64) + y_zp, expected)
+    np.testing.assert_array_equal(output_codes(actual, params), expected)
 
 
 @pytest.mark.slow
@@ -459,17 +465,14 @@ def test_armv7_kernel_is_exact_under_qemu_arm(
     conv = CASES[case]
     path = qdq_conv_model(conv, tmp_path, write_qdq_model)
     params = parameters(path)
-    x_scale, x_zp = np.float32(params["x_scale"]), int(params["x_zero_point"])
-    y_scale, y_zp = np.float32(params["y_scale"]), int(params["y_zero_point"])
-    x_q = np.random.default_rng(1).integers(0, 256, (1, conv.in_channels, conv.size, conv.size))
-    x = ((x_q - x_zp) * x_scale).astype(np.float32)
+    x_q, x = conv_input(conv, params)
     artifact = build(str(path), "armv7", output_dir=tmp_path / "build", verify=False).artifact
     assert [s["schedule"] for s in artifact.manifest.schedules] == [schedule]
 
     (actual,) = run_native(artifact, [x]).outputs
 
     expected = reference(conv, params, x_q)
-    np.testing.assert_array_equal(np.rint(actual / y_scale).astype(np.int64) + y_zp, expected)
+    np.testing.assert_array_equal(output_codes(actual, params), expected)
 
 
 def _residual_model(folder: Path, write_qdq_model: Callable[..., Path], width: int) -> Path:

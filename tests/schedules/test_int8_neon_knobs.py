@@ -28,7 +28,15 @@ from edgecompile.schedules.int8.neon_intrinsics import SDOT_PIXELS
 from edgecompile.schedules.knobs import KNOBS_ATTR, Knobs
 from edgecompile.targets import resolve_target
 
-from .test_int8_kernels import CASES, Conv, parameters, qdq_conv_model, reference
+from .test_int8_kernels import (
+    CASES,
+    Conv,
+    conv_input,
+    output_codes,
+    parameters,
+    qdq_conv_model,
+    reference,
+)
 from .test_int8_knobs import (
     _another_tile,
     _assembly,
@@ -234,13 +242,10 @@ def test_mutated_neon_conv_is_exact_on_the_emulated_core(
     library = tmp_path / f"conv_{board}.so"
     executable.export_library(str(library), fcompile=toolchain_for(preset).fcompile())
     params = parameters(path)
-    x_scale, x_zp = np.float32(params["x_scale"]), int(params["x_zero_point"])
-    y_scale, y_zp = np.float32(params["y_scale"]), int(params["y_zero_point"])
-    x_q = np.random.default_rng(1).integers(0, 256, (1, conv.in_channels, conv.size, conv.size))
-    x = ((x_q - x_zp) * x_scale).astype(np.float32)
+    x_q, x = conv_input(conv, params)
 
     (actual,) = run_library_in_rootfs(rootfs, library, {"x": x}, cpu=BOARDS[board][2])
 
     expected = reference(conv, params, x_q)
     assert np.unique(expected).size > 10
-    np.testing.assert_array_equal(np.rint(actual / y_scale).astype(np.int64) + y_zp, expected)
+    np.testing.assert_array_equal(output_codes(actual, params), expected)
