@@ -163,6 +163,16 @@ class CpuInfo:
         ``addps`` reads)."""
         return accumulators + self.operand_steps + 1 <= self.tile_registers
 
+    def unrolled_single_pixel_tile_fits(self, accumulators: int) -> bool:
+        """:meth:`single_pixel_tile_fits` for a reduction LLVM unrolls whole (a stem's 3
+        channels × 3×3 taps) on a target without FMA: there its scheduler issues a step's
+        multiplies ahead of their adds, so each accumulator's product holds a register of its
+        own beside it, with the broadcasts of the live steps. On ``x86-64-v2`` (SSE, across the
+        window: 3 steps) MobileNet v2's stem at 8 output blocks × 1 pixel spilled 4 times per
+        tile (2 × 8 + 3 > 15), SqueezeNet 1.1's twice; 6 × 1 (ShuffleNet v2's, 2 × 6 + 3 = 15)
+        and 4 × 1 read spill-free."""
+        return 2 * accumulators + self.operand_steps <= self.tile_registers
+
     def tile_fits(self, accumulators: int, weights: int, inputs: int) -> bool:
         """Whether a register tile of ``accumulators`` vectors fits, with ``weights`` vectors
         and ``inputs`` broadcast values read per reduction step, without LLVM spilling any of

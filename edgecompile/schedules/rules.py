@@ -235,6 +235,33 @@ def single_pixel_tile(chosen: tuple[int, int], out_blocks: int, cpu: CpuInfo) ->
     return (widest, 1) if widest > chosen[0] * chosen[1] else chosen
 
 
+def fma_chains_tile(chosen: tuple[int, int], out_blocks: int, cpu: CpuInfo) -> tuple[int, int]:
+    """``chosen``'s pixels × the most output blocks one reduction step's operands leave room for,
+    up to :data:`LATENCY_ACCUMULATORS` accumulators, on x86 with FMA below AVX-512 (AVX2:
+    ``x86-64-v3``); ``chosen`` elsewhere, and where it already holds as many.
+
+    :func:`pointwise_tile` budgets the operands of two steps (:attr:`CpuInfo.operand_steps`),
+    which on 16 registers leaves 2 × 2: 4 FMA chains, half of what two FMA pipes of 4 cycles
+    keep busy. There the FMA reads an operand from memory and LLVM does not load the next
+    step's operands ahead: a tile holds its accumulators, its weight vectors and one broadcast
+    per pixel (as :func:`short_reduction_tile` counts), so 4 × 2 fits (8 + 4 + 2 of 15). The
+    tuning search moved nearly every AVX2 pointwise conv this way (``oc tile 2 → 4..5``).
+    MobileNet v2's read spill-free at 4 × 2, and its pointwise kernels ran 0.6-0.75× the
+    2 × 2 tile's time (each the fastest of 40 runs, interleaved, on a loaded machine)."""
+    if not (cpu.reads_weights_from_memory and cpu.fma):
+        return chosen
+    pixels = chosen[1]
+    fitting = [
+        oc
+        for oc in divisors(out_blocks)
+        if oc <= MAX_POINTWISE_OUT_TILE
+        and oc * pixels <= LATENCY_ACCUMULATORS
+        and oc * pixels + oc + pixels <= cpu.tile_registers
+    ]
+    widest = max(fitting, default=chosen[0])
+    return (widest, pixels) if widest > chosen[0] else chosen
+
+
 #: Input blocks of a pointwise reduction LLVM unrolls whole (:func:`short_reduction_tile`):
 #: 2 blocks × the 2 unrolled splits of each are 4 iterations of the tile's body.
 SHORT_REDUCTION_BLOCKS = 2
@@ -575,6 +602,7 @@ class PointwiseNCHWc(_TiledConvRule):
         oc_tile, pixel_tile = single_pixel_tile(
             pointwise_row_tile(out_w, out_blocks, cpu), out_blocks, cpu
         )
+        oc_tile, pixel_tile = fma_chains_tile((oc_tile, pixel_tile), out_blocks, cpu)
         in_channels = int(sch.get(cib).extent) * int(sch.get(ci).extent)
         oc_tile, pixel_tile = short_reduction_tile(
             (oc_tile, pixel_tile), out_w, out_blocks, in_channels, cpu
@@ -804,8 +832,15 @@ def stem_tile(width: int, out_blocks: int, cpu: CpuInfo) -> tuple[int, int] | No
 
     A row the two pixels leave a tail (SqueezeNet 1.1's unpadded 111) keeps the K×K tile: its
     full tiles then run as a serial loop of their own (:func:`split_row`) in which every weight
-    is invariant, and 4 × 2 spilled them there (17 accesses per tile on rpi4 and rpi5)."""
-    if cpu.folds_broadcasts or cpu.arch.startswith(("arm", "thumb")) or width % STEM_PIXELS:
+    is invariant, and 4 × 2 spilled them there (17 accesses per tile on rpi4 and rpi5).
+
+    Without FMA on x86 (SSE: ``x86-64-v2``) a stem takes one pixel instead
+    (:func:`one_pixel_stem_tile`), whatever its width."""
+    if cpu.folds_broadcasts or cpu.arch.startswith(("arm", "thumb")):
+        return None
+    if cpu.reads_weights_from_memory and not cpu.fma:
+        return one_pixel_stem_tile(out_blocks, cpu)
+    if width % STEM_PIXELS:
         return None
     pixels = STEM_PIXELS
 
@@ -818,6 +853,27 @@ def stem_tile(width: int, out_blocks: int, cpu: CpuInfo) -> tuple[int, int] | No
 
     fitting = [oc for oc in divisors(out_blocks) if oc <= MAX_POINTWISE_OUT_TILE and fits(oc)]
     return (max(fitting, default=1), pixels)
+
+
+def one_pixel_stem_tile(out_blocks: int, cpu: CpuInfo) -> tuple[int, int]:
+    """``(output blocks, 1)``: a stem's register tile on x86 without FMA (SSE), one pixel × the
+    most output blocks whose products fit beside them
+    (:meth:`CpuInfo.unrolled_single_pixel_tile_fits`).
+
+    Each weight then serves one multiply, which reads it from memory (``mulps xmm, [w]``), so
+    the tile's registers go to accumulator chains instead of weights and a second pixel's
+    inputs; the 2 × 2 tile had 4 chains for a multiply and a dependent add per step. The tuning
+    search moved these stems to 8 × 1, which spilled (MobileNet v2's 4, SqueezeNet 1.1's 2
+    stack accesses per tile). The stem alone, untuned, interleaved against the old tile (the
+    fastest of 40 runs each on a loaded machine): MobileNet v2's 4 × 1 0.88× its 2 × 2,
+    ShuffleNet v2's 6 × 1 0.77× its 2 × 2, SqueezeNet 1.1's 4 × 1 0.83× its 1 × 3 K×K tile
+    (one pixel leaves its 111-wide row no tail)."""
+    fitting = [
+        d
+        for d in divisors(out_blocks)
+        if d <= MAX_POINTWISE_OUT_TILE and cpu.across_window().unrolled_single_pixel_tile_fits(d)
+    ]
+    return max(fitting, default=1), 1
 
 
 def reads_the_image(sch: Any, block: Any) -> bool:

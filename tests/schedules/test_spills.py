@@ -341,7 +341,8 @@ def test_a_short_pointwise_reduction_over_a_tailed_row_does_not_spill_on_avx2(
 
 def test_a_stem_tile_holds_two_pixels_and_the_output_blocks_that_fit() -> None:
     """Where the stem has its own tile (64-bit ARM, x86 below AVX-512): 2 pixels × the most
-    output blocks within the target's budget; AVX-512 and 32-bit ARM keep the K×K tile."""
+    output blocks within the target's budget (1 pixel without FMA); AVX-512 and 32-bit ARM
+    keep the K×K tile."""
     from edgecompile.schedules.cpu import CpuInfo
     from edgecompile.schedules.rules import stem_tile
 
@@ -353,7 +354,10 @@ def test_a_stem_tile_holds_two_pixels_and_the_output_blocks_that_fit() -> None:
     assert stem_tile(112, 6, neon64) == (3, 2)
     assert stem_tile(112, 4, avx2) == (4, 2)
     assert stem_tile(112, 3, avx2) == (3, 2)
-    assert stem_tile(112, 8, sse) == stem_tile(112, 6, sse) == (2, 2)  # no FMA: fewer fit
+    # No FMA: one pixel × the blocks whose products fit too (rules.one_pixel_stem_tile),
+    # SqueezeNet's tailed 111 included; 8 of MobileNet v2's 8 blocks would spill.
+    assert stem_tile(112, 8, sse) == stem_tile(111, 16, sse) == (4, 1)
+    assert stem_tile(112, 6, sse) == (6, 1)
     # More blocks per tile than fit: a tile of 8 blocks is never taken where 4 fit.
     assert not neon64.across_window().tile_fits(16, weights=8, inputs=2)
     avx512 = CpuInfo(arch="x86_64", lanes=16, registers=32, cores=1)

@@ -1,7 +1,8 @@
 """The SSE (x86-64-v2) default of a dense K×K conv on a blocked input: a one-pixel tile of up to
 8 output blocks (the tuning search's move on every SqueezeNet 3×3 expand), built spill-free and
 right: this machine runs SSE code, so the kernels are checked against torch here. Targets with
-FMA, and stems (which spilled at 8 × 1), keep their tiles."""
+FMA keep their tiles; an SSE stem takes one pixel × the blocks whose products fit (4 of 8: at
+8 × 1 it spilled)."""
 
 from __future__ import annotations
 
@@ -129,12 +130,30 @@ def test_sse_takes_one_pixel_and_8_blocks_where_fma_targets_keep_their_tile(
     assert avx2 != sse
 
 
-def test_an_sse_stem_keeps_its_two_pixel_tile(stem_32: tuple[Any, Path, int]) -> None:
-    """8 × 1 spilled MobileNet v2's and ShuffleNet v2's stems (4 and 2 stack accesses per tile)."""
+def test_an_sse_stem_takes_one_pixel_where_the_other_targets_keep_theirs(
+    stem_32: tuple[Any, Path, int],
+) -> None:
+    """On SSE a stem is one pixel × the output blocks whose products fit beside them: 4 of
+    MobileNet v2's 8 (at 8 × 1 it spilled 4 times per tile; the old 2 × 2 ran 1.13× slower).
+    AVX2 keeps its 2-pixel stem tile and AVX-512 (``host``) its K×K tile."""
     from edgecompile.schedules import optimize
+    from edgecompile.schedules.cpu import cpu_info
+    from edgecompile.schedules.rules import stem_tile, window_row_tile
 
     module, _, _ = stem_32
-    assert _tile(optimize(module.module, resolve_target("x86-64-v2").tvm_target())[0])[1] == 2
+    out_width = 16  # the 32² image at stride 2
+
+    def tile_for(preset: str) -> tuple[tuple[int, int], Any]:
+        target = resolve_target(preset).tvm_target()
+        return _tile(optimize(module.module, target)[0]), cpu_info(target)
+
+    sse, _ = tile_for("x86-64-v2")
+    assert sse == (4, 1)
+    avx2, avx2_cpu = tile_for("x86-64-v3")
+    assert avx2 == stem_tile(out_width, 32 // avx2_cpu.lanes, avx2_cpu) == (4, 2)
+    host, host_cpu = tile_for("host")
+    blocks = 32 // host_cpu.lanes
+    assert host == window_row_tile(out_width, blocks, host_cpu.across_window()) != sse
 
 
 @pytest.mark.parametrize("case", ["expand_13", "stem_32"])

@@ -1,5 +1,6 @@
-"""The SSE (x86-64-v2) pointwise default: a one-pixel tile of up to 8 output blocks, built
-spill-free, and right: this machine runs SSE code, so the kernels are checked against torch here."""
+"""The x86 stand-ins' pointwise defaults, built spill-free, and right: this machine runs their
+code, so the kernels are checked against torch here. SSE (x86-64-v2): a one-pixel tile of up to 8
+output blocks; AVX2 (x86-64-v3): 8 FMA chains, 4 output blocks × 2 pixels."""
 
 from __future__ import annotations
 
@@ -115,3 +116,25 @@ def test_a_row_with_a_tail_does_not_spill(expand_55: tuple[Any, Path]) -> None:
     executable, _ = compile_relax(module.module, target)
     assert _spilling(executable, target) == {}
     _check_against_torch(executable, onnx_path)
+
+
+def test_avx2_holds_8_fma_chains_where_host_keeps_its_tile(expand_28: tuple[Any, Path]) -> None:
+    """On AVX2 the analytic tile was 2 × 2 (4 FMA chains, two steps' operands budgeted); one
+    step's operands leave room for 4 output blocks × 2 pixels (:func:`rules.fma_chains_tile`).
+    The host (AVX-512) keeps its analytic tile."""
+    from edgecompile.schedules import compile_relax, optimize
+    from edgecompile.schedules.cpu import cpu_info
+    from edgecompile.schedules.rules import pointwise_row_tile
+
+    module, onnx_path = expand_28
+    target = resolve_target("x86-64-v3").tvm_target()
+    assert _tile(optimize(module.module, target)[0]) == (4, 2)
+    executable, _ = compile_relax(module.module, target)
+    assert _spilling(executable, target) == {}
+    _check_against_torch(executable, onnx_path)
+
+    host = resolve_target("host").tvm_target()
+    host_cpu = cpu_info(host)
+    assert _tile(optimize(module.module, host)[0]) == pointwise_row_tile(
+        28, 96 // host_cpu.lanes, host_cpu
+    )
