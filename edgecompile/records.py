@@ -9,6 +9,7 @@ Stage 3b of the pipeline: ``tune`` writes records here, ``build`` reads them. La
         database_tuning_record.json
         kernels.json                          workload → kernel name, for display
         baselines.json                        trace digest → untuned schedule it replays
+        neighbours.json                       trace digest → "neighbours": the neighbour pass's
         choices.json                          workload → what a build uses (tune's re-measure)
         .lock                                 held while a tune or an import writes
 
@@ -61,6 +62,7 @@ LOCK_FILE = ".lock"
 NAMES_FILE = "kernels.json"
 BASELINES_FILE = "baselines.json"
 CHOICES_FILE = "choices.json"
+NEIGHBOURS_FILE = "neighbours.json"
 #: ``Choice.record`` when the untuned schedule (ours, or TVM's default) won the re-measurement.
 UNTUNED = "untuned"
 EXPORT_FORMAT = "edgecompile-records/1"
@@ -419,6 +421,21 @@ class RecordStore:
 
     def add_baselines(self, baselines: dict[str, str]) -> None:
         self._write_map(BASELINES_FILE, {**self.baselines(), **baselines})
+
+    def neighbours(self) -> dict[str, str]:
+        """Trace digest → the pass that found it, for the records of ``tune``'s neighbour pass
+        (search records all the same: only ``records show`` tells them apart)."""
+        return _text_map(self.path / NEIGHBOURS_FILE)[0]
+
+    def add_neighbours(self, neighbours: dict[str, str]) -> None:
+        if neighbours:
+            self._write_map(NEIGHBOURS_FILE, {**self.neighbours(), **neighbours})
+
+    def latest_records(self, count: int) -> list[Any]:
+        """The bodies of the last ``count`` records written (a writer's own latest commits:
+        the database appends one line per commit)."""
+        lines = self.lines().records[-count:] if count > 0 else []
+        return [json.loads(line)[1] for line in lines]
 
     def _choices(self) -> tuple[dict[str, Choice], list[Damage]]:
         data, damage = _read_json_map(self.path / CHOICES_FILE)
@@ -819,9 +836,13 @@ def mark_of(record_body: Any) -> str | None:
     return found.group(1) if found else None
 
 
-def record_schedule(record_body: Any, baselines: dict[str, str]) -> str:
-    """Who made a record: an untuned baseline's name (our rule, tvm-default) or the search."""
-    return baselines.get(trace_digest(record_body), SEARCHED)
+def record_schedule(
+    record_body: Any, baselines: dict[str, str], neighbours: dict[str, str] | None = None
+) -> str:
+    """Who made a record: an untuned baseline's name (our rule, tvm-default), the neighbour
+    pass (when ``neighbours`` is given) or the search."""
+    digest = trace_digest(record_body)
+    return baselines.get(digest) or (neighbours or {}).get(digest, SEARCHED)
 
 
 #: The block annotations a design space's point carries in its trace (``schedules.knobs.
@@ -925,6 +946,7 @@ def summarize(store: RecordStore) -> list[WorkloadSummary]:
     clean = store.lines()
     names = store.kernel_names()
     baselines = store.baselines()
+    neighbours = store.neighbours()
     decisions = store.decisions()
     hashes = [_workload_hash(line) for line in clean.workloads]
     grouped: dict[int, list[Any]] = {}
@@ -950,7 +972,7 @@ def summarize(store: RecordStore) -> list[WorkloadSummary]:
                 name=names.get(hashes[index], f"workload {hashes[index][:10]}"),
                 trials=len(bodies),
                 best_ms=None if best_time is None else round(best_time * 1e3, 4),
-                schedule="-" if best is None else record_schedule(best, baselines),
+                schedule="-" if best is None else record_schedule(best, baselines, neighbours),
                 uses=decision.uses,
                 untuned_ms=decision.untuned_ms,
                 tuned_ms=decision.tuned_ms,
@@ -978,6 +1000,7 @@ def export_records(store: RecordStore, output: str | Path) -> Path:
         "records": clean.records,
         "kernels": store.kernel_names(),
         "baselines": store.baselines(),
+        "neighbours": store.neighbours(),
         "choices": {k: c.to_dict() for k, c in store.choices().items()},
     }
     output = Path(output)
@@ -1033,11 +1056,11 @@ def _read_payload(path: Path) -> dict[str, Any]:
             problem = f"it points at workload {entry[0] + 1}, which the file does not hold"
         if problem is not None:
             raise _payload_error(path, f"record {number} is not usable ({problem})")
-    for key in ("kernels", "baselines", "choices"):
+    for key in ("kernels", "baselines", "neighbours", "choices"):
         entries = payload.get(key, {})
         if not isinstance(entries, dict):
             raise _payload_error(path, f"its {key} are not an object")
-    for key in ("kernels", "baselines"):
+    for key in ("kernels", "baselines", "neighbours"):
         if not all(isinstance(v, str) for v in payload.get(key, {}).values()):
             raise _payload_error(path, f"its {key} map to something other than texts")
     for key, entry in payload.get("choices", {}).items():
@@ -1104,6 +1127,7 @@ def import_records(source: str | Path, records: str | Path | None = None) -> Imp
         added = len(new_records)
         store.add_kernel_names(payload.get("kernels", {}))
         store.add_baselines(payload.get("baselines", {}))
+        store.add_neighbours(payload.get("neighbours", {}))
         choices = payload.get("choices", {})
         if choices and added:
             # A choice decided on the exporting machine holds here only where this store had

@@ -168,11 +168,11 @@ def test_ctrl_c_during_the_search_stops_it_at_the_next_round_then_raises() -> No
     parallel loop) ends in std::terminate, a segfault: the search defers it."""
     import signal
 
-    from edgecompile.tuning.search import _deferred_interrupt
+    from edgecompile.tuning.search import deferred_interrupt
 
     monitor = SearchMonitor(_tasks(1), {}, 10, TimeBudget(60.0), Pace(), "here")
     before = signal.getsignal(signal.SIGINT)
-    with _deferred_interrupt(monitor) as raise_interrupt:
+    with deferred_interrupt(monitor) as raise_interrupt:
         signal.raise_signal(signal.SIGINT)  # no exception here
         assert monitor.interrupted and monitor.stop_reason_before_round(4, 0) is not None
         assert monitor.search_deadline() == -math.inf  # no build starts

@@ -125,6 +125,8 @@ def records_show(target: str, records: str | None, as_json: bool) -> None:
     ]  # fmt: skip
     click.echo(format_table(headers, rows))
     click.echo(
+        "best by: our rule (the untuned schedule), neighbours (tune's one-knob pass before the "
+        "search) or metaschedule (the search). "
         "tuned ms: the best search records re-measured beside the untuned schedule (then both "
         "times are the re-measurement's); -: no search record beat it even once. "
         "(not re-measured): decided by single measurements for now (rerun the tune). "

@@ -7,7 +7,6 @@ records), and every search record is later judged against the schedule it would 
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from typing import Any
 
@@ -120,12 +119,7 @@ def _measure_batch(
         seconds = mean_seconds(runs[0].run_secs)
         if seconds is not None:
             timings[task.workload_hash] = seconds
-    # The database appended one line per commit: the last ``committed`` lines are these.
-    new_lines = store.lines().records[-committed:] if committed else []
     store.add_baselines(
-        {
-            trace_digest(body): mark_of(body) or "untuned"
-            for body in (json.loads(line)[1] for line in new_lines)
-        }
+        {trace_digest(body): mark_of(body) or "untuned" for body in store.latest_records(committed)}
     )
     return all(runs is not None for runs in measured)

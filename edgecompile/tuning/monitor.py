@@ -147,6 +147,21 @@ class SearchMonitor:
     def building(self, built: int, total: int) -> None:
         self.activity = f"building {built + 1}/{total}"
 
+    def starting_neighbours(self, task_id: int) -> None:
+        """The neighbour pass (:mod:`~edgecompile.tuning.neighbours`) starts on a task."""
+        self.current = task_id
+        self.activity = "neighbours"
+
+    def found(self, task_id: int, seconds: float) -> None:
+        """A candidate outside a search round (the neighbour pass) ran in ``seconds``."""
+        self.trials += 1
+        self._improve(task_id, seconds)
+
+    def failed(self, kind: str, message: str) -> None:
+        """A candidate outside a search round failed to ``kind`` (build, run)."""
+        self.trials += 1
+        self._failure(kind, message)
+
     def record_round(
         self, task_id: int, builder_results: list[Any], runner_results: list[Any]
     ) -> None:

@@ -17,13 +17,14 @@ from edgecompile.tuning.budget import FINISH_SECONDS, TimeBudget, read_budget, t
 from edgecompile.tuning.heartbeat import heartbeat
 from edgecompile.tuning.measure import choose_transport, measurement
 from edgecompile.tuning.monitor import SearchMonitor, TuneStatus
+from edgecompile.tuning.neighbours import measure_neighbours, pass_deadline, pass_limit
 from edgecompile.tuning.results import TuneResult, task_outcomes
-from edgecompile.tuning.search import run_search
+from edgecompile.tuning.search import deferred_interrupt, run_search
 from edgecompile.tuning.tasks import best_search_seconds, count_searched_records, extract_tasks
 from edgecompile.tuning.verdict import confirm_choices
 
-#: Progress stages: prepare_model's two, then extract, untuned, search, re-measure.
-TUNE_STAGES = 6
+#: Progress stages: prepare_model's two, then extract, untuned, neighbours, search, re-measure.
+TUNE_STAGES = 7
 #: The tune's scratch folder in $TMPDIR (the model's files, every candidate's build), removed
 #: however the tune ends.
 SCRATCH_PREFIX = "edgecompile-tune-"
@@ -125,6 +126,24 @@ def tune(
             tasks, untuned, remaining, budget, measuring.pace, where,
             searched_best=best_search_seconds(store, tasks),
         )  # fmt: skip
+        status.stage = f"neighbours: one knob at a time on {where}"
+        with progress.stage(status.stage):
+            deadline = pass_deadline(monitor)
+            gate.deadline, gate.on_build = deadline, monitor.building
+            status.search = monitor
+            try:
+                # Ctrl-C ends the pass between two builds (TVM's builder calls back into
+                # Python: an interrupt raised there would not unwind cleanly), then raises.
+                with deferred_interrupt(monitor) as raise_interrupt:
+                    remaining -= measure_neighbours(
+                        tasks, store, measuring.measurer, monitor, deadline,
+                        pass_limit(remaining),
+                    )  # fmt: skip
+                if monitor.interrupted:
+                    raise_interrupt()
+            finally:
+                status.search, gate.on_build = None, None
+                gate.deadline = partial(budget.until, FINISH_SECONDS)
         counted = trials is not None or budget.seconds is None
         label = f"search: {remaining} trials" if counted else "search"
         status.stage = label + (f" on {where}" if remaining else " (already done)")

@@ -100,6 +100,7 @@ def task_outcomes(
     """Each task's records as they stand, and what a build applies for it."""
     bodies = store.records_by_workload()
     baselines = store.baselines()
+    neighbours = store.neighbours()
     decisions = store.decisions()
     outcomes = []
     for task in tasks:
@@ -121,7 +122,7 @@ def task_outcomes(
                 weight=task.weight,
                 untuned_ms=untuned_ms,
                 best_ms=milliseconds(best_seconds),
-                schedule="-" if best is None else record_schedule(best, baselines),
+                schedule="-" if best is None else record_schedule(best, baselines, neighbours),
                 records=len(task_records),
                 uses=uses,
                 uses_ms=uses_ms,

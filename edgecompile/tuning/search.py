@@ -53,7 +53,7 @@ def run_search(
     search_threads = 1 if local else os.cpu_count() or 1
     keep_interrupts_through_ffi()
     try:
-        with _deferred_interrupt(monitor) as raise_interrupt:
+        with deferred_interrupt(monitor) as raise_interrupt:
             ms.tune.tune_tasks(
                 tasks=_tune_contexts(tasks, plan.population, search_threads),
                 task_weights=[float(task.weight) for task in tasks],
@@ -86,10 +86,10 @@ def run_search(
 
 
 @contextlib.contextmanager
-def _deferred_interrupt(monitor: SearchMonitor) -> Iterator[Callable[[], None]]:
-    """Within the block, Ctrl-C stops the search at its next round instead of raising at once;
-    yields what raises it afterwards (the handler in place before, which the CLI uses to
-    remember the signal for its exit code).
+def deferred_interrupt(monitor: SearchMonitor) -> Iterator[Callable[[], None]]:
+    """Within the block, Ctrl-C stops the search at its next round (the neighbour pass: before
+    its next build) instead of raising at once; yields what raises it afterwards (the handler
+    in place before, which the CLI uses to remember the signal for its exit code).
 
     Why: during the search, Python code of ours and xgboost's runs inside MetaSchedule's C++
     (its cost model is called from a parallel loop): a KeyboardInterrupt raised there ends in
@@ -209,8 +209,23 @@ def design_space(task: TuningTask) -> Any:
     on mobilenet_v2 (5 min each) a search record won the re-measurement for 6 kernels with ours
     alone, 2 with the generic space alone, none with the union.
     """
-    from tvm import s_tir
     from tvm.s_tir import meta_schedule as ms
+
+    rule = knob_rule(task)
+    if rule is None:
+        return "post-order-apply"
+    target = task.extracted.target
+
+    def spaces(sch: Any) -> list[Any]:
+        return rule.design_spaces(sch, target)
+
+    return ms.space_generator.ScheduleFn(spaces)
+
+
+def knob_rule(task: TuningTask) -> Any | None:
+    """The rule of ours whose design spaces ``task`` is searched in: the first with knobs that
+    claims the kernel and has a choice left to vary on it; None: MetaSchedule's generic space."""
+    from tvm import s_tir
 
     from edgecompile.schedules.pipeline import schedule_rules
     from edgecompile.schedules.rules import ScheduleFailed
@@ -222,22 +237,19 @@ def design_space(task: TuningTask) -> Any:
         try:  # a rule that fails on this kernel would fail the whole search from inside it
             defaults = rule.design_spaces(s_tir.Schedule(task.module), target)
         except ScheduleFailed:
-            break
+            return None
         if not defaults:
             # the rule's kernel for another target (VNNI's and rpi5's sdot conv share a
             # layout): the next rule's may be this target's
             continue
-        if not any(_samples(space.trace) for space in defaults):
-            break  # every choice fixed here (a row tail): nothing for the search to vary
-
-        def spaces(sch: Any, rule: Any = rule) -> list[Any]:
-            return rule.design_spaces(sch, target)
-
-        return ms.space_generator.ScheduleFn(spaces)
-    return "post-order-apply"
+        if not any(has_sampled_choices(space.trace) for space in defaults):
+            return None  # every choice fixed here (a row tail): nothing for the search to vary
+        return rule
+    return None
 
 
-def _samples(trace: Any) -> bool:
+def has_sampled_choices(trace: Any) -> bool:
+    """Whether ``trace`` holds a sampling instruction: a choice the search can vary."""
     return any(inst.kind.name.startswith("Sample") for inst in trace.insts)
 
 
