@@ -105,6 +105,11 @@ class CpuInfo:
             default=0,
         )
 
+    def cache_bytes(self, level: int) -> int:
+        """Bytes of the data cache at ``level`` one core sees (0 where the target's caches do
+        not say)."""
+        return next((cache.size for cache in self.caches if cache.level == level), 0)
+
     #: Kernel-window taps beyond the reduction step whose operands LLVM loads ahead: a K×K
     #: conv's 3×3 window loops have a constant trip count, so LLVM unrolls them and hoists the
     #: next tap's loads too (:meth:`across_window`).
