@@ -143,6 +143,13 @@ _FOLLOW_INPUT = (
 )
 
 
+#: Ops that read a blocked input as it is (a conv, or one blocked because its input is): a pixel
+#: conv's result read only by these is worth packing in the conv's own kernel.
+_TAKES_BLOCKED = (_FOLLOW_INPUT - {"relax.call_tir", "relax.permute_dims", "relax.reshape"}) | {
+    CONV2D
+}
+
+
 @dataclass
 class _Blocked:
     """A value available in NCHW[x]c: the blocked var, its logical NCHW shape, and which lane
@@ -210,6 +217,9 @@ class BlockedLayoutMutator(relax.PyExprMutator):
         self.plain_norms: dict[Any, tuple[Any, Any]] = {}
         # Ops the rewrite emitted in NCHW itself (a grouped conv vectorized over pixels).
         self.plain_results: set[Any] = set()
+        # PReLUs applied, blocked, inside the pixel conv they follow (:meth:`_pixels_prelu`):
+        # their bindings are dropped.
+        self.fused_prelus: set[Any] = set()
 
     # -- uses of blocked values by ops that need NCHW ------------------------------------
     def _unpack(self, entry: _Blocked) -> Any:
@@ -240,6 +250,8 @@ class BlockedLayoutMutator(relax.PyExprMutator):
     # -- bindings -------------------------------------------------------------------------
     def visit_var_binding_(self, binding: Any) -> None:
         if binding.var in self.shuffle_inner or binding.var in self.window_inner:
+            return
+        if binding.var in self.fused_prelus:
             return
         value = binding.value
         result = None
@@ -792,8 +804,9 @@ class BlockedLayoutMutator(relax.PyExprMutator):
         index: int,
     ) -> None:
         """A grouped conv with few output channels per group, in NCHW, vectorized over pixels
-        (:func:`compute.grouped_conv_pixels`): its output is NCHW. A blocked input with no NCHW
-        copy yet is unpacked through its lane order inside the conv's own kernel
+        (:func:`compute.grouped_conv_pixels`): its output is NCHW, unless a PReLU read by
+        blocked ops follows it (:meth:`_pixels_prelu`). A blocked input with no NCHW copy yet
+        is unpacked through its lane order inside the conv's own kernel
         (:func:`compute.unpacked_window`), not by a kernel of its own; else its input is read
         in NCHW."""
         entry = self.blocked.get(source) if prologue is None else None
@@ -802,6 +815,10 @@ class BlockedLayoutMutator(relax.PyExprMutator):
             blocked = {"lane_of_channel": relax.const(entry.order.lanes.astype("int32"))}
         else:
             data, blocked = self.visit_expr(source), {}
+        activation = self._pixels_prelu(var)
+        packed = {}
+        if activation is not None:
+            packed = {"blocked_output": self.block, "slope": relax.const(activation[1])}
         expr = self.builder_.call_te(
             compute.grouped_conv_pixels,
             data,
@@ -813,12 +830,43 @@ class BlockedLayoutMutator(relax.PyExprMutator):
             prologue=prologue,
             primfunc_name_hint="grouped_pixels",
             **blocked,
+            **packed,
         )
+        if activation is not None:
+            self.fused_prelus.add(activation[0])
+            self.plain_results.add(var)  # read by the dropped PReLU only
+            out = self.builder_.emit(expr, activation[0].name + "_nchwc")
+            channels = int(weight.shape[0])
+            self._register(activation[0], out, ChannelOrder.identity(channels, self.block))
+            return
         if isinstance(var, relax.DataflowVar):
             self.set_var_remap(var, self.builder_.emit(expr, var.name))
         else:
             self.set_var_remap(var, self.builder_.emit_output(expr, var.name))
         self.plain_results.add(var)
+
+    def _pixels_prelu(self, var: Any) -> tuple[Any, np.ndarray] | None:
+        """``(the PReLU's var, its slope)`` where ``var`` (a pixel conv's NCHW result) is read
+        only by a PReLU of constant per-channel slope whose readers all take blocked values
+        (ESPNet v2's grouped convs of few channels per group): the conv then packs its result
+        with the PReLU applied, row by row in its own kernel, where the PReLU and a pack
+        kernel after it read the result back from memory once more; else None."""
+        reader = self.readers.get(var)
+        if self.use_counts.get(var) != 1 or reader is None:
+            return None
+        call = reader.value
+        if not isinstance(call, relax.Call) or op_name(call) != _PRELU:
+            return None
+        if not self._channel_axis(call):
+            return None
+        slope = reshaped_constant(call.args[1], self.bindings)
+        channels = nchw_shape(var)[1]
+        if slope is None or slope.size != channels or str(slope.dtype) != "float32":
+            return None
+        readers = self.all_readers.get(reader.var, [])
+        if not readers or any(r is None or op_name(r) not in _TAKES_BLOCKED for r in readers):
+            return None
+        return reader.var, slope.reshape(-1)
 
     def _transposed_conv(self, var: Any, call: Any) -> tuple[Any, ChannelOrder] | None:
         """A transposed conv as our sub-pixel conv (:func:`compute.transposed_conv_nchwc`):

@@ -1206,7 +1206,9 @@ class GroupedPixels(_ConvRule):
     """Grouped conv with few output channels per group, in NCHW
     (:func:`compute.grouped_conv_pixels`): a tile of output channels of one group × vectors of
     pixels of one row, each tap one input vector load and one broadcast weight per channel; the
-    padded input window (with the pre-activation, if any) copied per row of tiles."""
+    padded input window (with the pre-activation, if any) copied per row of tiles. A result
+    packed in the kernel (:func:`compute.packed_pixels`) runs rows outermost: every channel of a
+    row, then that row packed from cache."""
 
     schedule_name = compute.GROUPED_PIXELS
     #: Its knobs: the channels and the pixel vectors of the tile (the vector itself stays).
@@ -1216,7 +1218,22 @@ class GroupedPixels(_ConvRule):
         inline_prologues(sch, block)
         pads = [p for p in sch.get_producers(block) if sch.get(p).name_hint.startswith("pad_nchw")]
         per_group = int(sch.get(block).annotations[compute.PER_GROUP_ATTR])
-        n, co, h, w, r, kh, kw = sch.get_loops(block)
+        packs = [
+            c for c in sch.get_consumers(block) if sch.get(c).name_hint == compute.PIXELS_PACK_STAGE
+        ]
+        row = None
+        if packs:
+            # The pack's rows outermost, the conv computed per row under them: the pack reads
+            # the row from cache. (Moved under the conv's loops instead, the pack would only
+            # cover the channels the conv computes, leaving its padding lanes unwritten.)
+            p_n, p_cb, p_h, p_w, p_c = sch.get_loops(packs[0])
+            sch.reorder(p_n, p_h, p_cb, p_w, p_c)
+            row = sch.fuse(p_n, p_h)
+            sch.vectorize(p_c)
+            sch.compute_at(block, row, preserve_unit_loops=True)
+            _, n, co, h, w, r, kh, kw = sch.get_loops(block)
+        else:
+            n, co, h, w, r, kh, kw = sch.get_loops(block)
         out_w = int(sch.get(w).extent)
         vector = pixel_vector(out_w, cpu.lanes)
         channels, vectors = pixels_tile(per_group, out_w // vector, cpu)
@@ -1226,14 +1243,17 @@ class GroupedPixels(_ConvRule):
             w_o, w_t = knobs.split(sch, w_vectors, vectors, MAX_PIXELS_VECTORS, "pixel vectors")
         else:
             w_o, w_t, w_v = sch.split(w, [None, vectors, vector])
-        sch.reorder(n, co_o, h, w_o, r, kh, kw, co_i, w_t, w_v)
+        if row is None:
+            sch.reorder(n, co_o, h, w_o, r, kh, kw, co_i, w_t, w_v)
+        else:
+            sch.reorder(n, h, co_o, w_o, r, kh, kw, co_i, w_t, w_v)
         writeback = register_tile(
             sch, block, w_o, w_v, (kw, co_i, w_t), cpu, keep_unit_loops=knobs.tunable
         )
-        outer = sch.fuse(n, co_o, h)
+        outer = sch.fuse(n, co_o, h) if row is None else row
         sch.parallel(outer)
         for pad in pads:
-            sch.compute_at(pad, outer, knobs.tunable)
+            sch.compute_at(pad, outer if row is None else co_o, knobs.tunable)
             _vectorize_tile_loops(sch, pad)
         sch.decompose_reduction(block, r)
         if vector > 1:  # a prime row wider than the lanes runs scalar: no lane loop to vectorize
