@@ -74,6 +74,14 @@ def _spilling(executable: Any, target: Any) -> dict[str, int]:
     return {name: found.innermost for name, found in spills.items() if found.spills}
 
 
+def _builds_spill_free_and_right(module: Any, onnx_path: Path, target: Any) -> None:
+    from edgecompile.schedules import compile_relax
+
+    executable, _ = compile_relax(module.module, target)
+    assert _spilling(executable, target) == {}
+    _check_against_torch(executable, onnx_path)
+
+
 def _tile(module: Any) -> tuple[int, int]:
     """``(output blocks, pixels)`` of the pointwise kernel's register tile, from its loops."""
     from tvm import s_tir
@@ -96,42 +104,34 @@ def _tile(module: Any) -> tuple[int, int]:
 
 def test_sse_builds_the_one_pixel_tile_spill_free_and_right(expand_28: tuple[Any, Path]) -> None:
     """The analytic tile was 2 output blocks × 2 pixels (4 accumulator chains)."""
-    from edgecompile.schedules import compile_relax, optimize
+    from edgecompile.schedules import optimize
 
     module, onnx_path = expand_28
     target = resolve_target("x86-64-v2").tvm_target()
     assert _tile(optimize(module.module, target)[0]) == (8, 1)
-    executable, _ = compile_relax(module.module, target)
-    assert _spilling(executable, target) == {}
-    _check_against_torch(executable, onnx_path)
+    _builds_spill_free_and_right(module, onnx_path, target)
 
 
 def test_a_row_with_a_tail_does_not_spill(expand_55: tuple[Any, Path]) -> None:
     """55 wide, the analytic 2 × 2 tile left a tail, and LLVM hoisted its unrolled loads: 27
     stack accesses per tile in SqueezeNet's expands."""
-    from edgecompile.schedules import compile_relax
-
     module, onnx_path = expand_55
     target = resolve_target("x86-64-v2").tvm_target()
-    executable, _ = compile_relax(module.module, target)
-    assert _spilling(executable, target) == {}
-    _check_against_torch(executable, onnx_path)
+    _builds_spill_free_and_right(module, onnx_path, target)
 
 
 def test_avx2_holds_8_fma_chains_where_host_keeps_its_tile(expand_28: tuple[Any, Path]) -> None:
     """On AVX2 the analytic tile was 2 × 2 (4 FMA chains, two steps' operands budgeted); one
     step's operands leave room for 4 output blocks × 2 pixels (:func:`rules.fma_chains_tile`).
     The host (AVX-512) keeps its analytic tile."""
-    from edgecompile.schedules import compile_relax, optimize
+    from edgecompile.schedules import optimize
     from edgecompile.schedules.cpu import cpu_info
     from edgecompile.schedules.rules import pointwise_row_tile
 
     module, onnx_path = expand_28
     target = resolve_target("x86-64-v3").tvm_target()
     assert _tile(optimize(module.module, target)[0]) == (4, 2)
-    executable, _ = compile_relax(module.module, target)
-    assert _spilling(executable, target) == {}
-    _check_against_torch(executable, onnx_path)
+    _builds_spill_free_and_right(module, onnx_path, target)
 
     host = resolve_target("host").tvm_target()
     host_cpu = cpu_info(host)
