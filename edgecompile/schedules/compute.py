@@ -244,13 +244,15 @@ def depthwise_nchwc(
     padding: Sequence[int],
     dilation: Sequence[int],
     op_index: int,
+    relu_input: bool = False,
 ) -> Any:
     """Depthwise convolution, data ``(N, C/x, H, W, x)``, weight ``(C/x, KH, KW, x)``.
 
     The channel lane is innermost in both, so every stride and dilation is a plain vector load
     (in NCHW a stride-2 depthwise needs strided gathers, which made it ~75% slower).
     ``padding`` is ``(top, left, bottom, right)``; the padding stage is a separate block that
-    the schedule inlines into the convolution as predicated loads.
+    the schedule inlines into the convolution as predicated loads. ``relu_input``: the conv
+    reads ``max(data, 0)``, the ReLU applied in that stage (the padding stays zero).
     """
     from tvm import te
 
@@ -262,7 +264,7 @@ def depthwise_nchwc(
     padded_h, padded_w = height + top + bottom, width + left + right
     out_h = (padded_h - dilation_h * (kernel_h - 1) - 1) // stride_h + 1
     out_w = (padded_w - dilation_w * (kernel_w - 1) - 1) // stride_w + 1
-    source = _padded(data, padding)
+    source = _padded(data, padding, relu=relu_input)
     kh = te.reduce_axis((0, kernel_h), "kh")
     kw = te.reduce_axis((0, kernel_w), "kw")
     return te.compute(
@@ -277,14 +279,15 @@ def depthwise_nchwc(
     )
 
 
-def _padded(data: Any, padding: Sequence[int], fill: Any = None) -> Any:
+def _padded(data: Any, padding: Sequence[int], fill: Any = None, relu: bool = False) -> Any:
     """``data`` (NCHW or NCHW[x]c) padded spatially with ``fill`` (zero by default) as a
     separate stage the schedule inlines (named ``pad_*`` so the rule finds it); ``padding`` is
-    ``(top, left, bottom, right)``."""
+    ``(top, left, bottom, right)``. With ``relu``, the stage reads ``max(data, 0)`` (a stage
+    even without padding)."""
     from tvm import te, tirx
 
     top, left, bottom, right = (int(p) for p in padding)
-    if not (top or left or bottom or right):
+    if not (top or left or bottom or right or relu):
         return data
     shape = [int(d) for d in data.shape]
     height, width = shape[2], shape[3]
@@ -295,15 +298,19 @@ def _padded(data: Any, padding: Sequence[int], fill: Any = None) -> Any:
     def inside(h: Any, w: Any) -> Any:
         return tirx.all(h >= top, h < top + height, w >= left, w < left + width)
 
+    def read(*index: Any) -> Any:
+        value = data[index]
+        return tirx.max(value, tirx.const(0, data.dtype)) if relu else value
+
     if len(shape) == 5:
 
         def blocked(n: Any, cb: Any, h: Any, w: Any, c: Any) -> Any:
-            return tirx.if_then_else(inside(h, w), data[n, cb, h - top, w - left, c], fill)
+            return tirx.if_then_else(inside(h, w), read(n, cb, h - top, w - left, c), fill)
 
         return te.compute(shape, blocked, name="pad_nchwc")
 
     def plain(n: Any, c: Any, h: Any, w: Any) -> Any:
-        return tirx.if_then_else(inside(h, w), data[n, c, h - top, w - left], fill)
+        return tirx.if_then_else(inside(h, w), read(n, c, h - top, w - left), fill)
 
     return te.compute(shape, plain, name="pad_nchw")
 

@@ -80,6 +80,7 @@ from edgecompile.schedules.patterns import (
     pre_activation,
     reshaped_constant,
     scalar_clip_op,
+    shared_relu_input,
     shuffle_chain,
     window_chains,
 )
@@ -222,22 +223,33 @@ class BlockedLayoutMutator(relax.PyExprMutator):
         self.fused_prelus: set[Any] = set()
 
     # -- uses of blocked values by ops that need NCHW ------------------------------------
-    def _unpack(self, entry: _Blocked) -> Any:
+    def _unpack(self, entry: _Blocked, *, fusable: bool = True) -> Any:
+        """The call unpacking ``entry`` to NCHW; one FuseOps leaves a kernel of its own unless
+        ``fusable``."""
         if entry.order.is_identity(self.block):
-            return self.builder_.call_te(
+            call = self.builder_.call_te(
                 compute.unpack, entry.var, entry.channels, primfunc_name_hint="unpack_nchwc"
             )
-        lanes = relax.const(entry.order.lanes.astype("int32"))
-        return self.builder_.call_te(
-            compute.unpack_gather, entry.var, lanes, primfunc_name_hint="unpack_nchwc"
-        )
+        else:
+            lanes = relax.const(entry.order.lanes.astype("int32"))
+            call = self.builder_.call_te(
+                compute.unpack_gather, entry.var, lanes, primfunc_name_hint="unpack_nchwc"
+            )
+        if fusable:
+            return call
+        # A copy marked opaque, not the deduplicated function itself: another unpack of the
+        # same shape may share it and should still fuse.
+        func = self.builder_.get()[call.args[0]].with_attr("op_pattern", compute.OPAQUE_PATTERN)
+        callee = self.builder_.add_func(func, "unpack_nchwc")
+        return relax.call_tir(callee, call.args[1], call.ty_args[0])
 
-    def _plain(self, var: Any) -> None:
+    def _plain(self, var: Any, *, fusable: bool = True) -> None:
         entry = self.blocked.get(var)
         if entry is None or var in self.materialized:
             return
         self.materialized.add(var)
-        self.set_var_remap(var, self.builder_.emit(self._unpack(entry), var.name))
+        unpacked = self._unpack(entry, fusable=fusable)
+        self.set_var_remap(var, self.builder_.emit(unpacked, var.name))
 
     def visit_dataflow_var_(self, var: Any) -> Any:
         self._plain(var)
@@ -531,6 +543,14 @@ class BlockedLayoutMutator(relax.PyExprMutator):
             if part in self.blocked and part not in self.materialized
         )
         if plain and sum(nchw_shape(part)[1] for part in plain) >= to_unpack:
+            if shapes[0][0] == 1:
+                # Unpacked in kernels of their own, so the NCHW concat is TOPI's alone and
+                # :mod:`concat_in_place` can drop it: each part then lands in its slab of the
+                # output. Fused into the concat, the unpack made one kernel that copied every
+                # part again: CondenseNet's dense blocks re-copied their growing features at
+                # each layer (27 unpack + concat kernels, 5.8% of condensenet74_c4_g4).
+                for part in parts:
+                    self._plain(part, fusable=False)
             return None
         entries = [self._blocked_input(part) for part in parts]
         channels = sum(entry.channels for entry in entries)
@@ -705,7 +725,11 @@ class BlockedLayoutMutator(relax.PyExprMutator):
             )
             return expr, ChannelOrder.identity(weight.shape[0], self.block)
         if schedule == compute.DEPTHWISE:
-            entry = self._blocked_input(call.args[0])
+            # A ReLU of a blocked value that is read elsewhere too is applied as the conv
+            # loads its window (the dropped ReLU kernel was 1.6% of Xception's time).
+            relu_source = shared_relu_input(call.args[0], self.bindings, self.use_counts)
+            relu_input = relu_source in self.blocked
+            entry = self._blocked_input(relu_source if relu_input else call.args[0])
             packed = relax.const(pack_depthwise_weight(weight, self.block, entry.order))
             expr = self.builder_.call_te(
                 compute.depthwise_nchwc,
@@ -715,6 +739,7 @@ class BlockedLayoutMutator(relax.PyExprMutator):
                 pads,
                 dilation,
                 index,
+                relu_input,
                 primfunc_name_hint="depthwise_nchwc",
             )
             return expr, entry.order

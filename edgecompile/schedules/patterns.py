@@ -167,6 +167,23 @@ def pre_activation(
     return norm.args[0], norm, relu
 
 
+def shared_relu_input(
+    expr: Any, bindings: dict[Any, Any], use_counts: dict[Any, int]
+) -> Any | None:
+    """``x`` if ``expr`` is ``relu(x)``, read by one op only, while ``x`` has other readers:
+    Xception's ReLU in front of each separable conv, whose input also feeds the residual
+    branch. Such a ReLU cannot be its producer's epilogue (the un-activated value is read
+    too), so it ran as a kernel of its own; its one reader can apply it as it loads. Else
+    None."""
+    value = bindings.get(expr)
+    if not isinstance(value, relax.Call) or op_name(value) != "relax.nn.relu":
+        return None
+    source = value.args[0]
+    if use_counts.get(expr) != 1 or use_counts.get(source, 0) < 2:
+        return None
+    return source
+
+
 def reshaped_constant(expr: Any, bindings: dict[Any, Any]) -> np.ndarray | None:
     """The value of ``expr`` if it is a constant or a ``reshape`` of one, else None.
 

@@ -25,6 +25,7 @@ from .test_conv_schedules import TOLERANCE, run_module, save_graph
 
 CHANNELS, SQUEEZE, EXPAND = 32, 16, 32
 SIZE = 13  # prime: the expand convs' row tiles have a tail
+GROUPS = 4  # the dense block's grouped convs (CondenseNet's learned groups)
 
 
 def _conv(name: str, source: str, out: str, pad: int) -> list[Any]:
@@ -134,3 +135,80 @@ def test_fire_module_compiles_for_rpi4_without_a_concat(tmp_path: Path) -> None:
     assert _concat_calls(module) == []
     # The producers' output buffers take a symbolic offset: LLVM's AArch64 code accepts it.
     tvm.compile(module, target=target, relax_pipeline=None, tir_pipeline=register_tir_pipeline())
+
+
+def dense_block_graph(directory: Path) -> tuple[Path, dict[str, np.ndarray]]:
+    """CondenseNet's dense block in miniature, where the features stay in NCHW: a channel gather
+    (its learned grouping) of the input, then twice: grouped 1×1 conv of the gathered
+    features (which reads NCHW, writes blocked) → ReLU → concat(features, it) in NCHW, the
+    next gather reading that; a last gather and grouped conv make the output. The blocked new
+    channels are fewer than the NCHW ones, so each concat stays NCHW and unpacks them."""
+    rng = np.random.default_rng(5)
+    weights = {
+        "perm0": rng.permutation(CHANNELS).astype("int64"),
+        "w1": (rng.standard_normal((SQUEEZE, CHANNELS // GROUPS, 1, 1)) / 3).astype("float32"),
+        "perm1": rng.permutation(CHANNELS + SQUEEZE).astype("int64"),
+        "w2": (rng.standard_normal((SQUEEZE, (CHANNELS + SQUEEZE) // GROUPS, 1, 1)) / 3).astype(
+            "float32"
+        ),
+        "perm2": rng.permutation(CHANNELS + 2 * SQUEEZE).astype("int64"),
+        "wo": (
+            rng.standard_normal((CHANNELS, (CHANNELS + 2 * SQUEEZE) // GROUPS, 1, 1)) / 4
+        ).astype("float32"),
+    }
+    nodes = [
+        helper.make_node("Gather", ["input", "perm0"], ["f0"], axis=1),
+        helper.make_node("Conv", ["f0", "w1"], ["n1_pre"], group=GROUPS),
+        helper.make_node("Relu", ["n1_pre"], ["n1"]),
+        helper.make_node("Concat", ["f0", "n1"], ["f1"], axis=1),
+        helper.make_node("Gather", ["f1", "perm1"], ["g1"], axis=1),
+        helper.make_node("Conv", ["g1", "w2"], ["n2_pre"], group=GROUPS),
+        helper.make_node("Relu", ["n2_pre"], ["n2"]),
+        helper.make_node("Concat", ["f1", "n2"], ["f2"], axis=1),
+        helper.make_node("Gather", ["f2", "perm2"], ["g2"], axis=1),
+        helper.make_node("Conv", ["g2", "wo"], ["output"], group=GROUPS),
+    ]
+    shape_in = [1, CHANNELS, SIZE, SIZE]
+    path = _save_with_indices(directory / "dense.onnx", nodes, weights, shape_in)
+    return path, weights
+
+
+def _save_with_indices(path: Path, nodes: list[Any], weights: dict, shape: list[int]) -> Path:
+    """:func:`save_graph` for initializers of any dtype (the gathers' int64 indices)."""
+    import onnx
+    from onnx import TensorProto, numpy_helper
+
+    graph = helper.make_graph(
+        nodes,
+        "net",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, shape)],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, shape)],
+        initializer=[numpy_helper.from_array(v, k) for k, v in weights.items()],
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return path
+
+
+def dense_block_reference(data: np.ndarray, weights: dict[str, np.ndarray]) -> np.ndarray:
+    w = {k: torch.from_numpy(v) for k, v in weights.items()}
+    f0 = torch.from_numpy(data)[:, w["perm0"]]
+    f1 = torch.cat([f0, F.relu(F.conv2d(f0, w["w1"], groups=GROUPS))], 1)
+    f2 = torch.cat([f1, F.relu(F.conv2d(f1[:, w["perm1"]], w["w2"], groups=GROUPS))], 1)
+    return F.conv2d(f2[:, w["perm2"]], w["wo"], groups=GROUPS).numpy()
+
+
+def test_nchw_concats_of_a_dense_block_take_their_blocked_parts_unpacked_in_place(
+    tmp_path: Path, host_target: Any
+) -> None:
+    """Each blocked part is unpacked by a kernel of its own, so the NCHW concats are TOPI's alone
+    and placed: no kernel copies the growing features (fused into the unpack, every concat
+    was a kernel copying all of them again)."""
+    path, weights = dense_block_graph(tmp_path)
+    module, _ = optimize(import_onnx(path)[0].module, host_target)
+    kernels = called_kernels(module)
+    assert [name for name in kernels if "concat" in name] == [], kernels
+    # The two new parts' unpacks and the output's.
+    assert sum(name.startswith("unpack_nchwc") for name in kernels) == 3, kernels
+    data = np.random.default_rng(6).standard_normal((1, CHANNELS, SIZE, SIZE)).astype("float32")
+    actual = run_module(module, host_target, data)
+    assert relative_error(actual, dense_block_reference(data, weights)) <= TOLERANCE
