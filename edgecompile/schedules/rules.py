@@ -1491,9 +1491,30 @@ def _row_of_blocked_stage(sch: Any, block: Any, row: Any, lanes: int) -> None:
     unpack's ``row`` loop, its lane loop vectorized: the row's blocks are transposed while
     still in cache, and the full blocked tensor is never written."""
     sch.compute_at(block, row)
-    inner = sch.get_loops(block)[-1]
-    if int(sch.get(inner).extent) == lanes:
-        sch.vectorize(inner)
+    loops = sch.get_loops(block)
+    if int(sch.get(loops[-1]).extent) == lanes:
+        sch.vectorize(loops[-1])
+    if sch.get(block).name_hint == RESIZE_STAGE and len(loops) >= 3:
+        _blocks_inside_pixels(sch, loops[-3], loops[-2])
+
+
+def _resize_by_pixel(sch: Any, block: Any) -> None:
+    """A blocked resize's kernel (its inlined stages and what follows it) parallel over rows,
+    each pixel's channel blocks innermost (:func:`_blocks_inside_pixels`), lanes vectorized."""
+    n, cb, h, w, c = sch.get_loops(block)
+    sch.reorder(n, h, w, cb, c)
+    sch.vectorize(c)
+    sch.parallel(sch.fuse(n, h))
+
+
+def _blocks_inside_pixels(sch: Any, blocks: Any, pixels: Any) -> None:
+    """A resize's channel-block loop moved inside its pixel loop: a pixel's source indices and
+    weights (a dozen scalar instructions: scale, floor, clamps, int conversions) are then
+    computed once for all its blocks, not once per block, which was most of its instructions
+    (ESPNet v2's logits resized and unpacked: 0.82x the time, 19 × 256 × 512 output, 1
+    thread, AVX-512)."""
+    sch.reorder(pixels, blocks)
+    sch.unroll(blocks)
 
 
 class PoolNCHWc(_RowTileRule):
@@ -1513,6 +1534,8 @@ class PoolNCHWc(_RowTileRule):
 BLOCKED_ELEMENTWISE_STAGES = frozenset(
     {"prelu_nchwc", "batch_norm_nchwc", "resize", "window_mean_nchwc"}
 )
+#: The block ``topi.image.resize2d`` computes.
+RESIZE_STAGE = "resize"
 
 
 class BlockedElementwise(TriesSchedule):
@@ -1540,11 +1563,15 @@ class BlockedElementwise(TriesSchedule):
         )
         if not spatial or len(shape) != 5 or shape[-1] != lanes or len(last.iter_vars) != 5:
             return None
+        resize = any(sch.get(b).name_hint == RESIZE_STAGE for b in blocks)
         try:
             for block in blocks[:-1]:
                 sch.compute_inline(block)
             sch.annotate(blocks[-1], SCHEDULED_BY_ATTR, self.schedule_name)
-            schedule_elementwise(sch, blocks[-1], lanes)
+            if resize:
+                _resize_by_pixel(sch, blocks[-1])
+            else:
+                schedule_elementwise(sch, blocks[-1], lanes)
         except Exception as exc:  # a schedule primitive refused: keep TVM's default, say so
             raise ScheduleFailed(f"{type(exc).__name__}: {last_line(str(exc))}") from None
         return sch

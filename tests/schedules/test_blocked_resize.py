@@ -18,6 +18,7 @@ from edgecompile.export import relative_error
 from edgecompile.importer import import_onnx
 from edgecompile.schedules import compile_relax, optimize
 from edgecompile.schedules.analysis import called_kernels
+from edgecompile.schedules.cpu import cpu_info
 from edgecompile.schedules.pipeline import PIPELINE_FAILED
 from edgecompile.schedules.rules import SCHEDULED_BY_ATTR, UnpackNCHWc
 from edgecompile.targets import resolve_target
@@ -91,6 +92,31 @@ def test_resize_of_blocked_value_stays_blocked_and_matches_torch(
     data = np.random.default_rng(42).standard_normal(IMAGE).astype("float32")
     actual = run_module(module, host_target, data)
     assert relative_error(actual, reference(data, weights)) <= TOLERANCE
+
+
+def _resize_loop_extents(func: Any) -> list[int]:
+    """Extents of the loops around the scheduled kernel's resize block, outermost first."""
+    from tvm import s_tir
+
+    sch = s_tir.Schedule(func)
+    return [int(sch.get(loop).extent) for loop in sch.get_loops(sch.get_sblock("resize"))]
+
+
+@pytest.mark.parametrize("last_conv", [True, False])
+def test_each_resized_pixel_computes_its_channel_blocks_together(
+    last_conv: bool, tmp_path: Path, host_target: Any
+) -> None:
+    """In the resize's own kernel and inside the output's unpack, the loop over channel blocks
+    runs inside the loop over pixels (then lanes): a pixel's source indices and weights,
+    most of the resize's instructions, are computed once for all its blocks."""
+    path, _ = conv_resize_conv(tmp_path, last_conv=last_conv)
+    module, _ = optimize(import_onnx(path, name="upsample")[0].module, host_target)
+    kernel = next(name for name in called_kernels(module) if "resize" in name)
+    lanes = cpu_info(host_target).lanes
+    blocks = -(-MIDDLE // lanes)
+    width = 2 * IMAGE[3]
+    *_, pixels, channel_blocks, lane = _resize_loop_extents(module[kernel])
+    assert (pixels, channel_blocks, lane) == (width, blocks, lanes)
 
 
 def test_rpi4_blocked_resize_compiles(tmp_path: Path) -> None:
