@@ -69,6 +69,8 @@ def test_tune_through_the_tracker(emulated_board: Any, tmp_path: Path) -> None:
     assert "tracker" in result.transport
     assert result.trials_run >= 4 and not result.failures.get("run")
     assert all(task.best_ms is not None for task in result.tasks)
+    # The neighbour pass measured on the board too: its candidates are in the store, marked.
+    assert list_stores(records)[0].neighbours()
     _check_tuned_library_on_board(onnx_path, records, tmp_path / "out", emulated_board)
 
 

@@ -1,7 +1,8 @@
 """A ReLU whose input is also read elsewhere (Xception: the block's output feeds the residual
 branch and, through a ReLU, the next separable conv) is applied by the depthwise conv as it
 loads its window, not by a kernel of its own. Numerics against torch on the host (with and
-without padding, stride 2, a width with a row tail), no ReLU kernel left, and the rpi4 build.
+without padding, stride 2, a width with a row tail), no ReLU kernel left, and the rpi4 build
+on the emulated board.
 """
 
 from __future__ import annotations
@@ -13,14 +14,12 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-import tvm
 from onnx import helper
 
 from edgecompile.export import relative_error
 from edgecompile.importer import import_onnx
 from edgecompile.schedules import optimize
 from edgecompile.schedules.analysis import called_kernels
-from edgecompile.schedules.tir import register_tir_pipeline
 from edgecompile.targets import resolve_target
 
 from .test_conv_schedules import TOLERANCE, run_module, save_graph
@@ -84,9 +83,24 @@ def test_depthwise_applies_the_shared_relu_as_it_reads(
     assert relative_error(actual, reference(data, weights, pad, stride)) <= TOLERANCE
 
 
-def test_depthwise_with_relu_input_compiles_for_rpi4(tmp_path: Path) -> None:
-    target = resolve_target("rpi4").tvm_target()
-    path, _ = block_graph(tmp_path, 19, 1, 1)
-    module, _ = optimize(import_onnx(path)[0].module, target)
+@pytest.mark.emulator
+def test_depthwise_with_relu_input_matches_torch_on_the_emulated_board(
+    rootfs: Path, tmp_path: Path
+) -> None:
+    """The rpi4 build (4-lane NEON, the ReLU in the depthwise's loads) on the emulated
+    Cortex-A72."""
+    from edgecompile.device.emulator import run_library_in_rootfs
+    from edgecompile.schedules import compile_relax
+    from edgecompile.toolchain import toolchain_for
+
+    preset = resolve_target("rpi4")
+    path, weights = block_graph(tmp_path, 19, 1, 1)
+    relax_model = import_onnx(path)[0]
+    module, _ = optimize(relax_model.module, preset.tvm_target())
     assert not [name for name in called_kernels(module) if "relu" in name]
-    tvm.compile(module, target=target, relax_pipeline=None, tir_pipeline=register_tir_pipeline())
+    executable, _ = compile_relax(relax_model.module, preset.tvm_target())
+    library = tmp_path / "block_rpi4.so"
+    executable.export_library(str(library), fcompile=toolchain_for(preset).fcompile())
+    data = np.random.default_rng(19).standard_normal((1, 8, 19, 19)).astype("float32")
+    (actual,) = run_library_in_rootfs(rootfs, library, {"input": data})
+    assert relative_error(actual, reference(data, weights, 1, 1)) <= TOLERANCE
