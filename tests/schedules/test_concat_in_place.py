@@ -169,24 +169,11 @@ def dense_block_graph(directory: Path) -> tuple[Path, dict[str, np.ndarray]]:
         helper.make_node("Conv", ["g2", "wo"], ["output"], group=GROUPS),
     ]
     shape_in = [1, CHANNELS, SIZE, SIZE]
-    path = _save_with_indices(directory / "dense.onnx", nodes, weights, shape_in)
-    return path, weights
-
-
-def _save_with_indices(path: Path, nodes: list[Any], weights: dict, shape: list[int]) -> Path:
-    """:func:`save_graph` for initializers of any dtype (the gathers' int64 indices)."""
-    import onnx
-    from onnx import TensorProto, numpy_helper
-
-    graph = helper.make_graph(
-        nodes,
-        "net",
-        [helper.make_tensor_value_info("input", TensorProto.FLOAT, shape)],
-        [helper.make_tensor_value_info("output", TensorProto.FLOAT, shape)],
-        initializer=[numpy_helper.from_array(v, k) for k, v in weights.items()],
+    # The gathers' int64 indices are initializers like the weights.
+    path = save_graph(
+        directory / "dense.onnx", nodes, weights, {"input": shape_in}, {"output": shape_in}
     )
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
-    return path
+    return path, weights
 
 
 def dense_block_reference(data: np.ndarray, weights: dict[str, np.ndarray]) -> np.ndarray:
