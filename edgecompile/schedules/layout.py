@@ -224,8 +224,8 @@ class BlockedLayoutMutator(relax.PyExprMutator):
 
     # -- uses of blocked values by ops that need NCHW ------------------------------------
     def _unpack(self, entry: _Blocked, *, fusable: bool = True) -> Any:
-        """The call unpacking ``entry`` to NCHW; one FuseOps leaves a kernel of its own unless
-        ``fusable``."""
+        """The call unpacking ``entry`` to NCHW; unless ``fusable``, FuseOps leaves it a kernel
+        of its own."""
         if entry.order.is_identity(self.block):
             call = self.builder_.call_te(
                 compute.unpack, entry.var, entry.channels, primfunc_name_hint="unpack_nchwc"
