@@ -235,12 +235,14 @@ class BlockedLayoutMutator(relax.PyExprMutator):
             call = self.builder_.call_te(
                 compute.unpack_gather, entry.var, lanes, primfunc_name_hint="unpack_nchwc"
             )
-        if fusable:
-            return call
-        # A copy marked opaque, not the deduplicated function itself: another unpack of the
-        # same shape may share it and should still fuse.
+        return call if fusable else self._kept_apart(call, "unpack_nchwc")
+
+    def _kept_apart(self, call: Any, name: str) -> Any:
+        """``call`` (to a PrimFunc ``call_te`` made) through a copy of its function that FuseOps
+        may not fuse: a kernel of its own. A copy, not the deduplicated function itself:
+        another call of the same shape may share that one and should still fuse."""
         func = self.builder_.get()[call.args[0]].with_attr("op_pattern", compute.OPAQUE_PATTERN)
-        callee = self.builder_.add_func(func, "unpack_nchwc")
+        callee = self.builder_.add_func(func, name)
         return relax.call_tir(callee, call.args[1], call.ty_args[0])
 
     def _plain(self, var: Any, *, fusable: bool = True) -> None:
@@ -542,8 +544,9 @@ class BlockedLayoutMutator(relax.PyExprMutator):
             for part in parts
             if part in self.blocked and part not in self.materialized
         )
+        batch_one = shapes[0][0] == 1
         if plain and sum(nchw_shape(part)[1] for part in plain) >= to_unpack:
-            if shapes[0][0] == 1:
+            if batch_one:
                 # Unpacked in kernels of their own, so the NCHW concat is TOPI's alone and
                 # :mod:`concat_in_place` can drop it: each part then lands in its slab of the
                 # output. Fused into the concat, the unpack made one kernel that copied every
@@ -552,7 +555,17 @@ class BlockedLayoutMutator(relax.PyExprMutator):
                 for part in parts:
                     self._plain(part, fusable=False)
             return None
-        entries = [self._blocked_input(part) for part in parts]
+        # An NCHW part that fills whole blocks is packed in a kernel of its own, as the NCHW
+        # concat's blocked parts are unpacked above, so a concat of whole blocks is placed
+        # (CondenseNet's training-form dense blocks packed each new layer's NCHW output in one
+        # kernel with a copy of all the blocked features). A part that does not (ESPNet's
+        # 3-channel image) needs the lane-permuting concat anyway: its pack stays fusable.
+        entries = [
+            self._blocked_input(
+                part, fusable=not (batch_one and nchw_shape(part)[1] % self.block == 0)
+            )
+            for part in parts
+        ]
         channels = sum(entry.channels for entry in entries)
         identity = ChannelOrder.identity(channels, self.block)
         order = self.concat_orders.get(var, identity)
@@ -627,8 +640,9 @@ class BlockedLayoutMutator(relax.PyExprMutator):
             ), entry.order
         return relax.op.nn.max_pool2d(entry.var, **options), entry.order
 
-    def _blocked_input(self, expr: Any) -> _Blocked:
-        """The NCHW[x]c version of ``expr``: reuse it if blocked, else emit a pack (once)."""
+    def _blocked_input(self, expr: Any, *, fusable: bool = True) -> _Blocked:
+        """The NCHW[x]c version of ``expr``: reuse it if blocked, else emit a pack (once; a
+        kernel of its own unless ``fusable``)."""
         entry = self.blocked.get(expr)
         if entry is not None:
             return entry
@@ -636,6 +650,8 @@ class BlockedLayoutMutator(relax.PyExprMutator):
         call = self.builder_.call_te(
             compute.pack, plain, self.block, primfunc_name_hint="pack_nchwc"
         )
+        if not fusable:
+            call = self._kept_apart(call, "pack_nchwc")
         packed = self.builder_.emit(call, "packed")
         entry = _Blocked(
             packed,

@@ -199,3 +199,45 @@ def test_nchw_concats_of_a_dense_block_take_their_blocked_parts_unpacked_in_plac
     data = np.random.default_rng(6).standard_normal((1, CHANNELS, SIZE, SIZE)).astype("float32")
     actual = run_module(module, host_target, data)
     assert relative_error(actual, dense_block_reference(data, weights)) <= TOLERANCE
+
+
+def packed_part_graph(directory: Path) -> tuple[Path, dict[str, np.ndarray]]:
+    """A blocked concat with an NCHW part, as CondenseNet's training-form dense blocks have:
+    1×1 conv → ReLU (blocked, 32 channels) ∥ a channel gather of the input (NCHW, 16) →
+    concat → 1×1 conv. The NCHW part has fewer channels than the blocked one, so it is packed
+    and the concat stays blocked."""
+    rng = np.random.default_rng(7)
+    weights = {
+        "w1": (rng.standard_normal((CHANNELS, CHANNELS, 1, 1)) / 6).astype("float32"),
+        "pick": rng.permutation(CHANNELS)[:SQUEEZE].astype("int64"),
+        "wo": (rng.standard_normal((CHANNELS, CHANNELS + SQUEEZE, 1, 1)) / 7).astype("float32"),
+    }
+    nodes = [
+        *_conv("w1", "input", "f", 0),
+        helper.make_node("Gather", ["input", "pick"], ["g"], axis=1),
+        helper.make_node("Concat", ["f", "g"], ["cat"], axis=1),
+        helper.make_node("Conv", ["cat", "wo"], ["output"]),
+    ]
+    shape_in = [1, CHANNELS, SIZE, SIZE]
+    path = save_graph(
+        directory / "packed.onnx", nodes, weights, {"input": shape_in}, {"output": shape_in}
+    )
+    return path, weights
+
+
+def test_nchw_part_of_a_blocked_concat_is_packed_into_its_slab(
+    tmp_path: Path, host_target: Any
+) -> None:
+    """The NCHW part is packed by a kernel of its own, so the blocked concat is placed: no
+    kernel copies the blocked part (fused with the pack, the concat was one kernel that did)."""
+    path, weights = packed_part_graph(tmp_path)
+    module, _ = optimize(import_onnx(path)[0].module, host_target)
+    kernels = called_kernels(module)
+    assert _concat_calls(module) == [], kernels
+    assert any(name.startswith("pack_nchwc") for name in kernels), kernels
+    data = np.random.default_rng(8).standard_normal((1, CHANNELS, SIZE, SIZE)).astype("float32")
+    w = {k: torch.from_numpy(v) for k, v in weights.items()}
+    source = torch.from_numpy(data)
+    joined = torch.cat([F.relu(F.conv2d(source, w["w1"])), source[:, w["pick"]]], 1)
+    expected = F.conv2d(joined, w["wo"]).numpy()
+    assert relative_error(run_module(module, host_target, data), expected) <= TOLERANCE
