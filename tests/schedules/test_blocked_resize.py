@@ -18,6 +18,7 @@ from edgecompile.export import relative_error
 from edgecompile.importer import import_onnx
 from edgecompile.schedules import compile_relax, optimize
 from edgecompile.schedules.analysis import called_kernels
+from edgecompile.schedules.compute import ceil_div
 from edgecompile.schedules.cpu import cpu_info
 from edgecompile.schedules.pipeline import PIPELINE_FAILED
 from edgecompile.schedules.rules import SCHEDULED_BY_ATTR, UnpackNCHWc
@@ -113,7 +114,7 @@ def test_each_resized_pixel_computes_its_channel_blocks_together(
     module, _ = optimize(import_onnx(path, name="upsample")[0].module, host_target)
     kernel = next(name for name in called_kernels(module) if "resize" in name)
     lanes = cpu_info(host_target).lanes
-    blocks = -(-MIDDLE // lanes)
+    blocks = ceil_div(MIDDLE, lanes)
     width = 2 * IMAGE[3]
     *_, pixels, channel_blocks, lane = _resize_loop_extents(module[kernel])
     assert (pixels, channel_blocks, lane) == (width, blocks, lanes)
