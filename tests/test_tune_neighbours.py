@@ -298,3 +298,34 @@ def _commit_again(store: RecordStore, workload_hash: str, body: Any, seconds: fl
                 record.trace, workload, [seconds], record.target, record.args_info
             )
         )
+
+
+def test_the_search_cost_model_learns_the_stores_records_first(
+    tasks: list[TuningTask], tmp_path: Path
+) -> None:
+    """The evolutionary search starts from a cost model trained on the store's records (the
+    untuned points and the pass's neighbours), not an empty one scoring at random."""
+    from collections import Counter
+
+    from edgecompile.tuning.search import (
+        WARM_START_RECORDS,
+        _tune_contexts,
+        warm_start_records,
+        warmed_cost_model,
+    )
+
+    with session(tasks, tmp_path / "records") as s:
+        database = s.measuring.measurer.database
+        assert measure_neighbours(tasks, s.store, s.measuring.measurer, s.monitor, lambda: None)
+        known = warm_start_records(tasks, database)
+        per_task = Counter(index for index, _ in known)
+        assert set(per_task) == set(range(len(tasks)))  # every kernel's untuned record
+        conv = tasks.index(_knob_task(tasks)[0])
+        assert 1 < per_task[conv] <= WARM_START_RECORDS  # and the conv's neighbours
+        fastest = database.get_top_k(database.commit_workload(tasks[conv].module), 1)[0]
+        mine = [record for index, record in known if index == conv]
+        assert str(mine[0].trace) == str(fastest.trace)  # the fastest first
+
+        model = warmed_cost_model(_tune_contexts(tasks, 16, 1), known, 1)
+        assert model.data_size == len(known) and model.booster is not None  # trained on them
+        assert warmed_cost_model(_tune_contexts(tasks, 16, 1), [], 1).data_size == 0
