@@ -235,31 +235,105 @@ def single_pixel_tile(chosen: tuple[int, int], out_blocks: int, cpu: CpuInfo) ->
     return (widest, 1) if widest > chosen[0] * chosen[1] else chosen
 
 
-def fma_chains_tile(chosen: tuple[int, int], out_blocks: int, cpu: CpuInfo) -> tuple[int, int]:
-    """``chosen``'s pixels × the most output blocks one reduction step's operands leave room for,
-    up to :data:`LATENCY_ACCUMULATORS` accumulators, on x86 with FMA below AVX-512 (AVX2:
-    ``x86-64-v3``); ``chosen`` elsewhere, and where it already holds as many.
+def fma_chains_tile(
+    chosen: tuple[int, int], width: int, out_blocks: int, cpu: CpuInfo
+) -> tuple[int, int]:
+    """On x86 with FMA below AVX-512 (AVX2: ``x86-64-v3``), the tile of a row of ``width``
+    pixels with the most FMAs per load (a row's tail counted, :func:`pointwise_row_tile`'s
+    score and :data:`TAIL_GAIN`) among those whose one reduction step fits the registers:
+    the accumulators, the tile's weight vectors and one broadcast (:func:`_one_step_fits`);
+    ``chosen`` elsewhere, and where no such tile loads less per FMA.
 
     :func:`pointwise_tile` budgets the operands of two steps (:attr:`CpuInfo.operand_steps`),
-    which on 16 registers leaves 2 × 2: 4 FMA chains, half of what two FMA pipes of 4 cycles
-    keep busy. There the FMA reads an operand from memory and LLVM does not load the next
-    step's operands ahead: a tile holds its accumulators, its weight vectors and one broadcast
-    per pixel (as :func:`short_reduction_tile` counts), so 4 × 2 fits (8 + 4 + 2 of 15). The
-    tuning search moved nearly every AVX2 pointwise conv this way (``oc tile 2 → 4..5``).
-    MobileNet v2's read spill-free at 4 × 2, and its pointwise kernels ran 0.6-0.75× the
-    2 × 2 tile's time (each the fastest of 40 runs, interleaved, on a loaded machine)."""
+    which on 16 registers leaves 2 × 2: 4 FMA chains. There the FMA reads an operand from
+    memory and LLVM does not load the next step's operands ahead, so a step holds only its
+    accumulators, its weight vectors and the one broadcast its FMAs are reading. The tuning
+    search kept filling all 16 that way on ``x86-64-v3`` (MobileNet v2: ``oc tile 1 → 3, pixel
+    tile 4`` on its 24-channel 56² projections, ``oc tile 4 → 5`` at 7²). The layer alone,
+    interleaved, against the tile this function gave before (up to 8 accumulators of the
+    chosen pixels): 96 → 24 at 56² 3 × 4 0.75× (1 × 4 before), 960 → 160 at 7² 5 × 2 0.94×,
+    96 → 576 at 14² 3 × 4 0.91×, each spill-free; 2 × 7, 4 × 3 and 6 × 2 (17-19 registers)
+    spilled 22-52 stack accesses."""
     if not (cpu.reads_weights_from_memory and cpu.fma):
         return chosen
-    pixels = chosen[1]
-    fitting = [
-        oc
-        for oc in divisors(out_blocks)
-        if oc <= MAX_POINTWISE_OUT_TILE
-        and oc * pixels <= LATENCY_ACCUMULATORS
-        and oc * pixels + oc + pixels <= cpu.tile_registers
-    ]
-    widest = max(fitting, default=chosen[0])
-    return (widest, pixels) if widest > chosen[0] else chosen
+
+    def reuse(oc: int, count: int) -> float:
+        return oc * width / _row_loads(width, oc, count)
+
+    def best(counts: list[int]) -> tuple[int, int]:
+        fitting = [
+            (reuse(oc, count), oc * count, oc, count)
+            for oc in divisors(out_blocks)
+            if oc <= MAX_POINTWISE_OUT_TILE
+            for count in counts
+            if _one_step_fits(oc, count, cpu)
+        ]
+        return max(fitting)[2:]  # (1, 1) always fits
+
+    dividing, tailed = best(pixel_tiles(width)), best(row_tiles(width))
+    wanted = tailed if reuse(*tailed) > TAIL_GAIN * reuse(*dividing) else dividing
+    return wanted if reuse(*wanted) > reuse(*chosen) else chosen
+
+
+def _one_step_fits(oc: int, count: int, cpu: CpuInfo) -> bool:
+    """Whether an ``oc × count`` tile's one reduction step fits the vector registers: its
+    accumulators, its ``oc`` weight vectors and the broadcast being read."""
+    return oc * count + oc + 1 <= cpu.registers
+
+
+def pointwise_register_tile(
+    width: int, out_blocks: int, in_channels: int, cpu: CpuInfo, *, row_tail: bool = True
+) -> tuple[int, int]:
+    """``(output blocks, pixels)`` of a pointwise conv's register tile among the output-block
+    counts dividing ``out_blocks``: the row's best (:func:`pointwise_row_tile`; without
+    ``row_tail``, of the tiles dividing the row), as the target's arithmetic wants it
+    (:func:`single_pixel_tile`, :func:`fma_chains_tile`, :func:`short_reduction_tile`)."""
+    row = (
+        pointwise_row_tile(width, out_blocks, cpu)
+        if row_tail
+        else pointwise_tile(pixel_tiles(width), out_blocks, cpu)
+    )
+    chosen = single_pixel_tile(row, out_blocks, cpu)
+    chosen = fma_chains_tile(chosen, width, out_blocks, cpu)
+    return short_reduction_tile(chosen, width, out_blocks, in_channels, cpu)
+
+
+#: Output blocks :func:`output_block_tail_tile` rounds a prime block count up to a multiple of.
+TAIL_BLOCKS_MULTIPLE = 4
+
+
+def _blocks_reuse(out_blocks: int, oc: int, pixels: int) -> float:
+    """FMAs per vector loaded in one reduction step over all ``out_blocks`` output blocks of
+    ``pixels`` pixels, tiled by ``oc`` blocks (the last tile the rest): each tile loads its
+    weight vectors and the pixels' broadcasts."""
+    full, tail = divmod(out_blocks, oc)
+    loads = full * (oc + pixels) + (tail + pixels if tail else 0)
+    return out_blocks * pixels / loads
+
+
+def output_block_tail_tile(
+    width: int, out_blocks: int, in_channels: int, cpu: CpuInfo
+) -> tuple[int, int]:
+    """:func:`pointwise_register_tile`, or where no tile of several output blocks divides
+    ``out_blocks`` (a prime count past :data:`MAX_POINTWISE_OUT_TILE`: ShuffleNet v2's 232
+    channels are 29 AVX2 blocks, its 116 are 29 NEON blocks), the tile the target would take
+    for the next multiple of :data:`TAIL_BLOCKS_MULTIPLE` blocks, its last output-block tile a
+    narrower tail (peeled like a row's, :func:`split_row`), its pixels dividing the row
+    where :func:`pointwise_row_tile` would leave a tail, when it loads :data:`TAIL_GAIN`
+    times fewer vectors per FMA. Without it those layers ran one output block per tile: one
+    weight vector and every pixel's broadcast per step (AVX2: 1 × 4, NEON: 1 × 7)."""
+    chosen = pointwise_register_tile(width, out_blocks, in_channels, cpu)
+    several = [d for d in divisors(out_blocks) if 1 < d <= MAX_POINTWISE_OUT_TILE]
+    if several or out_blocks <= MAX_POINTWISE_OUT_TILE:
+        return chosen
+    rounded = compute.ceil_div(out_blocks, TAIL_BLOCKS_MULTIPLE) * TAIL_BLOCKS_MULTIPLE
+    # Its pixels divide the row: with a row tail too, NEON's 4 × 3 on 28 pixels spilled on
+    # the Cortex-A53 (rpi3).
+    wanted = pointwise_register_tile(width, rounded, in_channels, cpu, row_tail=False)
+    if wanted[0] == 1:
+        return chosen
+    gain = _blocks_reuse(out_blocks, *wanted) / _blocks_reuse(out_blocks, *chosen)
+    return wanted if gain > TAIL_GAIN else chosen
 
 
 #: Input blocks of a pointwise reduction LLVM unrolls whole (:func:`short_reduction_tile`):
@@ -641,14 +715,8 @@ class PointwiseNCHWc(_TiledConvRule):
     def schedule(self, sch: Any, block: Any, cpu: CpuInfo, knobs: Knobs = FIXED) -> None:
         n, cob, h, w, co, cib, ci = sch.get_loops(block)
         out_blocks, out_w = int(sch.get(cob).extent), int(sch.get(w).extent)
-        oc_tile, pixel_tile = single_pixel_tile(
-            pointwise_row_tile(out_w, out_blocks, cpu), out_blocks, cpu
-        )
-        oc_tile, pixel_tile = fma_chains_tile((oc_tile, pixel_tile), out_blocks, cpu)
         in_channels = int(sch.get(cib).extent) * int(sch.get(ci).extent)
-        oc_tile, pixel_tile = short_reduction_tile(
-            (oc_tile, pixel_tile), out_w, out_blocks, in_channels, cpu
-        )
+        oc_tile, pixel_tile = output_block_tail_tile(out_w, out_blocks, in_channels, cpu)
         # Where LLVM would load a reduction's every step ahead, it is one loop of single steps.
         short = in_channels == STREAMED_POINTWISE_STEPS
         one_pixel = int(sch.get(h).extent) * out_w == 1
@@ -657,7 +725,11 @@ class PointwiseNCHWc(_TiledConvRule):
         streamed = cpu.loads_whole_block_first and (short or gate)
         if streamed:
             oc_tile, pixel_tile, _ = streamed_tile(out_w, out_blocks, in_channels, cpu, 1)
-        cob_o, cob_i = knobs.split(sch, cob, oc_tile, MAX_POINTWISE_OUT_TILE, "oc tile")
+        if out_blocks % oc_tile:
+            cob_o, cob_i, oc_tail = split_row(sch, cob, oc_tile)
+        else:
+            cob_o, cob_i = knobs.split(sch, cob, oc_tile, MAX_POINTWISE_OUT_TILE, "oc tile")
+            oc_tail = False
         if out_w % pixel_tile:
             pix_o, pix_i, tail = split_row(sch, w, pixel_tile)
         else:
@@ -666,7 +738,7 @@ class PointwiseNCHWc(_TiledConvRule):
         lanes = int(sch.get(ci).extent)
         unroll = REDUCTION_UNROLL if lanes % REDUCTION_UNROLL == 0 else lanes
         ci_o, ci_i = knobs.split(sch, ci, 1 if streamed else unroll, lanes, "reduction unroll")
-        in_blocks, out_tiles = int(sch.get(cib).extent), out_blocks // oc_tile
+        in_blocks, out_tiles = int(sch.get(cib).extent), compute.ceil_div(out_blocks, oc_tile)
         pixels, in_channels = int(sch.get(h).extent) * out_w, in_blocks * lanes
         out_channels = out_blocks * int(sch.get(co).extent)
         order = self.loop_order(
@@ -680,7 +752,8 @@ class PointwiseNCHWc(_TiledConvRule):
             out_tiles=out_tiles,
             pixel_tiles=int(sch.get(h).extent) * compute.ceil_div(out_w, pixel_tile),
         )
-        chunked = order == WEIGHTS_STAY
+        # An output-block tail keeps its tile loop out of the chunked nest's fused parallel loop.
+        chunked = order == WEIGHTS_STAY and not oc_tail
         chunk = reduction_chunk(oc_tile, out_tiles, in_blocks, lanes, pixels, cpu) if chunked else 0
         if chunk:
             tiles, inner = (n, cob_o, h, pix_o), (pix_i, cob_i, co)
@@ -691,7 +764,12 @@ class PointwiseNCHWc(_TiledConvRule):
         writeback = register_tile(
             sch, block, outer[-1], co, (ci_i, pix_i, cob_i), cpu, keep_unit_loops=knobs.tunable
         )
-        parallel_tiles(sch, outer, pix_o if tail else None)
+        if oc_tail and order == WEIGHTS_STAY:
+            # The output-block tile loop is the parallel one, a loop of its own for its tail's
+            # partition; the rows and pixel tiles inside it run serially.
+            sch.parallel(cob_o)
+        else:
+            parallel_tiles(sch, outer, pix_o if tail else cob_o if oc_tail else None)
         # Decomposing last: vectorize/parallel refuse a reduction whose init was split off.
         sch.decompose_reduction(block, sch.fuse(cib, ci_o) if streamed else cib)
         _vectorize_tile_loops(sch, writeback)
@@ -887,6 +965,37 @@ def window_row_tile(width: int, out_blocks: int, cpu: CpuInfo) -> tuple[int, int
     return best if busy(*best) > busy(*chosen) else chosen
 
 
+def two_taps_tile(
+    chosen: tuple[int, int], width: int, out_blocks: int, cpu: CpuInfo
+) -> tuple[int, int]:
+    """A K×K conv's tile on x86 with FMA below AVX-512 (AVX2: ``x86-64-v3``): the most FMAs
+    per load (a row's tail allowed) among the tiles of at least :data:`LATENCY_ACCUMULATORS`
+    accumulators whose registers also hold two taps' weight vectors (LLVM loads the next tap's
+    ahead in the unrolled window), more accumulators breaking ties; ``chosen`` elsewhere, and
+    where none fits. Dense convs on a blocked input only (:class:`DenseConvNCHWc`): the stems
+    and the grouped convs spilled with it.
+
+    The two-step budget of :meth:`CpuInfo.tile_fits` left 2 × 1 or 1 × 3 on 16 registers: two
+    or three FMA chains, latency-bound. SqueezeNet 1.1's expands alone, interleaved: 64 → 256
+    3×3 at 13² 2 × 6 0.31× (2 × 1 before), 16 → 64 at 55² 2 × 6 0.50× (1 × 3), both spill-free;
+    tiles past the budget (3 × 4, 5 × 2, 4 × 3) spilled 113-170 stack accesses, and some within
+    it too (2 × 5 at 55²: 50; 4 × 2: 4), which the tie-break and the score leave unchosen."""
+    if not (cpu.reads_weights_from_memory and cpu.fma):
+        return chosen
+
+    def reuse(oc: int, count: int) -> float:
+        return oc * width / _row_loads(width, oc, count)
+
+    fitting = [
+        (reuse(oc, count), oc * count, oc, count)
+        for oc in divisors(out_blocks)
+        if oc <= MAX_POINTWISE_OUT_TILE
+        for count in row_tiles(width)
+        if oc * count >= LATENCY_ACCUMULATORS and oc * count + 2 * oc <= cpu.registers
+    ]
+    return max(fitting)[2:] if fitting else chosen
+
+
 #: Output pixels of a stem's register tile (:func:`stem_tile`).
 STEM_PIXELS = 2
 
@@ -1027,9 +1136,10 @@ class _GatherConvRule(_TiledConvRule):
     the pointwise ``oc × p`` register tile, with the kernel window in the reduction and the
     padding inlined as predicated loads."""
 
-    #: Whether a tile over a blocked input becomes one pixel × up to 8 output blocks on SSE
-    #: (:func:`single_pixel_tile`): dense convs only, where the tuning search found it.
-    one_pixel_without_fma = False
+    #: Whether a tile over a blocked input takes the target's dense-conv tile: one pixel × up
+    #: to 8 output blocks on SSE (:func:`single_pixel_tile`), where the tuning search found it;
+    #: two taps' operands on AVX2 (:func:`two_taps_tile`). Dense convs only.
+    dense = False
 
     def schedule(self, sch: Any, block: Any, cpu: CpuInfo, knobs: Knobs = FIXED) -> None:
         inline_prologues(sch, block)
@@ -1051,9 +1161,12 @@ class _GatherConvRule(_TiledConvRule):
             oc_tile, pixel_tile = stem or window_row_tile(
                 width, blocks_per_row, cpu.across_window()
             )
-            if self.one_pixel_without_fma and not image:
-                oc_tile, pixel_tile = single_pixel_tile(
-                    (oc_tile, pixel_tile), blocks_per_row, cpu.across_window()
+            if self.dense and not image:
+                oc_tile, pixel_tile = two_taps_tile(
+                    single_pixel_tile((oc_tile, pixel_tile), blocks_per_row, cpu.across_window()),
+                    width,
+                    blocks_per_row,
+                    cpu,
                 )
         order = self.loop_order(
             sch,
@@ -1283,10 +1396,12 @@ class DenseConvNCHWc(_GatherConvRule):
     blocks × 1 to 3 pixels, too few accumulator chains for each step's multiply and dependent
     add, and the tuning search moved them to 8 × 1 (2.6 → 1.3 and 1.0 → 0.7 ms,
     ``benchmarks/tuning.py``). Not the stems (:func:`stem_tile`): the search moved them to 8 × 1
-    too, but MobileNet v2's and ShuffleNet v2's then spilled 4 and 2 times per tile."""
+    too, but MobileNet v2's and ShuffleNet v2's then spilled 4 and 2 times per tile. On AVX2
+    (``x86-64-v3``) it takes a tile of 8 or more accumulators beside two taps' weights
+    (:func:`two_taps_tile`)."""
 
     schedule_name = compute.DENSE
-    one_pixel_without_fma = True
+    dense = True
 
 
 def transposed_tile(

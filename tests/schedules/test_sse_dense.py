@@ -1,8 +1,8 @@
 """The SSE (x86-64-v2) default of a dense K×K conv on a blocked input: a one-pixel tile of up to
 8 output blocks (the tuning search's move on every SqueezeNet 3×3 expand), built spill-free and
-right: this machine runs SSE code, so the kernels are checked against torch here. Targets with
-FMA keep their tiles; an SSE stem takes one pixel × the blocks whose products fit (4 of 8: at
-8 × 1 it spilled)."""
+right: this machine runs SSE code, so the kernels are checked against torch here. An SSE stem
+takes one pixel × the blocks whose products fit (4 of 8: at 8 × 1 it spilled). AVX2
+(x86-64-v3) takes 8 or more accumulators beside two taps' weights; AVX-512 keeps its tile."""
 
 from __future__ import annotations
 
@@ -168,3 +168,28 @@ def test_the_sse_tile_builds_spill_free_and_matches_torch(
     spilling = {n: s.innermost for n, s in module_spills(executable, target).items() if s.spills}
     assert spilling == {}
     _check_against_torch(executable, onnx_path, stride)
+
+
+def test_avx2_takes_eight_or_more_accumulators_beside_two_taps_weights(
+    expand_13: tuple[Any, Path, int],
+) -> None:
+    """AVX2's analytic K×K tile was 2 × 1 on the expand (two FMA chains, latency-bound); it now
+    takes 2 output blocks × 6 pixels (:func:`rules.two_taps_tile`: 12 accumulators, two taps'
+    weights), spill-free and right; AVX-512 (``host``) keeps its tile."""
+    from edgecompile.schedules import compile_relax, optimize
+    from edgecompile.schedules.cpu import cpu_info
+    from edgecompile.schedules.rules import window_row_tile
+
+    module, onnx_path, stride = expand_13
+    target = resolve_target("x86-64-v3").tvm_target()
+    assert window_row_tile(13, 8, cpu_info(target).across_window()) == (2, 1)
+    assert _tile(optimize(module.module, target)[0]) == (2, 6)
+    executable, _ = compile_relax(module.module, target)
+    spilling = {n: s.innermost for n, s in module_spills(executable, target).items() if s.spills}
+    assert spilling == {}
+    _check_against_torch(executable, onnx_path, stride)
+
+    host = resolve_target("host").tvm_target()
+    host_cpu = cpu_info(host)
+    expected = window_row_tile(13, 64 // host_cpu.lanes, host_cpu.across_window())
+    assert _tile(optimize(module.module, host)[0]) == expected

@@ -1,6 +1,7 @@
 """The x86 stand-ins' pointwise defaults, built spill-free, and right: this machine runs their
 code, so the kernels are checked against torch here. SSE (x86-64-v2): a one-pixel tile of up to 8
-output blocks; AVX2 (x86-64-v3): 8 FMA chains, 4 output blocks × 2 pixels."""
+output blocks; AVX2 (x86-64-v3): as many FMA chains as one step's operands leave registers for;
+a prime count of output blocks: a tail of output blocks."""
 
 from __future__ import annotations
 
@@ -51,6 +52,18 @@ def expand_28(tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, Path]:
 def expand_55(tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, Path]:
     """SqueezeNet 1.1's first expand 1×1 at 55² (16 → 64): a row no small tile divides."""
     return _import(tmp_path_factory.mktemp("squeeze"), 16, 64, 55)
+
+
+@pytest.fixture(scope="module")
+def branch_232(tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, Path]:
+    """ShuffleNet v2's third-stage branch conv at 14²: 232 → 232 channels (29 blocks of 8)."""
+    return _import(tmp_path_factory.mktemp("branch232"), 232, 232, 14)
+
+
+@pytest.fixture(scope="module")
+def branch_116(tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, Path]:
+    """ShuffleNet v2's second-stage branch conv at 28²: 116 → 116 channels (29 blocks of 4)."""
+    return _import(tmp_path_factory.mktemp("branch116"), 116, 116, 28)
 
 
 def _check_against_torch(executable: Any, onnx_path: Path) -> None:
@@ -120,17 +133,17 @@ def test_a_row_with_a_tail_does_not_spill(expand_55: tuple[Any, Path]) -> None:
     _builds_spill_free_and_right(module, onnx_path, target)
 
 
-def test_avx2_holds_8_fma_chains_where_host_keeps_its_tile(expand_28: tuple[Any, Path]) -> None:
+def test_avx2_fills_its_registers_where_host_keeps_its_tile(expand_28: tuple[Any, Path]) -> None:
     """On AVX2 the analytic tile was 2 × 2 (4 FMA chains, two steps' operands budgeted); one
-    step's operands leave room for 4 output blocks × 2 pixels (:func:`rules.fma_chains_tile`).
-    The host (AVX-512) keeps its analytic tile."""
+    step's operands leave room for 3 output blocks × 4 pixels (:func:`rules.fma_chains_tile`:
+    12 accumulators, 3 weight vectors, a broadcast). The host (AVX-512) keeps its tile."""
     from edgecompile.schedules import optimize
     from edgecompile.schedules.cpu import cpu_info
     from edgecompile.schedules.rules import pointwise_row_tile
 
     module, onnx_path = expand_28
     target = resolve_target("x86-64-v3").tvm_target()
-    assert _tile(optimize(module.module, target)[0]) == (4, 2)
+    assert _tile(optimize(module.module, target)[0]) == (3, 4)
     _builds_spill_free_and_right(module, onnx_path, target)
 
     host = resolve_target("host").tvm_target()
@@ -138,3 +151,30 @@ def test_avx2_holds_8_fma_chains_where_host_keeps_its_tile(expand_28: tuple[Any,
     assert _tile(optimize(module.module, host)[0]) == pointwise_row_tile(
         28, 96 // host_cpu.lanes, host_cpu
     )
+
+
+def test_a_prime_output_block_count_tiles_with_a_tail(
+    branch_232: tuple[Any, Path], branch_116: tuple[Any, Path]
+) -> None:
+    """29 output blocks: only a 1-block tile divides them (AVX2: 1 × 4, one weight vector and four
+    broadcasts per step). They take the tile the target takes for 32 blocks, its last output-block
+    tile a 1-block tail (:func:`rules.output_block_tail_tile`): 4 × 2 on AVX2, spill-free and
+    right; NEON's (rpi4 and the Cortex-A53 of rpi3, 116 channels at 28², its pixels dividing
+    the row) spill-free."""
+    from edgecompile.schedules import compile_relax, optimize
+    from edgecompile.schedules.cpu import cpu_info
+    from edgecompile.schedules.rules import pointwise_register_tile
+
+    module, onnx_path = branch_232
+    target = resolve_target("x86-64-v3").tvm_target()
+    assert pointwise_register_tile(14, 29, 232, cpu_info(target))[0] == 1
+    assert _tile(optimize(module.module, target)[0]) == (4, 2)
+    _builds_spill_free_and_right(module, onnx_path, target)
+
+    module, _ = branch_116
+    for preset in ("rpi4", "rpi3"):
+        neon = resolve_target(preset).tvm_target()
+        oc, pixels = _tile(optimize(module.module, neon)[0])
+        assert oc > 1 and 29 % oc and 28 % pixels == 0
+        executable, _ = compile_relax(module.module, neon)
+        assert _spilling(executable, neon) == {}
