@@ -706,9 +706,10 @@ class _TiledConvRule(_ConvRule):
 class PointwiseNCHWc(_TiledConvRule):
     """1×1 conv: ``oc × p`` tile of output blocks × pixels, weights as vectors, inputs broadcast.
 
-    Its knobs: the output-block tile, the pixel tile (fixed where the analytic tile leaves a
-    row tail: only divisors of a row are sampled) and the reduction's unrolled split, each a
-    ``sample_perfect_tile``; the loop order, one design space per order."""
+    Its knobs: the output-block tile and the pixel tile (each fixed where the analytic tile
+    leaves a tail of output blocks or of the row: only divisors are sampled) and the
+    reduction's unrolled split, each a ``sample_perfect_tile``; the loop order, one design
+    space per order."""
 
     schedule_name = compute.POINTWISE
 
