@@ -198,14 +198,19 @@ def _row_loads(width: int, oc: int, count: int) -> int:
     return full * (oc + count) + (oc + tail if tail else 0)
 
 
+def _row_reuse(width: int, oc: int, count: int) -> float:
+    """FMAs per vector loaded in one reduction step of a row of ``width`` pixels tiled
+    ``oc × count`` (:func:`_row_loads`)."""
+    return oc * width / _row_loads(width, oc, count)
+
+
 def pointwise_row_tile(width: int, out_blocks: int, cpu: CpuInfo) -> tuple[int, int]:
     """``(output blocks, pixels)`` of the register tile of a row of ``width`` pixels whose last
     tile may be a narrower tail: :func:`pointwise_tile`'s FMAs per load, counted over the whole
     row (a prime width such as 13 otherwise leaves only 1- or 13-pixel tiles). A tile with a
     tail is taken only when it beats the best dividing tile by :data:`TAIL_GAIN`."""
 
-    def reuse(oc: int, count: int) -> float:
-        return oc * width / _row_loads(width, oc, count)
+    reuse = functools.partial(_row_reuse, width)
 
     dividing = pointwise_tile(pixel_tiles(width), out_blocks, cpu)
     tailed = pointwise_tile(row_tiles(width), out_blocks, cpu, score=reuse)
@@ -257,8 +262,7 @@ def fma_chains_tile(
     if not (cpu.reads_weights_from_memory and cpu.fma):
         return chosen
 
-    def reuse(oc: int, count: int) -> float:
-        return oc * width / _row_loads(width, oc, count)
+    reuse = functools.partial(_row_reuse, width)
 
     def best(counts: list[int]) -> tuple[int, int]:
         fitting = [
@@ -304,11 +308,9 @@ TAIL_BLOCKS_MULTIPLE = 4
 
 def _blocks_reuse(out_blocks: int, oc: int, pixels: int) -> float:
     """FMAs per vector loaded in one reduction step over all ``out_blocks`` output blocks of
-    ``pixels`` pixels, tiled by ``oc`` blocks (the last tile the rest): each tile loads its
-    weight vectors and the pixels' broadcasts."""
-    full, tail = divmod(out_blocks, oc)
-    loads = full * (oc + pixels) + (tail + pixels if tail else 0)
-    return out_blocks * pixels / loads
+    ``pixels`` pixels, tiled by ``oc`` blocks (the last tile the rest): :func:`_row_reuse` with
+    the two axes swapped (each tile loads its weight vectors and the pixels' broadcasts)."""
+    return _row_reuse(out_blocks, pixels, oc)
 
 
 def output_block_tail_tile(
@@ -948,8 +950,7 @@ def window_row_tile(width: int, out_blocks: int, cpu: CpuInfo) -> tuple[int, int
     with 4×5 tiles 8% faster than 6×4; 7 wide 4+3 13% faster than 6+1)."""
     chosen = pointwise_row_tile(width, out_blocks, cpu)
 
-    def reuse(oc: int, count: int) -> float:
-        return oc * width / _row_loads(width, oc, count)
+    reuse = functools.partial(_row_reuse, width)
 
     def busy(oc: int, count: int) -> int:  # accumulators of the row's narrowest tile
         return min(oc * (width % count or count), LATENCY_ACCUMULATORS)
@@ -984,8 +985,7 @@ def two_taps_tile(
     if not (cpu.reads_weights_from_memory and cpu.fma):
         return chosen
 
-    def reuse(oc: int, count: int) -> float:
-        return oc * width / _row_loads(width, oc, count)
+    reuse = functools.partial(_row_reuse, width)
 
     fitting = [
         (reuse(oc, count), oc * count, oc, count)
