@@ -78,6 +78,9 @@ HOST_OWN_GOAL = 0.92
 STAND_IN_OWN_GOAL = 0.85
 WON_SHARE_GOAL = 0.25
 EARLY_GAIN_SHARE = 0.95
+#: A final gain below this (1 - tuned / untuned) is within a run's noise: no gain to reach by
+#: half the budget (a 0.1% gain reached "1103%" early, a ratio of two noises).
+MIN_FINAL_GAIN = 0.01
 ORT_GOAL = 0.8
 #: A pair's child process gets its budget twice over plus this, for builds and timings; a
 #: hang beyond it is killed and recorded as a failure.
@@ -550,10 +553,10 @@ def geomean(values: Sequence[float]) -> float | None:
 def gain_reached_by_half(points: Sequence[dict[str, Any]], budget_seconds: float) -> float | None:
     """How much of the final gain (1 - tuned/untuned at the last point, each point's untuned
     timed beside it) the curve had reached at some point within the first half of the budget
-    (planned tuning time); None without a final gain."""
+    (planned tuning time); None without a final gain of at least :data:`MIN_FINAL_GAIN`."""
     gains = [(p["planned_seconds"], 1 - p["tuned_ms"] / p["untuned_ms"]) for p in points]
     final = gains[-1][1] if gains else 0.0
-    if final <= 0:
+    if final < MIN_FINAL_GAIN:
         return None
     early = [gain for planned, gain in gains if planned <= budget_seconds / 2 + 1e-6]
     return max(early, default=0.0) / final

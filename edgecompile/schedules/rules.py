@@ -322,12 +322,23 @@ def output_block_tail_tile(
     for the next multiple of :data:`TAIL_BLOCKS_MULTIPLE` blocks, its last output-block tile a
     narrower tail (peeled like a row's, :func:`split_row`), its pixels dividing the row
     where :func:`pointwise_row_tile` would leave a tail, when it loads :data:`TAIL_GAIN`
-    times fewer vectors per FMA. Without it those layers ran one output block per tile: one
-    weight vector and every pixel's broadcast per step (AVX2: 1 × 4, NEON: 1 × 7)."""
+    times fewer vectors per FMA (on SSE, one pixel × as many output blocks as
+    :func:`single_pixel_tile` would take, when that is more chains). Without it those layers
+    ran one output block per tile: one weight vector and every pixel's broadcast per step
+    (AVX2: 1 × 4, NEON: 1 × 7, SSE: 1 × 4)."""
     chosen = pointwise_register_tile(width, out_blocks, in_channels, cpu)
     several = [d for d in divisors(out_blocks) if 1 < d <= MAX_POINTWISE_OUT_TILE]
     if several or out_blocks <= MAX_POINTWISE_OUT_TILE:
         return chosen
+    if not cpu.fma and cpu.reads_weights_from_memory:
+        # SSE: chains of a multiply and a dependent add bound the tile, not its loads, so
+        # :func:`single_pixel_tile`'s widest tile, were it to divide the blocks, if it has more
+        # chains. ShuffleNet v2's 116 → 116 at 14² and 28² on ``x86-64-v2``: 8 × 1 (tail 5 × 1)
+        # 0.72× its 1 × 4. The tile of the next multiple of 4 spilled there (24 → 68 at 56²:
+        # 17 blocks, 5 × 1, 70 stack accesses; 8 × 1 none).
+        limit = min(LATENCY_ACCUMULATORS, MAX_POINTWISE_OUT_TILE)
+        widest = max(d for d in range(1, limit + 1) if cpu.single_pixel_tile_fits(d))
+        return (widest, 1) if widest > chosen[0] * chosen[1] else chosen
     rounded = compute.ceil_div(out_blocks, TAIL_BLOCKS_MULTIPLE) * TAIL_BLOCKS_MULTIPLE
     # Its pixels divide the row: with a row tail too, NEON's 4 × 3 on 28 pixels spilled on
     # the Cortex-A53 (rpi3).

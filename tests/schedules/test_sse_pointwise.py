@@ -178,3 +178,20 @@ def test_a_prime_output_block_count_tiles_with_a_tail(
         assert oc > 1 and 29 % oc and 28 % pixels == 0
         executable, _ = compile_relax(module.module, neon)
         assert _spilling(executable, neon) == {}
+
+
+def test_sse_takes_an_output_block_tail_for_more_chains(branch_116: tuple[Any, Path]) -> None:
+    """On SSE the 29 blocks of 116 channels take a tail tile too, judged as SSE's tiles are:
+    by their multiply-add chains, not their loads (the 1-block tile that divides them has 4 of
+    them, the loads of 8 × 1 are no fewer); spill-free and right."""
+    from edgecompile.schedules import optimize
+    from edgecompile.schedules.cpu import cpu_info
+    from edgecompile.schedules.rules import pointwise_register_tile
+
+    module, onnx_path = branch_116
+    target = resolve_target("x86-64-v2").tvm_target()
+    dividing = pointwise_register_tile(28, 29, 116, cpu_info(target))
+    assert dividing[0] == 1
+    oc, pixels = _tile(optimize(module.module, target)[0])
+    assert 29 % oc and oc * pixels > dividing[0] * dividing[1]
+    _builds_spill_free_and_right(module, onnx_path, target)
