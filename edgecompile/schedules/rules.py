@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -231,13 +231,17 @@ def single_pixel_tile(chosen: tuple[int, int], out_blocks: int, cpu: CpuInfo) ->
     conv on a blocked input takes it too on SSE (:class:`DenseConvNCHWc`)."""
     if cpu.fma or not cpu.reads_weights_from_memory:
         return chosen
-    fitting = [
-        d
-        for d in divisors(out_blocks)
-        if d <= min(LATENCY_ACCUMULATORS, MAX_POINTWISE_OUT_TILE) and cpu.single_pixel_tile_fits(d)
-    ]
-    widest = max(fitting, default=1)
+    widest = _widest_single_pixel(divisors(out_blocks), cpu)
     return (widest, 1) if widest > chosen[0] * chosen[1] else chosen
+
+
+def _widest_single_pixel(block_counts: Iterable[int], cpu: CpuInfo) -> int:
+    """The most output blocks among ``block_counts`` of a one-pixel tile
+    (:func:`single_pixel_tile`): up to :data:`LATENCY_ACCUMULATORS` chains, fitting the
+    registers; 1 if none does."""
+    limit = min(LATENCY_ACCUMULATORS, MAX_POINTWISE_OUT_TILE)
+    fitting = [d for d in block_counts if d <= limit and cpu.single_pixel_tile_fits(d)]
+    return max(fitting, default=1)
 
 
 def fma_chains_tile(
@@ -336,8 +340,7 @@ def output_block_tail_tile(
         # chains. ShuffleNet v2's 116 → 116 at 14² and 28² on ``x86-64-v2``: 8 × 1 (tail 5 × 1)
         # 0.72× its 1 × 4. The tile of the next multiple of 4 spilled there (24 → 68 at 56²:
         # 17 blocks, 5 × 1, 70 stack accesses; 8 × 1 none).
-        limit = min(LATENCY_ACCUMULATORS, MAX_POINTWISE_OUT_TILE)
-        widest = max(d for d in range(1, limit + 1) if cpu.single_pixel_tile_fits(d))
+        widest = _widest_single_pixel(range(1, out_blocks + 1), cpu)
         return (widest, 1) if widest > chosen[0] * chosen[1] else chosen
     rounded = compute.ceil_div(out_blocks, TAIL_BLOCKS_MULTIPLE) * TAIL_BLOCKS_MULTIPLE
     # Its pixels divide the row: with a row tail too, NEON's 4 × 3 on 28 pixels spilled on
