@@ -2,12 +2,13 @@
 two rootfs without Python (arm64, armhf) and the native runtimes for aarch64 and armv7.
 
 The tests build each of them on first use and keep it in the cache root
-(``$EDGECOMPILE_CACHE``). Cold, that is most of an hour on 2 cores (a rootfs ~5-13 min, a
-runtime ~5-9 min), which inside the test run would sit silent in one test's captured output
-and against its time limit. So where the boards are required (CI) the test run calls
-:func:`prebuild` before its first test (``tests/conftest.py``), and ``python -m
-edgecompile.device.prebuild`` does the same by hand: a cold cache is a visible, timed line per
-step, a warm one costs seconds (every step finds its marker and builds nothing).
+(``$EDGECOMPILE_CACHE``). Cold, that is 9-10 minutes on this project's 2-core CI machine
+(December 2026: the rootfs with TVM 3.7 min, each rootfs without Python and each runtime
+~1.5 min; a slow Debian mirror adds to the rootfs), which inside the test run would sit silent
+in one test's captured output and against its time limit. So where the boards are required
+(CI) the test run calls :func:`prebuild` before its first test (``tests/conftest.py``), and
+``python -m edgecompile.device.prebuild`` does the same by hand: a cold cache is a visible,
+timed line per step, a warm one costs seconds (every step finds its marker and builds nothing).
 """
 
 from __future__ import annotations
