@@ -161,6 +161,20 @@ class CpuInfo:
         only; AVX-512 folds the broadcast instead (:attr:`folds_broadcasts`)."""
         return self.arch.startswith(("x86", "i686")) and not self.folds_broadcasts
 
+    @property
+    def chain_bound(self) -> bool:
+        """SSE (``x86-64-v2``): :attr:`reads_weights_from_memory` without FMA, so each
+        reduction step is a multiply and a dependent add, and a tile's chains of them, not its
+        loads, bound it (:func:`~edgecompile.schedules.rules.single_pixel_tile`)."""
+        return self.reads_weights_from_memory and not self.fma
+
+    @property
+    def fma_from_memory(self) -> bool:
+        """AVX2 (``x86-64-v3``): :attr:`reads_weights_from_memory` with FMA, whose one
+        instruction reads an operand from memory, so a step holds only its accumulators, its
+        weight vectors and one broadcast (:func:`~edgecompile.schedules.rules.fma_chains_tile`)."""
+        return self.reads_weights_from_memory and self.fma
+
     def single_pixel_tile_fits(self, accumulators: int) -> bool:
         """Whether a tile of one pixel and ``accumulators`` output vectors fits where
         :attr:`reads_weights_from_memory`: the accumulators, the input broadcast of each live

@@ -229,7 +229,7 @@ def single_pixel_tile(chosen: tuple[int, int], out_blocks: int, cpu: CpuInfo) ->
     gained only 4% and a 1-pixel tile over SqueezeNet's 16 input channels spilled the weights
     LLVM hoisted out of the pixel loop: ``chosen`` there, and everywhere else. A dense K×K
     conv on a blocked input takes it too on SSE (:class:`DenseConvNCHWc`)."""
-    if cpu.fma or not cpu.reads_weights_from_memory:
+    if not cpu.chain_bound:
         return chosen
     widest = _widest_single_pixel(divisors(out_blocks), cpu)
     return (widest, 1) if widest > chosen[0] * chosen[1] else chosen
@@ -263,7 +263,7 @@ def fma_chains_tile(
     chosen pixels): 96 → 24 at 56² 3 × 4 0.75× (1 × 4 before), 960 → 160 at 7² 5 × 2 0.94×,
     96 → 576 at 14² 3 × 4 0.91×, each spill-free; 2 × 7, 4 × 3 and 6 × 2 (17-19 registers)
     spilled 22-52 stack accesses."""
-    if not (cpu.reads_weights_from_memory and cpu.fma):
+    if not cpu.fma_from_memory:
         return chosen
 
     reuse = functools.partial(_row_reuse, width)
@@ -334,7 +334,7 @@ def output_block_tail_tile(
     several = [d for d in divisors(out_blocks) if 1 < d <= MAX_POINTWISE_OUT_TILE]
     if several or out_blocks <= MAX_POINTWISE_OUT_TILE:
         return chosen
-    if not cpu.fma and cpu.reads_weights_from_memory:
+    if cpu.chain_bound:
         # SSE: chains of a multiply and a dependent add bound the tile, not its loads, so
         # :func:`single_pixel_tile`'s widest tile, were it to divide the blocks, if it has more
         # chains. ShuffleNet v2's 116 → 116 at 14² and 28² on ``x86-64-v2``: 8 × 1 (tail 5 × 1)
@@ -373,7 +373,7 @@ def short_reduction_tile(
     alone, interleaved). Elsewhere ``chosen``: AVX-512 folds its broadcasts, SSE takes one-pixel
     tiles (:func:`single_pixel_tile`), and neither ARM target spilled there."""
     short = in_channels <= SHORT_REDUCTION_BLOCKS * cpu.lanes
-    if not (cpu.reads_weights_from_memory and cpu.fma and short) or width % chosen[1] == 0:
+    if not (cpu.fma_from_memory and short) or width % chosen[1] == 0:
         return chosen
     fitting = [
         (oc * count / (oc + count), oc * count, count, oc)
@@ -996,7 +996,7 @@ def two_taps_tile(
     3×3 at 13² 2 × 6 0.31× (2 × 1 before), 16 → 64 at 55² 2 × 6 0.50× (1 × 3), both spill-free;
     tiles past the budget (3 × 4, 5 × 2, 4 × 3) spilled 113-170 stack accesses, and some within
     it too (2 × 5 at 55²: 50; 4 × 2: 4), which the tie-break and the score leave unchosen."""
-    if not (cpu.reads_weights_from_memory and cpu.fma):
+    if not cpu.fma_from_memory:
         return chosen
 
     reuse = functools.partial(_row_reuse, width)
@@ -1042,7 +1042,7 @@ def stem_tile(width: int, out_blocks: int, cpu: CpuInfo) -> tuple[int, int] | No
     (:func:`one_pixel_stem_tile`), whatever its width."""
     if cpu.folds_broadcasts or cpu.arch.startswith(("arm", "thumb")):
         return None
-    if cpu.reads_weights_from_memory and not cpu.fma:
+    if cpu.chain_bound:
         return one_pixel_stem_tile(out_blocks, cpu)
     if width % STEM_PIXELS:
         return None
