@@ -202,7 +202,8 @@ HEAVY_OPS = {
 
 
 def heavy_ops(module: Any) -> list[dict[str, Any]]:
-    """The convolutions, matmuls and pools of ``main``, in order, with the shapes that matter.
+    """The convolutions, matmuls and pools of ``main``, in order, with the shapes that matter
+    (``shapes``: the first two arguments'; ``output``: the result's).
 
     Each entry's ``kind`` names the schedule class: pointwise, depthwise, grouped, conv (dense
     k×k), conv2d_transpose, matmul or pool.
@@ -220,6 +221,8 @@ def heavy_ops(module: Any) -> list[dict[str, Any]]:
                 continue
             shapes = [[int(d) for d in arg.ty.shape] for arg in call.args[:2] if _has_shape(arg)]
             entry: dict[str, Any] = {"index": len(ops), "op": op, "shapes": shapes}
+            if _has_shape(binding.var):  # what a layer's arithmetic is counted from
+                entry["output"] = [int(d) for d in binding.var.ty.shape]
             if op == "conv2d":
                 data, weight = shapes[0], shapes[1]
                 groups = int(call.attrs.groups)

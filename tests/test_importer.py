@@ -293,6 +293,14 @@ def test_heavy_ops_classifies_convolutions(tmp_path: Path) -> None:
         assert op["strides"] == list(layer.stride)
         assert op["dilation"] == list(layer.dilation)
         assert op["shapes"][1] == list(layer.weight.shape)
+        batch, _, *size = op["shapes"][0]
+        out_size = [
+            (n + 2 * pad - dilation * (k - 1) - 1) // stride + 1
+            for n, pad, dilation, k, stride in zip(
+                size, layer.padding, layer.dilation, layer.kernel_size, layer.stride, strict=True
+            )
+        ]
+        assert op["output"] == [batch, layer.out_channels, *out_size]
     # All four classes are present, so a classifier stuck on one kind fails above.
     assert {op["kind"] for op in convs} == {"conv", "pointwise", "depthwise", "grouped"}
     assert [op["kind"] for op in ops if op["op"] != "conv2d"] == ["pool", "matmul"]
