@@ -2,7 +2,8 @@
 8 output blocks (the tuning search's move on every SqueezeNet 3×3 expand), built spill-free and
 right: this machine runs SSE code, so the kernels are checked against torch here. An SSE stem
 takes one pixel × the blocks whose products fit (4 of 8: at 8 × 1 it spilled). AVX2
-(x86-64-v3) takes 8 or more accumulators beside two taps' weights; AVX-512 keeps its tile."""
+(x86-64-v3) takes 8 or more accumulators beside two taps' weights, and unrolls 8 reduction
+steps where there are more; AVX-512 keeps its tile."""
 
 from __future__ import annotations
 
@@ -77,6 +78,13 @@ def stem_32(tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, Path, int]:
 
 def _tile(module: Any) -> tuple[int, int]:
     """``(output blocks, pixels)`` of the dense conv kernel's register tile, from its loops."""
+    extents = _update_loops(module)
+    return extents["cob_1"], extents["w_1"]
+
+
+def _update_loops(module: Any) -> dict[str, int]:
+    """The extent of each loop around the dense conv kernel's update block, by loop name
+    (``r_1``: the reduction's unrolled split)."""
     from tvm import s_tir
 
     from edgecompile.schedules.compute import DENSE
@@ -93,10 +101,9 @@ def _tile(module: Any) -> tuple[int, int]:
         for block in sch.get_child_blocks(sch.get_sblock("root"))
         if sch.get(block).name_hint.endswith("_update")
     ]
-    extents = {
+    return {
         sch.get(loop).loop_var.name: int(sch.get(loop).extent) for loop in sch.get_loops(update)
     }
-    return extents["cob_1"], extents["w_1"]
 
 
 def _check_against_torch(executable: Any, onnx_path: Path, stride: int) -> None:
@@ -193,3 +200,23 @@ def test_avx2_takes_eight_or_more_accumulators_beside_two_taps_weights(
     host_cpu = cpu_info(host)
     expected = window_row_tile(13, 64 // host_cpu.lanes, host_cpu.across_window())
     assert _tile(optimize(module.module, host)[0]) == expected
+
+
+def test_avx2_unrolls_eight_reduction_steps_of_a_longer_reduction(
+    expand_13: tuple[Any, Path, int], tmp_path: Path
+) -> None:
+    """Beside the two-taps tile AVX2 unrolls 8 of the 32 input channels per iteration, not 4
+    (:func:`rules.two_taps_reduction_unroll`; the build above checks it spill-free and right);
+    a reduction of only 8 keeps 4 (ESPNet's 3-channel convs spilled 6-40 more times at 8), and
+    AVX-512 and SSE keep 4."""
+    from edgecompile.schedules import optimize
+
+    module, _, _ = expand_13
+
+    def unroll(target: str, conv: Any = module) -> int:
+        return _update_loops(optimize(conv.module, resolve_target(target).tvm_target())[0])["r_1"]
+
+    assert unroll("x86-64-v3") == 8
+    assert unroll("host") == unroll("x86-64-v2") == 4
+    short, _, _ = _import(tmp_path, 8, 64, 13, 1, True)
+    assert unroll("x86-64-v3", short) == 4
