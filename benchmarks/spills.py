@@ -2,6 +2,7 @@
 
     python benchmarks/spills.py                                   # default models × boards
     python benchmarks/spills.py --models squeezenet1_1 --targets rpi4 --kernels
+    python benchmarks/spills.py --models squeezenet1_1,espnet --targets x86-64-v3 --kernels
     python benchmarks/spills.py --json spills.json
     python benchmarks/spills.py --targets armv7 --asm spills/   # each spilling kernel's listing
 
@@ -72,15 +73,31 @@ def measure(
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--models", nargs="+", default=list(MODELS))
-    parser.add_argument("--targets", nargs="+", default=list(TARGETS))
+    parser.add_argument(
+        "--models", nargs="+", default=list(MODELS), help="zoo names (spaces or commas)"
+    )
+    parser.add_argument(
+        "--targets", nargs="+", default=list(TARGETS), help="presets (spaces or commas)"
+    )
     parser.add_argument("--kernels", action="store_true", help="List the spilling kernels.")
     parser.add_argument("--json", type=Path, help="Also write the rows to this file.")
     parser.add_argument(
         "--asm", type=Path, help="Write each spilling kernel's assembly into this folder."
     )
     args = parser.parse_args(argv)
-    rows = measure(args.models, args.targets, args.kernels, args.asm)
+    from edgecompile.errors import EdgecompileError
+    from edgecompile.targets import resolve_target
+    from edgecompile.zoo import resolve_name
+
+    try:  # every name checked before the first model is exported
+        models = [resolve_name(m) for item in args.models for m in item.split(",") if m]
+        targets = [t for item in args.targets for t in item.split(",") if t]
+        for target in targets:
+            resolve_target(target)
+    except EdgecompileError as exc:
+        print(f"Error: {exc}", file=sys.stderr)
+        return 2
+    rows = measure(models, targets, args.kernels, args.asm)
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))
     return 0
