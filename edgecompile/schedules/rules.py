@@ -1015,8 +1015,8 @@ def two_taps_reduction_unroll(steps: int, cpu: CpuInfo) -> int:
     """Reduction steps unrolled in a dense K×K conv on a blocked input: on AVX2, beside
     :func:`two_taps_tile`, :data:`MAX_REDUCTION_UNROLL` where they divide a longer reduction;
     elsewhere :func:`reduction_unroll`'s. Eight input channels per iteration instead of four
-    halve the iterations of the window loops and their index arithmetic (SqueezeNet 1.1's 13²
-    expand: 7 scalar instructions beside each 48 FMAs at four). Untuned ``x86-64-v3`` builds,
+    halve the innermost loop's iterations, and its index arithmetic per FMA (SqueezeNet 1.1's
+    13² expand: 7 scalar instructions beside each 48 FMAs at four). Untuned ``x86-64-v3`` builds,
     whole models, interleaved: SqueezeNet 1.1 0.946× (its 3×3 expands are ~59% of it),
     spill-free; ESPNet 0.93×. 16 channels: 0.955× but 2 spills at 13². A reduction of only 8
     keeps 4: unrolled whole with its window, ESPNet's 3-channel convs spilled 6-40 more stack
