@@ -278,8 +278,11 @@ BUDGET_MODEL = "squeezenet1_1"
 BUDGET_SECONDS = 60
 #: The brief's bound: the tune ends within 10% of its budget.
 ALLOWED_SECONDS = BUDGET_SECONDS * 1.1
-#: A pipe gets a line at least this often.
+#: A pipe gets a line at least this often once the tune has started...
 MAX_SILENCE = 15.0
+#: ...and its first one within this: the interpreter, TVM and the measuring workers start first
+#: (4 s on a quiet machine; 15.3 s in a CI run, beside another test's tune on the other core).
+FIRST_LINE_SECONDS = 30.0
 
 
 @pytest.mark.timeout(150)
@@ -306,10 +309,12 @@ def test_a_one_minute_budget_ends_within_ten_percent_and_reports_in_a_pipe(
     output = "\n".join(line for _, line in arrivals)
     assert code == 0, output
     assert wall <= ALLOWED_SECONDS, f"{wall:.1f} s for a 1-minute budget\n{output}"
-    # Until the results table, never a silence longer than MAX_SILENCE.
+    # The first line within FIRST_LINE_SECONDS, then never a silence longer than MAX_SILENCE
+    # until the results table.
     table = next(i for i, (_, line) in enumerate(arrivals) if line.startswith("kernel "))
     times = [at for at, _ in arrivals[: table + 1]]
-    silences = [later - earlier for earlier, later in itertools.pairwise(times)]
+    assert times[1] <= FIRST_LINE_SECONDS, output
+    silences = [later - earlier for earlier, later in itertools.pairwise(times[1:])]
     assert max(silences) <= MAX_SILENCE, output
     assert any("elapsed" in line and "left" in line for _, line in arrivals), output
     assert not any("\r" in line or "\x1b" in line for _, line in arrivals)  # plain lines
